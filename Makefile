@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` and `make test`. Both work on a fresh machine
+# with only Python and pip: uv is installed with pip when missing, then .venv is synced
+# from the committed uv.lock.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV = $(if $(shell command -v uv 2>/dev/null),uv,$(PYTHON) -m uv)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck pytest venv browser bench clean
+
+venv: $(VENV)/.synced
+
+$(VENV)/.synced: uv.lock pyproject.toml
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --frozen
+	@touch $@
+
+# Headless Chromium for the UI test; installed from Debian's packages when missing and we are root.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium and chromium-driver for the UI test"; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+demo: venv
+	$(BIN)/python -m airflow_batch.demo
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check airflow_batch
+
+typecheck: venv
+	$(BIN)/mypy airflow_batch
+
+pytest: venv browser
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench: venv
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

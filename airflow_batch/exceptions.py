@@ -1,0 +1,51 @@
+"""Every failure airflow_batch raises, split by whether money was spent.
+
+Errors found before any batch is created (bad input, budget, changed input) derive from
+:class:`BeforeSubmitError`: nothing was submitted, fix the cause and re-run. Errors found
+after submission (timeouts, permanent API faults while waiting, too many failed requests)
+derive from :class:`AfterSubmitError`: batches exist and outputs written so far are kept.
+"""
+
+from __future__ import annotations
+
+from airflow.providers.anthropic.exceptions import AnthropicError
+
+
+class AirflowBatchError(AnthropicError):
+    """Base class of every airflow_batch error."""
+
+
+class BeforeSubmitError(AirflowBatchError):
+    """Raised before any batch was created: nothing was spent."""
+
+
+class InvalidRequestsError(BeforeSubmitError):
+    """One or more input rows are not valid Message Batches requests."""
+
+
+class BudgetExceededError(BeforeSubmitError):
+    """The cost estimate is above ``max_cost_usd``."""
+
+
+class UnknownModelPriceError(BeforeSubmitError):
+    """The price table has no entry for a model, so cost cannot be estimated."""
+
+
+class InputChangedError(BeforeSubmitError):
+    """The input of a task instance differs from the one its recorded batches were built from."""
+
+
+class AfterSubmitError(AirflowBatchError):
+    """Raised after batches were created: they exist and may have results."""
+
+
+class BatchWaitTimeoutError(AfterSubmitError):
+    """The wait deadline passed before every batch ended."""
+
+
+class BatchPollError(AfterSubmitError):
+    """Polling a batch failed permanently (401, 403, 404) or the trigger event was malformed."""
+
+
+class FailureRateExceededError(AfterSubmitError):
+    """The final failure rate is above ``max_failure_rate``; every output was written first."""

@@ -1,0 +1,91 @@
+"""Where a batch job keeps its files: one folder per (dag, run, task, map index).
+
+Everything a job writes lives under its job folder, so runs, backfills and mapped task
+instances never collide, and a retry or a clear of the same task instance finds the files
+(and the ledger) of its earlier attempts::
+
+    {output_path}/{dag_id}/{run_id}/{task_id}[/map-{i}]/
+        round-0/chunks/chunk-00000.jsonl     prepared requests, as submitted
+        round-0/ledger.json                  chunk -> batch id, written as each batch is created
+        round-0/invalid_input.jsonl          rows skipped as invalid (skip_invalid=True)
+        round-0/results/{batch_id}.jsonl     succeeded rows of one batch
+        round-0/failures/{batch_id}.jsonl    failed rows of one batch
+        round-0/manifest.json                the round's manifest after gather
+        round-1/...                          retry rounds, same shape
+        results.jsonl  failures.jsonl  manifest.json    written by finalize
+"""
+
+from __future__ import annotations
+
+import re
+
+from airflow.sdk import ObjectStoragePath
+
+from airflow_batch.storage import as_path
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
+
+
+def path_segment(value: str) -> str:
+    """Return ``value`` with characters that are awkward in object keys replaced by ``_``."""
+    return _UNSAFE.sub("_", value)
+
+
+def job_dir(
+    output_path: str, dag_id: str, run_id: str, task_id: str, map_index: int = -1
+) -> ObjectStoragePath:
+    """Return the job folder of one task instance under ``output_path``."""
+    path = as_path(output_path) / path_segment(dag_id) / path_segment(run_id) / path_segment(task_id)
+    if map_index >= 0:
+        path = path / f"map-{map_index}"
+    return path
+
+
+def round_dir(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the folder of one round (0 is the first submission, 1.. are retry rounds)."""
+    return job / f"round-{round_number}"
+
+
+def chunk_path(job: ObjectStoragePath, round_number: int, chunk: int) -> ObjectStoragePath:
+    """Return the prepared-requests file of one chunk."""
+    return round_dir(job, round_number) / "chunks" / f"chunk-{chunk:05d}.jsonl"
+
+
+def ledger_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the ledger file recording the batch id of every submitted chunk."""
+    return round_dir(job, round_number) / "ledger.json"
+
+
+def invalid_input_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the failures file of rows skipped as invalid input."""
+    return round_dir(job, round_number) / "invalid_input.jsonl"
+
+
+def results_part(job: ObjectStoragePath, round_number: int, batch_id: str) -> ObjectStoragePath:
+    """Return the succeeded-rows file of one batch."""
+    return round_dir(job, round_number) / "results" / f"{batch_id}.jsonl"
+
+
+def failures_part(job: ObjectStoragePath, round_number: int, batch_id: str) -> ObjectStoragePath:
+    """Return the failed-rows file of one batch."""
+    return round_dir(job, round_number) / "failures" / f"{batch_id}.jsonl"
+
+
+def round_manifest_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the manifest file a gather writes for its round."""
+    return round_dir(job, round_number) / "manifest.json"
+
+
+def final_results_path(job: ObjectStoragePath) -> ObjectStoragePath:
+    """Return the merged results file (one row per ``custom_id``)."""
+    return job / "results.jsonl"
+
+
+def final_failures_path(job: ObjectStoragePath) -> ObjectStoragePath:
+    """Return the merged file of final failures."""
+    return job / "failures.jsonl"
+
+
+def final_manifest_path(job: ObjectStoragePath) -> ObjectStoragePath:
+    """Return the job manifest written by finalize."""
+    return job / "manifest.json"

@@ -1,0 +1,117 @@
+"""The small manifests that cross XCom between the tasks of a batch job.
+
+XCom carries these and nothing larger: paths, batch ids, counts and money. Request bodies
+and results live in the job folder (see :mod:`airflow_batch.layout`). Each task adds its
+keys to the manifest it received and passes the whole on, so the last task of a round
+sees what every earlier one did.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+MANIFEST_VERSION = 1
+
+
+class BatchRecord(TypedDict):
+    """One submitted chunk: which batch carries it and what it holds."""
+
+    chunk: int
+    batch_id: str
+    requests: int
+    bytes: int
+    chunk_path: str
+
+
+class RequestCounts(TypedDict):
+    """A batch's ``request_counts``, or their sum over a round."""
+
+    processing: int
+    succeeded: int
+    errored: int
+    canceled: int
+    expired: int
+
+
+class Usage(TypedDict):
+    """Token totals; cache writes split by cache lifetime because they are priced apart."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_creation_1h_input_tokens: int
+    cache_read_input_tokens: int
+
+
+class CostFigures(TypedDict):
+    """What a usage costs at batch prices, and what the standard API would have charged."""
+
+    batch_usd: float
+    standard_usd: float
+    priced: bool  # False when some model had no price: the figures then cover priced models only
+    unpriced_models: list[str]
+
+
+class CostEstimate(CostFigures):
+    """A pre-submission estimate: expected tokens and their price."""
+
+    method: str  # "count_tokens" or "approximation"
+    usage: Usage
+
+
+class BatchStatus(TypedDict):
+    """The last seen state of one batch, filled in by the wait."""
+
+    processing_status: str
+    request_counts: RequestCounts
+    expires_at: str | None
+    ended_at: str | None
+
+
+class RoundManifest(TypedDict, total=False):
+    """What one round (submit -> wait -> gather) knows; each task adds its part."""
+
+    # submit (and retry, which is a submit of round >= 1)
+    version: int
+    job_dir: str
+    round: int
+    conn_id: str
+    fingerprint: str
+    requests: int
+    bytes: int
+    invalid: int
+    invalid_path: str | None
+    batches: list[BatchRecord]
+    estimate: CostEstimate | None
+    submitted_at: str
+    # wait
+    batch_status: dict[str, BatchStatus]
+    counts: RequestCounts
+    timed_out: bool
+    canceled_by_timeout: list[str]
+    waited_at: str
+    # gather
+    results_paths: list[str]
+    failures_paths: list[str]
+    result_counts: dict[str, int]
+    error_types: dict[str, int]
+    retryable: int
+    usage: Usage
+    cost: CostFigures
+    gathered_at: str
+
+
+def empty_counts() -> RequestCounts:
+    """Return all-zero request counts."""
+    return RequestCounts(processing=0, succeeded=0, errored=0, canceled=0, expired=0)
+
+
+def empty_usage() -> Usage:
+    """Return all-zero token totals."""
+    return Usage(
+        input_tokens=0,
+        output_tokens=0,
+        cache_creation_input_tokens=0,
+        cache_creation_1h_input_tokens=0,
+        cache_read_input_tokens=0,
+    )
