@@ -10,6 +10,7 @@ instances never collide, and a retry or a clear of the same task instance finds 
         round-0/invalid_input.jsonl          rows skipped as invalid (skip_invalid=True)
         round-0/results/{batch_id}.jsonl     succeeded rows of one batch
         round-0/failures/{batch_id}.jsonl    failed rows of one batch
+        round-0/progress.json                latest counts while waiting (written by the trigger)
         round-0/manifest.json                the round's manifest after gather
         round-1/...                          retry rounds, same shape
         results.jsonl  failures.jsonl  manifest.json    written by finalize
@@ -69,6 +70,11 @@ def results_part(job: ObjectStoragePath, round_number: int, batch_id: str) -> Ob
 def failures_part(job: ObjectStoragePath, round_number: int, batch_id: str) -> ObjectStoragePath:
     """Return the failed-rows file of one batch."""
     return round_dir(job, round_number) / "failures" / f"{batch_id}.jsonl"
+
+
+def progress_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the file the wait rewrites on each poll with the round's latest counts."""
+    return round_dir(job, round_number) / "progress.json"
 
 
 def round_manifest_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
