@@ -1,0 +1,84 @@
+"""Pytest plugin (loaded with ``-p`` before any conftest): an isolated Airflow for the tests.
+
+Airflow reads its configuration when first imported, so the environment is set here, at
+plugin import, before any test module or conftest imports ``airflow``. Each pytest process
+gets its own ``AIRFLOW_HOME`` and SQLite database, so parallel runs never share state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from airflow.models.dagrun import DagRun
+    from airflow.sdk import DAG
+
+    from airflow_batch.emulator.process import EmulatorProcess
+
+_HOME = tempfile.mkdtemp(prefix="airflow-batch-tests-")
+os.environ["AIRFLOW_HOME"] = _HOME
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(_HOME, "dags")
+os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"], exist_ok=True)
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
+os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
+os.environ.pop("AIRFLOW_CONN_ANTHROPIC_DEFAULT", None)
+# Fail fast in tests rather than wait out the SDK's default backoff against a dead server.
+os.environ.setdefault("AIRFLOW__CORE__DEFAULT_TASK_RETRIES", "0")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """Migrate this process's Airflow SQLite database once; return the ``AIRFLOW_HOME``."""
+    from airflow.utils import db
+
+    db.initdb()
+    return _HOME
+
+
+@pytest.fixture
+def anthropic_conn(emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point the ``anthropic_default`` connection at the test's emulator; yield its conn_id."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ANTHROPIC_DEFAULT",
+        json.dumps({"conn_type": "anthropic", "password": "test-key", "host": emulator.base_url}),
+    )
+    yield "anthropic_default"
+
+
+def run_dag(dag: DAG, **test_kwargs: object) -> DagRun:
+    """Run ``dag`` with ``dag.test()`` (deferred tasks run their trigger inline); return the run.
+
+    Airflow 3.3's ``dag.test()`` only runs DAGs it finds serialized in the metadata DB, and
+    a DAG built inside a test lives in no DAG file, so it is written to the DB first, as the
+    dag-processor would.
+    """
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+    from airflow.serialization.serialized_objects import LazyDeserializedDAG
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        DagBundlesManager().sync_bundles_to_db(session=session)
+        session.flush()
+        update_dag_parsing_results_in_db(
+            "dags-folder",
+            None,
+            [LazyDeserializedDAG.from_dag(dag)],
+            {},
+            None,
+            set(),
+            session=session,
+        )
+    return dag.test(**test_kwargs)  # type: ignore[arg-type]
