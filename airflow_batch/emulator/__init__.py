@@ -1,0 +1,28 @@
+"""A local server speaking the Message Batches API wire protocol, for tests, demos and CI.
+
+Run it with ``airflow-batch emulator --port 8765 --data DIR`` (or
+``python -m airflow_batch.emulator``) and point the ``anthropic`` SDK at it with
+``base_url="http://127.0.0.1:8765"``. See ``faults`` for settings, ``responses`` for
+the synthetic results, ``processing`` for simulated progress and ``store`` for the
+durable layout. This package never imports Airflow.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_batch.emulator.faults import EmulatorConfig
+
+if TYPE_CHECKING:
+    from airflow_batch.emulator.process import EmulatorProcess
+
+__all__ = ["EmulatorConfig", "EmulatorProcess"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the server process must not pay for importing the client side (httpx).
+    if name == "EmulatorProcess":
+        from airflow_batch.emulator.process import EmulatorProcess
+
+        return EmulatorProcess
+    raise AttributeError(name)

@@ -1,0 +1,500 @@
+"""The emulator's HTTP surface: the Message Batches API routes and the ``/_emulator`` admin routes.
+
+Built on Starlette (the ASGI core of FastAPI) rather than FastAPI itself: the routes
+parse bodies with msgspec and need none of FastAPI's pydantic layer, and importing it
+would more than double the emulator's start time, which every test fixture pays.
+
+Every API call (``/v1/...``) goes through ``api_guard``: added latency, the API key
+check (``x-api-key`` or ``Authorization: Bearer``, any non-empty key), the
+``anthropic-version`` check, then the configured HTTP faults. A fault is decided
+before any work, so a faulted create stores nothing. Every response carries a
+``request-id`` header; every error has the API's error body with the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from airflow_batch.emulator.faults import DROP, ConfigError, EmulatorConfig, FaultInjector
+from airflow_batch.emulator.processing import canceled, new_schedule, repaced, restarted
+from airflow_batch.emulator.responses import count_input_tokens, prompt_segments
+from airflow_batch.emulator.store import BatchRecord, BatchStore
+from airflow_batch.emulator.validation import (
+    CountTokensBody,
+    InvalidBatch,
+    decode_body,
+    parse_create_body,
+)
+
+ERROR_TYPES_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+_FAULT_MESSAGES = {
+    429: "Number of requests has exceeded your rate limit (injected by the emulator)",
+    500: "Internal server error (injected by the emulator)",
+    529: "Overloaded (injected by the emulator)",
+}
+_BATCH_PATH = re.compile(r"^/v1/messages/batches/(?P<id>[^/]+)")
+_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_encode = msgspec.json.Encoder().encode
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ApiError(Exception):
+    """An API error response: status, error type, message and extra headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type or ERROR_TYPES_BY_STATUS.get(status, "api_error")
+        self.message = message
+        self.headers = headers or {}
+
+
+class _ResultsStreamDropped(Exception):
+    """Raised inside a results stream to drop the connection (the ``drop`` fault)."""
+
+
+class RequestIdMiddleware:
+    """Gives every request a ``req_…`` id, kept in ``request.state`` and sent as ``request-id``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + secrets.token_hex(12)
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"request-id", request_id.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def rfc3339(timestamp: float | None) -> str | None:
+    """Return an epoch time as RFC 3339 UTC with microseconds and ``Z``, as the API does."""
+    if timestamp is None or math.isinf(timestamp):
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encode(content), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error_response(request: Request, error: ApiError) -> Response:
+    request_id = getattr(request.state, "request_id", "req_" + secrets.token_hex(12))
+    body = {
+        "type": "error",
+        "error": {"type": error.error_type, "message": error.message},
+        "request_id": request_id,
+    }
+    return _json(body, error.status, error.headers)
+
+
+class Emulator:
+    """The live state behind the routes: the store, the config and the fault injector."""
+
+    def __init__(self, data_dir: str | Path, config: EmulatorConfig) -> None:
+        self.store = BatchStore(data_dir)
+        self.faults = FaultInjector(config)
+
+    def configure(self, changes: dict[str, Any]) -> EmulatorConfig:
+        """Apply config changes; re-pace unfinished batches when the pace or start delay changes."""
+        old = self.faults.config
+        new = old.updated(changes)
+        self.faults.replace_config(new)
+        if new.throughput != old.throughput or new.start_delay_seconds != old.start_delay_seconds:
+            now = time.time()
+            for record in self.store.unfinished(now):
+                schedule = restarted(record.schedule, now, new.start_delay_seconds)
+                if new.throughput != record.schedule.rate:
+                    schedule = repaced(schedule, now, new.throughput)
+                if schedule != record.schedule:
+                    self.store.save_schedule(record.seq, schedule)
+        return new
+
+    def batch_json(self, record: BatchRecord, base_url: str) -> dict[str, Any]:
+        """Return the MessageBatch object of a record."""
+        counts = record.counts
+        schedule = record.schedule
+        ended = record.state.status == "ended"
+        return {
+            "id": record.id,
+            "type": "message_batch",
+            "processing_status": record.state.status,
+            "request_counts": {
+                "processing": counts.processing,
+                "succeeded": counts.succeeded,
+                "errored": counts.errored,
+                "canceled": counts.canceled,
+                "expired": counts.expired,
+            },
+            "ended_at": rfc3339(record.state.ended_at),
+            "created_at": rfc3339(schedule.created_at),
+            "expires_at": rfc3339(schedule.expires_at),
+            "archived_at": None,
+            "cancel_initiated_at": rfc3339(schedule.cancel_initiated_at),
+            "results_url": f"{base_url}/v1/messages/batches/{record.id}/results" if ended else None,
+        }
+
+    def require(self, batch_id: str, now: float) -> BatchRecord:
+        """Return the batch or raise a 404 ``not_found_error``."""
+        record = self.store.get(batch_id, now=now)
+        if record is None:
+            raise ApiError(404, f"No batch with id {batch_id!r}", error_type="not_found_error")
+        return record
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _api_key(request: Request) -> str:
+    key = request.headers.get("x-api-key", "").strip()
+    if key:
+        return key
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _http_fault_error(status: int, config: EmulatorConfig) -> ApiError:
+    headers: dict[str, str] = {}
+    if status == 429:
+        headers = {
+            "retry-after": str(math.ceil(config.retry_after_seconds)),
+            "retry-after-ms": str(round(config.retry_after_seconds * 1000)),
+        }
+    return ApiError(status, _FAULT_MESSAGES.get(status, "Injected fault"), headers=headers)
+
+
+Handler = Callable[[Request, "str | None"], Any]
+
+
+def _api_route(emulator: Emulator, path: str, method: str, handler: Handler) -> Route:
+    """Return a route running ``api_guard`` before ``handler``; sync handlers run in a thread."""
+
+    async def endpoint(request: Request) -> Response:
+        fault = await api_guard(emulator, request)
+        if inspect.iscoroutinefunction(handler):
+            response: Response = await handler(request, fault)
+        else:
+            response = await run_in_threadpool(handler, request, fault)
+        return response
+
+    return Route(path, endpoint, methods=[method])
+
+
+async def api_guard(emulator: Emulator, request: Request) -> str | None:
+    """Apply latency, auth, version and HTTP faults; return ``drop`` if this stream must be cut."""
+    config = emulator.faults.config
+    if config.latency_ms:
+        await asyncio.sleep(config.latency_ms / 1000)
+    if not _api_key(request):
+        raise ApiError(401, "x-api-key header or Authorization: Bearer token is required")
+    version = request.headers.get("anthropic-version")
+    if not version:
+        raise ApiError(400, "anthropic-version: header is required")
+    if not _VERSION.match(version):
+        raise ApiError(400, f"anthropic-version: {version!r} is not a valid version")
+    match = _BATCH_PATH.match(request.url.path)
+    if match and match["id"] in config.batch_http_faults:
+        raise _http_fault_error(config.batch_http_faults[match["id"]], config)
+    fault = emulator.faults.http_fault(results_stream=request.url.path.endswith("/results"))
+    if fault is None or fault == DROP:
+        return None if fault is None else DROP
+    raise _http_fault_error(int(fault), config)
+
+
+def api_routes(emulator: Emulator) -> list[Route]:
+    """Return the ``/v1`` routes bound to ``emulator``."""
+
+    async def create_batch(request: Request, _fault: str | None) -> Response:
+        config = emulator.faults.config
+        started = time.perf_counter()
+        holder = [await _read_body(request, config.max_body_bytes)]
+        batch_id = "msgbatch_" + secrets.token_hex(12)
+        # Whole microseconds, so created_at + ttl prints exactly ttl after created_at.
+        now = round(time.time(), 6)
+        timings = {"read": time.perf_counter() - started}
+
+        def create() -> BatchRecord:
+            with _gc_paused():
+                started = time.perf_counter()
+                try:
+                    requests = parse_create_body(holder.pop(), max_requests=config.max_requests)
+                except InvalidBatch as exc:
+                    raise ApiError(400, str(exc)) from None
+                timings["parse"] = time.perf_counter() - started
+                schedule = new_schedule(
+                    num_requests=len(requests),
+                    created_at=now,
+                    ttl_seconds=config.ttl_seconds,
+                    start_delay_seconds=config.start_delay_seconds,
+                    rate=config.throughput,
+                )
+                record = emulator.store.create_batch(
+                    batch_id=batch_id,
+                    requests=requests,
+                    schedule=schedule,
+                    seed=config.seed,
+                    error_rates=config.error_rates(),
+                    expire_rate=config.expire_rate,
+                )
+                timings["store"] = time.perf_counter() - started - timings["parse"]
+                return record
+
+        record = await run_in_threadpool(create)
+        # Where the time of a create went (read body, parse+validate, build+store), for benchmarks.
+        server_timing = ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in timings.items())
+        return _json(
+            emulator.batch_json(record, _base_url(request)), headers={"server-timing": server_timing}
+        )
+
+    def list_batches(request: Request, _fault: str | None) -> Response:
+        params = request.query_params
+        try:
+            limit = int(params.get("limit", "20"))
+        except ValueError:
+            raise ApiError(400, f"limit: {params.get('limit')!r} is not an integer") from None
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, f"limit: must be between 1 and 1000, got {limit}")
+        after_id, before_id = params.get("after_id"), params.get("before_id")
+        if after_id and before_id:
+            raise ApiError(400, "after_id and before_id cannot be used together")
+        cursors: dict[str, int | None] = {"after_id": None, "before_id": None}
+        for name, value in (("after_id", after_id), ("before_id", before_id)):
+            if value:
+                cursors[name] = emulator.store.seq_of(value)
+                if cursors[name] is None:
+                    raise ApiError(400, f"{name}: no batch with id {value!r}")
+        records, has_more = emulator.store.list_page(
+            limit=limit, after_seq=cursors["after_id"], before_seq=cursors["before_id"], now=time.time()
+        )
+        base_url = _base_url(request)
+        return _json(
+            {
+                "data": [emulator.batch_json(r, base_url) for r in records],
+                "has_more": has_more,
+                "first_id": records[0].id if records else None,
+                "last_id": records[-1].id if records else None,
+            }
+        )
+
+    def retrieve_batch(request: Request, _fault: str | None) -> Response:
+        record = emulator.require(request.path_params["batch_id"], time.time())
+        return _json(emulator.batch_json(record, _base_url(request)))
+
+    def cancel_batch(request: Request, _fault: str | None) -> Response:
+        batch_id = request.path_params["batch_id"]
+        now = time.time()
+        record = emulator.require(batch_id, now)
+        if record.state.status == "in_progress":
+            schedule = canceled(record.schedule, now, emulator.faults.config.cancel_delay_seconds)
+            emulator.store.save_schedule(record.seq, schedule)
+            record = emulator.require(batch_id, now)
+        return _json(emulator.batch_json(record, _base_url(request)))
+
+    def delete_batch(request: Request, _fault: str | None) -> Response:
+        batch_id = request.path_params["batch_id"]
+        record = emulator.require(batch_id, time.time())
+        if record.state.status != "ended":
+            raise ApiError(
+                400,
+                f"Batch {batch_id} cannot be deleted while it is {record.state.status}; "
+                "cancel it and wait until it has ended",
+            )
+        emulator.store.delete(record.seq)
+        return _json({"id": batch_id, "type": "message_batch_deleted"})
+
+    def batch_results(request: Request, fault: str | None) -> Response:
+        batch_id = request.path_params["batch_id"]
+        record = emulator.require(batch_id, time.time())
+        if record.state.status != "ended":
+            raise ApiError(
+                400,
+                f"Batch {batch_id} is still {record.state.status}; results are available once it has ended",
+            )
+        lines = _result_lines(emulator.store, record)
+        if fault == DROP:
+            lines = _dropped(lines)
+        return StreamingResponse(lines, media_type="application/x-jsonl")
+
+    async def count_tokens(request: Request, _fault: str | None) -> Response:
+        try:
+            body = decode_body(await request.body(), CountTokensBody)
+        except InvalidBatch as exc:
+            raise ApiError(400, str(exc)) from None
+        tokens = count_input_tokens(prompt_segments(body.system, body.messages, body.tools))
+        return _json({"input_tokens": tokens})
+
+    batch = "/v1/messages/batches/{batch_id}"
+    return [
+        _api_route(emulator, "/v1/messages/batches", "POST", create_batch),
+        _api_route(emulator, "/v1/messages/batches", "GET", list_batches),
+        _api_route(emulator, batch, "GET", retrieve_batch),
+        _api_route(emulator, batch, "DELETE", delete_batch),
+        _api_route(emulator, batch + "/cancel", "POST", cancel_batch),
+        _api_route(emulator, batch + "/results", "GET", batch_results),
+        _api_route(emulator, "/v1/messages/count_tokens", "POST", count_tokens),
+    ]
+
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while a create decodes and builds 100,000 requests.
+
+    Decoding allocates a few hundred thousand objects, which without this triggers
+    repeated full collections and more than doubles the decode time. Nested or
+    concurrent pauses are counted, so the GC comes back only after the last one.
+    """
+    global _gc_pausers
+    with _gc_lock:
+        _gc_pausers += 1
+        gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0:
+                gc.enable()
+
+
+async def _read_body(request: Request, limit: int) -> bytearray:
+    """Return the request body; past ``limit`` bytes drain the rest and raise 413."""
+    declared = request.headers.get("content-length")
+    too_large = declared is not None and declared.isdigit() and int(declared) > limit
+    body = bytearray()
+    async for chunk in request.stream():
+        if too_large:
+            continue
+        body += chunk
+        if len(body) > limit:
+            too_large = True
+            body = bytearray()
+    if too_large:
+        raise ApiError(413, f"Request body exceeds the limit of {limit:,} bytes; split the batch")
+    return body
+
+
+def _result_lines(store: BatchStore, record: BatchRecord) -> Iterator[bytes]:
+    """Yield the JSONL results of an ended batch in request order, a chunk of lines at a time."""
+    rest_type = b"canceled" if record.state.end_reason == "canceled" else b"expired"
+    return store.result_chunks(record.seq, record.state.done_at_end, rest_type)
+
+
+def _dropped(lines: Iterator[bytes]) -> Iterator[bytes]:
+    """Yield the first half of the first chunk, then drop the connection."""
+    first = next(lines, b"")
+    yield first[: max(1, len(first) // 2)]
+    raise _ResultsStreamDropped("results stream dropped (injected by the emulator)")
+
+
+def admin_routes(emulator: Emulator) -> list[Route]:
+    """Return the ``/_emulator`` routes: health, config, stats, reset (no auth, no faults)."""
+
+    async def health(request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def get_config(request: Request) -> Response:
+        return _json(emulator.faults.config.to_json())
+
+    async def post_config(request: Request) -> Response:
+        try:
+            changes = msgspec.json.decode(await request.body() or b"{}")
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, f"config body is not JSON: {exc}") from None
+        if not isinstance(changes, dict):
+            raise ApiError(400, "config body must be a JSON object of settings to change")
+        try:
+            config = await run_in_threadpool(emulator.configure, changes)
+        except ConfigError as exc:
+            raise ApiError(400, str(exc)) from None
+        return _json(config.to_json())
+
+    def stats(request: Request) -> Response:
+        return _json(emulator.store.stats())
+
+    def reset(request: Request) -> Response:
+        emulator.store.reset()
+        return _json(emulator.store.stats())
+
+    return [
+        Route("/_emulator/health", health, methods=["GET"]),
+        Route("/_emulator/config", get_config, methods=["GET"]),
+        Route("/_emulator/config", post_config, methods=["POST"]),
+        Route("/_emulator/stats", stats, methods=["GET"]),
+        Route("/_emulator/reset", reset, methods=["POST"]),
+    ]
+
+
+def create_app(data_dir: str | Path, config: EmulatorConfig | None = None) -> Starlette:
+    """Return the emulator ASGI app storing its state under ``data_dir``."""
+    emulator = Emulator(data_dir, config or EmulatorConfig())
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _error_response(request, exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error_response(request, ApiError(exc.status_code, str(exc.detail)))
+
+    app = Starlette(
+        routes=[*admin_routes(emulator), *api_routes(emulator)],
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={ApiError: api_error, HTTPException: http_error},
+    )
+    app.state.emulator = emulator
+    return app

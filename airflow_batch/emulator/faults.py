@@ -1,0 +1,266 @@
+"""Emulator configuration: simulated processing speed and seeded fault injection.
+
+Every setting has one name used everywhere: the key of ``POST /_emulator/config``,
+the CLI flag (``error_rate`` -> ``--error-rate``) and the environment variable
+(``AIRFLOW_BATCH_EMULATOR_ERROR_RATE``). Precedence at start: defaults < environment
+< ``--config JSON`` < individual flags; at runtime ``POST /_emulator/config``.
+
+When settings take effect:
+
+- ``throughput`` re-paces batches still in progress from the moment of the change
+  (work already done is kept), ``start_delay_seconds`` also moves the start of batches
+  that have not started yet; both apply to new batches.
+- ``error_rate``/``error_types``/``expire_rate``/``seed``/``ttl_seconds`` are read when a
+  batch is created: its per-request outcomes are fixed then, so they are reproducible.
+- HTTP faults (``http_fault_*``, ``batch_http_faults``) and ``latency_ms`` apply to
+  every later API call (``/v1/...``), never to ``/_emulator/*``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+ENV_PREFIX = "AIRFLOW_BATCH_EMULATOR_"
+
+ERROR_TYPES = (
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "overloaded_error",
+)
+HTTP_FAULT_STATUSES = (429, 500, 529, "drop")
+DROP = "drop"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value the emulator cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Settings of one emulator; see the module docstring for when each applies."""
+
+    throughput: float = 10_000.0
+    """Requests processed per second per batch; 0 pauses processing (batches then expire)."""
+    latency_ms: float = 0.0
+    """Delay added to every API call."""
+    start_delay_seconds: float = 0.0
+    """Time from creation until a batch's first request completes."""
+    cancel_delay_seconds: float = 0.0
+    """Time a batch stays ``canceling`` after a cancel before it ends."""
+    ttl_seconds: float = 86_400.0
+    """Batches not finished this long after creation end with the rest ``expired``."""
+    error_rate: float = 0.0
+    """Fraction of requests that come back ``errored``, split evenly over ``error_types``."""
+    error_types: tuple[str, ...] | dict[str, float] = ("overloaded_error",)
+    """Error types for ``error_rate``, or a mapping type -> rate (then ``error_rate`` is ignored)."""
+    expire_rate: float = 0.0
+    """Fraction of requests that come back ``expired`` even though their batch finishes."""
+    http_fault_rate: float = 0.0
+    """Probability that an API call fails with one of ``http_fault_statuses``."""
+    http_fault_statuses: tuple[int | str, ...] = (429, 529)
+    """Statuses to inject: 429 (with ``retry-after``), 500, 529, or ``drop`` (results stream cut)."""
+    http_fault_budget: int | None = None
+    """Inject at most this many more HTTP faults (``None``: no limit); counts down."""
+    retry_after_seconds: float = 1.0
+    """Value of ``retry-after`` (and ``retry-after-ms``) on injected 429s."""
+    batch_http_faults: dict[str, int] = field(default_factory=dict)
+    """Batch id -> HTTP status returned by every API call naming that batch."""
+    seed: int = 0
+    """Seed of every random choice: per-request outcomes and HTTP faults."""
+    max_requests: int = 100_000
+    """Most requests accepted in one batch."""
+    max_body_bytes: int = 256 * 1024 * 1024
+    """Largest create body accepted; larger ones get 413 ``request_too_large``."""
+
+    def error_rates(self) -> dict[str, float]:
+        """Return the per-request error rate of each error type."""
+        if isinstance(self.error_types, dict):
+            return dict(self.error_types)
+        if not self.error_types or self.error_rate <= 0:
+            return {}
+        share = self.error_rate / len(self.error_types)
+        return dict.fromkeys(self.error_types, share)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the settings as a JSON-ready mapping (the ``/_emulator/config`` body)."""
+        out = asdict(self)
+        out["error_types"] = (
+            dict(self.error_types) if isinstance(self.error_types, dict) else list(self.error_types)
+        )
+        out["http_fault_statuses"] = list(self.http_fault_statuses)
+        return out
+
+    def updated(self, changes: Mapping[str, Any]) -> EmulatorConfig:
+        """Return a copy with ``changes`` applied and validated; raise ConfigError naming a bad key."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown emulator setting(s) {unknown}; known settings: {sorted(known)}")
+        parsed = {name: _parse_value(name, value) for name, value in changes.items()}
+        return replace(self, **parsed)
+
+
+def _parse_value(name: str, value: Any) -> Any:
+    try:
+        return _PARSERS[name](value)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: {value!r} is not valid ({exc})") from None
+
+
+def _non_negative_float(value: Any) -> float:
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError("must be a finite number >= 0")
+    return number
+
+
+def _rate(value: Any) -> float:
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise ValueError("must be between 0 and 1")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be an integer >= 1")
+    return number
+
+
+def _optional_budget(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be an integer >= 0 or null")
+    return number
+
+
+def _error_types(value: Any) -> tuple[str, ...] | dict[str, float]:
+    """Accept a list, a comma string ``a,b``, a mapping, or a string ``a=0.05,b=0.01``."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if any("=" in p for p in parts):
+            value = {k.strip(): v for k, v in (p.split("=", 1) for p in parts)}
+        else:
+            value = parts
+    if isinstance(value, Mapping):
+        rates = {str(k): _rate(v) for k, v in value.items()}
+        _check_error_types(rates)
+        if sum(rates.values()) > 1:
+            raise ValueError("the rates add up to more than 1")
+        return rates
+    types = tuple(str(v) for v in value)
+    _check_error_types(types)
+    return types
+
+
+def _check_error_types(types: Any) -> None:
+    bad = [t for t in types if t not in ERROR_TYPES]
+    if bad:
+        raise ValueError(f"unknown error type(s) {bad}; use {list(ERROR_TYPES)}")
+
+
+def _fault_statuses(value: Any) -> tuple[int | str, ...]:
+    if isinstance(value, str):
+        value = [p.strip() for p in value.split(",") if p.strip()]
+    statuses: list[int | str] = []
+    for item in value:
+        status: int | str = DROP if str(item).lower() == DROP else int(item)
+        if status not in HTTP_FAULT_STATUSES:
+            raise ValueError(f"unsupported status {item!r}; use {list(HTTP_FAULT_STATUSES)}")
+        statuses.append(status)
+    return tuple(statuses)
+
+
+def _batch_faults(value: Any) -> dict[str, int]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a mapping of batch id to HTTP status")
+    return {str(k): int(v) for k, v in value.items()}
+
+
+_PARSERS: dict[str, Any] = {
+    "throughput": _non_negative_float,
+    "latency_ms": _non_negative_float,
+    "start_delay_seconds": _non_negative_float,
+    "cancel_delay_seconds": _non_negative_float,
+    "ttl_seconds": _non_negative_float,
+    "error_rate": _rate,
+    "error_types": _error_types,
+    "expire_rate": _rate,
+    "http_fault_rate": _rate,
+    "http_fault_statuses": _fault_statuses,
+    "http_fault_budget": _optional_budget,
+    "retry_after_seconds": _non_negative_float,
+    "batch_http_faults": _batch_faults,
+    "seed": int,
+    "max_requests": _positive_int,
+    "max_body_bytes": _positive_int,
+}
+
+
+def config_names() -> list[str]:
+    """Return every setting name, in declaration order."""
+    return [f.name for f in fields(EmulatorConfig)]
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return the settings given as ``AIRFLOW_BATCH_EMULATOR_<NAME>`` environment variables."""
+    env = os.environ if environ is None else environ
+    return {
+        name: env[ENV_PREFIX + name.upper()] for name in config_names() if ENV_PREFIX + name.upper() in env
+    }
+
+
+class FaultInjector:
+    """Holds the live config and decides, reproducibly from ``seed``, which API calls fail."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self._lock = threading.Lock()
+        self._config = config
+        self._rng = random.Random(config.seed)
+
+    @property
+    def config(self) -> EmulatorConfig:
+        """Return the current settings."""
+        return self._config
+
+    def replace_config(self, config: EmulatorConfig) -> None:
+        """Install new settings; a new ``seed`` restarts the HTTP fault sequence."""
+        with self._lock:
+            if config.seed != self._config.seed:
+                self._rng = random.Random(config.seed)
+            self._config = config
+
+    def http_fault(self, *, results_stream: bool) -> int | str | None:
+        """Return the fault to inject into this API call (a status or ``drop``), or None.
+
+        ``drop`` only applies to a results stream; other calls choose among the numeric statuses.
+        """
+        with self._lock:
+            cfg = self._config
+            choices = [s for s in cfg.http_fault_statuses if results_stream or s != DROP]
+            if cfg.http_fault_rate <= 0 or not choices or cfg.http_fault_budget == 0:
+                return None
+            if self._rng.random() >= cfg.http_fault_rate:
+                return None
+            if cfg.http_fault_budget is not None:
+                self._config = replace(cfg, http_fault_budget=cfg.http_fault_budget - 1)
+            return self._rng.choice(choices)
