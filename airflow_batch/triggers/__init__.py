@@ -1,0 +1,7 @@
+"""Triggers of airflow_batch (run in the Airflow triggerer)."""
+
+from __future__ import annotations
+
+from airflow_batch.triggers.batches import BatchesTrigger
+
+__all__ = ["BatchesTrigger"]
