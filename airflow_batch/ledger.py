@@ -1,0 +1,194 @@
+"""The re-attach ledger: which batch carries each chunk of a round, recorded as it is created.
+
+Two records, because they survive different things:
+
+``{job}/round-{r}/ledger.json`` (the durable record). Rewritten atomically after every change.
+It lives in the job folder, whose path is derived from (dag, run, task, map index), so a
+task retry (try_number + 1) and a clear of the task instance both find it: nothing in
+Airflow deletes it. It is lost only if the job folder is deleted, or if ``output_path`` is a
+local path and the next attempt runs on another machine.
+
+Airflow's ``task_state_store`` (a mirror, when the context has one). Airflow 3.3 keys it by
+(dag run, task, map index); a retry shares the rows, and ``clear_task_instances`` does not
+delete them. They are deleted when the dag run is deleted, when the task is marked success
+with ``[state_store] clear_on_success = True`` (default False), or after
+``default_retention_days`` unless stored with ``NEVER_EXPIRE`` (we do). Because the state
+store lives in the metadata DB it also covers the case the file cannot: a local
+``output_path`` and a retry on another worker. The ledger read at start is the union of both
+(the file wins on a conflict).
+
+Lost create responses. The SDK would retry a create after a timeout or a dropped
+connection, when the batch may already exist; our create call turns the SDK's retries off
+and retries itself: an error status from the API (429, 5xx: nothing was created) after its
+``retry-after``, a lost response only after looking for the batch it may have made (below).
+
+Intent records close most of the remaining gap. Before each create call the ledger records
+"submitting chunk N at T"; the batch id replaces it the moment the API answers. If the
+worker dies between the API creating the batch and the ledger write (or the response is
+lost), the re-run finds an intent without a batch id, lists the batches created since T and
+adopts the single one with the chunk's request count that no ledger entry claims (see
+:func:`airflow_batch.submission.find_orphan`). The Batches API has no idempotency key and no
+metadata on batches, so this match is by time and size: if two candidates match, none is
+adopted, a warning names them, and the chunk is submitted again (one batch may then be paid
+twice; cancel the named one if it is ours).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.sdk import ObjectStoragePath
+
+from airflow_batch import layout
+from airflow_batch.manifest import CostEstimate
+from airflow_batch.storage import read_json, write_json
+
+LEDGER_VERSION = 1
+
+
+def utcnow() -> str:
+    """Return the current UTC time as an ISO-8601 string."""
+    return datetime.now(UTC).isoformat()
+
+
+def state_key(round_number: int) -> str:
+    """Return the ``task_state_store`` key mirroring the ledger of a round."""
+    return f"airflow_batch.ledger.round-{round_number}"
+
+
+@dataclass
+class Ledger:
+    """The batches of one round of one job, keyed by chunk index."""
+
+    job_dir: str
+    round: int
+    fingerprint: str
+    conn_id: str
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    batches: dict[int, dict[str, Any]] = field(default_factory=dict)
+    intents: dict[int, dict[str, Any]] = field(default_factory=dict)
+    estimate: CostEstimate | None = None
+    created_at: str = field(default_factory=utcnow)
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def binding(self) -> bool:
+        """Return True once a batch may exist: a batch id or an intent is recorded."""
+        return bool(self.batches or self.intents)
+
+    def batch_id(self, chunk: int) -> str | None:
+        """Return the batch id recorded for ``chunk``, if any."""
+        entry = self.batches.get(chunk)
+        return entry["batch_id"] if entry else None
+
+    def claimed(self) -> set[str]:
+        """Return every batch id this ledger records."""
+        return {entry["batch_id"] for entry in self.batches.values()}
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the ledger as a JSON document."""
+        return {
+            "version": LEDGER_VERSION,
+            "job_dir": self.job_dir,
+            "round": self.round,
+            "fingerprint": self.fingerprint,
+            "conn_id": self.conn_id,
+            "created_at": self.created_at,
+            "updated_at": utcnow(),
+            "chunks": self.chunks,
+            "batches": {str(chunk): entry for chunk, entry in sorted(self.batches.items())},
+            "intents": {str(chunk): entry for chunk, entry in sorted(self.intents.items())},
+            "estimate": self.estimate,
+            "events": self.events,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Ledger:
+        """Return the ledger stored in ``data``."""
+        return cls(
+            job_dir=data["job_dir"],
+            round=int(data["round"]),
+            fingerprint=data["fingerprint"],
+            conn_id=data.get("conn_id", ""),
+            chunks=list(data.get("chunks", [])),
+            batches={int(chunk): dict(entry) for chunk, entry in data.get("batches", {}).items()},
+            intents={int(chunk): dict(entry) for chunk, entry in data.get("intents", {}).items()},
+            estimate=data.get("estimate"),
+            created_at=data.get("created_at", utcnow()),
+            events=list(data.get("events", [])),
+        )
+
+
+class LedgerStore:
+    """Reads and writes the ledger of one round: the job-folder file, mirrored to the state store."""
+
+    def __init__(self, job: ObjectStoragePath, round_number: int, state_store: Any | None = None) -> None:
+        self.job = job
+        self.round = round_number
+        self.path = layout.ledger_path(job, round_number)
+        self.state_store = state_store
+
+    def load(self) -> Ledger | None:
+        """Return the recorded ledger (file and state store merged), or None if there is none."""
+        ledger = Ledger.from_json(read_json(self.path)) if self.path.exists() else None
+        mirrored = self._load_mirror()
+        if mirrored is None:
+            return ledger
+        if ledger is None:
+            ledger = Ledger(
+                job_dir=str(mirrored.get("job_dir", self.job)),
+                round=self.round,
+                fingerprint=mirrored["fingerprint"],
+                conn_id=mirrored.get("conn_id", ""),
+            )
+            ledger.events.append(f"{utcnow()} ledger file missing; rebuilt from task_state_store")
+        if mirrored["fingerprint"] != ledger.fingerprint:
+            return ledger
+        for chunk, batch_id in mirrored.get("batches", {}).items():
+            ledger.batches.setdefault(int(chunk), {"batch_id": batch_id, "source": "task_state_store"})
+        for chunk, started_at in mirrored.get("intents", {}).items():
+            if int(chunk) not in ledger.batches:
+                ledger.intents.setdefault(int(chunk), {"started_at": started_at})
+        return ledger
+
+    def _load_mirror(self) -> dict[str, Any] | None:
+        if self.state_store is None:
+            return None
+        value = self.state_store.get(state_key(self.round))
+        if isinstance(value, dict) and isinstance(value.get("fingerprint"), str):
+            return value
+        return None
+
+    def save(self, ledger: Ledger) -> None:
+        """Write the ledger file atomically, then its mirror."""
+        write_json(self.path, ledger.to_json())
+        if self.state_store is None:
+            return
+        value = {
+            "job_dir": ledger.job_dir,
+            "fingerprint": ledger.fingerprint,
+            "conn_id": ledger.conn_id,
+            "batches": {str(chunk): entry["batch_id"] for chunk, entry in ledger.batches.items()},
+            "intents": {str(chunk): entry["started_at"] for chunk, entry in ledger.intents.items()},
+        }
+        try:
+            from airflow.sdk.execution_time.context import NEVER_EXPIRE
+
+            self.state_store.set(state_key(self.round), value, retention=NEVER_EXPIRE)
+        except TypeError:  # accessors without retention (e.g. in the triggerer)
+            self.state_store.set(state_key(self.round), value)
+
+    def archive(self) -> ObjectStoragePath | None:
+        """Rename the ledger file to ``ledger.<timestamp>.json`` and drop the mirror; return the new path."""
+        archived = None
+        if self.path.exists():
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            archived = self.path.parent / f"ledger.{stamp}.json"
+            self.path.rename(archived)
+        if self.state_store is not None:
+            with contextlib.suppress(Exception):
+                self.state_store.delete(state_key(self.round))
+        return archived

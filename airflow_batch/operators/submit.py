@@ -1,0 +1,236 @@
+"""``SubmitBatchesOperator``: validate, chunk, persist, estimate and submit a job's requests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
+from airflow.sdk import BaseOperator, ObjectStoragePath
+
+from airflow_batch import layout
+from airflow_batch.manifest import RoundManifest
+from airflow_batch.requests import (
+    MAX_BYTES_PER_BATCH,
+    MAX_REQUESTS_PER_BATCH,
+    InvalidRow,
+    RequestBuilder,
+    RequestDefaults,
+    records_to_requests,
+)
+from airflow_batch.storage import as_path, iter_jsonl_lines
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+def _decoded(lines: Iterable[bytes]) -> Iterator[Any]:
+    """Yield each JSON line decoded, or an :class:`InvalidRow` naming why it is not JSON."""
+    decode = msgspec.json.Decoder().decode
+    for line in lines:
+        try:
+            yield decode(line)
+        except msgspec.DecodeError as exc:
+            yield InvalidRow(f"not valid JSON: {exc}")
+
+
+def _rows(source: Any, name: str) -> Iterable[Any]:
+    """Return the rows of ``source``: a list as is, a URI / path as its JSONL lines (streamed).
+
+    Request lines stay raw bytes: the submit pass checks and writes them without re-encoding.
+    """
+    if isinstance(source, (str, ObjectStoragePath)):
+        path = as_path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"{name}: no file at {path}; give a JSONL file's URI or a list")
+        lines = iter_jsonl_lines(path)
+        return lines if name == "requests" else _decoded(lines)
+    if isinstance(source, Mapping):
+        raise TypeError(f"{name} must be a list or a JSONL file URI, got a single mapping")
+    if isinstance(source, Iterable):
+        return source
+    raise TypeError(f"{name} must be a list or a JSONL file URI, got {type(source).__name__}")
+
+
+class SubmitBatchesOperator(BaseOperator):
+    """Submit requests to the Message Batches API as batches within the API's limits; return a manifest.
+
+    Validates every request before any API call, splits them into batches by count and bytes
+    (deterministic boundaries, streaming: memory does not grow with the input), writes each
+    chunk under the job folder ``{output_path}/{dag_id}/{run_id}/{task_id}[/map-{i}]/``,
+    estimates the cost (refusing above ``max_cost_usd``), then creates one batch per chunk.
+    The XCom return value is a small :class:`~airflow_batch.manifest.RoundManifest`: job
+    folder, batch ids per chunk, request counts, bytes and the estimate, never request bodies.
+
+    **Retries and clears never pay twice.** Each batch id is written to the job folder's
+    ``round-0/ledger.json`` the moment the API returns it, and mirrored to Airflow's
+    ``task_state_store``. A retry (try_number + 1) and a clear of this task instance both keep
+    the job folder (same dag, run, task, map index) and the state-store rows, so the next
+    attempt re-attaches to the recorded batches and submits only the chunks that have none.
+    The state-store mirror also covers a local ``output_path`` retried on another worker;
+    it is lost if the dag run is deleted or ``[state_store] clear_on_success`` is on.
+    If the worker dies after the API created a batch but before the ledger recorded it, the
+    ledger holds an intent ("submitting chunk N at T") and the next attempt adopts the one
+    batch created since T with the chunk's request count; with two or more candidates it
+    adopts none, warns with their ids, and submits again (see :mod:`airflow_batch.ledger`).
+    A create whose response is lost (timeout, dropped connection) is handled the same way
+    before it is retried, instead of the SDK's blind retry.
+
+    **A changed input** for the same task instance (a different fingerprint of the prepared
+    requests and batch limits) fails with ``InputChangedError`` by default; with
+    ``on_input_change="resubmit"`` the recorded batches that have not ended are canceled,
+    the ledger is archived as ``ledger.<timestamp>.json`` and the new input is submitted.
+
+    :param requests: Complete requests (``{"custom_id", "params"}``): a list, the URI of a
+        JSONL file of them (any ``ObjectStoragePath``; a bare path means ``file://``), or an
+        upstream task's output that is either. Templated. Give this or ``records``.
+    :param records: Records (dicts) to turn into requests with ``prompt_template`` and/or
+        ``request_builder``: a list, a JSONL URI, or an upstream task's output. Templated.
+    :param prompt_template: ``str.format`` template over a record's fields giving the user
+        message, e.g. ``"Classify: {text}"``. A record lacking a field is an invalid row. Templated.
+    :param request_builder: Callable ``record -> params dict | messages list | str``; with a
+        ``prompt_template`` it returns extra params merged over the templated message.
+    :param custom_id_field: Record field giving the ``custom_id`` (int values become strings).
+        An id that does not match ``^[a-zA-Z0-9_-]{1,64}$`` is an invalid row, never rewritten.
+    :param model: Default ``model`` for requests that set none. Templated.
+    :param max_tokens: Default ``max_tokens`` for requests that set none.
+    :param system: Default system prompt for requests that set none. Templated.
+    :param cache_system_prompt: Send the default system prompt marked ``cache_control``
+        (ephemeral), so requests after the first read it from the prompt cache.
+    :param output_path: Base URI of job folders (``file://``, ``s3://``...). Templated.
+    :param conn_id: The ``anthropic`` connection (official provider). Templated.
+    :param max_requests_per_batch: Requests per batch, at most the API's 100,000.
+    :param max_bytes_per_batch: Bytes of create-request body per batch, at most the API's
+        256 MB; measured on the exact bytes sent.
+    :param max_cost_usd: Budget at batch prices; above it the task fails before any batch.
+    :param prices: Price-table overrides ``{model or family: {"input": .., "output": ..}}``.
+    :param expected_output_tokens: Output tokens per request for the estimate (default:
+        each request's ``max_tokens``, an upper bound).
+    :param on_input_change: ``"fail"`` (default) or ``"resubmit"``, see above.
+    :param skip_invalid: Skip invalid rows instead of failing; they are written to
+        ``round-0/invalid_input.jsonl`` as failures of type ``invalid_input``. A duplicated
+        ``custom_id`` still fails the task.
+    :param count_tokens_sample: Requests sent to ``count_tokens`` to calibrate the estimate
+        (0: local approximation only).
+    :param adopt_orphans: Adopt a batch created by an attempt that died before recording it.
+    """
+
+    template_fields: Sequence[str] = (
+        "requests",
+        "records",
+        "output_path",
+        "conn_id",
+        "system",
+        "model",
+        "prompt_template",
+    )
+    ui_color = "#f3d9c4"
+
+    def __init__(
+        self,
+        *,
+        output_path: str,
+        requests: Any = None,
+        records: Any = None,
+        prompt_template: str | None = None,
+        request_builder: RequestBuilder | None = None,
+        custom_id_field: str = "custom_id",
+        model: str | None = None,
+        max_tokens: int | None = None,
+        system: str | list[Any] | None = None,
+        cache_system_prompt: bool = True,
+        conn_id: str = AnthropicHook.default_conn_name,
+        max_requests_per_batch: int = MAX_REQUESTS_PER_BATCH,
+        max_bytes_per_batch: int = MAX_BYTES_PER_BATCH,
+        max_cost_usd: float | None = None,
+        prices: Mapping[str, Mapping[str, Any]] | None = None,
+        expected_output_tokens: int | None = None,
+        on_input_change: str = "fail",
+        skip_invalid: bool = False,
+        count_tokens_sample: int = 20,
+        adopt_orphans: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (requests is None) == (records is None):
+            raise ValueError(f"{self.task_id}: give exactly one of requests= or records=")
+        if records is not None and prompt_template is None and request_builder is None:
+            raise ValueError(f"{self.task_id}: records= needs prompt_template= and/or request_builder=")
+        from airflow_batch.submission import SubmitSettings
+
+        self.requests = requests
+        self.records = records
+        self.prompt_template = prompt_template
+        self.request_builder = request_builder
+        self.custom_id_field = custom_id_field
+        self.model = model
+        self.max_tokens = max_tokens
+        self.system = system
+        self.cache_system_prompt = cache_system_prompt
+        self.output_path = output_path
+        self.conn_id = conn_id
+        # Checked now so a bad setting fails when the DAG is parsed, not when it runs.
+        self.settings = SubmitSettings(
+            max_requests_per_batch=max_requests_per_batch,
+            max_bytes_per_batch=max_bytes_per_batch,
+            max_cost_usd=max_cost_usd,
+            prices=prices,
+            expected_output_tokens=expected_output_tokens,
+            on_input_change=on_input_change,
+            skip_invalid=skip_invalid,
+            count_tokens_sample=count_tokens_sample,
+            adopt_orphans=adopt_orphans,
+        )
+
+    @cached_property
+    def hook(self) -> AnthropicHook:
+        """Return the hook of the ``anthropic`` connection."""
+        return AnthropicHook(conn_id=self.conn_id)
+
+    def input_rows(self) -> Iterator[Any]:
+        """Yield the job's requests (or invalid-row markers) in input order, streaming files."""
+        if self.records is not None:
+            yield from records_to_requests(
+                _rows(self.records, "records"),
+                prompt_template=self.prompt_template,
+                request_builder=self.request_builder,
+                custom_id_field=self.custom_id_field,
+            )
+        else:
+            yield from _rows(self.requests, "requests")
+
+    def job_dir(self, context: Context) -> ObjectStoragePath:
+        """Return this task instance's job folder."""
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        return layout.job_dir(
+            self.output_path,
+            self.dag_id,
+            context["run_id"],
+            self.task_id,
+            map_index if map_index is not None else -1,
+        )
+
+    def execute(self, context: Context) -> RoundManifest:
+        """Submit round 0 of the job (or re-attach to it); return the manifest."""
+        from airflow_batch.submission import submit_round
+
+        defaults = RequestDefaults(
+            model=self.model,
+            max_tokens=self.max_tokens,
+            system=self.system,
+            cache_system_prompt=self.cache_system_prompt,
+        )
+        return submit_round(
+            self.hook.get_conn(),  # type: ignore[arg-type]
+            self.input_rows(),
+            job=self.job_dir(context),
+            round_number=0,
+            conn_id=self.conn_id,
+            settings=self.settings,
+            state_store=context.get("task_state_store"),
+            log=self.log,  # type: ignore[arg-type]
+            defaults=defaults,
+        )

@@ -1,0 +1,447 @@
+"""The one submit path, used by the submit operator (round 0) and the retry operator (rounds >= 1).
+
+:func:`submit_round` runs, in order, and stops at the first failure:
+
+1. One streaming pass over the requests: validate, apply defaults, fingerprint, and write
+   each request to its chunk file in a staging folder (:func:`chunking.prepare_chunks`).
+   Any invalid row raises :class:`InvalidRequestsError` listing the rows; no API call is
+   made and the staging folder is deleted.
+2. Compare with the ledger of earlier attempts (:mod:`airflow_batch.ledger`). Same
+   fingerprint: re-attach. Different fingerprint and a batch may exist:
+   ``on_input_change="fail"`` raises :class:`InputChangedError`; ``"resubmit"`` cancels the
+   recorded batches that have not ended, archives the ledger as ``ledger.<timestamp>.json``
+   and starts the round over.
+3. Move the staged chunk files into ``round-{r}/chunks/`` (a new round only; the chunk
+   files of recorded batches are never overwritten).
+4. Estimate the cost (:mod:`airflow_batch.estimate`) and refuse above ``max_cost_usd``
+   with :class:`BudgetExceededError`, before any batch is created.
+5. For each chunk without a batch: record an intent, create the batch (the chunk file is
+   streamed as the create body: the bytes measured are the bytes sent), record its id.
+6. Return the round manifest (small: paths, ids, counts, bytes, the estimate).
+
+A ledger with no batch and no intent binds nothing: a round refused for budget or invalid
+input can be re-run with a different input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anthropic
+from airflow.sdk import ObjectStoragePath
+from anthropic.types.messages import MessageBatch
+
+from airflow_batch import layout
+from airflow_batch.chunking import ChunkBody, ChunkInfo, PreparedRound, chunk_file_name, prepare_chunks
+from airflow_batch.estimate import estimate_cost
+from airflow_batch.exceptions import BudgetExceededError, InputChangedError, InvalidRequestsError
+from airflow_batch.ledger import Ledger, LedgerStore, utcnow
+from airflow_batch.manifest import MANIFEST_VERSION, BatchRecord, RoundManifest
+from airflow_batch.requests import (
+    MAX_BYTES_PER_BATCH,
+    MAX_REQUESTS_PER_BATCH,
+    RequestDefaults,
+    describe_problems,
+)
+
+ON_INPUT_CHANGE = ("fail", "resubmit")
+#: How far the API's clock may be from the worker's when matching an orphan batch to an intent.
+CLOCK_SKEW = timedelta(minutes=2)
+#: How long after an intent a create may still have landed (the SDK's timeout with retries).
+CREATE_WINDOW = timedelta(hours=1)
+#: After a lost create response, how long to let the API finish storing a batch before looking for it.
+LOST_RESPONSE_SETTLE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class SubmitSettings:
+    """How a round is split, priced and guarded; the operator's arguments of the same names."""
+
+    max_requests_per_batch: int = MAX_REQUESTS_PER_BATCH
+    max_bytes_per_batch: int = MAX_BYTES_PER_BATCH
+    max_cost_usd: float | None = None
+    prices: Mapping[str, Mapping[str, Any]] | None = None
+    expected_output_tokens: int | None = None
+    on_input_change: str = "fail"
+    skip_invalid: bool = False
+    count_tokens_sample: int = 20
+    adopt_orphans: bool = True
+
+    def __post_init__(self) -> None:
+        if self.on_input_change not in ON_INPUT_CHANGE:
+            raise ValueError(
+                f"on_input_change must be one of {ON_INPUT_CHANGE}, got {self.on_input_change!r}"
+            )
+        if not 1 <= self.max_requests_per_batch <= MAX_REQUESTS_PER_BATCH:
+            raise ValueError(
+                f"max_requests_per_batch must be between 1 and {MAX_REQUESTS_PER_BATCH:,} (the API's limit), "
+                f"got {self.max_requests_per_batch}"
+            )
+        if not 1_000 <= self.max_bytes_per_batch <= 256_000_000:
+            raise ValueError(
+                f"max_bytes_per_batch must be between 1,000 and 256,000,000 (the API's limit), "
+                f"got {self.max_bytes_per_batch}"
+            )
+        if self.max_cost_usd is not None and self.max_cost_usd < 0:
+            raise ValueError(f"max_cost_usd must be >= 0, got {self.max_cost_usd}")
+
+
+def _chunks_dir(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    return layout.chunk_path(job, round_number, 0).parent
+
+
+def _remove_tree(path: ObjectStoragePath) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.exists():
+            path.rmdir(recursive=True)
+
+
+def _install_chunks(prepared: PreparedRound, job: ObjectStoragePath, round_number: int) -> None:
+    """Move the staged chunk files (and invalid rows) into the round folder, replacing old ones."""
+    target = _chunks_dir(job, round_number)
+    _remove_tree(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for chunk in prepared.chunks:
+        (prepared.staging / chunk_file_name(chunk.index)).rename(target / chunk_file_name(chunk.index))
+    invalid_path = layout.invalid_input_path(job, round_number)
+    if prepared.invalid_file is not None:
+        prepared.invalid_file.rename(invalid_path)
+    elif invalid_path.exists():
+        invalid_path.unlink()
+
+
+def _restore_missing_chunks(prepared: PreparedRound, job: ObjectStoragePath, round_number: int) -> None:
+    """Put back chunk files missing from the round folder (e.g. a local job folder on a new worker)."""
+    for chunk in prepared.chunks:
+        path = layout.chunk_path(job, round_number, chunk.index)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            (prepared.staging / chunk_file_name(chunk.index)).rename(path)
+
+
+def create_batch(client: anthropic.Anthropic, path: ObjectStoragePath, size: int) -> MessageBatch:
+    """Create a batch whose body is the chunk file at ``path`` (``size`` bytes of body), streamed.
+
+    Goes through the SDK client, so its auth, base URL, retries and ``retry-after`` handling
+    apply; the body is streamed from storage, so a 256 MB chunk never sits in memory.
+    """
+    return client.post(
+        "/v1/messages/batches",
+        cast_to=MessageBatch,
+        content=ChunkBody(path, size),
+        options={"headers": {"Content-Length": str(size), "Content-Type": "application/json"}},
+    )
+
+
+def find_orphan(
+    client: anthropic.Anthropic, chunk: ChunkInfo, started_at: str, claimed: set[str], log: logging.Logger
+) -> str | None:
+    """Return the id of the one batch created for ``chunk`` after its intent, if exactly one matches.
+
+    A match is a batch created between ``started_at`` (minus clock skew) and the create window,
+    holding ``chunk.requests`` requests, and not claimed by the ledger.
+    """
+    start = datetime.fromisoformat(started_at)
+    earliest, latest = start - CLOCK_SKEW, start + CREATE_WINDOW
+    matches: list[str] = []
+    for batch in client.messages.batches.list(limit=100):
+        created = batch.created_at if batch.created_at.tzinfo else batch.created_at.replace(tzinfo=UTC)
+        if created < earliest:
+            break  # newest first: everything further is older
+        counts = batch.request_counts
+        total = counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
+        if created <= latest and total == chunk.requests and batch.id not in claimed:
+            matches.append(batch.id)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        log.warning(
+            "chunk %d: %d batches match its interrupted submission (%s); adopting none and submitting "
+            "again. If one of them is this chunk's, cancel it to avoid paying twice.",
+            chunk.index,
+            len(matches),
+            ", ".join(matches),
+        )
+    return None
+
+
+def _cancel_unended(client: anthropic.Anthropic, ledger: Ledger, log: logging.Logger) -> None:
+    for chunk, entry in sorted(ledger.batches.items()):
+        batch_id = entry["batch_id"]
+        try:
+            batch = client.messages.batches.retrieve(batch_id)
+            if batch.processing_status != "ended":
+                client.messages.batches.cancel(batch_id)
+                log.info("input changed: canceled batch %s of chunk %d", batch_id, chunk)
+        except anthropic.NotFoundError:
+            log.info("input changed: batch %s of chunk %d no longer exists", batch_id, chunk)
+
+
+def _manifest(
+    job: ObjectStoragePath, ledger: Ledger, prepared: PreparedRound, conn_id: str, invalid_path: str | None
+) -> RoundManifest:
+    batches = [
+        BatchRecord(
+            chunk=chunk.index,
+            batch_id=ledger.batches[chunk.index]["batch_id"],
+            requests=chunk.requests,
+            bytes=chunk.bytes,
+            chunk_path=str(layout.chunk_path(job, ledger.round, chunk.index)),
+        )
+        for chunk in prepared.chunks
+    ]
+    return RoundManifest(
+        version=MANIFEST_VERSION,
+        job_dir=str(job),
+        round=ledger.round,
+        conn_id=conn_id,
+        fingerprint=prepared.fingerprint,
+        requests=prepared.requests,
+        bytes=prepared.bytes,
+        invalid=prepared.invalid,
+        invalid_path=invalid_path,
+        batches=batches,
+        estimate=ledger.estimate,
+        submitted_at=ledger.created_at,
+    )
+
+
+def _prepare(
+    requests: Iterable[Any],
+    job: ObjectStoragePath,
+    round_number: int,
+    settings: SubmitSettings,
+    defaults: RequestDefaults | None,
+) -> PreparedRound:
+    staging = layout.round_dir(job, round_number) / f".staging-{uuid.uuid4().hex}"
+    try:
+        prepared = prepare_chunks(
+            requests,
+            staging=staging,
+            max_requests=settings.max_requests_per_batch,
+            max_bytes=settings.max_bytes_per_batch,
+            defaults=defaults,
+            skip_invalid=settings.skip_invalid,
+            expected_output_tokens=settings.expected_output_tokens,
+            round_number=round_number,
+        )
+    except BaseException:
+        _remove_tree(staging)
+        raise
+    if prepared.fatal:
+        _remove_tree(staging)
+        raise InvalidRequestsError(describe_problems(prepared.problems, prepared.invalid))
+    prepared.tally.sample_size = settings.count_tokens_sample
+    del prepared.tally.sample[settings.count_tokens_sample :]
+    return prepared
+
+
+def submit_round(
+    client: anthropic.Anthropic,
+    requests: Iterable[Any],
+    *,
+    job: ObjectStoragePath,
+    round_number: int,
+    conn_id: str,
+    settings: SubmitSettings,
+    state_store: Any | None = None,
+    log: logging.Logger | None = None,
+    defaults: RequestDefaults | None = None,
+) -> RoundManifest:
+    """Validate, chunk, persist, estimate and submit one round; return its manifest.
+
+    Idempotent per (job, round): re-running with the same requests re-attaches to the
+    batches recorded in the ledger and creates only the missing ones.
+
+    :param requests: the requests, as mappings, raw JSONL lines (bytes), or
+        :class:`~airflow_batch.requests.InvalidRow` markers from records conversion.
+    :param defaults: model / max_tokens / system to fill into requests that lack them.
+    """
+    log = log or logging.getLogger(__name__)
+    prepared = _prepare(requests, job, round_number, settings, defaults)
+    store = LedgerStore(job, round_number, state_store)
+    try:
+        ledger = store.load()
+        if ledger is not None and ledger.binding and ledger.fingerprint != prepared.fingerprint:
+            if settings.on_input_change == "fail":
+                raise InputChangedError(
+                    f"the input of {job} round {round_number} changed since its batches were submitted "
+                    f"(fingerprint {ledger.fingerprint} recorded, {prepared.fingerprint} now). "
+                    "Restore the original input, or set on_input_change='resubmit' to cancel the "
+                    "recorded batches and submit the new input."
+                )
+            _cancel_unended(client, ledger, log)
+            archived = store.archive()
+            log.warning("input changed: old ledger archived as %s; submitting the new input", archived)
+            ledger = None
+        if ledger is None or not ledger.binding:
+            _install_chunks(prepared, job, round_number)
+            ledger = Ledger(
+                job_dir=str(job),
+                round=round_number,
+                fingerprint=prepared.fingerprint,
+                conn_id=conn_id,
+                chunks=[
+                    {"chunk": c.index, "requests": c.requests, "bytes": c.bytes} for c in prepared.chunks
+                ],
+            )
+        else:
+            _restore_missing_chunks(prepared, job, round_number)
+            log.info(
+                "re-attaching to %d recorded batch(es) of %s round %d",
+                len(ledger.batches),
+                job,
+                round_number,
+            )
+    finally:
+        _remove_tree(prepared.staging)
+
+    invalid_path = str(layout.invalid_input_path(job, round_number)) if prepared.invalid_file else None
+    if prepared.invalid_file:
+        log.warning(
+            "%d invalid row(s) skipped (skip_invalid=True), recorded in %s", prepared.invalid, invalid_path
+        )
+    pending = [chunk for chunk in prepared.chunks if ledger.batch_id(chunk.index) is None]
+    if ledger.estimate is None:
+        ledger.estimate = estimate_cost(
+            prepared.tally,
+            prices=settings.prices,
+            client=client if settings.count_tokens_sample > 0 else None,
+            require_prices=settings.max_cost_usd is not None,
+            log=log,
+        )
+    if pending and settings.max_cost_usd is not None and ledger.estimate["batch_usd"] > settings.max_cost_usd:
+        already = len(prepared.chunks) - len(pending)
+        raise BudgetExceededError(
+            f"estimated cost ${ledger.estimate['batch_usd']:.4f} at batch prices "
+            f"(${ledger.estimate['standard_usd']:.4f} standard) is above max_cost_usd="
+            f"${settings.max_cost_usd:.4f}; {len(pending)} batch(es) not submitted"
+            + (f" ({already} submitted by an earlier attempt)" if already else "")
+            + ". Raise max_cost_usd, lower max_tokens or set expected_output_tokens, "
+            "or submit fewer requests."
+        )
+    for chunk in pending:
+        _submit_chunk(client, job, ledger, store, chunk, settings, log)
+    store.save(ledger)
+    log.info(
+        "round %d of %s: %d request(s) in %d batch(es): %s",
+        round_number,
+        job,
+        prepared.requests,
+        len(prepared.chunks),
+        ", ".join(ledger.batches[c.index]["batch_id"] for c in prepared.chunks),
+    )
+    return _manifest(job, ledger, prepared, conn_id, invalid_path)
+
+
+def _adopt(ledger: Ledger, store: LedgerStore, chunk: ChunkInfo, batch_id: str, log: logging.Logger) -> None:
+    ledger.batches[chunk.index] = {"batch_id": batch_id, "recorded_at": utcnow(), "adopted": True}
+    ledger.intents.pop(chunk.index, None)
+    ledger.events.append(f"{utcnow()} chunk {chunk.index}: adopted {batch_id} (its create response was lost)")
+    store.save(ledger)
+    log.warning("chunk %d: adopted batch %s whose create response was lost", chunk.index, batch_id)
+
+
+def _retry_delay(error: anthropic.APIStatusError | None, attempt: int) -> float:
+    """Return the wait before the next create: the server's ``retry-after``, else exponential backoff."""
+    if error is not None:
+        headers = error.response.headers
+        with contextlib.suppress(TypeError, ValueError):
+            if "retry-after-ms" in headers:
+                return min(float(headers["retry-after-ms"]) / 1000, 60.0)
+            if "retry-after" in headers:
+                return min(float(headers["retry-after"]), 60.0)
+    return min(0.5 * 2**attempt, 8.0) * (0.75 + random.random() / 4)
+
+
+def _create_recorded(
+    client: anthropic.Anthropic,
+    job: ObjectStoragePath,
+    ledger: Ledger,
+    store: LedgerStore,
+    chunk: ChunkInfo,
+    adopt: bool,
+    log: logging.Logger,
+) -> MessageBatch | None:
+    """Create the chunk's batch, retrying without ever creating it twice; None if one was adopted.
+
+    The SDK's own retries are off for this call: the SDK would also retry a timeout or a
+    dropped connection, after which the batch may exist, and a blind retry would pay twice.
+    Here an error status the API returned (429, 5xx...) is retried after its ``retry-after``
+    (the API created nothing), while a lost response first looks for the batch it may have
+    created (:func:`find_orphan`) and adopts it; only if there is none is the create retried.
+    With ``adopt=False`` a lost response is retried at once, as the SDK would.
+    """
+    creating = client.with_options(max_retries=0)
+    attempts = max(client.max_retries, 0) + 1
+    path = layout.chunk_path(job, ledger.round, chunk.index)
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
+        try:
+            return create_batch(creating, path, chunk.bytes)
+        except anthropic.APIStatusError as error:
+            if last or not (error.status_code in (408, 409, 429) or error.status_code >= 500):
+                raise
+            delay = _retry_delay(error, attempt)
+            log.info("chunk %d: create answered %d; retrying in %.1fs", chunk.index, error.status_code, delay)
+        except anthropic.APIConnectionError as error:
+            if adopt:
+                time.sleep(LOST_RESPONSE_SETTLE_SECONDS)
+                intent = ledger.intents[chunk.index]
+                orphan = find_orphan(client, chunk, intent["started_at"], ledger.claimed(), log)
+                if orphan is not None:
+                    _adopt(ledger, store, chunk, orphan, log)
+                    return None
+            if last:
+                raise
+            delay = _retry_delay(None, attempt)
+            log.info(
+                "chunk %d: create failed (%s) and made no batch; retrying in %.1fs", chunk.index, error, delay
+            )
+        time.sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _submit_chunk(
+    client: anthropic.Anthropic,
+    job: ObjectStoragePath,
+    ledger: Ledger,
+    store: LedgerStore,
+    chunk: ChunkInfo,
+    settings: SubmitSettings,
+    log: logging.Logger,
+) -> None:
+    intent = ledger.intents.get(chunk.index)
+    if intent is not None and settings.adopt_orphans:
+        orphan = find_orphan(client, chunk, intent["started_at"], ledger.claimed(), log)
+        if orphan is not None:
+            _adopt(ledger, store, chunk, orphan, log)
+            return
+    ledger.intents[chunk.index] = {"started_at": utcnow(), "requests": chunk.requests}
+    store.save(ledger)
+    batch = _create_recorded(client, job, ledger, store, chunk, settings.adopt_orphans, log)
+    if batch is None:
+        return
+    # Record first, log after: the id must be durable before anything else can fail.
+    ledger.batches[chunk.index] = {
+        "batch_id": batch.id,
+        "created_at": batch.created_at.isoformat(),
+        "recorded_at": utcnow(),
+    }
+    ledger.intents.pop(chunk.index, None)
+    store.save(ledger)
+    log.info(
+        "chunk %d: batch %s created (%d requests, %d bytes)",
+        chunk.index,
+        batch.id,
+        chunk.requests,
+        chunk.bytes,
+    )

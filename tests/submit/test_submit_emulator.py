@@ -1,0 +1,309 @@
+"""submit_round with the real SDK against the emulator: limits, bad input, budget, faults, crashes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import msgspec
+import pytest
+
+from airflow_batch import layout
+from airflow_batch.emulator.process import EmulatorProcess
+from airflow_batch.exceptions import BudgetExceededError, InputChangedError, InvalidRequestsError
+from airflow_batch.requests import RequestDefaults, records_to_requests
+from airflow_batch.storage import as_path, iter_jsonl_lines, read_json
+from airflow_batch.submission import SubmitSettings, submit_round
+
+MODEL = "claude-haiku-4-5"
+
+
+def req(cid: str, text: str = "hi", **params: Any) -> dict[str, Any]:
+    body = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": text}], **params}
+    return {"custom_id": cid, "params": body}
+
+
+def requests(n: int) -> list[dict[str, Any]]:
+    return [req(f"r{i}", f"hello {i}") for i in range(n)]
+
+
+def submit(client: anthropic.Anthropic, rows: Any, job: Path, **settings: Any) -> Any:
+    settings.setdefault("count_tokens_sample", 0)
+    return submit_round(
+        client, rows, job=as_path(str(job)), round_number=0, conn_id="anthropic_default",
+        settings=SubmitSettings(**settings),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def session_client(emulator_session: EmulatorProcess) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=emulator_session.base_url, api_key="test-key") as client:
+        yield client
+
+
+def test_250001_requests_stream_from_a_file_into_three_batches_by_count(
+    emulator: EmulatorProcess, sync_client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    emulator.configure(throughput=0)  # nothing to process: this test is about creation
+    source = tmp_path / "requests.jsonl"
+    line = b'{"custom_id":"r%d","params":{"model":"claude-haiku-4-5","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}}\n'  # noqa: E501
+    with source.open("wb") as handle:
+        for i in range(250_001):
+            handle.write(line % i)
+    manifest = submit(sync_client, iter_jsonl_lines(as_path(str(source))), tmp_path / "job")
+    assert [b["requests"] for b in manifest["batches"]] == [100_000, 100_000, 50_001]
+    assert emulator.batch_count() == 3
+    for record in manifest["batches"]:
+        batch = sync_client.messages.batches.retrieve(record["batch_id"])
+        assert batch.request_counts.processing == record["requests"]
+    assert manifest["requests"] == 250_001 and manifest["invalid"] == 0
+
+
+def test_byte_limit_splits_batches_by_body_size(
+    emulator_session: EmulatorProcess, session_client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    rows = [req(f"r{i:02d}", "x" * 1000) for i in range(30)]
+    before = emulator_session.batch_count()
+    manifest = submit(session_client, rows, tmp_path / "job", max_bytes_per_batch=10_000)
+    line = len(msgspec.json.encode(rows[0]))  # 1,116 bytes; each line adds a comma too
+    sizes = [b["bytes"] for b in manifest["batches"]]
+    assert [b["requests"] for b in manifest["batches"]] == [8, 8, 8, 6]
+    assert max(sizes) <= 10_000 and all(size + line + 1 > 10_000 for size in sizes[:3])
+    assert emulator_session.batch_count() - before == 4
+
+
+def test_records_with_a_prompt_template_and_defaults_become_cached_requests(
+    emulator_session: EmulatorProcess, session_client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    records = [{"sku": f"p{i}", "name": f"Lamp {i}"} for i in range(12)]
+    rows = records_to_requests(records, prompt_template="Describe {name}.", custom_id_field="sku")
+    manifest = submit_round(
+        session_client,
+        rows,
+        job=as_path(str(tmp_path / "job")),
+        round_number=0,
+        conn_id="anthropic_default",
+        settings=SubmitSettings(),
+        defaults=RequestDefaults(model=MODEL, max_tokens=20, system="You write product copy. " * 40),
+    )
+    chunk = [
+        json.loads(line) for line in Path(manifest["batches"][0]["chunk_path"][7:]).read_text().splitlines()
+    ]
+    assert chunk[3]["custom_id"] == "p3"
+    assert chunk[3]["params"]["messages"] == [{"role": "user", "content": "Describe Lamp 3."}]
+    assert chunk[3]["params"]["system"][0]["cache_control"] == {"type": "ephemeral"}
+    estimate = manifest["estimate"]
+    assert estimate is not None and estimate["method"] == "count_tokens"
+    assert (
+        estimate["usage"]["cache_read_input_tokens"] == 11 * estimate["usage"]["cache_creation_input_tokens"]
+    )
+
+
+BAD_INPUTS: dict[str, tuple[list[Any], str]] = {
+    "custom_id pattern": ([*requests(3), req("bad id!")], "request 3 (custom_id 'bad id!'): custom_id"),
+    "duplicate across batches": (
+        [*requests(12), req("r1")],
+        "request 12 (custom_id 'r1'): custom_id is already",
+    ),
+    "missing model": ([{"custom_id": "a", "params": {"max_tokens": 5, "messages": []}}], "params.model"),
+    "max_tokens 0": ([req("a", max_tokens=0)], "max_tokens must be an integer >= 1"),
+    "no messages": ([req("a", messages=[])], "params.messages must be a non-empty list"),
+    "stream true": ([req("a", stream=True)], "params.stream must not be true"),
+    "one request over the byte limit": ([req("a", "x" * 20_000)], "alone it exceeds the max_bytes_per_batch"),
+    "empty input": ([], "the input has no requests"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_each_bad_input_fails_listing_the_row_and_creates_no_batch(
+    case: str, emulator_session: EmulatorProcess, session_client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    rows, expected = BAD_INPUTS[case]
+    before = emulator_session.batch_count()
+    with pytest.raises(InvalidRequestsError, match="nothing was submitted") as raised:
+        submit(session_client, rows, tmp_path / "job", max_requests_per_batch=5, max_bytes_per_batch=10_000)
+    assert expected in str(raised.value)
+    assert emulator_session.batch_count() == before
+    assert not layout.ledger_path(as_path(str(tmp_path / "job")), 0).exists()
+
+
+def test_many_invalid_rows_are_listed_twenty_with_the_total(
+    session_client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    rows = [req(f"bad id {i}") for i in range(30)]
+    with pytest.raises(InvalidRequestsError) as raised:
+        submit(session_client, rows, tmp_path / "job")
+    message = str(raised.value)
+    assert message.startswith("30 invalid request(s)") and "and 10 more" in message
+    assert "request 19 (custom_id 'bad id 19')" in message and "request 20 " not in message
+
+
+def test_skip_invalid_submits_the_valid_rows_and_records_the_rest(
+    session_client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    rows = [*requests(4), req("bad id")]
+    manifest = submit(session_client, rows, tmp_path / "job", skip_invalid=True)
+    assert manifest["requests"] == 4 and manifest["invalid"] == 1
+    assert manifest["invalid_path"] is not None
+    failure = read_json(as_path(manifest["invalid_path"]))
+    assert failure["result_type"] == "invalid_input" and failure["custom_id"] == "bad id"
+
+
+def test_a_second_run_with_the_same_input_reattaches_and_creates_no_batch(
+    emulator_session: EmulatorProcess, session_client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    before = emulator_session.batch_count()
+    first = submit(session_client, requests(25), tmp_path / "job", max_requests_per_batch=10)
+    second = submit(session_client, requests(25), tmp_path / "job", max_requests_per_batch=10)
+    assert emulator_session.batch_count() - before == 3
+    assert first["batches"] == second["batches"] and first["fingerprint"] == second["fingerprint"]
+
+
+def test_budget_refusal_names_estimate_and_budget_and_creates_no_batch(
+    emulator_session: EmulatorProcess, session_client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    before = emulator_session.batch_count()
+    rows = [req(f"r{i}", "x" * 4000, max_tokens=4000) for i in range(50)]
+    with pytest.raises(BudgetExceededError, match=r"estimated cost \$0\.\d+ .* above max_cost_usd=\$0\.0100"):
+        submit(session_client, rows, tmp_path / "job", max_cost_usd=0.01)
+    assert emulator_session.batch_count() == before
+    # A refused round binds nothing: the same job can be run with a smaller input.
+    manifest = submit(session_client, rows[:1], tmp_path / "job", max_cost_usd=0.05)
+    assert len(manifest["batches"]) == 1
+
+
+def test_changed_input_fails_by_default_and_resubmit_cancels_the_old_batches(
+    emulator: EmulatorProcess, sync_client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    emulator.configure(throughput=0)
+    job = tmp_path / "job"
+    first = submit(sync_client, requests(6), job, max_requests_per_batch=3)
+    with pytest.raises(InputChangedError, match="fingerprint") as raised:
+        submit(sync_client, requests(7), job, max_requests_per_batch=3)
+    assert str(job) in str(raised.value)
+    assert emulator.batch_count() == 2
+    assert [json.loads(line)["custom_id"] for line in (job / "round-0/chunks/chunk-00001.jsonl").open()] == [
+        "r3",
+        "r4",
+        "r5",
+    ]  # the chunk files of the recorded batches were not overwritten
+
+    second = submit(sync_client, requests(7), job, max_requests_per_batch=3, on_input_change="resubmit")
+    assert emulator.batch_count() == 5 and len(second["batches"]) == 3
+    for record in first["batches"]:
+        status = sync_client.messages.batches.retrieve(record["batch_id"]).processing_status
+        assert status in ("canceling", "ended")
+    assert list((job / "round-0").glob("ledger.*.json"))
+
+
+def test_transient_429_and_529_on_create_are_retried_without_duplicate_batches(
+    emulator: EmulatorProcess, tmp_path: Path
+) -> None:
+    # At most 4 faults in all, so no create can fail 1 + 4 times: every chunk gets through.
+    emulator.configure(
+        http_fault_rate=0.6,
+        http_fault_statuses=[429, 529],
+        http_fault_budget=4,
+        retry_after_seconds=0.05,
+        seed=3,
+    )
+    with anthropic.Anthropic(base_url=emulator.base_url, api_key="test-key", max_retries=4) as client:
+        manifest = submit(client, requests(9), tmp_path / "job", max_requests_per_batch=3)
+    assert emulator.configure()["http_fault_budget"] < 4  # faults were served on the creates
+    assert emulator.batch_count() == 3
+    assert len({b["batch_id"] for b in manifest["batches"]}) == 3
+
+
+def crashing_submit(base_url: str, source: str, job: str, moment: str) -> None:
+    """Submit in a forked worker that SIGKILLs itself mid-submission (run as the child's target)."""
+    from airflow_batch import submission
+    from airflow_batch.ledger import LedgerStore
+
+    created: list[str] = []
+    create_batch, save = submission.create_batch, LedgerStore.save
+
+    def create_then_maybe_die(*args: Any, **kwargs: Any) -> Any:
+        batch = create_batch(*args, **kwargs)
+        created.append(batch.id)
+        if moment == "before_record" and len(created) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)  # the API made the batch; the ledger never hears of it
+        return batch
+
+    def save_then_maybe_die(self: LedgerStore, ledger: Any) -> None:
+        save(self, ledger)
+        if moment == "after_record" and len(ledger.batches) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    submission.create_batch = create_then_maybe_die  # type: ignore[assignment]
+    LedgerStore.save = save_then_maybe_die  # type: ignore[method-assign]
+    with anthropic.Anthropic(base_url=base_url, api_key="test-key") as client:
+        submit(client, iter_jsonl_lines(as_path(source)), Path(job), max_requests_per_batch=4)
+
+
+@pytest.mark.parametrize("moment", ["after_record", "before_record"])
+def test_sigkill_mid_submission_then_rerun_ends_with_exactly_one_batch_per_chunk(
+    moment: str, emulator: EmulatorProcess, sync_client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    source = tmp_path / "requests.jsonl"
+    source.write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in requests(20)))
+    job = tmp_path / "job"
+    # A forked worker: a real process, killed for real, without paying Airflow's import time again.
+    worker = multiprocessing.get_context("fork").Process(
+        target=crashing_submit, args=(emulator.base_url, str(source), str(job), moment)
+    )
+    worker.start()
+    worker.join(timeout=120)
+    assert worker.exitcode == -signal.SIGKILL
+    killed_after = emulator.batch_count()
+    assert killed_after == (2 if moment == "after_record" else 3)
+
+    manifest = submit(sync_client, iter_jsonl_lines(as_path(str(source))), job, max_requests_per_batch=4)
+
+    assert emulator.batch_count() == 5
+    ids = [b["batch_id"] for b in manifest["batches"]]
+    assert len(ids) == 5 and len(set(ids)) == 5
+    listed = {batch.id for batch in sync_client.messages.batches.list(limit=100)}
+    assert listed == set(ids)
+    ledger = read_json(layout.ledger_path(as_path(str(job)), 0))
+    assert ledger["intents"] == {}
+    if moment == "before_record":
+        assert ledger["batches"]["2"].get("adopted") is True
+
+
+@pytest.mark.parametrize("others", [0, 1], ids=["adopted", "ambiguous-not-adopted"])
+def test_a_create_whose_response_is_lost_adopts_its_batch_only_when_unambiguous(
+    others: int,
+    emulator: EmulatorProcess,
+    sync_client: anthropic.Anthropic,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow_batch import submission
+
+    monkeypatch.setattr(submission, "LOST_RESPONSE_SETTLE_SECONDS", 0.0)
+    real_create = submission.create_batch
+    lost: list[str] = []
+
+    def create_and_lose_the_first_response(*args: Any, **kwargs: Any) -> Any:
+        batch = real_create(*args, **kwargs)
+        if lost:
+            return batch
+        lost.append(batch.id)
+        for _ in range(others):  # another job's batch of the same size, created in the same window
+            sync_client.messages.batches.create(requests=requests(3))  # type: ignore[arg-type]
+        raise anthropic.APITimeoutError(request=None)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(submission, "create_batch", create_and_lose_the_first_response)
+    manifest = submit(sync_client, requests(3), tmp_path / "job")
+
+    recorded = manifest["batches"][0]["batch_id"]
+    if others == 0:
+        assert recorded == lost[0] and emulator.batch_count() == 1  # found and adopted, not created twice
+    else:
+        assert recorded != lost[0] and emulator.batch_count() == 3  # cannot tell which: a warning names both

@@ -1,0 +1,327 @@
+"""Pure functions of the submit path: request checks, records, chunk planning, estimate, ledger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from airflow_batch import layout
+from airflow_batch.chunking import ChunkBody, body_bytes, prepare_chunks, read_chunk
+from airflow_batch.costs import price_table
+from airflow_batch.estimate import TokenTally, approx_tokens, estimate_cost, input_tokens
+from airflow_batch.exceptions import UnknownModelPriceError
+from airflow_batch.ledger import Ledger, LedgerStore
+from airflow_batch.requests import (
+    InvalidRow,
+    RequestDefaults,
+    check_request,
+    describe_problems,
+    records_to_requests,
+)
+from airflow_batch.storage import as_path
+
+MODEL = "claude-haiku-4-5"
+
+
+def req(cid: str = "r1", **params: Any) -> dict[str, Any]:
+    body = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    body.update(params)
+    return {"custom_id": cid, "params": body}
+
+
+def requests(n: int, text: str = "hello") -> list[dict[str, Any]]:
+    return [req(f"r{i}", messages=[{"role": "user", "content": f"{text} {i}"}]) for i in range(n)]
+
+
+def prepare(tmp_path: Path, rows: Any, **kwargs: Any) -> Any:
+    kwargs.setdefault("max_requests", 100_000)
+    kwargs.setdefault("max_bytes", 255_000_000)
+    return prepare_chunks(rows, staging=as_path(str(tmp_path / "staging")), **kwargs)
+
+
+# --- request checks -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "rule"),
+    [
+        (req("a b"), "custom_id 'a b' must match"),
+        (req("x" * 65), "must match"),
+        ({"params": req()["params"]}, "custom_id is missing"),
+        ({**req(), "extra": 1}, "unknown field 'extra'"),
+        ({"custom_id": "a", "params": "nope"}, "params must be an object"),
+        (req(model=""), "params.model is missing"),
+        (req(max_tokens=0), "max_tokens must be an integer >= 1"),
+        (req(max_tokens=True), "max_tokens must be an integer >= 1"),
+        (req(messages=[]), "params.messages must be a non-empty list"),
+        (req(messages=[{"role": "system", "content": "x"}]), "role must be 'user' or 'assistant'"),
+        (req(messages=[{"role": "user", "content": ""}]), "content must be a non-empty"),
+        (req(stream=True), "params.stream must not be true"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+def test_check_request_names_the_rule_each_invalid_request_breaks(request_: Any, rule: str) -> None:
+    problem = check_request(request_)
+    assert problem is not None and rule in problem
+
+
+def test_check_request_accepts_blocks_system_and_stream_false() -> None:
+    blocks = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    assert check_request(req(messages=blocks, system="s", stream=False)) is None
+
+
+def test_describe_problems_lists_the_first_twenty_and_the_count() -> None:
+    from airflow_batch.requests import Problem
+
+    problems = [Problem(i, f"r{i}", "bad") for i in range(25)]
+    text = describe_problems(problems, 25)
+    assert "request 19 (custom_id 'r19'): bad" in text
+    assert "request 20 " not in text and "and 5 more" in text and text.startswith("25 invalid")
+
+
+def test_defaults_fill_only_missing_fields_and_mark_the_shared_system_prompt_cached() -> None:
+    defaults = RequestDefaults(model=MODEL, max_tokens=32, system="Be brief.")
+    bare = {"custom_id": "a", "params": {"messages": [{"role": "user", "content": "x"}]}}
+    filled = defaults.apply(bare)["params"]
+    assert filled["model"] == MODEL and filled["max_tokens"] == 32
+    assert filled["system"] == [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]
+    own = defaults.apply(req(max_tokens=5, system="mine"))["params"]
+    assert own["max_tokens"] == 5 and own["system"] == "mine"
+    plain = RequestDefaults(system="Be brief.", cache_system_prompt=False).apply(bare)["params"]
+    assert plain["system"] == "Be brief."
+
+
+# --- records --------------------------------------------------------------------------------
+
+
+def test_records_become_requests_through_the_prompt_template() -> None:
+    records = [{"id": "p-1", "name": "Lamp", "colour": "red"}, {"id": 7, "name": "Mug", "colour": "blue"}]
+    out = list(
+        records_to_requests(records, prompt_template="Describe {name} ({colour})", custom_id_field="id")
+    )
+    assert out[0] == {
+        "custom_id": "p-1",
+        "params": {"messages": [{"role": "user", "content": "Describe Lamp (red)"}]},
+    }
+    assert out[1]["custom_id"] == "7"
+
+
+def test_records_with_missing_fields_or_invalid_ids_become_invalid_rows_never_rewritten() -> None:
+    records = [{"id": "a b", "text": "x"}, {"id": "ok"}, {"text": "no id"}, "not a record"]
+    out = list(records_to_requests(records, prompt_template="{text}", custom_id_field="id"))
+    assert all(isinstance(row, InvalidRow) for row in out)
+    assert "custom_id 'a b' must match" in out[0].rule and out[0].custom_id == "a b"
+    assert "no field 'text'" in out[1].rule and out[1].custom_id == "ok"
+    assert "no field 'id'" in out[2].rule
+    assert "must be a JSON object" in out[3].rule
+
+
+def test_a_records_file_line_that_is_not_json_is_an_invalid_row_with_its_index(tmp_path: Path) -> None:
+    from airflow_batch.operators.submit import SubmitBatchesOperator
+
+    source = tmp_path / "records.jsonl"
+    source.write_text('{"custom_id": "a", "t": "x"}\n{oops\n{"custom_id": "b", "t": "y"}\n')
+    operator = SubmitBatchesOperator(
+        task_id="s", output_path=str(tmp_path), records=str(source), prompt_template="{t}"
+    )
+    prepared = prepare(tmp_path, operator.input_rows(), defaults=RequestDefaults(model=MODEL, max_tokens=5))
+    assert prepared.fatal and prepared.problems[0].index == 1
+    assert "not valid JSON" in prepared.problems[0].rule
+
+
+def test_request_builder_returns_params_merged_over_the_template() -> None:
+    out = list(
+        records_to_requests(
+            [{"custom_id": "a", "t": "x"}],
+            prompt_template="Q: {t}",
+            request_builder=lambda record: {"temperature": 0.0, "max_tokens": 9},
+        )
+    )
+    params = out[0]["params"]  # type: ignore[index]
+    assert params["temperature"] == 0.0 and params["max_tokens"] == 9
+    assert params["messages"][0]["content"] == "Q: x"
+
+
+# --- chunk planning -------------------------------------------------------------------------
+
+
+def test_chunks_split_by_count_deterministically(tmp_path: Path) -> None:
+    rows = requests(25)
+    first = prepare(tmp_path / "a", rows, max_requests=10)
+    second = prepare(tmp_path / "b", rows, max_requests=10)
+    assert [c.requests for c in first.chunks] == [10, 10, 5]
+    assert first.fingerprint == second.fingerprint and first.chunks == second.chunks
+    ids = [r["custom_id"] for r in read_chunk(first.staging / "chunk-00002.jsonl")]
+    assert ids == [f"r{i}" for i in range(20, 25)]
+
+
+def test_chunks_split_by_bytes_and_the_body_sent_is_exactly_the_bytes_counted(tmp_path: Path) -> None:
+    rows = [req(f"r{i:03d}", messages=[{"role": "user", "content": "x" * 200}]) for i in range(40)]
+    line = len(msgspec.json.encode(rows[0]))  # every line has this size
+    limit = body_bytes(7, 7 * line) + 3  # room for 7 lines of this size, not 8
+    prepared = prepare(tmp_path, rows, max_bytes=limit)
+    assert all(c.bytes <= limit for c in prepared.chunks)
+    assert [c.requests for c in prepared.chunks][:3] == [7, 7, 7]
+    assert sum(c.requests for c in prepared.chunks) == 40
+    for chunk in prepared.chunks:
+        body = b"".join(ChunkBody(prepared.staging / f"chunk-{chunk.index:05d}.jsonl", chunk.bytes))
+        assert len(body) == chunk.bytes
+        assert [r["custom_id"] for r in json.loads(body)["requests"]] == [
+            r["custom_id"] for r in read_chunk(prepared.staging / f"chunk-{chunk.index:05d}.jsonl")
+        ]
+
+
+def test_chunk_body_streams_in_blocks_that_split_lines(tmp_path: Path) -> None:
+    prepared = prepare(tmp_path, requests(50))
+    body = ChunkBody(prepared.staging / "chunk-00000.jsonl", prepared.chunks[0].bytes)
+    body.block_size = 7  # force separators to fall on block edges
+    data = b"".join(body)
+    assert len(data) == prepared.chunks[0].bytes and len(json.loads(data)["requests"]) == 50
+    assert b"".join(body) == data  # iterable again, as an SDK retry needs
+
+
+def test_json_lines_and_dicts_of_the_same_requests_have_the_same_fingerprint(tmp_path: Path) -> None:
+    rows = requests(30)
+    lines = [msgspec.json.encode(r) for r in rows]
+    assert prepare(tmp_path / "a", rows).fingerprint == prepare(tmp_path / "b", lines).fingerprint
+    assert prepare(tmp_path / "c", rows[:-1]).fingerprint != prepare(tmp_path / "d", rows).fingerprint
+    assert (
+        prepare(tmp_path / "e", rows, max_requests=10).fingerprint
+        != prepare(tmp_path / "f", rows).fingerprint
+    )
+
+
+def test_duplicate_custom_ids_are_found_across_chunks_with_both_rows_named(tmp_path: Path) -> None:
+    rows = requests(30)
+    rows[27] = req("r3")
+    prepared = prepare(tmp_path, rows, max_requests=10)
+    assert prepared.fatal and prepared.chunks == []
+    assert [str(p) for p in prepared.problems] == [
+        "request 27 (custom_id 'r3'): custom_id is already used by request 3; "
+        "custom_id must be unique across the whole job"
+    ]
+
+
+def test_invalid_json_lines_and_oversized_requests_are_problems_with_their_row(tmp_path: Path) -> None:
+    rows: list[Any] = [msgspec.json.encode(r) for r in requests(3)]
+    rows.insert(1, b"{not json")
+    rows.append(req("big", messages=[{"role": "user", "content": "x" * 5000}]))
+    prepared = prepare(tmp_path, rows, max_bytes=2000)
+    assert prepared.fatal and prepared.invalid == 2
+    assert prepared.problems[0].index == 1 and "not valid JSON" in prepared.problems[0].rule
+    assert (
+        prepared.problems[1].index == 4
+        and "alone it exceeds the max_bytes_per_batch" in prepared.problems[1].rule
+    )
+
+
+def test_empty_input_is_a_problem(tmp_path: Path) -> None:
+    prepared = prepare(tmp_path, [])
+    assert prepared.fatal and "no requests" in prepared.problems[0].rule
+
+
+def test_skip_invalid_writes_invalid_input_failures_and_chunks_the_rest(tmp_path: Path) -> None:
+    rows = requests(5)
+    rows[2] = req("bad id")
+    prepared = prepare(tmp_path, rows, skip_invalid=True)
+    assert not prepared.fatal and prepared.requests == 4 and prepared.invalid == 1
+    assert prepared.invalid_file is not None
+    failure = json.loads(prepared.invalid_file.read_text())
+    assert failure["result_type"] == "invalid_input" and failure["custom_id"] == "bad id"
+    assert failure["index"] == 2 and failure["retryable"] is False
+
+
+def test_skip_invalid_never_skips_a_duplicate_custom_id(tmp_path: Path) -> None:
+    rows = [*requests(3), req("r0")]
+    assert prepare(tmp_path, rows, skip_invalid=True).fatal
+
+
+# --- estimate -------------------------------------------------------------------------------
+
+
+def test_local_approximation_counts_a_quarter_token_per_character_per_text() -> None:
+    params = {
+        "system": "abcd" * 10,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "abcde"}]}],
+    }
+    assert approx_tokens("abcde") == 2 and input_tokens(params) == 10 + 2
+
+
+def test_cached_system_prompt_is_written_once_then_read_and_priced_at_batch_rates() -> None:
+    defaults = RequestDefaults(model=MODEL, max_tokens=100, system="S" * 4000)
+    tally = TokenTally()
+    for row in requests(10):
+        tally.add(
+            defaults.apply(
+                {"custom_id": row["custom_id"], "params": {"messages": row["params"]["messages"]}}
+            )["params"]
+        )
+    estimate = estimate_cost(tally)
+    usage = estimate["usage"]
+    assert usage["cache_creation_input_tokens"] == 1000 and usage["cache_read_input_tokens"] == 9 * 1000
+    assert usage["output_tokens"] == 1000 and estimate["method"] == "approximation"
+    price = price_table().price_for(MODEL)
+    assert price is not None
+    standard = (
+        usage["input_tokens"] * price.input
+        + 1000 * price.cache_write_5m
+        + 9000 * price.cache_read
+        + 1000 * price.output
+    ) / 1e6
+    assert estimate["standard_usd"] == pytest.approx(standard, abs=1e-6)
+    assert estimate["batch_usd"] == pytest.approx(standard / 2, abs=1e-6)
+
+
+def test_expected_output_tokens_replace_max_tokens_in_the_estimate() -> None:
+    tally = TokenTally(expected_output_tokens=3)
+    for row in requests(4):
+        tally.add(row["params"])
+    assert estimate_cost(tally)["usage"]["output_tokens"] == 12
+
+
+def test_unknown_model_price_fails_only_when_a_budget_needs_it() -> None:
+    tally = TokenTally()
+    tally.add(req(model="my-finetune")["params"])
+    assert estimate_cost(tally)["priced"] is False
+    with pytest.raises(UnknownModelPriceError, match="my-finetune"):
+        estimate_cost(tally, require_prices=True)
+    priced = estimate_cost(tally, prices={"my-finetune": {"input": 1, "output": 2}})
+    assert priced["priced"] is True and priced["batch_usd"] > 0
+
+
+# --- ledger ---------------------------------------------------------------------------------
+
+
+class DictStateStore:
+    """The get/set/delete surface of Airflow's task_state_store accessor, in a dict."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any, *, retention: Any = None) -> None:
+        self.data[key] = json.loads(json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+def test_ledger_is_rebuilt_from_the_state_store_when_the_job_folder_lost_it(tmp_path: Path) -> None:
+    job = as_path(str(tmp_path / "job"))
+    state = DictStateStore()
+    store = LedgerStore(job, 0, state)
+    ledger = Ledger(job_dir=str(job), round=0, fingerprint="f1", conn_id="c")
+    ledger.batches[0] = {"batch_id": "msgbatch_a"}
+    ledger.intents[1] = {"started_at": "2026-01-01T00:00:00+00:00"}
+    store.save(ledger)
+    layout.ledger_path(job, 0).unlink()
+    loaded = LedgerStore(job, 0, state).load()
+    assert loaded is not None and loaded.fingerprint == "f1"
+    assert loaded.batch_id(0) == "msgbatch_a" and 1 in loaded.intents
+    assert LedgerStore(job, 0, None).load() is None
