@@ -1,0 +1,171 @@
+"""``make demo``: the review-sentiment DAG end to end against the local emulator.
+
+On a fresh machine this starts the emulator (with a few percent of injected
+``overloaded_error`` results, so a retry round is visible), makes an isolated
+``AIRFLOW_HOME`` under ``.demo/``, migrates its database, points ``anthropic_default`` at
+the emulator, runs the ``review_sentiment`` DAG with ``airflow dags test`` (the deferred
+wait runs its trigger inline), prints a summary from the job's ``manifest.json`` and stops
+the emulator. Nothing keeps running afterwards.
+
+Airflow reads its configuration once, at import, so the Airflow work happens in child
+processes started with the demo's environment; this process never imports Airflow.
+
+The same DAG runs against the real API when ``anthropic_default`` holds a real key::
+
+    export AIRFLOW_CONN_ANTHROPIC_DEFAULT='{"conn_type": "anthropic", "password": "sk-ant-..."}'
+    airflow dags test review_sentiment
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+DAG_ID = "review_sentiment"
+REPO = Path(__file__).resolve().parent.parent
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+def demo_environment(workdir: Path, emulator_url: str) -> dict[str, str]:
+    """Return the environment of the demo's Airflow: its own home, DB, DAGs and connection."""
+    home = workdir / "airflow-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            # The example DAGs read their output folder and poll interval from these.
+            "AIRFLOW_VAR_AIRFLOW_BATCH_OUTPUT": str(workdir / "output"),
+            "AIRFLOW_BATCH_POLL_INTERVAL": "2",
+            "AIRFLOW_CONN_ANTHROPIC_DEFAULT": json.dumps(
+                {"conn_type": "anthropic", "password": "demo-key", "host": emulator_url}
+            ),
+        }
+    )
+    return env
+
+
+def newest_job_manifest(output: Path, dag_id: str) -> Path | None:
+    """Return the most recent finalized job manifest of ``dag_id`` under ``output``."""
+    manifests = [
+        p
+        for p in (output / dag_id).glob("*/*/manifest.json")
+        if p.parent.name != "round" and not p.parent.name.startswith("round-")
+    ]
+    manifests += list((output / dag_id).glob("*/*/map-*/manifest.json"))
+    return max(manifests, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def summary_lines(manifest: Mapping[str, Any], seconds: float) -> list[str]:
+    """Return the demo's summary of a finalized job manifest."""
+    usage = manifest.get("usage", {})
+    cost = manifest.get("cost", {})
+    rounds = manifest.get("rounds", [])
+    retry_rounds = [r for r in rounds if r.get("round", 0) > 0 and r.get("batches")]
+    failures = manifest.get("failures_by_error_type") or manifest.get("failures_by_type") or {}
+    first_round_errors = rounds[0].get("error_types", {}) if rounds else {}
+    lines = [
+        f"requests          {manifest.get('requests', 0):,}",
+        f"succeeded         {manifest.get('succeeded', 0):,}",
+        f"failed            {manifest.get('failed', 0):,}"
+        + (f"  ({', '.join(f'{n} {t}' for t, n in sorted(failures.items()))})" if failures else ""),
+        f"retry rounds      {len(retry_rounds)}"
+        + (
+            f"  (round 0 had {', '.join(f'{n} {t}' for t, n in sorted(first_round_errors.items()))})"
+            if first_round_errors
+            else ""
+        ),
+        f"batches           {sum(len(r.get('batches', [])) for r in rounds)}",
+        "tokens            "
+        f"{usage.get('input_tokens', 0):,} input, {usage.get('output_tokens', 0):,} output, "
+        f"{usage.get('cache_read_input_tokens', 0):,} cache read, "
+        f"{usage.get('cache_creation_input_tokens', 0):,} cache write",
+        f"cost              ${cost.get('batch_usd', 0.0):.4f} at batch prices "
+        f"(${cost.get('standard_usd', 0.0):.4f} on the standard API)",
+        f"results           {manifest.get('results_path')}",
+        f"failures          {manifest.get('failures_path')}",
+        f"wall time         {seconds:.0f} s",
+    ]
+    return lines
+
+
+_TASK_DONE = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
+_PROGRESS = re.compile(r"\d+/\d+ batches ended, .*?\)")
+
+
+def highlight(line: str) -> str | None:
+    """Return what the demo echoes of one Airflow log line: finished tasks and wait progress."""
+    if match := _TASK_DONE.search(line):
+        return f"  task {match.group(1)} finished"
+    if (match := _PROGRESS.search(line)) and "polling.py" in line:
+        return f"    wait: {match.group(0)}"
+    return None
+
+
+def _run(command: list[str], env: Mapping[str, str], log: Path, what: str, echo: bool = False) -> None:
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert process.stdout is not None
+        for raw in process.stdout:
+            out.write(raw)
+            if echo and (shown := highlight(raw.decode(errors="replace"))):
+                print(shown, flush=True)
+        returncode = process.wait()
+    if returncode != 0:
+        tail = log.read_text(errors="replace")[-4000:]
+        raise SystemExit(f"{what} failed (exit {returncode}); log: {log}\n{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; return the process exit code."""
+    parser = argparse.ArgumentParser(prog="python -m airflow_batch.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default=str(REPO / ".demo"), help="where the demo keeps its state")
+    parser.add_argument("--error-rate", type=float, default=0.05, help="share of requests that error")
+    parser.add_argument("--throughput", type=float, default=40.0, help="emulated requests per second")
+    args = parser.parse_args(argv)
+
+    from airflow_batch.emulator.process import EmulatorProcess
+
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(workdir / "emulator", ignore_errors=True)
+    log = workdir / "demo.log"
+    log.write_text("")
+    started = time.monotonic()
+    config = {"error_types": {"overloaded_error": args.error_rate}, "seed": 7, "throughput": args.throughput}
+    with EmulatorProcess(workdir / "emulator", config=config) as emulator:
+        print(f"emulator          {emulator.base_url} ({args.error_rate:.0%} overloaded_error injected)")
+        env = demo_environment(workdir, emulator.base_url)
+        print(f"AIRFLOW_HOME      {env['AIRFLOW_HOME']}")
+        print("migrating the Airflow database ...", flush=True)
+        _run([AIRFLOW, "db", "migrate"], env, log, "airflow db migrate")
+        print(f"running {DAG_ID} (airflow dags test; log: {log}) ...", flush=True)
+        _run([AIRFLOW, "dags", "test", DAG_ID], env, log, f"airflow dags test {DAG_ID}", echo=True)
+        batches = emulator.batch_count()
+    manifest_path = newest_job_manifest(workdir / "output", DAG_ID)
+    if manifest_path is None:
+        print(f"the run finished but wrote no job manifest under {workdir / 'output'}", file=sys.stderr)
+        return 1
+    manifest = json.loads(manifest_path.read_text())
+    print()
+    print(f"{DAG_ID}: done ({batches} batches created on the emulator)")
+    for line in summary_lines(manifest, time.monotonic() - started):
+        print("  " + line)
+    print(f"  manifest          {manifest_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""A real Airflow deployment in a temp dir: api-server, scheduler, dag-processor, triggerer.
+
+Each component is a separate ``airflow`` process in its own process group (LocalExecutor,
+SQLite), configured only through environment variables so nothing leaks into or out of the
+test process. ``stop`` kills exactly the process groups ``start`` created: SIGTERM, then
+SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+import pytest
+
+if TYPE_CHECKING:
+    from airflow_batch.emulator.process import EmulatorProcess
+
+REPO = Path(__file__).resolve().parents[2]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+ALL_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def free_port() -> int:
+    """Return a TCP port free on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = "condition"
+) -> Any:
+    """Poll ``condition`` until it returns a truthy value; return it or raise after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout:.0f}s (last value: {last!r})")
+
+
+class AirflowCluster:
+    """An isolated Airflow home plus the component processes started on it."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        dags_folder: Path = REPO / "dags",
+        extra_env: Mapping[str, str] | None = None,
+        components: Iterable[str] = ALL_COMPONENTS,
+    ) -> None:
+        self.home = home
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.username = "admin"
+        self.password = secrets.token_urlsafe(12)
+        self.components = tuple(components)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._token: str | None = None
+        self.env = self._environment(dags_folder, extra_env or {})
+        self.timings: dict[str, float] = {}
+
+    def _environment(self, dags_folder: Path, extra_env: Mapping[str, str]) -> dict[str, str]:
+        # Start from a clean slate: no AIRFLOW__* / AIRFLOW_CONN_* from the test process.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        passwords = self.home / "passwords.json"
+        self.home.mkdir(parents=True, exist_ok=True)
+        passwords.write_text(json.dumps({self.username: self.password}))
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "8",
+                # Executor workers start from a server that imported Airflow and this package
+                # once: each task then skips ~5 s of imports (anthropic SDK, providers).
+                "AIRFLOW__CORE__MP_START_METHOD": "forkserver",
+                "AIRFLOW__CORE__MP_FORKSERVER_PRELOAD": (
+                    "airflow,airflow.executors.local_executor,airflow_batch.job"
+                ),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home}/airflow.db",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "sqlite_connect_args.CONNECT_ARGS",
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p
+                ),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__BASE_URL": self.base_url,
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
+                "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+                "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
+                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
+                "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(extra_env)
+        return env
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run_cli(
+        self, *args: str, timeout: float = 180, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``airflow ARGS`` against this home and return the finished process."""
+        result = subprocess.run(
+            [AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"airflow {' '.join(args)} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+            )
+        return result
+
+    def start(self, timeout: float = 120) -> AirflowCluster:
+        """Migrate the database, start the components and wait until the API answers."""
+        started = time.monotonic()
+        self.run_cli("db", "migrate")
+        self.timings["migrate_s"] = time.monotonic() - started
+        for component in self.components:
+            log = (self.home / f"{component}.log").open("ab")
+            self.processes[component] = subprocess.Popen(
+                [AIRFLOW, component],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: stop() kills it and its children only
+            )
+            log.close()
+        wait_for(self._healthy, timeout=timeout, interval=0.5, what="api-server health")
+        self.timings["ready_s"] = time.monotonic() - started
+        return self
+
+    def _healthy(self) -> bool:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"airflow {name} exited with {process.returncode}\n{self.log_tails()}")
+        try:
+            response = httpx.get(f"{self.base_url}/api/v2/monitor/health", timeout=2)
+        except httpx.TransportError:
+            return False
+        if response.status_code != 200:
+            return False
+        health = response.json()
+        wanted = {"scheduler": "scheduler", "triggerer": "triggerer", "dag-processor": "dag_processor"}
+        return all(
+            health.get(key, {}).get("status") == "healthy"
+            for component, key in wanted.items()
+            if component in self.processes
+        )
+
+    def stop(self) -> None:
+        """Kill the process groups this cluster started: SIGTERM, then SIGKILL after 15 s."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                _signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for process in self.processes.values():
+            # The group may outlive its leader (executor workers): kill whatever is left of it.
+            _signal_group(process.pid, signal.SIGKILL)
+            if process.poll() is None:
+                process.wait(timeout=10)
+        self.processes.clear()
+
+    def log_tails(self, chars: int = 3000) -> str:
+        """Return the end of every component log, for failure messages."""
+        parts = []
+        for component in self.components:
+            path = self.home / f"{component}.log"
+            if path.exists():
+                parts.append(f"--- {path} ---\n{path.read_text(errors='replace')[-chars:]}")
+        return "\n".join(parts)
+
+    # -- REST API --------------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        """Return a JWT for the admin user (``POST /auth/token``)."""
+        if self._token is None:
+            response = httpx.post(
+                f"{self.base_url}/auth/token",
+                json={"username": self.username, "password": self.password},
+                timeout=30,
+            )
+            response.raise_for_status()
+            self._token = str(response.json()["access_token"])
+        return self._token
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Call the REST API as the admin user; ``path`` starts with ``/api/v2``."""
+        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
+        return httpx.request(method, f"{self.base_url}{path}", headers=headers, timeout=30, **kwargs)
+
+    def api_json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call the REST API and return the decoded body, raising on an error status."""
+        response = self.api(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise RuntimeError(f"{method} {path} -> {response.status_code}: {response.text[:2000]}")
+        return response.json()
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 90) -> dict[str, Any]:
+        """Wait until the dag-processor has parsed ``dag_id``; return its DAG record."""
+
+        def parsed() -> dict[str, Any] | None:
+            response = self.api("GET", f"/api/v2/dags/{dag_id}")
+            return response.json() if response.status_code == 200 else None
+
+        result: dict[str, Any] = wait_for(parsed, timeout=timeout, what=f"DAG {dag_id} parsed")
+        return result
+
+    def wait_for_run(
+        self, dag_id: str, run_id: str, timeout: float = 180, states: tuple[str, ...] = ("success",)
+    ) -> dict[str, Any]:
+        """Wait for a DAG run to reach a final state; fail with the task states if it is not ``states``."""
+        finished = {"success", "failed"}
+
+        def done() -> dict[str, Any] | None:
+            run = self.api_json("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            return run if run["state"] in finished else None
+
+        run: dict[str, Any] = wait_for(done, timeout=timeout, interval=1, what=f"run {run_id} finished")
+        if run["state"] not in states:
+            tis = self.api_json("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+            summary = {ti["task_id"]: ti["state"] for ti in tis["task_instances"]}
+            raise AssertionError(f"run {run_id} ended {run['state']}; tasks: {summary}\n{self.log_tails()}")
+        return run
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """Return the text of one task try's log through the REST API."""
+        response = self.api(
+            "GET",
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            params={"full_content": "true"},
+            headers={"Accept": "application/json"},
+        )
+        response.raise_for_status()
+        content = response.json().get("content", [])
+        if isinstance(content, str):
+            return content
+        return "\n".join(item.get("event", "") if isinstance(item, dict) else str(item) for item in content)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+# -- pytest fixtures (imported by the e2e and ui conftests, shared by one session) ------------
+
+OUTPUT_VARIABLE = "AIRFLOW_VAR_AIRFLOW_BATCH_OUTPUT"
+REVIEW_DAG = "review_sentiment"
+
+
+@dataclass
+class ClusterDeployment:
+    """A running cluster, the emulator it talks to and where its DAGs write."""
+
+    cluster: AirflowCluster
+    emulator: EmulatorProcess
+    output: Path
+
+
+@dataclass
+class ObservedRun:
+    """A DAG run triggered through the REST API, with what was seen while it ran."""
+
+    dag_id: str
+    run_id: str
+    seconds: float
+    deferred_tasks: set[str] = field(default_factory=set)
+    links_while_deferred: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class _Shared:
+    """One deployment per pytest session, even though two conftests (e2e, ui) declare the fixture.
+
+    Each conftest gets its own fixture definition, so session scope alone would start two
+    clusters; the fixtures share this one and the last to finish stops it.
+    """
+
+    deployment: ClusterDeployment | None = None
+    users = 0
+    runs: ClassVar[dict[str, ObservedRun]] = {}
+
+
+def _start_deployment(root: Path) -> ClusterDeployment:
+    from airflow_batch.emulator.process import EmulatorProcess
+
+    # A few transient errors, so every job has a retry round. Every batch takes a few seconds:
+    # a trigger that fires at once races Airflow 3.3's scheduler (the executor's report of the
+    # deferring attempt can land after the resumed attempt started, which fails the task).
+    config = {
+        "throughput": 10_000.0,
+        "start_delay_seconds": 4.0,
+        "error_types": {"overloaded_error": 0.04},
+        "seed": 11,
+    }
+    emulator = EmulatorProcess(root / "emulator", config=config).start()
+    output = root / "output"
+    cluster = AirflowCluster(
+        root / "airflow",
+        extra_env={
+            "AIRFLOW_CONN_ANTHROPIC_DEFAULT": json.dumps(
+                {"conn_type": "anthropic", "password": "test-key", "host": emulator.base_url}
+            ),
+            OUTPUT_VARIABLE: str(output),
+            "AIRFLOW_BATCH_POLL_INTERVAL": "1",
+        },
+    )
+    try:
+        cluster.start()
+    except BaseException:
+        print(cluster.log_tails())
+        cluster.stop()
+        emulator.stop()
+        raise
+    return ClusterDeployment(cluster, emulator, output)
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterDeployment]:
+    """Start an emulator and a real Airflow (four processes) on the repository's ``dags/``."""
+    if _Shared.deployment is None:
+        _Shared.deployment = _start_deployment(tmp_path_factory.mktemp("cluster"))
+    _Shared.users += 1
+    try:
+        yield _Shared.deployment
+    finally:
+        _Shared.users -= 1
+        if _Shared.users == 0:
+            shared, _Shared.deployment = _Shared.deployment, None
+            _Shared.runs.clear()
+            shared.cluster.stop()
+            shared.emulator.stop()
+
+
+def trigger_and_watch(
+    cluster: AirflowCluster,
+    dag_id: str,
+    *,
+    while_deferred: Callable[[str], None] | None = None,
+    timeout: float = 300,
+) -> ObservedRun:
+    """Unpause and trigger ``dag_id`` through the REST API; wait for success, noting deferrals.
+
+    Each task seen ``deferred`` is recorded with its extra links at that moment, so tests can
+    check what the UI offers during a deferred wait; ``while_deferred(task_id)`` then runs
+    once for it, while it is still deferred.
+    """
+    started = time.monotonic()
+    cluster.wait_for_dag(dag_id)
+    cluster.api_json("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+    run = cluster.api_json("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
+    observed = ObservedRun(dag_id, run["dag_run_id"], 0.0)
+    base = f"/api/v2/dags/{dag_id}/dagRuns/{observed.run_id}"
+
+    def finished() -> bool:
+        tis = cluster.api_json("GET", f"{base}/taskInstances")["task_instances"]
+        for ti in tis:
+            task_id = ti["task_id"]
+            if ti["state"] == "deferred" and task_id not in observed.deferred_tasks:
+                observed.deferred_tasks.add(task_id)
+                links = cluster.api("GET", f"{base}/taskInstances/{task_id}/links")
+                observed.links_while_deferred[task_id] = links.json() if links.status_code == 200 else {}
+                if while_deferred is not None:
+                    while_deferred(task_id)
+        return cluster.api_json("GET", base)["state"] in ("success", "failed")
+
+    wait_for(finished, timeout=timeout, interval=0.5, what=f"{dag_id} run finished")
+    cluster.wait_for_run(dag_id, observed.run_id, timeout=10)
+    observed.seconds = time.monotonic() - started
+    return observed
+
+
+@pytest.fixture(scope="session")
+def review_run(deployment: ClusterDeployment) -> ObservedRun:
+    """The review-sentiment DAG, triggered once through the REST API and finished successfully.
+
+    The emulator starts the run nearly paused, so the first wait surely defers; once the
+    trigger has written its first progress file the emulator goes back to full speed.
+    """
+    if REVIEW_DAG in _Shared.runs:
+        return _Shared.runs[REVIEW_DAG]
+    emulator = deployment.emulator
+    emulator.configure(throughput=0.5)
+
+    def release(task_id: str) -> None:
+        if task_id != "sentiment.wait":
+            return
+        wait_for(
+            lambda: list(deployment.output.glob(f"{REVIEW_DAG}/*/sentiment.submit/round-0/progress.json")),
+            timeout=60,
+            what="the trigger's first progress file",
+        )
+        emulator.configure(throughput=10_000.0)
+
+    try:
+        _Shared.runs[REVIEW_DAG] = trigger_and_watch(deployment.cluster, REVIEW_DAG, while_deferred=release)
+    finally:
+        emulator.configure(throughput=10_000.0)
+    return _Shared.runs[REVIEW_DAG]
