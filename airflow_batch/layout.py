@@ -10,6 +10,7 @@ instances never collide, and a retry or a clear of the same task instance finds 
         round-0/invalid_input.jsonl          rows skipped as invalid (skip_invalid=True)
         round-0/results/{batch_id}.jsonl     succeeded rows of one batch
         round-0/failures/{batch_id}.jsonl    failed rows of one batch
+        round-0/results/{batch_id}.stats.json   counts and usage of a batch, written once it is gathered
         round-0/progress.json                latest counts while waiting (written by the trigger)
         round-0/manifest.json                the round's manifest after gather
         round-1/...                          retry rounds, same shape
@@ -70,6 +71,11 @@ def results_part(job: ObjectStoragePath, round_number: int, batch_id: str) -> Ob
 def failures_part(job: ObjectStoragePath, round_number: int, batch_id: str) -> ObjectStoragePath:
     """Return the failed-rows file of one batch."""
     return round_dir(job, round_number) / "failures" / f"{batch_id}.jsonl"
+
+
+def gather_stats_path(job: ObjectStoragePath, round_number: int, batch_id: str) -> ObjectStoragePath:
+    """Return the stats sidecar whose presence marks a batch as completely gathered."""
+    return round_dir(job, round_number) / "results" / f"{batch_id}.stats.json"
 
 
 def progress_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:

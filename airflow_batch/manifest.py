@@ -97,8 +97,50 @@ class RoundManifest(TypedDict, total=False):
     error_types: dict[str, int]
     retryable: int
     usage: Usage
+    usage_by_model: dict[str, Usage]
     cost: CostFigures
     gathered_at: str
+
+
+class RoundSummary(TypedDict, total=False):
+    """One round's figures in the job manifest."""
+
+    round: int
+    batches: list[str]
+    requests: int
+    result_counts: dict[str, int]
+    error_types: dict[str, int]
+    retryable: int
+    usage: Usage
+    cost: CostFigures
+    submitted_at: str | None
+    waited_at: str | None
+    gathered_at: str | None
+    duration_seconds: float | None
+
+
+class JobManifest(TypedDict, total=False):
+    """What finalize writes to the job folder's ``manifest.json`` (and returns)."""
+
+    version: int
+    job_dir: str
+    results_path: str
+    failures_path: str
+    requests: int
+    succeeded: int
+    failed: int
+    failure_rate: float
+    max_failure_rate: float | None
+    failures_by_type: dict[str, int]
+    failures_by_error_type: dict[str, int]
+    retryable_left: int
+    rounds: list[RoundSummary]
+    usage: Usage
+    usage_by_model: dict[str, Usage]
+    cost: CostFigures
+    started_at: str | None
+    finalized_at: str
+    duration_seconds: float | None
 
 
 def empty_counts() -> RequestCounts:

@@ -1,0 +1,384 @@
+"""Stream a batch's results into per-batch part files, with memory that does not grow.
+
+For each batch: the raw JSONL stream is read through the SDK client (its auth, base URL
+and retries) in large chunks, split into lines here and decoded by msgspec, never by the
+SDK's per-line pydantic models. Succeeded lines become result rows, the others failure
+rows; a request of the batch with no line at all becomes a ``missing`` failure.
+
+Atomicity and re-runs: both part files are written through :func:`storage.atomic_writer`
+and a small ``{batch_id}.stats.json`` sidecar is written after both are in place. A batch
+counts as gathered only when its sidecar exists, so a gather killed at any point and run
+again rewrites the unfinished batches from the start and skips the finished ones: exactly
+one row per ``custom_id``. A stream cut mid-way is retried from the start for the same
+reason; the results of an ended batch do not change between downloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from operator import attrgetter
+from typing import IO, TYPE_CHECKING, Any
+
+import anthropic
+import msgspec
+import pendulum
+
+from airflow_batch import layout
+from airflow_batch.costs import price_table
+from airflow_batch.manifest import RoundManifest, Usage, empty_usage
+from airflow_batch.results import (
+    DEFAULT_RETRYABLE,
+    FailureRow,
+    ResultLine,
+    ResultRow,
+    custom_id_decoder,
+    line_decoder,
+    line_with_content_decoder,
+    missing_row,
+    row_encoder,
+    sum_usages,
+    to_failure_row,
+    to_result_rows,
+)
+from airflow_batch.storage import as_path, atomic_writer, read_json, write_json
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Return the exceptions a cut stream raises: the SDK's HTTP library's and its own."""
+    errors: list[type[BaseException]] = [anthropic.APIConnectionError]
+    for module in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError):
+            errors.append(__import__(module).TransportError)
+    return tuple(errors)
+
+
+STREAM_ERRORS = _transport_errors()
+
+
+@dataclass
+class BatchGatherStats:
+    """What gathering one batch produced; also stored as the batch's sidecar JSON."""
+
+    batch_id: str
+    results_path: str
+    failures_path: str
+    result_counts: dict[str, int] = field(default_factory=dict)
+    error_types: dict[str, int] = field(default_factory=dict)
+    retryable: int = 0
+    usage_by_model: dict[str, Usage] = field(default_factory=dict)
+    attempts: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the stats as a JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BatchGatherStats:
+        """Return stats read back from a sidecar."""
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def chunk_ids(path: ObjectStoragePath | str) -> set[str]:
+    """Return the ``custom_id`` of every request in a prepared chunk file, reading it streaming."""
+    ids: set[str] = set()
+    with as_path(path).open("rb") as handle:
+        for block in _lines_in_chunks(iter(lambda: handle.read(CHUNK_BYTES), b"")):
+            ids.update(map(_custom_id_of, custom_id_decoder.decode_lines(block)))
+    return ids
+
+
+def _lines_in_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Yield blocks of complete lines (each ending at a newline) from arbitrary byte chunks."""
+    rest = b""
+    for chunk in chunks:
+        if rest:
+            chunk = rest + chunk
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            rest = chunk
+            continue
+        rest = chunk[end + 1 :]
+        yield chunk[: end + 1]
+    if rest.strip():
+        yield rest
+
+
+def write_rows(
+    chunks: Iterable[bytes],
+    results_out: IO[bytes],
+    failures_out: IO[bytes],
+    *,
+    batch_id: str,
+    round_number: int,
+    expected_ids: set[str] | None,
+    canceled_by_timeout: bool = False,
+    include_content: bool = False,
+    retryable_types: frozenset[str] = DEFAULT_RETRYABLE,
+) -> BatchGatherStats:
+    """Turn a results stream into result and failure rows; return the batch's counts and usage.
+
+    ``expected_ids`` are the batch's requests: those with no line become ``missing``
+    failures; a repeated ``custom_id`` keeps its first line only.
+    """
+    stats = BatchGatherStats(batch_id=batch_id, results_path="", failures_path="")
+    decode_lines = (line_with_content_decoder if include_content else line_decoder).decode_lines
+    encode_lines = row_encoder.encode_lines
+    seen: set[str] = set()
+    for block in _lines_in_chunks(chunks):
+        try:
+            lines: list[Any] = decode_lines(block)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"batch {batch_id}: a results line is not valid JSON ({exc})") from None
+        fresh = set(map(_custom_id_of, lines))
+        if len(fresh) != len(lines) or not seen.isdisjoint(fresh):
+            lines = _first_lines(lines, seen)  # a repeated custom_id: keep its first line only
+        seen |= fresh
+        types = list(map(_result_type_of, lines))
+        if types.count("succeeded") == len(lines):
+            succeeded = lines
+        else:
+            succeeded = [line for line, kind in zip(lines, types, strict=True) if kind == "succeeded"]
+        if succeeded:
+            results = to_result_rows(succeeded, batch_id=batch_id, round_number=round_number)
+            _count_results(stats, results)
+            results_out.write(encode_lines(results))
+        if len(succeeded) != len(lines):
+            failures = [
+                to_failure_row(
+                    line,
+                    batch_id=batch_id,
+                    round_number=round_number,
+                    canceled_by_timeout=canceled_by_timeout,
+                    retryable_types=retryable_types,
+                )
+                for line in lines
+                if line.result.type != "succeeded"
+            ]
+            _count_failures(stats, failures)
+            failures_out.write(encode_lines(failures))
+    if expected_ids is not None:
+        missing = [
+            missing_row(cid, batch_id=batch_id, round_number=round_number, retryable_types=retryable_types)
+            for cid in sorted(expected_ids - seen)
+        ]
+        if missing:
+            _count_failures(stats, missing)
+            failures_out.write(encode_lines(missing))
+    return stats
+
+
+def _first_lines(lines: list[ResultLine[Any]], seen: set[str]) -> list[ResultLine[Any]]:
+    """Return ``lines`` without those whose ``custom_id`` is in ``seen`` or came earlier."""
+    kept: list[ResultLine[Any]] = []
+    taken = set(seen)
+    for line in lines:
+        if line.custom_id not in taken:
+            taken.add(line.custom_id)
+            kept.append(line)
+    return kept
+
+
+def _count_results(stats: BatchGatherStats, rows: list[ResultRow]) -> None:
+    """Add a block of result rows to the counts and the per-model usage (summed per block)."""
+    counts = stats.result_counts
+    counts["succeeded"] = counts.get("succeeded", 0) + len(rows)
+    models = set(map(_model_of, rows))
+    for model in models:
+        usages = [row.usage for row in rows if len(models) == 1 or row.model == model]
+        total = stats.usage_by_model.setdefault(model, empty_usage())
+        for key in _USAGE_KEYS:
+            total[key] += sum(map(attrgetter(key), usages))  # type: ignore[literal-required]
+
+
+_model_of = attrgetter("model")
+_custom_id_of = attrgetter("custom_id")
+_result_type_of = attrgetter("result.type")
+_USAGE_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation_1h_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+def _count_failures(stats: BatchGatherStats, failures: list[FailureRow]) -> None:
+    counts = stats.result_counts
+    for failure in failures:
+        counts[failure.result_type] = counts.get(failure.result_type, 0) + 1
+        if failure.error_type is not None:
+            stats.error_types[failure.error_type] = stats.error_types.get(failure.error_type, 0) + 1
+        if failure.retryable:
+            stats.retryable += 1
+
+
+def _remove_leftovers(path: ObjectStoragePath) -> None:
+    """Delete temporary files an interrupted write of ``path`` left behind."""
+    if not path.parent.exists():
+        return
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(Exception):
+            leftover.unlink()
+
+
+def gather_batch(
+    client: anthropic.Anthropic,
+    batch_id: str,
+    *,
+    job: ObjectStoragePath,
+    round_number: int,
+    expected_ids: set[str] | Callable[[], set[str]] | None,
+    canceled_by_timeout: bool = False,
+    include_content: bool = False,
+    retryable_types: frozenset[str] = DEFAULT_RETRYABLE,
+    max_attempts: int = 5,
+    backoff_seconds: float = 1.0,
+    chunk_bytes: int = CHUNK_BYTES,
+    logger: logging.Logger | None = None,
+) -> BatchGatherStats:
+    """Gather one ended batch into its part files and return its stats.
+
+    A batch whose sidecar exists was gathered before: its stored stats are returned and
+    nothing is downloaded. A stream that breaks mid-way is downloaded again from the start,
+    up to ``max_attempts`` times with exponential backoff.
+    """
+    logger = logger or log
+    sidecar = layout.gather_stats_path(job, round_number, batch_id)
+    if sidecar.exists():
+        logger.info("batch %s of round %d was gathered before; keeping its files", batch_id, round_number)
+        return BatchGatherStats.from_json(read_json(sidecar))
+    results_path = layout.results_part(job, round_number, batch_id)
+    failures_path = layout.failures_part(job, round_number, batch_id)
+    _remove_leftovers(results_path)
+    _remove_leftovers(failures_path)
+    ids = expected_ids() if callable(expected_ids) else expected_ids
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with (
+                atomic_writer(results_path) as results_out,
+                atomic_writer(failures_path) as failures_out,
+                client.messages.batches.with_streaming_response.results(batch_id) as response,
+            ):
+                stats = write_rows(
+                    response.iter_bytes(chunk_bytes),
+                    results_out,
+                    failures_out,
+                    batch_id=batch_id,
+                    round_number=round_number,
+                    expected_ids=ids,
+                    canceled_by_timeout=canceled_by_timeout,
+                    include_content=include_content,
+                    retryable_types=retryable_types,
+                )
+            break
+        except STREAM_ERRORS as exc:
+            if attempt >= max_attempts:
+                raise
+            delay = backoff_seconds * 2 ** (attempt - 1)
+            logger.warning(
+                "results stream of batch %s broke (%s: %s); downloading it again in %.1fs (attempt %d/%d)",
+                batch_id,
+                type(exc).__name__,
+                exc,
+                delay,
+                attempt + 1,
+                max_attempts,
+            )
+            time.sleep(delay)
+    stats.results_path = str(results_path)
+    stats.failures_path = str(failures_path)
+    stats.attempts = attempt
+    write_json(sidecar, stats.to_json())
+    return stats
+
+
+def gather_round(
+    client: anthropic.Anthropic,
+    manifest: RoundManifest,
+    *,
+    include_content: bool = False,
+    retryable_types: frozenset[str] = DEFAULT_RETRYABLE,
+    prices: Mapping[str, Mapping[str, Any]] | None = None,
+    max_attempts: int = 5,
+    logger: logging.Logger | None = None,
+) -> RoundManifest:
+    """Gather every batch of a round, write the round manifest, and return it.
+
+    The returned manifest is ``manifest`` plus ``results_paths``, ``failures_paths``,
+    ``result_counts``, ``error_types``, ``retryable``, ``usage``, ``usage_by_model``,
+    ``cost`` (batch prices, next to the standard API's) and ``gathered_at``.
+    """
+    logger = logger or log
+    job = as_path(manifest["job_dir"])
+    round_number = manifest["round"]
+    canceled = set(manifest.get("canceled_by_timeout") or ())
+    all_stats: list[BatchGatherStats] = []
+    for record in manifest.get("batches", []):
+        batch_id = record["batch_id"]
+        chunk = record["chunk_path"]
+        stats = gather_batch(
+            client,
+            batch_id,
+            job=job,
+            round_number=round_number,
+            expected_ids=lambda chunk=chunk: chunk_ids(chunk),  # type: ignore[misc]
+            canceled_by_timeout=batch_id in canceled,
+            include_content=include_content,
+            retryable_types=retryable_types,
+            max_attempts=max_attempts,
+            logger=logger,
+        )
+        logger.info(
+            "round %d batch %s: %s, %d retryable",
+            round_number,
+            batch_id,
+            ", ".join(f"{n} {t}" for t, n in sorted(stats.result_counts.items())) or "no results",
+            stats.retryable,
+        )
+        all_stats.append(stats)
+    return round_manifest(manifest, all_stats, prices=prices, job=job)
+
+
+def round_manifest(
+    manifest: RoundManifest,
+    all_stats: list[BatchGatherStats],
+    *,
+    prices: Mapping[str, Mapping[str, Any]] | None,
+    job: ObjectStoragePath,
+) -> RoundManifest:
+    """Return ``manifest`` with the gathered figures of ``all_stats`` added, and store it."""
+    result_counts = dict.fromkeys(("succeeded", "errored", "expired", "canceled", "missing"), 0)
+    error_types: dict[str, int] = {}
+    usage_by_model: dict[str, Usage] = {}
+    for stats in all_stats:
+        for key, count in stats.result_counts.items():
+            result_counts[key] = result_counts.get(key, 0) + count
+        for key, count in stats.error_types.items():
+            error_types[key] = error_types.get(key, 0) + count
+        for model, usage in stats.usage_by_model.items():
+            usage_by_model[model] = sum_usages([usage_by_model.get(model, empty_usage()), usage])
+    out: RoundManifest = {**manifest}  # type: ignore[typeddict-item]
+    out["results_paths"] = [s.results_path for s in all_stats]
+    out["failures_paths"] = [s.failures_path for s in all_stats]
+    out["result_counts"] = result_counts
+    out["error_types"] = dict(sorted(error_types.items()))
+    out["retryable"] = sum(s.retryable for s in all_stats)
+    out["usage"] = sum_usages(usage_by_model.values())
+    out["usage_by_model"] = usage_by_model
+    out["cost"] = price_table(prices).cost(usage_by_model)
+    out["gathered_at"] = pendulum.now("UTC").isoformat()
+    write_json(layout.round_manifest_path(job, manifest["round"]), out)
+    return out

@@ -1,0 +1,170 @@
+"""``anthropic_batch_job``: one call builds a whole batch job as a TaskGroup.
+
+::
+
+    submit >> wait >> gather >> retry_1 >> wait_1 >> gather_1 >> ... >> finalize
+
+Each piece is an ordinary operator (``SubmitBatchesOperator``, ``BatchesSensor``,
+``GatherResultsOperator``, ``RetryFailedOperator``, ``FinalizeBatchJobOperator``) that can
+be used alone; the factory only wires them with the arguments a DAG author usually sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
+from typing import Any, Literal
+
+from airflow.sdk import Asset, TaskGroup
+
+from airflow_batch.operators.finalize import FinalizeBatchJobOperator
+from airflow_batch.operators.gather import GatherResultsOperator
+from airflow_batch.operators.retry import RetryFailedOperator
+from airflow_batch.operators.submit import SubmitBatchesOperator
+from airflow_batch.sensors.batches import BatchesSensor
+from airflow_batch.submission import SubmitSettings
+
+
+def default_asset(dag_id: str, group_id: str) -> Asset:
+    """Return the Asset a job emits when none is given: ``airflow-batch://{dag_id}/{group_id}``."""
+    return Asset(uri=f"airflow-batch://{dag_id}/{group_id}")
+
+
+def anthropic_batch_job(
+    group_id: str,
+    *,
+    output_path: str,
+    requests: Any = None,
+    records: Any = None,
+    conn_id: str = "anthropic_default",
+    max_retry_rounds: int = 2,
+    poll_interval: float = 60,
+    timeout: float = 24 * 3600,
+    max_failure_rate: float | None = None,
+    max_cost_usd: float | None = None,
+    model: str | None = None,
+    max_tokens: int | None = None,
+    system: Any = None,
+    cache_system_prompt: bool | None = None,
+    prompt_template: str | None = None,
+    custom_id_field: str = "custom_id",
+    include_content: bool = False,
+    retryable_error_types: Iterable[str] | None = None,
+    prices: Mapping[str, Mapping[str, Any]] | None = None,
+    asset: Asset | str | Literal[False] | None = None,
+    deferrable: bool | None = None,
+    submit_kwargs: Mapping[str, Any] | None = None,
+    sensor_kwargs: Mapping[str, Any] | None = None,
+    gather_kwargs: Mapping[str, Any] | None = None,
+    tooltip: str = "",
+) -> TaskGroup:
+    """Return a TaskGroup running a whole Message Batches job: submit, wait, gather, retries, finalize.
+
+    Task ids inside the group: ``submit``, ``wait``, ``gather``, then per retry round ``r``
+    ``retry_r``, ``wait_r``, ``gather_r``, and ``finalize``. Use the group like a task:
+    ``extract >> anthropic_batch_job(...) >> load``. Files land in the job folder under
+    ``output_path`` (see :mod:`airflow_batch.layout`); ``finalize`` returns the job manifest.
+
+    :param group_id: Id of the TaskGroup.
+    :param output_path: Where job folders are created (local path or ``s3://``, ``gs://`` URI).
+    :param requests: Message Batches requests (``{"custom_id", "params"}``): a list, a JSONL
+        path/URI, or an upstream task's output. Give this or ``records``.
+    :param records: Plain records turned into requests with ``prompt_template`` and the
+        defaults below (see ``SubmitBatchesOperator``).
+    :param conn_id: The ``anthropic`` connection.
+    :param max_retry_rounds: How many retry rounds to build (0 for none).
+    :param poll_interval: Seconds between status polls while waiting.
+    :param timeout: Seconds each round may wait before its unfinished batches are canceled.
+    :param max_failure_rate: Share of failed requests (0-1) above which ``finalize`` fails,
+        after writing every file. ``None`` never fails for failed requests.
+    :param max_cost_usd: Budget of the whole job at batch prices; each round checks its
+        estimate against what is left.
+    :param model: Default model for requests that set none.
+    :param max_tokens: Default ``max_tokens`` for requests that set none.
+    :param system: Default system prompt.
+    :param cache_system_prompt: Mark the system prompt for prompt caching (default: the
+        ``SubmitBatchesOperator`` default).
+    :param prompt_template: Template building the user message from each record.
+    :param custom_id_field: Record field holding the ``custom_id``.
+    :param include_content: Keep each message's full ``content`` blocks in result rows.
+    :param retryable_error_types: Failure kinds retried (see ``GatherResultsOperator``).
+    :param prices: Price table overrides for estimates and costs.
+    :param asset: Asset (or URI) emitted by ``finalize``; ``None`` uses
+        ``airflow-batch://{dag_id}/{group_id}``; ``False`` emits none.
+    :param deferrable: Run the waits deferred (default: Airflow's ``default_deferrable``).
+    :param submit_kwargs: Further ``SubmitBatchesOperator`` arguments (batch limits,
+        ``expected_output_tokens``, ``on_input_change``, ``skip_invalid``...); the batch
+        settings among them apply to retry rounds too.
+    :param sensor_kwargs: Further ``BatchesSensor`` arguments (``timeout_policy``...).
+    :param gather_kwargs: Further ``GatherResultsOperator`` arguments.
+    :param tooltip: Tooltip of the group in the UI.
+    """
+    if (requests is None) == (records is None):
+        raise ValueError(f"anthropic_batch_job {group_id!r}: give exactly one of requests= or records=")
+    if max_retry_rounds < 0:
+        raise ValueError(f"anthropic_batch_job {group_id!r}: max_retry_rounds must be >= 0")
+    submit_extra = dict(submit_kwargs or {})
+    if cache_system_prompt is not None:
+        submit_extra["cache_system_prompt"] = cache_system_prompt
+    settings_names = {f.name for f in fields(SubmitSettings)} - {"max_cost_usd", "prices"}
+    retry_settings = {k: v for k, v in submit_extra.items() if k in settings_names}
+    if prices is not None:
+        retry_settings["prices"] = prices
+    sensor_args: dict[str, Any] = {
+        "poll_interval": poll_interval,
+        "timeout": timeout,
+        **(sensor_kwargs or {}),
+    }
+    if deferrable is not None:
+        sensor_args["deferrable"] = deferrable
+    gather_args: dict[str, Any] = {
+        "include_content": include_content,
+        "retryable_error_types": retryable_error_types,
+        "prices": prices,
+        **(gather_kwargs or {}),
+    }
+
+    with TaskGroup(group_id, tooltip=tooltip) as group:
+        submit = SubmitBatchesOperator(
+            task_id="submit",
+            requests=requests,
+            records=records,
+            output_path=output_path,
+            conn_id=conn_id,
+            max_cost_usd=max_cost_usd,
+            model=model,
+            max_tokens=max_tokens,
+            system=system,
+            prompt_template=prompt_template,
+            custom_id_field=custom_id_field,
+            prices=prices,
+            **submit_extra,
+        )
+        wait = BatchesSensor(task_id="wait", manifest=submit.output, conn_id=conn_id, **sensor_args)
+        gather = GatherResultsOperator(task_id="gather", manifest=wait.output, conn_id=conn_id, **gather_args)
+        last = gather
+        for number in range(1, max_retry_rounds + 1):
+            retry = RetryFailedOperator(
+                task_id=f"retry_{number}",
+                manifest=last.output,
+                conn_id=conn_id,
+                max_cost_usd=max_cost_usd,
+                submit_settings=retry_settings,
+            )
+            wait_r = BatchesSensor(
+                task_id=f"wait_{number}", manifest=retry.output, conn_id=conn_id, **sensor_args
+            )
+            last = GatherResultsOperator(
+                task_id=f"gather_{number}", manifest=wait_r.output, conn_id=conn_id, **gather_args
+            )
+        if asset is None:
+            dag = group.dag
+            asset = default_asset(dag.dag_id, group.group_id or group_id) if dag is not None else False
+        finalize = FinalizeBatchJobOperator(
+            task_id="finalize",
+            manifest=submit.output,
+            max_failure_rate=max_failure_rate,
+            asset=asset or None,
+        )
+        last >> finalize
+    return group

@@ -1,0 +1,89 @@
+"""FinalizeBatchJobOperator: merge every round of a batch job and publish its results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, BaseOperator
+
+from airflow_batch.finalizing import check_failure_rate, finalize_job
+from airflow_batch.manifest import JobManifest
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class FinalizeBatchJobOperator(BaseOperator):
+    """
+    Merge all rounds of a job into ``results.jsonl``, ``failures.jsonl`` and ``manifest.json``.
+
+    ``results.jsonl`` holds one row per ``custom_id`` (a success from any round wins),
+    ``failures.jsonl`` only the requests that never succeeded, each with its latest
+    failure, and ``manifest.json`` totals, per-round figures, tokens, cost at batch and
+    standard prices and durations. Rounds are found in the job folder, so skipped retry
+    rounds need nothing; the default trigger rule ``none_failed_min_one_success`` lets this
+    task run after them. When ``asset`` is set, the task emits an event for it whose
+    ``extra`` carries ``results_uri``, ``failures_uri``, ``manifest_uri``, the counts and
+    the cost, so downstream DAGs can be scheduled on it. The failure policy is applied
+    last: above ``max_failure_rate`` the task fails, after every file is written (and
+    without an asset event).
+
+    :param manifest: Any round manifest of the job (e.g. ``submit.output``), for its
+        ``job_dir``; or give ``job_dir``.
+    :param job_dir: The job folder URI, instead of ``manifest``.
+    :param max_failure_rate: Highest acceptable share of failed requests (0-1); ``None``
+        never fails the task for failed requests.
+    :param asset: The Asset (or URI) to emit for the results; ``None`` emits nothing.
+    """
+
+    template_fields: Sequence[str] = ("manifest", "job_dir", "max_failure_rate")
+    ui_color = "#d5f5e3"
+
+    def __init__(
+        self,
+        *,
+        manifest: Mapping[str, Any] | Any = None,
+        job_dir: str | None = None,
+        max_failure_rate: float | None = None,
+        asset: Asset | str | None = None,
+        trigger_rule: str = "none_failed_min_one_success",
+        **kwargs: Any,
+    ) -> None:
+        if manifest is None and job_dir is None:
+            raise ValueError(f"{kwargs.get('task_id')}: give manifest (e.g. submit.output) or job_dir")
+        self.asset = Asset(uri=asset) if isinstance(asset, str) else asset
+        if self.asset is not None:
+            kwargs["outlets"] = [*kwargs.get("outlets", []), self.asset]
+        super().__init__(trigger_rule=trigger_rule, **kwargs)
+        self.manifest = manifest
+        self.job_dir = job_dir
+        self.max_failure_rate = max_failure_rate
+
+    def execute(self, context: Context) -> JobManifest:
+        """Merge the rounds, write the job files, emit the asset event, apply the failure policy."""
+        job_dir = self.job_dir or self.manifest["job_dir"]
+        limit = None if self.max_failure_rate in (None, "", "None") else float(self.max_failure_rate)
+        job_manifest = finalize_job(job_dir, max_failure_rate=limit, logger=self.log)  # type: ignore[arg-type]
+        if self.asset is not None:
+            context["outlet_events"][self.asset].extra = asset_extra(job_manifest)
+        check_failure_rate(job_manifest)
+        return job_manifest
+
+
+def asset_extra(job_manifest: JobManifest) -> dict[str, Any]:
+    """Return the asset event ``extra`` of a finished job: where its files are, counts and cost."""
+    return {
+        "results_uri": job_manifest["results_path"],
+        "failures_uri": job_manifest["failures_path"],
+        "manifest_uri": job_manifest["results_path"].rsplit("/", 1)[0] + "/manifest.json",
+        "requests": job_manifest["requests"],
+        "succeeded": job_manifest["succeeded"],
+        "failed": job_manifest["failed"],
+        "failure_rate": job_manifest["failure_rate"],
+        "rounds": len(job_manifest["rounds"]),
+        "cost_batch_usd": job_manifest["cost"]["batch_usd"],
+        "cost_standard_usd": job_manifest["cost"]["standard_usd"],
+        "input_tokens": job_manifest["usage"]["input_tokens"],
+        "output_tokens": job_manifest["usage"]["output_tokens"],
+    }

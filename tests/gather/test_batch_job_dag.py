@@ -1,0 +1,182 @@
+"""The whole job through ``dag.test()``: real SDK against the emulator, injected failures."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pendulum
+import pytest
+from airflow.sdk import DAG
+from airflow_test_env import run_dag
+
+from airflow_batch import anthropic_batch_job, layout
+from airflow_batch.costs import price_table
+from airflow_batch.emulator.process import EmulatorProcess
+from airflow_batch.manifest import empty_usage
+from airflow_batch.storage import as_path
+
+N_REQUESTS = 1_000
+
+
+def _read(path: Any) -> list[dict[str, Any]]:
+    path = as_path(str(path))
+    return [msgspec.json.decode(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def _write_requests(path: Path, n: int) -> None:
+    with path.open("wb") as out:
+        for i in range(n):
+            request = {
+                "custom_id": f"req-{i:05d}",
+                "params": {
+                    "model": "claude-haiku-4-5",
+                    "max_tokens": 64,
+                    "messages": [{"role": "user", "content": f"Summarise item {i} in one line."}],
+                },
+            }
+            out.write(msgspec.json.encode(request) + b"\n")
+
+
+def _round_failures(job: Any, round_number: int) -> list[dict[str, Any]]:
+    folder = layout.round_dir(job, round_number) / "failures"
+    return [row for part in sorted(folder.glob("*.jsonl")) for row in _read(part)] if folder.exists() else []
+
+
+def _chunk_ids(job: Any, round_number: int) -> set[str]:
+    folder = layout.round_dir(job, round_number) / "chunks"
+    return {row["custom_id"] for part in sorted(folder.glob("*.jsonl")) for row in _read(part)}
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_batch_job_retries_only_retryable_failures_and_keeps_every_other_request(
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
+) -> None:
+    emulator.configure(
+        error_types={"overloaded_error": 0.05, "invalid_request_error": 0.01},
+        expire_rate=0.01,
+        seed=11,
+        # The first two results streams are cut mid-way: the gather must recover.
+        http_fault_rate=1.0,
+        http_fault_statuses=["drop"],
+        http_fault_budget=2,
+    )
+    requests_path = tmp_path / "requests.jsonl"
+    _write_requests(requests_path, N_REQUESTS)
+    output = str(tmp_path / "out")
+    with DAG("gather_job_e2e", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        anthropic_batch_job(
+            "reviews",
+            requests=str(requests_path),
+            output_path=output,
+            conn_id=anthropic_conn,
+            max_retry_rounds=2,
+            poll_interval=1,
+            max_failure_rate=0.05,
+            submit_kwargs={"max_requests_per_batch": 400, "count_tokens_sample": 0},
+        )
+    run = run_dag(dag)
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    assert emulator.configure()["http_fault_budget"] == 0, "no results stream was cut"
+
+    job = layout.job_dir(output, dag.dag_id, run.run_id, "reviews.submit")
+    all_ids = {f"req-{i:05d}" for i in range(N_REQUESTS)}
+    failures_by_round = [_round_failures(job, r) for r in range(3)]
+    invalid = {
+        row["custom_id"]
+        for rows in failures_by_round
+        for row in rows
+        if row["error_type"] == "invalid_request_error"
+    }
+    assert invalid, "the injected invalid_request_error rate produced no failure to check"
+
+    # Each retry round resubmitted exactly the retryable failures of the round before.
+    for number in (1, 2):
+        retryable = {row["custom_id"] for row in failures_by_round[number - 1] if row["retryable"]}
+        assert retryable, f"round {number - 1} had no retryable failure to resubmit"
+        assert _chunk_ids(job, number) == retryable
+        earlier_invalid = {
+            row["custom_id"]
+            for row in failures_by_round[number - 1]
+            if row["error_type"] == "invalid_request_error"
+        }
+        assert not retryable & earlier_invalid
+
+    results = _read(layout.final_results_path(job))
+    failures = _read(layout.final_failures_path(job))
+    result_ids = [row["custom_id"] for row in results]
+    assert len(result_ids) == len(set(result_ids))
+    assert set(result_ids) == all_ids - invalid
+    assert {row["custom_id"] for row in failures} == invalid
+    assert len(failures) == len(invalid)
+
+    # Tokens and cost of the manifest are those of the result lines, priced by the table.
+    manifest = msgspec.json.decode(layout.final_manifest_path(job).read_bytes())
+    usage_by_model: dict[str, Any] = defaultdict(empty_usage)
+    for row in results:
+        for key, value in row["usage"].items():
+            usage_by_model[row["model"]][key] += value
+    assert manifest["usage"] == usage_by_model["claude-haiku-4-5"]
+    assert manifest["usage"]["output_tokens"] > 0
+    expected_cost = price_table().cost(usage_by_model)
+    assert manifest["cost"]["batch_usd"] == pytest.approx(expected_cost["batch_usd"], abs=1e-5)
+    assert manifest["cost"]["standard_usd"] == pytest.approx(expected_cost["standard_usd"], abs=1e-5)
+    assert manifest["cost"]["batch_usd"] == pytest.approx(manifest["cost"]["standard_usd"] / 2, abs=1e-5)
+    assert (manifest["succeeded"], manifest["failed"]) == (len(results), len(invalid))
+    assert len(manifest["rounds"]) == 3
+
+    # Finalize emitted the results asset with the counts and cost in its extra.
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.uri == "airflow-batch://gather_job_e2e/reviews")
+            .all()
+        )
+        extras = [event.extra for event in events]
+    assert extras and extras[-1]["succeeded"] == len(results)
+    assert extras[-1]["failed"] == len(invalid)
+    assert extras[-1]["results_uri"] == str(layout.final_results_path(job))
+    assert extras[-1]["cost_batch_usd"] == manifest["cost"]["batch_usd"]
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_nothing_retryable_skips_the_retry_round_and_failure_rate_fails_after_writing(
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
+) -> None:
+    emulator.configure(error_types={"invalid_request_error": 0.05}, seed=3)
+    requests_path = tmp_path / "requests.jsonl"
+    _write_requests(requests_path, 300)
+    output = str(tmp_path / "out")
+    with DAG("gather_job_policy", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        anthropic_batch_job(
+            "job",
+            requests=str(requests_path),
+            output_path=output,
+            conn_id=anthropic_conn,
+            max_retry_rounds=1,
+            poll_interval=1,
+            max_failure_rate=0.01,
+            submit_kwargs={"count_tokens_sample": 0},
+        )
+    run = run_dag(dag)
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["job.retry_1"] == "skipped"
+    assert states["job.wait_1"] == "skipped"
+    assert states["job.gather_1"] == "skipped"
+    assert states["job.finalize"] == "failed"
+    assert run.state == "failed"
+    job = layout.job_dir(output, dag.dag_id, run.run_id, "job.submit")
+    failures = _read(layout.final_failures_path(job))
+    results = _read(layout.final_results_path(job))
+    assert failures and all(row["error_type"] == "invalid_request_error" for row in failures)
+    assert len(results) + len(failures) == 300
+    manifest = msgspec.json.decode(layout.final_manifest_path(job).read_bytes())
+    assert manifest["failure_rate"] > manifest["max_failure_rate"] == 0.01
+    assert not layout.round_dir(job, 1).exists()
