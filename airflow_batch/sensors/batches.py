@@ -17,7 +17,6 @@ canceled requests become retryable failures for the next round.
 
 from __future__ import annotations
 
-import configparser
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anthropic
 from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
-from airflow.sdk import BaseSensorOperator, conf
+from airflow.sdk import BaseSensorOperator
 
 from airflow_batch import polling
 from airflow_batch.exceptions import BatchPollError, BatchWaitTimeoutError
@@ -41,16 +40,17 @@ DEFER_MARGIN = 900.0  # the trigger's own deadline fires first; Airflow's defer 
 
 
 def default_deferrable() -> bool:
-    """Return True unless ``[operators] default_deferrable`` is set explicitly for the deployment.
+    """Return True unless ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE`` is set in the environment.
 
-    Airflow's built-in default for that option is False; this sensor's default is True, because
-    holding a worker slot for up to 24 h is the wrong default for a batch wait.
+    Airflow's own default for ``[operators] default_deferrable`` is False, and every generated
+    ``airflow.cfg`` writes that False out, so an explicit choice in the file cannot be told
+    from the default. This sensor's default is True, because holding a worker slot for up to
+    24 h is the wrong default for a batch wait; pass ``deferrable=False`` (or set the
+    environment variable, e.g. where no triggerer runs) to poll in the worker.
     """
     env = os.environ.get("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE")
     if env is not None:
         return env.strip().lower() in ("1", "true", "t", "yes", "y", "on")
-    if configparser.RawConfigParser.has_option(conf, "operators", "default_deferrable"):
-        return conf.getboolean("operators", "default_deferrable")
     return True
 
 
@@ -70,8 +70,10 @@ class BatchesSensor(BaseSensorOperator):
         False (and policy ``cancel``), wait for the canceled batches to end and return the
         manifest with ``timed_out=True`` so the round is gathered and retried.
     :param cancel_grace: Seconds to wait for canceled batches to reach ``ended`` (default 1 h).
-    :param deferrable: Wait in the triggerer (default True, or ``[operators] default_deferrable``
-        when the deployment sets it); False polls in the worker (``mode="poke"`` only).
+    :param deferrable: Wait in the triggerer (default True; ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``
+        in the environment overrides the default); False polls in the worker (``mode="poke"``
+        only). Either way the first poll runs in the worker: a round whose batches have all
+        ended already (a cleared re-run, a quick round) returns without deferring.
     """
 
     template_fields: Sequence[str] = ("manifest", "conn_id")
@@ -135,7 +137,38 @@ class BatchesSensor(BaseSensorOperator):
             self.timeout,
             self.timeout_policy,
         )
+
+        def write_progress(state: polling.WaitState, now: float) -> None:
+            if not job_dir:
+                return
+            try:
+                polling.write_progress(
+                    str(job_dir), round_number, polling.progress_document(state, round_number, now)
+                )
+            except Exception as exc:  # progress is informational; the wait goes on
+                self.log.warning("Could not write the progress file of round %s: %s", round_number, exc)
+
+        client = cast("anthropic.Anthropic", AnthropicHook(conn_id=conn_id).get_conn())
+        poller = client.with_options(max_retries=0, timeout=polling.REQUEST_TIMEOUT)
+        state = polling.WaitState(
+            batch_ids=batch_ids,
+            end_time=end_time,
+            poll_interval=self.poll_interval,
+            timeout_policy=self.timeout_policy,
+            wait_for_cancel=wait_for_cancel,
+            cancel_grace=self.cancel_grace,
+        )
         if self.deferrable:
+            # One poll here first. A round that has already ended returns without a deferral,
+            # which also sidesteps an Airflow 3.3 race: a trigger that fires within about a
+            # second of the deferral can fail the resumed task with a 409.
+            first = state.record_poll(
+                polling.poll_sync(poller, state.pending(), round_batches=len(batch_ids)), time.time()
+            )
+            client.close()
+            if first.action == "finish" and first.event is not None:
+                write_progress(state, time.time())
+                return self._finish(manifest, first.event)
             self.defer(
                 trigger=BatchesTrigger(
                     conn_id=conn_id,
@@ -147,31 +180,12 @@ class BatchesSensor(BaseSensorOperator):
                     cancel_grace=self.cancel_grace,
                     job_dir=str(job_dir) if job_dir else None,
                     round_number=round_number,
+                    ended=state.ended_statuses(),
                 ),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout + self.cancel_grace + DEFER_MARGIN),
             )
-        client = cast("anthropic.Anthropic", AnthropicHook(conn_id=conn_id).get_conn())
-        poller = client.with_options(max_retries=0, timeout=polling.REQUEST_TIMEOUT)
-        state = polling.WaitState(
-            batch_ids=batch_ids,
-            end_time=end_time,
-            poll_interval=self.poll_interval,
-            timeout_policy=self.timeout_policy,
-            wait_for_cancel=wait_for_cancel,
-            cancel_grace=self.cancel_grace,
-        )
         self._wait = (poller, state)
-
-        def write_progress(state: polling.WaitState, now: float) -> None:
-            if not job_dir:
-                return
-            try:
-                polling.write_progress(
-                    str(job_dir), round_number, polling.progress_document(state, round_number, now)
-                )
-            except Exception as exc:  # progress is informational; the wait goes on
-                self.log.warning("Could not write the progress file of round %s: %s", round_number, exc)
 
         try:
             event = polling.wait_sync(poller, state, log=self.log, on_poll=write_progress)

@@ -169,7 +169,11 @@ def test_resume_with_error_event_raises_its_message_and_timeout_raises_timeout_e
 
 
 def test_sensor_is_deferrable_by_default_and_validates_its_settings() -> None:
+    from airflow.sdk import conf
+
     manifest = manifest_for(["b1"], Path("/tmp"), "c")
+    # Airflow's own default (written into every generated airflow.cfg) is False; ours is True.
+    assert conf.getboolean("operators", "default_deferrable") is False
     assert BatchesSensor(task_id="a", manifest=manifest).deferrable is True
     assert BatchesSensor(task_id="b", manifest=manifest, deferrable=False).deferrable is False
     with pytest.raises(ValueError, match="timeout_policy"):
@@ -215,6 +219,34 @@ def test_kill_of_the_in_worker_wait_cancels_unfinished_batches(
     assert result["counts"]["canceled"] == 7
     assert ti.pushed[BATCH_LINKS_XCOM_KEY] == [batch_console_url(b) for b in ids]
     assert ti.pushed["_link_BatchConsoleLink"] == CONSOLE_BATCHES_URL
+
+
+def test_deployment_environment_can_turn_the_default_deferral_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "false")
+    assert BatchesSensor(task_id="a", manifest={}).deferrable is False
+    assert BatchesSensor(task_id="b", manifest={}, deferrable=True).deferrable is True
+
+
+def test_deferrable_wait_of_an_ended_round_returns_without_deferring(
+    emulator: EmulatorProcess,
+    anthropic_conn: str,
+    create_batches: CreateBatches,
+    sync_client: anthropic.Anthropic,
+    tmp_path: Path,
+) -> None:
+    ids = create_batches([3, 4])
+    until_sync(
+        lambda: all(sync_client.messages.batches.retrieve(b).processing_status == "ended" for b in ids)
+    )
+    sensor = BatchesSensor(
+        task_id="wait", manifest=manifest_for(ids, tmp_path, anthropic_conn), deferrable=True
+    )
+
+    result = sensor.execute({"ti": _TaskInstance()})  # type: ignore[arg-type]  # TaskDeferred would raise
+
+    assert result["counts"]["succeeded"] == 7
+    progress = storage.read_json(layout.progress_path(storage.as_path(str(tmp_path)), 0))
+    assert progress["batches_ended"] == 2
 
 
 def test_poll_interval_is_the_sensor_poke_interval() -> None:
