@@ -1,0 +1,25 @@
+"""Run every benchmark in turn (``make bench``); each prints its own figures and ratios."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = ["bench_emulator.py", "bench_submit.py", "bench_wait.py", "bench_gather.py"]
+
+
+def main() -> int:
+    here = Path(__file__).parent
+    failed = []
+    for name in BENCHMARKS:
+        print(f"\n=== {name}", flush=True)
+        if subprocess.call([sys.executable, str(here / name)]) != 0:
+            failed.append(name)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
