@@ -32,14 +32,16 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import msgspec
 
 from airflow_batch.costs import price_table
 from airflow_batch.exceptions import UnknownModelPriceError
 from airflow_batch.manifest import CostEstimate, Usage, empty_usage
+
+if TYPE_CHECKING:
+    import anthropic
 
 _MEDIA_TOKENS = 1_500
 _COUNT_TOKENS_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
@@ -228,6 +230,8 @@ def calibrate(
     """Return the API/local token ratio over ``sample``, or 1.0 with method "approximation"."""
     if client is None or not sample:
         return Calibration("approximation", 1.0, "no client or no sample")
+    import anthropic
+
     counting = client.with_options(max_retries=1, timeout=30.0)
     api_total = local_total = 0
     try:

@@ -45,13 +45,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-import anthropic
-import httpx
 import msgspec
 
 from airflow_batch.manifest import BatchStatus, RequestCounts, empty_counts
 
 if TYPE_CHECKING:
+    import anthropic
+
     from airflow_batch.manifest import RoundManifest
 
 ENDED = "ended"
@@ -230,6 +230,9 @@ def _duration(seconds: float) -> str:
 
 def classify_poll_error(exc: BaseException) -> ErrorKind:
     """Return whether a failed API call is worth retrying (``transient``) or ends the wait."""
+    import anthropic
+    import httpx
+
     if isinstance(exc, anthropic.APIStatusError):
         status = exc.status_code
         return "transient" if status in (408, 409, 429) or status >= 500 else "permanent"
@@ -280,6 +283,8 @@ def backoff_delay(
 
 def error_cause(exc: BaseException) -> str:
     """Return a short description of a failed API call: status, error type, message, request id."""
+    import anthropic
+
     if isinstance(exc, anthropic.APIStatusError):
         error_type = None
         body = exc.body

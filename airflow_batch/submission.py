@@ -33,11 +33,9 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 from airflow.sdk import ObjectStoragePath
-from anthropic.types.messages import MessageBatch
 
 from airflow_batch import layout
 from airflow_batch.chunking import ChunkBody, ChunkInfo, PreparedRound, chunk_file_name, prepare_chunks
@@ -51,6 +49,10 @@ from airflow_batch.requests import (
     RequestDefaults,
     describe_problems,
 )
+
+if TYPE_CHECKING:
+    import anthropic
+    from anthropic.types.messages import MessageBatch
 
 ON_INPUT_CHANGE = ("fail", "resubmit")
 #: How far the API's clock may be from the worker's when matching an orphan batch to an intent.
@@ -133,6 +135,8 @@ def create_batch(client: anthropic.Anthropic, path: ObjectStoragePath, size: int
     Goes through the SDK client, so its auth, base URL, retries and ``retry-after`` handling
     apply; the body is streamed from storage, so a 256 MB chunk never sits in memory.
     """
+    from anthropic.types.messages import MessageBatch
+
     return client.post(
         "/v1/messages/batches",
         cast_to=MessageBatch,
@@ -174,6 +178,8 @@ def find_orphan(
 
 
 def _cancel_unended(client: anthropic.Anthropic, ledger: Ledger, log: logging.Logger) -> None:
+    import anthropic
+
     for chunk, entry in sorted(ledger.batches.items()):
         batch_id = entry["batch_id"]
         try:
@@ -380,6 +386,8 @@ def _create_recorded(
     created (:func:`find_orphan`) and adopts it; only if there is none is the create retried.
     With ``adopt=False`` a lost response is retried at once, as the SDK would.
     """
+    import anthropic
+
     creating = client.with_options(max_retries=0)
     attempts = max(client.max_retries, 0) + 1
     path = layout.chunk_path(job, ledger.round, chunk.index)

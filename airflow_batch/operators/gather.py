@@ -6,14 +6,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
 from airflow.sdk import BaseOperator
 
-from airflow_batch.gathering import gather_round
 from airflow_batch.manifest import RoundManifest
 from airflow_batch.results import DEFAULT_RETRYABLE
 
 if TYPE_CHECKING:
+    from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
     from airflow.sdk import Context
 
 
@@ -71,10 +70,14 @@ class GatherResultsOperator(BaseOperator):
     @cached_property
     def hook(self) -> AnthropicHook:
         """Return the hook of the connection (the task's, else the manifest's)."""
+        from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
+
         return AnthropicHook(conn_id=self.conn_id or self.manifest["conn_id"])
 
     def execute(self, context: Context) -> RoundManifest:
         """Gather the round and return its manifest."""
+        from airflow_batch.gathering import gather_round
+
         manifest: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
         out = gather_round(
             self.hook.get_conn(),  # type: ignore[arg-type]

@@ -7,7 +7,6 @@ from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
@@ -17,6 +16,7 @@ from airflow_batch.results import custom_id_decoder, failure_row_decoder
 from airflow_batch.storage import as_path, iter_jsonl_lines
 
 if TYPE_CHECKING:
+    from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
     from airflow.sdk import Context
 
 
@@ -91,6 +91,8 @@ class RetryFailedOperator(BaseOperator):
     @cached_property
     def hook(self) -> AnthropicHook:
         """Return the hook of the connection (the task's, else the manifest's)."""
+        from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
+
         return AnthropicHook(conn_id=self.conn_id or self.manifest["conn_id"])
 
     def execute(self, context: Context) -> RoundManifest:

@@ -7,7 +7,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_batch import layout
@@ -23,6 +22,7 @@ from airflow_batch.requests import (
 from airflow_batch.storage import as_path, iter_jsonl_lines
 
 if TYPE_CHECKING:
+    from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
     from airflow.sdk import Context
 
 
@@ -141,7 +141,7 @@ class SubmitBatchesOperator(BaseOperator):
         max_tokens: int | None = None,
         system: str | list[Any] | None = None,
         cache_system_prompt: bool = True,
-        conn_id: str = AnthropicHook.default_conn_name,
+        conn_id: str = "anthropic_default",
         max_requests_per_batch: int = MAX_REQUESTS_PER_BATCH,
         max_bytes_per_batch: int = MAX_BYTES_PER_BATCH,
         max_cost_usd: float | None = None,
@@ -187,6 +187,8 @@ class SubmitBatchesOperator(BaseOperator):
     @cached_property
     def hook(self) -> AnthropicHook:
         """Return the hook of the ``anthropic`` connection."""
+        from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
+
         return AnthropicHook(conn_id=self.conn_id)
 
     def input_rows(self) -> Iterator[Any]:

@@ -23,8 +23,6 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-import anthropic
-from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
 from airflow.sdk import BaseSensorOperator
 
 from airflow_batch import polling
@@ -34,6 +32,7 @@ from airflow_batch.manifest import RoundManifest
 from airflow_batch.triggers.batches import BatchesTrigger
 
 if TYPE_CHECKING:
+    import anthropic
     from airflow.sdk import Context
 
 DEFER_MARGIN = 900.0  # the trigger's own deadline fires first; Airflow's defer timeout is a backstop
@@ -114,10 +113,14 @@ class BatchesSensor(BaseSensorOperator):
         return self.manifest
 
     def _conn_id(self, manifest: Mapping[str, Any]) -> str:
+        from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
+
         return self.conn_id or str(manifest.get("conn_id") or AnthropicHook.default_conn_name)
 
     def execute(self, context: Context) -> RoundManifest:
         """Defer to one trigger for the whole round (or poll here when not deferrable)."""
+        from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
+
         manifest = self._round()
         batch_ids = polling.batch_ids_of(manifest)
         if not batch_ids:

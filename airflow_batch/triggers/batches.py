@@ -13,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import anthropic
-from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
 from airflow.providers.common.compat.connection import get_async_connection
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_batch import polling
 from airflow_batch.manifest import BatchStatus
+
+if TYPE_CHECKING:
+    import anthropic
 
 ON_KILL_BUDGET = 20.0  # seconds; the triggerer allows on_kill 30 s ([triggerer] on_kill_timeout)
 
@@ -36,6 +37,8 @@ async def async_clients(conn_id: str) -> tuple[anthropic.AsyncAnthropic, anthrop
     owns retries and backoff, see :mod:`airflow_batch.polling`) and a 30 s request timeout
     instead of the SDK's ten minutes. Close the first one when done.
     """
+    from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
+
     hook = AnthropicHook(conn_id=conn_id)
     # Fill the hook's cached connection, as get_async_conn() itself does, so that building
     # the client in the thread below performs no connection lookup.
