@@ -47,12 +47,16 @@ def airflow_db() -> str:
     return _HOME
 
 
+#: The API key of the test connection: distinctive, so a test can prove it leaked nowhere.
+ANTHROPIC_TEST_KEY = "sk-ant-test-4f1c9e-never-in-xcom-logs-or-files"
+
+
 @pytest.fixture
 def anthropic_conn(emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Point the ``anthropic_default`` connection at the test's emulator; yield its conn_id."""
     monkeypatch.setenv(
         "AIRFLOW_CONN_ANTHROPIC_DEFAULT",
-        json.dumps({"conn_type": "anthropic", "password": "test-key", "host": emulator.base_url}),
+        json.dumps({"conn_type": "anthropic", "password": ANTHROPIC_TEST_KEY, "host": emulator.base_url}),
     )
     yield "anthropic_default"
 

@@ -10,7 +10,7 @@ import msgspec
 import pendulum
 import pytest
 from airflow.sdk import DAG
-from airflow_test_env import run_dag
+from airflow_test_env import ANTHROPIC_TEST_KEY, run_dag
 
 from airflow_batch import anthropic_batch_job, layout
 from airflow_batch.costs import price_table
@@ -52,7 +52,7 @@ def _chunk_ids(job: Any, round_number: int) -> set[str]:
 
 @pytest.mark.usefixtures("airflow_db")
 def test_batch_job_retries_only_retryable_failures_and_keeps_every_other_request(
-    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     emulator.configure(
         error_types={"overloaded_error": 0.05, "invalid_request_error": 0.01},
@@ -143,6 +143,22 @@ def test_batch_job_retries_only_retryable_failures_and_keeps_every_other_request
     assert extras[-1]["failed"] == len(invalid)
     assert extras[-1]["results_uri"] == str(layout.final_results_path(job))
     assert extras[-1]["cost_batch_usd"] == manifest["cost"]["batch_usd"]
+
+    # The connection's API key reached no XCom value, no file of the job and no log line.
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+
+    with create_session() as session:
+        xcoms = session.query(XComModel.value).filter(XComModel.dag_id == dag.dag_id).all()
+        resumes = session.query(TaskInstance.next_kwargs).filter(TaskInstance.dag_id == dag.dag_id).all()
+    assert len(xcoms) > 10
+    assert all(ANTHROPIC_TEST_KEY not in str(row) for row in [*xcoms, *resumes])
+    files = [path for path in Path(output).rglob("*") if path.is_file()]
+    assert len(files) > 10
+    assert all(ANTHROPIC_TEST_KEY.encode() not in path.read_bytes() for path in files)
+    captured = capfd.readouterr()
+    assert "reviews.finalize" in captured.out + captured.err, "the run's log output was not captured"
+    assert ANTHROPIC_TEST_KEY not in captured.out + captured.err
 
 
 @pytest.mark.usefixtures("airflow_db")
