@@ -173,17 +173,11 @@ class BatchesSensor(BaseSensorOperator):
                 write_progress(state, time.time())
                 return self._finish(manifest, first.event)
             self.defer(
-                trigger=BatchesTrigger(
+                trigger=BatchesTrigger.for_state(
+                    state,
                     conn_id=conn_id,
-                    batch_ids=batch_ids,
-                    end_time=end_time,
-                    poll_interval=self.poll_interval,
-                    timeout_policy=self.timeout_policy,
-                    wait_for_cancel=wait_for_cancel,
-                    cancel_grace=self.cancel_grace,
                     job_dir=str(job_dir) if job_dir else None,
                     round_number=round_number,
-                    ended=state.ended_statuses(),
                 ),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout + self.cancel_grace + DEFER_MARGIN),

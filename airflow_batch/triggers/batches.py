@@ -106,24 +106,22 @@ class BatchesTrigger(BaseTrigger):
             canceled_by_timeout=list(canceled_by_timeout),
         )
 
+    @classmethod
+    def for_state(
+        cls, state: polling.WaitState, *, conn_id: str, job_dir: str | None, round_number: int
+    ) -> BatchesTrigger:
+        """Return a trigger that carries on ``state`` (what a wait in the worker learned so far)."""
+        return cls(conn_id=conn_id, job_dir=job_dir, round_number=round_number, **_state_kwargs(state))
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the class path and kwargs; ``ended`` carries what this run already learned."""
-        state = self.state
         return (
             "airflow_batch.triggers.batches.BatchesTrigger",
             {
                 "conn_id": self.conn_id,
-                "batch_ids": list(state.batch_ids),
-                "end_time": state.end_time,
-                "poll_interval": state.poll_interval,
-                "timeout_policy": state.timeout_policy,
-                "wait_for_cancel": state.wait_for_cancel,
-                "cancel_grace": state.cancel_grace,
                 "job_dir": self.job_dir,
                 "round_number": self.round_number,
-                "ended": state.ended_statuses(),
-                "timed_out": state.timed_out,
-                "canceled_by_timeout": list(state.canceled_by_timeout),
+                **_state_kwargs(self.state),
             },
         )
 
@@ -171,3 +169,18 @@ class BatchesTrigger(BaseTrigger):
         self.log.info("on_kill: canceled %d of %d unfinished batches.", len(outcome.statuses), len(pending))
         for batch_id, cause in {**outcome.permanent, **outcome.transient}.items():
             self.log.warning("on_kill: could not cancel batch %s: %s", batch_id, cause)
+
+
+def _state_kwargs(state: polling.WaitState) -> dict[str, Any]:
+    """Return the constructor kwargs that rebuild ``state`` (its settings and the ended batches)."""
+    return {
+        "batch_ids": list(state.batch_ids),
+        "end_time": state.end_time,
+        "poll_interval": state.poll_interval,
+        "timeout_policy": state.timeout_policy,
+        "wait_for_cancel": state.wait_for_cancel,
+        "cancel_grace": state.cancel_grace,
+        "ended": state.ended_statuses(),
+        "timed_out": state.timed_out,
+        "canceled_by_timeout": list(state.canceled_by_timeout),
+    }
