@@ -29,7 +29,7 @@ import gc
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Annotated, Any, Literal
 
@@ -453,12 +453,3 @@ class ChunkBody:
                     block, pending = block[:-1], b","
                 yield block
         yield BODY_SUFFIX
-
-
-def read_chunk(path: ObjectStoragePath) -> Iterator[Mapping[str, Any]]:
-    """Yield the requests of a chunk file in order (for retry rounds and audits)."""
-    decode = msgspec.json.Decoder().decode
-    with path.open("rb") as handle:
-        for line in handle:
-            if line.strip():
-                yield decode(line)

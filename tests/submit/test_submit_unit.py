@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from airflow_batch import layout
-from airflow_batch.chunking import ChunkBody, body_bytes, prepare_chunks, read_chunk
+from airflow_batch.chunking import ChunkBody, body_bytes, prepare_chunks
 from airflow_batch.costs import price_table
 from airflow_batch.estimate import TokenTally, approx_tokens, estimate_cost, input_tokens
 from airflow_batch.exceptions import UnknownModelPriceError
@@ -22,7 +22,7 @@ from airflow_batch.requests import (
     describe_problems,
     records_to_requests,
 )
-from airflow_batch.storage import as_path
+from airflow_batch.storage import as_path, iter_jsonl
 
 MODEL = "claude-haiku-4-5"
 
@@ -155,7 +155,7 @@ def test_chunks_split_by_count_deterministically(tmp_path: Path) -> None:
     second = prepare(tmp_path / "b", rows, max_requests=10)
     assert [c.requests for c in first.chunks] == [10, 10, 5]
     assert first.fingerprint == second.fingerprint and first.chunks == second.chunks
-    ids = [r["custom_id"] for r in read_chunk(first.staging / "chunk-00002.jsonl")]
+    ids = [r["custom_id"] for r in iter_jsonl(first.staging / "chunk-00002.jsonl")]
     assert ids == [f"r{i}" for i in range(20, 25)]
 
 
@@ -171,7 +171,7 @@ def test_chunks_split_by_bytes_and_the_body_sent_is_exactly_the_bytes_counted(tm
         body = b"".join(ChunkBody(prepared.staging / f"chunk-{chunk.index:05d}.jsonl", chunk.bytes))
         assert len(body) == chunk.bytes
         assert [r["custom_id"] for r in json.loads(body)["requests"]] == [
-            r["custom_id"] for r in read_chunk(prepared.staging / f"chunk-{chunk.index:05d}.jsonl")
+            r["custom_id"] for r in iter_jsonl(prepared.staging / f"chunk-{chunk.index:05d}.jsonl")
         ]
 
 
