@@ -1,9 +1,10 @@
 """Stream a batch's results into per-batch part files, with memory that does not grow.
 
 For each batch: the raw JSONL stream is read through the SDK client (its auth, base URL
-and retries) in large chunks, split into lines here and decoded by msgspec, never by the
-SDK's per-line pydantic models. Succeeded lines become result rows, the others failure
-rows; a request of the batch with no line at all becomes a ``missing`` failure.
+and retries) in large chunks, cut at line ends here and turned into rows by
+:func:`results.block_rows` (msgspec, a slice of lines at a time), never by the SDK's
+per-line pydantic models. Succeeded lines become result rows, the others failure rows; a
+request of the batch with no line at all becomes a ``missing`` failure.
 
 Atomicity and re-runs: both part files are written through :func:`storage.atomic_writer`
 and a small ``{batch_id}.stats.json`` sidecar is written after both are in place. A batch
@@ -20,11 +21,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from operator import attrgetter
 from typing import IO, TYPE_CHECKING, Any
 
 import anthropic
-import msgspec
 import pendulum
 
 from airflow_batch import layout
@@ -32,17 +31,12 @@ from airflow_batch.costs import price_table
 from airflow_batch.manifest import RoundManifest, Usage, empty_usage
 from airflow_batch.results import (
     DEFAULT_RETRYABLE,
-    FailureRow,
-    ResultLine,
-    ResultRow,
+    BlockRows,
+    BlockSettings,
+    block_rows,
     custom_id_decoder,
-    line_decoder,
-    line_with_content_decoder,
-    missing_row,
-    row_encoder,
+    missing_rows,
     sum_usages,
-    to_failure_row,
-    to_result_rows,
 )
 from airflow_batch.storage import as_path, atomic_writer, read_json, write_json
 
@@ -79,6 +73,16 @@ class BatchGatherStats:
     usage_by_model: dict[str, Usage] = field(default_factory=dict)
     attempts: int = 0
 
+    def add(self, rows: BlockRows) -> None:
+        """Add the counts and usage of a block's rows."""
+        for kind, count in rows.result_counts.items():
+            self.result_counts[kind] = self.result_counts.get(kind, 0) + count
+        for error_type, count in rows.error_types.items():
+            self.error_types[error_type] = self.error_types.get(error_type, 0) + count
+        self.retryable += rows.retryable
+        for model, usage in rows.usage_by_model.items():
+            self.usage_by_model[model] = sum_usages([self.usage_by_model.get(model, empty_usage()), usage])
+
     def to_json(self) -> dict[str, Any]:
         """Return the stats as a JSON-ready dict."""
         return asdict(self)
@@ -94,7 +98,7 @@ def chunk_ids(path: ObjectStoragePath | str) -> set[str]:
     ids: set[str] = set()
     with as_path(path).open("rb") as handle:
         for block in _lines_in_chunks(iter(lambda: handle.read(CHUNK_BYTES), b"")):
-            ids.update(map(_custom_id_of, custom_id_decoder.decode_lines(block)))
+            ids.update(row.custom_id for row in custom_id_decoder.decode_lines(block))
     return ids
 
 
@@ -131,96 +135,19 @@ def write_rows(
     ``expected_ids`` are the batch's requests: those with no line become ``missing``
     failures; a repeated ``custom_id`` keeps its first line only.
     """
+    settings = BlockSettings(batch_id, round_number, canceled_by_timeout, include_content, retryable_types)
     stats = BatchGatherStats(batch_id=batch_id, results_path="", failures_path="")
-    decode_lines = (line_with_content_decoder if include_content else line_decoder).decode_lines
-    encode_lines = row_encoder.encode_lines
     seen: set[str] = set()
     for block in _lines_in_chunks(chunks):
-        try:
-            lines: list[Any] = decode_lines(block)
-        except msgspec.DecodeError as exc:
-            raise ValueError(f"batch {batch_id}: a results line is not valid JSON ({exc})") from None
-        fresh = set(map(_custom_id_of, lines))
-        if len(fresh) != len(lines) or not seen.isdisjoint(fresh):
-            lines = _first_lines(lines, seen)  # a repeated custom_id: keep its first line only
-        seen |= fresh
-        types = list(map(_result_type_of, lines))
-        if types.count("succeeded") == len(lines):
-            succeeded = lines
-        else:
-            succeeded = [line for line, kind in zip(lines, types, strict=True) if kind == "succeeded"]
-        if succeeded:
-            results = to_result_rows(succeeded, batch_id=batch_id, round_number=round_number)
-            _count_results(stats, results)
-            results_out.write(encode_lines(results))
-        if len(succeeded) != len(lines):
-            failures = [
-                to_failure_row(
-                    line,
-                    batch_id=batch_id,
-                    round_number=round_number,
-                    canceled_by_timeout=canceled_by_timeout,
-                    retryable_types=retryable_types,
-                )
-                for line in lines
-                if line.result.type != "succeeded"
-            ]
-            _count_failures(stats, failures)
-            failures_out.write(encode_lines(failures))
-    if expected_ids is not None:
-        missing = [
-            missing_row(cid, batch_id=batch_id, round_number=round_number, retryable_types=retryable_types)
-            for cid in sorted(expected_ids - seen)
-        ]
-        if missing:
-            _count_failures(stats, missing)
-            failures_out.write(encode_lines(missing))
+        rows = block_rows(block, settings, seen)
+        stats.add(rows)
+        results_out.write(rows.results)
+        failures_out.write(rows.failures)
+    if expected_ids is not None and (missing_ids := expected_ids - seen):
+        missing = missing_rows(sorted(missing_ids), settings)
+        stats.add(missing)
+        failures_out.write(missing.failures)
     return stats
-
-
-def _first_lines(lines: list[ResultLine[Any]], seen: set[str]) -> list[ResultLine[Any]]:
-    """Return ``lines`` without those whose ``custom_id`` is in ``seen`` or came earlier."""
-    kept: list[ResultLine[Any]] = []
-    taken = set(seen)
-    for line in lines:
-        if line.custom_id not in taken:
-            taken.add(line.custom_id)
-            kept.append(line)
-    return kept
-
-
-def _count_results(stats: BatchGatherStats, rows: list[ResultRow]) -> None:
-    """Add a block of result rows to the counts and the per-model usage (summed per block)."""
-    counts = stats.result_counts
-    counts["succeeded"] = counts.get("succeeded", 0) + len(rows)
-    models = set(map(_model_of, rows))
-    for model in models:
-        usages = [row.usage for row in rows if len(models) == 1 or row.model == model]
-        total = stats.usage_by_model.setdefault(model, empty_usage())
-        for key in _USAGE_KEYS:
-            total[key] += sum(map(attrgetter(key), usages))  # type: ignore[literal-required]
-
-
-_model_of = attrgetter("model")
-_custom_id_of = attrgetter("custom_id")
-_result_type_of = attrgetter("result.type")
-_USAGE_KEYS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_creation_1h_input_tokens",
-    "cache_read_input_tokens",
-)
-
-
-def _count_failures(stats: BatchGatherStats, failures: list[FailureRow]) -> None:
-    counts = stats.result_counts
-    for failure in failures:
-        counts[failure.result_type] = counts.get(failure.result_type, 0) + 1
-        if failure.error_type is not None:
-            stats.error_types[failure.error_type] = stats.error_types.get(failure.error_type, 0) + 1
-        if failure.retryable:
-            stats.retryable += 1
 
 
 def _remove_leftovers(path: ObjectStoragePath) -> None:

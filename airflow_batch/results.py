@@ -23,11 +23,13 @@ Failure row (``failures/{batch_id}.jsonl``)::
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
 import msgspec
+from msgspec.structs import astuple
 
-from airflow_batch.manifest import Usage
+from airflow_batch.manifest import Usage, empty_usage
 
 # Failures worth paying for again: transient server-side errors, requests the batch never
 # reached (expired, canceled by our own deadline) and requests with no result line at all.
@@ -345,13 +347,155 @@ def missing_row(
     )
 
 
-def add_usage(total: Usage, usage: RowUsage) -> None:
-    """Add one row's usage into ``total`` in place."""
-    total["input_tokens"] += usage.input_tokens
-    total["output_tokens"] += usage.output_tokens
-    total["cache_creation_input_tokens"] += usage.cache_creation_input_tokens
-    total["cache_creation_1h_input_tokens"] += usage.cache_creation_1h_input_tokens
-    total["cache_read_input_tokens"] += usage.cache_read_input_tokens
+# ---- blocks of lines ------------------------------------------------------------------
+
+
+class BlockSettings(msgspec.Struct, frozen=True):
+    """How the lines of one batch become rows; the same for every block of the batch."""
+
+    batch_id: str
+    round_number: int
+    canceled_by_timeout: bool = False
+    include_content: bool = False
+    retryable_types: frozenset[str] = DEFAULT_RETRYABLE
+
+
+class BlockRows(msgspec.Struct):
+    """The rows of a block of result lines, encoded as JSONL, with their counts and usage."""
+
+    results: bytes
+    failures: bytes
+    result_counts: dict[str, int]
+    error_types: dict[str, int]
+    retryable: int
+    usage_by_model: dict[str, Usage]
+
+
+SLICE_BYTES = 1 << 17
+"""Lines decoded at a time: small enough for their objects to stay in the CPU's cache and
+in the allocator's warm memory, which makes decoding ~2x faster than megabyte blocks."""
+
+
+def block_rows(block: bytes, settings: BlockSettings, seen: set[str]) -> BlockRows:
+    """Turn a block of complete result lines into encoded result and failure rows.
+
+    ``seen`` holds the ``custom_id`` of every line kept so far in the batch; the block's
+    are added to it. A line whose id is already there is dropped: a repeated ``custom_id``
+    keeps its first line only. Raises ValueError naming the batch for a line that is not
+    valid JSON or a succeeded result without a message.
+    """
+    out = BlockRows(b"", b"", {}, {}, 0, {})
+    results: list[bytes] = []
+    failures: list[bytes] = []
+    view = memoryview(block)
+    start = 0
+    while start < len(block):
+        end = block.find(b"\n", start + SLICE_BYTES) + 1 or len(block)
+        _add_slice(out, results, failures, view[start:end], settings, seen)
+        start = end
+    out.results = b"".join(results)
+    out.failures = b"".join(failures)
+    return out
+
+
+def _add_slice(
+    out: BlockRows,
+    results: list[bytes],
+    failures: list[bytes],
+    lines_json: memoryview,
+    settings: BlockSettings,
+    seen: set[str],
+) -> None:
+    """Add the rows of a slice of lines to ``out``, and the ids it keeps to ``seen``."""
+    batch_id = settings.batch_id
+    decoder = line_with_content_decoder if settings.include_content else line_decoder
+    try:
+        lines: list[Any] = decoder.decode_lines(lines_json)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"batch {batch_id}: a results line is not valid JSON ({exc})") from None
+    fresh = set(map(_custom_id_of, lines))
+    if len(fresh) == len(lines) and seen.isdisjoint(fresh):
+        seen |= fresh
+    else:
+        lines = _first_lines(lines, seen)
+    types = list(map(_result_type_of, lines))
+    if types.count("succeeded") == len(lines):
+        succeeded = lines
+    else:
+        succeeded = [line for line, kind in zip(lines, types, strict=True) if kind == "succeeded"]
+    if succeeded:
+        rows = to_result_rows(succeeded, batch_id=batch_id, round_number=settings.round_number)
+        out.result_counts["succeeded"] = out.result_counts.get("succeeded", 0) + len(rows)
+        _sum_usage_by_model(out.usage_by_model, rows)
+        results.append(row_encoder.encode_lines(rows))
+    if len(succeeded) != len(lines):
+        failure_rows = [
+            to_failure_row(
+                line,
+                batch_id=batch_id,
+                round_number=settings.round_number,
+                canceled_by_timeout=settings.canceled_by_timeout,
+                retryable_types=settings.retryable_types,
+            )
+            for line in lines
+            if line.result.type != "succeeded"
+        ]
+        _count_failures(out, failure_rows)
+        failures.append(row_encoder.encode_lines(failure_rows))
+
+
+def missing_rows(custom_ids: Iterable[str], settings: BlockSettings) -> BlockRows:
+    """Return the failure rows of requests whose batch returned no line for them."""
+    failures = [
+        missing_row(
+            custom_id,
+            batch_id=settings.batch_id,
+            round_number=settings.round_number,
+            retryable_types=settings.retryable_types,
+        )
+        for custom_id in custom_ids
+    ]
+    out = BlockRows(b"", b"", {}, {}, 0, {})
+    _count_failures(out, failures)
+    out.failures = row_encoder.encode_lines(failures)
+    return out
+
+
+def _first_lines(lines: list[ResultLine[Any]], seen: set[str]) -> list[ResultLine[Any]]:
+    """Return the lines whose ``custom_id`` is not in ``seen``, adding each kept id to it."""
+    kept: list[ResultLine[Any]] = []
+    for line in lines:
+        if line.custom_id not in seen:
+            seen.add(line.custom_id)
+            kept.append(line)
+    return kept
+
+
+def _sum_usage_by_model(usage_by_model: dict[str, Usage], rows: list[ResultRow]) -> None:
+    """Add the usage of result rows into per-model totals (columns summed, the fastest way)."""
+    models = set(map(_model_of, rows))
+    for model in models:
+        usages = [row.usage for row in rows if len(models) == 1 or row.model == model]
+        total = usage_by_model.setdefault(model, empty_usage())
+        for key, column in zip(_USAGE_KEYS, zip(*map(astuple, usages), strict=True), strict=True):
+            total[key] += sum(column)  # type: ignore[literal-required]
+
+
+def _count_failures(out: BlockRows, failures: list[FailureRow]) -> None:
+    """Add failure rows to the counts per result type and error type, and to ``retryable``."""
+    counts, error_types = out.result_counts, out.error_types
+    for failure in failures:
+        counts[failure.result_type] = counts.get(failure.result_type, 0) + 1
+        if failure.error_type is not None:
+            error_types[failure.error_type] = error_types.get(failure.error_type, 0) + 1
+        if failure.retryable:
+            out.retryable += 1
+
+
+_model_of = attrgetter("model")
+_custom_id_of = attrgetter("custom_id")
+_result_type_of = attrgetter("result.type")
+_USAGE_KEYS = RowUsage.__struct_fields__
 
 
 def sum_usages(usages: Iterable[Usage]) -> Usage:

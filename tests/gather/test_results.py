@@ -11,6 +11,9 @@ from airflow_batch.gathering import write_rows
 from airflow_batch.results import (
     DEFAULT_NOT_RETRYABLE,
     DEFAULT_RETRYABLE,
+    SLICE_BYTES,
+    BlockSettings,
+    block_rows,
     classify_failure,
     line_decoder,
     line_with_content_decoder,
@@ -148,6 +151,44 @@ def test_write_rows_splits_lines_across_any_chunking_and_reports_missing_ids(chu
     assert stats.error_types == {"overloaded_error": 1, "invalid_request_error": 1}
     assert stats.retryable == 3  # overloaded, expired, missing
     assert stats.usage_by_model["claude-haiku-4-5"]["cache_read_input_tokens"] == 3
+
+
+def _line(kind: bytes, custom_id: str) -> bytes:
+    """Return the result line ``kind`` for another ``custom_id``."""
+    return msgspec.json.encode({**msgspec.json.decode(kind), "custom_id": custom_id})
+
+
+def test_a_block_of_many_slices_keeps_first_lines_across_slices_and_blocks() -> None:
+    # Over three slices of lines; one id repeats within the block (in a later slice) and one
+    # repeats an id of an earlier block: each keeps its first line only.
+    kinds = [SUCCEEDED, ERRORED, INVALID, EXPIRED, CANCELED]
+    count = 3 * SLICE_BYTES // 100  # lines of 50 to 350 bytes
+    lines = [_line(kinds[i % 5], f"id-{i:06d}") for i in range(count)]
+    lines.insert(0, _line(SUCCEEDED, "earlier-block"))
+    lines.append(_line(INVALID, "id-000000"))  # first seen as SUCCEEDED, slices earlier
+    block = b"\n".join(lines) + b"\n"
+    assert len(block) > 3 * SLICE_BYTES
+
+    seen = {"earlier-block"}
+    rows = block_rows(block, BlockSettings("b", 2), seen)
+
+    assert seen == {"earlier-block"} | {f"id-{i:06d}" for i in range(count)}
+    results = [msgspec.json.decode(line) for line in rows.results.splitlines()]
+    failures = [msgspec.json.decode(line) for line in rows.failures.splitlines()]
+    assert [r["custom_id"] for r in results] == [f"id-{i:06d}" for i in range(0, count, 5)]
+    assert results[0]["text"] == "Hello world" and results[0]["round"] == 2
+    assert sorted(r["custom_id"] for r in failures) == sorted(f"id-{i:06d}" for i in range(count) if i % 5)
+    per_kind = -(-count // 5)
+    assert rows.result_counts["succeeded"] == len(results) == per_kind
+    assert rows.result_counts["errored"] == len([i for i in range(count) if i % 5 in (1, 2)])
+    assert rows.retryable == len([i for i in range(count) if i % 5 in (1, 3)])  # overloaded, expired
+    assert rows.usage_by_model["claude-haiku-4-5"]["input_tokens"] == 10 * per_kind
+
+
+def test_a_corrupt_line_in_a_later_slice_names_the_batch() -> None:
+    block = (SUCCEEDED + b"\n") * (2 * SLICE_BYTES // len(SUCCEEDED)) + b'{"custom_id": "x", trun\n'
+    with pytest.raises(ValueError, match="batch b7: a results line is not valid JSON"):
+        block_rows(block, BlockSettings("b7", 0), set())
 
 
 def test_write_rows_names_the_batch_of_a_corrupt_line() -> None:
