@@ -73,8 +73,8 @@ class BatchGatherStats:
     usage_by_model: dict[str, Usage] = field(default_factory=dict)
     attempts: int = 0
 
-    def add(self, rows: BlockRows) -> None:
-        """Add the counts and usage of a block's rows."""
+    def add(self, rows: BlockRows | BatchGatherStats) -> None:
+        """Add the counts and usage of a block's rows, or of another batch."""
         for kind, count in rows.result_counts.items():
             self.result_counts[kind] = self.result_counts.get(kind, 0) + count
         for error_type, count in rows.error_types.items():
@@ -287,25 +287,23 @@ def round_manifest(
     job: ObjectStoragePath,
 ) -> RoundManifest:
     """Return ``manifest`` with the gathered figures of ``all_stats`` added, and store it."""
-    result_counts = dict.fromkeys(("succeeded", "errored", "expired", "canceled", "missing"), 0)
-    error_types: dict[str, int] = {}
-    usage_by_model: dict[str, Usage] = {}
+    total = BatchGatherStats(
+        batch_id="",
+        results_path="",
+        failures_path="",
+        result_counts=dict.fromkeys(("succeeded", "errored", "expired", "canceled", "missing"), 0),
+    )
     for stats in all_stats:
-        for key, count in stats.result_counts.items():
-            result_counts[key] = result_counts.get(key, 0) + count
-        for key, count in stats.error_types.items():
-            error_types[key] = error_types.get(key, 0) + count
-        for model, usage in stats.usage_by_model.items():
-            usage_by_model[model] = sum_usages([usage_by_model.get(model, empty_usage()), usage])
+        total.add(stats)
     out: RoundManifest = {**manifest}  # type: ignore[typeddict-item]
     out["results_paths"] = [s.results_path for s in all_stats]
     out["failures_paths"] = [s.failures_path for s in all_stats]
-    out["result_counts"] = result_counts
-    out["error_types"] = dict(sorted(error_types.items()))
-    out["retryable"] = sum(s.retryable for s in all_stats)
-    out["usage"] = sum_usages(usage_by_model.values())
-    out["usage_by_model"] = usage_by_model
-    out["cost"] = price_table(prices).cost(usage_by_model)
+    out["result_counts"] = total.result_counts
+    out["error_types"] = dict(sorted(total.error_types.items()))
+    out["retryable"] = total.retryable
+    out["usage"] = sum_usages(total.usage_by_model.values())
+    out["usage_by_model"] = total.usage_by_model
+    out["cost"] = price_table(prices).cost(total.usage_by_model)
     out["gathered_at"] = pendulum.now("UTC").isoformat()
     write_json(layout.round_manifest_path(job, manifest["round"]), out)
     return out
