@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -136,3 +136,19 @@ class PriceTable:
 def price_table(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> PriceTable:
     """Return the shipped price table with the user's ``overrides`` applied."""
     return PriceTable.default().with_overrides(overrides)
+
+
+def sum_costs(costs: Iterable[CostFigures]) -> CostFigures:
+    """Return cost figures added up, listing every model any of them could not price."""
+    batch = standard = 0.0
+    unpriced: set[str] = set()
+    for cost in costs:
+        batch += cost.get("batch_usd", 0.0)
+        standard += cost.get("standard_usd", 0.0)
+        unpriced.update(cost.get("unpriced_models", []))
+    return CostFigures(
+        batch_usd=round(batch, 6),
+        standard_usd=round(standard, 6),
+        priced=not unpriced,
+        unpriced_models=sorted(unpriced),
+    )

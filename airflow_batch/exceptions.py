@@ -35,6 +35,31 @@ class InputChangedError(BeforeSubmitError):
     """The input of a task instance differs from the one its recorded batches were built from."""
 
 
+class BatchesApiError(AirflowBatchError):
+    """A call to the API failed permanently, or kept failing transiently past the retry budget.
+
+    ``transient`` says which (a re-run may then succeed); ``status_code`` and ``error_code``
+    are the last response's, when there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool = False,
+        status_code: int | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.status_code = status_code
+        self.error_code = error_code
+
+
+class SpendLimitReachedError(BatchesApiError):
+    """The organisation's spend limit is reached (a 429 that is not a rate limit): nothing more is sent."""
+
+
 class AfterSubmitError(AirflowBatchError):
     """Raised after batches were created: they exist and may have results."""
 

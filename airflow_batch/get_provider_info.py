@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_batch import __version__
+from airflow_batch.settings import provider_config
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -43,6 +44,7 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Airflow Batch", "python-modules": ["airflow_batch.triggers.batches"]}
         ],
         "extra-links": ["airflow_batch.links.console.BatchConsoleLink"],
+        "config": provider_config(),
         "plugins": [
             {"name": "airflow_batch", "plugin-class": "airflow_batch.plugins.batch_jobs.AirflowBatchPlugin"}
         ],

@@ -11,7 +11,7 @@ be used alone; the factory only wires them with the arguments a DAG author usual
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from airflow_batch.operators.gather import GatherResultsOperator
 from airflow_batch.operators.retry import RetryFailedOperator
 from airflow_batch.operators.submit import SubmitBatchesOperator
 from airflow_batch.sensors.batches import BatchesSensor
-from airflow_batch.submission import SubmitSettings
+from airflow_batch.submit.round import SubmitSettings
 
 
 def default_asset(dag_id: str, group_id: str) -> Asset:
@@ -38,7 +38,7 @@ def anthropic_batch_job(
     records: Any = None,
     conn_id: str = "anthropic_default",
     max_retry_rounds: int = 2,
-    poll_interval: float = 60,
+    poll_interval: float | None = None,
     timeout: float = 24 * 3600,
     max_failure_rate: float | None = None,
     max_cost_usd: float | None = None,
@@ -53,6 +53,8 @@ def anthropic_batch_job(
     prices: Mapping[str, Mapping[str, Any]] | None = None,
     asset: Asset | str | Literal[False] | None = None,
     deferrable: bool | None = None,
+    betas: Sequence[str] = (),
+    workspace_id: str | None = None,
     submit_kwargs: Mapping[str, Any] | None = None,
     sensor_kwargs: Mapping[str, Any] | None = None,
     gather_kwargs: Mapping[str, Any] | None = None,
@@ -73,7 +75,8 @@ def anthropic_batch_job(
         defaults below (see ``SubmitBatchesOperator``).
     :param conn_id: The ``anthropic`` connection.
     :param max_retry_rounds: How many retry rounds to build (0 for none).
-    :param poll_interval: Seconds between status polls while waiting.
+    :param poll_interval: Seconds between status polls while waiting (default
+        ``[airflow_batch] poll_interval``, 60).
     :param timeout: Seconds each round may wait before its unfinished batches are canceled.
     :param max_failure_rate: Share of failed requests (0-1) above which ``finalize`` fails,
         after writing every file. ``None`` never fails for failed requests.
@@ -91,7 +94,9 @@ def anthropic_batch_job(
     :param prices: Price table overrides for estimates and costs.
     :param asset: Asset (or URI) emitted by ``finalize``; ``None`` uses
         ``airflow-batch://{dag_id}/{group_id}``; ``False`` emits none.
-    :param deferrable: Run the waits deferred (default: Airflow's ``default_deferrable``).
+    :param deferrable: Run the waits deferred (default True, see ``BatchesSensor``).
+    :param betas: Beta names sent as ``anthropic-beta`` on every call of the job.
+    :param workspace_id: Sent as ``anthropic-workspace-id`` on every call of the job.
     :param submit_kwargs: Further ``SubmitBatchesOperator`` arguments (batch limits,
         ``expected_output_tokens``, ``on_input_change``, ``skip_invalid``...); the batch
         settings among them apply to retry rounds too.
@@ -138,25 +143,23 @@ def anthropic_batch_job(
             prompt_template=prompt_template,
             custom_id_field=custom_id_field,
             prices=prices,
+            betas=betas,
+            workspace_id=workspace_id,
             **submit_extra,
         )
-        wait = BatchesSensor(task_id="wait", manifest=submit.output, conn_id=conn_id, **sensor_args)
-        gather = GatherResultsOperator(task_id="gather", manifest=wait.output, conn_id=conn_id, **gather_args)
+        # Every later task reads the connection (and betas, workspace) from the round manifest.
+        wait = BatchesSensor(task_id="wait", manifest=submit.output, **sensor_args)
+        gather = GatherResultsOperator(task_id="gather", manifest=wait.output, **gather_args)
         last = gather
         for number in range(1, max_retry_rounds + 1):
             retry = RetryFailedOperator(
                 task_id=f"retry_{number}",
                 manifest=last.output,
-                conn_id=conn_id,
                 max_cost_usd=max_cost_usd,
                 submit_settings=retry_settings,
             )
-            wait_r = BatchesSensor(
-                task_id=f"wait_{number}", manifest=retry.output, conn_id=conn_id, **sensor_args
-            )
-            last = GatherResultsOperator(
-                task_id=f"gather_{number}", manifest=wait_r.output, conn_id=conn_id, **gather_args
-            )
+            wait_r = BatchesSensor(task_id=f"wait_{number}", manifest=retry.output, **sensor_args)
+            last = GatherResultsOperator(task_id=f"gather_{number}", manifest=wait_r.output, **gather_args)
         if asset is None:
             dag = group.dag
             asset = default_asset(dag.dag_id, group.group_id or group_id) if dag is not None else False

@@ -20,11 +20,13 @@ instances never collide, and a retry or a clear of the same task instance finds 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from airflow.sdk import ObjectStoragePath
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
 
-from airflow_batch.storage import as_path
-
+#: Rows skipped as invalid input, in a round folder (and in submit's staging folder).
+INVALID_INPUT_FILE = "invalid_input.jsonl"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
 
@@ -37,6 +39,8 @@ def job_dir(
     output_path: str, dag_id: str, run_id: str, task_id: str, map_index: int = -1
 ) -> ObjectStoragePath:
     """Return the job folder of one task instance under ``output_path``."""
+    from airflow_batch.storage import as_path
+
     path = as_path(output_path) / path_segment(dag_id) / path_segment(run_id) / path_segment(task_id)
     if map_index >= 0:
         path = path / f"map-{map_index}"
@@ -48,9 +52,19 @@ def round_dir(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
     return job / f"round-{round_number}"
 
 
+def chunk_file_name(chunk: int) -> str:
+    """Return the file name of a chunk's prepared requests."""
+    return f"chunk-{chunk:05d}.jsonl"
+
+
+def chunks_dir(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the folder of a round's prepared chunks."""
+    return round_dir(job, round_number) / "chunks"
+
+
 def chunk_path(job: ObjectStoragePath, round_number: int, chunk: int) -> ObjectStoragePath:
     """Return the prepared-requests file of one chunk."""
-    return round_dir(job, round_number) / "chunks" / f"chunk-{chunk:05d}.jsonl"
+    return chunks_dir(job, round_number) / chunk_file_name(chunk)
 
 
 def ledger_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
@@ -60,7 +74,7 @@ def ledger_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
 
 def invalid_input_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
     """Return the failures file of rows skipped as invalid input."""
-    return round_dir(job, round_number) / "invalid_input.jsonl"
+    return round_dir(job, round_number) / INVALID_INPUT_FILE
 
 
 def results_part(job: ObjectStoragePath, round_number: int, batch_id: str) -> ObjectStoragePath:

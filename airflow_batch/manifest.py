@@ -3,14 +3,22 @@
 XCom carries these and nothing larger: paths, batch ids, counts and money. Request bodies
 and results live in the job folder (see :mod:`airflow_batch.layout`). Each task adds its
 keys to the manifest it received and passes the whole on, so the last task of a round
-sees what every earlier one did.
+sees what every earlier one did; each says how far it got in ``stage`` (the page reads
+that, never which keys happen to be present). Sums of counts and of usage live here too,
+so every stage adds them up the same way.
 """
 
 from __future__ import annotations
 
-from typing import TypedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
 
 MANIFEST_VERSION = 1
+
+Stage = Literal["submitted", "waited", "gathered", "finalized"]
+#: How far each stage is along a job: a later stage's manifest supersedes an earlier one's.
+STAGE_ORDER: dict[str, int] = {"submitted": 0, "waited": 1, "gathered": 2, "finalized": 3}
 
 
 class BatchRecord(TypedDict):
@@ -73,9 +81,12 @@ class RoundManifest(TypedDict, total=False):
 
     # submit (and retry, which is a submit of round >= 1)
     version: int
+    stage: Stage
     job_dir: str
     round: int
     conn_id: str
+    betas: list[str]
+    workspace_id: str | None
     fingerprint: str
     requests: int
     bytes: int
@@ -123,6 +134,7 @@ class JobManifest(TypedDict, total=False):
     """What finalize writes to the job folder's ``manifest.json`` (and returns)."""
 
     version: int
+    stage: Stage
     job_dir: str
     results_path: str
     failures_path: str
@@ -157,3 +169,57 @@ def empty_usage() -> Usage:
         cache_creation_1h_input_tokens=0,
         cache_read_input_tokens=0,
     )
+
+
+def sum_counts(counts: Iterable[Mapping[str, Any]]) -> RequestCounts:
+    """Return request counts added up key by key (absent keys count 0)."""
+    total = empty_counts()
+    for one in counts:
+        for key in total:
+            total[key] += int(one.get(key, 0) or 0)  # type: ignore[literal-required]
+    return total
+
+
+def sum_usages(usages: Iterable[Mapping[str, Any]]) -> Usage:
+    """Return token totals added up key by key (absent keys count 0)."""
+    total = empty_usage()
+    for usage in usages:
+        for key in total:
+            total[key] += int(usage.get(key, 0) or 0)  # type: ignore[literal-required]
+    return total
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """Who a job's calls go to: its connection, betas and workspace, recorded in every manifest."""
+
+    conn_id: str
+    betas: tuple[str, ...] = ()
+    workspace_id: str | None = None
+
+    @classmethod
+    def of(cls, manifest: Mapping[str, Any], conn_id: str | None, task_id: str) -> JobIdentity:
+        """Return the identity a round manifest recorded (``conn_id`` may only repeat its own)."""
+        return cls(
+            job_conn_id(manifest, conn_id, task_id),
+            tuple(manifest.get("betas") or ()),
+            manifest.get("workspace_id"),
+        )
+
+
+def job_conn_id(manifest: Mapping[str, Any], conn_id: str | None, task_id: str) -> str:
+    """Return the connection a task of a job uses: the round manifest's, which ``conn_id`` may only repeat.
+
+    A job waits, gathers and retries with the connection it submitted with; a different one
+    would look for its batches in another workspace (or on another server).
+    """
+    recorded = manifest.get("conn_id")
+    if recorded and conn_id and conn_id != recorded:
+        raise ValueError(
+            f"{task_id}: conn_id={conn_id!r} differs from the connection the round was submitted "
+            f"with ({recorded!r}); drop conn_id= so the task uses the job's connection."
+        )
+    resolved = conn_id or recorded
+    if not resolved:
+        raise ValueError(f"{task_id}: the manifest names no conn_id; pass conn_id=")
+    return str(resolved)

@@ -4,7 +4,7 @@ Creates ``--batches`` batches holding ``--rows`` requests in total on a local em
 (through the real submit path), waits until they end, then measures, each in its own
 subprocess so memory peaks do not mix:
 
-- ours: :func:`airflow_batch.gathering.gather_batch` for every batch (results and failure
+- ours: :func:`airflow_batch.gather.gathering.gather_batch` for every batch (results and failure
   part files, missing detection, usage sums), at 1 batch and at all batches (peak RSS);
 - SDK: ``for r in client.messages.batches.results(id)`` (what the official provider's
   ``stream_batch_results`` and the batch guide do), writing the same rows with ``json``;
@@ -50,14 +50,15 @@ def _peak_rss_mb() -> float:
 def child_ours(
     base_url: str, batches: list[dict[str, Any]], out_dir: str, warmup: dict[str, Any]
 ) -> dict[str, Any]:
-    from airflow_batch.gathering import chunk_ids, gather_batch
+    from airflow_batch.api import BatchesApi
+    from airflow_batch.gather.gathering import chunk_ids, gather_batch
     from airflow_batch.storage import as_path
 
-    client = _client(base_url)
+    api = BatchesApi(_client(base_url))
 
     def gather(record: dict[str, Any], job_dir: str) -> int:
         stats = gather_batch(
-            client,
+            api,
             record["batch_id"],
             job=as_path(job_dir),
             round_number=0,
@@ -169,8 +170,10 @@ def run_child(
 
 def create_batches(base_url: str, work: Path, rows: int, batches: int) -> list[dict[str, Any]]:
     """Submit ``rows`` tiny requests as ``batches`` batches through the real submit path."""
+    from airflow_batch.api import BatchesApi
+    from airflow_batch.manifest import JobIdentity
     from airflow_batch.storage import as_path
-    from airflow_batch.submission import SubmitSettings, submit_round
+    from airflow_batch.submit.round import SubmitSettings, submit_round
 
     client = _client(base_url)
     per_batch = -(-rows // batches)
@@ -186,11 +189,11 @@ def create_batches(base_url: str, work: Path, rows: int, batches: int) -> list[d
         for i in range(rows)
     )
     manifest = submit_round(
-        client,
+        BatchesApi(client),
         requests,
         job=as_path(str(work / "job")),
         round_number=0,
-        conn_id="bench",
+        identity=JobIdentity("bench"),
         settings=SubmitSettings(max_requests_per_batch=per_batch, count_tokens_sample=0),
     )
     deadline = time.monotonic() + 600

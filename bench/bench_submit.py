@@ -1,6 +1,6 @@
 """Benchmark: validate, chunk and persist requests read from a JSONL file (the submit pass).
 
-Ours: ``airflow_batch.chunking.prepare_chunks`` streaming the file line by line — every
+Ours: ``airflow_batch.submit.chunking.prepare_chunks`` streaming the file line by line — every
 request validated, defaults/encoding, job-wide custom_id uniqueness, fingerprint, cost
 tally, chunk files written — with the API's limits (100,000 requests / ~255 MB per batch).
 
@@ -52,8 +52,8 @@ def write_input(path: Path, n: int) -> None:
 
 
 def child_ours(source: str, out: str) -> dict[str, Any]:
-    from airflow_batch.chunking import prepare_chunks
     from airflow_batch.storage import as_path, iter_jsonl_lines
+    from airflow_batch.submit.chunking import prepare_chunks
 
     # Warm the storage layer (fsspec imports on first open) outside the timed region.
     with as_path(os.path.join(out, "warm")).open("wb") as handle:

@@ -2,6 +2,12 @@
 
 Run: ``.venv/bin/python bench/bench_wait.py [--batches 1000] [--latency-ms 100]``
 
+First, a **cold** figure: in a fresh process that has imported only what a triggerer has
+(Airflow and ``airflow.triggers.base``), the trigger class is imported from its classpath and
+built on the running loop, as the triggerer does, and runs its first cycle (the SDK import,
+the connection lookup and the client construction included): its longest event-loop block
+must stay under 50 ms too.
+
 An emulator keeps 1,000 one-request batches ``in_progress`` (a long start delay) and adds
 100 ms to every API call. In one process, on a fresh event loop each:
 
@@ -17,7 +23,7 @@ kind, one connection lookup each), so the one-time imports of a fresh process co
 neither. A heartbeat task sleeping 5 ms measures how late the loop wakes it: the longest
 lag is the longest event-loop block (the triggerer's own detector works the same way,
 with a 100 ms sleep). Ours is also timed for a second, warm cycle of the shared poll step
-(:func:`airflow_batch.polling.poll_async`, which reads list pages of 1,000), and for a
+(:func:`airflow_batch.wait.loop.read_statuses`, which reads list pages of 1,000), and for a
 cycle of one ``retrieve`` per batch (what it does for <= 10 unfinished batches), to show
 what the list pages buy. Targets: one cycle <= 3 s, longest block <= 50 ms.
 """
@@ -113,10 +119,9 @@ async def warm_up_process(base_url: str, batch_id: str) -> None:
 
 
 async def ours(batch_ids: list[str]) -> tuple[float, float, float, float, float, float]:
-    from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
-
-    from airflow_batch import polling
     from airflow_batch.triggers.batches import BatchesTrigger
+    from airflow_batch.wait.loop import call_each, connect, read_statuses
+    from airflow_batch.wait.policy import CallOutcome
 
     trigger = BatchesTrigger(
         conn_id="anthropic_default",
@@ -135,21 +140,20 @@ async def ours(batch_ids: list[str]) -> tuple[float, float, float, float, float,
     assert event["status"] == "timeout" and len(event["batch_status"]) == len(batch_ids), event["message"]
     assert all(s["processing_status"] == "in_progress" for s in event["batch_status"].values())
 
-    client = await AnthropicHook(conn_id="anthropic_default").get_async_conn()
-    poller = client.with_options(max_retries=0, timeout=polling.REQUEST_TIMEOUT)
-    await polling.call_many_async(poller, "retrieve", batch_ids[:50])  # open the connections
+    api = await connect("anthropic_default")
+    await read_statuses(api, batch_ids[:10], round_batches=10)  # open the connections
 
-    async def warm_cycle() -> polling.CallOutcome:
-        return await polling.poll_async(poller, batch_ids, round_batches=len(batch_ids))
+    async def warm_cycle() -> CallOutcome:
+        return await read_statuses(api, batch_ids, round_batches=len(batch_ids))
 
-    async def one_by_one() -> polling.CallOutcome:
-        return await polling.call_many_async(poller, "retrieve", batch_ids)
+    async def one_by_one() -> CallOutcome:
+        return await call_each(api.retrieve, batch_ids, CallOutcome())
 
     warm, warm_block, outcome = await measured(warm_cycle)
     assert len(outcome.statuses) == len(batch_ids)
     each, each_block, outcome = await measured(one_by_one)
     assert len(outcome.statuses) == len(batch_ids)
-    await client.close()
+    await api.close()
     return cycle, block, warm, warm_block, each, each_block
 
 
@@ -177,6 +181,48 @@ async def official(batch_ids: list[str]) -> tuple[float, float]:
     return cycle, block
 
 
+async def cold_first_trigger(batch_ids: list[str]) -> tuple[float, float]:
+    """In a fresh process: import, build and run the first trigger on the loop; return (cycle, block)."""
+    from airflow.sdk._shared.module_loading import import_string
+
+    async def first() -> dict[str, Any]:
+        trigger_class = import_string("airflow_batch.triggers.batches.BatchesTrigger")
+        trigger = trigger_class(
+            conn_id="anthropic_default",
+            batch_ids=batch_ids,
+            end_time=time.time() - 1,
+            poll_interval=60,
+            timeout_policy="leave",
+        )
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("no event")
+
+    cycle, block, event = await measured(first)
+    assert event["status"] == "timeout" and len(event["batch_status"]) == len(batch_ids), event["message"]
+    return cycle, block
+
+
+def run_cold_child(batch_ids: list[str]) -> tuple[float, float]:
+    """Run :func:`cold_first_trigger` in a fresh interpreter (same environment) and return its figures."""
+    import subprocess
+
+    code = (
+        "import asyncio, json, sys, logging; import airflow.triggers.base; "
+        "sys.path.insert(0, sys.argv[1]); import bench_wait; "
+        "[logging.getLogger(n).setLevel(logging.WARNING) for n in ('httpx', 'httpx2', 'anthropic')]; "
+        "print(json.dumps(asyncio.run(bench_wait.cold_first_trigger(json.loads(sys.argv[2])))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), json.dumps(batch_ids)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    cycle, block = json.loads(result.stdout.strip().splitlines()[-1])
+    return float(cycle), float(block)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=1000)
@@ -199,8 +245,9 @@ def main() -> int:
         started = time.perf_counter()
         batch_ids = asyncio.run(create_batches(emulator.base_url, args.batches))
         print(f"created {len(batch_ids)} in-progress batches in {time.perf_counter() - started:.1f}s")
-        asyncio.run(warm_up_process(emulator.base_url, batch_ids[0]))
         emulator.configure(latency_ms=args.latency_ms)
+        cold_cycle, cold_block = run_cold_child(batch_ids)
+        asyncio.run(warm_up_process(emulator.base_url, batch_ids[0]))
 
         cycle, block, warm, warm_block, each, each_block = asyncio.run(ours(batch_ids))
         base_cycle, base_block = asyncio.run(official(batch_ids))
@@ -210,6 +257,9 @@ def main() -> int:
         f"\n{n} in-progress batches, {args.latency_ms:.0f} ms added latency per call, {os.cpu_count()} CPUs"
     )
     print(f"{'':48}{'cycle (s)':>12}{'max block (ms)':>16}")
+    print(
+        f"{'ours: first trigger in a fresh triggerer (cold)':48}{cold_cycle:>12.2f}{cold_block * 1000:>16.1f}"
+    )
     print(f"{'ours: 1 BatchesTrigger, first cycle':48}{cycle:>12.2f}{block * 1000:>16.1f}")
     print(f"{'ours: shared poll step, warm cycle':48}{warm:>12.2f}{warm_block * 1000:>16.1f}")
     print(f"{'ours: one retrieve per batch (no list pages)':48}{each:>12.2f}{each_block * 1000:>16.1f}")
@@ -217,7 +267,7 @@ def main() -> int:
     print(f"{baseline:48}{base_cycle:>12.2f}{base_block * 1000:>16.1f}")
     print(f"\ncycle time, official / ours: {base_cycle / cycle:.1f}x")
     print(f"longest block, official / ours: {base_block / max(block, 1e-9):.1f}x")
-    ok = cycle <= 3.0 and max(block, warm_block) <= 0.050
+    ok = cycle <= 3.0 and max(block, warm_block, cold_block) <= 0.050
     print(f"targets (cycle <= 3 s, longest block <= 50 ms): {'met' if ok else 'NOT met'}")
     return 0 if ok else 1
 

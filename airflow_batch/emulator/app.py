@@ -36,9 +36,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from airflow_batch.emulator.faults import DROP, ConfigError, EmulatorConfig, FaultInjector
+from airflow_batch.emulator.faults import DROP, LOST, ConfigError, EmulatorConfig, FaultInjector
 from airflow_batch.emulator.processing import canceled, new_schedule, repaced, restarted
-from airflow_batch.emulator.responses import count_input_tokens, prompt_segments
 from airflow_batch.emulator.store import BatchRecord, BatchStore
 from airflow_batch.emulator.validation import (
     CountTokensBody,
@@ -46,6 +45,7 @@ from airflow_batch.emulator.validation import (
     decode_body,
     parse_create_body,
 )
+from airflow_batch.tokens import prompt_segments
 
 ERROR_TYPES_BY_STATUS = {
     400: "invalid_request_error",
@@ -92,8 +92,8 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-class _ResultsStreamDropped(Exception):
-    """Raised inside a results stream to drop the connection (the ``drop`` fault)."""
+class _ResponseCut(Exception):
+    """Raised inside a streamed response to drop the connection (the ``drop`` and ``lost`` faults)."""
 
 
 class RequestIdMiddleware:
@@ -232,7 +232,7 @@ def _api_route(emulator: Emulator, path: str, method: str, handler: Handler) -> 
 
 
 async def api_guard(emulator: Emulator, request: Request) -> str | None:
-    """Apply latency, auth, version and HTTP faults; return ``drop`` if this stream must be cut."""
+    """Apply latency, auth, version and HTTP faults; return ``drop``/``lost`` when the response is cut."""
     config = emulator.faults.config
     if config.latency_ms:
         await asyncio.sleep(config.latency_ms / 1000)
@@ -246,16 +246,19 @@ async def api_guard(emulator: Emulator, request: Request) -> str | None:
     match = _BATCH_PATH.match(request.url.path)
     if match and match["id"] in config.batch_http_faults:
         raise _http_fault_error(config.batch_http_faults[match["id"]], config)
-    fault = emulator.faults.http_fault(results_stream=request.url.path.endswith("/results"))
-    if fault is None or fault == DROP:
-        return None if fault is None else DROP
+    fault = emulator.faults.http_fault(
+        results_stream=request.url.path.endswith("/results"),
+        create=request.method == "POST" and request.url.path == "/v1/messages/batches",
+    )
+    if fault is None or fault in (DROP, LOST):
+        return None if fault is None else str(fault)
     raise _http_fault_error(int(fault), config)
 
 
 def api_routes(emulator: Emulator) -> list[Route]:
     """Return the ``/v1`` routes bound to ``emulator``."""
 
-    async def create_batch(request: Request, _fault: str | None) -> Response:
+    async def create_batch(request: Request, fault: str | None) -> Response:
         config = emulator.faults.config
         started = time.perf_counter()
         holder = [await _read_body(request, config.max_body_bytes)]
@@ -291,11 +294,12 @@ def api_routes(emulator: Emulator) -> list[Route]:
                 return record
 
         record = await run_in_threadpool(create)
+        body = _encode(emulator.batch_json(record, _base_url(request)))
+        if fault == LOST:  # the batch is stored; the client never hears of it
+            return StreamingResponse(_cut(body), media_type="application/json")
         # Where the time of a create went (read body, parse+validate, build+store), for benchmarks.
         server_timing = ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in timings.items())
-        return _json(
-            emulator.batch_json(record, _base_url(request)), headers={"server-timing": server_timing}
-        )
+        return Response(body, media_type="application/json", headers={"server-timing": server_timing})
 
     def list_batches(request: Request, _fault: str | None) -> Response:
         params = request.query_params
@@ -371,7 +375,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
             body = decode_body(await request.body(), CountTokensBody)
         except InvalidBatch as exc:
             raise ApiError(400, str(exc)) from None
-        tokens = count_input_tokens(prompt_segments(body.system, body.messages, body.tools))
+        tokens = sum(segment.tokens for segment in prompt_segments(body.system, body.messages, body.tools))
         return _json({"input_tokens": tokens})
 
     batch = "/v1/messages/batches/{batch_id}"
@@ -436,9 +440,13 @@ def _result_lines(store: BatchStore, record: BatchRecord) -> Iterator[bytes]:
 
 def _dropped(lines: Iterator[bytes]) -> Iterator[bytes]:
     """Yield the first half of the first chunk, then drop the connection."""
-    first = next(lines, b"")
-    yield first[: max(1, len(first) // 2)]
-    raise _ResultsStreamDropped("results stream dropped (injected by the emulator)")
+    return _cut(next(lines, b""))
+
+
+def _cut(body: bytes) -> Iterator[bytes]:
+    """Yield the first half of ``body``, then drop the connection (an injected fault)."""
+    yield body[: max(1, len(body) // 2)]
+    raise _ResponseCut("response cut mid-way (injected by the emulator)")
 
 
 def admin_routes(emulator: Emulator) -> list[Route]:
@@ -464,7 +472,7 @@ def admin_routes(emulator: Emulator) -> list[Route]:
         return _json(config.to_json())
 
     def stats(request: Request) -> Response:
-        return _json(emulator.store.stats())
+        return _json({**emulator.store.stats(), "http_faults_injected": emulator.faults.injected})
 
     def reset(request: Request) -> Response:
         emulator.store.reset()

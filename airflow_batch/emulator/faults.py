@@ -39,8 +39,9 @@ ERROR_TYPES = (
     "api_error",
     "overloaded_error",
 )
-HTTP_FAULT_STATUSES = (429, 500, 529, "drop")
+HTTP_FAULT_STATUSES = (429, 500, 529, "drop", "lost")
 DROP = "drop"
+LOST = "lost"
 
 
 class ConfigError(ValueError):
@@ -70,7 +71,9 @@ class EmulatorConfig:
     http_fault_rate: float = 0.0
     """Probability that an API call fails with one of ``http_fault_statuses``."""
     http_fault_statuses: tuple[int | str, ...] = (429, 529)
-    """Statuses to inject: 429 (with ``retry-after``), 500, 529, or ``drop`` (results stream cut)."""
+    """Statuses to inject: 429 (with ``retry-after``), 500, 529, ``drop`` (a results stream cut
+    mid-way) or ``lost`` (a create that stores its batch, then cuts the connection before the
+    response: what a timeout after the commit looks like to a client)."""
     http_fault_budget: int | None = None
     """Inject at most this many more HTTP faults (``None``: no limit); counts down."""
     retry_after_seconds: float = 1.0
@@ -181,7 +184,8 @@ def _fault_statuses(value: Any) -> tuple[int | str, ...]:
         value = [p.strip() for p in value.split(",") if p.strip()]
     statuses: list[int | str] = []
     for item in value:
-        status: int | str = DROP if str(item).lower() == DROP else int(item)
+        text = str(item).lower()
+        status: int | str = text if text in (DROP, LOST) else int(item)
         if status not in HTTP_FAULT_STATUSES:
             raise ValueError(f"unsupported status {item!r}; use {list(HTTP_FAULT_STATUSES)}")
         statuses.append(status)
@@ -236,6 +240,7 @@ class FaultInjector:
         self._lock = threading.Lock()
         self._config = config
         self._rng = random.Random(config.seed)
+        self.injected = 0  # HTTP faults served since start
 
     @property
     def config(self) -> EmulatorConfig:
@@ -249,18 +254,22 @@ class FaultInjector:
                 self._rng = random.Random(config.seed)
             self._config = config
 
-    def http_fault(self, *, results_stream: bool) -> int | str | None:
-        """Return the fault to inject into this API call (a status or ``drop``), or None.
+    def http_fault(self, *, results_stream: bool = False, create: bool = False) -> int | str | None:
+        """Return the fault to inject into this API call (a status, ``drop`` or ``lost``), or None.
 
-        ``drop`` only applies to a results stream; other calls choose among the numeric statuses.
+        ``drop`` only applies to a results stream and ``lost`` only to a create; other calls
+        choose among the numeric statuses.
         """
         with self._lock:
             cfg = self._config
-            choices = [s for s in cfg.http_fault_statuses if results_stream or s != DROP]
+            choices = [
+                s for s in cfg.http_fault_statuses if (s != DROP or results_stream) and (s != LOST or create)
+            ]
             if cfg.http_fault_rate <= 0 or not choices or cfg.http_fault_budget == 0:
                 return None
             if self._rng.random() >= cfg.http_fault_rate:
                 return None
             if cfg.http_fault_budget is not None:
                 self._config = replace(cfg, http_fault_budget=cfg.http_fault_budget - 1)
+            self.injected += 1
             return self._rng.choice(choices)

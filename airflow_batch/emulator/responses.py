@@ -1,18 +1,11 @@
 """Synthetic, deterministic per-request results and the token approximation.
 
-Token approximation (also used by ``count_tokens``): every text counts
-``ceil(len(text) / 4)`` tokens. Texts are the system prompt (string or each text
-block), each message's string content or text block, tool_result contents, and each
-tool definition / tool_use input / other block as its compact JSON. Images and
-documents count a flat 1,500 tokens. There is no per-message overhead and no minimum.
-
-Prompt caching: the prompt is the ordered sequence tools, system, messages. A block
-with ``cache_control`` is a breakpoint; the prefix up to it is identified by a hash
-of the model and the prefix content. The longest prefix already seen by this emulator
-(persisted across restarts) is read (``cache_read_input_tokens``); the tokens between it
-and the last breakpoint are written (``cache_creation_input_tokens``), split into
-``ephemeral_1h_input_tokens`` / ``ephemeral_5m_input_tokens`` by the ``ttl`` of the
-breakpoint closing each segment. ``input_tokens`` is what follows the last breakpoint.
+Tokens and prompt caching follow :mod:`airflow_batch.tokens` (the approximation the
+estimate uses too, also answered by ``count_tokens``): the longest cached prefix already
+seen by this emulator (persisted across restarts) is read (``cache_read_input_tokens``);
+the tokens between it and the last breakpoint are written (``cache_creation_input_tokens``),
+split into ``ephemeral_1h_input_tokens`` / ``ephemeral_5m_input_tokens`` by the ``ttl`` of
+the breakpoint closing each segment. ``input_tokens`` is what follows the last breakpoint.
 "Seen" is decided in request order when the batch is created.
 
 Response text: ``Emulated response <h>: <echo>`` where ``<h>`` is a CRC32 of the model
@@ -40,20 +33,26 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
-from airflow_batch.emulator.validation import BatchRequest, Message, Params
+from airflow_batch.emulator.validation import BatchRequest, Params
+from airflow_batch.tokens import (
+    NO_CACHE,
+    CacheLedger,
+    account_cache,
+    cache_breakpoints,
+    plain_prompt_tokens,
+    prompt_segments,
+)
 
 SUCCEEDED = b"s"
 ERRORED = b"e"
 EXPIRED = b"x"
 
 _ECHO_CHARS = 160
-_MEDIA_TOKENS = 1_500
 _SENTIMENTS = ("positive", "negative", "neutral")
 _ERROR_MESSAGES = {
     "overloaded_error": "Overloaded",
@@ -66,146 +65,6 @@ _ERROR_MESSAGES = {
     "request_too_large": "Request too large",
 }
 _encode = msgspec.json.Encoder().encode
-
-
-def approx_tokens(text: str) -> int:
-    """Return the approximate token count of ``text``: ``ceil(len / 4)``."""
-    return (len(text) + 3) // 4
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One piece of a prompt: its tokens, its source (text or block), and breakpoint TTL if any."""
-
-    tokens: int
-    source: str | Mapping[str, Any]
-    cache_ttl: str | None
-
-    def identity(self) -> bytes:
-        """Return the bytes that identify this piece in a cache prefix key."""
-        if isinstance(self.source, str):
-            return self.source.encode()
-        return _encode({k: v for k, v in self.source.items() if k != "cache_control"})
-
-
-def _block_segments(block: Mapping[str, Any]) -> Iterator[Segment]:
-    kind = block.get("type")
-    cache_control = block.get("cache_control")
-    ttl = None
-    if isinstance(cache_control, Mapping):
-        ttl = "1h" if cache_control.get("ttl") == "1h" else "5m"
-    if kind == "text":
-        tokens = approx_tokens(str(block.get("text", "")))
-    elif kind in ("image", "document"):
-        tokens = _MEDIA_TOKENS
-    elif kind == "tool_result":
-        content = block.get("content", "")
-        if isinstance(content, str):
-            tokens = approx_tokens(content)
-        else:
-            tokens = sum(s.tokens for item in content for s in _block_segments(item))
-    elif kind == "tool_use":
-        tokens = approx_tokens(_encode(block.get("input", {})).decode())
-    else:
-        tokens = approx_tokens(_encode({k: v for k, v in block.items() if k != "cache_control"}).decode())
-    yield Segment(tokens, block, ttl)
-
-
-def prompt_segments(
-    system: str | list[dict[str, Any]] | None,
-    messages: list[Message],
-    tools: list[dict[str, Any]] | None,
-) -> list[Segment]:
-    """Return the prompt as ordered segments (tools, system, messages) for tokens and caching."""
-    segments: list[Segment] = []
-    for tool in tools or ():
-        segments.extend(_block_segments({"type": "tool_definition", **tool}))
-    if isinstance(system, str):
-        segments.append(Segment(approx_tokens(system), system, None))
-    elif system:
-        for block in system:
-            segments.extend(_block_segments(block))
-    for message in messages:
-        content = message.content
-        if isinstance(content, str):
-            segments.append(Segment(approx_tokens(content), content, None))
-        else:
-            for block in content:
-                segments.extend(_block_segments(block))
-    return segments
-
-
-def count_input_tokens(segments: Iterable[Segment]) -> int:
-    """Return the total input tokens of a prompt (what ``count_tokens`` answers)."""
-    return sum(s.tokens for s in segments)
-
-
-@dataclass(frozen=True)
-class Breakpoint:
-    """A cache breakpoint: prefix key, tokens up to and including it, and its TTL."""
-
-    key: bytes
-    prefix_tokens: int
-    ttl: str
-
-
-def cache_breakpoints(model: str, segments: list[Segment]) -> list[Breakpoint]:
-    """Return the cache breakpoints of a prompt in order, keyed by a hash of model + prefix."""
-    if not any(s.cache_ttl for s in segments):
-        return []
-    digest = hashlib.blake2b(model.encode(), digest_size=16)
-    points: list[Breakpoint] = []
-    total = 0
-    for segment in segments:
-        total += segment.tokens
-        identity = segment.identity()
-        digest.update(len(identity).to_bytes(8, "big") + identity)
-        if segment.cache_ttl:
-            points.append(Breakpoint(digest.copy().digest(), total, segment.cache_ttl))
-    return points
-
-
-@dataclass(frozen=True)
-class CacheUsage:
-    """Cache accounting of one request."""
-
-    read: int = 0
-    write_5m: int = 0
-    write_1h: int = 0
-    cached_prefix: int = 0
-
-
-class CacheLedger(Protocol):
-    """The prompt-cache prefixes this emulator has seen (a ``set[bytes]`` will do)."""
-
-    def __contains__(self, key: object) -> bool: ...
-
-    def add(self, key: bytes) -> None: ...
-
-
-def account_cache(points: list[Breakpoint], seen: CacheLedger) -> CacheUsage:
-    """Return the cache read/write of a request and mark its breakpoints seen."""
-    if not points:
-        return CacheUsage()
-    read = 0
-    for point in points:
-        if point.key in seen:
-            read = point.prefix_tokens
-    write_5m = write_1h = 0
-    previous = 0
-    for point in points:
-        if point.prefix_tokens > read:
-            segment = point.prefix_tokens - max(previous, read)
-            if point.ttl == "1h":
-                write_1h += segment
-            else:
-                write_5m += segment
-        previous = point.prefix_tokens
-        seen.add(point.key)
-    return CacheUsage(read, write_5m, write_1h, points[-1].prefix_tokens)
-
-
-_NO_CACHE = CacheUsage()
 
 
 def semantic_error(request: BatchRequest) -> str | None:
@@ -337,23 +196,12 @@ class ResultBuilder:
         return SUCCEEDED, self._succeeded(index, custom_id, request.params)
 
     def _succeeded(self, index: int, custom_id: bytes, params: Params) -> bytes:
-        system = params.system
-        # Plain strings only (the common case): no blocks, so no cache breakpoints.
-        plain = params.tools is None and (system is None or isinstance(system, str))
-        total = 0
-        for message in params.messages:
-            content = message.content
-            if not isinstance(content, str):
-                plain = False
-                break
-            total += (len(content) + 3) // 4
-        if plain:
-            if system:
-                total += (len(system) + 3) // 4
-            cache = _NO_CACHE
+        total = plain_prompt_tokens(params.system, params.messages) if params.tools is None else None
+        if total is not None:
+            cache = NO_CACHE
         else:
-            segments = prompt_segments(system, params.messages, params.tools)
-            total = count_input_tokens(segments)
+            segments = prompt_segments(params.system, params.messages, params.tools)
+            total = sum(segment.tokens for segment in segments)
             cache = account_cache(cache_breakpoints(params.model, segments), self._seen)
         model = self._models.get(params.model)
         if model is None:

@@ -29,7 +29,8 @@ _FLAG_HELP = {
     "error_types": "error types for --error-rate (a,b), or type=rate pairs (overloaded_error=0.05,...)",
     "expire_rate": "fraction of requests that come back expired",
     "http_fault_rate": "probability that an API call fails with one of --http-fault-statuses",
-    "http_fault_statuses": "statuses to inject, e.g. 429,529,500,drop (drop cuts a results stream)",
+    "http_fault_statuses": "statuses to inject, e.g. 429,529,500,drop,lost (drop cuts a results stream; lost "
+    "stores a create then cuts its response)",
     "http_fault_budget": "inject at most this many HTTP faults",
     "retry_after_seconds": "retry-after sent with injected 429s",
     "batch_http_faults": "JSON object: batch id -> HTTP status for every call naming that batch",

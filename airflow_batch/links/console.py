@@ -14,24 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperatorLink
 
+from airflow_batch.links.urls import CONSOLE_BATCHES_URL, batch_console_url, round_console_url
+
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
 
-CONSOLE_BATCHES_URL = "https://platform.claude.com/workspaces/default/batches"
 BATCH_LINKS_XCOM_KEY = "batch_console_links"
-
-
-def batch_console_url(batch_id: str) -> str:
-    """Return the Anthropic Console page of one batch."""
-    return f"{CONSOLE_BATCHES_URL}/{batch_id}"
-
-
-def round_console_url(batch_ids: Sequence[str]) -> str:
-    """Return the one URL the extra link shows for a round: its batch, or the batches list."""
-    if len(batch_ids) == 1:
-        return batch_console_url(batch_ids[0])
-    return CONSOLE_BATCHES_URL
 
 
 def push_console_links(ti: Any, batch_ids: Sequence[str]) -> None:

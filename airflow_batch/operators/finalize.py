@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from airflow_batch.finalizing import check_failure_rate, finalize_job
+from airflow_batch.gather.finalizing import check_failure_rate, finalize_job
 from airflow_batch.manifest import JobManifest
 
 if TYPE_CHECKING:

@@ -1,18 +1,16 @@
-"""GatherResultsOperator: land a round's results and failures in the job folder."""
+"""``GatherResultsOperator``: land a round's results and failures in the job folder."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_batch.manifest import RoundManifest
-from airflow_batch.results import DEFAULT_RETRYABLE
+from airflow_batch.gather.rows import DEFAULT_RETRYABLE
+from airflow_batch.manifest import JobIdentity, RoundManifest
 
 if TYPE_CHECKING:
-    from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
     from airflow.sdk import Context
 
 
@@ -21,26 +19,25 @@ class GatherResultsOperator(BaseOperator):
     Stream every batch of a round into result and failure part files, and price the round.
 
     Memory does not grow with the batch: each results stream is read in large chunks and
-    decoded line by line. Succeeded requests go to ``round-{r}/results/{batch_id}.jsonl``,
-    errored, expired, canceled and missing ones to ``round-{r}/failures/{batch_id}.jsonl``,
-    each classified retryable or not. A batch is marked gathered only after both files are
-    in place, so re-running this task (after a crash or a clear) finishes what is missing
-    and never duplicates a row. Returns the round manifest with ``results_paths``,
-    ``failures_paths``, ``result_counts``, ``error_types``, ``retryable``, ``usage``,
-    ``usage_by_model``, ``cost`` and ``gathered_at`` added; the same manifest is written
-    to ``round-{r}/manifest.json``.
+    decoded a slice of lines at a time. Succeeded requests go to
+    ``round-{r}/results/{batch_id}.jsonl``, errored, expired, canceled and missing ones to
+    ``round-{r}/failures/{batch_id}.jsonl``, each classified retryable or not. A batch is
+    marked gathered only after both files are in place, so re-running this task (after a
+    crash or a clear) finishes what is missing and never duplicates a row; a results stream
+    cut mid-way is downloaded again within the API retry budget. Returns the round manifest
+    with ``stage="gathered"`` and ``results_paths``, ``failures_paths``, ``result_counts``,
+    ``error_types``, ``retryable``, ``usage``, ``usage_by_model``, ``cost`` and
+    ``gathered_at`` added; the same manifest is written to ``round-{r}/manifest.json``.
 
     :param manifest: The round manifest from the wait (``BatchesSensor``) of this round,
         usually ``wait.output``; a dict also works.
-    :param conn_id: Anthropic connection id; defaults to the manifest's ``conn_id``.
+    :param conn_id: Anthropic connection id; default (and the only one accepted): the manifest's.
     :param include_content: Also keep each message's full ``content`` blocks in the rows.
     :param retryable_error_types: Failure kinds to classify as retryable: error types such
         as ``overloaded_error`` plus ``expired``, ``missing``, ``canceled_by_timeout`` and
-        ``canceled``. Defaults to :data:`airflow_batch.results.DEFAULT_RETRYABLE`.
+        ``canceled``. Defaults to :data:`airflow_batch.gather.rows.DEFAULT_RETRYABLE`.
     :param prices: Price table overrides (model id or family key -> prices per million
         tokens) for the round's cost.
-    :param max_stream_attempts: Downloads of one batch's results before a broken stream fails
-        the task.
     """
 
     template_fields: Sequence[str] = ("manifest", "conn_id")
@@ -54,7 +51,6 @@ class GatherResultsOperator(BaseOperator):
         include_content: bool = False,
         retryable_error_types: Iterable[str] | None = None,
         prices: Mapping[str, Mapping[str, Any]] | None = None,
-        max_stream_attempts: int = 5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -65,29 +61,24 @@ class GatherResultsOperator(BaseOperator):
             frozenset(retryable_error_types) if retryable_error_types is not None else DEFAULT_RETRYABLE
         )
         self.prices = prices
-        self.max_stream_attempts = max_stream_attempts
-
-    @cached_property
-    def hook(self) -> AnthropicHook:
-        """Return the hook of the connection (the task's, else the manifest's)."""
-        from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
-
-        return AnthropicHook(conn_id=self.conn_id or self.manifest["conn_id"])
 
     def execute(self, context: Context) -> RoundManifest:
         """Gather the round and return its manifest."""
-        from airflow_batch.gathering import gather_round
+        from airflow_batch.gather.gathering import gather_round
+        from airflow_batch.hooks.batches import BatchesHook
 
         manifest: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
-        out = gather_round(
-            self.hook.get_conn(),  # type: ignore[arg-type]
-            manifest,
-            include_content=self.include_content,
-            retryable_types=self.retryable_error_types,
-            prices=self.prices,
-            max_attempts=self.max_stream_attempts,
-            logger=self.log,  # type: ignore[arg-type]
-        )
+        identity = JobIdentity.of(manifest, self.conn_id, self.task_id)
+        hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
+        with hook.batches_api() as api:
+            out = gather_round(
+                api,
+                manifest,
+                include_content=self.include_content,
+                retryable_types=self.retryable_error_types,
+                prices=self.prices,
+                logger=self.log,  # type: ignore[arg-type]
+            )
         counts = out["result_counts"]
         self.log.info(
             "round %d gathered: %s; %d retryable; cost $%.4f at batch prices ($%.4f standard)",

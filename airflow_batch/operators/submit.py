@@ -2,56 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from functools import cached_property
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_batch import layout
-from airflow_batch.manifest import RoundManifest
-from airflow_batch.requests import (
-    MAX_BYTES_PER_BATCH,
-    MAX_REQUESTS_PER_BATCH,
-    InvalidRow,
-    RequestBuilder,
-    RequestDefaults,
-    records_to_requests,
-)
-from airflow_batch.storage import as_path, iter_jsonl_lines
+from airflow_batch.manifest import JobIdentity, RoundManifest
+from airflow_batch.submit.records import RequestBuilder, RequestDefaults, records_to_requests
+from airflow_batch.submit.round import SubmitSettings
+from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
 
 if TYPE_CHECKING:
-    from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
     from airflow.sdk import Context
-
-
-def _decoded(lines: Iterable[bytes]) -> Iterator[Any]:
-    """Yield each JSON line decoded, or an :class:`InvalidRow` naming why it is not JSON."""
-    decode = msgspec.json.Decoder().decode
-    for line in lines:
-        try:
-            yield decode(line)
-        except msgspec.DecodeError as exc:
-            yield InvalidRow(f"not valid JSON: {exc}")
-
-
-def _rows(source: Any, name: str) -> Iterable[Any]:
-    """Return the rows of ``source``: a list as is, a URI / path as its JSONL lines (streamed).
-
-    Request lines stay raw bytes: the submit pass checks and writes them without re-encoding.
-    """
-    if isinstance(source, (str, ObjectStoragePath)):
-        path = as_path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"{name}: no file at {path}; give a JSONL file's URI or a list")
-        lines = iter_jsonl_lines(path)
-        return lines if name == "requests" else _decoded(lines)
-    if isinstance(source, Mapping):
-        raise TypeError(f"{name} must be a list or a JSONL file URI, got a single mapping")
-    if isinstance(source, Iterable):
-        return source
-    raise TypeError(f"{name} must be a list or a JSONL file URI, got {type(source).__name__}")
 
 
 class SubmitBatchesOperator(BaseOperator):
@@ -115,6 +78,9 @@ class SubmitBatchesOperator(BaseOperator):
     :param count_tokens_sample: Requests sent to ``count_tokens`` to calibrate the estimate
         (0: local approximation only).
     :param adopt_orphans: Adopt a batch created by an attempt that died before recording it.
+    :param betas: Beta names sent as ``anthropic-beta`` on every call of the job (create, wait,
+        results, cancel, count_tokens); recorded in the manifest.
+    :param workspace_id: Sent as ``anthropic-workspace-id`` on every call of the job.
     """
 
     template_fields: Sequence[str] = (
@@ -151,6 +117,8 @@ class SubmitBatchesOperator(BaseOperator):
         skip_invalid: bool = False,
         count_tokens_sample: int = 20,
         adopt_orphans: bool = True,
+        betas: Sequence[str] = (),
+        workspace_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -158,8 +126,6 @@ class SubmitBatchesOperator(BaseOperator):
             raise ValueError(f"{self.task_id}: give exactly one of requests= or records=")
         if records is not None and prompt_template is None and request_builder is None:
             raise ValueError(f"{self.task_id}: records= needs prompt_template= and/or request_builder=")
-        from airflow_batch.submission import SubmitSettings
-
         self.requests = requests
         self.records = records
         self.prompt_template = prompt_template
@@ -183,25 +149,22 @@ class SubmitBatchesOperator(BaseOperator):
             count_tokens_sample=count_tokens_sample,
             adopt_orphans=adopt_orphans,
         )
-
-    @cached_property
-    def hook(self) -> AnthropicHook:
-        """Return the hook of the ``anthropic`` connection."""
-        from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
-
-        return AnthropicHook(conn_id=self.conn_id)
+        self.betas = list(betas)
+        self.workspace_id = workspace_id
 
     def input_rows(self) -> Iterator[Any]:
         """Yield the job's requests (or invalid-row markers) in input order, streaming files."""
+        from airflow_batch.submit.inputs import input_rows
+
         if self.records is not None:
             yield from records_to_requests(
-                _rows(self.records, "records"),
+                input_rows(self.records, "records"),
                 prompt_template=self.prompt_template,
                 request_builder=self.request_builder,
                 custom_id_field=self.custom_id_field,
             )
         else:
-            yield from _rows(self.requests, "requests")
+            yield from input_rows(self.requests, "requests")
 
     def job_dir(self, context: Context) -> ObjectStoragePath:
         """Return this task instance's job folder."""
@@ -217,22 +180,26 @@ class SubmitBatchesOperator(BaseOperator):
 
     def execute(self, context: Context) -> RoundManifest:
         """Submit round 0 of the job (or re-attach to it); return the manifest."""
-        from airflow_batch.submission import submit_round
+        from airflow_batch.hooks.batches import BatchesHook
+        from airflow_batch.submit.round import submit_round
 
+        identity = JobIdentity(self.conn_id, tuple(self.betas), self.workspace_id)
         defaults = RequestDefaults(
             model=self.model,
             max_tokens=self.max_tokens,
             system=self.system,
             cache_system_prompt=self.cache_system_prompt,
         )
-        return submit_round(
-            self.hook.get_conn(),  # type: ignore[arg-type]
-            self.input_rows(),
-            job=self.job_dir(context),
-            round_number=0,
-            conn_id=self.conn_id,
-            settings=self.settings,
-            state_store=context.get("task_state_store"),
-            log=self.log,  # type: ignore[arg-type]
-            defaults=defaults,
-        )
+        hook = BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
+        with hook.batches_api() as api:
+            return submit_round(
+                api,
+                self.input_rows(),
+                job=self.job_dir(context),
+                round_number=0,
+                identity=identity,
+                settings=self.settings,
+                state_store=context.get("task_state_store"),
+                log=self.log,  # type: ignore[arg-type]
+                defaults=defaults,
+            )

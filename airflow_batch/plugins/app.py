@@ -17,13 +17,8 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from airflow_batch.plugins.job_views import (
-    ManifestRecord,
-    build_jobs,
-    is_batch_manifest,
-    manifest_paths,
-    render_page,
-)
+from airflow_batch.plugins.rendering import render_page
+from airflow_batch.plugins.views import ManifestRecord, build_jobs, is_batch_manifest, manifest_paths
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser

@@ -1,9 +1,10 @@
 """``BatchesSensor``: wait until every batch of a round has ended, without holding a worker.
 
-Deferrable by default: one :class:`~airflow_batch.triggers.batches.BatchesTrigger` watches
-the whole round from the triggerer. In non-deferrable mode the sensor polls in the worker
-with the same poll step and decision policy (:mod:`airflow_batch.polling`), so the two
-paths behave alike: same retries, same deadline, same cancel policy, same events.
+Deferrable by default: after one poll in the worker (a round that has already ended returns
+at once), one :class:`~airflow_batch.triggers.batches.BatchesTrigger` watches the whole round
+from the triggerer. In non-deferrable mode the worker runs the very same loop
+(:func:`airflow_batch.wait.loop.wait_for_round`), so both paths share retries, deadline,
+cancel policy, progress file and events.
 
 Timeout. ``timeout`` (default 24 h) is a wall-clock deadline fixed when the attempt starts.
 When it passes, ``timeout_policy="cancel"`` (default) cancels every unfinished batch;
@@ -17,22 +18,40 @@ canceled requests become retryable failures for the next round.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
 
-from airflow_batch import polling
+from airflow_batch import settings
 from airflow_batch.exceptions import BatchPollError, BatchWaitTimeoutError
 from airflow_batch.links.console import BatchConsoleLink, push_console_links
-from airflow_batch.manifest import RoundManifest
-from airflow_batch.triggers.batches import BatchesTrigger
+from airflow_batch.manifest import RoundManifest, job_conn_id
+from airflow_batch.triggers.batches import ON_KILL_BUDGET, BatchesTrigger
+from airflow_batch.wait.events import batch_ids_of, validate_event, waited_manifest
+from airflow_batch.wait.loop import (
+    cancel_unfinished,
+    connect,
+    is_local,
+    poll_once,
+    run_in_new_loop,
+    wait_for_round,
+)
+from airflow_batch.wait.policy import (
+    DEFAULT_CANCEL_GRACE,
+    DEFAULT_TIMEOUT,
+    WaitState,
+    next_to_poll,
+    validate_poll_interval,
+    validate_timeout_policy,
+)
+from airflow_batch.wait.progress import ProgressWriter, progress_line, summarize
 
 if TYPE_CHECKING:
-    import anthropic
     from airflow.sdk import Context
 
 DEFER_MARGIN = 900.0  # the trigger's own deadline fires first; Airflow's defer timeout is a backstop
@@ -57,11 +76,12 @@ class BatchesSensor(BaseSensorOperator):
     """Wait until every batch of a submitted round has ``processing_status == "ended"``.
 
     Returns (XCom) the manifest plus ``batch_status``, ``counts``, ``timed_out``,
-    ``canceled_by_timeout`` and ``waited_at``, for the gather task.
+    ``canceled_by_timeout`` and ``waited_at``, with ``stage="waited"``, for the gather task.
 
     :param manifest: The submit task's manifest (e.g. ``submit.output``).
-    :param conn_id: Anthropic connection; default: the manifest's ``conn_id``.
-    :param poll_interval: Seconds between polls (default 60; 1 s is the lowest sensible value).
+    :param conn_id: Anthropic connection; default (and the only one accepted): the manifest's.
+    :param poll_interval: Seconds between polls (default ``[airflow_batch] poll_interval``, 60;
+        at least 1 against the real API, less only against a local emulator).
     :param timeout: Seconds before the wait deadline (default 24 h, the batches' own lifetime).
     :param timeout_policy: ``cancel`` (default): cancel unfinished batches at the deadline;
         ``leave``: leave them running for a later attempt to re-attach.
@@ -85,24 +105,25 @@ class BatchesSensor(BaseSensorOperator):
         *,
         manifest: Any,
         conn_id: str | None = None,
-        poll_interval: float = polling.DEFAULT_POLL_INTERVAL,
-        timeout: float = polling.DEFAULT_TIMEOUT,
+        poll_interval: float | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
         timeout_policy: str = "cancel",
         fail_on_timeout: bool = True,
-        cancel_grace: float = polling.DEFAULT_CANCEL_GRACE,
+        cancel_grace: float = DEFAULT_CANCEL_GRACE,
         deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        poll_interval = polling.validate_poll_interval(poll_interval)
-        super().__init__(poke_interval=poll_interval, timeout=timeout, **kwargs)
+        if poll_interval is not None:
+            poll_interval = validate_poll_interval(poll_interval)
+        super().__init__(poke_interval=poll_interval or 60.0, timeout=timeout, **kwargs)
         self.manifest = manifest
         self.conn_id = conn_id
         self.poll_interval = poll_interval
-        self.timeout_policy = polling.validate_timeout_policy(timeout_policy)
+        self.timeout_policy = validate_timeout_policy(timeout_policy)
         self.fail_on_timeout = fail_on_timeout
         self.cancel_grace = float(cancel_grace)
         self.deferrable = default_deferrable() if deferrable is None else deferrable
-        self._wait: tuple[anthropic.Anthropic, polling.WaitState] | None = None
+        self._watching: tuple[dict[str, Any], WaitState] | None = None
 
     def _round(self) -> Mapping[str, Any]:
         if not isinstance(self.manifest, Mapping):
@@ -112,83 +133,68 @@ class BatchesSensor(BaseSensorOperator):
             )
         return self.manifest
 
-    def _conn_id(self, manifest: Mapping[str, Any]) -> str:
-        from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
-
-        return self.conn_id or str(manifest.get("conn_id") or AnthropicHook.default_conn_name)
-
     def execute(self, context: Context) -> RoundManifest:
-        """Defer to one trigger for the whole round (or poll here when not deferrable)."""
-        from airflow.providers.anthropic.hooks.anthropic import AnthropicHook
-
+        """Poll once here, then defer to one trigger for the whole round (or keep polling here)."""
         manifest = self._round()
-        batch_ids = polling.batch_ids_of(manifest)
+        batch_ids = batch_ids_of(manifest)
         if not batch_ids:
             self.log.info("The round has no batches; nothing to wait for.")
-            return polling.waited_manifest(manifest, {"batch_status": {}}, time.time())
+            return waited_manifest(manifest, {"batch_status": {}}, time.time())
         push_console_links(context["ti"], batch_ids)
-        conn_id = self._conn_id(manifest)
-        job_dir = manifest.get("job_dir")
-        round_number = int(manifest.get("round", 0))
-        end_time = time.time() + self.timeout
-        wait_for_cancel = not self.fail_on_timeout and self.timeout_policy == "cancel"
-        self.log.info(
-            "Waiting for %d batches of round %d (%s), deadline in %ss, policy %r.",
-            len(batch_ids),
-            round_number,
-            "deferred to the triggerer" if self.deferrable else "polling in the worker",
-            self.timeout,
-            self.timeout_policy,
-        )
-
-        def write_progress(state: polling.WaitState, now: float) -> None:
-            if not job_dir:
-                return
-            try:
-                polling.write_progress(
-                    str(job_dir), round_number, polling.progress_document(state, round_number, now)
-                )
-            except Exception as exc:  # progress is informational; the wait goes on
-                self.log.warning("Could not write the progress file of round %s: %s", round_number, exc)
-
-        client = cast("anthropic.Anthropic", AnthropicHook(conn_id=conn_id).get_conn())
-        poller = client.with_options(max_retries=0, timeout=polling.REQUEST_TIMEOUT)
-        state = polling.WaitState(
+        identity = {
+            "conn_id": job_conn_id(manifest, self.conn_id, self.task_id),
+            "job_dir": manifest.get("job_dir"),
+            "round_number": int(manifest.get("round", 0)),
+            "betas": list(manifest.get("betas") or ()),
+            "workspace_id": manifest.get("workspace_id"),
+        }
+        state = WaitState(
             batch_ids=batch_ids,
-            end_time=end_time,
-            poll_interval=self.poll_interval,
+            end_time=time.time() + self.timeout,
+            poll_interval=self.poll_interval or settings.poll_interval(),
             timeout_policy=self.timeout_policy,
-            wait_for_cancel=wait_for_cancel,
+            wait_for_cancel=not self.fail_on_timeout and self.timeout_policy == "cancel",
             cancel_grace=self.cancel_grace,
         )
-        if self.deferrable:
-            # One poll here first. A round that has already ended returns without a deferral,
-            # which also sidesteps an Airflow 3.3 race: a trigger that fires within about a
-            # second of the deferral can fail the resumed task with a 409.
-            first = state.record_poll(
-                polling.poll_sync(poller, state.pending(), round_batches=len(batch_ids)), time.time()
+        self._watching = (identity, state)
+        event = asyncio.run(self._watch(identity, state))
+        if event is None:
+            self.log.info(
+                "Deferred to the triggerer: %d of %d batches of round %d not ended after the first poll; "
+                "deadline in %ss, policy %r.",
+                len(state.pending()),
+                len(batch_ids),
+                identity["round_number"],
+                self.timeout,
+                self.timeout_policy,
             )
-            client.close()
-            if first.action == "finish" and first.event is not None:
-                write_progress(state, time.time())
-                return self._finish(manifest, first.event)
             self.defer(
-                trigger=BatchesTrigger.for_state(
-                    state,
-                    conn_id=conn_id,
-                    job_dir=str(job_dir) if job_dir else None,
-                    round_number=round_number,
-                ),
+                trigger=BatchesTrigger.for_state(state, **identity),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout + self.cancel_grace + DEFER_MARGIN),
             )
-        self._wait = (poller, state)
-
-        try:
-            event = polling.wait_sync(poller, state, log=self.log, on_poll=write_progress)
-        finally:
-            client.close()
         return self._finish(manifest, event)
+
+    async def _watch(self, identity: Mapping[str, Any], state: WaitState) -> dict[str, Any] | None:
+        """Return the wait's final event, or None when a deferrable wait should defer after one poll."""
+        api = await connect(
+            identity["conn_id"], betas=identity["betas"], workspace_id=identity["workspace_id"]
+        )
+        try:
+            validate_poll_interval(state.poll_interval, local=is_local(api.base_url))
+            writer = ProgressWriter(identity["job_dir"], identity["round_number"], self.log)
+            if not self.deferrable:
+                self.log.info(
+                    "Waiting for %d batches in the worker (deferrable=False).", len(state.batch_ids)
+                )
+                return await wait_for_round(api, state, log=self.log, on_poll=writer.write)
+            decision = await poll_once(api, state, self.log)
+            await asyncio.to_thread(writer.write, state, time.time())
+            if decision.event is not None:
+                self.log.info("Every batch of the round had ended at the first poll: not deferring.")
+            return decision.event
+        finally:
+            await api.close()
 
     def execute_complete(self, context: Context, event: Any = None) -> RoundManifest:
         """Validate the trigger's event and return the manifest with the final counts."""
@@ -196,19 +202,16 @@ class BatchesSensor(BaseSensorOperator):
 
     def _finish(self, manifest: Mapping[str, Any], event: Any) -> RoundManifest:
         try:
-            event = polling.validate_event(event)
+            event = validate_event(event)
         except ValueError as exc:
             raise BatchPollError(f"{self.task_id}: {exc}") from exc
         if event["status"] == "error":
             raise BatchPollError(event["message"])
-        result = polling.waited_manifest(manifest, event, time.time())
-        self.log.info(
-            "%s",
-            polling.progress_line(polling.summarize(polling.batch_ids_of(manifest), result["batch_status"])),
-        )
+        result = waited_manifest(manifest, event, time.time())
+        batch_ids = batch_ids_of(manifest)
+        self.log.info("%s", progress_line(summarize(batch_ids, result["batch_status"])))
         if event["status"] == "timeout":
-            not_ended = polling.next_to_poll(polling.batch_ids_of(manifest), result["batch_status"])
-            if self.fail_on_timeout or not_ended:
+            if self.fail_on_timeout or next_to_poll(batch_ids, result["batch_status"]):
                 raise BatchWaitTimeoutError(
                     f"{event['message']} Raise timeout= or set fail_on_timeout=False to gather a "
                     "timed-out round; with timeout_policy='leave' a retry of this task re-attaches."
@@ -217,12 +220,17 @@ class BatchesSensor(BaseSensorOperator):
         return result
 
     def on_kill(self) -> None:
-        """Cancel the unfinished batches when a user kills the non-deferrable wait."""
-        if self._wait is None:
+        """Cancel the unfinished batches when a user kills the in-worker wait."""
+        if self._watching is None:
             return
-        client, state = self._wait
-        pending = state.pending()
-        if not pending or state.phase != "waiting":
-            return
-        outcome = polling.call_many_sync(client, "cancel", pending, attempts=2)
-        self.log.info("on_kill: canceled %d of %d unfinished batches.", len(outcome.statuses), len(pending))
+        identity, state = self._watching
+        run_in_new_loop(
+            cancel_unfinished(
+                identity["conn_id"],
+                state,
+                log=self.log,
+                within=ON_KILL_BUDGET,
+                betas=identity["betas"],
+                workspace_id=identity["workspace_id"],
+            )
+        )

@@ -400,7 +400,17 @@ def trigger_and_watch(
     wait_for(finished, timeout=timeout, interval=0.5, what=f"{dag_id} run finished")
     cluster.wait_for_run(dag_id, observed.run_id, timeout=10)
     observed.seconds = time.monotonic() - started
+    check_tries(cluster, dag_id, observed.run_id)
     return observed
+
+
+def check_tries(cluster: AirflowCluster, dag_id: str, run_id: str) -> dict[str, int]:
+    """Print every task's try number; fail if one needed more than one retry (a flaky step shows)."""
+    tis = cluster.api_json("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+    tries = {ti["task_id"]: int(ti["try_number"]) for ti in tis}
+    print(f"{dag_id} {run_id} tries: " + ", ".join(f"{task}={n}" for task, n in sorted(tries.items())))
+    assert max(tries.values(), default=1) <= 2, f"a task of {dag_id} needed more than one retry: {tries}"
+    return tries
 
 
 @pytest.fixture(scope="session")

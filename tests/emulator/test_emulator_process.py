@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anthropic
@@ -102,10 +101,8 @@ def test_emulator_process_context_manager_stops_the_server(tmp_path: Path) -> No
     with EmulatorProcess(tmp_path / "data") as process:
         base_url = process.base_url
         assert httpx.get(f"{base_url}/_emulator/health").status_code == 200
-    started = time.monotonic()
-    with pytest.raises(httpx.TransportError):
-        httpx.get(f"{base_url}/_emulator/health", timeout=2)
-    assert time.monotonic() - started < 3
+    with pytest.raises(httpx.ConnectError):  # nothing listens on the port any more
+        httpx.get(f"{base_url}/_emulator/health", timeout=10)
 
 
 def test_emulator_server_imports_neither_airflow_nor_client_libraries() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pendulum
 import pytest
 from airflow.sdk import DAG
 from airflow_test_env import ANTHROPIC_TEST_KEY, run_dag
+from deadlines import until_sync
 
 from airflow_batch import anthropic_batch_job, layout
 from airflow_batch.costs import price_table
@@ -45,6 +47,20 @@ def _round_failures(job: Any, round_number: int) -> list[dict[str, Any]]:
     return [row for part in sorted(folder.glob("*.jsonl")) for row in _read(part)] if folder.exists() else []
 
 
+def release_when_deferred(emulator: EmulatorProcess, output: str, dag_id: str, submit_task: str) -> None:
+    """Let round 0's batches start once its wait has polled them (they were created start-delayed)."""
+
+    def progress_file() -> Any:
+        found = list(Path(output).glob(f"{dag_id}/*/{submit_task}/round-0/progress.json"))
+        return found[0] if found else Path(output) / "none"
+
+    def release() -> None:
+        until_sync(lambda: progress_file().exists(), deadline=120)
+        emulator.configure(start_delay_seconds=0)
+
+    threading.Thread(target=release, daemon=True).start()
+
+
 def _chunk_ids(job: Any, round_number: int) -> set[str]:
     folder = layout.round_dir(job, round_number) / "chunks"
     return {row["custom_id"] for part in sorted(folder.glob("*.jsonl")) for row in _read(part)}
@@ -52,7 +68,11 @@ def _chunk_ids(job: Any, round_number: int) -> set[str]:
 
 @pytest.mark.usefixtures("airflow_db")
 def test_batch_job_retries_only_retryable_failures_and_keeps_every_other_request(
-    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    emulator: EmulatorProcess,
+    anthropic_conn: str,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     emulator.configure(
         error_types={"overloaded_error": 0.05, "invalid_request_error": 0.01},
@@ -62,6 +82,8 @@ def test_batch_job_retries_only_retryable_failures_and_keeps_every_other_request
         http_fault_rate=1.0,
         http_fault_statuses=["drop"],
         http_fault_budget=2,
+        # Round 0 is still in progress at the wait's first poll, so the wait really defers.
+        start_delay_seconds=600,
     )
     requests_path = tmp_path / "requests.jsonl"
     _write_requests(requests_path, N_REQUESTS)
@@ -77,9 +99,12 @@ def test_batch_job_retries_only_retryable_failures_and_keeps_every_other_request
             max_failure_rate=0.05,
             submit_kwargs={"max_requests_per_batch": 400, "count_tokens_sample": 0},
         )
-    run = run_dag(dag)
+    release_when_deferred(emulator, output, dag.dag_id, "reviews.submit")
+    with caplog.at_level("INFO"):
+        run = run_dag(dag)
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
     assert emulator.configure()["http_fault_budget"] == 0, "no results stream was cut"
+    assert "[DAG TEST] running trigger in line" in caplog.text, "the wait never deferred"
 
     job = layout.job_dir(output, dag.dag_id, run.run_id, "reviews.submit")
     all_ids = {f"req-{i:05d}" for i in range(N_REQUESTS)}
@@ -196,3 +221,45 @@ def test_nothing_retryable_skips_the_retry_round_and_failure_rate_fails_after_wr
     manifest = msgspec.json.decode(layout.final_manifest_path(job).read_bytes())
     assert manifest["failure_rate"] > manifest["max_failure_rate"] == 0.01
     assert not layout.round_dir(job, 1).exists()
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_job_rides_out_thirty_percent_transient_faults_on_every_endpoint(
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.configure(
+        # Every API call may fail: 429/500/529, a cut results stream, or a create whose
+        # response is lost after the batch was stored.
+        http_fault_rate=0.3,
+        http_fault_statuses=[429, 500, 529, "drop", "lost"],
+        retry_after_seconds=0.05,
+        seed=5,
+        start_delay_seconds=600,
+    )
+    requests_path = tmp_path / "requests.jsonl"
+    _write_requests(requests_path, 2_000)
+    output = str(tmp_path / "out")
+    with DAG("faulty_api_job", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        anthropic_batch_job(
+            "job",
+            requests=str(requests_path),
+            output_path=output,
+            conn_id=anthropic_conn,
+            max_retry_rounds=1,
+            poll_interval=0.5,
+            submit_kwargs={"max_requests_per_batch": 100, "count_tokens_sample": 5},
+        )
+    release_when_deferred(emulator, output, dag.dag_id, "job.submit")
+    with caplog.at_level("INFO"):
+        run = run_dag(dag)
+
+    tries = {ti.task_id: ti.try_number for ti in run.get_task_instances()}
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    assert all(number <= 1 for number in tries.values()), f"no task may need a retry: {tries}"
+    assert "[DAG TEST] running trigger in line" in caplog.text, "the wait never deferred"
+    assert emulator.stats()["http_faults_injected"] > 20, "faults were not injected"
+    job = layout.job_dir(output, dag.dag_id, run.run_id, "job.submit")
+    manifest = msgspec.json.decode(layout.round_manifest_path(job, 0).read_bytes())
+    assert len(manifest["batches"]) == 20 and emulator.batch_count() == 20, "one batch per chunk"
+    result_ids = [row["custom_id"] for row in _read(layout.final_results_path(job))]
+    assert sorted(result_ids) == [f"req-{i:05d}" for i in range(2_000)]

@@ -10,7 +10,7 @@ import pytest
 
 from airflow_batch import layout
 from airflow_batch.exceptions import FailureRateExceededError
-from airflow_batch.finalizing import check_failure_rate, finalize_job
+from airflow_batch.gather.finalizing import check_failure_rate, finalize_job
 from airflow_batch.storage import as_path, write_json
 
 USAGE = {

@@ -17,11 +17,12 @@ import msgspec
 import pytest
 
 from airflow_batch import layout
+from airflow_batch.api import BatchesApi
 from airflow_batch.emulator.process import EmulatorProcess
-from airflow_batch.gathering import gather_round
-from airflow_batch.manifest import RoundManifest
+from airflow_batch.gather.gathering import gather_round
+from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.storage import as_path
-from airflow_batch.submission import SubmitSettings, submit_round
+from airflow_batch.submit.round import SubmitSettings, submit_round
 
 
 def _requests(n: int) -> list[dict[str, Any]]:
@@ -44,11 +45,11 @@ def submitted_round(sync_client: anthropic.Anthropic, tmp_path: Path) -> Callabl
 
     def submit(n: int, per_batch: int) -> RoundManifest:
         manifest = submit_round(
-            sync_client,
+            BatchesApi(sync_client),
             _requests(n),
             job=as_path(str(tmp_path / "job")),
             round_number=0,
-            conn_id="anthropic_default",
+            identity=JobIdentity("anthropic_default"),
             settings=SubmitSettings(max_requests_per_batch=per_batch, count_tokens_sample=0),
         )
         deadline = time.monotonic() + 60
@@ -87,7 +88,7 @@ def test_results_stream_cut_mid_way_is_downloaded_again_and_nothing_is_lost(
     manifest = submitted_round(3_000, 3_000)
     emulator.configure(http_fault_rate=1.0, http_fault_statuses=["drop"], http_fault_budget=2)
 
-    gathered = gather_round(sync_client, manifest)
+    gathered = gather_round(BatchesApi(sync_client), manifest)
 
     assert emulator.configure()["http_fault_budget"] == 0  # both cuts happened
     ids = _gathered_ids(manifest)
@@ -103,11 +104,12 @@ def test_results_stream_cut_mid_way_is_downloaded_again_and_nothing_is_lost(
 _CHILD = """
 import json, sys, logging
 import anthropic
-from airflow_batch.gathering import gather_round
+from airflow_batch.api import BatchesApi
+from airflow_batch.gather.gathering import gather_round
 logging.disable(logging.CRITICAL)
 manifest = json.load(open(sys.argv[1]))
 client = anthropic.Anthropic(base_url=sys.argv[2], api_key="test-key")
-gather_round(client, manifest)
+gather_round(BatchesApi(client), manifest)
 """
 
 
@@ -144,7 +146,7 @@ def test_gather_killed_mid_stream_then_run_again_has_no_duplicate_and_no_missing
     sidecars = list(results_dir.glob("*.stats.json"))
     assert len(sidecars) < len(manifest["batches"]), "the kill came after the gather had finished"
 
-    gathered = gather_round(sync_client, manifest)
+    gathered = gather_round(BatchesApi(sync_client), manifest)
 
     ids = _gathered_ids(manifest)
     assert len(ids) == len(set(ids)) == n

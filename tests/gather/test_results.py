@@ -7,9 +7,8 @@ import io
 import msgspec
 import pytest
 
-from airflow_batch.gathering import write_rows
-from airflow_batch.results import (
-    DEFAULT_NOT_RETRYABLE,
+from airflow_batch.gather.gathering import write_rows
+from airflow_batch.gather.rows import (
     DEFAULT_RETRYABLE,
     SLICE_BYTES,
     BlockSettings,
@@ -48,7 +47,20 @@ def test_transient_error_types_are_retryable(error_type: str) -> None:
     assert classify_failure("errored", error_type, canceled_by_timeout=False)
 
 
-@pytest.mark.parametrize("error_type", sorted(DEFAULT_NOT_RETRYABLE))
+# Failures that would fail again unchanged: the request or the account must be fixed first.
+NOT_RETRYABLE = (
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "billing_error",
+    "not_found_error",
+    "request_too_large",
+    "invalid_input",
+    "some_future_error",
+)
+
+
+@pytest.mark.parametrize("error_type", NOT_RETRYABLE)
 def test_request_and_account_errors_are_not_retryable(error_type: str) -> None:
     assert not classify_failure("errored", error_type, canceled_by_timeout=False)
 

@@ -15,11 +15,13 @@ import msgspec
 import pytest
 
 from airflow_batch import layout
+from airflow_batch.api import BatchesApi
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.exceptions import BudgetExceededError, InputChangedError, InvalidRequestsError
-from airflow_batch.requests import RequestDefaults, records_to_requests
+from airflow_batch.manifest import JobIdentity
 from airflow_batch.storage import as_path, iter_jsonl_lines, read_json
-from airflow_batch.submission import SubmitSettings, submit_round
+from airflow_batch.submit.records import RequestDefaults, records_to_requests
+from airflow_batch.submit.round import SubmitSettings, submit_round
 
 MODEL = "claude-haiku-4-5"
 
@@ -36,8 +38,8 @@ def requests(n: int) -> list[dict[str, Any]]:
 def submit(client: anthropic.Anthropic, rows: Any, job: Path, **settings: Any) -> Any:
     settings.setdefault("count_tokens_sample", 0)
     return submit_round(
-        client, rows, job=as_path(str(job)), round_number=0, conn_id="anthropic_default",
-        settings=SubmitSettings(**settings),
+        BatchesApi(client), rows, job=as_path(str(job)), round_number=0,
+        identity=JobIdentity("anthropic_default"), settings=SubmitSettings(**settings),
     )  # fmt: skip
 
 
@@ -84,11 +86,11 @@ def test_records_with_a_prompt_template_and_defaults_become_cached_requests(
     records = [{"sku": f"p{i}", "name": f"Lamp {i}"} for i in range(12)]
     rows = records_to_requests(records, prompt_template="Describe {name}.", custom_id_field="sku")
     manifest = submit_round(
-        session_client,
+        BatchesApi(session_client),
         rows,
         job=as_path(str(tmp_path / "job")),
         round_number=0,
-        conn_id="anthropic_default",
+        identity=JobIdentity("anthropic_default"),
         settings=SubmitSettings(),
         defaults=RequestDefaults(model=MODEL, max_tokens=20, system="You write product copy. " * 40),
     )
@@ -222,14 +224,13 @@ def test_transient_429_and_529_on_create_are_retried_without_duplicate_batches(
 
 def crashing_submit(base_url: str, source: str, job: str, moment: str) -> None:
     """Submit in a forked worker that SIGKILLs itself mid-submission (run as the child's target)."""
-    from airflow_batch import submission
-    from airflow_batch.ledger import LedgerStore
+    from airflow_batch.submit.ledger import LedgerStore
 
     created: list[str] = []
-    create_batch, save = submission.create_batch, LedgerStore.save
+    create, save = BatchesApi.create, LedgerStore.save
 
-    def create_then_maybe_die(*args: Any, **kwargs: Any) -> Any:
-        batch = create_batch(*args, **kwargs)
+    def create_then_maybe_die(self: BatchesApi, *args: Any, **kwargs: Any) -> Any:
+        batch = create(self, *args, **kwargs)
         created.append(batch.id)
         if moment == "before_record" and len(created) == 3:
             os.kill(os.getpid(), signal.SIGKILL)  # the API made the batch; the ledger never hears of it
@@ -240,7 +241,7 @@ def crashing_submit(base_url: str, source: str, job: str, moment: str) -> None:
         if moment == "after_record" and len(ledger.batches) == 2:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    submission.create_batch = create_then_maybe_die  # type: ignore[assignment]
+    BatchesApi.create = create_then_maybe_die  # type: ignore[method-assign]
     LedgerStore.save = save_then_maybe_die  # type: ignore[method-assign]
     with anthropic.Anthropic(base_url=base_url, api_key="test-key") as client:
         submit(client, iter_jsonl_lines(as_path(source)), Path(job), max_requests_per_batch=4)
@@ -283,27 +284,25 @@ def test_a_create_whose_response_is_lost_adopts_its_batch_only_when_unambiguous(
     sync_client: anthropic.Anthropic,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from airflow_batch import submission
+    from airflow_batch.submit import round as submit_module
 
-    monkeypatch.setattr(submission, "LOST_RESPONSE_SETTLE_SECONDS", 0.0)
-    real_create = submission.create_batch
-    lost: list[str] = []
+    monkeypatch.setattr(submit_module, "LOST_RESPONSE_SETTLE_SECONDS", 0.0)
+    for _ in range(others):  # another job's batch of the same size, created in the matching window
+        sync_client.messages.batches.create(requests=requests(3))  # type: ignore[arg-type]
+    # The emulator stores the first create's batch, then cuts the connection before answering.
+    emulator.configure(http_fault_rate=1.0, http_fault_statuses=["lost"], http_fault_budget=1)
+    with caplog.at_level("WARNING", logger="airflow_batch.submit.round"):
+        manifest = submit(sync_client, requests(3), tmp_path / "job")
 
-    def create_and_lose_the_first_response(*args: Any, **kwargs: Any) -> Any:
-        batch = real_create(*args, **kwargs)
-        if lost:
-            return batch
-        lost.append(batch.id)
-        for _ in range(others):  # another job's batch of the same size, created in the same window
-            sync_client.messages.batches.create(requests=requests(3))  # type: ignore[arg-type]
-        raise anthropic.APITimeoutError(request=None)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(submission, "create_batch", create_and_lose_the_first_response)
-    manifest = submit(sync_client, requests(3), tmp_path / "job")
-
+    assert emulator.configure()["http_fault_budget"] == 0, "the create's response was not lost"
     recorded = manifest["batches"][0]["batch_id"]
+    listed = [batch.id for batch in sync_client.messages.batches.list(limit=10)]
     if others == 0:
-        assert recorded == lost[0] and emulator.batch_count() == 1  # found and adopted, not created twice
+        assert emulator.batch_count() == 1 and listed == [recorded]  # found and adopted, not created twice
+        assert "adopted batch " + recorded + " whose create response was lost" in caplog.text
     else:
-        assert recorded != lost[0] and emulator.batch_count() == 3  # cannot tell which: a warning names both
+        assert emulator.batch_count() == 3  # cannot tell which: a new batch, and a warning naming both
+        assert "adopting none and submitting again" in caplog.text
+        assert all(batch_id in caplog.text for batch_id in listed if batch_id != recorded)

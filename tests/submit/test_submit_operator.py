@@ -14,9 +14,9 @@ from airflow_test_env import run_dag
 
 from airflow_batch import layout
 from airflow_batch.emulator.process import EmulatorProcess
-from airflow_batch.ledger import state_key
 from airflow_batch.operators import SubmitBatchesOperator
 from airflow_batch.storage import as_path, read_json
+from airflow_batch.submit.ledger import state_key
 
 LOGICAL_DATE = pendulum.datetime(2026, 3, 1, tz="UTC")
 

@@ -10,19 +10,14 @@ import msgspec
 import pytest
 
 from airflow_batch import layout
-from airflow_batch.chunking import ChunkBody, body_bytes, prepare_chunks
 from airflow_batch.costs import price_table
-from airflow_batch.estimate import TokenTally, approx_tokens, estimate_cost, input_tokens
-from airflow_batch.exceptions import UnknownModelPriceError
-from airflow_batch.ledger import Ledger, LedgerStore
-from airflow_batch.requests import (
-    InvalidRow,
-    RequestDefaults,
-    check_request,
-    describe_problems,
-    records_to_requests,
-)
 from airflow_batch.storage import as_path, iter_jsonl
+from airflow_batch.submit.chunking import ChunkBody, body_bytes, prepare_chunks
+from airflow_batch.submit.estimate import TokenTally, estimate_cost
+from airflow_batch.submit.ledger import Ledger, LedgerStore
+from airflow_batch.submit.records import RequestDefaults, records_to_requests
+from airflow_batch.submit.validation import InvalidRow, check_request, describe_problems
+from airflow_batch.tokens import approx_tokens, input_tokens
 
 MODEL = "claude-haiku-4-5"
 
@@ -75,7 +70,7 @@ def test_check_request_accepts_blocks_system_and_stream_false() -> None:
 
 
 def test_describe_problems_lists_the_first_twenty_and_the_count() -> None:
-    from airflow_batch.requests import Problem
+    from airflow_batch.submit.validation import Problem
 
     problems = [Problem(i, f"r{i}", "bad") for i in range(25)]
     text = describe_problems(problems, 25)
@@ -260,7 +255,7 @@ def test_cached_system_prompt_is_written_once_then_read_and_priced_at_batch_rate
                 {"custom_id": row["custom_id"], "params": {"messages": row["params"]["messages"]}}
             )["params"]
         )
-    estimate = estimate_cost(tally)
+    estimate = estimate_cost(tally, price_table())
     usage = estimate["usage"]
     assert usage["cache_creation_input_tokens"] == 1000 and usage["cache_read_input_tokens"] == 9 * 1000
     assert usage["output_tokens"] == 1000 and estimate["method"] == "approximation"
@@ -280,16 +275,15 @@ def test_expected_output_tokens_replace_max_tokens_in_the_estimate() -> None:
     tally = TokenTally(expected_output_tokens=3)
     for row in requests(4):
         tally.add(row["params"])
-    assert estimate_cost(tally)["usage"]["output_tokens"] == 12
+    assert estimate_cost(tally, price_table())["usage"]["output_tokens"] == 12
 
 
-def test_unknown_model_price_fails_only_when_a_budget_needs_it() -> None:
+def test_an_unknown_model_is_reported_unpriced_never_guessed() -> None:
     tally = TokenTally()
     tally.add(req(model="my-finetune")["params"])
-    assert estimate_cost(tally)["priced"] is False
-    with pytest.raises(UnknownModelPriceError, match="my-finetune"):
-        estimate_cost(tally, require_prices=True)
-    priced = estimate_cost(tally, prices={"my-finetune": {"input": 1, "output": 2}})
+    unpriced = estimate_cost(tally, price_table())
+    assert unpriced["priced"] is False and unpriced["unpriced_models"] == ["my-finetune"]
+    priced = estimate_cost(tally, price_table({"my-finetune": {"input": 1, "output": 2}}))
     assert priced["priced"] is True and priced["batch_usd"] > 0
 
 

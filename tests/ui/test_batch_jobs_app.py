@@ -36,6 +36,7 @@ def finished_job(client: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[
     results.write_text('{"custom_id": "a", "text": "ok"}\n{"custom_id": "b", "text": "ok"}\n')
     manifest = {
         "version": 1,
+        "stage": "gathered",
         "job_dir": f"file://{job}",
         "round": 0,
         "requests": 3,

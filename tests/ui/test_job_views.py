@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from airflow_batch.plugins.job_views import ManifestRecord, build_jobs, progress_bar, render_page
+from airflow_batch.plugins.rendering import render_page
+from airflow_batch.plugins.views import ManifestRecord, bar_segments, build_jobs
 
 JOB = "file:///out/dag_a/run_1/job.submit"
 USAGE = {
@@ -20,6 +21,7 @@ USAGE = {
 def submitted(round_number: int = 0, batches: int = 2, requests: int = 100) -> dict[str, Any]:
     return {
         "version": 1,
+        "stage": "submitted",
         "job_dir": JOB,
         "round": round_number,
         "conn_id": "anthropic_default",
@@ -32,6 +34,7 @@ def submitted(round_number: int = 0, batches: int = 2, requests: int = 100) -> d
 def gathered(round_number: int = 0, succeeded: int = 95, errored: int = 5, **extra: Any) -> dict[str, Any]:
     return {
         **submitted(round_number, requests=succeeded + errored),
+        "stage": "gathered",
         "counts": {"processing": 0, "succeeded": succeeded, "errored": errored, "canceled": 0, "expired": 0},
         "waited_at": "2026-01-01T00:01:00+00:00",
         "result_counts": {"succeeded": succeeded, "errored": errored},
@@ -100,6 +103,7 @@ def test_retry_round_adds_its_successes_to_the_earlier_rounds() -> None:
 
 def test_finalized_job_shows_final_counts_status_and_merged_files() -> None:
     final = {
+        "stage": "finalized",
         "job_dir": JOB,
         "results_path": f"{JOB}/results.jsonl",
         "failures_path": f"{JOB}/failures.jsonl",
@@ -131,9 +135,13 @@ def test_values_that_are_not_batch_manifests_are_ignored() -> None:
 
 
 def test_progress_bar_widths_are_shares_of_the_total() -> None:
-    bar = progress_bar({"succeeded": 75, "errored": 25, "expired": 0, "canceled": 0, "processing": 0})
+    counts = {"succeeded": 75, "errored": 25, "expired": 0, "canceled": 0, "processing": 0}
+    assert [(s.kind, s.share) for s in bar_segments(counts)][:2] == [("succeeded", 75.0), ("errored", 25.0)]
+    job = build_jobs([record("job.gather", gathered(succeeded=75, errored=25))])
+    page = render_page(job, base="", title="t", subtitle="")
 
-    widths = dict(re.findall(r'data-kind="(\w+)" data-count="\d+" style="width: ([\d.]+)%"', bar))
+    widths = dict(re.findall(r'data-kind="(\w+)" data-count="\d+" style="width: ([\d.]+)%"', page))
+    assert "75 succeeded, 25 errored" in page
     assert widths == {
         "succeeded": "75.0",
         "errored": "25.0",

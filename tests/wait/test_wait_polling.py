@@ -1,16 +1,15 @@
-"""Unit tests of the wait's pure core: summaries, retry policy, deadline decisions, events."""
+"""Unit tests of the wait's pure core (summaries, deadline decisions, events) and the API retry policy."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
 
-import anthropic
-import httpx
 import pytest
 
-from airflow_batch import polling
 from airflow_batch.manifest import BatchStatus, RequestCounts
+from airflow_batch.wait import events, policy
+from airflow_batch.wait import progress as wait_progress
 
 
 def status(
@@ -33,20 +32,13 @@ def status(
     )
 
 
-def api_error(code: int, headers: dict[str, str] | None = None) -> anthropic.APIStatusError:
-    request = httpx.Request("GET", "http://api.test/v1/messages/batches/b1")
-    response = httpx.Response(code, headers=headers or {}, request=request)
-    body = {"type": "error", "error": {"type": "some_error", "message": "boom"}}
-    return anthropic.APIStatusError("boom", response=response, body=body)
-
-
 def test_summarize_sums_counts_and_counts_ended_batches_only_when_ended() -> None:
     statuses = {
         "a": status("ended", succeeded=8, errored=2),
         "b": status("canceling", processing=5),
         "c": status(processing=10),
     }
-    progress = polling.summarize(["a", "b", "c", "d"], statuses)
+    progress = wait_progress.summarize(["a", "b", "c", "d"], statuses)
     assert progress["counts"] == {"processing": 15, "succeeded": 8, "errored": 2, "canceled": 0, "expired": 0}
     assert progress["batches_ended"] == 1
     assert progress["batches_canceling"] == 1
@@ -55,10 +47,10 @@ def test_summarize_sums_counts_and_counts_ended_batches_only_when_ended() -> Non
 
 
 def test_progress_line_names_every_total() -> None:
-    progress = polling.summarize(
+    progress = wait_progress.summarize(
         ["a", "b"], {"a": status("ended", succeeded=3, expired=1), "b": status(processing=4)}
     )
-    line = polling.progress_line(progress)
+    line = wait_progress.progress_line(progress)
     for part in (
         "1/2 batches ended",
         "50.0% of 8 requests",
@@ -73,7 +65,7 @@ def test_progress_line_names_every_total() -> None:
 
 def test_next_to_poll_skips_ended_but_keeps_canceling() -> None:
     statuses = {"a": status("ended"), "b": status("canceling")}
-    assert polling.next_to_poll(["a", "b", "c"], statuses) == ["b", "c"]
+    assert policy.next_to_poll(["a", "b", "c"], statuses) == ["b", "c"]
 
 
 def test_expiring_batches_lists_only_unfinished_batches_near_expiry() -> None:
@@ -85,80 +77,39 @@ def test_expiring_batches_lists_only_unfinished_batches_near_expiry() -> None:
         "b": status(expires_at=later),
         "c": status("ended", expires_at=soon),
     }
-    expiring = polling.expiring_batches(statuses, now)
+    expiring = policy.expiring_batches(statuses, now)
     assert list(expiring) == ["a"]
-    assert "a in 0h59m" in polling.expiry_warning(expiring) or "a in 1h00m" in polling.expiry_warning(
-        expiring
-    )
+    assert "a in 0h59m" in policy.expiry_warning(expiring) or "a in 1h00m" in policy.expiry_warning(expiring)
 
 
-@pytest.mark.parametrize(
-    ("exc", "kind"),
-    [
-        (api_error(429), "transient"),
-        (api_error(500), "transient"),
-        (api_error(529), "transient"),
-        (api_error(408), "transient"),
-        (api_error(401), "permanent"),
-        (api_error(403), "permanent"),
-        (api_error(404), "permanent"),
-        (anthropic.APIConnectionError(request=httpx.Request("GET", "http://x")), "transient"),
-        (httpx.ConnectError("refused"), "transient"),
-        (ValueError("bug"), "permanent"),
-    ],
-)
-def test_classify_poll_error(exc: BaseException, kind: str) -> None:
-    assert polling.classify_poll_error(exc) == kind
-
-
-def test_retry_after_prefers_milliseconds_header_and_caps_it() -> None:
-    assert polling.retry_after_seconds(api_error(429, {"retry-after-ms": "1500", "retry-after": "9"})) == 1.5
-    assert polling.retry_after_seconds(api_error(429, {"retry-after": "2"})) == 2.0
-    assert polling.retry_after_seconds(api_error(429, {"retry-after": "99999"})) == polling.RETRY_AFTER_CAP
-    assert polling.retry_after_seconds(api_error(500)) is None
-
-
-def test_backoff_grows_is_capped_and_never_undercuts_retry_after() -> None:
-    assert polling.backoff_delay(0, rng=lambda: 0.0) == pytest.approx(polling.BACKOFF_BASE / 2)
-    assert polling.backoff_delay(3, rng=lambda: 1.0) == pytest.approx(polling.BACKOFF_BASE * 8)
-    assert polling.backoff_delay(30, rng=lambda: 1.0) == polling.BACKOFF_CAP
-    assert polling.backoff_delay(0, 5.0, rng=lambda: 0.0) == 5.0
-    assert 5.0 <= polling.backoff_delay(0, 5.0) <= 5.5
-
-
-def test_error_cause_names_status_type_and_message() -> None:
-    cause = polling.error_cause(api_error(404))
-    assert cause.startswith("HTTP 404 some_error: boom")
-    message = polling.permanent_error_message("msgbatch_x", cause)
-    assert "msgbatch_x" in message and "HTTP 404" in message and "connection" in message
-
-
-def test_poll_interval_below_minimum_is_refused_with_the_setting_named() -> None:
-    assert polling.validate_poll_interval(1) == 1.0
-    with pytest.raises(ValueError, match=r"poll_interval=0\.01"):
-        polling.validate_poll_interval(0.01)
+def test_poll_interval_below_a_second_is_refused_against_the_real_api_only() -> None:
+    assert policy.validate_poll_interval(1, local=False) == 1.0
+    assert policy.validate_poll_interval(0.01, local=True) == 0.01
+    assert policy.validate_poll_interval(0.01) == 0.01  # at parse time the base URL is not known yet
+    with pytest.raises(ValueError, match=r"poll_interval=0\.01: at least 1 second"):
+        policy.validate_poll_interval(0.01, local=False)
+    with pytest.raises(ValueError, match="positive"):
+        policy.validate_poll_interval(0)
     with pytest.raises(ValueError, match="timeout_policy='stop'"):
-        polling.validate_timeout_policy("stop")
+        policy.validate_timeout_policy("stop")
 
 
-def state(**kwargs: object) -> polling.WaitState:
+def state(**kwargs: object) -> policy.WaitState:
     defaults: dict[str, object] = {
         "batch_ids": ["a", "b"],
         "end_time": time.time() + 3600,
         "poll_interval": 5.0,
     }
     defaults.update(kwargs)
-    return polling.WaitState(**defaults)  # type: ignore[arg-type]
+    return policy.WaitState(**defaults)  # type: ignore[arg-type]
 
 
 def test_all_batches_ended_finishes_with_success_and_final_statuses() -> None:
     wait = state()
-    decision = wait.record_poll(
-        polling.CallOutcome(statuses={"a": status("ended", succeeded=1)}), time.time()
-    )
+    decision = wait.record_poll(policy.CallOutcome(statuses={"a": status("ended", succeeded=1)}), time.time())
     assert decision.action == "sleep" and decision.sleep == 5.0
     assert wait.pending() == ["b"]
-    decision = wait.record_poll(polling.CallOutcome(statuses={"b": status("ended", errored=1)}), time.time())
+    decision = wait.record_poll(policy.CallOutcome(statuses={"b": status("ended", errored=1)}), time.time())
     assert decision.action == "finish"
     assert decision.event is not None and decision.event["status"] == "success"
     assert set(decision.event["batch_status"]) == {"a", "b"}
@@ -168,14 +119,14 @@ def test_all_batches_ended_finishes_with_success_and_final_statuses() -> None:
 def test_canceling_is_not_ended() -> None:
     wait = state()
     decision = wait.record_poll(
-        polling.CallOutcome(statuses={"a": status("ended"), "b": status("canceling")}), time.time()
+        policy.CallOutcome(statuses={"a": status("ended"), "b": status("canceling")}), time.time()
     )
     assert decision.action == "sleep"
 
 
 def test_permanent_fault_finishes_with_error_naming_the_batch() -> None:
     wait = state()
-    outcome = polling.CallOutcome(statuses={"a": status()}, permanent={"b": "HTTP 404 not_found_error: gone"})
+    outcome = policy.CallOutcome(statuses={"a": status()}, permanent={"b": "HTTP 404 not_found_error: gone"})
     decision = wait.record_poll(outcome, time.time())
     assert decision.event is not None
     assert decision.event["status"] == "error" and decision.event["batch_id"] == "b"
@@ -184,16 +135,15 @@ def test_permanent_fault_finishes_with_error_naming_the_batch() -> None:
 
 def test_transient_faults_only_end_the_wait_after_many_cycles_with_no_answer() -> None:
     wait = state()
-    failing = polling.CallOutcome(transient={"a": "HTTP 529", "b": "HTTP 529"}, retry_after=12.0)
-    for _ in range(polling.MAX_FAILED_CYCLES - 1):
+    failing = policy.CallOutcome(transient={"a": "HTTP 529", "b": "HTTP 529"})
+    for _ in range(policy.MAX_FAILED_CYCLES - 1):
         decision = wait.record_poll(failing, time.time())
         assert decision.action == "sleep"
-        assert decision.sleep == 12.0  # the server asked for longer than poll_interval
         assert decision.warnings
     # one answer resets the count
-    wait.record_poll(polling.CallOutcome(statuses={"a": status()}, transient={"b": "HTTP 529"}), time.time())
+    wait.record_poll(policy.CallOutcome(statuses={"a": status()}, transient={"b": "HTTP 529"}), time.time())
     assert wait.failed_cycles == 0
-    for _ in range(polling.MAX_FAILED_CYCLES):
+    for _ in range(policy.MAX_FAILED_CYCLES):
         decision = wait.record_poll(failing, time.time())
     assert decision.event is not None and decision.event["status"] == "error"
     assert "consecutive polls" in decision.event["message"]
@@ -202,16 +152,16 @@ def test_transient_faults_only_end_the_wait_after_many_cycles_with_no_answer() -
 def test_sleep_never_overshoots_the_deadline() -> None:
     now = time.time()
     wait = state(end_time=now + 2.0)
-    decision = wait.record_poll(polling.CallOutcome(statuses={"a": status(), "b": status()}), now)
+    decision = wait.record_poll(policy.CallOutcome(statuses={"a": status(), "b": status()}), now)
     assert decision.sleep == pytest.approx(2.0)
 
 
 def test_deadline_with_cancel_policy_asks_to_cancel_then_finishes_with_timeout() -> None:
     now = time.time()
     wait = state(end_time=now - 1)
-    decision = wait.record_poll(polling.CallOutcome(statuses={"a": status("ended"), "b": status()}), now)
+    decision = wait.record_poll(policy.CallOutcome(statuses={"a": status("ended"), "b": status()}), now)
     assert decision.action == "cancel"
-    decision = wait.record_cancel(polling.CallOutcome(statuses={"b": status("canceling")}), now)
+    decision = wait.record_cancel(policy.CallOutcome(statuses={"b": status("canceling")}), now)
     assert decision.event is not None and decision.event["status"] == "timeout"
     assert decision.event["canceled_by_timeout"] == ["b"]
     assert decision.event["timed_out"] is True
@@ -222,14 +172,14 @@ def test_deadline_with_wait_for_cancel_polls_until_canceled_batches_end() -> Non
     now = time.time()
     wait = state(end_time=now - 1, wait_for_cancel=True)
     assert (
-        wait.record_poll(polling.CallOutcome(statuses={"a": status(), "b": status()}), now).action == "cancel"
+        wait.record_poll(policy.CallOutcome(statuses={"a": status(), "b": status()}), now).action == "cancel"
     )
     decision = wait.record_cancel(
-        polling.CallOutcome(statuses={"a": status("canceling"), "b": status("canceling")}), now
+        policy.CallOutcome(statuses={"a": status("canceling"), "b": status("canceling")}), now
     )
     assert decision.action == "sleep"
     decision = wait.record_poll(
-        polling.CallOutcome(statuses={"a": status("ended", canceled=1), "b": status("ended", canceled=1)}),
+        policy.CallOutcome(statuses={"a": status("ended", canceled=1), "b": status("ended", canceled=1)}),
         now,
     )
     assert decision.event is not None and decision.event["status"] == "timeout"
@@ -239,7 +189,7 @@ def test_deadline_with_wait_for_cancel_polls_until_canceled_batches_end() -> Non
 def test_deadline_with_leave_policy_times_out_without_cancel() -> None:
     now = time.time()
     wait = state(end_time=now - 1, timeout_policy="leave")
-    decision = wait.record_poll(polling.CallOutcome(statuses={"a": status(), "b": status()}), now)
+    decision = wait.record_poll(policy.CallOutcome(statuses={"a": status(), "b": status()}), now)
     assert decision.action == "finish"
     assert decision.event is not None and decision.event["status"] == "timeout"
     assert decision.event["canceled_by_timeout"] == []
@@ -250,18 +200,18 @@ def test_expiry_warning_is_given_once_per_batch() -> None:
     now = time.time()
     soon = datetime.fromtimestamp(now + 600, UTC).isoformat()
     wait = state()
-    outcome = polling.CallOutcome(statuses={"a": status(expires_at=soon), "b": status()})
+    outcome = policy.CallOutcome(statuses={"a": status(expires_at=soon), "b": status()})
     assert any("near expires_at" in w for w in wait.record_poll(outcome, now).warnings)
     assert not any("near expires_at" in w for w in wait.record_poll(outcome, now).warnings)
 
 
 def test_validate_event_refuses_unknown_status_and_missing_statuses() -> None:
     with pytest.raises(ValueError, match="unknown wait event status 'done'"):
-        polling.validate_event({"status": "done", "batch_status": {}})
+        events.validate_event({"status": "done", "batch_status": {}})
     with pytest.raises(ValueError, match="batch_status"):
-        polling.validate_event({"status": "success"})
+        events.validate_event({"status": "success"})
     with pytest.raises(ValueError, match="mapping"):
-        polling.validate_event(None)
+        events.validate_event(None)
 
 
 def test_waited_manifest_adds_final_counts_and_keeps_submit_keys() -> None:
@@ -277,7 +227,7 @@ def test_waited_manifest_adds_final_counts_and_keeps_submit_keys() -> None:
         "timed_out": False,
         "canceled_by_timeout": [],
     }
-    result = polling.waited_manifest(manifest, event, time.time())
+    result = events.waited_manifest(manifest, event, time.time())
     assert result["requests"] == 4 and result["job_dir"] == "/tmp/j"
     assert result["counts"] == {"processing": 0, "succeeded": 2, "errored": 1, "canceled": 0, "expired": 1}
     assert result["timed_out"] is False and "waited_at" in result
@@ -285,7 +235,7 @@ def test_waited_manifest_adds_final_counts_and_keeps_submit_keys() -> None:
 
 def test_manifest_without_batches_is_refused_with_the_fix() -> None:
     with pytest.raises(ValueError, match=r"manifest=submit\.output"):
-        polling.batch_ids_of({"job_dir": "x"})
+        events.batch_ids_of({"job_dir": "x"})
 
 
 def test_list_page_yields_only_the_wanted_batches_and_budget_grows_with_the_round() -> None:
@@ -297,7 +247,7 @@ def test_list_page_yields_only_the_wanted_batches_and_budget_grows_with_the_roun
         ],
         "has_more": False,
     }
-    found = polling.statuses_in_page(page, {"a", "b", "c"})
+    found = policy.statuses_in_page(page, {"a", "b", "c"})
     assert set(found) == {"a", "b"}
     assert found["a"]["request_counts"] == {
         "processing": 0,
@@ -307,18 +257,18 @@ def test_list_page_yields_only_the_wanted_batches_and_budget_grows_with_the_roun
         "expired": 0,
     }
     assert found["b"]["processing_status"] == "canceling"
-    assert polling.list_page_budget(1000) == 1 + polling.LIST_EXTRA_PAGES
-    assert polling.list_page_budget(1001) == 2 + polling.LIST_EXTRA_PAGES
+    assert policy.list_page_budget(1000, 1000) == 1 + policy.LIST_EXTRA_PAGES
+    assert policy.list_page_budget(1001, 1000) == 2 + policy.LIST_EXTRA_PAGES
 
 
 def test_timeout_message_counts_batches_whose_cancel_failed() -> None:
     now = time.time()
     wait = state(end_time=now - 1)
     assert (
-        wait.record_poll(polling.CallOutcome(statuses={"a": status(), "b": status()}), now).action == "cancel"
+        wait.record_poll(policy.CallOutcome(statuses={"a": status(), "b": status()}), now).action == "cancel"
     )
     decision = wait.record_cancel(
-        polling.CallOutcome(statuses={"a": status("canceling")}, transient={"b": "HTTP 529"}), now
+        policy.CallOutcome(statuses={"a": status("canceling")}, transient={"b": "HTTP 529"}), now
     )
     assert decision.event is not None
     assert decision.event["canceled_by_timeout"] == ["a"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,12 +15,13 @@ import anthropic
 import pytest
 from airflow.sdk import DAG, task
 from airflow_test_env import run_dag
-from wait_support import until_sync
+from deadlines import release_after_first_poll, until_sync
 
 from airflow_batch import layout, storage
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.exceptions import BatchPollError, BatchWaitTimeoutError
-from airflow_batch.links.console import BATCH_LINKS_XCOM_KEY, CONSOLE_BATCHES_URL, batch_console_url
+from airflow_batch.links.console import BATCH_LINKS_XCOM_KEY
+from airflow_batch.links.urls import batch_console_url
 from airflow_batch.sensors import BatchesSensor
 
 CreateBatches = Callable[[Sequence[int]], list[str]]
@@ -56,6 +60,11 @@ def wait_dag(dag_id: str, manifest: dict[str, Any], out: Path, **sensor_kwargs: 
     return dag
 
 
+def triggers_run(caplog: pytest.LogCaptureFixture) -> int:
+    """Return how many triggers ``dag.test()`` ran inline, i.e. how many times a task deferred."""
+    return caplog.text.count("[DAG TEST] running trigger in line")
+
+
 @pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "in-worker"])
 def test_sensor_returns_the_manifest_with_final_counts_for_the_gather(
     deferrable: bool,
@@ -64,18 +73,32 @@ def test_sensor_returns_the_manifest_with_final_counts_for_the_gather(
     anthropic_conn: str,
     create_batches: CreateBatches,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
-    emulator.configure(throughput=20, error_rate=0.25, seed=7)
+    # Nothing ends before the sensor's first poll: a deferrable wait must really defer.
+    emulator.configure(throughput=20, error_rate=0.25, seed=7, start_delay_seconds=600)
     ids = create_batches([4, 12, 20])
     out = tmp_path / "waited.json"
     dag = wait_dag(
         f"wait_ok_{deferrable}", manifest_for(ids, tmp_path, anthropic_conn), out, deferrable=deferrable
     )
-    run = run_dag(dag)
+    release_after_first_poll(
+        emulator, layout.progress_path(storage.as_path(str(tmp_path)), 0), start_delay_seconds=0
+    )
+    with caplog.at_level("INFO"):
+        run = run_dag(dag)
 
     assert run.state == "success"
+    assert triggers_run(caplog) == (1 if deferrable else 0)
+    task_log = "".join(capfd.readouterr())
+    if deferrable:
+        assert "Deferred to the triggerer: 3 of 3 batches" in task_log
+        assert "Watching 3 batches (0 already ended)" in task_log, "the trigger watched the round"
+        assert "[DAG TEST] Trigger completed" in caplog.text, "the task resumed from the trigger's event"
     recorded = json.loads(out.read_text())
     waited = recorded["manifest"]
+    assert waited["stage"] == "waited"
     assert waited["job_dir"] == str(tmp_path) and len(waited["batches"]) == 3
     assert set(waited["batch_status"]) == set(ids)
     assert all(s["processing_status"] == "ended" for s in waited["batch_status"].values())
@@ -86,6 +109,34 @@ def test_sensor_returns_the_manifest_with_final_counts_for_the_gather(
     assert recorded["links"] == [batch_console_url(batch_id) for batch_id in ids]
     progress = storage.read_json(layout.progress_path(storage.as_path(str(tmp_path)), 0))
     assert progress["phase"] == "success" and progress["batches_ended"] == 3
+    assert progress["elapsed_seconds"] >= 0 and progress["last_poll_at"] is not None
+
+
+def test_deferrable_wait_of_an_ended_round_returns_without_deferring(
+    airflow_db: str,
+    emulator: EmulatorProcess,
+    anthropic_conn: str,
+    create_batches: CreateBatches,
+    sync_client: anthropic.Anthropic,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    ids = create_batches([3, 4])
+    until_sync(
+        lambda: all(sync_client.messages.batches.retrieve(b).processing_status == "ended" for b in ids)
+    )
+    out = tmp_path / "waited.json"
+    dag = wait_dag("wait_ended_round", manifest_for(ids, tmp_path, anthropic_conn), out, deferrable=True)
+    with caplog.at_level("INFO"):
+        run = run_dag(dag)
+
+    assert run.state == "success"
+    assert triggers_run(caplog) == 0
+    assert "had ended at the first poll: not deferring" in "".join(capfd.readouterr())
+    assert json.loads(out.read_text())["manifest"]["counts"]["succeeded"] == 7
+    progress = storage.read_json(layout.progress_path(storage.as_path(str(tmp_path)), 0))
+    assert progress["batches_ended"] == 2
 
 
 def test_sensor_timeout_cancels_and_fails_the_task_by_default(
@@ -182,17 +233,31 @@ def test_sensor_is_deferrable_by_default_and_validates_its_settings() -> None:
         BatchesSensor(task_id="d", manifest=manifest, poll_interval=0)
 
 
-class _TaskInstance:
-    """Stands in for the context's ti: records XCom pushes (the sensor pushes console links)."""
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = value
+def test_deployment_environment_can_turn_the_default_deferral_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "false")
+    assert BatchesSensor(task_id="a", manifest={}).deferrable is False
+    assert BatchesSensor(task_id="b", manifest={}, deferrable=True).deferrable is True
 
 
-def test_kill_of_the_in_worker_wait_cancels_unfinished_batches(
+def test_poll_interval_is_the_sensor_poke_interval() -> None:
+    sensor = BatchesSensor(task_id="w", manifest={}, poll_interval=2, timeout=30)
+    assert (sensor.poll_interval, sensor.poke_interval, sensor.timeout) == (2.0, 2.0, 30.0)
+
+
+_KILLED_WAIT = """
+import json, sys
+from airflow.sdk import DAG
+from dag_runner import run_dag
+from airflow_batch.sensors import BatchesSensor
+
+with DAG("wait_killed", schedule=None) as dag:
+    BatchesSensor(task_id="wait", manifest=json.loads(sys.argv[1]), deferrable=False, poll_interval=0.2)
+print("run ended", run_dag(dag).state, flush=True)
+"""
+
+
+def test_kill_of_the_in_worker_wait_cancels_its_unfinished_batches(
+    airflow_db: str,
     emulator: EmulatorProcess,
     anthropic_conn: str,
     create_batches: CreateBatches,
@@ -201,54 +266,26 @@ def test_kill_of_the_in_worker_wait_cancels_unfinished_batches(
 ) -> None:
     emulator.configure(start_delay_seconds=600)
     ids = create_batches([2, 5])
-    sensor = BatchesSensor(
-        task_id="wait",
-        manifest=manifest_for(ids, tmp_path, anthropic_conn),
-        deferrable=False,
-        poll_interval=0.2,
+    progress = layout.progress_path(storage.as_path(str(tmp_path)), 0)
+    # dag.test() in a child process: SIGTERM reaches the task runner's handler, which calls on_kill,
+    # while the in-worker wait's event loop is running, exactly as in a worker.
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WAIT, json.dumps(manifest_for(ids, tmp_path, anthropic_conn))],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    ti = _TaskInstance()
-    result: dict[str, Any] = {}
-    worker = threading.Thread(target=lambda: result.update(sensor.execute({"ti": ti})), daemon=True)  # type: ignore[arg-type]
-    worker.start()
-    until_sync(lambda: sensor._wait is not None and len(sensor._wait[1].statuses) == 2)
-    sensor.on_kill()
+    try:
+        until_sync(lambda: child.poll() is None and progress.exists(), deadline=120)
+        child.send_signal(signal.SIGTERM)
+        output, _ = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
 
+    assert "on_kill: canceled 2 of 2 unfinished batches" in output, output[-3000:]
     assert all(sync_client.messages.batches.retrieve(b).cancel_initiated_at is not None for b in ids)
-    worker.join(timeout=30)  # the canceled batches end, so the wait itself finishes
-    assert result["counts"]["canceled"] == 7
-    assert ti.pushed[BATCH_LINKS_XCOM_KEY] == [batch_console_url(b) for b in ids]
-    assert ti.pushed["_link_BatchConsoleLink"] == CONSOLE_BATCHES_URL
-
-
-def test_deployment_environment_can_turn_the_default_deferral_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "false")
-    assert BatchesSensor(task_id="a", manifest={}).deferrable is False
-    assert BatchesSensor(task_id="b", manifest={}, deferrable=True).deferrable is True
-
-
-def test_deferrable_wait_of_an_ended_round_returns_without_deferring(
-    emulator: EmulatorProcess,
-    anthropic_conn: str,
-    create_batches: CreateBatches,
-    sync_client: anthropic.Anthropic,
-    tmp_path: Path,
-) -> None:
-    ids = create_batches([3, 4])
-    until_sync(
-        lambda: all(sync_client.messages.batches.retrieve(b).processing_status == "ended" for b in ids)
-    )
-    sensor = BatchesSensor(
-        task_id="wait", manifest=manifest_for(ids, tmp_path, anthropic_conn), deferrable=True
-    )
-
-    result = sensor.execute({"ti": _TaskInstance()})  # type: ignore[arg-type]  # TaskDeferred would raise
-
-    assert result["counts"]["succeeded"] == 7
-    progress = storage.read_json(layout.progress_path(storage.as_path(str(tmp_path)), 0))
-    assert progress["batches_ended"] == 2
-
-
-def test_poll_interval_is_the_sensor_poke_interval() -> None:
-    sensor = BatchesSensor(task_id="w", manifest={}, poll_interval=2, timeout=30)
-    assert (sensor.poll_interval, sensor.poke_interval, sensor.timeout) == (2.0, 2.0, 30.0)
+    # The canceled batches end, so the wait itself finishes: the round is canceled, not lost.
+    assert "run ended success" in output, output[-3000:]
+    assert storage.read_json(progress)["counts"]["canceled"] == 7

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 from airflow_batch.triggers.batches import BatchesTrigger
@@ -33,21 +31,3 @@ async def first_event(trigger: BatchesTrigger, deadline: float = 60.0) -> dict[s
         raise AssertionError("trigger ended without an event")
 
     return await asyncio.wait_for(run(), deadline)
-
-
-async def until(condition: Callable[[], bool], deadline: float = 30.0, step: float = 0.05) -> None:
-    """Wait until ``condition()`` is true, failing after ``deadline`` seconds."""
-    stop = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > stop:
-            raise AssertionError(f"condition not met within {deadline}s")
-        await asyncio.sleep(step)
-
-
-def until_sync(condition: Callable[[], bool], deadline: float = 30.0, step: float = 0.05) -> None:
-    """Wait (blocking) until ``condition()`` is true, failing after ``deadline`` seconds."""
-    stop = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > stop:
-            raise AssertionError(f"condition not met within {deadline}s")
-        time.sleep(step)

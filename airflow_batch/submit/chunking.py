@@ -18,8 +18,9 @@ temporary directory and each bucket is checked on its own at the end, so memory 
 
 Files are written to a staging folder first. The caller moves them into the round's
 ``chunks/`` folder only once the round is known to be valid and new (see
-:mod:`airflow_batch.submission`), so a failed or refused attempt never overwrites the chunk
-files of batches already submitted.
+:mod:`airflow_batch.submit.round`), so a failed or refused attempt never overwrites the chunk
+files of batches already submitted. Storage paths are passed in: this module plans and
+writes, it never decides where.
 """
 
 from __future__ import annotations
@@ -31,20 +32,24 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Annotated, Any, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
-from airflow.sdk import ObjectStoragePath
 
-from airflow_batch.estimate import TokenTally
-from airflow_batch.requests import (
+from airflow_batch.layout import INVALID_INPUT_FILE, chunk_file_name
+from airflow_batch.submit.estimate import TokenTally
+from airflow_batch.submit.records import RequestDefaults
+from airflow_batch.submit.validation import (
     CUSTOM_ID_PATTERN,
     InvalidRow,
     Problem,
-    RequestDefaults,
     check_request,
     custom_id_of,
 )
+from airflow_batch.tokens import plain_prompt_tokens
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
 
 BODY_PREFIX = b'{"requests":['
 BODY_SUFFIX = b"]}"
@@ -53,17 +58,11 @@ _ENVELOPE = len(BODY_PREFIX) + len(BODY_SUFFIX) - 1
 _BUCKETS = 64
 _WRITE_BUFFER = 1 << 20
 _CACHE_CONTROL = b'"cache_control"'
-INVALID_FILE = "invalid_input.jsonl"
 
 
 def body_bytes(requests: int, line_bytes: int) -> int:
     """Return the size of the create body carrying ``requests`` lines totalling ``line_bytes``."""
     return line_bytes + requests + _ENVELOPE
-
-
-def chunk_file_name(chunk: int) -> str:
-    """Return the file name of a chunk (the same as in :func:`airflow_batch.layout.chunk_path`)."""
-    return f"chunk-{chunk:05d}.jsonl"
 
 
 @dataclass(frozen=True)
@@ -249,17 +248,9 @@ def _plain_line(line: bytes, default_system: bool) -> tuple[_Request, int] | Non
         or _CACHE_CONTROL in line
     ):
         return None
-    if system is None:
-        tokens = 0
-    elif type(system) is str:
-        tokens = (len(system) + 3) // 4
-    else:
+    tokens = plain_prompt_tokens(system, params.messages)
+    if tokens is None or not all(message.content for message in params.messages):
         return None
-    for message in params.messages:
-        content = message.content
-        if type(content) is not str or not content:
-            return None
-        tokens += (len(content) + 3) // 4
     return request, tokens
 
 
@@ -383,7 +374,7 @@ def prepare_chunks(
                         problems.append(problem)
                     if skip_invalid:
                         if invalid_out is None:
-                            invalid_out = (staging / INVALID_FILE).open("wb")
+                            invalid_out = (staging / INVALID_INPUT_FILE).open("wb")
                         invalid_out.write(encode(_invalid_row(index, problem, round_number)) + b"\n")
                     continue
                 ids.add(request["custom_id"], index)
@@ -420,7 +411,7 @@ def prepare_chunks(
         staging=staging,
         tally=tally,
         rows=index + 1,
-        invalid_file=staging / INVALID_FILE if invalid_out is not None else None,
+        invalid_file=staging / INVALID_INPUT_FILE if invalid_out is not None else None,
     )
 
 

@@ -1,63 +1,52 @@
 """Stream a batch's results into per-batch part files, with memory that does not grow.
 
-For each batch: the raw JSONL stream is read through the SDK client (its auth, base URL
-and retries) in large chunks, cut at line ends here and turned into rows by
-:func:`results.block_rows` (msgspec, a slice of lines at a time), never by the SDK's
-per-line pydantic models. Succeeded lines become result rows, the others failure rows; a
-request of the batch with no line at all becomes a ``missing`` failure.
+For each batch: the raw JSONL stream is downloaded through the API seam
+(:meth:`airflow_batch.api.BatchesApi.download_results`: auth, base URL, and the one retry
+policy) in large chunks, cut at line ends here and turned into rows by
+:func:`airflow_batch.gather.rows.block_rows` (msgspec, a slice of lines at a time), never by
+the SDK's per-line pydantic models. Succeeded lines become result rows, the others failure
+rows; a request of the batch with no line at all becomes a ``missing`` failure.
 
 Atomicity and re-runs: both part files are written through :func:`storage.atomic_writer`
 and a small ``{batch_id}.stats.json`` sidecar is written after both are in place. A batch
 counts as gathered only when its sidecar exists, so a gather killed at any point and run
 again rewrites the unfinished batches from the start and skips the finished ones: exactly
-one row per ``custom_id``. A stream cut mid-way is retried from the start for the same
-reason; the results of an ended batch do not change between downloads.
+one row per ``custom_id``. A stream cut mid-way is a transient fault like any other: the
+retry policy downloads it again from the start (the results of an ended batch do not change
+between downloads) and the part files of the broken attempt are discarded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
-
-import anthropic
-import pendulum
 
 from airflow_batch import layout
 from airflow_batch.costs import price_table
-from airflow_batch.manifest import RoundManifest, Usage, empty_usage
-from airflow_batch.results import (
+from airflow_batch.gather.rows import (
     DEFAULT_RETRYABLE,
+    RESULT_TYPES,
     BlockRows,
     BlockSettings,
     block_rows,
     custom_id_decoder,
     missing_rows,
-    sum_usages,
 )
+from airflow_batch.manifest import RoundManifest, Usage, sum_usages
 from airflow_batch.storage import as_path, atomic_writer, read_json, write_json
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
+    from airflow_batch.api import BatchesApi
+
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Return the exceptions a cut stream raises: the SDK's HTTP library's and its own."""
-    errors: list[type[BaseException]] = [anthropic.APIConnectionError]
-    for module in ("httpx2", "httpx"):
-        with contextlib.suppress(ImportError):
-            errors.append(__import__(module).TransportError)
-    return tuple(errors)
-
-
-STREAM_ERRORS = _transport_errors()
 
 
 @dataclass
@@ -81,7 +70,7 @@ class BatchGatherStats:
             self.error_types[error_type] = self.error_types.get(error_type, 0) + count
         self.retryable += rows.retryable
         for model, usage in rows.usage_by_model.items():
-            self.usage_by_model[model] = sum_usages([self.usage_by_model.get(model, empty_usage()), usage])
+            self.usage_by_model[model] = sum_usages([self.usage_by_model.get(model, {}), usage])
 
     def to_json(self) -> dict[str, Any]:
         """Return the stats as a JSON-ready dict."""
@@ -160,7 +149,7 @@ def _remove_leftovers(path: ObjectStoragePath) -> None:
 
 
 def gather_batch(
-    client: anthropic.Anthropic,
+    api: BatchesApi,
     batch_id: str,
     *,
     job: ObjectStoragePath,
@@ -169,16 +158,12 @@ def gather_batch(
     canceled_by_timeout: bool = False,
     include_content: bool = False,
     retryable_types: frozenset[str] = DEFAULT_RETRYABLE,
-    max_attempts: int = 5,
-    backoff_seconds: float = 1.0,
-    chunk_bytes: int = CHUNK_BYTES,
     logger: logging.Logger | None = None,
 ) -> BatchGatherStats:
     """Gather one ended batch into its part files and return its stats.
 
     A batch whose sidecar exists was gathered before: its stored stats are returned and
-    nothing is downloaded. A stream that breaks mid-way is downloaded again from the start,
-    up to ``max_attempts`` times with exponential backoff.
+    nothing is downloaded.
     """
     logger = logger or log
     sidecar = layout.gather_stats_path(job, round_number, batch_id)
@@ -190,56 +175,39 @@ def gather_batch(
     _remove_leftovers(results_path)
     _remove_leftovers(failures_path)
     ids = expected_ids() if callable(expected_ids) else expected_ids
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            with (
-                atomic_writer(results_path) as results_out,
-                atomic_writer(failures_path) as failures_out,
-                client.messages.batches.with_streaming_response.results(batch_id) as response,
-            ):
-                stats = write_rows(
-                    response.iter_bytes(chunk_bytes),
-                    results_out,
-                    failures_out,
-                    batch_id=batch_id,
-                    round_number=round_number,
-                    expected_ids=ids,
-                    canceled_by_timeout=canceled_by_timeout,
-                    include_content=include_content,
-                    retryable_types=retryable_types,
-                )
-            break
-        except STREAM_ERRORS as exc:
-            if attempt >= max_attempts:
-                raise
-            delay = backoff_seconds * 2 ** (attempt - 1)
-            logger.warning(
-                "results stream of batch %s broke (%s: %s); downloading it again in %.1fs (attempt %d/%d)",
-                batch_id,
-                type(exc).__name__,
-                exc,
-                delay,
-                attempt + 1,
-                max_attempts,
+    attempts = 0
+
+    def land(chunks: Iterator[bytes]) -> BatchGatherStats:
+        nonlocal attempts
+        attempts += 1
+        with atomic_writer(results_path) as results_out, atomic_writer(failures_path) as failures_out:
+            return write_rows(
+                chunks,
+                results_out,
+                failures_out,
+                batch_id=batch_id,
+                round_number=round_number,
+                expected_ids=ids,
+                canceled_by_timeout=canceled_by_timeout,
+                include_content=include_content,
+                retryable_types=retryable_types,
             )
-            time.sleep(delay)
+
+    stats = api.download_results(batch_id, land)
     stats.results_path = str(results_path)
     stats.failures_path = str(failures_path)
-    stats.attempts = attempt
+    stats.attempts = attempts
     write_json(sidecar, stats.to_json())
     return stats
 
 
 def gather_round(
-    client: anthropic.Anthropic,
+    api: BatchesApi,
     manifest: RoundManifest,
     *,
     include_content: bool = False,
     retryable_types: frozenset[str] = DEFAULT_RETRYABLE,
     prices: Mapping[str, Mapping[str, Any]] | None = None,
-    max_attempts: int = 5,
     logger: logging.Logger | None = None,
 ) -> RoundManifest:
     """Gather every batch of a round, write the round manifest, and return it.
@@ -257,7 +225,7 @@ def gather_round(
         batch_id = record["batch_id"]
         chunk = record["chunk_path"]
         stats = gather_batch(
-            client,
+            api,
             batch_id,
             job=job,
             round_number=round_number,
@@ -265,7 +233,6 @@ def gather_round(
             canceled_by_timeout=batch_id in canceled,
             include_content=include_content,
             retryable_types=retryable_types,
-            max_attempts=max_attempts,
             logger=logger,
         )
         logger.info(
@@ -291,11 +258,11 @@ def round_manifest(
         batch_id="",
         results_path="",
         failures_path="",
-        result_counts=dict.fromkeys(("succeeded", "errored", "expired", "canceled", "missing"), 0),
+        result_counts=dict.fromkeys(RESULT_TYPES, 0),
     )
     for stats in all_stats:
         total.add(stats)
-    out: RoundManifest = {**manifest}  # type: ignore[typeddict-item]
+    out: RoundManifest = {**manifest, "stage": "gathered"}  # type: ignore[typeddict-item]
     out["results_paths"] = [s.results_path for s in all_stats]
     out["failures_paths"] = [s.failures_path for s in all_stats]
     out["result_counts"] = total.result_counts
@@ -304,6 +271,6 @@ def round_manifest(
     out["usage"] = sum_usages(total.usage_by_model.values())
     out["usage_by_model"] = total.usage_by_model
     out["cost"] = price_table(prices).cost(total.usage_by_model)
-    out["gathered_at"] = pendulum.now("UTC").isoformat()
+    out["gathered_at"] = datetime.now(UTC).isoformat()
     write_json(layout.round_manifest_path(job, manifest["round"]), out)
     return out

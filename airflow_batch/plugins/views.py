@@ -2,24 +2,24 @@
 
 Pure functions over plain data: the FastAPI app reads XCom rows and ``progress.json`` files
 and hands them here; nothing in this module touches Airflow, a database or storage, so the
-page's logic is tested without a server.
+page's logic is tested without a server. The markup lives in ``templates/jobs.html``
+(:mod:`airflow_batch.plugins.rendering`).
 
 A job is one job folder (``manifest["job_dir"]``). Each of its tasks (submit, wait, gather,
 retry, finalize) returns a manifest; for a round the most advanced one wins
 (gathered > waited > submitted), and a live ``progress.json`` fills in while the wait is
-deferred.
+deferred. Each manifest names its stage.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from airflow_batch.links.console import batch_console_url
-from airflow_batch.manifest import RequestCounts, Usage, empty_counts, empty_usage
+from airflow_batch.links.urls import batch_console_url
+from airflow_batch.manifest import STAGE_ORDER, RequestCounts, Usage, empty_counts, empty_usage, sum_usages
 
 COUNT_KINDS: tuple[str, ...] = ("succeeded", "errored", "expired", "canceled", "processing")
 
@@ -133,11 +133,7 @@ class JobView:
         final_usage = self._final_value.get("usage")
         if isinstance(final_usage, Mapping):
             return _usage(final_usage)
-        total = empty_usage()
-        for r in self.rounds:
-            for key in total:
-                total[key] += r.usage[key]  # type: ignore[literal-required]
-        return total
+        return sum_usages(r.usage for r in self.rounds)
 
     @property
     def cost(self) -> tuple[float | None, float | None]:
@@ -172,22 +168,14 @@ class JobView:
 
 
 def manifest_stage(value: Mapping[str, Any]) -> str:
-    """Return how far a round manifest got: ``gathered``, ``waited`` or ``submitted``."""
-    if "gathered_at" in value:
-        return "gathered"
-    if "waited_at" in value:
-        return "waited"
-    return "submitted"
-
-
-_STAGE_RANK = {"submitted": 0, "waiting": 1, "waited": 2, "gathered": 3}
+    """Return the stage a manifest names (``submitted``, ``waited``, ``gathered``, ``finalized``)."""
+    stage = value.get("stage")
+    return stage if stage in STAGE_ORDER else "submitted"
 
 
 def is_final_manifest(value: Mapping[str, Any]) -> bool:
     """Return True for the job manifest finalize returns (it carries no single round)."""
-    return (
-        "job_dir" in value and ("finalized_at" in value or "results_path" in value) and "round" not in value
-    )
+    return manifest_stage(value) == "finalized"
 
 
 def is_batch_manifest(value: Any) -> bool:
@@ -308,7 +296,7 @@ def build_jobs(
         current = best[job_dir].get(number)
         if (
             current is None
-            or _STAGE_RANK[manifest_stage(value)] >= _STAGE_RANK[manifest_stage(current.value)]
+            or STAGE_ORDER[manifest_stage(value)] >= STAGE_ORDER[manifest_stage(current.value)]
         ):
             best[job_dir][number] = record
 
@@ -336,82 +324,36 @@ def build_jobs(
     return jobs
 
 
-# -- HTML --------------------------------------------------------------------------------------
-
-_CSS = """
-:root { color-scheme: light dark; --fg: #1a202c; --muted: #4a5568; --line: #e2e8f0; --bg: #fff; }
-@media (prefers-color-scheme: dark) {
-  :root { --fg: #e2e8f0; --muted: #a0aec0; --line: #2d3748; --bg: #1a202c; }
-}
-body { font: 14px/1.4 system-ui, sans-serif; color: var(--fg); background: var(--bg); margin: 16px; }
-h1 { font-size: 18px; margin: 0 0 4px; } p.sub { color: var(--muted); margin: 0 0 12px; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: 6px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
-th { font-weight: 600; color: var(--muted); white-space: nowrap; }
-tr.round td { color: var(--muted); font-size: 13px; } tr.round td.indent { padding-left: 24px; }
-.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.bar { display: flex; width: 220px; height: 12px; border-radius: 3px; overflow: hidden;
-  background: var(--line); }
-.bar span { display: block; height: 100%; }
-.bar .succeeded { background: #38a169; } .bar .errored { background: #e53e3e; }
-.bar .expired { background: #dd6b20; } .bar .canceled { background: #a0aec0; }
-.bar .processing { background: #4299e1; opacity: .6; }
-.legend { color: var(--muted); font-size: 12px; margin-top: 2px; white-space: nowrap; }
-.status { white-space: nowrap; } a { color: #3182ce; } .empty { color: var(--muted); padding: 24px 0; }
-code { font-size: 12px; }
-"""
+# -- what the template shows ------------------------------------------------------------------
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+@dataclass(frozen=True)
+class BarSegment:
+    """One part of a stacked progress bar: a kind of outcome, its count and its share in percent."""
+
+    kind: str
+    count: int
+    share: float
+
+    @property
+    def label(self) -> str:
+        """Return the segment as the legend names it: ``"75 succeeded"``."""
+        return f"{self.count} {self.kind}"
 
 
-def progress_bar(counts: Mapping[str, Any]) -> str:
-    """Return a stacked bar of the request counts, one ``span`` per kind with its share as width."""
+def bar_segments(counts: Mapping[str, Any]) -> list[BarSegment]:
+    """Return the stacked bar of request counts, one segment per kind, widths as shares of the total."""
     total = sum(int(counts.get(kind, 0)) for kind in COUNT_KINDS)
-    spans = []
-    for kind in COUNT_KINDS:
-        n = int(counts.get(kind, 0))
-        share = 100.0 * n / total if total else 0.0
-        spans.append(
-            f'<span class="{kind}" data-kind="{kind}" data-count="{n}" '
-            f'style="width: {share:.1f}%" title="{n} {kind}"></span>'
-        )
-    legend = ", ".join(f"{int(counts.get(kind, 0))} {kind}" for kind in COUNT_KINDS if counts.get(kind))
-    return (
-        f'<div class="bar" data-total="{total}">{"".join(spans)}</div><div class="legend">{_e(legend)}</div>'
-    )
+    return [
+        BarSegment(kind, n, round(100.0 * n / total, 1) if total else 0.0)
+        for kind in COUNT_KINDS
+        for n in (int(counts.get(kind, 0)),)
+    ]
 
 
-def _tokens(usage: Usage) -> str:
-    cache = usage["cache_creation_input_tokens"] + usage["cache_read_input_tokens"]
-    text = f"{usage['input_tokens']:,} in / {usage['output_tokens']:,} out"
-    if cache:
-        text += f" / {usage['cache_read_input_tokens']:,} cache read"
-    return text
-
-
-def _cost(batch_usd: float | None, standard_usd: float | None) -> str:
-    if batch_usd is None:
-        return "&ndash;"
-    standard = f'<div class="legend">${standard_usd or 0:,.4f} standard</div>'
-    return f'<span class="cost">${batch_usd:,.4f}</span>{standard}'
-
-
-def _file_links(
-    base: str, owner: ManifestRecord | JobView, results: Sequence[str], failures: Sequence[str]
-) -> str:
-    links = []
-    for label, paths in (("results", results), ("failures", failures)):
-        if len(paths) == 1:
-            links.append(f'<a class="{label}" href="{_e(file_href(base, owner, paths[0]))}">{label}</a>')
-        elif paths:
-            parts = ", ".join(
-                f'<a class="{label}" href="{_e(file_href(base, owner, p))}">{i + 1}</a>'
-                for i, p in enumerate(paths)
-            )
-            links.append(f"{label}: {parts}")
-    return " ".join(links)
+def is_live(jobs: Sequence[JobView]) -> bool:
+    """Return whether any job is still running (the page then refreshes itself)."""
+    return any(j.final is None and (j.latest is None or j.latest.stage != "gathered") for j in jobs)
 
 
 def file_href(base: str, record: ManifestRecord | JobView, path: str) -> str:
@@ -429,74 +371,6 @@ def manifest_paths(value: Mapping[str, Any]) -> set[str]:
     return paths
 
 
-def console_links(batch_ids: Sequence[str]) -> str:
-    """Return links to each batch in the Anthropic Console."""
-    return " ".join(
-        f'<a class="console" target="_blank" rel="noopener" '
-        f'href="{_e(batch_console_url(b))}">{_e(b[-8:])}</a>'
-        for b in batch_ids
-    )
-
-
-def render_page(
-    jobs: Sequence[JobView],
-    *,
-    base: str,
-    title: str,
-    subtitle: str,
-    ui_base: str = "",
-    show_rounds: bool = False,
-) -> str:
-    """Return the HTML page listing ``jobs``; rounds get their own rows when ``show_rounds``."""
-    rows = []
-    for job in jobs:
-        batch_usd, standard_usd = job.cost
-        job_links = _file_links(base, job, job.results_paths, job.failures_paths)
-        run_href = f"{ui_base}/dags/{job.dag_id}/runs/{job.run_id}"
-        rows.append(
-            f'<tr class="job" data-dag-id="{_e(job.dag_id)}" data-run-id="{_e(job.run_id)}" '
-            f'data-job-dir="{_e(job.job_dir)}">'
-            f'<td><a href="{_e(ui_base)}/dags/{_e(job.dag_id)}" target="_top">{_e(job.dag_id)}</a></td>'
-            f'<td><a href="{_e(run_href)}" target="_top">{_e(job.run_id)}</a><div class="legend">'
-            f"{_e(job.name)}</div></td>"
-            f'<td class="num">{job.latest.number if job.latest else "&ndash;"}</td>'
-            f'<td class="num batches">{job.batch_count}</td>'
-            f'<td class="status">{_e(job.status)}</td>'
-            f'<td class="num">{job.requests:,}</td>'
-            f"<td>{progress_bar(job.counts)}</td>"
-            f'<td class="tokens">{_tokens(job.usage)}</td>'
-            f'<td class="num">{_cost(batch_usd, standard_usd)}</td>'
-            f'<td class="links">{job_links}</td>'
-            "</tr>"
-        )
-        if show_rounds:
-            for r in job.rounds:
-                links = _file_links(base, r.source, r.results_paths, r.failures_paths)
-                rows.append(
-                    f'<tr class="round" data-round="{r.number}">'
-                    f'<td class="indent" colspan="2">round {r.number} &middot; {_e(r.source.task_id)}</td>'
-                    f'<td class="num">{r.number}</td>'
-                    f'<td class="num">{len(r.batch_ids)}'
-                    f'<div class="legend">{console_links(r.batch_ids)}</div></td>'
-                    f'<td class="status">{_e(r.status)}</td>'
-                    f'<td class="num">{r.requests:,}</td>'
-                    f"<td>{progress_bar(r.counts)}</td>"
-                    f"<td>{_tokens(r.usage)}</td>"
-                    f'<td class="num">{_cost(r.cost_batch_usd, r.cost_standard_usd)}</td>'
-                    f"<td>{links}</td>"
-                    "</tr>"
-                )
-    live = any(j.final is None and (j.latest is None or j.latest.stage != "gathered") for j in jobs)
-    refresh = '<meta http-equiv="refresh" content="15">' if live else ""
-    body = (
-        "<table><thead><tr><th>DAG</th><th>Run / job</th><th>Round</th><th>Batches</th><th>Status</th>"
-        "<th>Requests</th><th>Progress</th><th>Tokens</th><th>Cost (batch)</th><th>Files</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-        if rows
-        else '<p class="empty">No batch jobs yet. Runs of DAGs that use airflow_batch appear here.</p>'
-    )
-    return (
-        '<!doctype html><html><head><meta charset="utf-8">'
-        f"{refresh}<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f'<h1>{_e(title)}</h1><p class="sub">{_e(subtitle)}</p>{body}</body></html>'
-    )
+def console_links(batch_ids: Sequence[str]) -> list[tuple[str, str]]:
+    """Return (short label, Anthropic Console URL) of each batch."""
+    return [(batch_id[-8:], batch_console_url(batch_id)) for batch_id in batch_ids]

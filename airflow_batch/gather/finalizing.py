@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import pendulum
 
 from airflow_batch import layout
+from airflow_batch.costs import sum_costs
 from airflow_batch.exceptions import FailureRateExceededError
+from airflow_batch.gather.rows import FailureRow, custom_id_decoder, row_encoder
 from airflow_batch.manifest import (
     MANIFEST_VERSION,
     CostFigures,
@@ -30,8 +31,8 @@ from airflow_batch.manifest import (
     RoundSummary,
     Usage,
     empty_usage,
+    sum_usages,
 )
-from airflow_batch.results import FailureRow, custom_id_decoder, row_encoder, sum_usages
 from airflow_batch.storage import as_path, atomic_writer, iter_jsonl, iter_jsonl_lines, read_json, write_json
 
 if TYPE_CHECKING:
@@ -85,16 +86,6 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
     if first is None or last is None:
         return None
     return round((last - first).total_seconds(), 3)
-
-
-def _sum_costs(costs: list[CostFigures]) -> CostFigures:
-    unpriced = sorted({m for c in costs for m in c.get("unpriced_models", [])})
-    return CostFigures(
-        batch_usd=round(sum(c.get("batch_usd", 0.0) for c in costs), 6),
-        standard_usd=round(sum(c.get("standard_usd", 0.0) for c in costs), 6),
-        priced=not unpriced,
-        unpriced_models=unpriced,
-    )
 
 
 def _round_summary(manifest: RoundManifest) -> RoundSummary:
@@ -173,11 +164,12 @@ def finalize_job(
     usage_by_model: dict[str, Usage] = {}
     for manifest in rounds:
         for model, usage in (manifest.get("usage_by_model") or {}).items():
-            usage_by_model[model] = sum_usages([usage_by_model.get(model, empty_usage()), usage])
-    finalized_at = pendulum.now("UTC").isoformat()
+            usage_by_model[model] = sum_usages([usage_by_model.get(model, {}), usage])
+    finalized_at = datetime.now(UTC).isoformat()
     started_at = rounds[0].get("submitted_at")
     job_manifest = JobManifest(
         version=MANIFEST_VERSION,
+        stage="finalized",
         job_dir=str(job),
         results_path=str(results_path),
         failures_path=str(failures_path),
@@ -192,7 +184,7 @@ def finalize_job(
         rounds=[_round_summary(m) for m in rounds],
         usage=sum_usages(m.get("usage", empty_usage()) for m in rounds),
         usage_by_model=usage_by_model,
-        cost=_sum_costs([m["cost"] for m in rounds if "cost" in m]),
+        cost=sum_costs(m["cost"] for m in rounds if "cost" in m),
         started_at=started_at,
         finalized_at=finalized_at,
         duration_seconds=_seconds_between(started_at, finalized_at),
@@ -209,6 +201,11 @@ def finalize_job(
         job_manifest["cost"]["standard_usd"],
     )
     return job_manifest
+
+
+def job_cost(job: ObjectStoragePath) -> CostFigures:
+    """Return what the job's gathered rounds cost so far."""
+    return sum_costs(manifest["cost"] for manifest in read_rounds(job) if "cost" in manifest)
 
 
 def _failure_rows(manifest: RoundManifest) -> Iterator[FailureRow]:

@@ -27,7 +27,7 @@ Intent records close most of the remaining gap. Before each create call the ledg
 worker dies between the API creating the batch and the ledger write (or the response is
 lost), the re-run finds an intent without a batch id, lists the batches created since T and
 adopts the single one with the chunk's request count that no ledger entry claims (see
-:func:`airflow_batch.submission.find_orphan`). The Batches API has no idempotency key and no
+:func:`airflow_batch.submit.round.find_orphan`). The Batches API has no idempotency key and no
 metadata on batches, so this match is by time and size: if two candidates match, none is
 adopted, a warning names them, and the chunk is submitted again (one batch may then be paid
 twice; cancel the named one if it is ours).
@@ -38,13 +38,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-
-from airflow.sdk import ObjectStoragePath
+from typing import TYPE_CHECKING, Any
 
 from airflow_batch import layout
 from airflow_batch.manifest import CostEstimate
 from airflow_batch.storage import read_json, write_json
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
 
 LEDGER_VERSION = 1
 

@@ -27,32 +27,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import ObjectStoragePath
-
 from airflow_batch import layout
-from airflow_batch.chunking import ChunkBody, ChunkInfo, PreparedRound, chunk_file_name, prepare_chunks
-from airflow_batch.estimate import estimate_cost
-from airflow_batch.exceptions import BudgetExceededError, InputChangedError, InvalidRequestsError
-from airflow_batch.ledger import Ledger, LedgerStore, utcnow
-from airflow_batch.manifest import MANIFEST_VERSION, BatchRecord, RoundManifest
-from airflow_batch.requests import (
-    MAX_BYTES_PER_BATCH,
-    MAX_REQUESTS_PER_BATCH,
-    RequestDefaults,
-    describe_problems,
+from airflow_batch.costs import price_table
+from airflow_batch.exceptions import (
+    BatchesApiError,
+    BudgetExceededError,
+    InputChangedError,
+    InvalidRequestsError,
+    UnknownModelPriceError,
 )
+from airflow_batch.manifest import MANIFEST_VERSION, BatchRecord, JobIdentity, RoundManifest
+from airflow_batch.submit.chunking import ChunkBody, ChunkInfo, PreparedRound, prepare_chunks
+from airflow_batch.submit.estimate import estimate_cost
+from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
+from airflow_batch.submit.records import RequestDefaults
+from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH, describe_problems
 
 if TYPE_CHECKING:
-    import anthropic
-    from anthropic.types.messages import MessageBatch
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_batch.api import BatchesApi
 
 ON_INPUT_CHANGE = ("fail", "resubmit")
 #: How far the API's clock may be from the worker's when matching an orphan batch to an intent.
@@ -96,10 +97,6 @@ class SubmitSettings:
             raise ValueError(f"max_cost_usd must be >= 0, got {self.max_cost_usd}")
 
 
-def _chunks_dir(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
-    return layout.chunk_path(job, round_number, 0).parent
-
-
 def _remove_tree(path: ObjectStoragePath) -> None:
     with contextlib.suppress(FileNotFoundError):
         if path.exists():
@@ -108,11 +105,13 @@ def _remove_tree(path: ObjectStoragePath) -> None:
 
 def _install_chunks(prepared: PreparedRound, job: ObjectStoragePath, round_number: int) -> None:
     """Move the staged chunk files (and invalid rows) into the round folder, replacing old ones."""
-    target = _chunks_dir(job, round_number)
+    target = layout.chunks_dir(job, round_number)
     _remove_tree(target)
     target.mkdir(parents=True, exist_ok=True)
     for chunk in prepared.chunks:
-        (prepared.staging / chunk_file_name(chunk.index)).rename(target / chunk_file_name(chunk.index))
+        (prepared.staging / layout.chunk_file_name(chunk.index)).rename(
+            layout.chunk_path(job, round_number, chunk.index)
+        )
     invalid_path = layout.invalid_input_path(job, round_number)
     if prepared.invalid_file is not None:
         prepared.invalid_file.rename(invalid_path)
@@ -126,27 +125,11 @@ def _restore_missing_chunks(prepared: PreparedRound, job: ObjectStoragePath, rou
         path = layout.chunk_path(job, round_number, chunk.index)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            (prepared.staging / chunk_file_name(chunk.index)).rename(path)
-
-
-def create_batch(client: anthropic.Anthropic, path: ObjectStoragePath, size: int) -> MessageBatch:
-    """Create a batch whose body is the chunk file at ``path`` (``size`` bytes of body), streamed.
-
-    Goes through the SDK client, so its auth, base URL, retries and ``retry-after`` handling
-    apply; the body is streamed from storage, so a 256 MB chunk never sits in memory.
-    """
-    from anthropic.types.messages import MessageBatch
-
-    return client.post(
-        "/v1/messages/batches",
-        cast_to=MessageBatch,
-        content=ChunkBody(path, size),
-        options={"headers": {"Content-Length": str(size), "Content-Type": "application/json"}},
-    )
+            (prepared.staging / layout.chunk_file_name(chunk.index)).rename(path)
 
 
 def find_orphan(
-    client: anthropic.Anthropic, chunk: ChunkInfo, started_at: str, claimed: set[str], log: logging.Logger
+    api: BatchesApi, chunk: ChunkInfo, started_at: str, claimed: set[str], log: logging.Logger
 ) -> str | None:
     """Return the id of the one batch created for ``chunk`` after its intent, if exactly one matches.
 
@@ -156,7 +139,7 @@ def find_orphan(
     start = datetime.fromisoformat(started_at)
     earliest, latest = start - CLOCK_SKEW, start + CREATE_WINDOW
     matches: list[str] = []
-    for batch in client.messages.batches.list(limit=100):
+    for batch in api.recent_batches():
         created = batch.created_at if batch.created_at.tzinfo else batch.created_at.replace(tzinfo=UTC)
         if created < earliest:
             break  # newest first: everything further is older
@@ -177,22 +160,25 @@ def find_orphan(
     return None
 
 
-def _cancel_unended(client: anthropic.Anthropic, ledger: Ledger, log: logging.Logger) -> None:
-    import anthropic
-
+def _cancel_unended(api: BatchesApi, ledger: Ledger, log: logging.Logger) -> None:
     for chunk, entry in sorted(ledger.batches.items()):
         batch_id = entry["batch_id"]
         try:
-            batch = client.messages.batches.retrieve(batch_id)
-            if batch.processing_status != "ended":
-                client.messages.batches.cancel(batch_id)
+            if api.retrieve(batch_id).processing_status != "ended":
+                api.cancel(batch_id)
                 log.info("input changed: canceled batch %s of chunk %d", batch_id, chunk)
-        except anthropic.NotFoundError:
+        except BatchesApiError as exc:
+            if exc.status_code != 404:
+                raise
             log.info("input changed: batch %s of chunk %d no longer exists", batch_id, chunk)
 
 
 def _manifest(
-    job: ObjectStoragePath, ledger: Ledger, prepared: PreparedRound, conn_id: str, invalid_path: str | None
+    job: ObjectStoragePath,
+    ledger: Ledger,
+    prepared: PreparedRound,
+    identity: JobIdentity,
+    invalid_path: str | None,
 ) -> RoundManifest:
     batches = [
         BatchRecord(
@@ -206,9 +192,12 @@ def _manifest(
     ]
     return RoundManifest(
         version=MANIFEST_VERSION,
+        stage="submitted",
         job_dir=str(job),
         round=ledger.round,
-        conn_id=conn_id,
+        conn_id=identity.conn_id,
+        betas=list(identity.betas),
+        workspace_id=identity.workspace_id,
         fingerprint=prepared.fingerprint,
         requests=prepared.requests,
         bytes=prepared.bytes,
@@ -251,12 +240,12 @@ def _prepare(
 
 
 def submit_round(
-    client: anthropic.Anthropic,
+    api: BatchesApi,
     requests: Iterable[Any],
     *,
     job: ObjectStoragePath,
     round_number: int,
-    conn_id: str,
+    identity: JobIdentity,
     settings: SubmitSettings,
     state_store: Any | None = None,
     log: logging.Logger | None = None,
@@ -268,7 +257,8 @@ def submit_round(
     batches recorded in the ledger and creates only the missing ones.
 
     :param requests: the requests, as mappings, raw JSONL lines (bytes), or
-        :class:`~airflow_batch.requests.InvalidRow` markers from records conversion.
+        :class:`~airflow_batch.submit.validation.InvalidRow` markers from records conversion.
+    :param identity: the connection, betas and workspace the job's calls use.
     :param defaults: model / max_tokens / system to fill into requests that lack them.
     """
     log = log or logging.getLogger(__name__)
@@ -284,7 +274,7 @@ def submit_round(
                     "Restore the original input, or set on_input_change='resubmit' to cancel the "
                     "recorded batches and submit the new input."
                 )
-            _cancel_unended(client, ledger, log)
+            _cancel_unended(api, ledger, log)
             archived = store.archive()
             log.warning("input changed: old ledger archived as %s; submitting the new input", archived)
             ledger = None
@@ -294,7 +284,7 @@ def submit_round(
                 job_dir=str(job),
                 round=round_number,
                 fingerprint=prepared.fingerprint,
-                conn_id=conn_id,
+                conn_id=identity.conn_id,
                 chunks=[
                     {"chunk": c.index, "requests": c.requests, "bytes": c.bytes} for c in prepared.chunks
                 ],
@@ -319,23 +309,13 @@ def submit_round(
     if ledger.estimate is None:
         ledger.estimate = estimate_cost(
             prepared.tally,
-            prices=settings.prices,
-            client=client if settings.count_tokens_sample > 0 else None,
-            require_prices=settings.max_cost_usd is not None,
+            price_table(settings.prices),
+            count_tokens=api.count_tokens if settings.count_tokens_sample > 0 else None,
             log=log,
         )
-    if pending and settings.max_cost_usd is not None and ledger.estimate["batch_usd"] > settings.max_cost_usd:
-        already = len(prepared.chunks) - len(pending)
-        raise BudgetExceededError(
-            f"estimated cost ${ledger.estimate['batch_usd']:.4f} at batch prices "
-            f"(${ledger.estimate['standard_usd']:.4f} standard) is above max_cost_usd="
-            f"${settings.max_cost_usd:.4f}; {len(pending)} batch(es) not submitted"
-            + (f" ({already} submitted by an earlier attempt)" if already else "")
-            + ". Raise max_cost_usd, lower max_tokens or set expected_output_tokens, "
-            "or submit fewer requests."
-        )
+    _check_budget(ledger, settings, pending, len(prepared.chunks))
     for chunk in pending:
-        _submit_chunk(client, job, ledger, store, chunk, settings, log)
+        _submit_chunk(api, job, ledger, store, chunk, settings, log)
     store.save(ledger)
     log.info(
         "round %d of %s: %d request(s) in %d batch(es): %s",
@@ -345,81 +325,36 @@ def submit_round(
         len(prepared.chunks),
         ", ".join(ledger.batches[c.index]["batch_id"] for c in prepared.chunks),
     )
-    return _manifest(job, ledger, prepared, conn_id, invalid_path)
+    return _manifest(job, ledger, prepared, identity, invalid_path)
 
 
-def _adopt(ledger: Ledger, store: LedgerStore, chunk: ChunkInfo, batch_id: str, log: logging.Logger) -> None:
-    ledger.batches[chunk.index] = {"batch_id": batch_id, "recorded_at": utcnow(), "adopted": True}
-    ledger.intents.pop(chunk.index, None)
-    ledger.events.append(f"{utcnow()} chunk {chunk.index}: adopted {batch_id} (its create response was lost)")
-    store.save(ledger)
-    log.warning("chunk %d: adopted batch %s whose create response was lost", chunk.index, batch_id)
-
-
-def _retry_delay(error: anthropic.APIStatusError | None, attempt: int) -> float:
-    """Return the wait before the next create: the server's ``retry-after``, else exponential backoff."""
-    if error is not None:
-        headers = error.response.headers
-        with contextlib.suppress(TypeError, ValueError):
-            if "retry-after-ms" in headers:
-                return min(float(headers["retry-after-ms"]) / 1000, 60.0)
-            if "retry-after" in headers:
-                return min(float(headers["retry-after"]), 60.0)
-    return min(0.5 * 2**attempt, 8.0) * (0.75 + random.random() / 4)
-
-
-def _create_recorded(
-    client: anthropic.Anthropic,
-    job: ObjectStoragePath,
-    ledger: Ledger,
-    store: LedgerStore,
-    chunk: ChunkInfo,
-    adopt: bool,
-    log: logging.Logger,
-) -> MessageBatch | None:
-    """Create the chunk's batch, retrying without ever creating it twice; None if one was adopted.
-
-    The SDK's own retries are off for this call: the SDK would also retry a timeout or a
-    dropped connection, after which the batch may exist, and a blind retry would pay twice.
-    Here an error status the API returned (429, 5xx...) is retried after its ``retry-after``
-    (the API created nothing), while a lost response first looks for the batch it may have
-    created (:func:`find_orphan`) and adopts it; only if there is none is the create retried.
-    With ``adopt=False`` a lost response is retried at once, as the SDK would.
-    """
-    import anthropic
-
-    creating = client.with_options(max_retries=0)
-    attempts = max(client.max_retries, 0) + 1
-    path = layout.chunk_path(job, ledger.round, chunk.index)
-    for attempt in range(attempts):
-        last = attempt == attempts - 1
-        try:
-            return create_batch(creating, path, chunk.bytes)
-        except anthropic.APIStatusError as error:
-            if last or not (error.status_code in (408, 409, 429) or error.status_code >= 500):
-                raise
-            delay = _retry_delay(error, attempt)
-            log.info("chunk %d: create answered %d; retrying in %.1fs", chunk.index, error.status_code, delay)
-        except anthropic.APIConnectionError as error:
-            if adopt:
-                time.sleep(LOST_RESPONSE_SETTLE_SECONDS)
-                intent = ledger.intents[chunk.index]
-                orphan = find_orphan(client, chunk, intent["started_at"], ledger.claimed(), log)
-                if orphan is not None:
-                    _adopt(ledger, store, chunk, orphan, log)
-                    return None
-            if last:
-                raise
-            delay = _retry_delay(None, attempt)
-            log.info(
-                "chunk %d: create failed (%s) and made no batch; retrying in %.1fs", chunk.index, error, delay
-            )
-        time.sleep(delay)
-    raise AssertionError("unreachable: the last attempt returns or raises")
+def _check_budget(
+    ledger: Ledger, settings: SubmitSettings, pending: Sequence[ChunkInfo], chunks: int
+) -> None:
+    """Raise before any create when a budget is set and the estimate exceeds it or cannot be priced."""
+    estimate = ledger.estimate
+    if not pending or settings.max_cost_usd is None or estimate is None:
+        return
+    if not estimate["priced"]:
+        raise UnknownModelPriceError(
+            f"no price for model(s) {', '.join(estimate['unpriced_models'])} in the price table, so the "
+            f"budget max_cost_usd=${settings.max_cost_usd:.4f} cannot be checked; add them with "
+            "prices={model: {'input': .., 'output': ..}}. Nothing was submitted."
+        )
+    if estimate["batch_usd"] > settings.max_cost_usd:
+        already = chunks - len(pending)
+        raise BudgetExceededError(
+            f"estimated cost ${estimate['batch_usd']:.4f} at batch prices "
+            f"(${estimate['standard_usd']:.4f} standard) is above max_cost_usd="
+            f"${settings.max_cost_usd:.4f}; {len(pending)} batch(es) not submitted"
+            + (f" ({already} submitted by an earlier attempt)" if already else "")
+            + ". Raise max_cost_usd, lower max_tokens or set expected_output_tokens, "
+            "or submit fewer requests."
+        )
 
 
 def _submit_chunk(
-    client: anthropic.Anthropic,
+    api: BatchesApi,
     job: ObjectStoragePath,
     ledger: Ledger,
     store: LedgerStore,
@@ -427,29 +362,60 @@ def _submit_chunk(
     settings: SubmitSettings,
     log: logging.Logger,
 ) -> None:
+    """Create the batch of ``chunk`` (or adopt the one an interrupted attempt made) and record it."""
     intent = ledger.intents.get(chunk.index)
     if intent is not None and settings.adopt_orphans:
-        orphan = find_orphan(client, chunk, intent["started_at"], ledger.claimed(), log)
+        orphan = find_orphan(api, chunk, intent["started_at"], ledger.claimed(), log)
         if orphan is not None:
-            _adopt(ledger, store, chunk, orphan, log)
+            _record(ledger, store, chunk, orphan, None, adopted=True, log=log)
             return
-    ledger.intents[chunk.index] = {"started_at": utcnow(), "requests": chunk.requests}
+    started_at = utcnow()
+    ledger.intents[chunk.index] = {"started_at": started_at, "requests": chunk.requests}
     store.save(ledger)
-    batch = _create_recorded(client, job, ledger, store, chunk, settings.adopt_orphans, log)
-    if batch is None:
-        return
-    # Record first, log after: the id must be durable before anything else can fail.
-    ledger.batches[chunk.index] = {
-        "batch_id": batch.id,
-        "created_at": batch.created_at.isoformat(),
-        "recorded_at": utcnow(),
-    }
+
+    def lost_response() -> str | None:
+        # The API may still be storing the batch whose response was lost: let it settle first.
+        time.sleep(LOST_RESPONSE_SETTLE_SECONDS)
+        return find_orphan(api, chunk, started_at, ledger.claimed(), log)
+
+    created = api.create(
+        ChunkBody(layout.chunk_path(job, ledger.round, chunk.index), chunk.bytes),
+        chunk.bytes,
+        what=f"create the batch of chunk {chunk.index} of round {ledger.round}",
+        find_orphan=lost_response if settings.adopt_orphans else None,
+    )
+    _record(ledger, store, chunk, created.id, created.created_at, adopted=created.adopted, log=log)
+
+
+def _record(
+    ledger: Ledger,
+    store: LedgerStore,
+    chunk: ChunkInfo,
+    batch_id: str,
+    created_at: str | None,
+    *,
+    adopted: bool,
+    log: logging.Logger,
+) -> None:
+    """Record ``batch_id`` as the batch of ``chunk``, durably, before anything else can fail."""
+    entry: dict[str, Any] = {"batch_id": batch_id, "recorded_at": utcnow()}
+    if created_at:
+        entry["created_at"] = created_at
+    if adopted:
+        entry["adopted"] = True
+        ledger.events.append(
+            f"{utcnow()} chunk {chunk.index}: adopted {batch_id} (its create response was lost)"
+        )
+    ledger.batches[chunk.index] = entry
     ledger.intents.pop(chunk.index, None)
     store.save(ledger)
-    log.info(
-        "chunk %d: batch %s created (%d requests, %d bytes)",
-        chunk.index,
-        batch.id,
-        chunk.requests,
-        chunk.bytes,
-    )
+    if adopted:
+        log.warning("chunk %d: adopted batch %s whose create response was lost", chunk.index, batch_id)
+    else:
+        log.info(
+            "chunk %d: batch %s created (%d requests, %d bytes)",
+            chunk.index,
+            batch_id,
+            chunk.requests,
+            chunk.bytes,
+        )

@@ -44,19 +44,6 @@ DEFAULT_RETRYABLE: frozenset[str] = frozenset(
         "missing",
     }
 )
-# Failures that would fail again unchanged: the request or the account must be fixed first.
-DEFAULT_NOT_RETRYABLE: frozenset[str] = frozenset(
-    {
-        "invalid_request_error",
-        "authentication_error",
-        "permission_error",
-        "billing_error",
-        "not_found_error",
-        "request_too_large",
-        "invalid_input",
-    }
-)
-
 RESULT_TYPES = ("succeeded", "errored", "expired", "canceled", "missing")
 
 _FAILURE_MESSAGES = {
@@ -496,18 +483,3 @@ _model_of = attrgetter("model")
 _custom_id_of = attrgetter("custom_id")
 _result_type_of = attrgetter("result.type")
 _USAGE_KEYS = RowUsage.__struct_fields__
-
-
-def sum_usages(usages: Iterable[Usage]) -> Usage:
-    """Return the field-wise sum of token totals."""
-    total = Usage(
-        input_tokens=0,
-        output_tokens=0,
-        cache_creation_input_tokens=0,
-        cache_creation_1h_input_tokens=0,
-        cache_read_input_tokens=0,
-    )
-    for usage in usages:
-        for key in total:
-            total[key] += usage.get(key, 0)  # type: ignore[literal-required]
-    return total

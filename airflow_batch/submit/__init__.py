@@ -1,0 +1,1 @@
+"""The submit stage: inputs, validation, records, chunking, estimate, ledger, one round's submission."""

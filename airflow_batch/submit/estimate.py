@@ -1,0 +1,188 @@
+"""What a round is expected to cost, computed before any batch is created.
+
+Input tokens: the local approximation of :mod:`airflow_batch.tokens` (the one the emulator
+uses too), accumulated one request at a time while the input streams by.
+
+Calibration: given a ``count_tokens`` callable (the API's ``POST /v1/messages/count_tokens``),
+up to ``sample`` requests (the first ones, so the figure is reproducible) are counted by the
+API; the ratio of its count to the local count over that sample scales every input figure,
+and the estimate's ``method`` is ``"count_tokens"``. If counting fails (not supported by the
+connection, no permission, network), the local approximation stands and ``method`` is
+``"approximation"``; the reason is logged.
+
+Output tokens: ``expected_output_tokens`` per request when given, else each request's
+``max_tokens`` — an upper bound, so the estimate is pessimistic on output.
+
+Prompt caching: the first request with a given cacheable prefix writes it (5-minute or
+1-hour price by its ``ttl``), every later request reads it. This is the best case: real
+batches process requests concurrently and hit the cache less often (the batch guide reports
+30-98 %), so real cache savings are at most those estimated. The standard-API price of the
+same tokens is computed beside the batch price.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from airflow_batch.costs import PriceTable
+from airflow_batch.manifest import CostEstimate, Usage, empty_usage, sum_usages
+from airflow_batch.tokens import account_cache, cache_breakpoints, plain_prompt_tokens, prompt_segments
+
+_COUNT_TOKENS_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+CountTokens = Callable[[Mapping[str, Any]], int]
+
+
+@dataclass
+class ModelTally:
+    """Expected tokens of the requests of one model."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+    cache_read: int = 0
+    output_tokens: int = 0
+
+
+@dataclass
+class TokenTally:
+    """Token counts accumulated one request at a time while the input streams by."""
+
+    expected_output_tokens: int | None = None
+    sample_size: int = 20
+    models: dict[str, ModelTally] = field(default_factory=dict)
+    sample: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+    _seen_prefixes: set[bytes] = field(default_factory=set)
+
+    def _model(self, model: str, max_tokens: int) -> ModelTally:
+        tally = self.models.get(model)
+        if tally is None:
+            tally = self.models[model] = ModelTally()
+        tally.requests += 1
+        expected = self.expected_output_tokens
+        tally.output_tokens += expected if expected is not None else max_tokens
+        return tally
+
+    def add(self, params: Mapping[str, Any], may_cache: bool = True) -> None:
+        """Count one valid request's params; ``may_cache=False`` skips the cache walk (no cache_control)."""
+        model = str(params["model"])
+        tally = self._model(model, int(params["max_tokens"]))
+        total = None if "tools" in params else plain_prompt_tokens(params.get("system"), params["messages"])
+        cached = 0
+        if total is None or may_cache:
+            segments = prompt_segments(params.get("system"), params["messages"], params.get("tools"))
+            total = sum(segment.tokens for segment in segments)
+            if may_cache:
+                cache = account_cache(cache_breakpoints(model, segments), self._seen_prefixes)
+                tally.cache_read += cache.read
+                tally.cache_write_5m += cache.write_5m
+                tally.cache_write_1h += cache.write_1h
+                cached = cache.cached_prefix
+        if len(self.sample) < self.sample_size:
+            self.sample.append((dict(params), total))
+        tally.input_tokens += total - cached
+
+    def add_plain(self, model: str, max_tokens: int, tokens: int, line: bytes) -> None:
+        """Count a request without cache_control whose input ``tokens`` are already known.
+
+        ``line`` is the request's JSON; it is decoded only while the calibration sample fills.
+        """
+        self._model(model, max_tokens).input_tokens += tokens
+        if len(self.sample) < self.sample_size:
+            self.sample.append((msgspec.json.decode(line)["params"], tokens))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How local token counts compare with the API's ``count_tokens`` on a sample."""
+
+    method: str
+    ratio: float
+    detail: str
+
+
+def calibrate(
+    count_tokens: CountTokens | None, sample: list[tuple[dict[str, Any], int]], log: logging.Logger
+) -> Calibration:
+    """Return the API/local token ratio over ``sample``, or 1.0 with method "approximation"."""
+    if count_tokens is None or not sample:
+        return Calibration("approximation", 1.0, "no token counting or no sample")
+    api_total = local_total = 0
+    try:
+        for params, local in sample:
+            api_total += count_tokens({key: params[key] for key in _COUNT_TOKENS_KEYS if key in params})
+            local_total += local
+    except Exception as exc:  # counting is optional: any failure leaves the approximation
+        log.info("count_tokens not available (%s); using the local approximation", exc)
+        return Calibration("approximation", 1.0, f"count_tokens failed: {exc}")
+    if local_total == 0:
+        return Calibration("approximation", 1.0, "sample has no text")
+    ratio = api_total / local_total
+    detail = f"count_tokens on {len(sample)} requests: {api_total} tokens vs {local_total} locally"
+    return Calibration("count_tokens", ratio, detail)
+
+
+def _usage(tally: ModelTally, ratio: float) -> Usage:
+    usage = empty_usage()
+    usage["input_tokens"] = math.ceil(tally.input_tokens * ratio)
+    usage["output_tokens"] = tally.output_tokens
+    usage["cache_creation_1h_input_tokens"] = math.ceil(tally.cache_write_1h * ratio)
+    usage["cache_creation_input_tokens"] = math.ceil((tally.cache_write_5m + tally.cache_write_1h) * ratio)
+    usage["cache_read_input_tokens"] = math.ceil(tally.cache_read * ratio)
+    return usage
+
+
+def estimate_cost(
+    tally: TokenTally,
+    table: PriceTable,
+    *,
+    count_tokens: CountTokens | None = None,
+    log: logging.Logger | None = None,
+) -> CostEstimate:
+    """Return the expected usage and its batch and standard price, logging both.
+
+    A model the table cannot price is listed in ``unpriced_models`` (``priced`` is False);
+    whether that is acceptable is the caller's decision.
+    """
+    log = log or logging.getLogger(__name__)
+    calibration = calibrate(count_tokens, tally.sample, log)
+    by_model = {model: _usage(model_tally, calibration.ratio) for model, model_tally in tally.models.items()}
+    figures = table.cost(by_model)
+    total = sum_usages(by_model.values())
+    estimate = CostEstimate(
+        batch_usd=figures["batch_usd"],
+        standard_usd=figures["standard_usd"],
+        priced=figures["priced"],
+        unpriced_models=figures["unpriced_models"],
+        method=calibration.method,
+        usage=total,
+    )
+    output_basis = (
+        f"{tally.expected_output_tokens} expected output tokens per request"
+        if tally.expected_output_tokens is not None
+        else "max_tokens per request (an upper bound)"
+    )
+    log.info(
+        "Cost estimate: $%.4f at batch prices ($%.4f on the standard API) for %d requests; "
+        "input %d, cache write %d, cache read %d, output %d tokens (output from %s); "
+        "input by %s (%s); prices: %s, %s",
+        estimate["batch_usd"],
+        estimate["standard_usd"],
+        sum(model_tally.requests for model_tally in tally.models.values()),
+        total["input_tokens"],
+        total["cache_creation_input_tokens"],
+        total["cache_read_input_tokens"],
+        total["output_tokens"],
+        output_basis,
+        calibration.method,
+        calibration.detail,
+        table.source,
+        table.as_of,
+    )
+    return estimate

@@ -1,0 +1,192 @@
+"""How many input tokens a prompt has, and which of its prefixes the prompt cache holds.
+
+One home for the token approximation the estimate and the emulator share: every text counts
+``ceil(characters / 4)`` tokens — the system prompt (a string or each text block), each
+message's string content or text block, tool_result contents — and every other block (tool
+definitions, tool_use, ...) counts as its compact JSON text; images and documents count a
+flat ``MEDIA_TOKENS``. No per-message overhead. The estimate calibrates this against the
+API's ``count_tokens``; the emulator's own tokenizer scales it per model family.
+
+Prompt caching: the prompt is read in API order (tools, system, messages). A block with
+``cache_control`` is a breakpoint; the prefix up to it is identified by a hash of the model
+and the prefix content. The longest prefix already cached is read; the tokens between it and
+the last breakpoint are written, 5-minute or 1-hour by the ``ttl`` of the breakpoint that
+closes each segment. Pure functions over plain data (dicts, or the emulator's structs with
+a ``content`` attribute): no I/O, no Airflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+MEDIA_TOKENS = 1_500
+_encode = msgspec.json.Encoder().encode
+
+
+def approx_tokens(text: str) -> int:
+    """Return the local token approximation of ``text``: ``ceil(len / 4)``."""
+    return (len(text) + 3) // 4
+
+
+def _content(message: Any) -> Any:
+    return message.get("content") if isinstance(message, Mapping) else getattr(message, "content", None)
+
+
+def plain_prompt_tokens(system: Any, messages: Sequence[Any]) -> int | None:
+    """Return the input tokens of a prompt made of strings only, or None if it has blocks.
+
+    The fast path of the common request (a string system prompt and string messages):
+    nothing can be cached, so the count is all there is to know.
+    """
+    if system is None:
+        total = 0
+    elif type(system) is str:
+        total = (len(system) + 3) // 4
+    else:
+        return None
+    for message in messages:
+        content = _content(message)
+        if type(content) is not str:
+            return None
+        total += (len(content) + 3) // 4
+    return total
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of a prompt: its tokens, its source (text or block), and breakpoint TTL if any."""
+
+    tokens: int
+    source: str | Mapping[str, Any]
+    cache_ttl: str | None
+
+    def identity(self) -> bytes:
+        """Return the bytes that identify this piece in a cache prefix key."""
+        if isinstance(self.source, str):
+            return self.source.encode()
+        return _encode({k: v for k, v in self.source.items() if k != "cache_control"})
+
+
+def block_tokens(block: Any) -> int:
+    """Return the approximate tokens of one content block."""
+    if not isinstance(block, Mapping):
+        return approx_tokens(str(block))
+    kind = block.get("type")
+    if kind == "text":
+        return approx_tokens(str(block.get("text", "")))
+    if kind in ("image", "document"):
+        return MEDIA_TOKENS
+    if kind == "tool_result":
+        content = block.get("content", "")
+        if isinstance(content, str):
+            return approx_tokens(content)
+        return sum(block_tokens(item) for item in content)
+    if kind == "tool_use":
+        return approx_tokens(_encode(block.get("input", {})).decode())
+    return approx_tokens(_encode({k: v for k, v in block.items() if k != "cache_control"}).decode())
+
+
+def _block_segment(block: Any) -> Segment:
+    ttl = None
+    if isinstance(block, Mapping) and isinstance(block.get("cache_control"), Mapping):
+        ttl = "1h" if block["cache_control"].get("ttl") == "1h" else "5m"
+    return Segment(block_tokens(block), block, ttl)
+
+
+def prompt_segments(system: Any, messages: Sequence[Any], tools: Sequence[Any] | None) -> list[Segment]:
+    """Return the prompt as ordered segments (tools, system, messages) for tokens and caching."""
+    segments: list[Segment] = []
+    for tool in tools or ():
+        segments.append(
+            _block_segment({"type": "tool_definition", **tool} if isinstance(tool, Mapping) else tool)
+        )
+    if isinstance(system, str):
+        segments.append(Segment(approx_tokens(system), system, None))
+    elif isinstance(system, list):
+        segments.extend(_block_segment(block) for block in system)
+    for message in messages:
+        content = _content(message)
+        if isinstance(content, str):
+            segments.append(Segment(approx_tokens(content), content, None))
+        elif isinstance(content, list):
+            segments.extend(_block_segment(block) for block in content)
+    return segments
+
+
+def input_tokens(params: Mapping[str, Any]) -> int:
+    """Return the approximate input tokens of a request's params (cached or not)."""
+    segments = prompt_segments(params.get("system"), params.get("messages") or (), params.get("tools"))
+    return sum(segment.tokens for segment in segments)
+
+
+@dataclass(frozen=True)
+class Breakpoint:
+    """A cache breakpoint: prefix key, tokens up to and including it, and its TTL."""
+
+    key: bytes
+    prefix_tokens: int
+    ttl: str
+
+
+def cache_breakpoints(model: str, segments: Sequence[Segment]) -> list[Breakpoint]:
+    """Return the cache breakpoints of a prompt in order, keyed by a hash of model + prefix."""
+    if not any(segment.cache_ttl for segment in segments):
+        return []
+    digest = hashlib.blake2b(model.encode(), digest_size=16)
+    points: list[Breakpoint] = []
+    total = 0
+    for segment in segments:
+        total += segment.tokens
+        identity = segment.identity()
+        digest.update(len(identity).to_bytes(8, "big") + identity)
+        if segment.cache_ttl:
+            points.append(Breakpoint(digest.copy().digest(), total, segment.cache_ttl))
+    return points
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    """Cache accounting of one request."""
+
+    read: int = 0
+    write_5m: int = 0
+    write_1h: int = 0
+    cached_prefix: int = 0
+
+
+NO_CACHE = CacheUsage()
+
+
+class CacheLedger(Protocol):
+    """The prompt-cache prefixes seen so far (a ``set[bytes]`` will do)."""
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def add(self, key: bytes) -> None: ...
+
+
+def account_cache(points: Sequence[Breakpoint], seen: CacheLedger) -> CacheUsage:
+    """Return the cache read and writes of a request and mark its breakpoints seen."""
+    if not points:
+        return NO_CACHE
+    read = 0
+    for point in points:
+        if point.key in seen:
+            read = point.prefix_tokens
+    write_5m = write_1h = 0
+    previous = 0
+    for point in points:
+        if point.prefix_tokens > read:
+            written = point.prefix_tokens - max(previous, read)
+            if point.ttl == "1h":
+                write_1h += written
+            else:
+                write_5m += written
+        previous = point.prefix_tokens
+        seen.add(point.key)
+    return CacheUsage(read, write_5m, write_1h, points[-1].prefix_tokens)

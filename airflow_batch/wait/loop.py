@@ -1,0 +1,191 @@
+"""The wait's one loop: read a round's statuses, fold them into the policy, act on its decisions.
+
+The trigger runs :func:`wait_for_round` in the triggerer; the sensor runs the very same
+coroutine in its worker (non-deferrable mode, and the first poll before it defers), so the
+two paths cannot drift. Only I/O lives here; every decision is :class:`WaitState`'s.
+
+Reading many batches: a round with more than ``LIST_THRESHOLD`` unfinished batches is read
+from list pages of 1,000 (newest first) rather than one ``retrieve`` per batch: a cycle over
+1,000 batches costs one or two calls instead of 1,000, which matters under the Batches API's
+request rate limits. Paging stops once every unfinished batch was seen or after
+``ceil(batches / 1000) + LIST_EXTRA_PAGES`` pages; batches not seen (a busy workspace, a
+batch that does not exist) are then retrieved one by one, so a missing batch still ends in
+a 404 naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlparse
+
+from airflow_batch.exceptions import BatchesApiError
+from airflow_batch.wait.policy import (
+    LIST_THRESHOLD,
+    CallOutcome,
+    Decision,
+    WaitState,
+    batch_status,
+    list_page_budget,
+    statuses_in_page,
+)
+
+if TYPE_CHECKING:
+    import logging
+
+    from airflow_batch.api import AsyncBatchesApi
+
+T = TypeVar("T")
+POLL_CONCURRENCY = 32  # status calls in flight at once
+LIST_PAGE_SIZE = 1000
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
+
+
+def is_local(base_url: str) -> bool:
+    """Return whether ``base_url`` points at this machine (the emulator), not the real API."""
+    return (urlparse(str(base_url)).hostname or "") in LOCAL_HOSTS
+
+
+async def connect(
+    conn_id: str, *, betas: Sequence[str] = (), workspace_id: str | None = None
+) -> AsyncBatchesApi:
+    """Return the async API of ``conn_id``; imports and client construction run off the loop."""
+
+    def hook() -> Any:
+        from airflow_batch.hooks.batches import BatchesHook  # the SDK's import: seconds on a cold process
+
+        return BatchesHook(conn_id, betas=betas, workspace_id=workspace_id)
+
+    batches_hook = await asyncio.to_thread(hook)
+    api: AsyncBatchesApi = await batches_hook.async_batches_api()
+    return api
+
+
+async def call_each(
+    call: Callable[[str], Awaitable[Any]], batch_ids: Sequence[str], outcome: CallOutcome
+) -> CallOutcome:
+    """Call ``call(batch_id)`` for each batch, a few at a time; fold the answers into ``outcome``."""
+    slots = asyncio.Semaphore(POLL_CONCURRENCY)
+
+    async def one(batch_id: str) -> None:
+        async with slots:
+            try:
+                outcome.statuses[batch_id] = batch_status(await call(batch_id))
+            except BatchesApiError as exc:
+                (outcome.transient if exc.transient else outcome.permanent)[batch_id] = str(exc)
+
+    await asyncio.gather(*(one(batch_id) for batch_id in batch_ids))
+    return outcome
+
+
+async def read_statuses(api: AsyncBatchesApi, pending: Sequence[str], *, round_batches: int) -> CallOutcome:
+    """Read the status of every ``pending`` batch (list pages for many, then retrieves)."""
+    outcome = CallOutcome()
+    if len(pending) > LIST_THRESHOLD:
+        wanted, after = set(pending), None
+        for _ in range(list_page_budget(round_batches, LIST_PAGE_SIZE)):
+            try:
+                page = await api.list_page(after)
+            except BatchesApiError as exc:
+                if not exc.transient:
+                    outcome.permanent[pending[0]] = str(exc)
+                else:  # the list kept failing for the whole retry budget: ask again next cycle
+                    outcome.transient.update(
+                        (batch_id, str(exc)) for batch_id in pending if batch_id not in outcome.statuses
+                    )
+                return outcome
+            outcome.statuses.update(statuses_in_page(page, wanted))
+            after = page.get("last_id")
+            if wanted <= outcome.statuses.keys() or not page.get("has_more") or not after:
+                break
+    unseen = [batch_id for batch_id in pending if batch_id not in outcome.statuses]
+    return await call_each(api.retrieve, unseen, outcome)
+
+
+async def cancel_batches(api: AsyncBatchesApi, batch_ids: Sequence[str]) -> CallOutcome:
+    """Cancel every batch of ``batch_ids``; return the status each cancel left, or its failure."""
+    return await call_each(api.cancel, batch_ids, CallOutcome())
+
+
+def _emit(log: logging.Logger | Any, decision: Decision) -> None:
+    for line in decision.info:
+        log.info("%s", line)
+    for line in decision.warnings:
+        log.warning("%s", line)
+
+
+async def poll_once(api: AsyncBatchesApi, state: WaitState, log: logging.Logger | Any) -> Decision:
+    """Read the pending batches once, fold the answers in, and carry out any deadline cancels."""
+    outcome = await read_statuses(api, state.pending(), round_batches=len(state.batch_ids))
+    decision = state.record_poll(outcome, time.time())
+    while decision.action == "cancel":
+        _emit(log, decision)
+        decision = state.record_cancel(await cancel_batches(api, state.pending()), time.time())
+    _emit(log, decision)
+    return decision
+
+
+async def wait_for_round(
+    api: AsyncBatchesApi,
+    state: WaitState,
+    *,
+    log: logging.Logger | Any,
+    on_poll: Callable[[WaitState, float], None] | None = None,
+) -> dict[str, Any]:
+    """Poll until the wait ends; return its final event. ``on_poll`` (blocking) runs in a thread."""
+    while True:
+        decision = await poll_once(api, state, log)
+        if on_poll is not None:
+            await asyncio.to_thread(on_poll, state, time.time())
+        if decision.event is not None:
+            return decision.event
+        await asyncio.sleep(decision.sleep)
+
+
+async def cancel_unfinished(
+    conn_id: str,
+    state: WaitState,
+    *,
+    log: logging.Logger | Any,
+    within: float,
+    betas: Sequence[str] = (),
+    workspace_id: str | None = None,
+) -> None:
+    """Cancel the round's batches not yet ended (a user killed the wait), in at most ``within`` seconds."""
+    pending = state.pending()
+    if not pending or state.phase != "waiting":
+        return
+    api = await connect(conn_id, betas=betas, workspace_id=workspace_id)
+    try:
+        outcome = await asyncio.wait_for(cancel_batches(api, pending), timeout=within)
+    finally:
+        await api.close()
+    log.info("on_kill: canceled %d of %d unfinished batches.", len(outcome.statuses), len(pending))
+    for batch_id, cause in {**outcome.permanent, **outcome.transient}.items():
+        log.warning("on_kill: could not cancel batch %s: %s", batch_id, cause)
+
+
+def run_in_new_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to completion on a fresh event loop in its own thread; return its result.
+
+    For sync callers that may be inside a running loop's thread (a worker's ``on_kill``
+    arrives as a signal while the in-worker wait's loop runs), where ``asyncio.run`` refuses.
+    """
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(asyncio.run(coroutine))
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="airflow-batch-loop")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
