@@ -27,6 +27,10 @@ class BudgetExceededError(BeforeSubmitError):
     """The cost estimate is above ``max_cost_usd``."""
 
 
+class UnknownModelError(BeforeSubmitError):
+    """A request names a model the API does not serve (every request of it would fail)."""
+
+
 class UnknownModelPriceError(BeforeSubmitError):
     """The price table has no entry for a model, so cost cannot be estimated."""
 

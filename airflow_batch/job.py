@@ -126,6 +126,7 @@ def anthropic_batch_job(
         "include_content": include_content,
         "retryable_error_types": retryable_error_types,
         "prices": prices,
+        "max_cost_usd": max_cost_usd,
         **(gather_kwargs or {}),
     }
 

@@ -12,6 +12,7 @@ instances never collide, and a retry or a clear of the same task instance finds 
         round-0/failures/{batch_id}.jsonl    failed rows of one batch
         round-0/results/{batch_id}.stats.json   counts and usage of a batch, written once it is gathered
         round-0/progress.json                latest counts while waiting (written by the trigger)
+        round-1/refusal.json                 why a round was refused before any spend (budget, model)
         round-0/manifest.json                the round's manifest after gather
         round-1/...                          retry rounds, same shape
         results.jsonl  failures.jsonl  manifest.json    written by finalize
@@ -90,6 +91,11 @@ def failures_part(job: ObjectStoragePath, round_number: int, batch_id: str) -> O
 def gather_stats_path(job: ObjectStoragePath, round_number: int, batch_id: str) -> ObjectStoragePath:
     """Return the stats sidecar whose presence marks a batch as completely gathered."""
     return round_dir(job, round_number) / "results" / f"{batch_id}.stats.json"
+
+
+def refusal_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the file recording why a round was refused before any spend (budget, unknown model)."""
+    return round_dir(job, round_number) / "refusal.json"
 
 
 def progress_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:

@@ -110,6 +110,7 @@ class RoundManifest(TypedDict, total=False):
     usage: Usage
     usage_by_model: dict[str, Usage]
     cost: CostFigures
+    budget: dict[str, Any]
     gathered_at: str
 
 
@@ -153,6 +154,7 @@ class JobManifest(TypedDict, total=False):
     started_at: str | None
     finalized_at: str
     duration_seconds: float | None
+    refused_rounds: list[dict[str, Any]]
 
 
 def empty_counts() -> RequestCounts:
@@ -171,21 +173,23 @@ def empty_usage() -> Usage:
     )
 
 
+def _add_up(total: dict[str, int], parts: Iterable[Mapping[str, Any]]) -> None:
+    for part in parts:
+        for key in total:
+            total[key] += int(part.get(key, 0) or 0)
+
+
 def sum_counts(counts: Iterable[Mapping[str, Any]]) -> RequestCounts:
     """Return request counts added up key by key (absent keys count 0)."""
     total = empty_counts()
-    for one in counts:
-        for key in total:
-            total[key] += int(one.get(key, 0) or 0)  # type: ignore[literal-required]
+    _add_up(total, counts)  # type: ignore[arg-type]
     return total
 
 
 def sum_usages(usages: Iterable[Mapping[str, Any]]) -> Usage:
     """Return token totals added up key by key (absent keys count 0)."""
     total = empty_usage()
-    for usage in usages:
-        for key in total:
-            total[key] += int(usage.get(key, 0) or 0)  # type: ignore[literal-required]
+    _add_up(total, usages)  # type: ignore[arg-type]
     return total
 
 

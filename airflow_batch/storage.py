@@ -54,12 +54,18 @@ def read_json(path: ObjectStoragePath) -> Any:
     return _decoder.decode(path.read_bytes())
 
 
-def iter_jsonl_lines(path: ObjectStoragePath) -> Iterator[bytes]:
-    """Yield the non-empty lines of a JSONL file, in constant memory."""
+def iter_lines(path: ObjectStoragePath) -> Iterator[bytes]:
+    """Yield every line of a file without its line ending, blank ones as ``b""``, in constant memory."""
     with path.open("rb") as f:
         for line in f:
-            if line.strip():
-                yield line.rstrip(b"\r\n")
+            yield line.rstrip(b"\r\n")
+
+
+def iter_jsonl_lines(path: ObjectStoragePath) -> Iterator[bytes]:
+    """Yield the non-empty lines of a JSONL file, in constant memory."""
+    for line in iter_lines(path):
+        if line.strip():
+            yield line
 
 
 def iter_jsonl(path: ObjectStoragePath) -> Iterator[Any]:

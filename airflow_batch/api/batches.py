@@ -25,6 +25,7 @@ import msgspec
 
 from airflow_batch.api import retry
 from airflow_batch.api.retry import DEFAULT_POLICY, RetryPolicy
+from airflow_batch.exceptions import BatchesApiError
 
 if TYPE_CHECKING:
     import anthropic
@@ -154,6 +155,21 @@ class BatchesApi:
                 return consume(response.iter_bytes(RESULTS_CHUNK_BYTES))
 
         return self._call(attempt, f"download the results of batch {batch_id}")
+
+    def model_exists(self, model: str) -> bool:
+        """Return whether the API serves ``model`` (``GET /v1/models/{model}``: 404 means no)."""
+        try:
+            self._call(lambda: self.client.models.retrieve(model), f"look up model {model!r}")
+        except BatchesApiError as exc:
+            if exc.status_code == 404:
+                return False
+            raise
+        return True
+
+    def model_ids(self) -> list[str]:
+        """Return the ids of the models the API lists (its first page of 1,000)."""
+        page = self._call(lambda: self.client.models.list(limit=1000), "list models")
+        return [model.id for model in page.data]
 
     def count_tokens(self, body: Mapping[str, Any]) -> int:
         """Return the API's input token count of a Messages request body."""

@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from airflow_batch.emulator import models
 from airflow_batch.emulator.faults import DROP, LOST, ConfigError, EmulatorConfig, FaultInjector
 from airflow_batch.emulator.processing import canceled, new_schedule, repaced, restarted
 from airflow_batch.emulator.store import BatchRecord, BatchStore
@@ -262,6 +263,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
         config = emulator.faults.config
         started = time.perf_counter()
         holder = [await _read_body(request, config.max_body_bytes)]
+        lenient = bool(request.headers.get("anthropic-beta"))  # betas may add parameters
         batch_id = "msgbatch_" + secrets.token_hex(12)
         # Whole microseconds, so created_at + ttl prints exactly ttl after created_at.
         now = round(time.time(), 6)
@@ -271,7 +273,9 @@ def api_routes(emulator: Emulator) -> list[Route]:
             with _gc_paused():
                 started = time.perf_counter()
                 try:
-                    requests = parse_create_body(holder.pop(), max_requests=config.max_requests)
+                    requests = parse_create_body(
+                        holder.pop(), max_requests=config.max_requests, lenient=lenient
+                    )
                 except InvalidBatch as exc:
                     raise ApiError(400, str(exc)) from None
                 timings["parse"] = time.perf_counter() - started
@@ -375,11 +379,40 @@ def api_routes(emulator: Emulator) -> list[Route]:
             body = decode_body(await request.body(), CountTokensBody)
         except InvalidBatch as exc:
             raise ApiError(400, str(exc)) from None
+        if not models.is_served(body.model):
+            raise ApiError(404, f"model: {body.model}", error_type="not_found_error")
         tokens = sum(segment.tokens for segment in prompt_segments(body.system, body.messages, body.tools))
         return _json({"input_tokens": tokens})
 
+    def list_models(request: Request, _fault: str | None) -> Response:
+        ids = models.model_ids()
+        after = request.query_params.get("after_id")
+        start = ids.index(after) + 1 if after in ids else 0
+        try:
+            limit = int(request.query_params.get("limit", "20"))
+        except ValueError:
+            raise ApiError(400, "limit: must be an integer") from None
+        page = ids[start : start + max(1, min(limit, 1000))]
+        return _json(
+            {
+                "data": [models.model_info(model_id) for model_id in page],
+                "has_more": start + len(page) < len(ids),
+                "first_id": page[0] if page else None,
+                "last_id": page[-1] if page else None,
+            }
+        )
+
+    def retrieve_model(request: Request, _fault: str | None) -> Response:
+        model_id = request.path_params["model_id"]
+        info = models.model_info(model_id)
+        if info is None:
+            raise ApiError(404, f"model: {model_id}", error_type="not_found_error")
+        return _json(info)
+
     batch = "/v1/messages/batches/{batch_id}"
     return [
+        _api_route(emulator, "/v1/models", "GET", list_models),
+        _api_route(emulator, "/v1/models/{model_id}", "GET", retrieve_model),
         _api_route(emulator, "/v1/messages/batches", "POST", create_batch),
         _api_route(emulator, "/v1/messages/batches", "GET", list_batches),
         _api_route(emulator, batch, "GET", retrieve_batch),
@@ -416,9 +449,14 @@ def _gc_paused() -> Iterator[None]:
 
 
 async def _read_body(request: Request, limit: int) -> bytearray:
-    """Return the request body; past ``limit`` bytes drain the rest and raise 413."""
+    """Return the request body; raise 413 at once when its declared length is over ``limit``.
+
+    A body that turns out longer than it said is drained to its end, then refused the same way.
+    """
     declared = request.headers.get("content-length")
-    too_large = declared is not None and declared.isdigit() and int(declared) > limit
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)  # answered before reading a byte: the client may never send them
+    too_large = False
     body = bytearray()
     async for chunk in request.stream():
         if too_large:
@@ -428,8 +466,12 @@ async def _read_body(request: Request, limit: int) -> bytearray:
             too_large = True
             body = bytearray()
     if too_large:
-        raise ApiError(413, f"Request body exceeds the limit of {limit:,} bytes; split the batch")
+        raise _too_large(limit)
     return body
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"Request body exceeds the limit of {limit:,} bytes; split the batch")
 
 
 def _result_lines(store: BatchStore, record: BatchRecord) -> Iterator[bytes]:

@@ -16,9 +16,8 @@ prompt mentions JSON the text is a JSON object
 approximation; when they exceed ``max_tokens`` the text is cut to ``4 * max_tokens``
 characters and ``stop_reason`` is ``max_tokens`` (else ``end_turn``).
 
-Outcome: a request whose params a real API would reject (empty ``messages``, a role
-other than user/assistant, a model not starting with ``claude-``) is ``errored`` with
-``invalid_request_error``. Otherwise a draw ``u`` in [0, 1) from
+Outcome: a request for a model the emulator does not serve (see ``models``) is ``errored``
+with ``invalid_request_error``. Otherwise a draw ``u`` in [0, 1) from
 ``blake2b(seed, batch sequence number, custom_id)`` picks an injected error type or
 ``expired`` by the configured rates, else ``succeeded``. The batch sequence number
 (1 for the first batch created since start of the store or reset) makes a resubmitted
@@ -38,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from airflow_batch.emulator.models import is_served
 from airflow_batch.emulator.validation import BatchRequest, Params
 from airflow_batch.tokens import (
     NO_CACHE,
@@ -68,15 +68,13 @@ _encode = msgspec.json.Encoder().encode
 
 
 def semantic_error(request: BatchRequest) -> str | None:
-    """Return the per-request ``invalid_request_error`` message a real API would give, or None."""
-    params = request.params
-    if not params.model.startswith("claude-"):
-        return f"model: {params.model!r} is not a known model; model names start with 'claude-'"
-    if not params.messages:
-        return "messages: at least one message is required"
-    for index, message in enumerate(params.messages):
-        if message.role not in ("user", "assistant"):
-            return f"messages.{index}.role: Input should be 'user' or 'assistant', got {message.role!r}"
+    """Return the per-request ``invalid_request_error`` message a real API would give, or None.
+
+    The structure was checked when the batch was created; what is left is what only the
+    serving side knows: whether it serves the model.
+    """
+    if not is_served(request.params.model):
+        return f"model: {request.params.model!r} is not a model this API serves"
     return None
 
 

@@ -1,11 +1,13 @@
-"""Structural validation of a create body, done synchronously as the real API does.
+"""Structural validation of a create body, done synchronously, with the package's one set of rules.
 
-A body is decoded with msgspec straight into small structs (fast, and lighter than
-dicts for 100,000 requests), then checked in one pass. Any problem raises
-``InvalidBatch`` whose message names the request index, e.g.
-``requests.17: custom_id 'a b' must match ^[a-zA-Z0-9_-]{1,64}$``. Semantic problems a
-real API reports per request (empty ``messages``, an unknown role, a non-Claude model)
-are not checked here: those requests come back ``errored`` (see ``responses``).
+A body is checked against :mod:`airflow_batch.params` (the rules the submit validation uses
+too, so the two cannot drift): any problem raises ``InvalidBatch`` whose message names the
+request index, e.g. ``requests.17: custom_id 'a b' must match ^[a-zA-Z0-9_-]{1,64}$`` or
+``requests.3.params.system: Expected `str | array | null`, got `int```. A request with
+``anthropic-beta`` headers may carry parameters the rules do not know. The body is then
+decoded again into small working structs (lighter than dicts for 100,000 requests). Semantic
+problems a real API reports per request (a model it does not serve) are not checked here:
+those requests come back ``errored`` (see ``responses``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from typing import Any
 
 import msgspec
 
-CUSTOM_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$")
+from airflow_batch.params import LenientRequest, Request, batch_rules, check_custom_id, located
 
 
 class Message(msgspec.Struct, gc=False):
@@ -50,6 +51,14 @@ class CreateBody(msgspec.Struct, gc=False):
     requests: list[BatchRequest]
 
 
+class _StrictBody(msgspec.Struct):
+    requests: list[Request]
+
+
+class _LenientBody(msgspec.Struct):
+    requests: list[LenientRequest]
+
+
 class CountTokensBody(msgspec.Struct, gc=False):
     """The body of ``POST /v1/messages/count_tokens``."""
 
@@ -63,13 +72,9 @@ class InvalidBatch(ValueError):
     """The create body is structurally invalid; the message is the API error message."""
 
 
-def _msgspec_message(exc: msgspec.MsgspecError) -> str:
-    """Turn ``... - at `$.requests[17].params``` into ``requests.17.params: ...``."""
-    match = _MSGSPEC_PATH.match(str(exc))
-    if not match:
-        return str(exc)
-    path = re.sub(r"\[(\d+)\]", r".\1", match["path"]).lstrip(".")
-    return f"{path}: {match['message']}" if path else match["message"]
+def _api_path(message: str) -> str:
+    """Write indexes the way the API's messages do: ``requests.17.params`` for ``requests[17].params``."""
+    return re.sub(r"\[(\d+)\]", r".\1", message)
 
 
 def decode_body(body: bytes | bytearray, body_type: type[Any]) -> Any:
@@ -77,38 +82,37 @@ def decode_body(body: bytes | bytearray, body_type: type[Any]) -> Any:
     try:
         return msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as exc:
-        raise InvalidBatch(_msgspec_message(exc)) from None
-    except msgspec.DecodeError as exc:
+        raise InvalidBatch(_api_path(located(exc))) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidBatch(f"There was an error parsing the body of your request: {exc}") from None
+    except RecursionError:
+        raise InvalidBatch("There was an error parsing the body of your request: nested too deeply") from None
 
 
-def parse_create_body(body: bytes | bytearray, *, max_requests: int) -> list[BatchRequest]:
+def parse_create_body(
+    body: bytes | bytearray, *, max_requests: int, lenient: bool = False
+) -> list[BatchRequest]:
     """Return the requests of a create body, checked structurally; raise InvalidBatch otherwise."""
-    requests = decode_body(body, CreateBody).requests
-    if not requests:
+    checked = decode_body(body, _LenientBody if lenient else _StrictBody).requests
+    if not checked:
         raise InvalidBatch("requests: at least one request is required")
-    if len(requests) > max_requests:
+    if len(checked) > max_requests:
         raise InvalidBatch(
-            f"requests: a batch holds at most {max_requests:,} requests, got {len(requests):,}; "
+            f"requests: a batch holds at most {max_requests:,} requests, got {len(checked):,}; "
             "split it into several batches"
         )
     seen: set[str] = set()
-    match_custom_id = CUSTOM_ID_PATTERN.match
-    for index, request in enumerate(requests):
+    for index, request in enumerate(checked):
         custom_id = request.custom_id
-        if not match_custom_id(custom_id):
-            raise InvalidBatch(
-                f"requests.{index}: custom_id {custom_id!r} must match {CUSTOM_ID_PATTERN.pattern}"
-            )
+        problem = check_custom_id(custom_id) or batch_rules(request.params, lenient=lenient)
+        if problem:
+            raise InvalidBatch(f"requests.{index}: {_api_path(problem)}")
         if custom_id in seen:
             raise InvalidBatch(
                 f"requests.{index}: custom_id {custom_id!r} is used by an earlier request; "
                 "custom_id must be unique within a batch"
             )
         seen.add(custom_id)
-        params = request.params
-        if params.max_tokens < 1:
-            raise InvalidBatch(f"requests.{index}.params.max_tokens: must be >= 1, got {params.max_tokens}")
-        if params.stream:
-            raise InvalidBatch(f"requests.{index}.params.stream: streaming is not supported in batches")
+    del checked
+    requests: list[BatchRequest] = decode_body(body, CreateBody).requests
     return requests

@@ -188,8 +188,16 @@ def finalize_job(
         started_at=started_at,
         finalized_at=finalized_at,
         duration_seconds=_seconds_between(started_at, finalized_at),
+        refused_rounds=refused_rounds(job, len(rounds)),
     )
     write_json(layout.final_manifest_path(job), job_manifest)
+    for refusal in job_manifest["refused_rounds"]:
+        logger.warning(
+            "retry round %d was refused before any spend, so %d retryable failure(s) stay failures: %s",
+            refusal["round"],
+            retryable_left,
+            refusal["reason"],
+        )
     logger.info(
         "job %s: %d succeeded, %d failed (%.2f%%) over %d round(s); $%.4f at batch prices, $%.4f standard",
         job,
@@ -206,6 +214,12 @@ def finalize_job(
 def job_cost(job: ObjectStoragePath) -> CostFigures:
     """Return what the job's gathered rounds cost so far."""
     return sum_costs(manifest["cost"] for manifest in read_rounds(job) if "cost" in manifest)
+
+
+def refused_rounds(job: ObjectStoragePath, gathered: int) -> list[dict[str, Any]]:
+    """Return the refusal of the round after the last gathered one, if it was refused (budget, model)."""
+    path = layout.refusal_path(job, gathered)
+    return [read_json(path)] if path.exists() else []
 
 
 def _failure_rows(manifest: RoundManifest) -> Iterator[FailureRow]:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_batch import layout
-from airflow_batch.costs import price_table
+from airflow_batch.costs import PriceTable, price_table, sum_costs
 from airflow_batch.gather.rows import (
     DEFAULT_RETRYABLE,
     RESULT_TYPES,
@@ -208,19 +208,27 @@ def gather_round(
     include_content: bool = False,
     retryable_types: frozenset[str] = DEFAULT_RETRYABLE,
     prices: Mapping[str, Mapping[str, Any]] | None = None,
+    max_cost_usd: float | None = None,
     logger: logging.Logger | None = None,
 ) -> RoundManifest:
     """Gather every batch of a round, write the round manifest, and return it.
 
     The returned manifest is ``manifest`` plus ``results_paths``, ``failures_paths``,
     ``result_counts``, ``error_types``, ``retryable``, ``usage``, ``usage_by_model``,
-    ``cost`` (batch prices, next to the standard API's) and ``gathered_at``.
+    ``cost`` (batch prices, next to the standard API's), ``gathered_at``, and with a budget
+    ``budget`` (the job's spend so far against ``max_cost_usd``, checked as each batch lands).
     """
     logger = logger or log
     job = as_path(manifest["job_dir"])
     round_number = manifest["round"]
     canceled = set(manifest.get("canceled_by_timeout") or ())
     all_stats: list[BatchGatherStats] = []
+    table = price_table(prices)
+    watch = (
+        SpendWatch(max_cost_usd, earlier_cost(job, round_number), logger)
+        if max_cost_usd is not None
+        else None
+    )
     for record in manifest.get("batches", []):
         batch_id = record["batch_id"]
         chunk = record["chunk_path"]
@@ -243,15 +251,65 @@ def gather_round(
             stats.retryable,
         )
         all_stats.append(stats)
-    return round_manifest(manifest, all_stats, prices=prices, job=job)
+        if watch is not None:
+            watch.check(table.cost(_usage_by_model(all_stats))["batch_usd"])
+    return round_manifest(manifest, all_stats, table=table, job=job, watch=watch)
+
+
+class SpendWatch:
+    """Compares what the job has actually spent with its budget as a round's results land."""
+
+    def __init__(self, budget: float, earlier: float, logger: logging.Logger) -> None:
+        self.budget = budget
+        self.earlier = earlier
+        self.spent = earlier
+        self.logger = logger
+
+    def check(self, round_cost: float) -> None:
+        """Note the round's cost so far; say so loudly the first time the job passes its budget."""
+        exceeded_before = self.exceeded
+        self.spent = round(self.earlier + round_cost, 6)
+        if self.exceeded and not exceeded_before:
+            self.logger.warning(
+                "BUDGET EXCEEDED: the job has actually spent $%.4f at batch prices, above its budget "
+                "max_cost_usd=$%.4f (the estimate counted max_tokens of output or fewer cache hits than "
+                "happened). The results are kept; no further round will be submitted over the budget.",
+                self.spent,
+                self.budget,
+            )
+
+    @property
+    def exceeded(self) -> bool:
+        """Return whether the spend so far is above the budget."""
+        return self.spent > self.budget
+
+    def figures(self) -> dict[str, Any]:
+        """Return the budget line of the round manifest."""
+        return {"max_cost_usd": self.budget, "spent_usd": self.spent, "exceeded": self.exceeded}
+
+
+def earlier_cost(job: ObjectStoragePath, round_number: int) -> float:
+    """Return what the job's rounds before ``round_number`` cost at batch prices."""
+    from airflow_batch.gather.finalizing import read_rounds
+
+    rounds = read_rounds(job)[:round_number]
+    return sum_costs(m["cost"] for m in rounds if "cost" in m)["batch_usd"]
+
+
+def _usage_by_model(all_stats: Iterable[BatchGatherStats]) -> dict[str, Usage]:
+    total = BatchGatherStats(batch_id="", results_path="", failures_path="")
+    for stats in all_stats:
+        total.add(stats)
+    return total.usage_by_model
 
 
 def round_manifest(
     manifest: RoundManifest,
     all_stats: list[BatchGatherStats],
     *,
-    prices: Mapping[str, Mapping[str, Any]] | None,
+    table: PriceTable,
     job: ObjectStoragePath,
+    watch: SpendWatch | None = None,
 ) -> RoundManifest:
     """Return ``manifest`` with the gathered figures of ``all_stats`` added, and store it."""
     total = BatchGatherStats(
@@ -270,7 +328,9 @@ def round_manifest(
     out["retryable"] = total.retryable
     out["usage"] = sum_usages(total.usage_by_model.values())
     out["usage_by_model"] = total.usage_by_model
-    out["cost"] = price_table(prices).cost(total.usage_by_model)
+    out["cost"] = table.cost(total.usage_by_model)
+    if watch is not None:
+        out["budget"] = watch.figures()
     out["gathered_at"] = datetime.now(UTC).isoformat()
     write_json(layout.round_manifest_path(job, manifest["round"]), out)
     return out

@@ -22,10 +22,13 @@ class FinalizeBatchJobOperator(BaseOperator):
     ``failures.jsonl`` only the requests that never succeeded, each with its latest
     failure, and ``manifest.json`` totals, per-round figures, tokens, cost at batch and
     standard prices and durations. Rounds are found in the job folder, so skipped retry
-    rounds need nothing; the default trigger rule ``none_failed_min_one_success`` lets this
-    task run after them. When ``asset`` is set, the task emits an event for it whose
-    ``extra`` carries ``results_uri``, ``failures_uri``, ``manifest_uri``, the counts and
-    the cost, so downstream DAGs can be scheduled on it. The failure policy is applied
+    rounds need nothing. The default trigger rule ``all_done`` runs this task whatever
+    happened upstream: a retry round refused by the budget (or failed) never keeps the
+    results the earlier rounds landed out of ``results.jsonl``; the refusal is recorded in the
+    manifest (``refused_rounds``) and the failure policy decides the outcome. When ``asset``
+    is set, the task emits an event for it whose ``extra`` carries ``results_uri``,
+    ``failures_uri``, ``manifest_uri``, the counts and the cost, so downstream DAGs can be
+    scheduled on it. The failure policy is applied
     last: above ``max_failure_rate`` the task fails, after every file is written (and
     without an asset event).
 
@@ -47,7 +50,7 @@ class FinalizeBatchJobOperator(BaseOperator):
         job_dir: str | None = None,
         max_failure_rate: float | None = None,
         asset: Asset | str | None = None,
-        trigger_rule: str = "none_failed_min_one_success",
+        trigger_rule: str = "all_done",
         **kwargs: Any,
     ) -> None:
         if manifest is None and job_dir is None:

@@ -38,6 +38,9 @@ class GatherResultsOperator(BaseOperator):
         ``canceled``. Defaults to :data:`airflow_batch.gather.rows.DEFAULT_RETRYABLE`.
     :param prices: Price table overrides (model id or family key -> prices per million
         tokens) for the round's cost.
+    :param max_cost_usd: Budget of the whole job at batch prices: as results land, the job's
+        actual spend is compared with it and a warning says so when it is passed (the round
+        manifest's ``budget`` records it).
     """
 
     template_fields: Sequence[str] = ("manifest", "conn_id")
@@ -51,9 +54,11 @@ class GatherResultsOperator(BaseOperator):
         include_content: bool = False,
         retryable_error_types: Iterable[str] | None = None,
         prices: Mapping[str, Mapping[str, Any]] | None = None,
+        max_cost_usd: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.max_cost_usd = max_cost_usd
         self.manifest = manifest
         self.conn_id = conn_id
         self.include_content = include_content
@@ -77,6 +82,7 @@ class GatherResultsOperator(BaseOperator):
                 include_content=self.include_content,
                 retryable_types=self.retryable_error_types,
                 prices=self.prices,
+                max_cost_usd=self.max_cost_usd,
                 logger=self.log,  # type: ignore[arg-type]
             )
         counts = out["result_counts"]

@@ -73,8 +73,7 @@ class RetryFailedOperator(BaseOperator):
         job = as_path(previous["job_dir"])
         settings = SubmitSettings(**self.submit_settings)
         if self.max_cost_usd is not None:
-            left = max(self.max_cost_usd - job_cost(job)["batch_usd"], 0.0)
-            settings = replace(settings, max_cost_usd=left)
+            settings = replace(settings, max_cost_usd=self.max_cost_usd, spent_usd=job_cost(job)["batch_usd"])
         round_number = previous["round"] + 1
         self.log.info(
             "round %d: resubmitting %d retryable failure(s) of round %d",

@@ -48,9 +48,11 @@ class SubmitBatchesOperator(BaseOperator):
 
     :param requests: Complete requests (``{"custom_id", "params"}``): a list, the URI of a
         JSONL file of them (any ``ObjectStoragePath``; a bare path means ``file://``), or an
-        upstream task's output that is either. Templated. Give this or ``records``.
+        upstream task's output that is either. A URI is templated; data never is. Give this
+        or ``records``.
     :param records: Records (dicts) to turn into requests with ``prompt_template`` and/or
-        ``request_builder``: a list, a JSONL URI, or an upstream task's output. Templated.
+        ``request_builder``: a list, a JSONL URI, or an upstream task's output. A URI is
+        templated; data never is.
     :param prompt_template: ``str.format`` template over a record's fields giving the user
         message, e.g. ``"Classify: {text}"``. A record lacking a field is an invalid row. Templated.
     :param request_builder: Callable ``record -> params dict | messages list | str``; with a
@@ -152,6 +154,19 @@ class SubmitBatchesOperator(BaseOperator):
         self.betas = list(betas)
         self.workspace_id = workspace_id
 
+    def render_template(
+        self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
+    ) -> Any:
+        """Render templates, except inside inline data: a list or mapping given as ``records=`` or
+        ``requests=`` is passed on as it is, so a record's text is never rendered (``{{ ... }}``
+        in a review stays that text, and cannot reach a connection's secrets). A string (a URI)
+        and an upstream task's output are resolved as usual."""
+        if isinstance(content, (list, tuple, dict, set)) and (
+            content is self.__dict__.get("records") or content is self.__dict__.get("requests")
+        ):
+            return content
+        return super().render_template(content, context, jinja_env, seen_oids)
+
     def input_rows(self) -> Iterator[Any]:
         """Yield the job's requests (or invalid-row markers) in input order, streaming files."""
         from airflow_batch.submit.inputs import input_rows
@@ -190,6 +205,9 @@ class SubmitBatchesOperator(BaseOperator):
             system=self.system,
             cache_system_prompt=self.cache_system_prompt,
         )
+        from airflow_batch.submit.inputs import is_file_input
+
+        source = self.records if self.records is not None else self.requests
         hook = BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
         with hook.batches_api() as api:
             return submit_round(
@@ -202,4 +220,5 @@ class SubmitBatchesOperator(BaseOperator):
                 state_store=context.get("task_state_store"),
                 log=self.log,  # type: ignore[arg-type]
                 defaults=defaults,
+                row_label="line" if is_file_input(source) else "row",
             )

@@ -31,20 +31,24 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
 from airflow_batch.layout import INVALID_INPUT_FILE, chunk_file_name
+from airflow_batch.params import decode_line, loads
 from airflow_batch.submit.estimate import TokenTally
-from airflow_batch.submit.records import RequestDefaults
+from airflow_batch.submit.records import BLANK, RequestDefaults
 from airflow_batch.submit.validation import (
-    CUSTOM_ID_PATTERN,
     InvalidRow,
+    MaxOutputTokens,
     Problem,
+    ProblemReport,
+    check_params,
     check_request,
     custom_id_of,
+    hint_for,
 )
 from airflow_batch.tokens import plain_prompt_tokens
 
@@ -66,6 +70,35 @@ def body_bytes(requests: int, line_bytes: int) -> int:
 
 
 @dataclass(frozen=True)
+class ModelLimits:
+    """What the model table knows of each model's limits, for refusing rows that can only fail.
+
+    ``table`` is a :class:`~airflow_batch.costs.PriceTable` (or None: nothing is checked);
+    ``betas`` may raise the batch output maximum (``output-300k-...``). Looked up once per model.
+    """
+
+    table: Any = None
+    betas: tuple[str, ...] = ()
+    _known: dict[str, tuple[int | None, int | None]] = field(default_factory=dict, compare=False)
+
+    def _limits(self, model: str) -> tuple[int | None, int | None]:
+        limits = self._known.get(model)
+        if limits is None:  # once per model: the lookup matches the model id to its family
+            entry = self.table.price_for(model) if self.table is not None else None
+            limits = (entry.context_window, entry.max_tokens_in_batch(self.betas)) if entry else (None, None)
+            self._known[model] = limits
+        return limits
+
+    def context_window(self, model: str) -> int | None:
+        """Return the model's context window in tokens, or None when not known."""
+        return self._limits(model)[0]
+
+    def max_output_tokens(self, model: str) -> int | None:
+        """Return the most ``max_tokens`` the model takes in a batch, or None when not known."""
+        return self._limits(model)[1]
+
+
+@dataclass(frozen=True)
 class ChunkInfo:
     """One planned chunk: its position, how many requests, and the size of its create body."""
 
@@ -82,13 +115,17 @@ class PreparedRound:
     fingerprint: str
     requests: int
     bytes: int
-    problems: list[Problem]
-    invalid: int
+    report: ProblemReport
     staging: ObjectStoragePath
     tally: TokenTally
     fatal: bool = False
     rows: int = 0
     invalid_file: ObjectStoragePath | None = None
+
+    @property
+    def invalid(self) -> int:
+        """Return how many rows are invalid."""
+        return self.report.total
 
 
 class UniqueIds:
@@ -101,36 +138,38 @@ class UniqueIds:
             for n in range(_BUCKETS)
         ]
 
-    def add(self, custom_id: str, index: int) -> None:
-        """Note that row ``index`` uses ``custom_id`` (a valid id: no tab, no newline)."""
-        self._files[hash(custom_id) & (_BUCKETS - 1)].write(f"{custom_id}\t{index}\n")
+    def add(self, custom_id: str, row: int) -> None:
+        """Note that ``row`` uses ``custom_id`` (a valid id: no tab, no newline)."""
+        self._files[hash(custom_id) & (_BUCKETS - 1)].write(f"{custom_id}\t{row}\n")
 
-    def duplicates(self, limit: int) -> tuple[list[Problem], int]:
-        """Return up to ``limit`` rows whose custom_id an earlier row already used, and their count."""
+    def duplicates(self, label: str = "row") -> list[Problem]:
+        """Return every row whose custom_id an earlier row already used, in input order.
+
+        One bucket is in memory at a time; the duplicates themselves are few in any input a
+        user would submit (each is an error), so they are returned whole.
+        """
         for handle in self._files:
             handle.close()
         found: list[Problem] = []
-        count = 0
         for n in range(_BUCKETS):
             first: dict[str, int] = {}
             with open(os.path.join(self._dir.name, f"{n:02d}"), encoding="ascii") as handle:
                 for line in handle:
                     custom_id, _, raw = line.rstrip("\n").partition("\t")
-                    index = int(raw)
-                    earlier = first.setdefault(custom_id, index)
-                    if earlier != index:
-                        count += 1
+                    row = int(raw)
+                    earlier = first.setdefault(custom_id, row)
+                    if earlier != row:
                         found.append(
                             Problem(
-                                index,
+                                row,
                                 custom_id,
-                                f"custom_id is already used by request {earlier}; "
-                                "custom_id must be unique across the whole job",
+                                f"custom_id is already used by {label} {earlier}; custom_id must be unique "
+                                "across the whole job",
+                                hint="give each record a unique id, or pass custom_id_from= to build one",
+                                label=label,
                             )
                         )
-            found.sort(key=lambda problem: problem.index)
-            del found[limit:]
-        return found, count
+        return sorted(found, key=lambda problem: problem.row)
 
     def close(self) -> None:
         """Remove the temporary bucket files."""
@@ -205,66 +244,43 @@ class _ChunkWriter:
             self._handle = None
 
 
-class _Message(msgspec.Struct):
-    role: Literal["user", "assistant"]
-    content: str | list[Any]
+def _plain_line(
+    line: bytes, default_system: bool, lenient: bool, max_output_tokens: MaxOutputTokens | None
+) -> tuple[Any, int] | None:
+    """Return a JSON line's typed request and input tokens if it is valid and plain, else None.
 
-
-class _Params(msgspec.Struct):
-    model: Annotated[str, msgspec.Meta(min_length=1)]
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)]
-    messages: Annotated[list[_Message], msgspec.Meta(min_length=1)]
-    system: str | list[Any] | None = None
-    stream: bool | None = None
-
-
-class _Request(msgspec.Struct, forbid_unknown_fields=True):
-    custom_id: str  # checked with a compiled regex: msgspec's pattern check is slower
-    params: _Params
-
-
-_decode_typed = msgspec.json.Decoder(_Request).decode
-_match_custom_id = CUSTOM_ID_PATTERN.fullmatch
-
-
-def _plain_line(line: bytes, default_system: bool) -> tuple[_Request, int] | None:
-    """Return a JSON line's request and input tokens if it is valid and plain, else None.
-
-    Plain: valid as it is (nothing for the defaults to fill in), no ``stream``, and a prompt of
-    strings only, without ``cache_control``. Such a line is written to its chunk unchanged;
-    anything else takes the general path (decode, apply defaults, check, encode), which also
-    produces the error message of an invalid row.
+    Plain: valid as it is (nothing for the defaults to fill in) and a prompt of strings only,
+    without tools or ``cache_control``. Such a line is written to its chunk unchanged; anything
+    else takes the general path (decode, apply defaults, check, encode), which also produces the
+    error message of an invalid row.
     """
     try:
-        request = _decode_typed(line)
-    except msgspec.DecodeError:
+        request = decode_line(line, lenient=lenient)
+    except ValueError:
         return None
     params = request.params
-    system = params.system
     if (
-        not _match_custom_id(request.custom_id)
-        or params.stream is not None
-        or (system is None and default_system)
+        (params.system is None and default_system)
+        or params.tools is not None
         or _CACHE_CONTROL in line
+        or check_params(params, lenient=lenient, max_output_tokens=max_output_tokens) is not None
     ):
         return None
-    tokens = plain_prompt_tokens(system, params.messages)
-    if tokens is None or not all(message.content for message in params.messages):
-        return None
-    return request, tokens
+    tokens = plain_prompt_tokens(params.system, params.messages)
+    return None if tokens is None else (request, tokens)
 
 
-def _invalid_row(index: int, problem: Problem, round_number: int) -> dict[str, Any]:
+def _invalid_row(problem: Problem, round_number: int) -> dict[str, Any]:
     return {
         "custom_id": problem.custom_id,
         "batch_id": None,
         "round": round_number,
         "result_type": "invalid_input",
         "error_type": "invalid_input",
-        "message": f"request {index}: {problem.rule}",
+        "message": f"{problem.label} {problem.row}: {problem.rule}",
         "request_id": None,
         "retryable": False,
-        "index": index,
+        "row": problem.row,
     }
 
 
@@ -295,96 +311,118 @@ def prepare_chunks(
     skip_invalid: bool = False,
     expected_output_tokens: int | None = None,
     round_number: int = 0,
-    problems_shown: int = 20,
+    row_label: str = "row",
+    lenient: bool = False,
+    limits: ModelLimits | None = None,
 ) -> PreparedRound:
     """Validate, fingerprint and write every row to chunk files under ``staging`` in one pass.
 
-    ``rows`` yields requests as mappings, raw JSON lines (bytes), or :class:`InvalidRow`.
-    Without ``skip_invalid``, writing stops at the first invalid row but checking goes on, so
-    the result lists every problem (the first ``problems_shown`` and a count). With it,
-    invalid rows are kept as ``invalid_input`` failure rows and the rest is chunked.
+    ``rows`` yields requests as mappings, raw JSON lines (bytes; ``b""`` for a blank line),
+    :class:`InvalidRow` markers or ``BLANK``; rows are numbered from 1, blank ones included, so
+    ``row_label="line"`` names file lines as an editor does. Without ``skip_invalid``, writing
+    stops at the first invalid row but checking goes on, so the report lists every problem.
+    With it, invalid rows are kept as ``invalid_input`` failure rows and the rest is chunked.
     A custom_id used twice is always a problem, even with ``skip_invalid``: which of the two
-    rows is meant cannot be known.
+    rows is meant cannot be known. ``lenient`` (a job with beta headers) lets unknown
+    parameters pass; ``limits`` refuses rows above a model's output maximum or context window.
     """
     if max_requests < 1:
         raise ValueError(f"max_requests_per_batch must be >= 1, got {max_requests}")
     if max_bytes <= _ENVELOPE + 2:
         raise ValueError(f"max_bytes_per_batch must be larger than a request, got {max_bytes}")
     defaults = defaults or RequestDefaults()
+    limits = limits or ModelLimits()
     encode = msgspec.json.Encoder().encode
-    decode = msgspec.json.Decoder().decode
     digest = hashlib.blake2b(digest_size=20)
     digest.update(f"max_requests={max_requests};max_bytes={max_bytes}\n".encode())
     tally = TokenTally(expected_output_tokens=expected_output_tokens)
     writer = _ChunkWriter(staging, max_requests, max_bytes, digest)
     staging.mkdir(parents=True, exist_ok=True)
     ids = UniqueIds()
-    problems: list[Problem] = []
+    report = ProblemReport()
     invalid_out: IO[bytes] | None = None
-    invalid = 0
     valid = 0
-    index = -1
+    row = 0
     single_limit = max_bytes - _ENVELOPE - 1
     default_system = defaults.system is not None
+    max_output = limits.max_output_tokens
+
+    def problem_at(custom_id: str | None, rule: str, hint: str = "") -> Problem:
+        return Problem(row, custom_id, rule, hint or hint_for(rule), row_label)
+
     try:
         with _collector_paused():
-            for index, row in enumerate(rows):
-                problem: Problem | None = None
-                request: Any = row
-                plain = _plain_line(row, default_system) if type(row) is bytes else None
-                if plain is not None and len(row) <= single_limit:
-                    typed, tokens = plain
-                    ids.add(typed.custom_id, index)
-                    valid += 1
-                    if invalid and not skip_invalid:
-                        continue
-                    writer.add(row)
-                    params = typed.params
-                    tally.add_plain(params.model, params.max_tokens, tokens, row)
+            for row, item in enumerate(rows, start=1):
+                if item is BLANK or (type(item) is bytes and not item.strip()):
                     continue
-                if isinstance(row, (bytes, bytearray, memoryview)):
+                problem: Problem | None = None
+                request: Any = item
+                plain = (
+                    _plain_line(item, default_system, lenient, max_output) if type(item) is bytes else None
+                )
+                if plain is not None and len(item) <= single_limit:
+                    typed, tokens = plain
+                    params = typed.params
+                    window = limits.context_window(params.model)
+                    if window is None or tokens <= window:
+                        ids.add(typed.custom_id, row)
+                        valid += 1
+                        if report.total and not skip_invalid:
+                            continue
+                        writer.add(item)
+                        tally.add_plain(params.model, params.max_tokens, tokens, item)
+                        continue
+                if isinstance(item, (bytes, bytearray, memoryview)):
                     try:
-                        request = decode(row)
-                    except msgspec.DecodeError as exc:
-                        problem = Problem(index, None, f"not valid JSON: {exc}")
+                        request = loads(item)
+                    except ValueError as exc:
+                        problem = problem_at(None, str(exc))
                 if problem is None and isinstance(request, InvalidRow):
-                    problem = Problem(index, request.custom_id, request.rule)
+                    problem = problem_at(request.custom_id, request.rule, request.hint)
                 if problem is None:
                     request = defaults.apply(request)
-                    rule = check_request(request)
+                    rule = check_request(request, lenient=lenient, max_output_tokens=max_output)
                     if rule is not None:
-                        problem = Problem(index, custom_id_of(request), rule)
+                        problem = problem_at(custom_id_of(request), rule)
                 line = b""
                 if problem is None:
                     try:
                         line = encode(request)
                     except (TypeError, ValueError, OverflowError) as exc:
-                        problem = Problem(index, custom_id_of(request), f"cannot be encoded as JSON: {exc}")
+                        problem = problem_at(custom_id_of(request), f"cannot be encoded as JSON: {exc}")
                     else:
                         if len(line) > single_limit:
-                            problem = Problem(
-                                index,
+                            problem = problem_at(
                                 custom_id_of(request),
                                 f"request is {len(line):,} bytes serialized; alone it exceeds the "
                                 f"max_bytes_per_batch of {max_bytes:,}",
                             )
+                if problem is None:
+                    params = request["params"]
+                    tokens = tally.measure(params)
+                    window = limits.context_window(params["model"])
+                    if window is not None and tokens > window:
+                        problem = problem_at(
+                            custom_id_of(request),
+                            f"the request's input is about {tokens:,} tokens (estimated locally), above "
+                            f"the {window:,}-token context window of {params['model']}; it could only fail",
+                            "shorten the input of these rows, or choose a model with a larger context window",
+                        )
                 if problem is not None:
-                    invalid += 1
-                    if len(problems) < problems_shown:
-                        problems.append(problem)
+                    report.add(problem)
                     if skip_invalid:
                         if invalid_out is None:
                             invalid_out = (staging / INVALID_INPUT_FILE).open("wb")
-                        invalid_out.write(encode(_invalid_row(index, problem, round_number)) + b"\n")
+                        invalid_out.write(encode(_invalid_row(problem, round_number)) + b"\n")
                     continue
-                ids.add(request["custom_id"], index)
+                ids.add(request["custom_id"], row)
                 valid += 1
-                if invalid and not skip_invalid:
+                if report.total and not skip_invalid:
                     continue  # nothing will be submitted: keep checking, stop writing
                 writer.add(line)
                 tally.add(request["params"], _CACHE_CONTROL in line)
         chunks = writer.finish()
-        duplicates, duplicate_count = ids.duplicates(problems_shown)
+        duplicates = ids.duplicates(row_label)
     except BaseException:
         writer.abort()
         raise
@@ -392,25 +430,25 @@ def prepare_chunks(
         ids.close()
         if invalid_out is not None:
             invalid_out.close()
-    if duplicate_count:
-        invalid += duplicate_count
-        problems = sorted(problems + duplicates, key=lambda problem: problem.index)[:problems_shown]
+    for duplicate in duplicates:
+        report.add(duplicate)
+    if duplicates:
         skip_invalid = False  # duplicates are never skipped
-    if index < 0:
-        problems.append(Problem(0, None, "the input has no requests"))
-        invalid += 1
-    fatal = bool(invalid) and (not skip_invalid or valid == 0)
+    if valid == 0 and not report.total:
+        report.add(
+            Problem(0, None, "the input has no requests", "check that the input file or list is not empty")
+        )
+    fatal = bool(report.total) and (not skip_invalid or valid == 0)
     return PreparedRound(
         chunks=[] if fatal else chunks,
         fatal=fatal,
         fingerprint=digest.hexdigest(),
         requests=sum(chunk.requests for chunk in chunks),
         bytes=sum(chunk.bytes for chunk in chunks),
-        problems=problems,
-        invalid=invalid,
+        report=report,
         staging=staging,
         tally=tally,
-        rows=index + 1,
+        rows=row,
         invalid_file=staging / INVALID_INPUT_FILE if invalid_out is not None else None,
     )
 

@@ -32,7 +32,13 @@ import msgspec
 
 from airflow_batch.costs import PriceTable
 from airflow_batch.manifest import CostEstimate, Usage, empty_usage, sum_usages
-from airflow_batch.tokens import account_cache, cache_breakpoints, plain_prompt_tokens, prompt_segments
+from airflow_batch.tokens import (
+    Segment,
+    account_cache,
+    cache_breakpoints,
+    plain_prompt_tokens,
+    prompt_segments,
+)
 
 _COUNT_TOKENS_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
 CountTokens = Callable[[Mapping[str, Any]], int]
@@ -59,6 +65,7 @@ class TokenTally:
     models: dict[str, ModelTally] = field(default_factory=dict)
     sample: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     _seen_prefixes: set[bytes] = field(default_factory=set)
+    _measured: tuple[Any, list[Segment] | None] | None = None
 
     def _model(self, model: str, max_tokens: int) -> ModelTally:
         tally = self.models.get(model)
@@ -69,14 +76,28 @@ class TokenTally:
         tally.output_tokens += expected if expected is not None else max_tokens
         return tally
 
+    def measure(self, params: Mapping[str, Any]) -> int:
+        """Return the approximate input tokens of params (the :meth:`add` that follows reuses the work)."""
+        total = None if "tools" in params else plain_prompt_tokens(params.get("system"), params["messages"])
+        segments = None
+        if total is None:
+            segments = prompt_segments(params.get("system"), params["messages"], params.get("tools"))
+            total = sum(segment.tokens for segment in segments)
+        self._measured = (params, segments)
+        return total
+
     def add(self, params: Mapping[str, Any], may_cache: bool = True) -> None:
         """Count one valid request's params; ``may_cache=False`` skips the cache walk (no cache_control)."""
         model = str(params["model"])
         tally = self._model(model, int(params["max_tokens"]))
+        measured = self._measured[1] if self._measured is not None and self._measured[0] is params else None
+        self._measured = None
         total = None if "tools" in params else plain_prompt_tokens(params.get("system"), params["messages"])
         cached = 0
         if total is None or may_cache:
-            segments = prompt_segments(params.get("system"), params["messages"], params.get("tools"))
+            segments = measured or prompt_segments(
+                params.get("system"), params["messages"], params.get("tools")
+            )
             total = sum(segment.tokens for segment in segments)
             if may_cache:
                 cache = account_cache(cache_breakpoints(model, segments), self._seen_prefixes)

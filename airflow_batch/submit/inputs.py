@@ -2,7 +2,9 @@
 
 File inputs stream: request lines stay raw bytes, so the submit pass checks and writes them
 without re-encoding; record lines are decoded one at a time, and a line that is not JSON
-becomes an invalid row naming its line number instead of failing the task.
+(or not UTF-8, or nested too deeply) becomes an invalid row naming its line number instead of
+failing the task. Blank lines are passed on (as ``b""`` or ``BLANK``) so rows keep the line
+numbers an editor shows.
 """
 
 from __future__ import annotations
@@ -10,20 +12,29 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-import msgspec
-
-from airflow_batch.storage import as_path, iter_jsonl_lines
+from airflow_batch.params import loads
+from airflow_batch.storage import as_path, iter_lines
+from airflow_batch.submit.records import BLANK
 from airflow_batch.submit.validation import InvalidRow
 
 
 def _decoded(lines: Iterable[bytes]) -> Iterator[Any]:
-    """Yield each JSON line decoded, or an :class:`InvalidRow` naming why it is not JSON."""
-    decode = msgspec.json.Decoder().decode
+    """Yield each JSON line decoded, ``BLANK`` for a blank one, or an :class:`InvalidRow` saying why not."""
     for line in lines:
+        if not line.strip():
+            yield BLANK
+            continue
         try:
-            yield decode(line)
-        except msgspec.DecodeError as exc:
-            yield InvalidRow(f"not valid JSON: {exc}")
+            yield loads(line)
+        except ValueError as exc:
+            yield InvalidRow(str(exc))
+
+
+def is_file_input(source: Any) -> bool:
+    """Return whether ``source`` names a file (its rows are then numbered as lines)."""
+    from airflow.sdk import ObjectStoragePath
+
+    return isinstance(source, (str, ObjectStoragePath))
 
 
 def input_rows(source: Any, name: str) -> Iterable[Any]:
@@ -37,7 +48,7 @@ def input_rows(source: Any, name: str) -> Iterable[Any]:
         path = as_path(source)
         if not path.exists():
             raise FileNotFoundError(f"{name}: no file at {path}; give a JSONL file's URI or a list")
-        lines = iter_jsonl_lines(path)
+        lines = iter_lines(path)
         return lines if name == "requests" else _decoded(lines)
     if isinstance(source, Mapping):
         raise TypeError(f"{name} must be a list or a JSONL file URI, got a single mapping")

@@ -23,9 +23,24 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_batch.submit.validation import InvalidRow, check_custom_id
+from airflow_batch.submit.validation import CUSTOM_ID_HINT, InvalidRow, check_custom_id
 
 RequestBuilder = Callable[[Mapping[str, Any]], Any]
+
+
+class _Blank:
+    """A blank line of a records file: no record, but it counts in the line numbers."""
+
+    def __repr__(self) -> str:
+        return "BLANK"
+
+
+BLANK = _Blank()
+
+
+def _fields_hint(record: Mapping[str, Any]) -> str:
+    names = ", ".join(sorted(map(str, record))[:20])
+    return f"these records have the fields: {names}"
 
 
 def cached_system(system: str | list[Any]) -> list[Any]:
@@ -100,13 +115,16 @@ def template_fields(template: str) -> list[str]:
 
 def _record_custom_id(record: Mapping[str, Any], field: str) -> str | InvalidRow:
     if field not in record:
-        return InvalidRow(f"record has no field {field!r} to use as custom_id (custom_id_field={field!r})")
+        return InvalidRow(
+            f"record has no field {field!r} to use as custom_id (custom_id_field={field!r})",
+            hint=_fields_hint(record),
+        )
     value = record[field]
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     problem = check_custom_id(value)
     if problem:
-        return InvalidRow(f"field {field!r}: {problem}", value if isinstance(value, str) else None)
+        return InvalidRow(problem, value if isinstance(value, str) else None, CUSTOM_ID_HINT)
     return str(value)
 
 
@@ -126,8 +144,8 @@ def records_to_requests(
     prompt_template: str | None = None,
     request_builder: RequestBuilder | None = None,
     custom_id_field: str = "custom_id",
-) -> Iterator[dict[str, Any] | InvalidRow]:
-    """Yield one request (or :class:`InvalidRow`) per record, in order.
+) -> Iterator[Any]:
+    """Yield one request (or :class:`InvalidRow`, or ``BLANK`` for a blank line) per record, in order.
 
     With ``prompt_template`` the user message is ``prompt_template.format_map(record)``. With
     ``request_builder`` the callable receives the record and returns the params (a dict), the
@@ -138,7 +156,7 @@ def records_to_requests(
         raise ValueError("records need prompt_template= and/or request_builder= to become requests")
     fields = template_fields(prompt_template) if prompt_template is not None else []
     for record in records:
-        if isinstance(record, InvalidRow):
+        if isinstance(record, InvalidRow) or record is BLANK:
             yield record
             continue
         if not isinstance(record, Mapping):
@@ -150,7 +168,9 @@ def records_to_requests(
             continue
         missing = [name for name in fields if name not in record]
         if missing:
-            yield InvalidRow(f"record has no field {missing[0]!r} used by prompt_template", custom_id)
+            yield InvalidRow(
+                f"record has no field {missing[0]!r} used by prompt_template", custom_id, _fields_hint(record)
+            )
             continue
         params: dict[str, Any] = {}
         if prompt_template is not None:

@@ -26,6 +26,7 @@ input can be re-run with a different input.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import time
 import uuid
@@ -38,17 +39,20 @@ from airflow_batch import layout
 from airflow_batch.costs import price_table
 from airflow_batch.exceptions import (
     BatchesApiError,
+    BeforeSubmitError,
     BudgetExceededError,
     InputChangedError,
     InvalidRequestsError,
+    UnknownModelError,
     UnknownModelPriceError,
 )
 from airflow_batch.manifest import MANIFEST_VERSION, BatchRecord, JobIdentity, RoundManifest
-from airflow_batch.submit.chunking import ChunkBody, ChunkInfo, PreparedRound, prepare_chunks
+from airflow_batch.storage import write_json
+from airflow_batch.submit.chunking import ChunkBody, ChunkInfo, ModelLimits, PreparedRound, prepare_chunks
 from airflow_batch.submit.estimate import estimate_cost
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
 from airflow_batch.submit.records import RequestDefaults
-from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH, describe_problems
+from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -77,6 +81,8 @@ class SubmitSettings:
     skip_invalid: bool = False
     count_tokens_sample: int = 20
     adopt_orphans: bool = True
+    #: What the job's earlier rounds cost (batch prices): a retry round may spend only the rest.
+    spent_usd: float = 0.0
 
     def __post_init__(self) -> None:
         if self.on_input_change not in ON_INPUT_CHANGE:
@@ -215,6 +221,8 @@ def _prepare(
     round_number: int,
     settings: SubmitSettings,
     defaults: RequestDefaults | None,
+    identity: JobIdentity,
+    row_label: str,
 ) -> PreparedRound:
     staging = layout.round_dir(job, round_number) / f".staging-{uuid.uuid4().hex}"
     try:
@@ -227,13 +235,16 @@ def _prepare(
             skip_invalid=settings.skip_invalid,
             expected_output_tokens=settings.expected_output_tokens,
             round_number=round_number,
+            row_label=row_label,
+            lenient=bool(identity.betas),
+            limits=ModelLimits(price_table(settings.prices), identity.betas),
         )
     except BaseException:
         _remove_tree(staging)
         raise
     if prepared.fatal:
         _remove_tree(staging)
-        raise InvalidRequestsError(describe_problems(prepared.problems, prepared.invalid))
+        raise InvalidRequestsError(prepared.report.message(prepared.rows))
     prepared.tally.sample_size = settings.count_tokens_sample
     del prepared.tally.sample[settings.count_tokens_sample :]
     return prepared
@@ -250,6 +261,7 @@ def submit_round(
     state_store: Any | None = None,
     log: logging.Logger | None = None,
     defaults: RequestDefaults | None = None,
+    row_label: str = "row",
 ) -> RoundManifest:
     """Validate, chunk, persist, estimate and submit one round; return its manifest.
 
@@ -260,9 +272,10 @@ def submit_round(
         :class:`~airflow_batch.submit.validation.InvalidRow` markers from records conversion.
     :param identity: the connection, betas and workspace the job's calls use.
     :param defaults: model / max_tokens / system to fill into requests that lack them.
+    :param row_label: what an invalid row is called in errors: ``"line"`` for a file's lines.
     """
     log = log or logging.getLogger(__name__)
-    prepared = _prepare(requests, job, round_number, settings, defaults)
+    prepared = _prepare(requests, job, round_number, settings, defaults, identity, row_label)
     store = LedgerStore(job, round_number, state_store)
     try:
         ledger = store.load()
@@ -313,7 +326,13 @@ def submit_round(
             count_tokens=api.count_tokens if settings.count_tokens_sample > 0 else None,
             log=log,
         )
-    _check_budget(ledger, settings, pending, len(prepared.chunks))
+    try:
+        _check_budget(ledger, settings, pending, len(prepared.chunks))
+        if pending and not ledger.batches:
+            _check_models(api, prepared.tally.models, price_table(settings.prices).known_models(), log)
+    except BeforeSubmitError as refusal:
+        write_json(layout.refusal_path(job, round_number), {"round": round_number, "reason": str(refusal)})
+        raise
     for chunk in pending:
         _submit_chunk(api, job, ledger, store, chunk, settings, log)
     store.save(ledger)
@@ -331,26 +350,60 @@ def submit_round(
 def _check_budget(
     ledger: Ledger, settings: SubmitSettings, pending: Sequence[ChunkInfo], chunks: int
 ) -> None:
-    """Raise before any create when a budget is set and the estimate exceeds it or cannot be priced."""
+    """Raise before any create when a budget is set and the estimate exceeds what is left of it."""
     estimate = ledger.estimate
-    if not pending or settings.max_cost_usd is None or estimate is None:
+    budget = settings.max_cost_usd
+    if not pending or budget is None or estimate is None:
         return
     if not estimate["priced"]:
         raise UnknownModelPriceError(
             f"no price for model(s) {', '.join(estimate['unpriced_models'])} in the price table, so the "
-            f"budget max_cost_usd=${settings.max_cost_usd:.4f} cannot be checked; add them with "
+            f"budget max_cost_usd=${budget:.4f} cannot be checked; add them with "
             "prices={model: {'input': .., 'output': ..}}. Nothing was submitted."
         )
-    if estimate["batch_usd"] > settings.max_cost_usd:
+    left = budget - settings.spent_usd
+    if estimate["batch_usd"] > left:
         already = chunks - len(pending)
+        spent = (
+            f"; the job has spent ${settings.spent_usd:.4f} so far, ${max(left, 0):.4f} of the budget is left"
+            if settings.spent_usd
+            else ""
+        )
         raise BudgetExceededError(
-            f"estimated cost ${estimate['batch_usd']:.4f} at batch prices "
-            f"(${estimate['standard_usd']:.4f} standard) is above max_cost_usd="
-            f"${settings.max_cost_usd:.4f}; {len(pending)} batch(es) not submitted"
+            f"round {ledger.round} would cost ${estimate['batch_usd']:.4f} at batch prices "
+            f"(${estimate['standard_usd']:.4f} standard), above the budget max_cost_usd=${budget:.4f}"
+            f"{spent}; {len(pending)} batch(es) not submitted"
             + (f" ({already} submitted by an earlier attempt)" if already else "")
             + ". Raise max_cost_usd, lower max_tokens or set expected_output_tokens, "
             "or submit fewer requests."
         )
+
+
+def _check_models(api: BatchesApi, models: Iterable[str], known: Sequence[str], log: logging.Logger) -> None:
+    """Refuse, before any create, models the API does not serve, naming close matches."""
+    unknown = []
+    for model in sorted(models):
+        try:
+            if not api.model_exists(model):
+                unknown.append(model)
+        except BatchesApiError as exc:  # a proxy or platform without the Models API: go on
+            log.warning("could not look model %s up (%s); submitting without that check", model, exc)
+    if not unknown:
+        return
+    try:
+        candidates = sorted({*api.model_ids(), *known})
+    except BatchesApiError:
+        candidates = sorted(known)
+    described = []
+    for model in unknown:
+        matches = difflib.get_close_matches(model, candidates, n=3, cutoff=0.6)
+        described.append(
+            f"{model!r}" + (f" (did you mean {', '.join(map(repr, matches))}?)" if matches else "")
+        )
+    raise UnknownModelError(
+        f"the API does not serve the model(s) {', '.join(described)}: every request would come back "
+        "invalid. Fix params.model in the requests or model= of the operator. Nothing was submitted."
+    )
 
 
 def _submit_chunk(

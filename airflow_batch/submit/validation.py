@@ -1,39 +1,55 @@
-"""The checks every Message Batches request must pass before anything is spent.
+"""The checks every Message Batches request must pass before any spend, and the report of failures.
 
 A request is ``{"custom_id": str, "params": {...Messages API body...}}``. :func:`check_request`
-returns the first rule a request breaks (or None); the rules are those the API enforces on
-a batch create, checked here so that a bad row fails the task before anything is spent.
-A :class:`Problem` names the row (its 1-based line number) and the rule.
+returns the first rule a request breaks (or None): the structure the API accepts
+(:mod:`airflow_batch.params`, shared with the emulator's create validation), what a batch
+refuses, and the model's limits where the model table knows them (``max_tokens`` above the
+model's batch maximum). A bad row fails the task before anything is spent.
+
+A :class:`ProblemReport` collects the invalid rows in bounded memory and reads as one line
+per distinct rule: how many rows break it, the first few (``line 4`` of a JSONL file, blank
+lines counted as an editor counts them, or ``row 4`` of a list, both 1-based) and the fix.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-CUSTOM_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_match_custom_id = re.compile(r"[a-zA-Z0-9_-]{1,64}").fullmatch
+from airflow_batch.params import batch_rules, check_custom_id, convert_request
+
+if TYPE_CHECKING:
+    from airflow_batch.params import Params
+
+__all__ = [
+    "CUSTOM_ID_HINT",
+    "MAX_BYTES_PER_BATCH",
+    "MAX_REQUESTS_PER_BATCH",
+    "InvalidRow",
+    "Problem",
+    "ProblemReport",
+    "check_custom_id",
+    "check_params",
+    "check_request",
+    "custom_id_of",
+]
+
 MAX_REQUESTS_PER_BATCH = 100_000
 #: The API limit is 256 MB of request body per batch create; we stay a little under it.
 MAX_BYTES_PER_BATCH = 256_000_000 - 1_000_000
 
-_ROLES = frozenset(("user", "assistant"))
 _REQUEST_KEYS = frozenset(("custom_id", "params"))
+#: Parts of a rule that vary from row to row; a rule without them groups the problems.
+_SPECIFICS = re.compile(r"\[\d+\]|'[^']*'|\d[\d,]*")
+CUSTOM_ID_HINT = (
+    "give each record an id made of letters, digits, _ and - (at most 64), or pass custom_id_from= "
+    "to build a valid, unique id from any key (the key is kept as a column of the results)"
+)
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One invalid input row: its position, its custom_id when it has one, and the rule it breaks."""
-
-    index: int
-    custom_id: str | None
-    rule: str
-
-    def __str__(self) -> str:
-        cid = f"custom_id {self.custom_id!r}" if self.custom_id is not None else "no custom_id"
-        return f"request {self.index} ({cid}): {self.rule}"
+#: ``model -> the most max_tokens it takes in a batch`` (None: not known, not checked).
+MaxOutputTokens = Callable[[str], "int | None"]
 
 
 @dataclass(frozen=True)
@@ -42,15 +58,86 @@ class InvalidRow:
 
     rule: str
     custom_id: str | None = None
+    hint: str = ""
 
 
-def describe_problems(problems: list[Problem], total: int, *, shown: int = 20) -> str:
-    """Return an error message listing the first ``shown`` problems and how many there are."""
-    lines = [f"{total} invalid request(s); nothing was submitted. Fix these rows and re-run:"]
-    lines += [f"  {problem}" for problem in problems[:shown]]
-    if total > shown:
-        lines.append(f"  ... and {total - shown} more")
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class Problem:
+    """One invalid input row: where it is, its custom_id when it has one, the rule it breaks, the fix."""
+
+    row: int
+    custom_id: str | None
+    rule: str
+    hint: str = ""
+    label: str = "row"
+
+    @property
+    def kind(self) -> str:
+        """Return the rule with the row's own values left out: what groups problems in a report."""
+        return _SPECIFICS.sub("…", self.rule)
+
+    def where(self) -> str:
+        """Return ``line 4 (custom_id 'a b')``."""
+        cid = f"custom_id {self.custom_id!r}" if self.custom_id is not None else "no custom_id"
+        return f"{self.label} {self.row} ({cid})"
+
+    def __str__(self) -> str:
+        return f"{self.where()}: {self.rule}"
+
+
+@dataclass
+class _Group:
+    first: Problem
+    count: int = 0
+    examples: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class ProblemReport:
+    """The invalid rows of an input, grouped by rule, in bounded memory."""
+
+    examples_per_rule: int = 5
+    max_rules: int = 20
+    total: int = 0
+    groups: dict[str, _Group] = field(default_factory=dict)
+    other: int = 0
+
+    def add(self, problem: Problem) -> None:
+        """Count ``problem`` under its rule (the first few of each rule are kept as examples)."""
+        self.total += 1
+        group = self.groups.get(problem.kind)
+        if group is None:
+            if len(self.groups) >= self.max_rules:
+                self.other += 1
+                return
+            group = self.groups[problem.kind] = _Group(problem)
+        group.count += 1
+        if len(group.examples) < self.examples_per_rule:
+            group.examples.append(problem)
+
+    def first(self) -> list[Problem]:
+        """Return the example problems, in input order."""
+        return sorted((p for g in self.groups.values() for p in g.examples), key=lambda p: p.row)
+
+    def message(self, rows: int) -> str:
+        """Return the error message: one line per rule with its count, first rows and fix."""
+        lines = [
+            f"{self.total:,} invalid request(s) among {rows:,} row(s); nothing was submitted. "
+            "Fix these rows and re-run:"
+        ]
+        for group in sorted(self.groups.values(), key=lambda g: g.first.row):
+            if group.count == 1:
+                lines.append(f"  - {group.first}")
+            else:
+                shown = ", ".join(problem.where() for problem in group.examples)
+                left = group.count - len(group.examples)
+                more = f" and {left:,} more" if left else ""
+                lines.append(f"  - {group.first.rule} — {group.count:,} rows: {shown}{more}")
+            if group.first.hint:
+                lines.append(f"    fix: {group.first.hint}")
+        if self.other:
+            lines.append(f"  - and {self.other:,} row(s) breaking other rules")
+        return "\n".join(lines)
 
 
 def custom_id_of(request: Any) -> str | None:
@@ -62,70 +149,28 @@ def custom_id_of(request: Any) -> str | None:
     return None
 
 
-def check_custom_id(value: Any) -> str | None:
-    """Return why ``value`` is not a valid custom_id, or None if it is one."""
-    if not isinstance(value, str):
-        return f"custom_id must be a string matching {CUSTOM_ID_PATTERN.pattern}, got {type(value).__name__}"
-    if not CUSTOM_ID_PATTERN.match(value):
-        return f"custom_id {value!r} must match {CUSTOM_ID_PATTERN.pattern}"
-    return None
+def hint_for(rule: str) -> str:
+    """Return the fix to suggest for a rule, or ""."""
+    return CUSTOM_ID_HINT if rule.startswith("custom_id ") else ""
 
 
-def _check_messages(messages: Any) -> str | None:
-    if not isinstance(messages, list) or not messages:
-        return "params.messages must be a non-empty list of messages"
-    for position, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            return f"params.messages[{position}] must be an object with role and content"
-        if message.get("role") not in _ROLES:
-            return f"params.messages[{position}].role must be 'user' or 'assistant'"
-        content = message.get("content")
-        if not isinstance(content, (str, list)) or not content:
-            return f"params.messages[{position}].content must be a non-empty string or list of blocks"
-    return None
+def check_params(
+    params: Params, *, lenient: bool = False, max_output_tokens: MaxOutputTokens | None = None
+) -> str | None:
+    """Return the first batch rule typed ``params`` break, with the model's limits when known."""
+    limit = max_output_tokens(params.model) if max_output_tokens is not None else None
+    return batch_rules(params, lenient=lenient, max_output_tokens=limit)
 
 
-def _is_plainly_valid(request: Any) -> bool:
-    """Return True for a valid request made of plain dicts and lists (the common case, checked fast)."""
-    if type(request) is not dict or len(request) != 2:
-        return False
-    custom_id = request.get("custom_id")
-    params = request.get("params")
-    if type(custom_id) is not str or type(params) is not dict or not _match_custom_id(custom_id):
-        return False
-    model = params.get("model")
-    max_tokens = params.get("max_tokens")
-    messages = params.get("messages")
-    if (
-        type(model) is not str
-        or not model
-        or type(max_tokens) is not int
-        or max_tokens < 1
-        or type(messages) is not list
-        or not messages
-        or params.get("stream") is True
-    ):
-        return False
-    for message in messages:
-        if type(message) is not dict or message.get("role") not in _ROLES:
-            return False
-        content = message.get("content")
-        if not content or (type(content) is not str and type(content) is not list):
-            return False
-    return True
-
-
-def check_request(request: Any) -> str | None:
+def check_request(
+    request: Any, *, lenient: bool = False, max_output_tokens: MaxOutputTokens | None = None
+) -> str | None:
     """Return the first rule ``request`` breaks as a Message Batches request, or None if valid.
 
-    Checked: the object shape (only ``custom_id`` and ``params``), the custom_id pattern,
-    ``params`` being a Messages body with a ``model``, an integer ``max_tokens >= 1`` and a
-    non-empty ``messages`` list of user/assistant messages, and no ``stream: true``
-    (batches do not stream). Uniqueness and size are checked by the caller, which sees
-    the whole job.
+    Uniqueness of the custom_id and the size of the batch are checked by the caller, which
+    sees the whole job. ``lenient`` (a job with beta headers) lets unknown parameters and tool
+    types pass.
     """
-    if _is_plainly_valid(request):
-        return None
     if not isinstance(request, Mapping):
         return "a request must be a JSON object with custom_id and params"
     if "custom_id" not in request:
@@ -136,15 +181,10 @@ def check_request(request: Any) -> str | None:
     extra = request.keys() - _REQUEST_KEYS
     if extra:
         return f"unknown field {sorted(extra)[0]!r}: a request has only custom_id and params"
-    params = request.get("params")
-    if not isinstance(params, Mapping):
+    if not isinstance(request.get("params"), Mapping):
         return "params must be an object (a Messages API request body)"
-    model = params.get("model")
-    if not isinstance(model, str) or not model:
-        return "params.model is missing: set it in the request or pass model= to the operator"
-    max_tokens = params.get("max_tokens")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        return "params.max_tokens must be an integer >= 1: set it in the request or pass max_tokens="
-    if params.get("stream") is True:
-        return "params.stream must not be true: batch requests do not stream"
-    return _check_messages(params.get("messages"))
+    try:
+        typed = convert_request(request, lenient=lenient)
+    except ValueError as exc:
+        return str(exc)
+    return check_params(typed.params, lenient=lenient, max_output_tokens=max_output_tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -31,21 +32,21 @@ BAD_BODIES = {
     "duplicate custom_id": ({"requests": [request("a"), request("a")]}, "requests.1: custom_id 'a' is used"),
     "missing model": (
         {"requests": [{"custom_id": "a", "params": _params(model=None)}]},
-        "requests.0.params: Object missing required field `model`",
+        "requests.0.params.model is missing",
     ),
     "missing max_tokens": (
         {"requests": [{"custom_id": "a", "params": _params(max_tokens=None)}]},
-        "requests.0.params: Object missing required field `max_tokens`",
+        "requests.0.params.max_tokens is missing",
     ),
     "missing messages": (
         {"requests": [request("a"), {"custom_id": "b", "params": _params(messages=None)}]},
-        "requests.1.params: Object missing required field `messages`",
+        "requests.1.params.messages is missing",
     ),
     "max_tokens below 1": (
         {"requests": [request("a", max_tokens=0)]},
-        "requests.0.params.max_tokens: must be >= 1",
+        "requests.0: params.max_tokens must be an integer >= 1",
     ),
-    "stream true": ({"requests": [request("a", stream=True)]}, "requests.0.params.stream"),
+    "stream true": ({"requests": [request("a", stream=True)]}, "requests.0: params.stream must not be true"),
 }
 
 
@@ -89,6 +90,50 @@ def test_body_over_the_limit_is_413_and_stores_nothing(
 
     assert caught.value.status_code == 413
     assert caught.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+    assert emu.batch_count() == 0
+
+
+def test_a_declared_length_over_the_limit_is_answered_413_at_once_without_a_body(
+    emu: EmulatorProcess,
+) -> None:
+    emu.configure(max_body_bytes=10_000)
+    host, port = emu.base_url.removeprefix("http://").split(":")
+    head = (
+        "POST /v1/messages/batches HTTP/1.1\r\n"
+        f"Host: {host}\r\nx-api-key: test-key\r\nanthropic-version: 2023-06-01\r\n"
+        "content-type: application/json\r\ncontent-length: 1000000000000\r\n\r\n"
+    )
+    # The client sends the headers and nothing more: the answer must come anyway, not a hang.
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode())
+        answer = sock.recv(4096).decode(errors="replace")
+
+    assert answer.startswith("HTTP/1.1 413"), answer
+    assert "request_too_large" in answer
+    assert emu.batch_count() == 0
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (
+            b'{"requests": [{"custom_id": "a", "params": {"model": "claude-haiku-4-5", "max_tokens": 1, '
+            b'"messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "t", "input_schema": '
+            b'{"type": "object", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}]}}]}",
+            "nested too deeply",
+        ),
+        (b'{"requests": [{"custom_id": "caf\xe9", "params": {}}]}', "utf-8"),
+    ],
+    ids=["nested-100000-deep", "invalid-utf-8"],
+)
+def test_a_body_nested_too_deep_or_not_utf8_is_a_400_not_a_500(
+    body: bytes, expected: str, emu: EmulatorProcess
+) -> None:
+    response = httpx.post(f"{emu.base_url}/v1/messages/batches", content=body, headers=HEADERS, timeout=60)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert expected in response.json()["error"]["message"]
     assert emu.batch_count() == 0
 
 

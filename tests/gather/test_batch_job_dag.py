@@ -263,3 +263,51 @@ def test_a_job_rides_out_thirty_percent_transient_faults_on_every_endpoint(
     assert len(manifest["batches"]) == 20 and emulator.batch_count() == 20, "one batch per chunk"
     result_ids = [row["custom_id"] for row in _read(layout.final_results_path(job))]
     assert sorted(result_ids) == [f"req-{i:05d}" for i in range(2_000)]
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_retry_round_over_the_budget_is_refused_and_finalize_still_merges_what_landed(
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The estimate counts 1 output token a request (expected_output_tokens=1) but the emulator
+    # answers ~14: round 0 fits the budget, its actual cost does not, and round 1 is refused.
+    emulator.configure(error_types={"overloaded_error": 0.1}, seed=4)
+    requests_path = tmp_path / "requests.jsonl"
+    _write_requests(requests_path, 200)
+    output = str(tmp_path / "out")
+    budget = 0.003
+    with DAG("over_budget_job", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        anthropic_batch_job(
+            "job",
+            requests=str(requests_path),
+            output_path=output,
+            conn_id=anthropic_conn,
+            max_retry_rounds=1,
+            poll_interval=0.5,
+            max_cost_usd=budget,
+            submit_kwargs={"expected_output_tokens": 1, "count_tokens_sample": 0},
+        )
+    run = run_dag(dag)
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    log = "".join(capfd.readouterr())
+
+    assert states["job.retry_1"] == "failed"
+    assert states["job.finalize"] == "success", states
+    assert "BUDGET EXCEEDED: the job has actually spent $" in log
+    job = layout.job_dir(output, dag.dag_id, run.run_id, "job.submit")
+    round_0 = msgspec.json.decode(layout.round_manifest_path(job, 0).read_bytes())
+    spent = round_0["cost"]["batch_usd"]
+    assert round_0["budget"] == {"max_cost_usd": budget, "spent_usd": spent, "exceeded": True}
+    manifest = msgspec.json.decode(layout.final_manifest_path(job).read_bytes())
+    [refusal] = manifest["refused_rounds"]
+    assert refusal["round"] == 1
+    assert (
+        f"above the budget max_cost_usd=${budget:.4f}; the job has spent ${spent:.4f} so far"
+        in refusal["reason"]
+    )
+    assert "round 1 would cost $" in refusal["reason"]
+    results = _read(layout.final_results_path(job))
+    failures = _read(layout.final_failures_path(job))
+    assert len(results) == round_0["result_counts"]["succeeded"] > 150
+    assert len(results) + len(failures) == 200
+    assert all(row["retryable"] for row in failures)

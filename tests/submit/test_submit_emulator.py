@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,11 +108,39 @@ def test_records_with_a_prompt_template_and_defaults_become_cached_requests(
     )
 
 
+# Structurally bad params: each is placed in the second chunk (rows 7..), after a first chunk
+# that is fine, so a check made only by the API would have created (and paid for) chunk 0.
+BAD_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
+    "system not a string or blocks": (
+        {"system": 5},
+        "params.system: Expected `str | array | null`, got `int`",
+    ),
+    "malformed tools entry": ({"tools": [{"name": "lookup", "input_schema": "x"}]}, "params.tools[0]"),
+    "non-boolean stream": ({"stream": "no"}, "params.stream: Expected `bool | null`, got `str`"),
+    "content block of an unknown type": (
+        {"messages": [{"role": "user", "content": [{"type": "video", "url": "x"}]}]},
+        "params.messages[0].content[0].type: Invalid value 'video'",
+    ),
+    "speed": ({"speed": "fast"}, "params.speed is not accepted in a batch"),
+    "unknown parameter": (
+        {"temprature": 0.1},
+        "params: Object contains unknown field `temprature`; the API refuses fields it does not know "
+        "(did you mean 'temperature'?)",
+    ),
+    "max_tokens above the model's maximum": (
+        {"max_tokens": 64_001},
+        "params.max_tokens 64,001 is above the 64,000 output tokens claude-haiku-4-5 can produce in a batch",
+    ),
+}
 BAD_INPUTS: dict[str, tuple[list[Any], str]] = {
-    "custom_id pattern": ([*requests(3), req("bad id!")], "request 3 (custom_id 'bad id!'): custom_id"),
+    "custom_id pattern": ([*requests(3), req("bad id!")], "row 4 (custom_id 'bad id!'): custom_id"),
+    "custom_id with a trailing newline": (
+        [*requests(3), req("r9\n")],
+        "row 4 (custom_id 'r9\\n'): custom_id",
+    ),
     "duplicate across batches": (
         [*requests(12), req("r1")],
-        "request 12 (custom_id 'r1'): custom_id is already",
+        "row 13 (custom_id 'r1'): custom_id is already used by row 2",
     ),
     "missing model": ([{"custom_id": "a", "params": {"max_tokens": 5, "messages": []}}], "params.model"),
     "max_tokens 0": ([req("a", max_tokens=0)], "max_tokens must be an integer >= 1"),
@@ -119,6 +148,10 @@ BAD_INPUTS: dict[str, tuple[list[Any], str]] = {
     "stream true": ([req("a", stream=True)], "params.stream must not be true"),
     "one request over the byte limit": ([req("a", "x" * 20_000)], "alone it exceeds the max_bytes_per_batch"),
     "empty input": ([], "the input has no requests"),
+    **{
+        case: ([*requests(6), req("bad", **params)], f"row 7 (custom_id 'bad'): {rule}")
+        for case, (params, rule) in BAD_PARAMS.items()
+    },
 }
 
 
@@ -135,15 +168,33 @@ def test_each_bad_input_fails_listing_the_row_and_creates_no_batch(
     assert not layout.ledger_path(as_path(str(tmp_path / "job")), 0).exists()
 
 
-def test_many_invalid_rows_are_listed_twenty_with_the_total(
+@pytest.mark.parametrize("case", list(BAD_PARAMS))
+def test_the_emulator_refuses_what_submit_refuses_with_the_same_rule(
+    case: str, emulator_session: EmulatorProcess, session_client: anthropic.Anthropic
+) -> None:
+    params, rule = BAD_PARAMS[case]
+    if case == "max_tokens above the model's maximum":
+        pytest.skip("the model's limits are checked by submit; the API answers them per request")
+    before = emulator_session.batch_count()
+    with pytest.raises(anthropic.BadRequestError) as raised:
+        session_client.messages.batches.create(requests=[req("bad", **params)])  # type: ignore[list-item]
+    # The same rule, with indexes written the API's way (requests.0.params.tools.0).
+    assert re.sub(r"\[(\d+)\]", r".\1", rule) in str(raised.value)
+    assert emulator_session.batch_count() == before
+
+
+def test_many_invalid_rows_read_as_one_line_per_rule_with_a_count_and_the_fix(
     session_client: anthropic.Anthropic, tmp_path: Path
 ) -> None:
-    rows = [req(f"bad id {i}") for i in range(30)]
+    rows = [req(f"src/file_{i}.py") for i in range(20)] + [req(f"ok{i}", system=5) for i in range(3)]
     with pytest.raises(InvalidRequestsError) as raised:
         submit(session_client, rows, tmp_path / "job")
     message = str(raised.value)
-    assert message.startswith("30 invalid request(s)") and "and 10 more" in message
-    assert "request 19 (custom_id 'bad id 19')" in message and "request 20 " not in message
+    assert message.startswith("23 invalid request(s) among 23 row(s)")
+    assert "20 rows: row 1 (custom_id 'src/file_0.py')" in message and "and 15 more" in message
+    assert "custom_id_from=" in message  # the fix for ids that are file paths
+    assert "3 rows: row 21 (custom_id 'ok0')" in message
+    assert len(message.splitlines()) <= 6
 
 
 def test_skip_invalid_submits_the_valid_rows_and_records_the_rest(
@@ -172,7 +223,9 @@ def test_budget_refusal_names_estimate_and_budget_and_creates_no_batch(
 ) -> None:
     before = emulator_session.batch_count()
     rows = [req(f"r{i}", "x" * 4000, max_tokens=4000) for i in range(50)]
-    with pytest.raises(BudgetExceededError, match=r"estimated cost \$0\.\d+ .* above max_cost_usd=\$0\.0100"):
+    with pytest.raises(
+        BudgetExceededError, match=r"round 0 would cost \$0\.\d+ .* above the budget max_cost_usd=\$0\.0100"
+    ):
         submit(session_client, rows, tmp_path / "job", max_cost_usd=0.01)
     assert emulator_session.batch_count() == before
     # A refused round binds nothing: the same job can be run with a smaller input.

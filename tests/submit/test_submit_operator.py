@@ -124,3 +124,38 @@ def test_operator_rejects_ambiguous_input_and_bad_settings_at_parse_time() -> No
         SubmitBatchesOperator(task_id="t", output_path="/tmp/x", requests=[], max_requests_per_batch=100_001)
     with pytest.raises(ValueError, match="on_input_change"):
         SubmitBatchesOperator(task_id="t", output_path="/tmp/x", requests=[], on_input_change="ignore")
+
+
+def test_inline_records_are_data_never_templates(
+    airflow_db: str,
+    emulator: EmulatorProcess,
+    anthropic_conn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "s3cr3t-password-of-another-connection"
+    monkeypatch.setenv("AIRFLOW_CONN_SECRET_CONN", json.dumps({"conn_type": "generic", "password": secret}))
+    records = [
+        {"id": "math", "text": "{{ 7*7 }}"},
+        {"id": "leak", "text": "{{ conn.secret_conn.password }}"},
+        {"id": "date", "text": "on {{ ds }}"},
+    ]
+    out = tmp_path / "manifest.json"
+    dag = submit_dag(
+        "submit_data_not_templates",
+        out,
+        records=records,
+        prompt_template="Review: {text}",
+        custom_id_field="id",
+        model="claude-haiku-4-5",
+        max_tokens=16,
+        count_tokens_sample=0,
+    )
+    run = run_dag(dag, logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE)
+
+    assert run.state == "success"
+    manifest = json.loads(out.read_text())
+    chunk = as_path(manifest["batches"][0]["chunk_path"]).read_text()
+    prompts = [json.loads(line)["params"]["messages"][0]["content"] for line in chunk.splitlines()]
+    assert prompts == ["Review: {{ 7*7 }}", "Review: {{ conn.secret_conn.password }}", "Review: on {{ ds }}"]
+    assert secret not in chunk and "49" not in chunk

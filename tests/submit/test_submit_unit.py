@@ -16,7 +16,7 @@ from airflow_batch.submit.chunking import ChunkBody, body_bytes, prepare_chunks
 from airflow_batch.submit.estimate import TokenTally, estimate_cost
 from airflow_batch.submit.ledger import Ledger, LedgerStore
 from airflow_batch.submit.records import RequestDefaults, records_to_requests
-from airflow_batch.submit.validation import InvalidRow, check_request, describe_problems
+from airflow_batch.submit.validation import InvalidRow, Problem, ProblemReport, check_request
 from airflow_batch.tokens import approx_tokens, input_tokens
 
 MODEL = "claude-haiku-4-5"
@@ -46,16 +46,44 @@ def prepare(tmp_path: Path, rows: Any, **kwargs: Any) -> Any:
     [
         (req("a b"), "custom_id 'a b' must match"),
         (req("x" * 65), "must match"),
+        (req("a\n"), "custom_id 'a\\n' must match"),  # a trailing newline is not a full match
         ({"params": req()["params"]}, "custom_id is missing"),
         ({**req(), "extra": 1}, "unknown field 'extra'"),
         ({"custom_id": "a", "params": "nope"}, "params must be an object"),
         (req(model=""), "params.model is missing"),
+        ({"custom_id": "a", "params": {"max_tokens": 5, "messages": []}}, "params.model is missing"),
         (req(max_tokens=0), "max_tokens must be an integer >= 1"),
-        (req(max_tokens=True), "max_tokens must be an integer >= 1"),
+        (req(max_tokens=True), "params.max_tokens: Expected `int`, got `bool`"),
         (req(messages=[]), "params.messages must be a non-empty list"),
-        (req(messages=[{"role": "system", "content": "x"}]), "role must be 'user' or 'assistant'"),
+        (
+            req(messages=[{"role": "tool", "content": "x"}]),
+            "params.messages[0].role: Invalid enum value 'tool'",
+        ),
         (req(messages=[{"role": "user", "content": ""}]), "content must be a non-empty"),
         (req(stream=True), "params.stream must not be true"),
+        (req(stream="yes"), "params.stream: Expected `bool | null`, got `str`"),
+        (req(speed="fast"), "params.speed is not accepted in a batch"),
+        (req(system=5), "params.system: Expected `str | array | null`, got `int`"),
+        (req(temperatur=0.5), "params: Object contains unknown field `temperatur`"),
+        (
+            req(messages=[{"role": "user", "content": [{"type": "txt", "text": "x"}]}]),
+            "params.messages[0].content[0].type: Invalid value 'txt' (content block types:",
+        ),
+        (req(tools=[{"name": "lookup"}]), "params.tools[0]: tool 'lookup': input_schema must be"),
+        (req(tools=[{"type": "web_search_20250305", "name": "search"}]), "must be named 'web_search'"),
+        (req(tools=[{"type": "magic_2099"}]), "type 'magic_2099' is not a tool type the API knows"),
+        (req(tool_choice={"type": "tool", "name": "x"}), "params.tool_choice names the tool 'x'"),
+        (req(thinking={"type": "enabled", "budget_tokens": 100}), "budget_tokens must be >= 1,024"),
+        (
+            req(max_tokens=2000, thinking={"type": "enabled", "budget_tokens": 4000}),
+            "must be below max_tokens",
+        ),
+        (req(thinking={"type": "sometimes"}), "params.thinking.type: Invalid value 'sometimes'"),
+        (req(output_config={"effort": "extreme"}), "params.output_config.effort: Invalid enum value"),
+        (
+            req(messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "base64"}}]}]),
+            "params.messages[0].content[0].source.media_type is missing",
+        ),
         ([1, 2], "must be a JSON object"),
     ],
 )
@@ -64,18 +92,69 @@ def test_check_request_names_the_rule_each_invalid_request_breaks(request_: Any,
     assert problem is not None and rule in problem
 
 
-def test_check_request_accepts_blocks_system_and_stream_false() -> None:
-    blocks = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
-    assert check_request(req(messages=blocks, system="s", stream=False)) is None
+def test_check_request_accepts_what_the_api_accepts_in_a_batch() -> None:
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
+    document = {"type": "document", "source": {"type": "file", "file_id": "file_1"}, "title": "Q3"}
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}
+    blocks = [
+        {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+        image,
+        document,
+        pdf,
+    ]
+    tool = {"name": "lookup", "description": "Find a product", "input_schema": {"type": "object"}}
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
+    ok = req(
+        messages=[
+            {"role": "user", "content": blocks},
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": "s"}]},
+            {"role": "user", "content": "go on"},
+        ],
+        system=[{"type": "text", "text": "Be brief."}],
+        stream=False,
+        max_tokens=4000,
+        tools=[tool, search],
+        tool_choice={"type": "tool", "name": "lookup"},
+        thinking={"type": "enabled", "budget_tokens": 2048},
+        output_config={"effort": "high", "format": {"type": "json_schema", "schema": {"type": "object"}}},
+        metadata={"user_id": "u1"},
+        service_tier="auto",
+        inference_geo="us",
+        temperature=0.2,
+    )
+    assert check_request(ok) is None
+    assert check_request(req(thinking={"type": "adaptive", "display": "omitted"})) is None
 
 
-def test_describe_problems_lists_the_first_twenty_and_the_count() -> None:
-    from airflow_batch.submit.validation import Problem
+def test_a_job_with_betas_lets_unknown_parameters_and_tool_types_pass() -> None:
+    beta = req(context_hints={"x": 1}, tools=[{"type": "magic_2099", "name": "magic"}])
+    assert check_request(beta) is not None
+    assert check_request(beta, lenient=True) is None
 
-    problems = [Problem(i, f"r{i}", "bad") for i in range(25)]
-    text = describe_problems(problems, 25)
-    assert "request 19 (custom_id 'r19'): bad" in text
-    assert "request 20 " not in text and "and 5 more" in text and text.startswith("25 invalid")
+
+def test_max_tokens_above_the_models_batch_maximum_is_refused() -> None:
+    limit = {MODEL: 64_000}.get
+    assert check_request(req(max_tokens=64_000), max_output_tokens=limit) is None
+    rule = check_request(req(max_tokens=64_001), max_output_tokens=limit)
+    assert rule is not None and "above the 64,000 output tokens claude-haiku-4-5 can produce" in rule
+
+
+def test_problem_report_groups_rules_with_a_count_the_first_rows_and_the_fix() -> None:
+    report = ProblemReport()
+    for row in range(1, 26):
+        report.add(
+            Problem(row, f"src/f{row}.py", f"custom_id 'src/f{row}.py' must match ^x$", "use ids", "line")
+        )
+    report.add(
+        Problem(30, "r30", "record has no field 'txt' used by prompt_template", "fields: text", "line")
+    )
+    text = report.message(rows=40)
+
+    assert text.startswith("26 invalid request(s) among 40 row(s)")
+    assert text.count("custom_id 'src/") == 6  # the rule once, then five example rows
+    assert "25 rows: line 1 (custom_id 'src/f1.py'), line 2" in text and "and 20 more" in text
+    assert "fix: use ids" in text and "fix: fields: text" in text
+    assert "  - line 30 (custom_id 'r30'): record has no field 'txt'" in text
 
 
 def test_defaults_fill_only_missing_fields_and_mark_the_shared_system_prompt_cached() -> None:
@@ -124,8 +203,9 @@ def test_a_records_file_line_that_is_not_json_is_an_invalid_row_with_its_index(t
         task_id="s", output_path=str(tmp_path), records=str(source), prompt_template="{t}"
     )
     prepared = prepare(tmp_path, operator.input_rows(), defaults=RequestDefaults(model=MODEL, max_tokens=5))
-    assert prepared.fatal and prepared.problems[0].index == 1
-    assert "not valid JSON" in prepared.problems[0].rule
+    [problem] = prepared.report.first()
+    assert prepared.fatal and problem.row == 2  # the second line of the file
+    assert "not valid JSON" in problem.rule
 
 
 def test_request_builder_returns_params_merged_over_the_template() -> None:
@@ -195,8 +275,8 @@ def test_duplicate_custom_ids_are_found_across_chunks_with_both_rows_named(tmp_p
     rows[27] = req("r3")
     prepared = prepare(tmp_path, rows, max_requests=10)
     assert prepared.fatal and prepared.chunks == []
-    assert [str(p) for p in prepared.problems] == [
-        "request 27 (custom_id 'r3'): custom_id is already used by request 3; "
+    assert [str(p) for p in prepared.report.first()] == [
+        "row 28 (custom_id 'r3'): custom_id is already used by row 4; "
         "custom_id must be unique across the whole job"
     ]
 
@@ -207,16 +287,14 @@ def test_invalid_json_lines_and_oversized_requests_are_problems_with_their_row(t
     rows.append(req("big", messages=[{"role": "user", "content": "x" * 5000}]))
     prepared = prepare(tmp_path, rows, max_bytes=2000)
     assert prepared.fatal and prepared.invalid == 2
-    assert prepared.problems[0].index == 1 and "not valid JSON" in prepared.problems[0].rule
-    assert (
-        prepared.problems[1].index == 4
-        and "alone it exceeds the max_bytes_per_batch" in prepared.problems[1].rule
-    )
+    first, second = prepared.report.first()
+    assert first.row == 2 and "not valid JSON" in first.rule
+    assert second.row == 5 and "alone it exceeds the max_bytes_per_batch" in second.rule
 
 
 def test_empty_input_is_a_problem(tmp_path: Path) -> None:
     prepared = prepare(tmp_path, [])
-    assert prepared.fatal and "no requests" in prepared.problems[0].rule
+    assert prepared.fatal and "no requests" in prepared.report.first()[0].rule
 
 
 def test_skip_invalid_writes_invalid_input_failures_and_chunks_the_rest(tmp_path: Path) -> None:
@@ -227,7 +305,7 @@ def test_skip_invalid_writes_invalid_input_failures_and_chunks_the_rest(tmp_path
     assert prepared.invalid_file is not None
     failure = json.loads(prepared.invalid_file.read_text())
     assert failure["result_type"] == "invalid_input" and failure["custom_id"] == "bad id"
-    assert failure["index"] == 2 and failure["retryable"] is False
+    assert failure["row"] == 3 and failure["retryable"] is False
 
 
 def test_skip_invalid_never_skips_a_duplicate_custom_id(tmp_path: Path) -> None:

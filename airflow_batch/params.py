@@ -1,0 +1,527 @@
+"""What the API accepts as a batch request: one set of structural rules for submit and the emulator.
+
+A batch request is ``{"custom_id": str, "params": {...Messages API body...}}``. The shape of
+``params`` is declared here as msgspec types (the structure: field names, types, content
+block kinds, tool choice and thinking forms), and :func:`batch_rules` adds what a type
+cannot say (a full-match ``custom_id``, ``max_tokens`` bounds, a thinking budget below
+``max_tokens``, what a *batch* refuses: ``stream: true`` and ``speed``). The submit
+validation and the emulator's create validation both call :func:`check_line` /
+:func:`check_request`, so the two cannot drift: whatever the emulator refuses, submit refuses
+first, before any spend, naming the row.
+
+Unknown fields are refused, as the API refuses them ("Extra inputs are not permitted"),
+except in a job that sends ``anthropic-beta`` headers: a beta may add parameters or tool
+types this table does not know yet, so with betas an unknown top-level parameter or tool
+type passes (every field this table knows is still checked).
+
+Pure: no I/O, no Airflow.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+CUSTOM_ID_PATTERN = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+"""What a ``custom_id`` must fully match (a trailing newline included is not a match)."""
+_full_match_custom_id = CUSTOM_ID_PATTERN.fullmatch
+MIN_THINKING_BUDGET = 1_024
+
+# ---- blocks ------------------------------------------------------------------------------
+
+
+class CacheControl(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``cache_control``: an ephemeral prompt-cache breakpoint, 5 minutes or 1 hour."""
+
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] | None = None
+
+
+class _Block(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    """A content block, told apart by its ``type``."""
+
+
+class TextBlock(_Block, tag="text"):
+    text: str
+    cache_control: CacheControl | None = None
+    citations: list[Any] | None = None
+
+
+class _Source(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    """Where an image or document comes from, told apart by its ``type``."""
+
+
+class Base64ImageSource(_Source, tag="base64"):
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
+    data: str
+
+
+class UrlSource(_Source, tag="url"):
+    url: str
+
+
+class FileSource(_Source, tag="file"):
+    file_id: str
+
+
+class ImageBlock(_Block, tag="image"):
+    source: Base64ImageSource | UrlSource | FileSource
+    cache_control: CacheControl | None = None
+    transformations: dict[str, Any] | None = None
+
+
+class Base64PdfSource(_Source, tag="base64"):
+    media_type: Literal["application/pdf"]
+    data: str
+
+
+class PlainTextSource(_Source, tag="text"):
+    media_type: Literal["text/plain"]
+    data: str
+
+
+class ContentSource(_Source, tag="content"):
+    content: str | list[TextBlock | ImageBlock]
+
+
+class CitationsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool
+
+
+class DocumentBlock(_Block, tag="document"):
+    source: Base64PdfSource | PlainTextSource | ContentSource | UrlSource | FileSource
+    title: str | None = None
+    context: str | None = None
+    citations: CitationsConfig | None = None
+    cache_control: CacheControl | None = None
+
+
+class SearchResultBlock(_Block, tag="search_result"):
+    source: str
+    title: str
+    content: list[TextBlock]
+    citations: CitationsConfig | None = None
+    cache_control: CacheControl | None = None
+
+
+class ThinkingBlock(_Block, tag="thinking"):
+    thinking: str
+    signature: str
+
+
+class RedactedThinkingBlock(_Block, tag="redacted_thinking"):
+    data: str
+
+
+class ToolUseBlock(_Block, tag="tool_use"):
+    id: str
+    name: str
+    input: dict[str, Any]
+    cache_control: CacheControl | None = None
+    caller: Any = None
+    toolset_name: str | None = None
+
+
+class ToolResultBlock(_Block, tag="tool_result"):
+    tool_use_id: str
+    content: str | list[TextBlock | ImageBlock | SearchResultBlock | DocumentBlock] | None = None
+    is_error: bool | None = None
+    cache_control: CacheControl | None = None
+    toolset_name: str | None = None
+
+
+class ServerToolUseBlock(_Block, tag="server_tool_use"):
+    id: str
+    name: str
+    input: dict[str, Any]
+    cache_control: CacheControl | None = None
+    caller: Any = None
+
+
+class _ServerToolResult(_Block):
+    tool_use_id: str
+    content: Any
+    cache_control: CacheControl | None = None
+    caller: Any = None
+
+
+class WebSearchToolResultBlock(_ServerToolResult, tag="web_search_tool_result"):
+    pass
+
+
+class WebFetchToolResultBlock(_ServerToolResult, tag="web_fetch_tool_result"):
+    pass
+
+
+class CodeExecutionToolResultBlock(_ServerToolResult, tag="code_execution_tool_result"):
+    pass
+
+
+class BashCodeExecutionToolResultBlock(_ServerToolResult, tag="bash_code_execution_tool_result"):
+    pass
+
+
+class TextEditorCodeExecutionToolResultBlock(_ServerToolResult, tag="text_editor_code_execution_tool_result"):
+    pass
+
+
+class ToolSearchToolResultBlock(_ServerToolResult, tag="tool_search_tool_result"):
+    pass
+
+
+class ContainerUploadBlock(_Block, tag="container_upload"):
+    file_id: str
+    cache_control: CacheControl | None = None
+
+
+ContentBlock = (
+    TextBlock
+    | ImageBlock
+    | DocumentBlock
+    | SearchResultBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | ServerToolUseBlock
+    | WebSearchToolResultBlock
+    | WebFetchToolResultBlock
+    | CodeExecutionToolResultBlock
+    | BashCodeExecutionToolResultBlock
+    | TextEditorCodeExecutionToolResultBlock
+    | ToolSearchToolResultBlock
+    | ContainerUploadBlock
+)
+BLOCK_TYPES = sorted(
+    block.__struct_config__.tag  # type: ignore[misc]
+    for block in ContentBlock.__args__  # type: ignore[attr-defined]
+)
+
+
+class Message(msgspec.Struct, forbid_unknown_fields=True):
+    """One entry of ``messages``."""
+
+    role: Literal["user", "assistant", "system"]
+    content: str | list[ContentBlock]
+
+
+# ---- choices and configs -----------------------------------------------------------------
+
+
+class _Choice(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    """A ``tool_choice``, told apart by its ``type``."""
+
+
+class ToolChoiceAuto(_Choice, tag="auto"):
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceAny(_Choice, tag="any"):
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceTool(_Choice, tag="tool"):
+    name: str
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceNone(_Choice, tag="none"):
+    pass
+
+
+ToolChoice = ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone
+
+
+class _Thinking(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    """A ``thinking`` configuration, told apart by its ``type``."""
+
+
+class ThinkingEnabled(_Thinking, tag="enabled"):
+    budget_tokens: int
+    display: Literal["summarized", "omitted", "updates"] | None = None
+
+
+class ThinkingAdaptive(_Thinking, tag="adaptive"):
+    display: Literal["summarized", "omitted", "updates"] | None = None
+
+
+class ThinkingDisabled(_Thinking, tag="disabled"):
+    pass
+
+
+class ThinkingBetweenTools(_Thinking, tag="between_tools"):
+    pass
+
+
+Thinking = ThinkingEnabled | ThinkingAdaptive | ThinkingDisabled | ThinkingBetweenTools
+
+
+class JsonSchemaFormat(msgspec.Struct, tag_field="type", tag="json_schema", forbid_unknown_fields=True):
+    """``output_config.format``: structured outputs."""
+
+    schema: dict[str, Any]
+
+
+class OutputConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: JsonSchemaFormat | None = None
+    task_budget: dict[str, Any] | None = None
+
+
+class Metadata(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: str | None = None
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The ``params`` of a batch request: a Messages API body as the API accepts it."""
+
+    model: str
+    max_tokens: int
+    messages: list[Message]
+    system: str | list[TextBlock] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
+    metadata: Metadata | None = None
+    stop_sequences: list[str] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    service_tier: Literal["auto", "standard_only"] | None = None
+    inference_geo: str | None = None
+    cache_control: CacheControl | None = None
+    container: str | dict[str, Any] | None = None
+    stream: bool | None = None
+    speed: str | None = None
+    # Parameters of betas: their shape is the beta's business.
+    context_management: Any = None
+    mcp_servers: Any = None
+    compaction: Any = None
+    billing_policy: Any = None
+    fallbacks: Any = None
+    thread: Any = None
+    diagnostics: Any = None
+
+
+class LenientParams(Params, forbid_unknown_fields=False):
+    """:class:`Params` that lets unknown top-level fields pass (a job that sends beta headers)."""
+
+
+class Request(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch request: its id and its Messages API body."""
+
+    custom_id: str
+    params: Params
+
+
+class LenientRequest(msgspec.Struct, forbid_unknown_fields=True):
+    custom_id: str
+    params: LenientParams
+
+
+KNOWN_PARAMS = frozenset(Params.__struct_fields__)
+
+# ---- tools ---------------------------------------------------------------------------------
+
+#: Anthropic-defined tools by ``type``, with the ``name`` each must carry.
+SERVER_TOOL_NAMES: dict[str, str] = {
+    **{f"web_search_{v}": "web_search" for v in ("20250305", "20260209", "20260318")},
+    **{f"web_fetch_{v}": "web_fetch" for v in ("20250910", "20260209", "20260309", "20260318")},
+    **{f"code_execution_{v}": "code_execution" for v in ("20250522", "20250825", "20260120", "20260521")},
+    "bash_20250124": "bash",
+    "memory_20250818": "memory",
+    "text_editor_20250124": "str_replace_based_edit_tool",
+    "text_editor_20250429": "str_replace_based_edit_tool",
+    "text_editor_20250728": "str_replace_based_edit_tool",
+    "tool_search_tool_bm25_20251119": "tool_search_tool_bm25",
+    "tool_search_tool_bm25": "tool_search_tool_bm25",
+    "tool_search_tool_regex_20251119": "tool_search_tool_regex",
+    "browser_toolset_20260801": "browser",
+    "computer_toolset_20260801": "computer",
+}
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+_CUSTOM_TOOL_KEYS = frozenset(
+    {
+        "type",
+        "name",
+        "description",
+        "input_schema",
+        "cache_control",
+        "strict",
+        "defer_loading",
+        "eager_input_streaming",
+        "input_examples",
+        "allowed_callers",
+    }
+)
+
+
+def check_tool(tool: Any, *, lenient: bool) -> str | None:
+    """Return why one ``tools`` entry is not a tool the API accepts, or None."""
+    if not isinstance(tool, Mapping):
+        return "must be an object"
+    kind = tool.get("type")
+    if kind in SERVER_TOOL_NAMES:
+        expected = SERVER_TOOL_NAMES[kind]
+        if tool.get("name") != expected:
+            return f"a {kind} tool must be named {expected!r}, got {tool.get('name')!r}"
+        return None
+    if kind not in (None, "custom"):
+        if lenient:
+            return None
+        return (
+            f"type {kind!r} is not a tool type the API knows (custom tools need no type; server tools "
+            "are e.g. web_search_20250305, web_fetch_20250910, code_execution_20250825); if a beta adds "
+            "it, pass betas= so the job sends the beta header"
+        )
+    name = tool.get("name")
+    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        return f"name must match ^[a-zA-Z0-9_-]{{1,128}}$, got {name!r}"
+    schema = tool.get("input_schema")
+    if not isinstance(schema, Mapping) or schema.get("type") != "object":
+        return f"tool {name!r}: input_schema must be a JSON Schema object with type 'object'"
+    unknown = sorted(set(tool) - _CUSTOM_TOOL_KEYS)
+    if unknown and not lenient:
+        return f"tool {name!r}: unknown field {unknown[0]!r}"
+    if "description" in tool and not isinstance(tool["description"], str):
+        return f"tool {name!r}: description must be a string"
+    return None
+
+
+# ---- the rules a type cannot state -----------------------------------------------------------
+
+
+def check_custom_id(value: Any) -> str | None:
+    """Return why ``value`` is not a valid ``custom_id``, or None if it is one."""
+    if not isinstance(value, str):
+        return (
+            f"custom_id must be a string matching ^{CUSTOM_ID_PATTERN.pattern}$, got {type(value).__name__}"
+        )
+    if not _full_match_custom_id(value):
+        return f"custom_id {value!r} must match ^{CUSTOM_ID_PATTERN.pattern}$"
+    return None
+
+
+def batch_rules(params: Params, *, lenient: bool = False, max_output_tokens: int | None = None) -> str | None:
+    """Return the first rule of a batch request ``params`` breaks beyond its types, or None.
+
+    :param max_output_tokens: the model's largest ``max_tokens`` in a batch, when known.
+    """
+    if params.stream:
+        return "params.stream must not be true: batch requests do not stream"
+    if params.speed is not None:
+        return "params.speed is not accepted in a batch (fast mode is not available with the Batch API)"
+    if not params.model:
+        return "params.model is missing: set it in the request or pass model= to the operator"
+    if params.max_tokens < 1:
+        return "params.max_tokens must be an integer >= 1: set it in the request or pass max_tokens="
+    if max_output_tokens is not None and params.max_tokens > max_output_tokens:
+        return (
+            f"params.max_tokens {params.max_tokens:,} is above the {max_output_tokens:,} output tokens "
+            f"{params.model} can produce in a batch"
+        )
+    if not params.messages:
+        return "params.messages must be a non-empty list of messages"
+    for position, message in enumerate(params.messages):
+        if not message.content:
+            return f"params.messages[{position}].content must be a non-empty string or list of blocks"
+    thinking = params.thinking
+    if isinstance(thinking, ThinkingEnabled):
+        if thinking.budget_tokens < MIN_THINKING_BUDGET:
+            budget = thinking.budget_tokens
+            return f"params.thinking.budget_tokens must be >= {MIN_THINKING_BUDGET:,}, got {budget:,}"
+        if thinking.budget_tokens >= params.max_tokens:
+            return (
+                f"params.thinking.budget_tokens ({thinking.budget_tokens:,}) must be below max_tokens "
+                f"({params.max_tokens:,}): thinking counts toward max_tokens"
+            )
+    for position, tool in enumerate(params.tools or ()):
+        problem = check_tool(tool, lenient=lenient)
+        if problem:
+            return f"params.tools[{position}]: {problem}"
+    choice = params.tool_choice
+    if isinstance(choice, ToolChoiceTool) and choice.name not in {
+        tool.get("name") for tool in params.tools or () if isinstance(tool, Mapping)
+    }:
+        return f"params.tool_choice names the tool {choice.name!r}, which params.tools does not define"
+    if isinstance(choice, (ToolChoiceAny, ToolChoiceTool)) and not params.tools:
+        return "params.tool_choice forces a tool call but params.tools is empty"
+    return None
+
+
+# ---- decoding with located messages -----------------------------------------------------------
+
+_MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$")
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
+_MISSING_FIELD = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
+_MISSING_HINTS = {
+    "params.model": ": set it in the request or pass model= to the operator",
+    "params.max_tokens": ": set it in the request or pass max_tokens= to the operator",
+}
+_strict_line = msgspec.json.Decoder(Request)
+_lenient_line = msgspec.json.Decoder(LenientRequest)
+
+
+def located(exc: msgspec.MsgspecError, prefix: str = "") -> str:
+    """Turn msgspec's ``... - at `$.params.system``` into ``params.system: ...`` (with ``prefix``)."""
+    match = _MSGSPEC_PATH.match(str(exc))
+    if not match:
+        return f"{prefix}{exc}"
+    path = prefix + match["path"].lstrip(".")
+    message = match["message"]
+    missing = _MISSING_FIELD.match(message)
+    if missing:
+        name = f"{path}.{missing['field']}" if path else missing["field"]
+        return f"{name} is missing" + _MISSING_HINTS.get(name, "")
+    if message.startswith("Invalid value") and path.endswith(".type") and ".content[" in path:
+        message += f" (content block types: {', '.join(BLOCK_TYPES)})"
+    elif unknown := _UNKNOWN_FIELD.match(message):
+        message += "; the API refuses fields it does not know"
+        if path.endswith("params"):
+            close = difflib.get_close_matches(unknown["field"], sorted(Params.__struct_fields__), n=1)
+            message += f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{path}: {message}" if path else message
+
+
+_decode_any = msgspec.json.Decoder().decode
+
+
+def loads(line: bytes | bytearray | memoryview) -> Any:
+    """Return a JSON line decoded to plain data; raise ``ValueError`` saying what is wrong with it."""
+    try:
+        return _decode_any(line)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not valid UTF-8: {exc}") from None
+    except RecursionError:
+        raise ValueError("not valid JSON: nested too deeply") from None
+
+
+def decode_line(line: bytes, *, lenient: bool = False) -> Request:
+    """Return a JSONL line decoded as a :class:`Request`; raise ``ValueError`` with a located message."""
+    try:
+        return (_lenient_line if lenient else _strict_line).decode(line)  # type: ignore[return-value]
+    except msgspec.ValidationError as exc:
+        raise ValueError(located(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not valid UTF-8: {exc}") from None
+    except RecursionError:
+        raise ValueError("not valid JSON: nested too deeply") from None
+
+
+def convert_request(obj: Any, *, lenient: bool = False) -> Request:
+    """Return a decoded row (dicts and lists) checked as a :class:`Request`; raise ``ValueError``."""
+    try:
+        return msgspec.convert(obj, LenientRequest if lenient else Request)  # type: ignore[return-value]
+    except msgspec.ValidationError as exc:
+        raise ValueError(located(exc)) from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
