@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary_lines(manifest, time.monotonic() - started):
         print("  " + line)
     print(f"  manifest          {manifest_path}")
+    print()
+    print("next: make up (or .venv/bin/airflow-batch dev) runs these DAGs in a local Airflow with its UI")
+    print("      and the Batch jobs page, against the emulator, until Ctrl-C (README: Run it locally)")
     return 0
 
 
