@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both work on a fresh machine
+# The commands of the README: `make demo`, `make up` and `make test`. All work on a fresh machine
 # with only Python and pip: uv is installed with pip when missing, then .venv is synced
 # from the committed uv.lock, with bytecode compiled once at install: where the environment
 # sets PYTHONDONTWRITEBYTECODE, every Airflow process would otherwise compile thousands of
@@ -9,7 +9,7 @@ UV = $(if $(shell command -v uv 2>/dev/null),uv,$(PYTHON) -m uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest venv browser bench clean
+.PHONY: demo up test lint typecheck pytest venv browser bench clean
 
 venv: $(VENV)/.synced
 
@@ -27,6 +27,11 @@ browser:
 
 demo: venv
 	$(BIN)/python -m airflow_batch.demo
+
+# The emulator and a local Airflow (UI on http://127.0.0.1:8080) on dags/, until Ctrl-C.
+# Flags: make up ARGS="--port 8081", or run .venv/bin/airflow-batch dev --help.
+up: venv
+	$(BIN)/airflow-batch dev $(ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

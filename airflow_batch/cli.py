@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``airflow-batch`` parser with every subcommand."""
+    from airflow_batch.dev import command as dev_command
     from airflow_batch.emulator.server import add_emulator_arguments, run_from_args
 
     parser = argparse.ArgumentParser(prog="airflow-batch", description=__doc__)
@@ -19,6 +20,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_emulator_arguments(emulator)
     emulator.set_defaults(handler=lambda args: run_from_args(emulator, args))
+    dev = commands.add_parser(
+        "dev",
+        help="run the emulator and a local Airflow on the example DAGs until Ctrl-C",
+        description=(
+            "Start the emulator and a local Airflow (api-server, scheduler, dag-processor, triggerer; "
+            "LocalExecutor, SQLite, simple auth manager) with anthropic_default pointed at the emulator; "
+            "print the UI address and login; stop everything on Ctrl-C."
+        ),
+    )
+    dev_command.add_dev_arguments(dev)
+    dev.set_defaults(handler=dev_command.run_from_args)
     return parser
 
 
@@ -26,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the ``airflow-batch`` command line."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.handler(args)
+    if code := args.handler(args):
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

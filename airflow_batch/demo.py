@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -30,30 +29,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from airflow_batch.dev.deployment import AIRFLOW_EXECUTABLE, airflow_environment, example_dags_environment
+
 DAG_ID = "review_sentiment"
 REPO = Path(__file__).resolve().parent.parent
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+AIRFLOW = AIRFLOW_EXECUTABLE
 
 
 def demo_environment(workdir: Path, emulator_url: str) -> dict[str, str]:
     """Return the environment of the demo's Airflow: its own home, DB, DAGs and connection."""
-    home = workdir / "airflow-home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            # The example DAGs read their output folder and poll interval from these.
-            "AIRFLOW_VAR_AIRFLOW_BATCH_OUTPUT": str(workdir / "output"),
-            "AIRFLOW_BATCH_POLL_INTERVAL": "2",
-            "AIRFLOW_CONN_ANTHROPIC_DEFAULT": json.dumps(
-                {"conn_type": "anthropic", "password": "demo-key", "host": emulator_url}
-            ),
-        }
-    )
+    env = airflow_environment(workdir / "airflow-home", REPO / "dags")
+    env.update(example_dags_environment(workdir / "output", anthropic_url=emulator_url, poll_interval=2))
     return env
 
 
@@ -164,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary_lines(manifest, time.monotonic() - started):
         print("  " + line)
     print(f"  manifest          {manifest_path}")
+    print()
+    print("next: make up (or .venv/bin/airflow-batch dev) runs these DAGs in a local Airflow with its UI")
+    print("      and the Batch jobs page, against the emulator, until Ctrl-C (README: Run it locally)")
     return 0
 
 

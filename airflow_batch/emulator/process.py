@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,7 +32,9 @@ class EmulatorProcess:
 
     The port is chosen once (``port=0`` picks a free one) and kept, so ``restart``
     comes back on the same base URL with the same data directory. Settings changed with
-    ``configure`` are passed again on restart.
+    ``configure`` are passed again on restart. With ``own_process_group`` the emulator leads a
+    process group of its own, so a terminal's Ctrl-C reaches only the command that started it
+    (``airflow-batch dev``), which stops it in turn.
     """
 
     def __init__(
@@ -41,12 +44,14 @@ class EmulatorProcess:
         host: str = "127.0.0.1",
         port: int = 0,
         config: Mapping[str, Any] | None = None,
+        own_process_group: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or _free_port(host)
         self.base_url = f"http://{host}:{self.port}"
         self.config: dict[str, Any] = dict(config or {})
+        self.own_process_group = own_process_group
         self._process: subprocess.Popen[bytes] | None = None
         self._http = httpx.Client(base_url=self.base_url, timeout=30)
 
@@ -59,6 +64,11 @@ class EmulatorProcess:
     def pid(self) -> int | None:
         """Return the process id of the running emulator, or None."""
         return self._process.pid if self._process else None
+
+    @property
+    def running(self) -> bool:
+        """Return whether the emulator process was started and has not exited."""
+        return self._process is not None and self._process.poll() is None
 
     def start(self, timeout: float = 30) -> EmulatorProcess:
         """Start the emulator and return once ``/_emulator/health`` answers 200."""
@@ -79,7 +89,9 @@ class EmulatorProcess:
         ]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=self.own_process_group
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -96,17 +108,24 @@ class EmulatorProcess:
         raise TimeoutError(f"emulator not ready on {self.base_url} within {timeout}s")
 
     def stop(self) -> None:
-        """Stop the emulator: SIGTERM, then SIGKILL if it has not exited within 10 s."""
+        """Stop the emulator (its process group, if it leads one): SIGTERM, then SIGKILL after 10 s."""
         process, self._process = self._process, None
         if process is None:
             return
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            self._signal(process, signal.SIGTERM)
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
+                self._signal(process, signal.SIGKILL)
                 process.wait()
+
+    def _signal(self, process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        if self.own_process_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
 
     def restart(self) -> None:
         """Stop and start again on the same port and data directory."""

@@ -1,21 +1,16 @@
 """A real Airflow deployment in a temp dir: api-server, scheduler, dag-processor, triggerer.
 
 Each component is a separate ``airflow`` process in its own process group (LocalExecutor,
-SQLite), configured only through environment variables so nothing leaks into or out of the
-test process. ``stop`` kills exactly the process groups ``start`` created: SIGTERM, then
-SIGKILL after a grace period.
+SQLite), configured only through environment variables, the same ones ``airflow-batch dev``
+uses (:mod:`airflow_batch.dev.deployment`), so nothing leaks into or out of the test process.
+``stop`` stops exactly the process groups ``start`` created and what they spawned: SIGTERM,
+then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import secrets
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,12 +20,22 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import httpx
 import pytest
 
+from airflow_batch.dev.deployment import (
+    AIRFLOW_EXECUTABLE,
+    COMPONENTS,
+    admin_login,
+    deployment_environment,
+    deployment_healthy,
+    example_dags_environment,
+)
+from airflow_batch.dev.processes import stop_process_groups
+
 if TYPE_CHECKING:
     from airflow_batch.emulator.process import EmulatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-ALL_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+AIRFLOW = AIRFLOW_EXECUTABLE
+ALL_COMPONENTS = COMPONENTS
 
 
 def free_port() -> int:
@@ -68,8 +73,9 @@ class AirflowCluster:
         self.home = home
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.username = "admin"
-        self.password = secrets.token_urlsafe(12)
+        self._login = admin_login(home)
+        self.username = self._login.username
+        self.password = self._login.password
         self.components = tuple(components)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._token: str | None = None
@@ -77,50 +83,9 @@ class AirflowCluster:
         self.timings: dict[str, float] = {}
 
     def _environment(self, dags_folder: Path, extra_env: Mapping[str, str]) -> dict[str, str]:
-        # Start from a clean slate: no AIRFLOW__* / AIRFLOW_CONN_* from the test process.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        passwords = self.home / "passwords.json"
-        self.home.mkdir(parents=True, exist_ok=True)
-        passwords.write_text(json.dumps({self.username: self.password}))
-        env.update(
-            {
-                "AIRFLOW_HOME": str(self.home),
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-                "AIRFLOW__CORE__PARALLELISM": "8",
-                # Executor workers start from a server that imported Airflow and this package
-                # once: each task then skips ~5 s of imports (anthropic SDK, providers).
-                "AIRFLOW__CORE__MP_START_METHOD": "forkserver",
-                "AIRFLOW__CORE__MP_FORKSERVER_PRELOAD": (
-                    "airflow,airflow.executors.local_executor,airflow_batch.job"
-                ),
-                "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home}/airflow.db",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "sqlite_connect_args.CONNECT_ARGS",
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p
-                ),
-                "AIRFLOW__API__HOST": "127.0.0.1",
-                "AIRFLOW__API__PORT": str(self.port),
-                "AIRFLOW__API__BASE_URL": self.base_url,
-                "AIRFLOW__API__WORKERS": "1",
-                "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
-                "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-                "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
-                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
-                "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
+        # The deployment's settings live in the package (``airflow-batch dev`` uses the same);
+        # nothing comes from the test process's AIRFLOW* variables.
+        env = deployment_environment(self.home, port=self.port, dags_folder=dags_folder, login=self._login)
         env.update(extra_env)
         return env
 
@@ -163,34 +128,13 @@ class AirflowCluster:
         for name, process in self.processes.items():
             if process.poll() is not None:
                 raise RuntimeError(f"airflow {name} exited with {process.returncode}\n{self.log_tails()}")
-        try:
-            response = httpx.get(f"{self.base_url}/api/v2/monitor/health", timeout=2)
-        except httpx.TransportError:
-            return False
-        if response.status_code != 200:
-            return False
-        health = response.json()
-        wanted = {"scheduler": "scheduler", "triggerer": "triggerer", "dag-processor": "dag_processor"}
-        return all(
-            health.get(key, {}).get("status") == "healthy"
-            for component, key in wanted.items()
-            if component in self.processes
-        )
+        return deployment_healthy(self.base_url, self.processes)
 
     def stop(self) -> None:
-        """Kill the process groups this cluster started: SIGTERM, then SIGKILL after 15 s."""
+        """Stop the process groups this cluster started and all they spawned: SIGTERM, SIGKILL after 15 s."""
+        stop_process_groups([process.pid for process in self.processes.values()], grace=15)
         for process in self.processes.values():
-            if process.poll() is None:
-                _signal_group(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for process in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for process in self.processes.values():
-            # The group may outlive its leader (executor workers): kill whatever is left of it.
-            _signal_group(process.pid, signal.SIGKILL)
-            if process.poll() is None:
-                process.wait(timeout=10)
+            process.wait(timeout=10)
         self.processes.clear()
 
     def log_tails(self, chars: int = 3000) -> str:
@@ -271,11 +215,6 @@ class AirflowCluster:
         return "\n".join(item.get("event", "") if isinstance(item, dict) else str(item) for item in content)
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
 # -- pytest fixtures (imported by the e2e and ui conftests, shared by one session) ------------
 
 OUTPUT_VARIABLE = "AIRFLOW_VAR_AIRFLOW_BATCH_OUTPUT"
@@ -330,13 +269,7 @@ def _start_deployment(root: Path) -> ClusterDeployment:
     output = root / "output"
     cluster = AirflowCluster(
         root / "airflow",
-        extra_env={
-            "AIRFLOW_CONN_ANTHROPIC_DEFAULT": json.dumps(
-                {"conn_type": "anthropic", "password": "test-key", "host": emulator.base_url}
-            ),
-            OUTPUT_VARIABLE: str(output),
-            "AIRFLOW_BATCH_POLL_INTERVAL": "1",
-        },
+        extra_env=example_dags_environment(output, anthropic_url=emulator.base_url, poll_interval=1),
     )
     try:
         cluster.start()
