@@ -95,7 +95,7 @@ def highlight(line: str) -> str | None:
     """Return what the demo echoes of one Airflow log line: finished tasks and wait progress."""
     if match := _TASK_DONE.search(line):
         return f"  task {match.group(1)} finished"
-    if (match := _PROGRESS.search(line)) and "polling.py" in line:
+    if match := _PROGRESS.search(line):
         return f"    wait: {match.group(0)}"
     return None
 
@@ -104,10 +104,13 @@ def _run(command: list[str], env: Mapping[str, str], log: Path, what: str, echo:
     with log.open("ab") as out:
         process = subprocess.Popen(command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert process.stdout is not None
+        last = None
         for raw in process.stdout:
             out.write(raw)
-            if echo and (shown := highlight(raw.decode(errors="replace"))):
+            shown = highlight(raw.decode(errors="replace")) if echo else None
+            if shown and shown != last:  # the resumed wait repeats the trigger's last line
                 print(shown, flush=True)
+                last = shown
         returncode = process.wait()
     if returncode != 0:
         tail = log.read_text(errors="replace")[-4000:]
