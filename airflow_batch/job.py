@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any, Literal
 
-from airflow.sdk import Asset, TaskGroup
+from airflow.sdk import Asset, TaskGroup, XComArg
 
 from airflow_batch.operators.finalize import FinalizeBatchJobOperator
 from airflow_batch.operators.gather import GatherResultsOperator
@@ -23,6 +23,27 @@ from airflow_batch.operators.retry import RetryFailedOperator
 from airflow_batch.operators.submit import SubmitBatchesOperator
 from airflow_batch.sensors.batches import BatchesSensor
 from airflow_batch.submit.round import SubmitSettings
+
+
+class BatchJobGroup(TaskGroup):
+    """The TaskGroup of a batch job, with typed access to what its ``finalize`` task returns."""
+
+    @property
+    def finalize(self) -> FinalizeBatchJobOperator:
+        """Return the job's ``finalize`` task."""
+        task = self.children[self.child_id("finalize")]
+        assert isinstance(task, FinalizeBatchJobOperator)
+        return task
+
+    @property
+    def output(self) -> XComArg:
+        """Return the job manifest as an XComArg (a :class:`~airflow_batch.manifest.JobManifest`).
+
+        Pass it to a downstream task: ``report(job.output)`` receives the manifest, with
+        ``results_path``, ``failures_path``, the Parquet paths, counts and cost; it also makes
+        the task run after the job.
+        """
+        return self.finalize.output
 
 
 def default_asset(dag_id: str, group_id: str) -> Asset:
@@ -33,9 +54,14 @@ def default_asset(dag_id: str, group_id: str) -> Asset:
 def anthropic_batch_job(
     group_id: str,
     *,
-    output_path: str,
+    output_path: str | None = None,
     requests: Any = None,
     records: Any = None,
+    output_schema: Any = None,
+    passthrough_fields: Sequence[str] = (),
+    custom_id_from: Any = None,
+    results_format: str | Sequence[str] = "jsonl",
+    publish_path: str | None = None,
     conn_id: str = "anthropic_default",
     max_retry_rounds: int = 2,
     poll_interval: float | None = None,
@@ -46,6 +72,7 @@ def anthropic_batch_job(
     max_tokens: int | None = None,
     system: Any = None,
     cache_system_prompt: bool | None = None,
+    cache_ttl: str | None = None,
     prompt_template: str | None = None,
     custom_id_field: str = "custom_id",
     include_content: bool = False,
@@ -59,20 +86,30 @@ def anthropic_batch_job(
     sensor_kwargs: Mapping[str, Any] | None = None,
     gather_kwargs: Mapping[str, Any] | None = None,
     tooltip: str = "",
-) -> TaskGroup:
+) -> BatchJobGroup:
     """Return a TaskGroup running a whole Message Batches job: submit, wait, gather, retries, finalize.
 
     Task ids inside the group: ``submit``, ``wait``, ``gather``, then per retry round ``r``
     ``retry_r``, ``wait_r``, ``gather_r``, and ``finalize``. Use the group like a task:
     ``extract >> anthropic_batch_job(...) >> load``. Files land in the job folder under
-    ``output_path`` (see :mod:`airflow_batch.layout`); ``finalize`` returns the job manifest.
+    ``output_path`` (see :mod:`airflow_batch.layout`); ``finalize`` returns the job manifest,
+    which downstream tasks get as ``job.output`` (see :class:`BatchJobGroup`).
 
     :param group_id: Id of the TaskGroup.
-    :param output_path: Where job folders are created (local path or ``s3://``, ``gs://`` URI).
+    :param output_path: Where job folders are created: an absolute path or an ``s3://``,
+        ``gs://`` URI (default ``[airflow_batch] output_path``).
     :param requests: Message Batches requests (``{"custom_id", "params"}``): a list, a JSONL
         path/URI, or an upstream task's output. Give this or ``records``.
     :param records: Plain records turned into requests with ``prompt_template`` and the
         defaults below (see ``SubmitBatchesOperator``).
+    :param output_schema: Structured outputs: a JSON Schema dict or a Pydantic model class;
+        result rows carry the validated ``output``, an answer that is not valid is an
+        ``invalid_output`` failure (retried).
+    :param passthrough_fields: Record fields copied into result and failure rows (``input``).
+    :param custom_id_from: A template or callable making each record's key, turned into a
+        valid, stable ``custom_id`` (see ``SubmitBatchesOperator``).
+    :param results_format: ``"jsonl"``, ``"parquet"`` or both: what ``finalize`` writes.
+    :param publish_path: Folder (URI, templated) that gets a copy of the final files.
     :param conn_id: The ``anthropic`` connection.
     :param max_retry_rounds: How many retry rounds to build (0 for none).
     :param poll_interval: Seconds between status polls while waiting (default
@@ -87,6 +124,8 @@ def anthropic_batch_job(
     :param system: Default system prompt.
     :param cache_system_prompt: Mark the system prompt for prompt caching (default: the
         ``SubmitBatchesOperator`` default).
+    :param cache_ttl: ``"1h"`` or ``"5m"``: lifetime of that cache entry (default
+        ``[airflow_batch] cache_ttl``, 1h).
     :param prompt_template: Template building the user message from each record.
     :param custom_id_field: Record field holding the ``custom_id``.
     :param include_content: Keep each message's full ``content`` blocks in result rows.
@@ -111,6 +150,9 @@ def anthropic_batch_job(
     submit_extra = dict(submit_kwargs or {})
     if cache_system_prompt is not None:
         submit_extra["cache_system_prompt"] = cache_system_prompt
+    if records is not None:
+        submit_extra.setdefault("passthrough_fields", passthrough_fields)
+        submit_extra.setdefault("custom_id_from", custom_id_from)
     settings_names = {f.name for f in fields(SubmitSettings)} - {"max_cost_usd", "prices"}
     retry_settings = {k: v for k, v in submit_extra.items() if k in settings_names}
     if prices is not None:
@@ -130,7 +172,8 @@ def anthropic_batch_job(
         **(gather_kwargs or {}),
     }
 
-    with TaskGroup(group_id, tooltip=tooltip) as group:
+    group = BatchJobGroup(group_id, tooltip=tooltip)
+    with group:
         submit = SubmitBatchesOperator(
             task_id="submit",
             requests=requests,
@@ -143,6 +186,8 @@ def anthropic_batch_job(
             system=system,
             prompt_template=prompt_template,
             custom_id_field=custom_id_field,
+            output_schema=output_schema,
+            cache_ttl=cache_ttl,
             prices=prices,
             betas=betas,
             workspace_id=workspace_id,
@@ -169,6 +214,8 @@ def anthropic_batch_job(
             manifest=submit.output,
             max_failure_rate=max_failure_rate,
             asset=asset or None,
+            results_format=results_format,
+            publish_path=publish_path,
         )
         last >> finalize
     return group

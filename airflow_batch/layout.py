@@ -6,6 +6,7 @@ instances never collide, and a retry or a clear of the same task instance finds 
 
     {output_path}/{dag_id}/{run_id}/{task_id}[/map-{i}]/
         round-0/chunks/chunk-00000.jsonl     prepared requests, as submitted
+        round-0/inputs/chunk-00000.jsonl     each request's input row and passthrough fields
         round-0/ledger.json                  chunk -> batch id, written as each batch is created
         round-0/invalid_input.jsonl          rows skipped as invalid (skip_invalid=True)
         round-0/results/{batch_id}.jsonl     succeeded rows of one batch
@@ -15,7 +16,9 @@ instances never collide, and a retry or a clear of the same task instance finds 
         round-1/refusal.json                 why a round was refused before any spend (budget, model)
         round-0/manifest.json                the round's manifest after gather
         round-1/...                          retry rounds, same shape
+        job.json                             the job's output schema and passthrough fields
         results.jsonl  failures.jsonl  manifest.json    written by finalize
+        results.parquet  failures.parquet    written by finalize with results_format parquet
 """
 
 from __future__ import annotations
@@ -68,6 +71,20 @@ def chunk_path(job: ObjectStoragePath, round_number: int, chunk: int) -> ObjectS
     return chunks_dir(job, round_number) / chunk_file_name(chunk)
 
 
+def inputs_dir(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the folder of the inputs twins of a round's chunks."""
+    return round_dir(job, round_number) / "inputs"
+
+
+def chunk_inputs_path(job: ObjectStoragePath, round_number: int, chunk: int) -> ObjectStoragePath:
+    """Return what submit recorded of each request of a chunk: its input row and passthrough fields.
+
+    One JSON line per request, in the order of the chunk file: ``{"custom_id", "row", "input"}``.
+    Gather joins it to the results, so rows keep their input order and the record's columns.
+    """
+    return inputs_dir(job, round_number) / chunk_file_name(chunk)
+
+
 def ledger_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
     """Return the ledger file recording the batch id of every submitted chunk."""
     return round_dir(job, round_number) / "ledger.json"
@@ -108,6 +125,15 @@ def round_manifest_path(job: ObjectStoragePath, round_number: int) -> ObjectStor
     return round_dir(job, round_number) / "manifest.json"
 
 
+def job_spec_path(job: ObjectStoragePath) -> ObjectStoragePath:
+    """Return the job's spec: ``{"output_schema", "passthrough_fields"}``, written by submit.
+
+    Gather validates answers against the output schema; finalize types the Parquet columns
+    with it and with the passthrough field names.
+    """
+    return job / "job.json"
+
+
 def final_results_path(job: ObjectStoragePath) -> ObjectStoragePath:
     """Return the merged results file (one row per ``custom_id``)."""
     return job / "results.jsonl"
@@ -116,6 +142,11 @@ def final_results_path(job: ObjectStoragePath) -> ObjectStoragePath:
 def final_failures_path(job: ObjectStoragePath) -> ObjectStoragePath:
     """Return the merged file of final failures."""
     return job / "failures.jsonl"
+
+
+def final_table_path(job: ObjectStoragePath, name: str) -> ObjectStoragePath:
+    """Return the Parquet table ``results`` or ``failures`` written by finalize."""
+    return job / f"{name}.parquet"
 
 
 def final_manifest_path(job: ObjectStoragePath) -> ObjectStoragePath:

@@ -42,13 +42,20 @@ class RequestCounts(TypedDict):
 
 
 class Usage(TypedDict):
-    """Token totals; cache writes split by cache lifetime because they are priced apart."""
+    """Token totals; cache writes split by cache lifetime because they are priced apart.
+
+    ``cache_creation_input_tokens`` counts every cache write, the 1-hour ones included;
+    server tool requests are billed per request; thinking tokens are part of the output.
+    """
 
     input_tokens: int
     output_tokens: int
     cache_creation_input_tokens: int
     cache_creation_1h_input_tokens: int
     cache_read_input_tokens: int
+    web_search_requests: int
+    web_fetch_requests: int
+    thinking_tokens: int
 
 
 class CostFigures(TypedDict):
@@ -139,6 +146,11 @@ class JobManifest(TypedDict, total=False):
     job_dir: str
     results_path: str
     failures_path: str
+    manifest_path: str
+    results_parquet_path: str | None
+    failures_parquet_path: str | None
+    published_path: str | None
+    passthrough_fields: list[str]
     requests: int
     succeeded: int
     failed: int
@@ -170,6 +182,9 @@ def empty_usage() -> Usage:
         cache_creation_input_tokens=0,
         cache_creation_1h_input_tokens=0,
         cache_read_input_tokens=0,
+        web_search_requests=0,
+        web_fetch_requests=0,
+        thinking_tokens=0,
     )
 
 

@@ -43,6 +43,13 @@ def atomic_writer(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
         raise
 
 
+def copy_file(source: ObjectStoragePath, target: ObjectStoragePath, block: int = 8 << 20) -> None:
+    """Copy ``source`` to ``target`` atomically, a block at a time (across stores too)."""
+    with source.open("rb") as src, atomic_writer(target) as out:
+        while chunk := src.read(block):
+            out.write(chunk)
+
+
 def write_json(path: ObjectStoragePath, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically."""
     with atomic_writer(path) as handle:

@@ -1,28 +1,25 @@
-"""Merge the rounds of a batch job into its final results, failures and manifest.
+"""Finalize a batch job: its merged results and failures, and the job manifest.
 
 Rounds are read from the job folder (``round-0/manifest.json``, ``round-1/...`` until the
-first missing one), so retry rounds that were skipped need no special case. Rounds are
-processed newest first: a ``custom_id``'s first row seen wins, which makes a success from
-any round win over failures (retries only resubmit failures, so an id succeeds at most
-once) and makes a request's latest failure the one reported.
-
-Memory: one set of the job's ``custom_id`` strings (about 100 bytes each: ~1 GB for ten
-million requests). Rows themselves are stream-copied, never held.
+first missing one), so retry rounds that were skipped need no special case. The rows of
+every round are merged by :mod:`airflow_batch.gather.merging`: one row per request, a
+success from any round winning over failures and a request's latest failure reported, in the
+order of the input, with memory bounded by a partition of rows (not by the job).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-
-import msgspec
 
 from airflow_batch import layout
 from airflow_batch.costs import sum_costs
 from airflow_batch.exceptions import FailureRateExceededError
-from airflow_batch.gather.rows import FailureRow, custom_id_decoder, row_encoder
+from airflow_batch.gather.gathering import read_spec
+from airflow_batch.gather.merging import merge_rows
+from airflow_batch.gather.tables import results_formats, write_tables
 from airflow_batch.manifest import (
     MANIFEST_VERSION,
     CostFigures,
@@ -33,14 +30,12 @@ from airflow_batch.manifest import (
     empty_usage,
     sum_usages,
 )
-from airflow_batch.storage import as_path, atomic_writer, iter_jsonl, iter_jsonl_lines, read_json, write_json
+from airflow_batch.storage import as_path, atomic_writer, copy_file, iter_jsonl_lines, read_json, write_json
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
 log = logging.getLogger(__name__)
-
-_failure_decoder = msgspec.json.Decoder(FailureRow)
 
 
 def read_rounds(job: ObjectStoragePath) -> list[RoundManifest]:
@@ -51,25 +46,6 @@ def read_rounds(job: ObjectStoragePath) -> list[RoundManifest]:
         if not path.exists():
             return rounds
         rounds.append(read_json(path))
-
-
-def _invalid_input_rows(manifest: RoundManifest) -> Iterator[FailureRow]:
-    """Yield the rows submission skipped as invalid input, as failure rows."""
-    path = manifest.get("invalid_path")
-    if not manifest.get("invalid") or not path or not as_path(path).exists():
-        return
-    for row in iter_jsonl(as_path(path)):
-        message = row.get("message")
-        yield FailureRow(
-            custom_id=str(row.get("custom_id") or ""),
-            batch_id=None,
-            round=row.get("round", manifest.get("round", 0)),
-            result_type="invalid_input",
-            error_type=row.get("error_type") or "invalid_input",
-            message=None if message is None else str(message),
-            request_id=None,
-            retryable=False,
-        )
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -111,13 +87,20 @@ def finalize_job(
     job: ObjectStoragePath | str,
     *,
     max_failure_rate: float | None = None,
+    results_format: str | Sequence[str] = "jsonl",
+    publish_path: ObjectStoragePath | str | None = None,
     logger: logging.Logger | None = None,
 ) -> JobManifest:
     """Write ``results.jsonl``, ``failures.jsonl`` and ``manifest.json``; return the manifest.
 
+    With ``"parquet"`` in ``results_format`` the merged files are also written as
+    ``results.parquet`` and ``failures.parquet`` (:mod:`airflow_batch.gather.tables`); the
+    JSONL files are what they are built from, so they are always there. ``publish_path``
+    gets a copy of every file, the manifest last (see :func:`publish`).
     ``max_failure_rate`` is recorded in the manifest; enforcing it is up to the caller
     (:func:`check_failure_rate`), so that every file exists before a run fails.
     """
+    formats = results_formats(results_format)
     logger = logger or log
     job = as_path(job)
     rounds = read_rounds(job)
@@ -126,40 +109,27 @@ def finalize_job(
             f"no gathered round in {job} (missing {layout.round_manifest_path(job, 0)}): "
             "finalize runs after the gather of round 0"
         )
-    seen: set[str] = set()
-    decode_id = custom_id_decoder.decode
-    succeeded = 0
     results_path = layout.final_results_path(job)
-    with atomic_writer(results_path) as out:
-        for manifest in reversed(rounds):
-            for part in manifest.get("results_paths", []):
-                for line in iter_jsonl_lines(as_path(part)):
-                    custom_id = decode_id(line).custom_id
-                    if custom_id in seen:
-                        continue
-                    seen.add(custom_id)
-                    out.write(line + b"\n")
-                    succeeded += 1
-
-    failures_by_type: dict[str, int] = {}
-    failures_by_error_type: dict[str, int] = {}
-    retryable_left = 0
     failures_path = layout.final_failures_path(job)
-    with atomic_writer(failures_path) as out:
-        for manifest in reversed(rounds):
-            for row in _failure_rows(manifest):
-                # An invalid input row may have no usable custom_id: it is kept, never merged.
-                if row.custom_id:
-                    if row.custom_id in seen:
-                        continue
-                    seen.add(row.custom_id)
-                out.write(row_encoder.encode(row) + b"\n")
-                failures_by_type[row.result_type] = failures_by_type.get(row.result_type, 0) + 1
-                if row.error_type is not None:
-                    failures_by_error_type[row.error_type] = failures_by_error_type.get(row.error_type, 0) + 1
-                retryable_left += row.retryable
-    failed = sum(failures_by_type.values())
+    with atomic_writer(results_path) as results_out, atomic_writer(failures_path) as failures_out:
+        counts = merge_rows(
+            _lines(rounds, "results_paths"), _failure_lines(rounds), results_out, failures_out
+        )
+    succeeded, failed = counts.succeeded, counts.failed
     total = succeeded + failed
+    spec = read_spec(job)
+    passthrough = list(spec.get("passthrough_fields") or [])
+    tables: dict[str, str | None] = {"results": None, "failures": None}
+    if "parquet" in formats:
+        tables = {name: str(layout.final_table_path(job, name)) for name in tables}
+        write_tables(
+            results_path,
+            failures_path,
+            layout.final_table_path(job, "results"),
+            layout.final_table_path(job, "failures"),
+            output_schema=spec.get("output_schema"),
+            passthrough=passthrough,
+        )
 
     usage_by_model: dict[str, Usage] = {}
     for manifest in rounds:
@@ -173,14 +143,19 @@ def finalize_job(
         job_dir=str(job),
         results_path=str(results_path),
         failures_path=str(failures_path),
+        manifest_path=str(layout.final_manifest_path(job)),
+        results_parquet_path=tables["results"],
+        failures_parquet_path=tables["failures"],
+        published_path=None,
+        passthrough_fields=passthrough,
         requests=total,
         succeeded=succeeded,
         failed=failed,
         failure_rate=round(failed / total, 6) if total else 0.0,
         max_failure_rate=max_failure_rate,
-        failures_by_type=dict(sorted(failures_by_type.items())),
-        failures_by_error_type=dict(sorted(failures_by_error_type.items())),
-        retryable_left=retryable_left,
+        failures_by_type=dict(sorted(counts.failures_by_type.items())),
+        failures_by_error_type=dict(sorted(counts.failures_by_error_type.items())),
+        retryable_left=counts.retryable_left,
         rounds=[_round_summary(m) for m in rounds],
         usage=sum_usages(m.get("usage", empty_usage()) for m in rounds),
         usage_by_model=usage_by_model,
@@ -190,12 +165,14 @@ def finalize_job(
         duration_seconds=_seconds_between(started_at, finalized_at),
         refused_rounds=refused_rounds(job, len(rounds)),
     )
+    if publish_path is not None:
+        job_manifest["published_path"] = str(publish(job_manifest, as_path(publish_path)))
     write_json(layout.final_manifest_path(job), job_manifest)
     for refusal in job_manifest["refused_rounds"]:
         logger.warning(
             "retry round %d was refused before any spend, so %d retryable failure(s) stay failures: %s",
             refusal["round"],
-            retryable_left,
+            counts.retryable_left,
             refusal["reason"],
         )
     logger.info(
@@ -211,6 +188,32 @@ def finalize_job(
     return job_manifest
 
 
+def publish(job_manifest: JobManifest, target: ObjectStoragePath) -> ObjectStoragePath:
+    """Copy the job's final files into ``target`` (a stable, e.g. date-keyed, folder); return it.
+
+    Each file is copied atomically and ``manifest.json`` is written last, its paths pointing at
+    the copies, so a reader that finds the manifest finds every file complete. Publishing again
+    (a re-run of the same date) replaces the files.
+    """
+    copies: dict[str, Any] = {}
+    for key in ("results_path", "failures_path", "results_parquet_path", "failures_parquet_path"):
+        source = job_manifest.get(key)
+        if isinstance(source, str) and source:
+            copy = target / as_path(source).name
+            copy_file(as_path(source), copy)
+            copies[key] = str(copy)
+    write_json(
+        target / "manifest.json",
+        {
+            **job_manifest,
+            **copies,
+            "manifest_path": str(target / "manifest.json"),
+            "published_path": str(target),
+        },
+    )
+    return target
+
+
 def job_cost(job: ObjectStoragePath) -> CostFigures:
     """Return what the job's gathered rounds cost so far."""
     return sum_costs(manifest["cost"] for manifest in read_rounds(job) if "cost" in manifest)
@@ -222,11 +225,19 @@ def refused_rounds(job: ObjectStoragePath, gathered: int) -> list[dict[str, Any]
     return [read_json(path)] if path.exists() else []
 
 
-def _failure_rows(manifest: RoundManifest) -> Iterator[FailureRow]:
-    for part in manifest.get("failures_paths", []):
-        for line in iter_jsonl_lines(as_path(part)):
-            yield _failure_decoder.decode(line)
-    yield from _invalid_input_rows(manifest)
+def _lines(rounds: list[RoundManifest], key: str) -> Iterator[bytes]:
+    for manifest in rounds:
+        for part in manifest.get(key, []):  # type: ignore[attr-defined]
+            yield from iter_jsonl_lines(as_path(part))
+
+
+def _failure_lines(rounds: list[RoundManifest]) -> Iterator[bytes]:
+    """Yield the failure rows of every round, the rows refused as invalid input included."""
+    yield from _lines(rounds, "failures_paths")
+    for manifest in rounds:
+        path = manifest.get("invalid_path")
+        if manifest.get("invalid") and path and as_path(path).exists():
+            yield from iter_jsonl_lines(as_path(path))
 
 
 def check_failure_rate(job_manifest: JobManifest | dict[str, Any]) -> None:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
+
+import msgspec
 
 from airflow_batch import layout
 from airflow_batch.costs import PriceTable, price_table, sum_costs
@@ -32,6 +34,7 @@ from airflow_batch.gather.rows import (
     RESULT_TYPES,
     BlockRows,
     BlockSettings,
+    InputMeta,
     block_rows,
     custom_id_decoder,
     missing_rows,
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_batch.api import BatchesApi
+    from airflow_batch.schema import Validator
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,30 @@ class BatchGatherStats:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
+class _InputLine(msgspec.Struct, gc=False):
+    custom_id: str
+    row: int | None = None
+    input: msgspec.Raw | None = None
+
+
+_input_line_decoder = msgspec.json.Decoder(_InputLine)
+
+
+def chunk_inputs(
+    job: ObjectStoragePath, round_number: int, record: Mapping[str, Any]
+) -> dict[str, InputMeta]:
+    """Return ``custom_id -> (input row, passthrough fields)`` of the requests of one submitted chunk.
+
+    Read from the chunk's inputs twin; a chunk submitted without one (an older version) gives
+    its ids from the chunk file, without row numbers.
+    """
+    inputs = layout.chunk_inputs_path(job, round_number, int(record["chunk"]))
+    if inputs.exists():
+        lines = _input_line_decoder.decode_lines(inputs.read_bytes())
+        return {line.custom_id: (line.row, line.input) for line in lines}
+    return dict.fromkeys(chunk_ids(record["chunk_path"]), (None, None))
+
+
 def chunk_ids(path: ObjectStoragePath | str) -> set[str]:
     """Return the ``custom_id`` of every request in a prepared chunk file, reading it streaming."""
     ids: set[str] = set()
@@ -89,6 +117,40 @@ def chunk_ids(path: ObjectStoragePath | str) -> set[str]:
         for block in _lines_in_chunks(iter(lambda: handle.read(CHUNK_BYTES), b"")):
             ids.update(row.custom_id for row in custom_id_decoder.decode_lines(block))
     return ids
+
+
+@dataclass(frozen=True)
+class GatherConfig:
+    """How every batch of a job becomes rows: content kept or not, what is retried, the schema, prices."""
+
+    include_content: bool = False
+    retryable_types: frozenset[str] = DEFAULT_RETRYABLE
+    validator: Validator | None = None
+    table: PriceTable = field(default_factory=price_table)
+
+    def block_settings(
+        self,
+        batch_id: str,
+        round_number: int,
+        inputs: Mapping[str, InputMeta],
+        canceled_by_timeout: bool = False,
+    ) -> BlockSettings:
+        """Return the settings of one batch's blocks."""
+        return BlockSettings(
+            batch_id,
+            round_number,
+            canceled_by_timeout,
+            self.include_content,
+            self.retryable_types,
+            inputs,
+            self.validator,
+            self._long_prompt_above,
+            self.table.data_residency_geos,
+        )
+
+    def _long_prompt_above(self, model: str) -> int | None:
+        price = self.table.price_for(model)
+        return price.long_prompt_above if price is not None else None
 
 
 def _lines_in_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -108,31 +170,22 @@ def _lines_in_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def write_rows(
-    chunks: Iterable[bytes],
-    results_out: IO[bytes],
-    failures_out: IO[bytes],
-    *,
-    batch_id: str,
-    round_number: int,
-    expected_ids: set[str] | None,
-    canceled_by_timeout: bool = False,
-    include_content: bool = False,
-    retryable_types: frozenset[str] = DEFAULT_RETRYABLE,
+    chunks: Iterable[bytes], results_out: IO[bytes], failures_out: IO[bytes], settings: BlockSettings
 ) -> BatchGatherStats:
     """Turn a results stream into result and failure rows; return the batch's counts and usage.
 
-    ``expected_ids`` are the batch's requests: those with no line become ``missing``
+    The batch's requests are ``settings.inputs``: those with no line become ``missing``
     failures; a repeated ``custom_id`` keeps its first line only.
     """
-    settings = BlockSettings(batch_id, round_number, canceled_by_timeout, include_content, retryable_types)
-    stats = BatchGatherStats(batch_id=batch_id, results_path="", failures_path="")
+    stats = BatchGatherStats(batch_id=settings.batch_id, results_path="", failures_path="")
     seen: set[str] = set()
     for block in _lines_in_chunks(chunks):
         rows = block_rows(block, settings, seen)
         stats.add(rows)
         results_out.write(rows.results)
         failures_out.write(rows.failures)
-    if expected_ids is not None and (missing_ids := expected_ids - seen):
+    missing_ids = settings.inputs.keys() - seen
+    if missing_ids:
         missing = missing_rows(sorted(missing_ids), settings)
         stats.add(missing)
         failures_out.write(missing.failures)
@@ -150,22 +203,21 @@ def _remove_leftovers(path: ObjectStoragePath) -> None:
 
 def gather_batch(
     api: BatchesApi,
-    batch_id: str,
+    record: Mapping[str, Any],
     *,
     job: ObjectStoragePath,
     round_number: int,
-    expected_ids: set[str] | Callable[[], set[str]] | None,
+    config: GatherConfig,
     canceled_by_timeout: bool = False,
-    include_content: bool = False,
-    retryable_types: frozenset[str] = DEFAULT_RETRYABLE,
     logger: logging.Logger | None = None,
 ) -> BatchGatherStats:
-    """Gather one ended batch into its part files and return its stats.
+    """Gather one ended batch (``record``: the manifest's batch record) into its part files; return its stats.
 
     A batch whose sidecar exists was gathered before: its stored stats are returned and
     nothing is downloaded.
     """
     logger = logger or log
+    batch_id = str(record["batch_id"])
     sidecar = layout.gather_stats_path(job, round_number, batch_id)
     if sidecar.exists():
         logger.info("batch %s of round %d was gathered before; keeping its files", batch_id, round_number)
@@ -174,24 +226,16 @@ def gather_batch(
     failures_path = layout.failures_part(job, round_number, batch_id)
     _remove_leftovers(results_path)
     _remove_leftovers(failures_path)
-    ids = expected_ids() if callable(expected_ids) else expected_ids
+    settings = config.block_settings(
+        batch_id, round_number, chunk_inputs(job, round_number, record), canceled_by_timeout
+    )
     attempts = 0
 
     def land(chunks: Iterator[bytes]) -> BatchGatherStats:
         nonlocal attempts
         attempts += 1
         with atomic_writer(results_path) as results_out, atomic_writer(failures_path) as failures_out:
-            return write_rows(
-                chunks,
-                results_out,
-                failures_out,
-                batch_id=batch_id,
-                round_number=round_number,
-                expected_ids=ids,
-                canceled_by_timeout=canceled_by_timeout,
-                include_content=include_content,
-                retryable_types=retryable_types,
-            )
+            return write_rows(chunks, results_out, failures_out, settings)
 
     stats = api.download_results(batch_id, land)
     stats.results_path = str(results_path)
@@ -205,9 +249,7 @@ def gather_round(
     api: BatchesApi,
     manifest: RoundManifest,
     *,
-    include_content: bool = False,
-    retryable_types: frozenset[str] = DEFAULT_RETRYABLE,
-    prices: Mapping[str, Mapping[str, Any]] | None = None,
+    config: GatherConfig | None = None,
     max_cost_usd: float | None = None,
     logger: logging.Logger | None = None,
 ) -> RoundManifest:
@@ -223,7 +265,8 @@ def gather_round(
     round_number = manifest["round"]
     canceled = set(manifest.get("canceled_by_timeout") or ())
     all_stats: list[BatchGatherStats] = []
-    table = price_table(prices)
+    config = config or GatherConfig()
+    table = config.table
     watch = (
         SpendWatch(max_cost_usd, earlier_cost(job, round_number), logger)
         if max_cost_usd is not None
@@ -231,16 +274,13 @@ def gather_round(
     )
     for record in manifest.get("batches", []):
         batch_id = record["batch_id"]
-        chunk = record["chunk_path"]
         stats = gather_batch(
             api,
-            batch_id,
+            record,
             job=job,
             round_number=round_number,
-            expected_ids=lambda chunk=chunk: chunk_ids(chunk),  # type: ignore[misc]
+            config=config,
             canceled_by_timeout=batch_id in canceled,
-            include_content=include_content,
-            retryable_types=retryable_types,
             logger=logger,
         )
         logger.info(
@@ -286,6 +326,22 @@ class SpendWatch:
     def figures(self) -> dict[str, Any]:
         """Return the budget line of the round manifest."""
         return {"max_cost_usd": self.budget, "spent_usd": self.spent, "exceeded": self.exceeded}
+
+
+def job_validator(job: ObjectStoragePath) -> Validator | None:
+    """Return the compiled validator of the job's output schema, when the job has one."""
+    schema = read_spec(job).get("output_schema")
+    if schema is None:
+        return None
+    from airflow_batch.schema import job_schema
+
+    return job_schema(schema).validator
+
+
+def read_spec(job: ObjectStoragePath) -> dict[str, Any]:
+    """Return the job's spec (output schema, passthrough fields); empty for a job without one."""
+    path = layout.job_spec_path(job)
+    return read_json(path) if path.exists() else {}
 
 
 def earlier_cost(job: ObjectStoragePath, round_number: int) -> float:

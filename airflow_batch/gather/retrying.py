@@ -1,32 +1,86 @@
-"""What a retry round resubmits: the retryable failures of a round, as the requests first sent."""
+"""What a retry round resubmits: the retryable failures of a round, as the requests first sent.
+
+Memory stays one batch's worth, whatever the job's size: a round's batch ``i`` carries the
+requests of chunk ``i``, so its failures are read batch by batch and matched against that
+chunk's lines (and their inputs twin, which keeps each request's input row and passthrough
+fields for the next round's rows).
+
+A paused turn (``stop_reason: pause_turn``: a server tool's loop hit its limit) is continued,
+as the API documents: the request is sent again with the partial assistant content appended
+to its messages.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from airflow_batch.gather.rows import custom_id_decoder, failure_row_decoder
+import msgspec
+
+from airflow_batch import layout
+from airflow_batch.gather.rows import failure_row_decoder
 from airflow_batch.storage import as_path, iter_jsonl_lines
+from airflow_batch.submit.records import Carried
 
 
-def retryable_ids(manifest: Mapping[str, Any]) -> set[str]:
-    """Return the ``custom_id`` of every failure of a gathered round classified retryable."""
-    ids: set[str] = set()
-    for part in manifest.get("failures_paths", []):
-        for line in iter_jsonl_lines(as_path(part)):
-            row = failure_row_decoder.decode(line)
-            if row.retryable:
-                ids.add(row.custom_id)
-    return ids
+class _Request(msgspec.Struct, gc=False):
+    custom_id: str
 
 
-def original_requests(manifest: Mapping[str, Any], ids: set[str]) -> Iterator[bytes]:
-    """Yield, from the round's prepared chunks, the JSONL lines of the requests whose id is in ``ids``.
+class _Input(msgspec.Struct, gc=False):
+    custom_id: str
+    row: int | None = None
+    input: msgspec.Raw | None = None
 
-    The lines are the bytes submitted before, so the retry sends exactly the same requests.
+
+_request_decoder = msgspec.json.Decoder(_Request)
+_input_decoder = msgspec.json.Decoder(_Input)
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+def retryable_failures(path: Any) -> dict[str, msgspec.Raw | None]:
+    """Return ``custom_id -> partial content to continue (a paused turn) or None`` of a failures part."""
+    retry: dict[str, msgspec.Raw | None] = {}
+    part = as_path(path)
+    if not part.exists():
+        return retry
+    for line in iter_jsonl_lines(part):
+        row = failure_row_decoder.decode(line)
+        if row.retryable:
+            paused = row.result_type == "paused" and isinstance(row.content, msgspec.Raw)
+            retry[row.custom_id] = row.content if paused else None  # type: ignore[assignment]
+    return retry
+
+
+def continue_turn(line: bytes, content: msgspec.Raw) -> bytes:
+    """Return the request line with the paused turn's partial assistant content appended."""
+    request = _decode(line)
+    request["params"]["messages"].append({"role": "assistant", "content": _decode(content)})
+    return _encode(request)
+
+
+def original_requests(manifest: Mapping[str, Any]) -> Iterator[Carried]:
+    """Yield the retryable failures of a gathered round as the requests first sent, batch by batch.
+
+    Each comes with its input row and passthrough fields; a paused turn comes continued.
     """
-    decode_id = custom_id_decoder.decode
+    job = as_path(manifest["job_dir"])
+    round_number = int(manifest["round"])
     for record in manifest.get("batches", []):
+        retry = retryable_failures(layout.failures_part(job, round_number, record["batch_id"]))
+        if not retry:
+            continue
+        inputs_path = layout.chunk_inputs_path(job, round_number, int(record["chunk"]))
+        inputs = iter_jsonl_lines(inputs_path) if inputs_path.exists() else None
         for line in iter_jsonl_lines(as_path(record["chunk_path"])):
-            if decode_id(line).custom_id in ids:
-                yield line
+            meta = _input_decoder.decode(next(inputs)) if inputs is not None else None
+            custom_id = _request_decoder.decode(line).custom_id
+            if custom_id not in retry:
+                continue
+            content = retry[custom_id]
+            yield Carried(
+                continue_turn(line, content) if content is not None else line,
+                meta.input if meta is not None else None,
+                meta.row if meta is not None else None,
+            )

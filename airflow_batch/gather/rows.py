@@ -7,32 +7,48 @@ which is what makes millions of lines cheap. Shapes follow the SDK models
 ErrorResponse ``{"type": "error", "error": {"type", "message"}, "request_id"}``,
 ``canceled`` and ``expired`` nothing else.
 
+The common answer (text blocks only, a normal stop) takes the fast path: its text block is
+copied as raw JSON, never decoded and re-encoded. Any other answer (tool calls, a paused or
+refused turn, several blocks) takes a slower path that reads the line again in full.
+
 Result row (one JSON object per line of ``results/{batch_id}.jsonl``)::
 
-    custom_id, batch_id, round, model, text (text blocks joined), stop_reason,
-    usage {input_tokens, output_tokens, cache_creation_input_tokens,
-           cache_creation_1h_input_tokens, cache_read_input_tokens},
-    content (the full content blocks; only with include_content)
+    custom_id, row (the request's input row, 1-based), batch_id, round, model, stop_reason,
+    text (text blocks only, joined; thinking never), usage {input_tokens, output_tokens,
+    cache_creation_input_tokens (all writes), cache_creation_1h_input_tokens, cache_read_input_tokens,
+    and where present web_search_requests, web_fetch_requests, thinking_tokens, inference_geo},
+    output (the parsed JSON answer, with an output schema), tool_calls ([{id, name, input}]),
+    content (the full blocks, with include_content), input (passthrough fields of the record)
 
 Failure row (``failures/{batch_id}.jsonl``)::
 
-    custom_id, batch_id, round, result_type (errored|expired|canceled|missing|invalid_input),
-    error_type, message, request_id, retryable
+    custom_id, row, batch_id, round, result_type, error_type, message, request_id, retryable,
+    and for an answer that was billed but is not a result: model, stop_reason, text, usage
+    (and content for a paused turn, which the retry round continues), input
+
+``result_type``: errored, expired, canceled, missing (no line at all), invalid_input (refused
+before submission), invalid_output (not JSON of the job's schema), paused (``pause_turn``),
+refused (``refusal``), context_window_exceeded (``model_context_window_exceeded``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
-from msgspec.structs import astuple
 
+from airflow_batch.costs import usage_key
 from airflow_batch.manifest import Usage, empty_usage
 
+if TYPE_CHECKING:
+    from airflow_batch.schema import Validator
+
 # Failures worth paying for again: transient server-side errors, requests the batch never
-# reached (expired, canceled by our own deadline) and requests with no result line at all.
+# reached (expired, canceled by our own deadline), requests with no result line at all, a
+# paused server-tool turn (the retry continues it) and an answer not valid for the schema.
 DEFAULT_RETRYABLE: frozenset[str] = frozenset(
     {
         "api_error",
@@ -42,14 +58,39 @@ DEFAULT_RETRYABLE: frozenset[str] = frozenset(
         "expired",
         "canceled_by_timeout",
         "missing",
+        "paused",
+        "invalid_output",
     }
 )
-RESULT_TYPES = ("succeeded", "errored", "expired", "canceled", "missing")
-
+RESULT_TYPES = (
+    "succeeded",
+    "errored",
+    "expired",
+    "canceled",
+    "missing",
+    "invalid_output",
+    "paused",
+    "refused",
+    "context_window_exceeded",
+)
+#: Stop reasons of an answer that is a result; any other makes the answer a failure.
+NORMAL_STOPS = frozenset({"end_turn", "max_tokens", "stop_sequence", "tool_use", None})
+#: Failure kind of each stop reason that ends an answer without a result.
+FAILED_STOPS = {
+    "pause_turn": "paused",
+    "refusal": "refused",
+    "model_context_window_exceeded": "context_window_exceeded",
+}
 _FAILURE_MESSAGES = {
     "expired": "the batch expired before this request was processed",
     "canceled": "the batch was canceled before this request was processed",
     "missing": "the results of the batch have no line for this request",
+    "paused": "a server tool paused the turn (stop_reason pause_turn); a retry round continues it",
+    "refused": "the model declined to answer (stop_reason refusal)",
+    "context_window_exceeded": (
+        "the answer stopped at the model's context window (stop_reason model_context_window_exceeded); "
+        "shorten the input or lower max_tokens"
+    ),
 }
 
 
@@ -62,6 +103,19 @@ class CacheCreation(msgspec.Struct, gc=False):
     ephemeral_1h_input_tokens: int | None = None
 
 
+class ServerToolUsage(msgspec.Struct, gc=False):
+    """Server tool requests an answer made (billed per request)."""
+
+    web_search_requests: int = 0
+    web_fetch_requests: int = 0
+
+
+class OutputDetails(msgspec.Struct, gc=False):
+    """What the output tokens were spent on."""
+
+    thinking_tokens: int = 0
+
+
 class LineUsage(msgspec.Struct, gc=False):
     """Token usage of one succeeded request, as the API reports it."""
 
@@ -70,6 +124,9 @@ class LineUsage(msgspec.Struct, gc=False):
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
     cache_creation: CacheCreation | None = None
+    server_tool_use: ServerToolUsage | None = None
+    output_tokens_details: OutputDetails | None = None
+    inference_geo: str | None = None
 
 
 class ContentBlock(msgspec.Struct, gc=False):
@@ -81,6 +138,14 @@ class ContentBlock(msgspec.Struct, gc=False):
 
     type: str
     text: msgspec.Raw = msgspec.Raw(b'""')
+
+
+class ToolCall(msgspec.Struct, gc=False):
+    """A ``tool_use`` block as a row keeps it."""
+
+    id: str
+    name: str
+    input: msgspec.Raw
 
 
 class Message(msgspec.Struct, gc=False):
@@ -99,6 +164,7 @@ class MessageWithContent(msgspec.Struct, gc=False):
     content: msgspec.Raw = msgspec.Raw(b"[]")
     stop_reason: str | None = None
     usage: LineUsage = msgspec.field(default_factory=LineUsage)
+    stop_details: dict[str, Any] | None = None
 
 
 class ErrorObject(msgspec.Struct, gc=False):
@@ -142,40 +208,49 @@ class CustomIdOnly(msgspec.Struct, gc=False):
 line_decoder = msgspec.json.Decoder(ResultLine[Message])
 line_with_content_decoder = msgspec.json.Decoder(ResultLine[MessageWithContent])
 custom_id_decoder = msgspec.json.Decoder(CustomIdOnly)
-_blocks_decoder = msgspec.json.Decoder(list[ContentBlock])
+_blocks_decoder = msgspec.json.Decoder(list[dict[str, Any]])
 _str_decoder = msgspec.json.Decoder(str)
 
 
 # ---- rows (output) --------------------------------------------------------------------
 
 
-class RowUsage(msgspec.Struct, gc=False):
-    """Token usage of one result row."""
+class RowUsage(msgspec.Struct, gc=False, omit_defaults=True):
+    """Token usage of one row; the counts an answer did not use are left out."""
 
     input_tokens: int
     output_tokens: int
     cache_creation_input_tokens: int
     cache_creation_1h_input_tokens: int
     cache_read_input_tokens: int
+    web_search_requests: int = 0
+    web_fetch_requests: int = 0
+    thinking_tokens: int = 0
+    inference_geo: str | None = None
 
 
-class ResultRow(msgspec.Struct, gc=False):
+class ResultRow(msgspec.Struct, gc=False, omit_defaults=True):
     """A succeeded request, as written to the results files."""
 
     custom_id: str
+    row: int | None
     batch_id: str
     round: int
     model: str
-    text: msgspec.Raw  # a JSON string literal, see ContentBlock
     stop_reason: str | None
+    text: msgspec.Raw  # a JSON string literal, see ContentBlock
     usage: RowUsage
+    output: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    tool_calls: list[ToolCall] | msgspec.UnsetType = msgspec.UNSET
     content: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    input: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
-class FailureRow(msgspec.Struct, gc=False):
+class FailureRow(msgspec.Struct, gc=False, omit_defaults=True):
     """A request without a usable result, as written to the failures files."""
 
     custom_id: str
+    row: int | None
     batch_id: str | None
     round: int
     result_type: str
@@ -183,6 +258,13 @@ class FailureRow(msgspec.Struct, gc=False):
     message: str | None
     request_id: str | None
     retryable: bool
+    # An answer that was billed but is no result (paused, refused, invalid output...):
+    model: str | None = None
+    stop_reason: str | None = None
+    text: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    usage: RowUsage | None = None
+    content: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    input: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
 row_encoder = msgspec.json.Encoder()
@@ -198,25 +280,27 @@ def classify_failure(
 ) -> bool:
     """Return True when a failed request is worth resubmitting.
 
-    ``retryable_types`` names error types (``overloaded_error``...) and the pseudo-types
-    ``expired``, ``missing``, ``canceled_by_timeout`` and ``canceled`` (any cancel). An
-    error type in neither default set is not retried: paying again for an unknown failure
-    is the user's choice, made by adding it to ``retryable_types``.
+    ``retryable_types`` names error types (``overloaded_error``...) and the kinds
+    ``expired``, ``missing``, ``canceled_by_timeout``, ``canceled`` (any cancel), ``paused``,
+    ``invalid_output``, ``refused`` and ``context_window_exceeded``. An error type in neither
+    default set is not retried: paying again for an unknown failure is the user's choice,
+    made by adding it to ``retryable_types``.
     """
     allowed = retryable_types if isinstance(retryable_types, (set, frozenset)) else set(retryable_types)
     if result_type == "errored":
         return error_type is not None and error_type in allowed
     if result_type == "canceled":
         return "canceled" in allowed or (canceled_by_timeout and "canceled_by_timeout" in allowed)
-    if result_type in ("expired", "missing"):
-        return result_type in allowed
-    return False
+    return result_type in allowed and result_type != "invalid_input"
 
 
 def text_of(content: list[ContentBlock] | msgspec.Raw) -> msgspec.Raw:
     """Return the text blocks of Message content (decoded or raw JSON) joined, as a JSON string."""
-    blocks = _blocks_decoder.decode(content) if isinstance(content, msgspec.Raw) else content
-    texts = [block.text for block in blocks if block.type == "text"]
+    if isinstance(content, msgspec.Raw):
+        blocks = _blocks_decoder.decode(content)
+        texts = [block.get("text", "") for block in blocks if block.get("type") == "text"]
+        return msgspec.Raw(row_encoder.encode("".join(texts)))
+    texts = [block.text for block in content if block.type == "text"]
     if len(texts) == 1:
         return texts[0]
     return msgspec.Raw(row_encoder.encode("".join(_str_decoder.decode(text) for text in texts)))
@@ -225,137 +309,59 @@ def text_of(content: list[ContentBlock] | msgspec.Raw) -> msgspec.Raw:
 def to_usage(usage: LineUsage) -> RowUsage:
     """Return a row's usage from the API's, with absent counts as 0."""
     cache_creation = usage.cache_creation
+    tools = usage.server_tool_use
+    details = usage.output_tokens_details
     return RowUsage(
         usage.input_tokens,
         usage.output_tokens,
         usage.cache_creation_input_tokens or 0,
         (cache_creation.ephemeral_1h_input_tokens or 0) if cache_creation is not None else 0,
         usage.cache_read_input_tokens or 0,
-    )
-
-
-def to_result_rows(lines: list[Any], *, batch_id: str, round_number: int) -> list[ResultRow]:
-    """Return the result rows of ``succeeded`` lines (``ResultLine`` objects).
-
-    Lines decoded with :data:`line_with_content_decoder` give rows with the full ``content``.
-    This is the hot loop of a gather, hence a comprehension with the common case (a single
-    text block, copied as raw JSON) inlined.
-    """
-    try:
-        if lines and isinstance(lines[0].result.message.content, msgspec.Raw):  # type: ignore[union-attr]
-            return [
-                ResultRow(
-                    line.custom_id,
-                    batch_id,
-                    round_number,
-                    (message := line.result.message).model,
-                    text_of(message.content),
-                    message.stop_reason,
-                    to_usage(message.usage),
-                    message.content,
-                )
-                for line in lines
-            ]
-        return [
-            ResultRow(
-                line.custom_id,
-                batch_id,
-                round_number,
-                (message := line.result.message).model,
-                (
-                    content[0].text
-                    if len(content := message.content) == 1 and content[0].type == "text"
-                    else text_of(content)
-                ),
-                message.stop_reason,
-                to_usage(message.usage),
-            )
-            for line in lines
-        ]
-    except AttributeError:
-        bad = next(line for line in lines if line.result.message is None)
-        raise ValueError(
-            f"custom_id {bad.custom_id!r} in batch {batch_id}: a succeeded result has no message"
-        ) from None
-
-
-def to_result_row(line: ResultLine[Any], *, batch_id: str, round_number: int) -> ResultRow:
-    """Return the result row of one ``succeeded`` line."""
-    return to_result_rows([line], batch_id=batch_id, round_number=round_number)[0]
-
-
-def to_failure_row(
-    line: ResultLine[Any],
-    *,
-    batch_id: str,
-    round_number: int,
-    canceled_by_timeout: bool = False,
-    retryable_types: Iterable[str] = DEFAULT_RETRYABLE,
-) -> FailureRow:
-    """Return the failure row of an ``errored``, ``expired`` or ``canceled`` line."""
-    result_type = line.result.type
-    error_type = message = request_id = None
-    if result_type == "errored":
-        response = line.result.error or ErrorResponse()
-        error_type, message, request_id = response.error.type, response.error.message, response.request_id
-    else:
-        message = _FAILURE_MESSAGES.get(result_type, f"unexpected result type {result_type!r}")
-        if result_type == "canceled" and canceled_by_timeout:
-            message = "canceled by the wait deadline before this request was processed"
-    return FailureRow(
-        custom_id=line.custom_id,
-        batch_id=batch_id,
-        round=round_number,
-        result_type=result_type,
-        error_type=error_type,
-        message=message,
-        request_id=request_id,
-        retryable=classify_failure(
-            result_type, error_type, canceled_by_timeout=canceled_by_timeout, retryable_types=retryable_types
-        ),
-    )
-
-
-def missing_row(
-    custom_id: str, *, batch_id: str, round_number: int, retryable_types: Iterable[str] = DEFAULT_RETRYABLE
-) -> FailureRow:
-    """Return the failure row of a request whose batch returned no line for it."""
-    return FailureRow(
-        custom_id=custom_id,
-        batch_id=batch_id,
-        round=round_number,
-        result_type="missing",
-        error_type=None,
-        message=_FAILURE_MESSAGES["missing"],
-        request_id=None,
-        retryable=classify_failure(
-            "missing", None, canceled_by_timeout=False, retryable_types=retryable_types
-        ),
+        tools.web_search_requests if tools is not None else 0,
+        tools.web_fetch_requests if tools is not None else 0,
+        details.thinking_tokens if details is not None else 0,
+        usage.inference_geo,
     )
 
 
 # ---- blocks of lines ------------------------------------------------------------------
 
+InputMeta = tuple[int | None, msgspec.Raw | None]
+"""What submit recorded of a request: its input row and its passthrough fields (raw JSON)."""
 
-class BlockSettings(msgspec.Struct, frozen=True):
-    """How the lines of one batch become rows; the same for every block of the batch."""
+
+@dataclass(frozen=True)
+class BlockSettings:
+    """How the lines of one batch become rows; the same for every block of the batch.
+
+    :param inputs: ``custom_id -> (input row, passthrough fields)`` of the batch's requests.
+    :param validator: the job's compiled output schema, when it has one.
+    :param long_prompt_above: ``model -> input tokens above which it is priced at its
+        long-prompt tier`` (None: no tier).
+    :param residency_geos: ``inference_geo`` values priced with the data-residency multiplier.
+    """
 
     batch_id: str
     round_number: int
     canceled_by_timeout: bool = False
     include_content: bool = False
     retryable_types: frozenset[str] = DEFAULT_RETRYABLE
+    inputs: Mapping[str, InputMeta] = field(default_factory=dict)
+    validator: Validator | None = None
+    long_prompt_above: Callable[[str], int | None] = lambda model: None
+    residency_geos: frozenset[str] = frozenset()
 
 
-class BlockRows(msgspec.Struct):
+@dataclass
+class BlockRows:
     """The rows of a block of result lines, encoded as JSONL, with their counts and usage."""
 
-    results: bytes
-    failures: bytes
-    result_counts: dict[str, int]
-    error_types: dict[str, int]
-    retryable: int
-    usage_by_model: dict[str, Usage]
+    results: bytes = b""
+    failures: bytes = b""
+    result_counts: dict[str, int] = field(default_factory=dict)
+    error_types: dict[str, int] = field(default_factory=dict)
+    retryable: int = 0
+    usage_by_model: dict[str, Usage] = field(default_factory=dict)
 
 
 SLICE_BYTES = 1 << 17
@@ -371,7 +377,7 @@ def block_rows(block: bytes, settings: BlockSettings, seen: set[str]) -> BlockRo
     keeps its first line only. Raises ValueError naming the batch for a line that is not
     valid JSON or a succeeded result without a message.
     """
-    out = BlockRows(b"", b"", {}, {}, 0, {})
+    out = BlockRows()
     results: list[bytes] = []
     failures: list[bytes] = []
     view = memoryview(block)
@@ -385,6 +391,11 @@ def block_rows(block: bytes, settings: BlockSettings, seen: set[str]) -> BlockRo
     return out
 
 
+def _is_plain(message: Message) -> bool:
+    """Return whether an answer takes the fast path: text blocks only, and a normal stop."""
+    return message.stop_reason in NORMAL_STOPS and all(block.type == "text" for block in message.content)
+
+
 def _add_slice(
     out: BlockRows,
     results: list[bytes],
@@ -394,55 +405,233 @@ def _add_slice(
     seen: set[str],
 ) -> None:
     """Add the rows of a slice of lines to ``out``, and the ids it keeps to ``seen``."""
-    batch_id = settings.batch_id
-    decoder = line_with_content_decoder if settings.include_content else line_decoder
     try:
-        lines: list[Any] = decoder.decode_lines(lines_json)
+        lines: list[Any] = line_decoder.decode_lines(lines_json)
     except msgspec.DecodeError as exc:
-        raise ValueError(f"batch {batch_id}: a results line is not valid JSON ({exc})") from None
+        raise ValueError(f"batch {settings.batch_id}: a results line is not valid JSON ({exc})") from None
     fresh = set(map(_custom_id_of, lines))
     if len(fresh) == len(lines) and seen.isdisjoint(fresh):
         seen |= fresh
     else:
         lines = _first_lines(lines, seen)
-    types = list(map(_result_type_of, lines))
-    if types.count("succeeded") == len(lines):
-        succeeded = lines
-    else:
-        succeeded = [line for line, kind in zip(lines, types, strict=True) if kind == "succeeded"]
-    if succeeded:
-        rows = to_result_rows(succeeded, batch_id=batch_id, round_number=settings.round_number)
+    plain: list[Any] = []
+    other: list[Any] = []
+    for line in lines:
+        message = line.result.message
+        if line.result.type == "succeeded":
+            if message is None:
+                raise ValueError(
+                    f"custom_id {line.custom_id!r} in batch {settings.batch_id}: "
+                    "a succeeded result has no message"
+                )
+            (plain if _is_plain(message) and not settings.include_content else other).append(line)
+        else:
+            other.append(line)
+    rows, failure_rows = _plain_rows(plain, settings)
+    if other:
+        full = _full_lines(lines_json, {line.custom_id for line in other if line.result.type == "succeeded"})
+        for line in other:
+            row = _other_row(line, full.get(line.custom_id), settings)
+            (rows if isinstance(row, ResultRow) else failure_rows).append(row)
+    if rows:
         out.result_counts["succeeded"] = out.result_counts.get("succeeded", 0) + len(rows)
-        _sum_usage_by_model(out.usage_by_model, rows)
+        _sum_usage(out.usage_by_model, rows, settings)
         results.append(row_encoder.encode_lines(rows))
-    if len(succeeded) != len(lines):
-        failure_rows = [
-            to_failure_row(
-                line,
-                batch_id=batch_id,
-                round_number=settings.round_number,
-                canceled_by_timeout=settings.canceled_by_timeout,
-                retryable_types=settings.retryable_types,
-            )
-            for line in lines
-            if line.result.type != "succeeded"
-        ]
+    if failure_rows:
         _count_failures(out, failure_rows)
+        billed = [row for row in failure_rows if row.usage is not None]
+        if billed:
+            _sum_usage(out.usage_by_model, billed, settings)
         failures.append(row_encoder.encode_lines(failure_rows))
+
+
+def _plain_rows(lines: list[Any], settings: BlockSettings) -> tuple[list[Any], list[Any]]:
+    """Return the rows of plain answers (the hot loop of a gather, hence one comprehension)."""
+    batch_id, number, inputs = settings.batch_id, settings.round_number, settings.inputs
+    rows = [
+        ResultRow(
+            line.custom_id,
+            (meta := inputs.get(line.custom_id, _NO_META))[0],
+            batch_id,
+            number,
+            (message := line.result.message).model,
+            message.stop_reason,
+            (
+                content[0].text
+                if len(content := message.content) == 1 and content[0].type == "text"
+                else text_of(content)
+            ),
+            to_usage(message.usage),
+            input=meta[1] or msgspec.UNSET,
+        )
+        for line in lines
+    ]
+    if settings.validator is None:
+        return rows, []
+    return _checked(rows, settings)
+
+
+_NO_META: InputMeta = (None, None)
+
+
+def _checked(rows: list[ResultRow], settings: BlockSettings) -> tuple[list[Any], list[Any]]:
+    """Return the rows whose text is valid for the schema (with ``output``) and invalid_output failures."""
+    assert settings.validator is not None
+    check = settings.validator.check
+    valid: list[Any] = []
+    invalid: list[Any] = []
+    for row in rows:
+        answer = _str_decoder.decode(row.text).encode()
+        problem = check(answer)
+        if problem is None:
+            row.output = msgspec.Raw(answer)
+            valid.append(row)
+            continue
+        cut = row.stop_reason == "max_tokens"
+        message = f"the answer is not valid for the output schema: {problem}"
+        if cut:
+            message += (
+                f"; it was cut at max_tokens ({row.usage.output_tokens:,} output tokens): raise max_tokens, "
+                "a retry with the same limit would be cut again"
+            )
+        invalid.append(_billed_failure(row, "invalid_output", message, settings, retryable=not cut))
+    return valid, invalid
+
+
+def _billed_failure(
+    row: ResultRow, kind: str, message: str, settings: BlockSettings, *, retryable: bool | None = None
+) -> FailureRow:
+    """Return the failure row of an answer that was billed but is not a result."""
+    if retryable is None:
+        retryable = classify_failure(
+            kind, None, canceled_by_timeout=False, retryable_types=settings.retryable_types
+        )
+    else:
+        retryable = retryable and kind in settings.retryable_types
+    return FailureRow(
+        row.custom_id,
+        row.row,
+        row.batch_id,
+        row.round,
+        kind,
+        None,
+        message,
+        None,
+        retryable,
+        model=row.model,
+        stop_reason=row.stop_reason,
+        text=row.text,
+        usage=row.usage,
+        content=row.content,
+        input=row.input,
+    )
+
+
+def _full_lines(lines_json: memoryview, ids: set[str]) -> dict[str, ResultLine[MessageWithContent]]:
+    """Return the lines of ``ids`` decoded in full (content as raw JSON): the slow path."""
+    if not ids:
+        return {}
+    found: dict[str, ResultLine[MessageWithContent]] = {}
+    for raw in bytes(lines_json).split(b"\n"):
+        if raw.strip() and custom_id_decoder.decode(raw).custom_id in ids:
+            line = line_with_content_decoder.decode(raw)
+            found.setdefault(line.custom_id, line)
+    return found
+
+
+def _other_row(line: Any, full: ResultLine[MessageWithContent] | None, settings: BlockSettings) -> Any:
+    """Return the row of an answer off the fast path, or the failure row of a failed line."""
+    meta = settings.inputs.get(line.custom_id, _NO_META)
+    if line.result.type != "succeeded" or full is None or full.result.message is None:
+        return to_failure_row(line, settings, meta)
+    message = full.result.message
+    blocks = _blocks_decoder.decode(message.content)
+    tool_calls = [
+        ToolCall(block["id"], block["name"], msgspec.Raw(row_encoder.encode(block.get("input", {}))))
+        for block in blocks
+        if block.get("type") == "tool_use"
+    ]
+    row = ResultRow(
+        line.custom_id,
+        meta[0],
+        settings.batch_id,
+        settings.round_number,
+        message.model,
+        message.stop_reason,
+        text_of(message.content),
+        to_usage(message.usage),
+        tool_calls=tool_calls or msgspec.UNSET,
+        content=message.content if settings.include_content else msgspec.UNSET,
+        input=meta[1] or msgspec.UNSET,
+    )
+    kind = FAILED_STOPS.get(message.stop_reason or "")
+    if kind == "paused":
+        row.content = message.content  # the retry round continues the turn with it
+        return _billed_failure(row, kind, _FAILURE_MESSAGES[kind], settings)
+    if kind is not None:
+        detail = ""
+        if message.stop_details:
+            category = message.stop_details.get("category")
+            explanation = message.stop_details.get("explanation")
+            detail = "".join(f" ({part})" for part in (category, explanation) if part)
+        return _billed_failure(row, kind, _FAILURE_MESSAGES[kind] + detail, settings)
+    if settings.validator is not None and not tool_calls:
+        valid, invalid = _checked([row], settings)
+        return (valid or invalid)[0]
+    return row
+
+
+def to_failure_row(line: ResultLine[Any], settings: BlockSettings, meta: InputMeta = _NO_META) -> FailureRow:
+    """Return the failure row of an ``errored``, ``expired`` or ``canceled`` line."""
+    result_type = line.result.type
+    error_type = message = request_id = None
+    if result_type == "errored":
+        response = line.result.error or ErrorResponse()
+        error_type, message, request_id = response.error.type, response.error.message, response.request_id
+    else:
+        message = _FAILURE_MESSAGES.get(result_type, f"unexpected result type {result_type!r}")
+        if result_type == "canceled" and settings.canceled_by_timeout:
+            message = "canceled by the wait deadline before this request was processed"
+    return FailureRow(
+        custom_id=line.custom_id,
+        row=meta[0],
+        batch_id=settings.batch_id,
+        round=settings.round_number,
+        result_type=result_type,
+        error_type=error_type,
+        message=message,
+        request_id=request_id,
+        retryable=classify_failure(
+            result_type,
+            error_type,
+            canceled_by_timeout=settings.canceled_by_timeout,
+            retryable_types=settings.retryable_types,
+        ),
+        input=meta[1] or msgspec.UNSET,
+    )
 
 
 def missing_rows(custom_ids: Iterable[str], settings: BlockSettings) -> BlockRows:
     """Return the failure rows of requests whose batch returned no line for them."""
+    retryable = classify_failure(
+        "missing", None, canceled_by_timeout=False, retryable_types=settings.retryable_types
+    )
     failures = [
-        missing_row(
+        FailureRow(
             custom_id,
-            batch_id=settings.batch_id,
-            round_number=settings.round_number,
-            retryable_types=settings.retryable_types,
+            (meta := settings.inputs.get(custom_id, _NO_META))[0],
+            settings.batch_id,
+            settings.round_number,
+            "missing",
+            None,
+            _FAILURE_MESSAGES["missing"],
+            None,
+            retryable,
+            input=meta[1] or msgspec.UNSET,
         )
         for custom_id in custom_ids
     ]
-    out = BlockRows(b"", b"", {}, {}, 0, {})
+    out = BlockRows()
     _count_failures(out, failures)
     out.failures = row_encoder.encode_lines(failures)
     return out
@@ -458,14 +647,47 @@ def _first_lines(lines: list[ResultLine[Any]], seen: set[str]) -> list[ResultLin
     return kept
 
 
-def _sum_usage_by_model(usage_by_model: dict[str, Usage], rows: list[ResultRow]) -> None:
-    """Add the usage of result rows into per-model totals (columns summed, the fastest way)."""
+_USAGE_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation_1h_input_tokens",
+    "cache_read_input_tokens",
+    "web_search_requests",
+    "web_fetch_requests",
+    "thinking_tokens",
+)
+_usage_columns = attrgetter(*_USAGE_KEYS)
+
+
+def _row_key(row: Any, settings: BlockSettings) -> str:
+    """Return the usage key of a row: its model, price tier and residency region."""
+    usage = row.usage
+    threshold = settings.long_prompt_above(row.model)
+    long_prompt = threshold is not None and (
+        usage.input_tokens + usage.cache_creation_input_tokens + usage.cache_read_input_tokens > threshold
+    )
+    geo = usage.inference_geo if usage.inference_geo in settings.residency_geos else None
+    return usage_key(row.model, long_prompt=long_prompt, geo=geo)
+
+
+def _sum_usage(usage_by_key: dict[str, Usage], rows: list[Any], settings: BlockSettings) -> None:
+    """Add the usage of rows into per-key totals (columns summed, the fastest way)."""
     models = set(map(_model_of, rows))
-    for model in models:
-        usages = [row.usage for row in rows if len(models) == 1 or row.model == model]
-        total = usage_by_model.setdefault(model, empty_usage())
-        for key, column in zip(_USAGE_KEYS, zip(*map(astuple, usages), strict=True), strict=True):
-            total[key] += sum(column)  # type: ignore[literal-required]
+    plain = all(settings.long_prompt_above(model) is None for model in models) and not any(
+        row.usage.inference_geo for row in rows
+    )
+    if plain:  # the common case: the key is the model
+        groups = {model: [row for row in rows if len(models) == 1 or row.model == model] for model in models}
+    else:
+        groups = {}
+        for row in rows:
+            groups.setdefault(_row_key(row, settings), []).append(row)
+    for key, group in groups.items():
+        total = usage_by_key.setdefault(key, empty_usage())
+        columns = zip(*(_usage_columns(row.usage) for row in group), strict=True)
+        for name, column in zip(_USAGE_KEYS, columns, strict=True):
+            total[name] += sum(column)  # type: ignore[literal-required]
 
 
 def _count_failures(out: BlockRows, failures: list[FailureRow]) -> None:
@@ -481,5 +703,3 @@ def _count_failures(out: BlockRows, failures: list[FailureRow]) -> None:
 
 _model_of = attrgetter("model")
 _custom_id_of = attrgetter("custom_id")
-_result_type_of = attrgetter("result.type")
-_USAGE_KEYS = RowUsage.__struct_fields__

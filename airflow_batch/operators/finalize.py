@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, BaseOperator
 
 from airflow_batch.gather.finalizing import check_failure_rate, finalize_job
+from airflow_batch.gather.tables import require_pyarrow, results_formats
 from airflow_batch.manifest import JobManifest
+from airflow_batch.submit.inputs import check_location
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -38,9 +40,15 @@ class FinalizeBatchJobOperator(BaseOperator):
     :param max_failure_rate: Highest acceptable share of failed requests (0-1); ``None``
         never fails the task for failed requests.
     :param asset: The Asset (or URI) to emit for the results; ``None`` emits nothing.
+    :param results_format: ``"jsonl"`` (default), ``"parquet"`` or ``["jsonl", "parquet"]``:
+        with Parquet, ``results.parquet`` and ``failures.parquet`` are written too, with typed
+        columns (needs ``airflow-batch[parquet]``; the JSONL files are always written).
+    :param publish_path: Folder (URI) that gets a copy of the final files, the manifest last,
+        e.g. ``"s3://bucket/reviews/{{ ds }}/"``: a stable, date-keyed place for readers.
+        Templated.
     """
 
-    template_fields: Sequence[str] = ("manifest", "job_dir", "max_failure_rate")
+    template_fields: Sequence[str] = ("manifest", "job_dir", "max_failure_rate", "publish_path")
     ui_color = "#d5f5e3"
 
     def __init__(
@@ -50,11 +58,17 @@ class FinalizeBatchJobOperator(BaseOperator):
         job_dir: str | None = None,
         max_failure_rate: float | None = None,
         asset: Asset | str | None = None,
+        results_format: str | Sequence[str] = "jsonl",
+        publish_path: str | None = None,
         trigger_rule: str = "all_done",
         **kwargs: Any,
     ) -> None:
         if manifest is None and job_dir is None:
             raise ValueError(f"{kwargs.get('task_id')}: give manifest (e.g. submit.output) or job_dir")
+        self.results_format = results_formats(results_format)
+        if "parquet" in self.results_format:
+            require_pyarrow()
+        check_location(publish_path, f"{kwargs.get('task_id')}: publish_path")
         self.asset = Asset(uri=asset) if isinstance(asset, str) else asset
         if self.asset is not None:
             kwargs["outlets"] = [*kwargs.get("outlets", []), self.asset]
@@ -62,12 +76,21 @@ class FinalizeBatchJobOperator(BaseOperator):
         self.manifest = manifest
         self.job_dir = job_dir
         self.max_failure_rate = max_failure_rate
+        self.publish_path = publish_path
 
     def execute(self, context: Context) -> JobManifest:
         """Merge the rounds, write the job files, emit the asset event, apply the failure policy."""
         job_dir = self.job_dir or self.manifest["job_dir"]
         limit = None if self.max_failure_rate in (None, "", "None") else float(self.max_failure_rate)
-        job_manifest = finalize_job(job_dir, max_failure_rate=limit, logger=self.log)  # type: ignore[arg-type]
+        if self.publish_path:
+            check_location(self.publish_path, f"{self.task_id}: publish_path", rendered=True)
+        job_manifest = finalize_job(
+            job_dir,
+            max_failure_rate=limit,
+            results_format=self.results_format,
+            publish_path=self.publish_path or None,
+            logger=self.log,  # type: ignore[arg-type]
+        )
         if self.asset is not None:
             context["outlet_events"][self.asset].extra = asset_extra(job_manifest)
         check_failure_rate(job_manifest)
@@ -79,7 +102,9 @@ def asset_extra(job_manifest: JobManifest) -> dict[str, Any]:
     return {
         "results_uri": job_manifest["results_path"],
         "failures_uri": job_manifest["failures_path"],
-        "manifest_uri": job_manifest["results_path"].rsplit("/", 1)[0] + "/manifest.json",
+        "manifest_uri": job_manifest["manifest_path"],
+        "results_parquet_uri": job_manifest.get("results_parquet_path"),
+        "published_uri": job_manifest.get("published_path"),
         "requests": job_manifest["requests"],
         "succeeded": job_manifest["succeeded"],
         "failed": job_manifest["failed"],

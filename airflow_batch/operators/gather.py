@@ -69,19 +69,25 @@ class GatherResultsOperator(BaseOperator):
 
     def execute(self, context: Context) -> RoundManifest:
         """Gather the round and return its manifest."""
-        from airflow_batch.gather.gathering import gather_round
+        from airflow_batch.costs import price_table
+        from airflow_batch.gather.gathering import GatherConfig, gather_round, job_validator
         from airflow_batch.hooks.batches import BatchesHook
+        from airflow_batch.storage import as_path
 
         manifest: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
         identity = JobIdentity.of(manifest, self.conn_id, self.task_id)
+        config = GatherConfig(
+            include_content=self.include_content,
+            retryable_types=self.retryable_error_types,
+            validator=job_validator(as_path(manifest["job_dir"])),
+            table=price_table(self.prices),
+        )
         hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
         with hook.batches_api() as api:
             out = gather_round(
                 api,
                 manifest,
-                include_content=self.include_content,
-                retryable_types=self.retryable_error_types,
-                prices=self.prices,
+                config=config,
                 max_cost_usd=self.max_cost_usd,
                 logger=self.log,  # type: ignore[arg-type]
             )

@@ -58,15 +58,15 @@ class RetryFailedOperator(BaseOperator):
     def execute(self, context: Context) -> RoundManifest:
         """Submit the next round, or skip when no failure of the previous round is retryable."""
         from airflow_batch.gather.finalizing import job_cost
-        from airflow_batch.gather.retrying import original_requests, retryable_ids
+        from airflow_batch.gather.retrying import original_requests
         from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.storage import as_path
         from airflow_batch.submit.round import SubmitSettings, submit_round
 
         previous: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
         identity = JobIdentity.of(previous, self.conn_id, self.task_id)
-        ids = retryable_ids(previous)
-        if not ids:
+        retryable = int(previous.get("retryable", 0) or 0)
+        if not retryable:
             raise AirflowSkipException(
                 f"round {previous['round']} has no retryable failure: nothing to resubmit"
             )
@@ -78,14 +78,14 @@ class RetryFailedOperator(BaseOperator):
         self.log.info(
             "round %d: resubmitting %d retryable failure(s) of round %d",
             round_number,
-            len(ids),
+            retryable,
             previous["round"],
         )
         hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
         with hook.batches_api() as api:
             return submit_round(
                 api,
-                original_requests(previous, ids),
+                original_requests(previous),
                 job=job,
                 round_number=round_number,
                 identity=identity,

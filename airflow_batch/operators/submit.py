@@ -7,9 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
-from airflow_batch import layout
+from airflow_batch import layout, settings
 from airflow_batch.manifest import JobIdentity, RoundManifest
-from airflow_batch.submit.records import RequestBuilder, RequestDefaults, records_to_requests
+from airflow_batch.schema import job_schema
+from airflow_batch.storage import write_json
+from airflow_batch.submit.inputs import check_location
+from airflow_batch.submit.records import CustomIdFrom, RequestBuilder, RequestDefaults, records_to_requests
 from airflow_batch.submit.round import SubmitSettings
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
 
@@ -59,12 +62,25 @@ class SubmitBatchesOperator(BaseOperator):
         ``prompt_template`` it returns extra params merged over the templated message.
     :param custom_id_field: Record field giving the ``custom_id`` (int values become strings).
         An id that does not match ``^[a-zA-Z0-9_-]{1,64}$`` is an invalid row, never rewritten.
+    :param custom_id_from: Instead of ``custom_id_field``: a ``str.format`` template over the
+        record (``"{product_id}-{lang}"``) or a callable ``record -> key``. The key becomes a valid,
+        unique, stable id (itself when valid, else a readable slug and a short hash of the key),
+        and is kept as ``input.key`` of the result rows.
+    :param passthrough_fields: Record fields copied into every result and failure row (under
+        ``input``; as columns in Parquet), so the output table carries the input's keys.
+    :param output_schema: Structured outputs: a JSON Schema dict or a Pydantic model class.
+        Requests that set no ``output_config.format`` get it; answers are validated against it
+        (``output`` of a result row, or an ``invalid_output`` failure). Checked when the DAG is
+        parsed: a schema structured outputs refuse fails then, naming the part.
     :param model: Default ``model`` for requests that set none. Templated.
     :param max_tokens: Default ``max_tokens`` for requests that set none.
     :param system: Default system prompt for requests that set none. Templated.
     :param cache_system_prompt: Send the default system prompt marked ``cache_control``
         (ephemeral), so requests after the first read it from the prompt cache.
-    :param output_path: Base URI of job folders (``file://``, ``s3://``...). Templated.
+    :param cache_ttl: Lifetime of that cache entry, ``"1h"`` (default ``[airflow_batch]
+        cache_ttl``: a batch can take longer than 5 minutes) or ``"5m"``.
+    :param output_path: Base URI of job folders: an absolute path or a URI (``file://``,
+        ``s3://``...); default ``[airflow_batch] output_path``. Templated.
     :param conn_id: The ``anthropic`` connection (official provider). Templated.
     :param max_requests_per_batch: Requests per batch, at most the API's 100,000.
     :param max_bytes_per_batch: Bytes of create-request body per batch, at most the API's
@@ -99,16 +115,20 @@ class SubmitBatchesOperator(BaseOperator):
     def __init__(
         self,
         *,
-        output_path: str,
+        output_path: str | None = None,
         requests: Any = None,
         records: Any = None,
         prompt_template: str | None = None,
         request_builder: RequestBuilder | None = None,
         custom_id_field: str = "custom_id",
+        custom_id_from: CustomIdFrom | None = None,
+        passthrough_fields: Sequence[str] = (),
+        output_schema: Any = None,
         model: str | None = None,
         max_tokens: int | None = None,
         system: str | list[Any] | None = None,
         cache_system_prompt: bool = True,
+        cache_ttl: str | None = None,
         conn_id: str = "anthropic_default",
         max_requests_per_batch: int = MAX_REQUESTS_PER_BATCH,
         max_bytes_per_batch: int = MAX_BYTES_PER_BATCH,
@@ -128,6 +148,16 @@ class SubmitBatchesOperator(BaseOperator):
             raise ValueError(f"{self.task_id}: give exactly one of requests= or records=")
         if records is not None and prompt_template is None and request_builder is None:
             raise ValueError(f"{self.task_id}: records= needs prompt_template= and/or request_builder=")
+        if records is None and (passthrough_fields or custom_id_from is not None):
+            raise ValueError(f"{self.task_id}: passthrough_fields= and custom_id_from= go with records=")
+        for name, location in (("records", records), ("requests", requests), ("output_path", output_path)):
+            check_location(location, f"{self.task_id}: {name}")
+        # Checked now, so a schema structured outputs refuse fails when the DAG is parsed.
+        self.job_schema = job_schema(output_schema) if output_schema is not None else None
+        self.output_schema = output_schema
+        self.custom_id_from = custom_id_from
+        self.passthrough_fields = list(passthrough_fields)
+        self.cache_ttl = cache_ttl
         self.requests = requests
         self.records = records
         self.prompt_template = prompt_template
@@ -177,6 +207,8 @@ class SubmitBatchesOperator(BaseOperator):
                 prompt_template=self.prompt_template,
                 request_builder=self.request_builder,
                 custom_id_field=self.custom_id_field,
+                custom_id_from=self.custom_id_from,
+                passthrough_fields=self.passthrough_fields,
             )
         else:
             yield from input_rows(self.requests, "requests")
@@ -185,13 +217,30 @@ class SubmitBatchesOperator(BaseOperator):
         """Return this task instance's job folder."""
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
+        output_path = self.output_path or settings.get("output_path")
+        if not output_path:
+            raise ValueError(
+                f"{self.task_id}: no output_path: pass output_path= (an absolute path or a URI such as "
+                "s3://bucket/prefix) or set [airflow_batch] output_path"
+            )
+        check_location(output_path, f"{self.task_id}: output_path", rendered=True)
         return layout.job_dir(
-            self.output_path,
+            output_path,
             self.dag_id,
             context["run_id"],
             self.task_id,
             map_index if map_index is not None else -1,
         )
+
+    def job_spec(self) -> dict[str, Any]:
+        """Return what gather and finalize need to know of the job: output schema, passthrough fields."""
+        passthrough = [*self.passthrough_fields]
+        if self.custom_id_from is not None and "key" not in passthrough:
+            passthrough.append("key")
+        return {
+            "output_schema": self.job_schema.schema if self.job_schema is not None else None,
+            "passthrough_fields": passthrough,
+        }
 
     def execute(self, context: Context) -> RoundManifest:
         """Submit round 0 of the job (or re-attach to it); return the manifest."""
@@ -200,20 +249,24 @@ class SubmitBatchesOperator(BaseOperator):
 
         identity = JobIdentity(self.conn_id, tuple(self.betas), self.workspace_id)
         defaults = RequestDefaults(
-            model=self.model,
+            model=self.model or settings.get("model") or None,
             max_tokens=self.max_tokens,
             system=self.system,
             cache_system_prompt=self.cache_system_prompt,
+            cache_ttl=self.cache_ttl or settings.get("cache_ttl"),
+            output_format=self.job_schema.output_format if self.job_schema else None,
         )
         from airflow_batch.submit.inputs import is_file_input
 
         source = self.records if self.records is not None else self.requests
         hook = BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
         with hook.batches_api() as api:
+            job = self.job_dir(context)
+            write_json(layout.job_spec_path(job), self.job_spec())
             return submit_round(
                 api,
                 self.input_rows(),
-                job=self.job_dir(context),
+                job=job,
                 round_number=0,
                 identity=identity,
                 settings=self.settings,

@@ -39,7 +39,7 @@ import msgspec
 from airflow_batch.layout import INVALID_INPUT_FILE, chunk_file_name
 from airflow_batch.params import decode_line, loads
 from airflow_batch.submit.estimate import TokenTally
-from airflow_batch.submit.records import BLANK, RequestDefaults
+from airflow_batch.submit.records import BLANK, Carried, RequestDefaults
 from airflow_batch.submit.validation import (
     InvalidRow,
     MaxOutputTokens,
@@ -62,6 +62,16 @@ _ENVELOPE = len(BODY_PREFIX) + len(BODY_SUFFIX) - 1
 _BUCKETS = 64
 _WRITE_BUFFER = 1 << 20
 _CACHE_CONTROL = b'"cache_control"'
+#: Folder of the staged ``inputs`` twins of the chunk files.
+INPUTS_DIR = "inputs"
+_encode_json = msgspec.json.Encoder().encode
+
+
+def inputs_line(custom_id: str, row: int, fields: Any = None) -> bytes:
+    """Return what the inputs twin records of one request: its input row and passthrough fields."""
+    if fields is None:  # custom ids need no escaping: [a-zA-Z0-9_-]
+        return b'{"custom_id":"%s","row":%d}' % (custom_id.encode(), row)
+    return _encode_json({"custom_id": custom_id, "row": row, "input": fields})
 
 
 def body_bytes(requests: int, line_bytes: int) -> int:
@@ -181,7 +191,10 @@ class UniqueIds:
 class _ChunkWriter:
     """Writes encoded request lines to consecutive chunk files, rolling over at the limits.
 
-    Every byte written also feeds ``digest``, so the fingerprint covers the chunk files exactly.
+    Each chunk file has a twin under ``inputs/``, written in lockstep: one line per request
+    with its input row and passthrough fields (see :func:`airflow_batch.layout.chunk_inputs_path`).
+    Every byte of the chunk files also feeds ``digest``, so the fingerprint covers exactly what
+    is sent.
     """
 
     def __init__(self, staging: ObjectStoragePath, max_requests: int, max_bytes: int, digest: Any) -> None:
@@ -192,11 +205,13 @@ class _ChunkWriter:
         self.digest = digest
         self.chunks: list[ChunkInfo] = []
         self._handle: IO[bytes] | None = None
+        self._inputs: IO[bytes] | None = None
         self._buffer = bytearray()
+        self._inputs_buffer = bytearray()
         self._count = 0
         self._line_bytes = 0
 
-    def add(self, line: bytes) -> None:
+    def add(self, line: bytes, inputs_line: bytes) -> None:
         count = self._count + 1
         line_bytes = self._line_bytes + len(line)
         if self._handle is None:
@@ -208,25 +223,33 @@ class _ChunkWriter:
         buffer = self._buffer
         buffer += line
         buffer += b"\n"
+        self._inputs_buffer += inputs_line
+        self._inputs_buffer += b"\n"
         self._count = count
         self._line_bytes = line_bytes
         if len(buffer) >= _WRITE_BUFFER:
             self._flush()
 
     def _open(self) -> None:
-        self._handle = (self.staging / chunk_file_name(len(self.chunks))).open("wb")
+        name = chunk_file_name(len(self.chunks))
+        self._handle = (self.staging / name).open("wb")
+        (self.staging / INPUTS_DIR).mkdir(parents=True, exist_ok=True)
+        self._inputs = (self.staging / INPUTS_DIR / name).open("wb")
 
     def _flush(self) -> None:
-        assert self._handle is not None
+        assert self._handle is not None and self._inputs is not None
         self.digest.update(self._buffer)
         self._handle.write(self._buffer)
         self._buffer.clear()
+        self._inputs.write(self._inputs_buffer)
+        self._inputs_buffer.clear()
 
     def _close(self) -> None:
-        assert self._handle is not None
+        assert self._handle is not None and self._inputs is not None
         self._flush()
         self._handle.close()
-        self._handle = None
+        self._inputs.close()
+        self._handle = self._inputs = None
         self.chunks.append(
             ChunkInfo(len(self.chunks), self._count, body_bytes(self._count, self._line_bytes))
         )
@@ -239,13 +262,14 @@ class _ChunkWriter:
         return self.chunks
 
     def abort(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        for handle in (self._handle, self._inputs):
+            if handle is not None:
+                handle.close()
+        self._handle = self._inputs = None
 
 
 def _plain_line(
-    line: bytes, default_system: bool, lenient: bool, max_output_tokens: MaxOutputTokens | None
+    line: bytes, defaults: RequestDefaults, lenient: bool, max_output_tokens: MaxOutputTokens | None
 ) -> tuple[Any, int] | None:
     """Return a JSON line's typed request and input tokens if it is valid and plain, else None.
 
@@ -260,7 +284,7 @@ def _plain_line(
         return None
     params = request.params
     if (
-        (params.system is None and default_system)
+        defaults.fills(params)
         or params.tools is not None
         or _CACHE_CONTROL in line
         or check_params(params, lenient=lenient, max_output_tokens=max_output_tokens) is not None
@@ -344,7 +368,6 @@ def prepare_chunks(
     valid = 0
     row = 0
     single_limit = max_bytes - _ENVELOPE - 1
-    default_system = defaults.system is not None
     max_output = limits.max_output_tokens
 
     def problem_at(custom_id: str | None, rule: str, hint: str = "") -> Problem:
@@ -353,13 +376,15 @@ def prepare_chunks(
     try:
         with _collector_paused():
             for row, item in enumerate(rows, start=1):
+                fields = None
+                source_row = row
+                if type(item) is Carried:
+                    fields, source_row, item = item.input, item.row or row, item.request
                 if item is BLANK or (type(item) is bytes and not item.strip()):
                     continue
                 problem: Problem | None = None
                 request: Any = item
-                plain = (
-                    _plain_line(item, default_system, lenient, max_output) if type(item) is bytes else None
-                )
+                plain = _plain_line(item, defaults, lenient, max_output) if type(item) is bytes else None
                 if plain is not None and len(item) <= single_limit:
                     typed, tokens = plain
                     params = typed.params
@@ -369,7 +394,7 @@ def prepare_chunks(
                         valid += 1
                         if report.total and not skip_invalid:
                             continue
-                        writer.add(item)
+                        writer.add(item, inputs_line(typed.custom_id, source_row, fields))
                         tally.add_plain(params.model, params.max_tokens, tokens, item)
                         continue
                 if isinstance(item, (bytes, bytearray, memoryview)):
@@ -419,7 +444,7 @@ def prepare_chunks(
                 valid += 1
                 if report.total and not skip_invalid:
                     continue  # nothing will be submitted: keep checking, stop writing
-                writer.add(line)
+                writer.add(line, inputs_line(request["custom_id"], source_row, fields))
                 tally.add(request["params"], _CACHE_CONTROL in line)
         chunks = writer.finish()
         duplicates = ids.duplicates(row_label)

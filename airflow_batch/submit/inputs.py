@@ -30,6 +30,22 @@ def _decoded(lines: Iterable[bytes]) -> Iterator[Any]:
             yield InvalidRow(str(exc))
 
 
+def check_location(value: Any, name: str, *, rendered: bool = False) -> None:
+    """Refuse a relative local path: it would resolve against whichever worker runs the task.
+
+    At DAG parse time (``rendered=False``) a value starting with a template (``{{ ... }}``)
+    passes; the rendered value is checked again when the task runs.
+    """
+    if not isinstance(value, str) or "://" in value or value.startswith("/"):
+        return
+    if not rendered and value.lstrip().startswith("{{"):
+        return
+    raise ValueError(
+        f"{name}={value!r} is a relative path: it would resolve against the working directory of "
+        "whichever worker runs the task. Give an absolute path (/data/...) or a URI (file://, s3://, gs://)."
+    )
+
+
 def is_file_input(source: Any) -> bool:
     """Return whether ``source`` names a file (its rows are then numbered as lines)."""
     from airflow.sdk import ObjectStoragePath
@@ -45,6 +61,8 @@ def input_rows(source: Any, name: str) -> Iterable[Any]:
     from airflow.sdk import ObjectStoragePath
 
     if isinstance(source, (str, ObjectStoragePath)):
+        if isinstance(source, str):
+            check_location(source, name, rendered=True)
         path = as_path(source)
         if not path.exists():
             raise FileNotFoundError(f"{name}: no file at {path}; give a JSONL file's URI or a list")

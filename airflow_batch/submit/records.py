@@ -17,15 +17,17 @@ marking it would pay the cache-write premium for nothing.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_batch.submit.validation import CUSTOM_ID_HINT, InvalidRow, check_custom_id
 
 RequestBuilder = Callable[[Mapping[str, Any]], Any]
+CustomIdFrom = str | Callable[[Mapping[str, Any]], Any]
 
 
 class _Blank:
@@ -38,42 +40,78 @@ class _Blank:
 BLANK = _Blank()
 
 
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """A request with what it carries to its result rows.
+
+    ``input``: the record's passthrough fields (a mapping, or their raw JSON from an earlier
+    round); ``row``: the input row it came from (retry rounds keep round 0's numbers).
+    """
+
+    request: Any
+    input: Any = None
+    row: int | None = None
+
+
 def _fields_hint(record: Mapping[str, Any]) -> str:
     names = ", ".join(sorted(map(str, record))[:20])
     return f"these records have the fields: {names}"
 
 
-def cached_system(system: str | list[Any]) -> list[Any]:
-    """Return ``system`` as text blocks whose last block carries ``cache_control: ephemeral``."""
+CACHE_TTLS = ("5m", "1h")
+
+
+def cached_system(system: str | list[Any], ttl: str = "1h") -> list[Any]:
+    """Return ``system`` as text blocks whose last block carries ``cache_control`` with ``ttl``."""
+    cache_control = {"type": "ephemeral", "ttl": ttl}
     if isinstance(system, str):
-        return [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+        return [{"type": "text", "text": system, "cache_control": cache_control}]
     if any(isinstance(block, Mapping) and "cache_control" in block for block in system):
         return list(system)
     if not system or not isinstance(system[-1], Mapping):
         return list(system)
-    return [*system[:-1], {**system[-1], "cache_control": {"type": "ephemeral"}}]
+    return [*system[:-1], {**system[-1], "cache_control": cache_control}]
 
 
 @dataclass(frozen=True)
 class RequestDefaults:
-    """Values put into the params of every request that lacks them."""
+    """Values put into the params of every request that lacks them.
+
+    ``cache_ttl``: the lifetime of the shared system prompt's cache entry, 1 hour by default
+    (a batch can take longer than 5 minutes to process, so the batch documentation recommends
+    it for shared context). ``output_format``: the job's structured-outputs format, put into
+    ``output_config`` of every request that sets none.
+    """
 
     model: str | None = None
     max_tokens: int | None = None
     system: str | list[Any] | None = None
     cache_system_prompt: bool = True
+    cache_ttl: str = "1h"
+    output_format: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.cache_ttl not in CACHE_TTLS:
+            raise ValueError(f"cache_ttl={self.cache_ttl!r}: must be one of {', '.join(CACHE_TTLS)}")
         # Built once: the same list object is shared by every request's params.
         if self.system is not None and self.cache_system_prompt:
-            object.__setattr__(self, "_system_value", cached_system(self.system))
+            object.__setattr__(self, "_system_value", cached_system(self.system, self.cache_ttl))
         else:
             object.__setattr__(self, "_system_value", self.system)
 
     @property
     def empty(self) -> bool:
         """Return True when there is nothing to apply."""
-        return self.model is None and self.max_tokens is None and self.system is None
+        return (
+            self.model is None and self.max_tokens is None and self.system is None and not self.output_format
+        )
+
+    def fills(self, params: Any) -> bool:
+        """Return whether the defaults would change typed ``params`` (a request line's fast path)."""
+        return (self.system is not None and params.system is None) or (
+            self.output_format is not None
+            and (params.output_config is None or params.output_config.format is None)
+        )
 
     def apply(self, request: Any) -> Any:
         """Return ``request`` with the defaults filled into its params (a new dict if changed)."""
@@ -82,10 +120,15 @@ class RequestDefaults:
         params = request.get("params")
         if not isinstance(params, Mapping):
             return request
+        config = params.get("output_config")
+        needs_format = self.output_format is not None and not (
+            isinstance(config, Mapping) and "format" in config
+        )
         missing = (
             (self.model is not None and "model" not in params)
             or (self.max_tokens is not None and "max_tokens" not in params)
             or (self.system is not None and "system" not in params)
+            or needs_format
         )
         if not missing:
             return request
@@ -96,6 +139,11 @@ class RequestDefaults:
             filled.setdefault("max_tokens", self.max_tokens)
         if self.system is not None and "system" not in filled:
             filled["system"] = self._system_value  # type: ignore[attr-defined]
+        if needs_format:
+            filled["output_config"] = {
+                **(config if isinstance(config, Mapping) else {}),
+                "format": self.output_format,
+            }
         return {**request, "params": filled}
 
 
@@ -117,7 +165,7 @@ def _record_custom_id(record: Mapping[str, Any], field: str) -> str | InvalidRow
     if field not in record:
         return InvalidRow(
             f"record has no field {field!r} to use as custom_id (custom_id_field={field!r})",
-            hint=_fields_hint(record),
+            hint=_fields_hint(record) + "; or pass custom_id_from= to build the id",
         )
     value = record[field]
     if isinstance(value, int) and not isinstance(value, bool):
@@ -126,6 +174,34 @@ def _record_custom_id(record: Mapping[str, Any], field: str) -> str | InvalidRow
     if problem:
         return InvalidRow(problem, value if isinstance(value, str) else None, CUSTOM_ID_HINT)
     return str(value)
+
+
+_SLUG = re.compile(r"[^A-Za-z0-9_-]+")
+_SLUG_CHARS = 64 - 1 - 12  # room for "-" and 12 hex digits of hash
+
+
+def custom_id_for(key: str) -> str:
+    """Return a valid, stable ``custom_id`` for any key: the key when it is one, else a slug and a hash.
+
+    ``src/app/main.py`` becomes ``src-app-main-py-1f0c6b7e9a2d``: readable, at most 64
+    characters, the same for the same key on every run, and different for different keys
+    (the hash is of the whole key).
+    """
+    if check_custom_id(key) is None:
+        return key
+    slug = _SLUG.sub("-", key).strip("-")[:_SLUG_CHARS].strip("-")
+    digest = hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+    return f"{slug}-{digest}" if slug else digest
+
+
+def _record_key(record: Mapping[str, Any], custom_id_from: CustomIdFrom) -> str | InvalidRow:
+    try:
+        key = custom_id_from(record) if callable(custom_id_from) else custom_id_from.format_map(record)
+    except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+        return InvalidRow(
+            f"custom_id_from cannot build a key from this record: {exc!r}", hint=_fields_hint(record)
+        )
+    return str(key)
 
 
 def _params_from_builder(result: Any) -> dict[str, Any] | str:
@@ -144,13 +220,21 @@ def records_to_requests(
     prompt_template: str | None = None,
     request_builder: RequestBuilder | None = None,
     custom_id_field: str = "custom_id",
+    custom_id_from: CustomIdFrom | None = None,
+    passthrough_fields: Sequence[str] = (),
 ) -> Iterator[Any]:
-    """Yield one request (or :class:`InvalidRow`, or ``BLANK`` for a blank line) per record, in order.
+    """Yield one request per record, in order (or :class:`InvalidRow`, or ``BLANK`` for a blank line).
 
     With ``prompt_template`` the user message is ``prompt_template.format_map(record)``. With
     ``request_builder`` the callable receives the record and returns the params (a dict), the
     messages (a list) or the user message (a str); with both, the template gives the user
     message and the builder returns extra params merged on top (e.g. ``temperature``).
+
+    The ``custom_id`` is the record's ``custom_id_field``, or with ``custom_id_from`` (a
+    ``str.format`` template over the record, or a callable) a key made into a valid id by
+    :func:`custom_id_for`; the key itself is then carried to the result rows as ``input.key``.
+    ``passthrough_fields`` are carried to the result and failure rows under ``input`` (a
+    missing field is null). Requests that carry fields are yielded as :class:`Carried`.
     """
     if prompt_template is None and request_builder is None:
         raise ValueError("records need prompt_template= and/or request_builder= to become requests")
@@ -162,7 +246,16 @@ def records_to_requests(
         if not isinstance(record, Mapping):
             yield InvalidRow(f"a record must be a JSON object, got {type(record).__name__}")
             continue
-        custom_id = _record_custom_id(record, custom_id_field)
+        carried: dict[str, Any] = {name: record.get(name) for name in passthrough_fields}
+        if custom_id_from is not None:
+            key = _record_key(record, custom_id_from)
+            if isinstance(key, InvalidRow):
+                yield key
+                continue
+            custom_id: str | InvalidRow = custom_id_for(key)
+            carried["key"] = key
+        else:
+            custom_id = _record_custom_id(record, custom_id_field)
         if isinstance(custom_id, InvalidRow):
             yield custom_id
             continue
@@ -197,4 +290,5 @@ def records_to_requests(
                 )
                 continue
             params.update(built)
-        yield {"custom_id": custom_id, "params": params}
+        request = {"custom_id": custom_id, "params": params}
+        yield Carried(request, carried) if carried else request

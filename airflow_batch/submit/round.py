@@ -48,7 +48,14 @@ from airflow_batch.exceptions import (
 )
 from airflow_batch.manifest import MANIFEST_VERSION, BatchRecord, JobIdentity, RoundManifest
 from airflow_batch.storage import write_json
-from airflow_batch.submit.chunking import ChunkBody, ChunkInfo, ModelLimits, PreparedRound, prepare_chunks
+from airflow_batch.submit.chunking import (
+    INPUTS_DIR,
+    ChunkBody,
+    ChunkInfo,
+    ModelLimits,
+    PreparedRound,
+    prepare_chunks,
+)
 from airflow_batch.submit.estimate import estimate_cost
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
 from airflow_batch.submit.records import RequestDefaults
@@ -111,13 +118,11 @@ def _remove_tree(path: ObjectStoragePath) -> None:
 
 def _install_chunks(prepared: PreparedRound, job: ObjectStoragePath, round_number: int) -> None:
     """Move the staged chunk files (and invalid rows) into the round folder, replacing old ones."""
-    target = layout.chunks_dir(job, round_number)
-    _remove_tree(target)
-    target.mkdir(parents=True, exist_ok=True)
+    for target in (layout.chunks_dir(job, round_number), layout.inputs_dir(job, round_number)):
+        _remove_tree(target)
+        target.mkdir(parents=True, exist_ok=True)
     for chunk in prepared.chunks:
-        (prepared.staging / layout.chunk_file_name(chunk.index)).rename(
-            layout.chunk_path(job, round_number, chunk.index)
-        )
+        _move_chunk(prepared, job, round_number, chunk.index)
     invalid_path = layout.invalid_input_path(job, round_number)
     if prepared.invalid_file is not None:
         prepared.invalid_file.rename(invalid_path)
@@ -128,10 +133,19 @@ def _install_chunks(prepared: PreparedRound, job: ObjectStoragePath, round_numbe
 def _restore_missing_chunks(prepared: PreparedRound, job: ObjectStoragePath, round_number: int) -> None:
     """Put back chunk files missing from the round folder (e.g. a local job folder on a new worker)."""
     for chunk in prepared.chunks:
-        path = layout.chunk_path(job, round_number, chunk.index)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            (prepared.staging / layout.chunk_file_name(chunk.index)).rename(path)
+        if not layout.chunk_path(job, round_number, chunk.index).exists():
+            _move_chunk(prepared, job, round_number, chunk.index)
+
+
+def _move_chunk(prepared: PreparedRound, job: ObjectStoragePath, round_number: int, index: int) -> None:
+    """Move one staged chunk file and its inputs twin into the round folder."""
+    name = layout.chunk_file_name(index)
+    for staged, target in (
+        (prepared.staging / name, layout.chunk_path(job, round_number, index)),
+        (prepared.staging / INPUTS_DIR / name, layout.chunk_inputs_path(job, round_number, index)),
+    ):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged.rename(target)
 
 
 def find_orphan(

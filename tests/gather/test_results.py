@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import msgspec
 import pytest
@@ -14,11 +15,8 @@ from airflow_batch.gather.rows import (
     BlockSettings,
     block_rows,
     classify_failure,
-    line_decoder,
-    line_with_content_decoder,
-    to_failure_row,
-    to_result_row,
 )
+from airflow_batch.schema import job_schema
 
 SUCCEEDED = (
     b'{"custom_id":"a","result":{"type":"succeeded","message":{"id":"msg_1","type":"message",'
@@ -83,56 +81,191 @@ def test_unknown_error_type_is_not_retried_unless_configured() -> None:
     )
 
 
+def rows_of(*lines: bytes, **settings: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Return the decoded result and failure rows of result lines, as gather writes them."""
+    settings.setdefault("batch_id", "b")
+    settings.setdefault("round_number", 0)
+    rows = block_rows(b"\n".join(lines) + b"\n", BlockSettings(**settings), set())
+    return (
+        [msgspec.json.decode(line) for line in rows.results.splitlines()],
+        [msgspec.json.decode(line) for line in rows.failures.splitlines()],
+    )
+
+
+def answer(custom_id: str = "x", content: Any = "Hi", stop_reason: str = "end_turn", **usage: Any) -> bytes:
+    """Return the result line of a succeeded request."""
+    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    return msgspec.json.encode(
+        {
+            "custom_id": custom_id,
+            "result": {
+                "type": "succeeded",
+                "message": {
+                    "id": "msg_1",
+                    "model": "claude-haiku-4-5",
+                    "content": blocks,
+                    "stop_reason": stop_reason,
+                    "usage": {"input_tokens": 10, "output_tokens": 5, **usage},
+                },
+            },
+        }
+    )
+
+
 def test_result_row_joins_text_blocks_and_sums_cache_writes_by_lifetime() -> None:
-    row = to_result_row(line_decoder.decode(SUCCEEDED), batch_id="msgbatch_1", round_number=2)
-    data = msgspec.json.decode(msgspec.json.encode(row))
-    assert data == {
-        "custom_id": "a",
-        "batch_id": "msgbatch_1",
-        "round": 2,
-        "model": "claude-haiku-4-5",
-        "text": "Hello world",
-        "stop_reason": "end_turn",
-        "usage": {
-            "input_tokens": 10,
-            "output_tokens": 5,
-            "cache_creation_input_tokens": 7,
-            "cache_creation_1h_input_tokens": 4,
-            "cache_read_input_tokens": 3,
-        },
-    }
+    results, failures = rows_of(SUCCEEDED, batch_id="msgbatch_1", round_number=2)
+    assert failures == []
+    assert results == [
+        {
+            "custom_id": "a",
+            "row": None,
+            "batch_id": "msgbatch_1",
+            "round": 2,
+            "model": "claude-haiku-4-5",
+            "text": "Hello world",
+            "stop_reason": "end_turn",
+            "usage": {
+                "input_tokens": 10,
+                "output_tokens": 5,
+                "cache_creation_input_tokens": 7,
+                "cache_creation_1h_input_tokens": 4,
+                "cache_read_input_tokens": 3,
+            },
+            "tool_calls": [{"id": "t", "name": "f", "input": {"x": 1}}],
+        }
+    ]
 
 
 def test_result_row_keeps_full_content_only_when_asked() -> None:
-    row = to_result_row(line_with_content_decoder.decode(SUCCEEDED), batch_id="b", round_number=0)
-    content = msgspec.json.decode(msgspec.json.encode(row))["content"]
-    assert [block["type"] for block in content] == ["text", "tool_use", "text"]
-    assert content[1]["input"] == {"x": 1}
+    (plain,), _ = rows_of(SUCCEEDED)
+    assert "content" not in plain
+    (row,), _ = rows_of(SUCCEEDED, include_content=True)
+    assert [block["type"] for block in row["content"]] == ["text", "tool_use", "text"]
+    assert row["content"][1]["input"] == {"x": 1}
+
+
+def test_rows_carry_the_input_row_and_passthrough_fields_of_their_request() -> None:
+    inputs = {
+        "a": (7, msgspec.Raw(b'{"sku":"p-1","lang":"ja"}')),
+        "b": (8, msgspec.Raw(b'{"sku":"p-2","lang":"de"}')),
+    }
+    (result,), (failure,) = rows_of(SUCCEEDED, ERRORED, inputs=inputs)
+    assert (result["row"], result["input"]) == (7, {"sku": "p-1", "lang": "ja"})
+    assert (failure["row"], failure["input"]) == (8, {"sku": "p-2", "lang": "de"})
 
 
 def test_failure_rows_carry_error_type_message_request_id_and_classification() -> None:
-    errored = to_failure_row(line_decoder.decode(ERRORED), batch_id="b", round_number=1)
+    _, failures = rows_of(ERRORED, INVALID, EXPIRED, round_number=1)
+    errored, invalid, expired = failures
     assert (
-        errored.result_type,
-        errored.error_type,
-        errored.message,
-        errored.request_id,
-        errored.retryable,
-    ) == (
-        "errored",
-        "overloaded_error",
-        "Overloaded",
-        "req_1",
-        True,
+        errored["result_type"],
+        errored["error_type"],
+        errored["message"],
+        errored["request_id"],
+        errored["retryable"],
+    ) == ("errored", "overloaded_error", "Overloaded", "req_1", True)
+    assert (invalid["error_type"], invalid["retryable"]) == ("invalid_request_error", False)
+    assert (expired["result_type"], expired["error_type"], expired["retryable"]) == ("expired", None, True)
+    _, (canceled,) = rows_of(CANCELED, canceled_by_timeout=True)
+    assert (canceled["result_type"], canceled["retryable"]) == ("canceled", True)
+    _, (user_canceled,) = rows_of(CANCELED)
+    assert user_canceled["retryable"] is False
+
+
+REVIEW_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "sentiment": {"type": "string", "enum": ["positive", "negative", "mixed"]},
+        "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+        "keywords": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+    },
+    "required": ["sentiment", "stars", "keywords"],
+    "additionalProperties": False,
+}
+
+
+def test_a_valid_answer_gets_its_output_and_an_invalid_one_is_a_retryable_failure_naming_the_path() -> None:
+    validator = job_schema(REVIEW_SCHEMA).validator
+    good = '{"sentiment": "positive", "stars": 5, "keywords": ["fast"]}'
+    results, failures = rows_of(
+        answer("ok", good),
+        answer("enum", '{"sentiment": "angry", "stars": 2, "keywords": []}'),
+        answer("prose", "I think it is positive"),
+        answer("cut", '{"sentiment": "posi', stop_reason="max_tokens"),
+        validator=validator,
     )
-    invalid = to_failure_row(line_decoder.decode(INVALID), batch_id="b", round_number=1)
-    assert (invalid.error_type, invalid.retryable) == ("invalid_request_error", False)
-    expired = to_failure_row(line_decoder.decode(EXPIRED), batch_id="b", round_number=1)
-    assert (expired.result_type, expired.error_type, expired.retryable) == ("expired", None, True)
-    canceled = to_failure_row(
-        line_decoder.decode(CANCELED), batch_id="b", round_number=1, canceled_by_timeout=True
+    assert [(r["custom_id"], r["output"], r["text"]) for r in results] == [
+        ("ok", {"sentiment": "positive", "stars": 5, "keywords": ["fast"]}, good)
+    ]
+    by_id = {f["custom_id"]: f for f in failures}
+    assert {f["result_type"] for f in failures} == {"invalid_output"}
+    assert "$.sentiment" in by_id["enum"]["message"] and by_id["enum"]["retryable"] is True
+    assert "not JSON" in by_id["prose"]["message"] and by_id["prose"]["retryable"] is True
+    assert "raise max_tokens" in by_id["cut"]["message"] and by_id["cut"]["retryable"] is False
+    # The answer was billed: the failure keeps its text and usage, and usage is summed.
+    assert (
+        by_id["prose"]["text"] == "I think it is positive" and by_id["prose"]["usage"]["output_tokens"] == 5
     )
-    assert (canceled.result_type, canceled.retryable) == ("canceled", True)
+
+
+def test_the_validator_catches_each_rule_of_the_schema() -> None:
+    check = job_schema(REVIEW_SCHEMA).validator.check
+    assert check(b'{"sentiment": "mixed", "stars": 3, "keywords": []}') is None
+    assert check(b'{"sentiment": "mixed", "stars": 9, "keywords": []}') is not None  # maximum
+    assert check(b'{"sentiment": "mixed", "stars": 3, "keywords": ["a", "b", "c", "d"]}') is not None
+    assert check(b'{"sentiment": "mixed", "stars": 3}') is not None  # required
+    assert check(b'{"sentiment": "mixed", "stars": 3, "keywords": [], "extra": 1}') is not None
+    assert check(b'{"sentiment": "mixed", "stars": 3.5, "keywords": []}') is not None  # integer
+
+
+def test_tool_calls_are_a_result_with_their_inputs() -> None:
+    blocks = [
+        {"type": "thinking", "thinking": "secret", "signature": "s"},
+        {"type": "text", "text": "Looking it up."},
+        {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"sku": "p-1"}},
+    ]
+    (row,), failures = rows_of(answer("t", blocks, stop_reason="tool_use"))
+    assert failures == []
+    assert row["stop_reason"] == "tool_use" and row["text"] == "Looking it up."  # thinking is never text
+    assert row["tool_calls"] == [{"id": "toolu_1", "name": "lookup", "input": {"sku": "p-1"}}]
+
+
+def test_paused_refused_and_context_window_stops_are_failures_of_their_own_kinds() -> None:
+    paused_blocks = [
+        {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "q"}},
+    ]
+    _, failures = rows_of(
+        answer("p", paused_blocks, stop_reason="pause_turn", server_tool_use={"web_search_requests": 1}),
+        answer("r", "I can't help with that.", stop_reason="refusal"),
+        answer("w", "partial", stop_reason="model_context_window_exceeded"),
+    )
+    by_id = {f["custom_id"]: f for f in failures}
+    assert (by_id["p"]["result_type"], by_id["p"]["retryable"]) == ("paused", True)
+    assert by_id["p"]["content"] == paused_blocks  # the retry round continues the turn from it
+    assert by_id["p"]["usage"]["web_search_requests"] == 1
+    assert (by_id["r"]["result_type"], by_id["r"]["retryable"]) == ("refused", False)
+    assert (by_id["w"]["result_type"], by_id["w"]["retryable"]) == ("context_window_exceeded", False)
+
+
+def test_usage_is_summed_per_model_price_tier_and_residency() -> None:
+    rows = block_rows(
+        b"\n".join(
+            [
+                answer("short"),
+                answer("long", input_tokens=250_000),
+                answer("us", inference_geo="us"),
+                answer("global", inference_geo="global"),
+            ]
+        ),
+        BlockSettings("b", 0, long_prompt_above=lambda model: 200_000, residency_geos=frozenset({"us"})),
+        set(),
+    )
+    assert sorted(rows.usage_by_model) == [
+        "claude-haiku-4-5",
+        "claude-haiku-4-5#long-prompt",
+        "claude-haiku-4-5@us",
+    ]
+    assert rows.usage_by_model["claude-haiku-4-5"]["input_tokens"] == 20  # short and global
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, 10_000])
@@ -141,14 +274,8 @@ def test_write_rows_splits_lines_across_any_chunking_and_reports_missing_ids(chu
     stream = b"\n".join([SUCCEEDED, ERRORED, INVALID, EXPIRED, CANCELED, SUCCEEDED])
     chunks = [stream[i : i + chunk_size] for i in range(0, len(stream), chunk_size)]
     results, failures = io.BytesIO(), io.BytesIO()
-    stats = write_rows(
-        chunks,
-        results,
-        failures,
-        batch_id="b",
-        round_number=0,
-        expected_ids={"a", "b", "c", "d", "e", "f"},
-    )
+    inputs = {custom_id: (None, None) for custom_id in "abcdef"}
+    stats = write_rows(chunks, results, failures, BlockSettings("b", 0, inputs=inputs))
     result_rows = [msgspec.json.decode(line) for line in results.getvalue().splitlines()]
     failure_rows = [msgspec.json.decode(line) for line in failures.getvalue().splitlines()]
     assert [r["custom_id"] for r in result_rows] == ["a"]  # the repeated line is dropped
@@ -205,29 +332,13 @@ def test_a_corrupt_line_in_a_later_slice_names_the_batch() -> None:
 
 def test_write_rows_names_the_batch_of_a_corrupt_line() -> None:
     with pytest.raises(ValueError, match="batch b"):
-        write_rows(
-            [b"{not json\n"], io.BytesIO(), io.BytesIO(), batch_id="b", round_number=0, expected_ids=None
-        )
+        write_rows([b"{not json\n"], io.BytesIO(), io.BytesIO(), BlockSettings("b", 0))
 
 
 def test_single_text_block_is_copied_verbatim_and_stays_the_same_string() -> None:
     text = 'line one\nline "two" \u00e9\u4e2d \\ end'
-    line = msgspec.json.encode(
-        {
-            "custom_id": "x",
-            "result": {
-                "type": "succeeded",
-                "message": {
-                    "model": "claude-haiku-4-5",
-                    "content": [{"type": "text", "text": text, "citations": None}],
-                    "stop_reason": "end_turn",
-                    "usage": {"input_tokens": 1, "output_tokens": 1},
-                },
-            },
-        }
-    )
-    for decoder in (line_decoder, line_with_content_decoder):
-        row = to_result_row(decoder.decode(line), batch_id="b", round_number=0)
-        decoded = msgspec.json.decode(msgspec.json.encode(row))
-        assert decoded["text"] == text
-        assert decoded["usage"]["cache_read_input_tokens"] == 0  # absent counts are 0
+    line = answer("x", [{"type": "text", "text": text, "citations": None}])
+    for include_content in (False, True):
+        (row,), _ = rows_of(line, include_content=include_content)
+        assert row["text"] == text
+        assert row["usage"]["cache_read_input_tokens"] == 0  # absent counts are 0

@@ -100,7 +100,7 @@ def test_records_with_a_prompt_template_and_defaults_become_cached_requests(
     ]
     assert chunk[3]["custom_id"] == "p3"
     assert chunk[3]["params"]["messages"] == [{"role": "user", "content": "Describe Lamp 3."}]
-    assert chunk[3]["params"]["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert chunk[3]["params"]["system"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
     estimate = manifest["estimate"]
     assert estimate is not None and estimate["method"] == "count_tokens"
     assert (

@@ -162,7 +162,12 @@ def test_defaults_fill_only_missing_fields_and_mark_the_shared_system_prompt_cac
     bare = {"custom_id": "a", "params": {"messages": [{"role": "user", "content": "x"}]}}
     filled = defaults.apply(bare)["params"]
     assert filled["model"] == MODEL and filled["max_tokens"] == 32
-    assert filled["system"] == [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]
+    # One hour by default: a batch can take longer than the 5-minute default lifetime.
+    assert filled["system"] == [
+        {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    ]
+    short = RequestDefaults(model=MODEL, max_tokens=32, system="Be brief.", cache_ttl="5m")
+    assert short.apply(bare)["params"]["system"][0]["cache_control"] == {"type": "ephemeral", "ttl": "5m"}
     own = defaults.apply(req(max_tokens=5, system="mine"))["params"]
     assert own["max_tokens"] == 5 and own["system"] == "mine"
     plain = RequestDefaults(system="Be brief.", cache_system_prompt=False).apply(bare)["params"]
@@ -336,12 +341,13 @@ def test_cached_system_prompt_is_written_once_then_read_and_priced_at_batch_rate
     estimate = estimate_cost(tally, price_table())
     usage = estimate["usage"]
     assert usage["cache_creation_input_tokens"] == 1000 and usage["cache_read_input_tokens"] == 9 * 1000
+    assert usage["cache_creation_1h_input_tokens"] == 1000  # the default lifetime is 1 hour
     assert usage["output_tokens"] == 1000 and estimate["method"] == "approximation"
     price = price_table().price_for(MODEL)
     assert price is not None
     standard = (
         usage["input_tokens"] * price.input
-        + 1000 * price.cache_write_5m
+        + 1000 * price.cache_write_1h
         + 9000 * price.cache_read
         + 1000 * price.output
     ) / 1e6

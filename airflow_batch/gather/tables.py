@@ -1,0 +1,228 @@
+"""The merged results and failures as Parquet tables with typed columns (``airflow-batch[parquet]``).
+
+``results.parquet`` columns, in order: ``custom_id``, ``row``, the passthrough fields (the
+record's ``input`` fields, each its own column), each top-level property of the output schema
+as its own column (or ``text`` when the job has no schema), ``model``, ``stop_reason``, the
+token columns, ``round``, ``batch_id``. JSON Schema types map to Arrow types: string ->
+string, integer -> int64, number -> float64, boolean -> bool, an enum of strings -> a
+dictionary-encoded string, an object -> a struct of its properties, an array -> a list of its
+items, ``anyOf`` of one type and null -> that type (nullable); anything else -> its JSON text.
+
+``failures.parquet``: ``custom_id``, ``row``, the passthrough fields, ``result_type``,
+``error_type``, ``message``, ``request_id``, ``retryable``, ``round``, ``batch_id``.
+
+Tables are written from the merged JSONL files a row group at a time, so memory holds one row
+group whatever the job's size. Passthrough columns take the types of their values in the
+first row group; a later value of another type fails the write naming the field and the row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from airflow_batch.storage import atomic_writer, iter_jsonl_lines
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from airflow.sdk import ObjectStoragePath
+
+ROW_GROUP = 50_000
+FORMATS = ("jsonl", "parquet")
+TOKEN_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation_1h_input_tokens",
+    "cache_read_input_tokens",
+)
+_RESULT_COLUMNS = {"custom_id", "row", "text", "model", "stop_reason", "round", "batch_id", *TOKEN_COLUMNS}
+_FAILURE_COLUMNS = ("result_type", "error_type", "message", "request_id", "retryable")
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+def results_formats(value: str | Sequence[str]) -> tuple[str, ...]:
+    """Return ``results_format`` as a tuple of formats, or raise naming the choices."""
+    formats = (value,) if isinstance(value, str) else tuple(value)
+    unknown = [fmt for fmt in formats if fmt not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"results_format={value!r}: use 'jsonl', 'parquet' or a list of both")
+    return formats
+
+
+def require_pyarrow() -> None:
+    """Raise ImportError naming the extra when pyarrow is not installed."""
+    _pyarrow()
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise ImportError(
+            "results_format 'parquet' needs pyarrow: install the extra, pip install 'airflow-batch[parquet]'"
+        ) from None
+    return pyarrow
+
+
+def arrow_type(schema: Mapping[str, Any], definitions: Mapping[str, Any] | None = None) -> pa.DataType:
+    """Return the Arrow type of a JSON Schema node (see the module docstring)."""
+    pa = _pyarrow()
+    definitions = definitions or {}
+    if "$ref" in schema:
+        name = str(schema["$ref"]).rsplit("/", 1)[-1]
+        return arrow_type(definitions.get(name, {}), definitions)
+    if "anyOf" in schema:
+        options = [option for option in schema["anyOf"] if option.get("type") != "null"]
+        return arrow_type(options[0], definitions) if len(options) == 1 else pa.string()
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kinds = [one for one in kind if one != "null"]
+        return arrow_type({**schema, "type": kinds[0]}, definitions) if len(kinds) == 1 else pa.string()
+    enum = schema.get("enum")
+    if enum and all(isinstance(value, str) for value in enum):
+        return pa.dictionary(pa.int32(), pa.string())
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties", {})
+        return pa.struct([(name, arrow_type(sub, definitions)) for name, sub in properties.items()])
+    if kind == "array":
+        return pa.list_(arrow_type(schema.get("items", {}), definitions))
+    simple = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_()}
+    return simple.get(str(kind), pa.string())
+
+
+def _json_text_columns(schema_fields: Mapping[str, pa.DataType]) -> set[str]:
+    """Return the schema columns stored as JSON text (their type could not be stated)."""
+    import pyarrow as pa
+
+    return {name for name, kind in schema_fields.items() if kind == pa.string()}
+
+
+class _Writer:
+    """Writes row groups of decoded rows to one Parquet file, its schema fixed by the first group."""
+
+    def __init__(self, path: ObjectStoragePath, fixed: list[tuple[str, Any]], passthrough: list[str]) -> None:
+        self.path = path
+        self.fixed = fixed
+        self.passthrough = passthrough
+        self.schema: Any = None
+
+    def write(self, groups: Iterable[list[dict[str, Any]]]) -> int:
+        pa = _pyarrow()
+        written = 0
+        with atomic_writer(self.path) as out:
+            writer = None
+            for group in groups:
+                table = self._table(group, pa)
+                if writer is None:
+                    writer = pa.parquet.ParquetWriter(out, table.schema)
+                writer.write_table(table)
+                written += len(group)
+            if writer is None:  # no rows: an empty table with the columns known up front
+                writer = pa.parquet.ParquetWriter(out, pa.schema(self.fixed))
+            writer.close()
+        return written
+
+    def _table(self, rows: list[dict[str, Any]], pa: Any) -> Any:
+        columns: dict[str, Any] = {}
+        for name, kind in self.fixed:
+            columns[name] = pa.array([row.get(name) for row in rows], type=kind)
+        for name in self.passthrough:
+            values = [row.get("input", {}).get(name) if row.get("input") else None for row in rows]
+            kind = self.schema.field(name).type if self.schema is not None else None
+            try:
+                columns[name] = pa.array(values, type=kind)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                bad = next(
+                    (row.get("row") for row, value in zip(rows, values, strict=True) if value is not None),
+                    None,
+                )
+                raise ValueError(
+                    f"passthrough field {name!r}: a value near row {bad} does not fit the column type {kind} "
+                    f"of earlier rows ({exc}); give the field one type in every record"
+                ) from None
+        table = pa.table(columns)
+        if self.schema is None:
+            self.schema = table.schema
+        return table.select([field.name for field in self.schema])
+
+
+def _groups(path: ObjectStoragePath, shape: Any) -> Iterator[list[dict[str, Any]]]:
+    group: list[dict[str, Any]] = []
+    for line in iter_jsonl_lines(path):
+        group.append(shape(_decode(line)))
+        if len(group) >= ROW_GROUP:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def write_tables(
+    results_jsonl: ObjectStoragePath,
+    failures_jsonl: ObjectStoragePath,
+    results_parquet: ObjectStoragePath,
+    failures_parquet: ObjectStoragePath,
+    *,
+    output_schema: Mapping[str, Any] | None,
+    passthrough: Sequence[str],
+) -> None:
+    """Write the Parquet tables of the merged JSONL files (see the module docstring)."""
+    pa = _pyarrow()
+    clash = sorted(set(passthrough) & (_RESULT_COLUMNS | set(_FAILURE_COLUMNS)))
+    if clash:
+        raise ValueError(
+            f"passthrough field(s) {clash} would shadow row columns of the same name; rename them"
+        )
+    outputs: dict[str, Any] = {}
+    if output_schema is not None:
+        definitions = {**output_schema.get("definitions", {}), **output_schema.get("$defs", {})}
+        outputs = {
+            name: arrow_type(sub, definitions) for name, sub in output_schema.get("properties", {}).items()
+        }
+        clash = sorted(set(outputs) & (_RESULT_COLUMNS | set(passthrough)))
+        if clash:
+            raise ValueError(
+                f"output schema propert(ies) {clash} clash with other columns of results.parquet"
+            )
+    as_text = _json_text_columns(outputs)
+    head = [("custom_id", pa.string()), ("row", pa.int64())]
+    tail = [
+        ("model", pa.string()),
+        ("stop_reason", pa.string()),
+        *[(name, pa.int64()) for name in TOKEN_COLUMNS],
+        ("round", pa.int64()),
+        ("batch_id", pa.string()),
+    ]
+    body = list(outputs.items()) if outputs else [("text", pa.string())]
+
+    def result_shape(row: dict[str, Any]) -> dict[str, Any]:
+        flat = {**row, **row.get("usage", {})}
+        output = row.get("output") or {}
+        for name in outputs:
+            value = output.get(name)
+            flat[name] = (
+                _encode(value).decode()
+                if name in as_text and not isinstance(value, (str, type(None)))
+                else value
+            )
+        return flat
+
+    _Writer(results_parquet, head + body + tail, list(passthrough)).write(
+        _groups(results_jsonl, result_shape)
+    )
+    failure_fixed = [
+        *head,
+        ("result_type", pa.string()),
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+        ("request_id", pa.string()),
+        ("retryable", pa.bool_()),
+        ("round", pa.int64()),
+        ("batch_id", pa.string()),
+    ]
+    _Writer(failures_parquet, failure_fixed, list(passthrough)).write(_groups(failures_jsonl, dict))

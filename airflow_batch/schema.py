@@ -1,0 +1,325 @@
+"""Structured outputs: the job's JSON Schema, checked before any spend and compiled into a fast validator.
+
+``output_schema`` is a JSON Schema dict or a Pydantic model class. :func:`job_schema` turns
+it into a :class:`JobSchema`:
+
+- ``schema``: the full schema, as the user means it. Every answer is validated against it.
+- ``api_schema``: what is sent as ``output_config.format.schema``. Structured outputs accept a
+  subset of JSON Schema: every object must say ``additionalProperties: false``; numeric bounds
+  (``minimum``...), string lengths and patterns, and array lengths above 1 are not enforced by
+  the API's grammar. Those are moved into the ``description`` (the model reads them) and
+  enforced here instead, so an answer outside them is an ``invalid_output`` failure rather than
+  a silent bad row. A Pydantic model is closed for the API (``additionalProperties: false`` is
+  added: the model's fields are all there is); a dict schema must say it itself.
+- anything structured outputs do not support (``oneOf``, ``not``, ``if``/``then``,
+  ``patternProperties``, recursive ``$ref``...) is refused before any spend, naming the path.
+
+Validation is compiled once per job: the schema becomes msgspec types (Structs with
+``forbid_unknown_fields``, ``Literal`` enums, ``Meta`` constraints) and an answer is checked by
+one C-level decode; constructs msgspec types cannot state (``anyOf`` over objects, ``allOf``,
+``uniqueItems``) fall back to a ``jsonschema`` validator built once. String ``format`` is left to
+the API's grammar, which enforces it. Pure: no I/O, no Airflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+SUPPORTED_FORMATS = frozenset(
+    {"date-time", "time", "date", "duration", "email", "hostname", "uri", "ipv4", "ipv6", "uuid"}
+)
+# Keywords the API's grammar enforces, and those it does not (moved to the description, checked here).
+_API_KEYWORDS = frozenset(
+    {
+        "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf",
+        "allOf", "$ref", "$defs", "definitions", "description", "title", "default", "format", "examples",
+    }
+)  # fmt: skip
+_LOCAL_KEYWORDS = {
+    "minimum": "at least {}",
+    "maximum": "at most {}",
+    "exclusiveMinimum": "more than {}",
+    "exclusiveMaximum": "less than {}",
+    "multipleOf": "a multiple of {}",
+    "minLength": "at least {} characters",
+    "maxLength": "at most {} characters",
+    "pattern": "matching the pattern {}",
+    "minItems": "at least {} items",
+    "maxItems": "at most {} items",
+    "uniqueItems": "unique items",
+}
+_REFUSED_HINTS = {
+    "oneOf": "use anyOf",
+    "not": "state what is allowed instead",
+    "if": "state the cases with anyOf",
+    "patternProperties": "name the properties",
+    "prefixItems": "use items",
+    "contains": "use items",
+}
+
+
+class SchemaError(ValueError):
+    """The schema is not one structured outputs accept; the message names the path and the fix."""
+
+
+@dataclass(frozen=True)
+class JobSchema:
+    """A job's output schema: what the user means, what the API is sent, and its compiled validator."""
+
+    schema: dict[str, Any]
+    api_schema: dict[str, Any]
+    definitions: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def validator(self) -> Validator:
+        """Return the compiled validator (built on first use: not at DAG parse time)."""
+        return Validator(self.schema, self.definitions)
+
+    @property
+    def output_format(self) -> dict[str, Any]:
+        """Return ``output_config.format`` for the requests."""
+        return {"type": "json_schema", "schema": self.api_schema}
+
+
+def job_schema(output_schema: Any) -> JobSchema:
+    """Return the :class:`JobSchema` of a JSON Schema dict or a Pydantic model class; raise SchemaError."""
+    closed = False
+    if isinstance(output_schema, type) and hasattr(output_schema, "model_json_schema"):
+        schema = output_schema.model_json_schema()
+        closed = True
+    elif isinstance(output_schema, Mapping):
+        schema = copy.deepcopy(dict(output_schema))
+    else:
+        raise SchemaError(
+            "output_schema must be a JSON Schema dict or a Pydantic model class, "
+            f"got {type(output_schema).__name__}"
+        )
+    if schema.get("type") != "object":
+        raise SchemaError("output_schema: the top level must be an object (type: object)")
+    definitions = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    api_schema = _api_node(schema, "output_schema", definitions, closed, set())
+    return JobSchema(schema=schema, api_schema=api_schema, definitions=definitions)
+
+
+def _resolve(ref: str, definitions: Mapping[str, Any], path: str) -> tuple[str, Mapping[str, Any]]:
+    match = re.fullmatch(r"#/(?:\$defs|definitions)/(.+)", ref)
+    if not match or match[1] not in definitions:
+        raise SchemaError(
+            f"{path}.$ref: {ref!r} is not a local definition (#/$defs/...); external refs are refused"
+        )
+    return match[1], definitions[match[1]]
+
+
+def _api_node(node: Any, path: str, definitions: Mapping[str, Any], closed: bool, seen: set[str]) -> Any:
+    """Return the API's version of one schema node, refusing what structured outputs do not support."""
+    if not isinstance(node, Mapping):
+        raise SchemaError(f"{path}: a schema must be an object, got {type(node).__name__}")
+    out: dict[str, Any] = {}
+    moved: list[str] = []
+    for key, value in node.items():
+        if key in _REFUSED_HINTS:
+            raise SchemaError(
+                f"{path}: {key!r} is not supported by structured outputs; {_REFUSED_HINTS[key]}"
+            )
+        if key in _LOCAL_KEYWORDS:
+            if key == "minItems" and value in (0, 1):
+                out[key] = value  # the API enforces 0 and 1
+            else:
+                moved.append(_LOCAL_KEYWORDS[key].format(value))
+            continue
+        if key not in _API_KEYWORDS:
+            raise SchemaError(f"{path}: the keyword {key!r} is not supported by structured outputs")
+        if key == "$ref":
+            name, target = _resolve(value, definitions, path)
+            if name in seen:
+                raise SchemaError(
+                    f"{path}.$ref: {value!r} refers to itself: recursive schemas are not supported"
+                )
+            _api_node(target, f"{path}.$ref", definitions, closed, seen | {name})
+            out[key] = value
+        elif key == "properties":
+            out[key] = {name: _api_node(sub, f"{path}.properties.{name}", definitions, closed, seen)
+                        for name, sub in value.items()}  # fmt: skip
+        elif key in ("$defs", "definitions"):
+            out[key] = {name: _api_node(sub, f"{path}.{key}.{name}", definitions, closed, seen | {name})
+                        for name, sub in value.items()}  # fmt: skip
+        elif key == "items":
+            out[key] = _api_node(value, f"{path}.items", definitions, closed, seen)
+        elif key in ("anyOf", "allOf"):
+            out[key] = [
+                _api_node(sub, f"{path}.{key}[{i}]", definitions, closed, seen) for i, sub in enumerate(value)
+            ]
+        elif key == "format" and value not in SUPPORTED_FORMATS:
+            raise SchemaError(
+                f"{path}.format: {value!r} is not a supported string format "
+                f"({', '.join(sorted(SUPPORTED_FORMATS))})"
+            )
+        elif key == "enum" and any(isinstance(item, (dict, list)) for item in value):
+            raise SchemaError(f"{path}.enum: only strings, numbers, booleans and null may be enum values")
+        else:
+            out[key] = value
+    types = node.get("type")
+    is_object = types == "object" or (isinstance(types, list) and "object" in types) or "properties" in node
+    if is_object:
+        additional = node.get("additionalProperties")
+        if additional is None and closed:
+            out["additionalProperties"] = False
+        elif additional is not False:
+            raise SchemaError(
+                f"{path}: objects need additionalProperties: false in structured outputs "
+                f"(got {additional!r}); add it, or describe the output with a Pydantic model"
+            )
+    if moved:
+        note = "Must be " + ", ".join(moved) + "."
+        out["description"] = f"{out['description']} {note}" if out.get("description") else note
+    return out
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+
+class _Unsupported(Exception):
+    """A schema construct msgspec types cannot state: validate with jsonschema instead."""
+
+
+_SIMPLE = {"string": str, "integer": int, "number": float, "boolean": bool, "null": type(None)}
+
+
+def _meta(node: Mapping[str, Any], kind: str) -> msgspec.Meta | None:
+    constraints: dict[str, Any] = {}
+    if kind in ("integer", "number"):
+        for key, name in (("minimum", "ge"), ("maximum", "le"), ("exclusiveMinimum", "gt"),
+                          ("exclusiveMaximum", "lt"), ("multipleOf", "multiple_of")):  # fmt: skip
+            if key in node:
+                constraints[name] = node[key]
+    elif kind == "string":
+        for key, name in (("minLength", "min_length"), ("maxLength", "max_length"), ("pattern", "pattern")):
+            if key in node:
+                constraints[name] = node[key]
+    elif kind == "array":
+        for key, name in (("minItems", "min_length"), ("maxItems", "max_length")):
+            if key in node:
+                constraints[name] = node[key]
+    return msgspec.Meta(**constraints) if constraints else None
+
+
+class _Compiler:
+    def __init__(self, definitions: Mapping[str, Any]) -> None:
+        self.definitions = definitions
+        self.structs = 0
+
+    def type_of(self, node: Mapping[str, Any], name: str) -> Any:
+        if "$ref" in node:
+            _, target = _resolve(node["$ref"], self.definitions, name)
+            return self.type_of(target, name)
+        if "allOf" in node or "uniqueItems" in node:
+            raise _Unsupported  # checked exactly by jsonschema
+        if "anyOf" in node:
+            options = [self.type_of(sub, f"{name}{i}") for i, sub in enumerate(node["anyOf"])]
+            return _union(options)
+        if "const" in node:
+            return Literal[node["const"]]  # type: ignore[valid-type]
+        if "enum" in node:
+            return Literal[tuple(node["enum"])]  # type: ignore[valid-type]
+        kind = node.get("type")
+        if isinstance(kind, list):
+            return _union([self.type_of({**node, "type": one}, name) for one in kind])
+        if kind == "object" or "properties" in node:
+            return self.struct(node, name)
+        if kind == "array":
+            item = self.type_of(node.get("items", {}), f"{name}Item") if node.get("items") else Any
+            meta = _meta(node, "array")
+            return Annotated[list[item], meta] if meta else list[item]  # type: ignore[valid-type]
+        if kind in _SIMPLE:
+            base = _SIMPLE[kind]
+            if kind == "number":
+                base = float  # msgspec accepts ints for float
+            meta = _meta(node, kind)
+            return Annotated[base, meta] if meta else base
+        if not kind:
+            return Any
+        raise _Unsupported
+
+    def struct(self, node: Mapping[str, Any], name: str) -> Any:
+        self.structs += 1
+        required = set(node.get("required", ()))
+        fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+        for prop, sub in node.get("properties", {}).items():
+            kind = self.type_of(sub, f"{name}_{prop}")
+            fields.append(
+                (prop, kind) if prop in required else (prop, kind | msgspec.UnsetType, msgspec.UNSET)
+            )
+        fields.sort(key=len)  # required fields (no default) first, as a Struct needs
+        return msgspec.defstruct(
+            f"Output{self.structs}_{re.sub(r'[^A-Za-z0-9_]', '_', name)}",
+            fields,
+            forbid_unknown_fields=True,
+        )
+
+
+def _union(options: list[Any]) -> Any:
+    structs = [
+        option for option in options if isinstance(option, type) and issubclass(option, msgspec.Struct)
+    ]
+    if len(structs) > 1:
+        raise _Unsupported  # msgspec needs a tag to tell structs apart
+    union = options[0]
+    for option in options[1:]:
+        union = union | option
+    return union
+
+
+class Validator:
+    """Checks one answer's JSON text against the job's full schema; compiled once."""
+
+    def __init__(self, schema: Mapping[str, Any], definitions: Mapping[str, Any]) -> None:
+        self._decoder: msgspec.json.Decoder[Any] | None
+        try:
+            self._decoder = msgspec.json.Decoder(_Compiler(definitions).type_of(schema, "Answer"))
+        except (_Unsupported, TypeError):
+            self._decoder = None
+        import jsonschema
+
+        self._fallback = jsonschema.validators.validator_for(schema)(
+            schema, format_checker=jsonschema.FormatChecker()
+        )
+        self._plain = msgspec.json.Decoder()
+
+    @property
+    def compiled(self) -> bool:
+        """Return whether answers are checked by the compiled msgspec types (the fast path)."""
+        return self._decoder is not None
+
+    def check(self, text: bytes) -> str | None:
+        """Return why the answer ``text`` is not valid JSON of the schema (path and reason), or None."""
+        if self._decoder is not None:
+            try:
+                self._decoder.decode(text)
+                return None
+            except msgspec.ValidationError as exc:
+                return _located(str(exc))
+            except msgspec.DecodeError as exc:
+                return f"not JSON: {exc}"
+        try:
+            value = self._plain.decode(text)
+        except msgspec.DecodeError as exc:
+            return f"not JSON: {exc}"
+        error = next(
+            iter(sorted(self._fallback.iter_errors(value), key=lambda e: list(e.absolute_path))), None
+        )
+        if error is None:
+            return None
+        where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        return f"{where}: {error.message}"
+
+
+def _located(message: str) -> str:
+    match = re.match(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", message)
+    return f"{match['path']}: {match['message']}" if match else f"$: {message}"
