@@ -19,30 +19,16 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+
+from airflow_cluster import free_port, wait_for
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """Return a TCP port free on the loopback interface."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def poll(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Return ``condition()``'s first truthy value, or raise ``TimeoutError`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
 
 
 def signal_group(pid: int, sig: signal.Signals) -> None:
@@ -98,7 +84,7 @@ class ServerProcess:
             return self.ready()
 
         try:
-            poll(answered, timeout=timeout, what=f"{self.name} on port {self.port}")
+            wait_for(answered, timeout=timeout, interval=0.1, what=f"{self.name} on port {self.port}")
         except BaseException:
             self.stop()
             raise
