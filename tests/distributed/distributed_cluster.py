@@ -127,24 +127,15 @@ class DistributedCluster(AirflowCluster):
         return path.read_text(errors="replace") if path.exists() else ""
 
     def kill(self, name: str) -> None:
-        """SIGKILL component ``name`` as a host failure would: its process and every descendant."""
+        """SIGKILL component ``name`` as a host failure would: its process and every descendant.
+
+        Killing the component's process group is not enough: Airflow puts each task runner
+        (and a triggerer its trigger runner) in a process group of its own.
+        """
         process = self.processes.pop(name)
         for pgid in _tree_groups(process.pid):
             signal_group(pgid, signal.SIGKILL)
         process.wait(timeout=30)
-
-    def stop(self) -> None:
-        """Stop every component as the base cluster does, then whatever their children left.
-
-        Airflow puts each task runner (and a triggerer its trigger runner) in a process group
-        of its own, which stopping the component's group does not reach.
-        """
-        children = [child for process in self.processes.values() for child in _descendants(process.pid)]
-        super().stop()
-        for child in children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if child.is_running():  # the same process (psutil compares start times), not a reused pid
-                    child.kill()
 
     def component_of_pid(self, pid: int) -> str | None:
         """Return the component whose process is ``pid`` or one of its ancestors, if any."""
@@ -155,20 +146,13 @@ class DistributedCluster(AirflowCluster):
         return next((name for name, process in self.processes.items() if process.pid in lineage), None)
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
-    """Return the processes descending from process ``pid`` (none if it is gone)."""
-    try:
-        return list(psutil.Process(pid).children(recursive=True))
-    except psutil.NoSuchProcess:
-        return []
-
-
 def _tree_groups(pid: int) -> set[int]:
     """Return the process groups of process ``pid`` and of all its descendants."""
     groups = set()
-    for member in (pid, *(child.pid for child in _descendants(pid))):
-        with contextlib.suppress(ProcessLookupError):
-            groups.add(os.getpgid(member))
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for member in (pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))):
+            with contextlib.suppress(ProcessLookupError):
+                groups.add(os.getpgid(member))
     return groups
 
 

@@ -1,7 +1,8 @@
 """Servers a distributed Airflow needs, each on a free loopback port: PostgreSQL, Redis, S3 (moto).
 
-Each server is one process started in its own process group and stopped by that group
-(SIGTERM, then SIGKILL after a grace period): nothing else on the machine is touched. Readiness
+Each server is one process started in its own process group and stopped by that group and
+its descendants (``airflow_batch.dev.processes.stop_process_groups``: SIGTERM, then SIGKILL
+after a grace period): nothing else on the machine is touched. Readiness
 is polled with a deadline, never slept for. Used by the distributed end-to-end test and by
 ``bench/bench_s3_read.py``.
 """
@@ -28,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from airflow_cluster import free_port, wait_for
 
+from airflow_batch.dev.processes import stop_process_groups
+
 BIN = Path(sys.executable).parent
 
 
@@ -41,7 +44,6 @@ class ServerProcess:
     """One server process in its own process group, with a log file and a readiness check."""
 
     name = "server"
-    stop_signal = signal.SIGTERM
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -91,17 +93,12 @@ class ServerProcess:
         return self
 
     def stop(self, grace: float = 10) -> None:
-        """Stop the server's process group: ``stop_signal``, then SIGKILL after ``grace`` s."""
+        """Stop the server's process group and what it spawned: SIGTERM, then SIGKILL after ``grace`` s."""
         process, self.process = self.process, None
         if process is None:
             return
-        if process.poll() is None:
-            signal_group(process.pid, self.stop_signal)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=grace)
-        signal_group(process.pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.wait(timeout=10)
+        stop_process_groups([process.pid], grace=grace)
+        process.wait(timeout=10)
 
     def log_tail(self, chars: int = 3000) -> str:
         """Return the end of the server's log."""
@@ -245,7 +242,6 @@ class PostgresServer(ServerProcess):
     """
 
     name = "postgres"
-    stop_signal = signal.SIGINT  # "fast" shutdown: roll back open transactions and exit
     user = "airflow"
     database = "airflow"
 

@@ -16,6 +16,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -141,6 +142,11 @@ class RunObserver:
             seen.append(owner)
         return owner
 
+    def modified(self, key: str) -> datetime:
+        """Return when the S3 object ``key`` was last written."""
+        modified: datetime = self.deployment.s3.client().head_object(Bucket=BUCKET, Key=key)["LastModified"]
+        return modified
+
     def keys(self, pattern: str) -> list[str]:
         """Return the S3 keys of this DAG's job folders matching the regular expression ``pattern``."""
         return [key for key in self.deployment.s3.keys(BUCKET, f"jobs/{DAG_ID}/") if re.search(pattern, key)]
@@ -157,20 +163,28 @@ def test_job_on_s3_survives_a_killed_triggerer_and_a_killed_celery_worker(
     run_id = cluster.api_json("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None})
     run = RunObserver(distributed, run_id["dag_run_id"])
 
-    # 1. The wait defers; its trigger runs on one triggerer and polls (progress.json on S3).
+    # 1. The wait defers; its trigger runs on one triggerer and polls: only a running trigger
+    #    writes the round's progress.json, and only its owner runs it.
     first = wait_for(lambda: run.trigger_owner("wait"), timeout=240, what="the wait's trigger on a triggerer")
-    wait_for(lambda: run.keys(r"/round-0/progress\.json$"), timeout=60, what="the trigger's progress file")
-    assert first in cluster.triggerer_names, first
+    (progress,) = wait_for(lambda: run.keys(r"/round-0/progress\.json$"), timeout=60, what="progress.json")
+    assert first in cluster.triggerer_names and run.trigger_owner("wait") == first, run.triggerers
     cluster.kill(first)
     killed_at = time.monotonic()
+    killed_at_utc = datetime.now(UTC)
 
-    # 2. The other triggerer takes the trigger over once the dead one's heartbeat is stale.
+    # 2. The other triggerer takes the trigger over once the dead one's heartbeat is stale,
+    #    and runs it: progress.json is written again after the kill.
     second = wait_for(
         lambda: (owner := run.trigger_owner("wait")) not in (None, first) and owner,
         timeout=90,
         what="the trigger taken over by the other triggerer",
     )
     print(f"trigger moved from {first} to {second} in {time.monotonic() - killed_at:.1f}s")
+    wait_for(
+        lambda: run.modified(progress) > killed_at_utc + timedelta(seconds=1),
+        timeout=60,
+        what=f"progress.json written by {second}",
+    )
     # Let the batches end. Every API call now takes 1.5 s, so the gather of six batches
     # takes long enough to be killed between two of them; the retry round meets no error.
     emulator.configure(throughput=1_000_000.0, latency_ms=1500, error_types={})
@@ -214,11 +228,11 @@ def test_job_on_s3_survives_a_killed_triggerer_and_a_killed_celery_worker(
     leftovers = [key for key in distributed.s3.keys(BUCKET) if TEMPORARY.search(key)]
     assert leftovers == []
 
-    # Both triggerers ran the wait's trigger, the killed one first: the trigger table said so
-    # while it ran, and each triggerer job wrote the trigger's log lines to a file of its own.
+    # Both triggerers ran the wait's trigger, the killed one first (the trigger table said so
+    # while each wrote progress.json); the survivor's trigger log says so too. (The killed
+    # one's log may be lost with it: a SIGKILLed triggerer does not flush.)
     assert run.triggerers["wait"][:2] == [first, second], run.triggerers
     wait_logs = cluster.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run.run_id}" / f"task_id={GROUP}.wait"
-    for job_id, name in cluster.triggerer_jobs.items():
-        files = wait_logs.glob(f"attempt=*.log.trigger.{job_id}.log")
-        trigger_log = "".join(path.read_text() for path in files)
-        assert "Watching 6 batches" in trigger_log, f"{name} (triggerer job {job_id}) never ran the trigger"
+    (survivor_job,) = (job for job, name in cluster.triggerer_jobs.items() if name == second)
+    survivor_log = "".join(p.read_text() for p in wait_logs.glob(f"attempt=*.log.trigger.{survivor_job}.log"))
+    assert "Watching 6 batches" in survivor_log, f"{second} (triggerer job {survivor_job}) logged no run"

@@ -28,7 +28,7 @@ from airflow_batch.dev.deployment import (
     deployment_healthy,
     example_dags_environment,
 )
-from airflow_batch.dev.processes import stop_process_groups
+from airflow_batch.dev.processes import start_in_own_group, stop_process_groups
 
 if TYPE_CHECKING:
     from airflow_batch.emulator.process import EmulatorProcess
@@ -122,14 +122,9 @@ class AirflowCluster:
 
         ``env`` adds to the cluster's environment for this process only.
         """
-        with (self.home / f"{name}.log").open("ab") as log:
-            self.processes[name] = subprocess.Popen(
-                [AIRFLOW, *(args or (name,))],
-                env={**self.env, **(env or {})},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: stop() kills it and its children only
-            )
+        self.processes[name] = start_in_own_group(
+            [AIRFLOW, *(args or (name,))], env={**self.env, **(env or {})}, log=self.home / f"{name}.log"
+        )
         if name not in self.log_names:
             self.log_names.append(name)
         return self.processes[name]
