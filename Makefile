@@ -9,7 +9,7 @@ UV = $(if $(shell command -v uv 2>/dev/null),uv,$(PYTHON) -m uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo up test lint typecheck pytest venv browser bench clean
+.PHONY: demo up test lint typecheck pytest venv browser services redis postgres bench clean
 
 venv: $(VENV)/.synced
 
@@ -23,6 +23,24 @@ browser:
 	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		echo "installing chromium and chromium-driver for the UI test"; \
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+# Servers of the distributed end-to-end test (tests/distributed): Redis (the Celery broker) and
+# PostgreSQL (the metadata DB; the test runs initdb in a temp dir). Installed from Debian's
+# packages when missing and we are root, like Chromium; the test starts and stops its own.
+services: redis postgres
+
+redis:
+	@if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing redis-server for the distributed test"; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	fi
+
+postgres:
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+			&& command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing postgresql for the distributed test"; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	fi
 
 demo: venv
@@ -40,7 +58,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy airflow_batch
 
-pytest: venv browser
+pytest: venv browser services
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

@@ -3,13 +3,18 @@
 Every file is written atomically: to a temporary sibling first, then renamed into place,
 so a crash mid-write never leaves a file that looks complete. On object stores (s3, gs)
 an upload becomes visible only when it completes, and the rename is a server-side copy.
+
+Every JSONL file is read in large blocks cut at line ends (:func:`line_blocks`), never with
+``readline``: an fsspec file's ``readline`` on s3fs copies the rest of its cached block for
+each line, which made a 37 MB input read at tens of lines per second.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import msgspec
@@ -17,6 +22,9 @@ from airflow.sdk import ObjectStoragePath
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
+
+READ_BLOCK_BYTES = 1 << 21
+"""Bytes asked of a file per read: large enough that an object store serves few requests."""
 
 
 def as_path(uri: str | ObjectStoragePath) -> ObjectStoragePath:
@@ -61,16 +69,54 @@ def read_json(path: ObjectStoragePath) -> Any:
     return _decoder.decode(path.read_bytes())
 
 
-def iter_lines(path: ObjectStoragePath) -> Iterator[bytes]:
-    """Yield every line of a file without its line ending, blank ones as ``b""``, in constant memory."""
-    with path.open("rb") as f:
-        for line in f:
-            yield line.rstrip(b"\r\n")
+def line_blocks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Yield the bytes of ``chunks`` regrouped into blocks that each end at a newline.
+
+    The last block may lack its newline (a file without a final one); a trailing run of
+    whitespace is dropped. A line longer than a chunk is joined once, not copied per chunk.
+    """
+    pending: list[bytes] = []
+    for chunk in chunks:
+        end = chunk.rfind(b"\n") + 1
+        if not end:
+            pending.append(chunk)
+            continue
+        if pending:
+            pending.append(chunk[:end])
+            yield b"".join(pending)
+            pending.clear()
+        else:
+            yield chunk[:end]
+        if end < len(chunk):
+            pending.append(chunk[end:])
+    rest = b"".join(pending)
+    if rest.strip():
+        yield rest
 
 
-def iter_jsonl_lines(path: ObjectStoragePath) -> Iterator[bytes]:
-    """Yield the non-empty lines of a JSONL file, in constant memory."""
-    for line in iter_lines(path):
+def iter_jsonl_blocks(path: ObjectStoragePath, block_size: int = READ_BLOCK_BYTES) -> Iterator[bytes]:
+    """Yield a JSONL file as blocks of whole lines (see :func:`line_blocks`), in constant memory."""
+    with path.open("rb") as handle:
+        yield from line_blocks(iter(functools.partial(handle.read, block_size), b""))
+
+
+def iter_lines(path: ObjectStoragePath, block_size: int = READ_BLOCK_BYTES) -> Iterator[bytes]:
+    """Yield every line of a file without its line ending, blank ones as ``b""``, in constant memory.
+
+    A last line holding only whitespace and no line end is not yielded (no line follows it,
+    so every other line keeps its number).
+    """
+    for block in iter_jsonl_blocks(path, block_size):
+        lines = block.split(b"\n")
+        if block.endswith(b"\n"):
+            lines.pop()  # the empty piece after the block's final newline
+        for line in lines:
+            yield line.rstrip(b"\r")
+
+
+def iter_jsonl_lines(path: ObjectStoragePath, block_size: int = READ_BLOCK_BYTES) -> Iterator[bytes]:
+    """Yield the non-empty lines of a JSONL file without their line ends, in constant memory."""
+    for line in iter_lines(path, block_size):
         if line.strip():
             yield line
 

@@ -40,7 +40,14 @@ from airflow_batch.gather.rows import (
     missing_rows,
 )
 from airflow_batch.manifest import RoundManifest, Usage, sum_usages
-from airflow_batch.storage import as_path, atomic_writer, read_json, write_json
+from airflow_batch.storage import (
+    as_path,
+    atomic_writer,
+    iter_jsonl_blocks,
+    line_blocks,
+    read_json,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -113,9 +120,8 @@ def chunk_inputs(
 def chunk_ids(path: ObjectStoragePath | str) -> set[str]:
     """Return the ``custom_id`` of every request in a prepared chunk file, reading it streaming."""
     ids: set[str] = set()
-    with as_path(path).open("rb") as handle:
-        for block in _lines_in_chunks(iter(lambda: handle.read(CHUNK_BYTES), b"")):
-            ids.update(row.custom_id for row in custom_id_decoder.decode_lines(block))
+    for block in iter_jsonl_blocks(as_path(path)):
+        ids.update(row.custom_id for row in custom_id_decoder.decode_lines(block))
     return ids
 
 
@@ -153,22 +159,6 @@ class GatherConfig:
         return price.long_prompt_above if price is not None else None
 
 
-def _lines_in_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Yield blocks of complete lines (each ending at a newline) from arbitrary byte chunks."""
-    rest = b""
-    for chunk in chunks:
-        if rest:
-            chunk = rest + chunk
-        end = chunk.rfind(b"\n")
-        if end < 0:
-            rest = chunk
-            continue
-        rest = chunk[end + 1 :]
-        yield chunk[: end + 1]
-    if rest.strip():
-        yield rest
-
-
 def write_rows(
     chunks: Iterable[bytes], results_out: IO[bytes], failures_out: IO[bytes], settings: BlockSettings
 ) -> BatchGatherStats:
@@ -179,7 +169,7 @@ def write_rows(
     """
     stats = BatchGatherStats(batch_id=settings.batch_id, results_path="", failures_path="")
     seen: set[str] = set()
-    for block in _lines_in_chunks(chunks):
+    for block in line_blocks(chunks):
         rows = block_rows(block, settings, seen)
         stats.add(rows)
         results_out.write(rows.results)

@@ -28,7 +28,7 @@ from airflow_batch.dev.deployment import (
     deployment_healthy,
     example_dags_environment,
 )
-from airflow_batch.dev.processes import stop_process_groups
+from airflow_batch.dev.processes import start_in_own_group, stop_process_groups
 
 if TYPE_CHECKING:
     from airflow_batch.emulator.process import EmulatorProcess
@@ -77,6 +77,7 @@ class AirflowCluster:
         self.username = self._login.username
         self.password = self._login.password
         self.components = tuple(components)
+        self.log_names = list(self.components)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._token: str | None = None
         self.env = self._environment(dags_folder, extra_env or {})
@@ -111,18 +112,22 @@ class AirflowCluster:
         self.run_cli("db", "migrate")
         self.timings["migrate_s"] = time.monotonic() - started
         for component in self.components:
-            log = (self.home / f"{component}.log").open("ab")
-            self.processes[component] = subprocess.Popen(
-                [AIRFLOW, component],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: stop() kills it and its children only
-            )
-            log.close()
+            self.spawn(component)
         wait_for(self._healthy, timeout=timeout, interval=0.5, what="api-server health")
         self.timings["ready_s"] = time.monotonic() - started
         return self
+
+    def spawn(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``airflow ARGS`` (default ``airflow NAME``) as component ``name``, logging to ``NAME.log``.
+
+        ``env`` adds to the cluster's environment for this process only.
+        """
+        self.processes[name] = start_in_own_group(
+            [AIRFLOW, *(args or (name,))], env={**self.env, **(env or {})}, log=self.home / f"{name}.log"
+        )
+        if name not in self.log_names:
+            self.log_names.append(name)
+        return self.processes[name]
 
     def _healthy(self) -> bool:
         for name, process in self.processes.items():
@@ -140,7 +145,7 @@ class AirflowCluster:
     def log_tails(self, chars: int = 3000) -> str:
         """Return the end of every component log, for failure messages."""
         parts = []
-        for component in self.components:
+        for component in self.log_names:
             path = self.home / f"{component}.log"
             if path.exists():
                 parts.append(f"--- {path} ---\n{path.read_text(errors='replace')[-chars:]}")

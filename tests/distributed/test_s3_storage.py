@@ -1,0 +1,61 @@
+"""The storage layer on a real S3 API (a moto server): block reads, atomic writes, the operators' reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from local_services import MotoS3
+
+from airflow_batch.storage import as_path, atomic_writer, iter_jsonl, iter_jsonl_lines
+
+BUCKET = "storage-tests"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    with MotoS3(tmp_path_factory.mktemp("moto")) as server:
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+
+
+@pytest.fixture
+def s3_conn(s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Define ``aws_default`` (endpoint_url at moto) for this test; return the URI prefix."""
+    for name, value in s3.connection_env("aws_default").items():
+        monkeypatch.setenv(name, value)
+    return f"s3://aws_default@{BUCKET}"
+
+
+def test_s3_jsonl_is_read_in_blocks_with_lines_spanning_them(
+    s3: MotoS3, s3_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3fs
+
+    def readline(self: object, *args: object) -> bytes:
+        raise AssertionError("readline on an S3 file: quadratic on s3fs")
+
+    monkeypatch.setattr(s3fs.core.S3File, "readline", readline)
+    monkeypatch.setattr(s3fs.core.S3File, "__iter__", readline)
+    rows = [b'{"custom_id": "r-%05d", "pad": "%s"}' % (i, b"x" * (i % 97)) for i in range(20_000)]
+    s3.client().put_object(Bucket=BUCKET, Key="in/rows.jsonl", Body=b"\r\n".join(rows) + b"\r\n\n")
+
+    lines = list(iter_jsonl_lines(as_path(f"{s3_conn}/in/rows.jsonl"), block_size=4096))
+
+    assert lines == rows
+
+
+def test_s3_atomic_write_then_read_leaves_only_the_file(s3: MotoS3, s3_conn: str) -> None:
+    target = as_path(f"{s3_conn}/out/part.jsonl")
+    with atomic_writer(target) as handle:
+        for i in range(1000):
+            handle.write(b'{"n": %d}\n' % i)
+
+    assert [row["n"] for row in iter_jsonl(target)] == list(range(1000))
+    assert s3.keys(BUCKET, "out/") == ["out/part.jsonl"]
+
+
+def test_s3_empty_object_yields_no_line(s3: MotoS3, s3_conn: str) -> None:
+    s3.client().put_object(Bucket=BUCKET, Key="in/empty.jsonl", Body=b"")
+
+    assert list(iter_jsonl_lines(as_path(f"{s3_conn}/in/empty.jsonl"))) == []
