@@ -7,15 +7,23 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from airflow_batch.job import anthropic_batch_job
+    from airflow_batch.job import BatchJobGroup, anthropic_batch_job
+    from airflow_batch.results import read_results, read_table
 
-__all__ = ["__version__", "anthropic_batch_job"]
+__all__ = ["BatchJobGroup", "__version__", "anthropic_batch_job", "read_results", "read_table"]
+
+_LAZY = {
+    "anthropic_batch_job": "airflow_batch.job",
+    "BatchJobGroup": "airflow_batch.job",
+    "read_results": "airflow_batch.results",
+    "read_table": "airflow_batch.results",
+}
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so ``import airflow_batch`` (provider discovery, the emulator CLI) stays cheap.
-    if name == "anthropic_batch_job":
-        from airflow_batch.job import anthropic_batch_job
+    if name in _LAZY:
+        import importlib
 
-        return anthropic_batch_job
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'airflow_batch' has no attribute {name!r}")

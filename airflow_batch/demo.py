@@ -80,11 +80,40 @@ def summary_lines(manifest: Mapping[str, Any], seconds: float) -> list[str]:
         f"{usage.get('cache_creation_input_tokens', 0):,} cache write",
         f"cost              ${cost.get('batch_usd', 0.0):.4f} at batch prices "
         f"(${cost.get('standard_usd', 0.0):.4f} on the standard API)",
-        f"results           {manifest.get('results_path')}",
+        f"results           {manifest.get('results_path')}"
+        + (" (and results.parquet)" if manifest.get("results_parquet_path") else ""),
         f"failures          {manifest.get('failures_path')}",
         f"wall time         {seconds:.0f} s",
     ]
     return lines
+
+
+TABLE_COLUMNS = ("custom_id", "product", "sentiment", "stars", "keywords")
+
+
+def table_lines(manifest: Mapping[str, Any], rows: int = 5) -> list[str]:
+    """Return the first rows of the job's ``results.parquet`` as an aligned text table."""
+    uri = manifest.get("results_parquet_path")
+    if not uri:
+        return []
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(str(uri).removeprefix("file://"))
+    columns = [name for name in TABLE_COLUMNS if name in table.column_names]
+    head = table.select(columns).slice(0, rows).to_pylist()
+    cells = [[_cell(row[name]) for name in columns] for row in head]
+    widths = [max(len(name), *(len(line[i]) for line in cells)) for i, name in enumerate(columns)]
+    lines = ["  ".join(name.ljust(width) for name, width in zip(columns, widths, strict=True))]
+    lines += [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in cells
+    ]
+    lines.append(f"({table.num_rows:,} rows, {len(table.column_names)} typed columns: {uri})")
+    return lines
+
+
+def _cell(value: Any) -> str:
+    text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 _TASK_DONE = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
@@ -153,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary_lines(manifest, time.monotonic() - started):
         print("  " + line)
     print(f"  manifest          {manifest_path}")
+    table = table_lines(manifest)
+    if table:
+        print()
+        print("first rows of results.parquet:")
+        for line in table:
+            print("  " + line)
     print()
     print("next: make up (or .venv/bin/airflow-batch dev) runs these DAGs in a local Airflow with its UI")
     print("      and the Batch jobs page, against the emulator, until Ctrl-C (README: Run it locally)")

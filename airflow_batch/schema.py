@@ -124,6 +124,8 @@ def _api_node(node: Any, path: str, definitions: Mapping[str, Any], closed: bool
     out: dict[str, Any] = {}
     moved: list[str] = []
     for key, value in node.items():
+        if key in ("$schema", "$id", "$comment"):
+            continue  # annotations of the document, not constraints: not sent
         if key in _REFUSED_HINTS:
             raise SchemaError(
                 f"{path}: {key!r} is not supported by structured outputs; {_REFUSED_HINTS[key]}"
@@ -177,8 +179,11 @@ def _api_node(node: Any, path: str, definitions: Mapping[str, Any], closed: bool
                 f"(got {additional!r}); add it, or describe the output with a Pydantic model"
             )
     if moved:
-        note = "Must be " + ", ".join(moved) + "."
-        out["description"] = f"{out['description']} {note}" if out.get("description") else note
+        note = "Must be " + ", ".join(sorted(moved)) + "."
+        described = str(out.get("description") or "").rstrip()
+        if described and described[-1] not in ".!?":
+            described += "."
+        out["description"] = f"{described} {note}" if described else note
     return out
 
 

@@ -2,13 +2,12 @@
 
 Nothing here reads a file or calls an API: paths are Jinja templates rendered when a task
 runs (from Airflow Variables, with defaults), so parsing the DAG folder stays fast and free
-of side effects. The poll interval comes from the environment because it is an operator
-argument, not a template field; the demo and the tests set it low for the emulator.
+of side effects. The poll interval is not set here: every job reads ``[airflow_batch] poll_interval``
+(``AIRFLOW__AIRFLOW_BATCH__POLL_INTERVAL``) when it runs; the demo sets it low for the emulator.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,8 +17,6 @@ SAMPLE_DATA = str(Path(__file__).resolve().parent / "data")
 DATA = "{{ var.value.get('airflow_batch_data', '" + SAMPLE_DATA + "') }}"
 #: Where job folders are written; override with the Variable ``airflow_batch_output``.
 OUTPUT = "{{ var.value.get('airflow_batch_output', '/tmp/airflow-batch-output') }}"
-#: Seconds between batch status polls: 60 against the real API, a few against the emulator.
-POLL_INTERVAL = float(os.environ.get("AIRFLOW_BATCH_POLL_INTERVAL", "60"))
 MODEL = "claude-haiku-4-5"
 #: ``retries=1`` lets a deferred task survive a lost trigger or a worker restart: a retry of
 #: submit re-attaches to its batches, a retry of a wait resumes watching them.

@@ -6,7 +6,10 @@ Each run works on the partition of its logical date ``ds``:
   exists (drop your day's data there), and otherwise writes that day's sample reviews,
   generated deterministically from ``ds``;
 - the batch job's folder is keyed by the run (``.../jobs/daily_review_sentiment/{run_id}/``);
-- ``publish`` copies the merged results to ``{airflow_batch_output}/daily/output/ds={ds}/``.
+- ``finalize`` publishes the merged results, failures and manifest to
+  ``{airflow_batch_output}/daily/output/ds={ds}/`` (``publish_path``), the manifest last;
+- the budget guards the expected cost of a day, and more than 5% failed reviews fail the run
+  (after every file is written).
 
 So ``airflow backfill create --dag-id daily_review_sentiment --from-date ... --to-date ...``
 produces one output partition per date, and re-running a date (clearing its run) rewrites
@@ -21,7 +24,7 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, task
-from batch_examples import DEFAULT_ARGS, MODEL, OUTPUT, POLL_INTERVAL, TAGS
+from batch_examples import DEFAULT_ARGS, MODEL, OUTPUT, TAGS
 
 from airflow_batch import anthropic_batch_job
 
@@ -81,24 +84,6 @@ with DAG(
             print(f"wrote {REVIEWS_PER_DAY} sample reviews to {path}")
         return str(path)
 
-    @task
-    def publish(job: dict[str, Any], output: str, ds: str | None = None) -> str:
-        """Copy the job's merged results, failures and manifest to the day's output partition."""
-        from airflow_batch.storage import as_path, atomic_writer
-
-        partition = as_path(output) / "daily" / "output" / f"ds={ds}"
-        sources = {
-            "results.jsonl": job["results_path"],
-            "failures.jsonl": job["failures_path"],
-            "manifest.json": job["results_path"].rsplit("/", 1)[0] + "/manifest.json",
-        }
-        for name, source in sources.items():
-            with as_path(source).open("rb") as src, atomic_writer(partition / name) as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-        print(f"published {job['succeeded']} results of {ds} to {partition}")
-        return str(partition)
-
     records = prepare_input(OUTPUT)
     job = anthropic_batch_job(
         "sentiment",
@@ -109,9 +94,10 @@ with DAG(
         model=MODEL,
         max_tokens=100,
         output_path=OUTPUT + "/jobs",
-        poll_interval=POLL_INTERVAL,
+        publish_path=OUTPUT + "/daily/output/ds={{ ds }}",
         deferrable=True,  # wait in the triggerer, not in a worker slot
         max_retry_rounds=1,
+        max_cost_usd=0.05,
+        max_failure_rate=0.05,
     )
     records >> job
-    publish(job.children["sentiment.finalize"].output, OUTPUT)  # type: ignore[union-attr]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import DAG
-from batch_examples import DATA, DEFAULT_ARGS, MODEL, OUTPUT, POLL_INTERVAL, TAGS
+from batch_examples import DATA, DEFAULT_ARGS, MODEL, OUTPUT, TAGS
 
 from airflow_batch import anthropic_batch_job
 
@@ -49,7 +49,6 @@ with DAG(
         model=MODEL,
         max_tokens=300,
         output_path=OUTPUT,
-        poll_interval=POLL_INTERVAL,
         deferrable=True,  # wait in the triggerer, not in a worker slot
         max_retry_rounds=1,
     )

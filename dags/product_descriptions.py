@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import DAG
-from batch_examples import DATA, DEFAULT_ARGS, MODEL, OUTPUT, POLL_INTERVAL, TAGS
+from batch_examples import DATA, DEFAULT_ARGS, MODEL, OUTPUT, TAGS
 
 from airflow_batch.operators.finalize import FinalizeBatchJobOperator
 from airflow_batch.operators.gather import GatherResultsOperator
@@ -43,7 +43,7 @@ with DAG(
         max_tokens=200,
         output_path=OUTPUT,
     )
-    wait = BatchesSensor(task_id="wait", manifest=submit.output, poll_interval=POLL_INTERVAL, deferrable=True)
+    wait = BatchesSensor(task_id="wait", manifest=submit.output, deferrable=True)
     gather = GatherResultsOperator(task_id="gather", manifest=wait.output)
     finalize = FinalizeBatchJobOperator(task_id="finalize", manifest=submit.output)
     gather >> finalize

@@ -1,33 +1,39 @@
-"""Review sentiment: classify product reviews as JSON with one batch job.
+"""Review sentiment: structured extraction of product reviews into a typed table.
 
-The batch guide's classification use case: a system prompt asks for a JSON object
-(sentiment, up to three keywords, a 1-5 star prediction) with a short ``max_tokens``. The
-whole job (submit, deferred wait, gather, up to two retry rounds, finalize) is one
-``anthropic_batch_job`` call; ``tally`` then reads the merged results as any downstream
-task would. Inputs: ``reviews.jsonl`` in the ``airflow_batch_data`` Variable's folder
-(default: the samples in ``dags/data``). Outputs: a job folder under ``airflow_batch_output``.
+The batch guide's classification use case as structured outputs: each review gets a
+sentiment, up to three keywords and a 1-5 star prediction, as JSON of the ``ReviewAnalysis``
+schema (the API constrains the answer to it; gather validates every answer again and retries
+the ones that are not valid). ``passthrough_fields`` carries the product and category of each
+review into its row, and finalize writes ``results.parquet`` with one typed column per schema
+property beside ``results.jsonl``. ``tally`` reads the table as any downstream task would.
+Inputs: ``reviews.jsonl`` in the ``airflow_batch_data`` Variable's folder (default: the samples
+in ``dags/data``). Outputs: a job folder under ``airflow_batch_output``.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 import pendulum
 from airflow.sdk import DAG, task
-from batch_examples import DATA, DEFAULT_ARGS, MODEL, OUTPUT, POLL_INTERVAL, TAGS
+from batch_examples import DATA, DEFAULT_ARGS, MODEL, OUTPUT, TAGS
+from pydantic import BaseModel, Field
 
 from airflow_batch import anthropic_batch_job
 
-SYSTEM_PROMPT = """You analyse customer reviews of products.
-Reply with one JSON object and nothing else, in this shape:
-{"sentiment": "positive" | "neutral" | "negative", "keywords": ["at most", "three", "keywords"], "stars": 1-5}
-"stars" is the star rating (1 to 5) you predict the reviewer gave."""
+
+class ReviewAnalysis(BaseModel):
+    """What the model extracts from one review."""
+
+    sentiment: Literal["positive", "neutral", "negative"]
+    keywords: list[str] = Field(max_length=3, description="At most three keywords of the review")
+    stars: int = Field(ge=1, le=5, description="The star rating (1 to 5) the reviewer likely gave")
+
 
 with DAG(
     dag_id="review_sentiment",
-    description="Classify product reviews (sentiment, keywords, stars) with the Message Batches API",
+    description="Extract sentiment, keywords and stars from product reviews into a Parquet table",
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -39,12 +45,14 @@ with DAG(
         "sentiment",
         records=DATA + "/reviews.jsonl",
         custom_id_field="review_id",
+        passthrough_fields=["product", "category"],
         prompt_template="Product: {product}\nReview: {text}",
-        system=SYSTEM_PROMPT,
+        system="You analyse customer reviews of products.",
+        output_schema=ReviewAnalysis,
+        results_format=["jsonl", "parquet"],
         model=MODEL,
-        max_tokens=100,
+        max_tokens=200,
         output_path=OUTPUT,
-        poll_interval=POLL_INTERVAL,
         deferrable=True,  # wait in the triggerer, not in a worker slot
         max_retry_rounds=2,
         max_failure_rate=0.05,
@@ -53,16 +61,15 @@ with DAG(
 
     @task
     def tally(job: dict[str, Any]) -> dict[str, int]:
-        """Count the predicted sentiments in the job's merged results (unparsable replies apart)."""
-        from airflow_batch.storage import as_path, iter_jsonl
+        """Count the predicted sentiments per category, from the job's Parquet table."""
+        from airflow_batch import read_table
 
-        counts: Counter[str] = Counter()
-        for row in iter_jsonl(as_path(job["results_path"])):
-            try:
-                counts[str(json.loads(row["text"])["sentiment"])] += 1
-            except (ValueError, KeyError, TypeError):
-                counts["unparsable"] += 1
-        print(f"sentiments of {sum(counts.values())} reviews: {dict(counts)}")
-        return dict(counts)
+        table = read_table(job)
+        counts = Counter(zip(table["category"].to_pylist(), table["sentiment"].to_pylist(), strict=True))
+        overall = Counter(table["sentiment"].to_pylist())
+        print(f"sentiments of {table.num_rows} reviews: {dict(overall)}")
+        for (category, label), count in sorted(counts.items()):
+            print(f"  {category:<12} {label:<9} {count}")
+        return dict(overall)
 
-    tally(sentiment.children["sentiment.finalize"].output)  # type: ignore[union-attr]
+    tally(sentiment.output)

@@ -54,7 +54,7 @@ READY_TIMEOUT = 300.0
 STOP_GRACE = 10.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Variables of the caller's shell a real-API deployment keeps: the connection and poll interval.
-REAL_API_PASSTHROUGH = ("AIRFLOW_CONN_ANTHROPIC_DEFAULT", "AIRFLOW_BATCH_POLL_INTERVAL")
+REAL_API_PASSTHROUGH = ("AIRFLOW_CONN_ANTHROPIC_DEFAULT", "AIRFLOW__AIRFLOW_BATCH__POLL_INTERVAL")
 
 
 class DevStopRequested(Exception):
@@ -296,7 +296,7 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
         "--real-api",
         action="store_true",
         help="start no emulator and leave anthropic_default to you: your AIRFLOW_CONN_ANTHROPIC_DEFAULT "
-        "(and AIRFLOW_BATCH_POLL_INTERVAL) pass through, or set the connection in the UI",
+        "(and AIRFLOW__AIRFLOW_BATCH__POLL_INTERVAL) pass through, or set the connection in the UI",
     )
 
 

@@ -150,15 +150,16 @@ def deployment_environment(
 def example_dags_environment(
     output: Path, *, anthropic_url: str | None, poll_interval: float | None
 ) -> dict[str, str]:
-    """Return the variables the example DAGs read: output folder, poll interval, connection.
+    """Return the variables the example DAGs read: output folder, connection, and the poll interval.
 
     ``anthropic_url`` points ``anthropic_default`` at an emulator (with a dummy key); None
     leaves the connection to the user (a real key in the UI or their own
-    ``AIRFLOW_CONN_ANTHROPIC_DEFAULT``). ``poll_interval`` None keeps the DAGs' default (60 s).
+    ``AIRFLOW_CONN_ANTHROPIC_DEFAULT``). ``poll_interval`` sets ``[airflow_batch] poll_interval``
+    for every job of the deployment; None keeps the default (60 s).
     """
     env = {"AIRFLOW_VAR_AIRFLOW_BATCH_OUTPUT": str(output)}
     if poll_interval is not None:
-        env["AIRFLOW_BATCH_POLL_INTERVAL"] = f"{poll_interval:g}"
+        env["AIRFLOW__AIRFLOW_BATCH__POLL_INTERVAL"] = f"{poll_interval:g}"
     if anthropic_url is not None:
         env["AIRFLOW_CONN_ANTHROPIC_DEFAULT"] = json.dumps(
             {"conn_type": "anthropic", "password": "emulator-key", "host": anthropic_url}

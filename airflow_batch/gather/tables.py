@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
 ROW_GROUP = 50_000
+_HEAD_COLUMNS = 2  # custom_id, row: the passthrough columns follow them
 FORMATS = ("jsonl", "parquet")
 TOKEN_COLUMNS = (
     "input_tokens",
@@ -116,20 +117,26 @@ class _Writer:
         written = 0
         with atomic_writer(self.path) as out:
             writer = None
-            for group in groups:
-                table = self._table(group, pa)
-                if writer is None:
-                    writer = pa.parquet.ParquetWriter(out, table.schema)
-                writer.write_table(table)
-                written += len(group)
-            if writer is None:  # no rows: an empty table with the columns known up front
-                writer = pa.parquet.ParquetWriter(out, pa.schema(self.fixed))
-            writer.close()
+            try:
+                for group in groups:
+                    table = self._table(group, pa)
+                    if writer is None:
+                        writer = pa.parquet.ParquetWriter(out, table.schema)
+                    writer.write_table(table)
+                    written += len(group)
+                if writer is None:  # no rows: an empty table with the columns known up front
+                    passthrough = [(name, pa.string()) for name in self.passthrough]
+                    fields = self.fixed[:_HEAD_COLUMNS] + passthrough + self.fixed[_HEAD_COLUMNS:]
+                    writer = pa.parquet.ParquetWriter(out, pa.schema(fields))
+            finally:
+                if writer is not None:
+                    writer.close()
         return written
 
     def _table(self, rows: list[dict[str, Any]], pa: Any) -> Any:
         columns: dict[str, Any] = {}
-        for name, kind in self.fixed:
+        head, rest = self.fixed[:_HEAD_COLUMNS], self.fixed[_HEAD_COLUMNS:]
+        for name, kind in head:
             columns[name] = pa.array([row.get(name) for row in rows], type=kind)
         for name in self.passthrough:
             values = [row.get("input", {}).get(name) if row.get("input") else None for row in rows]
@@ -138,17 +145,31 @@ class _Writer:
                 columns[name] = pa.array(values, type=kind)
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                 bad = next(
-                    (row.get("row") for row, value in zip(rows, values, strict=True) if value is not None),
+                    (
+                        row.get("row")
+                        for row, value in zip(rows, values, strict=True)
+                        if value is not None and not _fits(pa, value, kind)
+                    ),
                     None,
                 )
                 raise ValueError(
-                    f"passthrough field {name!r}: a value near row {bad} does not fit the column type {kind} "
+                    f"passthrough field {name!r}: the value at row {bad} does not fit the column type {kind} "
                     f"of earlier rows ({exc}); give the field one type in every record"
                 ) from None
+        for name, kind in rest:
+            columns[name] = pa.array([row.get(name) for row in rows], type=kind)
         table = pa.table(columns)
         if self.schema is None:
             self.schema = table.schema
         return table.select([field.name for field in self.schema])
+
+
+def _fits(pa: Any, value: Any, kind: Any) -> bool:
+    try:
+        pa.array([value], type=kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    return True
 
 
 def _groups(path: ObjectStoragePath, shape: Any) -> Iterator[list[dict[str, Any]]]:

@@ -68,7 +68,8 @@ def test_daily_dag_is_partitioned_by_logical_date_and_does_not_catch_up(dagbag) 
     assert dag.catchup is False
     assert dag.schedule == "@daily"
     assert "ds=" in dag.doc_md
-    assert {"prepare_input", "sentiment.submit", "sentiment.finalize", "publish"} <= set(dag.task_ids)
+    assert {"prepare_input", "sentiment.submit", "sentiment.finalize"} <= set(dag.task_ids)
+    assert dag.get_task("sentiment.finalize").publish_path.endswith("/daily/output/ds={{ ds }}")
 
 
 def test_waits_defer_to_the_triggerer_and_retry_once(dagbag) -> None:  # type: ignore[no-untyped-def]

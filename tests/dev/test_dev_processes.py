@@ -117,7 +117,7 @@ def test_example_dags_environment_leaves_the_connection_alone_for_the_real_api(t
 
     assert real == {"AIRFLOW_VAR_AIRFLOW_BATCH_OUTPUT": str(tmp_path)}
     assert '"host": "http://127.0.0.1:9"' in emulated["AIRFLOW_CONN_ANTHROPIC_DEFAULT"]
-    assert emulated["AIRFLOW_BATCH_POLL_INTERVAL"] == "2"
+    assert emulated["AIRFLOW__AIRFLOW_BATCH__POLL_INTERVAL"] == "2"
 
 
 @pytest.fixture

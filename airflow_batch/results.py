@@ -1,0 +1,73 @@
+"""Read a finished job's results: rows one at a time, or a pyarrow table.
+
+A job is named by what a downstream task has at hand: the job manifest (``job.output`` of
+``anthropic_batch_job``, the return value of ``FinalizeBatchJobOperator``), the URI of a job
+folder or of a ``publish_path`` folder, or the URI of a ``manifest.json``; the asset event's
+``extra`` works too (its ``manifest_uri``). Rows are the merged rows finalize wrote (see the
+README's "Output schemas"), in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow_batch.storage import as_path, iter_jsonl, read_json
+
+if TYPE_CHECKING:
+    import pyarrow
+
+    from airflow_batch.manifest import JobManifest
+
+Which = Literal["results", "failures"]
+
+
+def job_manifest(job: Mapping[str, Any] | str) -> JobManifest:
+    """Return the job manifest of ``job`` (a manifest, an asset ``extra``, a folder or manifest URI)."""
+    if isinstance(job, Mapping):
+        if "results_path" in job:
+            return job  # type: ignore[return-value]
+        if "manifest_uri" in job:
+            return job_manifest(str(job["manifest_uri"]))
+        raise ValueError(
+            "expected a job manifest (job.output / finalize's return value) or an asset event's extra; "
+            f"got a mapping with keys {sorted(job)[:8]}"
+        )
+    path = as_path(job)
+    if path.name != "manifest.json":
+        path = path / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no job manifest at {path}: give a finalized job's folder, its manifest.json or its "
+            "publish_path (finalize writes the manifest last, so a job still running has none)"
+        )
+    return read_json(path)  # type: ignore[no-any-return]
+
+
+def read_results(job: Mapping[str, Any] | str, *, which: Which = "results") -> Iterator[dict[str, Any]]:
+    """Yield the job's merged result rows (or, with ``which="failures"``, its failure rows).
+
+    Rows are streamed from ``results.jsonl`` / ``failures.jsonl`` in constant memory.
+    """
+    manifest = job_manifest(job)
+    yield from iter_jsonl(as_path(manifest[f"{which}_path"]))  # type: ignore[literal-required]
+
+
+def read_table(job: Mapping[str, Any] | str, *, which: Which = "results") -> pyarrow.Table:
+    """Return the job's merged results (or failures) as a pyarrow Table (``airflow-batch[parquet]``).
+
+    Reads ``results.parquet`` when finalize wrote it (typed columns, see the README); otherwise
+    builds the table from the JSONL rows, nested fields as structs.
+    """
+    from airflow_batch.gather.tables import require_pyarrow
+
+    require_pyarrow()
+    import pyarrow
+    import pyarrow.parquet
+
+    manifest = job_manifest(job)
+    parquet = manifest.get(f"{which}_parquet_path")
+    if parquet:
+        with as_path(str(parquet)).open("rb") as handle:
+            return pyarrow.parquet.read_table(handle)
+    return pyarrow.Table.from_pylist(list(read_results(manifest, which=which)))

@@ -1,0 +1,285 @@
+"""Output schemas (checked before spend, compiled once) and the Parquet tables finalize writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pydantic import BaseModel, Field
+
+from airflow_batch import read_results, read_table
+from airflow_batch.gather.finalizing import finalize_job
+from airflow_batch.gather.tables import arrow_type, results_formats, write_tables
+from airflow_batch.schema import SchemaError, job_schema
+from airflow_batch.storage import as_path
+
+
+class Review(BaseModel):
+    sentiment: Literal["positive", "neutral", "negative"]
+    keywords: list[str] = Field(max_length=3)
+    stars: int = Field(ge=1, le=5)
+
+
+REVIEW_DICT = {
+    "type": "object",
+    "properties": {
+        "sentiment": {"type": "string", "enum": ["positive", "neutral", "negative"]},
+        "keywords": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+    },
+    "required": ["sentiment", "keywords", "stars"],
+    "additionalProperties": False,
+}
+
+
+def test_a_pydantic_model_and_the_equivalent_dict_give_the_same_columns_and_rules() -> None:
+    from_model, from_dict = job_schema(Review), job_schema(REVIEW_DICT)
+    model_types = {name: arrow_type(sub) for name, sub in from_model.schema["properties"].items()}
+    dict_types = {name: arrow_type(sub) for name, sub in from_dict.schema["properties"].items()}
+    assert (
+        model_types
+        == dict_types
+        == {
+            "sentiment": pa.dictionary(pa.int32(), pa.string()),
+            "keywords": pa.list_(pa.string()),
+            "stars": pa.int64(),
+        }
+    )
+    for schema in (from_model, from_dict):
+        assert schema.api_schema["additionalProperties"] is False
+        # Bounds the API's grammar does not enforce go to the description and are checked locally.
+        assert "minimum" not in schema.api_schema["properties"]["stars"]
+        assert "at most 5" in schema.api_schema["properties"]["stars"]["description"]
+        assert schema.validator.check(b'{"sentiment": "neutral", "keywords": [], "stars": 6}') is not None
+        assert schema.validator.check(b'{"sentiment": "neutral", "keywords": [], "stars": 5}') is None
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        (
+            {"type": "object", "properties": {"a": {"type": "string"}}},
+            r"output_schema: objects need additionalProperties: false",
+        ),
+        (
+            {**REVIEW_DICT, "properties": {"a": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}},
+            r"output_schema\.properties\.a: 'oneOf' is not supported by structured outputs; use anyOf",
+        ),
+        (
+            {**REVIEW_DICT, "properties": {"a": {"type": "string", "format": "credit-card"}}},
+            r"output_schema\.properties\.a\.format: 'credit-card' is not a supported string format",
+        ),
+        (
+            {**REVIEW_DICT, "properties": {"a": {"type": "object", "properties": {}}}},
+            r"output_schema\.properties\.a: objects need additionalProperties: false",
+        ),
+        ({"type": "array", "items": {"type": "string"}}, "the top level must be an object"),
+        (
+            {**REVIEW_DICT, "properties": {"a": {"$ref": "https://example.com/s.json"}}},
+            "external refs are refused",
+        ),
+    ],
+)
+def test_a_schema_structured_outputs_refuse_is_refused_naming_the_part(schema: Any, message: str) -> None:
+    with pytest.raises(SchemaError, match=message):
+        job_schema(schema)
+
+
+def test_the_submit_operator_refuses_a_bad_schema_when_the_dag_is_parsed() -> None:
+    from airflow_batch.operators.submit import SubmitBatchesOperator
+
+    with pytest.raises(SchemaError, match="additionalProperties"):
+        SubmitBatchesOperator(
+            task_id="t",
+            output_path="/tmp/x",
+            records=[{"a": 1}],
+            prompt_template="{a}",
+            output_schema={"type": "object", "properties": {"a": {"type": "string"}}},
+        )
+
+
+def test_results_format_accepts_jsonl_parquet_or_both_and_names_the_choices() -> None:
+    assert results_formats("parquet") == ("parquet",)
+    assert results_formats(["jsonl", "parquet"]) == ("jsonl", "parquet")
+    with pytest.raises(ValueError, match="use 'jsonl', 'parquet'"):
+        results_formats("csv")
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_bytes(b"".join(msgspec.json.encode(row) + b"\n" for row in rows))
+
+
+USAGE = {
+    "input_tokens": 12,
+    "output_tokens": 7,
+    "cache_creation_input_tokens": 0,
+    "cache_creation_1h_input_tokens": 0,
+    "cache_read_input_tokens": 4,
+}
+
+
+def result(i: int, output: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "custom_id": f"r-{i}",
+        "row": i,
+        "batch_id": "msgbatch_1",
+        "round": 0,
+        "model": "claude-haiku-4-5",
+        "stop_reason": "end_turn",
+        "text": msgspec.json.encode(output).decode(),
+        "usage": USAGE,
+        "output": output,
+        "input": {"product": f"p{i}", "price": 9.5 + i},
+        **extra,
+    }
+
+
+def test_parquet_tables_have_typed_columns_in_order_and_as_many_rows_as_the_jsonl(tmp_path: Path) -> None:
+    schema = {
+        **REVIEW_DICT,
+        "properties": {
+            **REVIEW_DICT["properties"],
+            "where": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "lat": {"type": "number"}},
+                "required": ["city", "lat"],
+                "additionalProperties": False,
+            },
+            "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        },
+    }
+    outputs = [
+        {
+            "sentiment": "positive",
+            "keywords": ["a"],
+            "stars": 5,
+            "where": {"city": "Oslo", "lat": 59.9},
+            "note": None,
+        },
+        {
+            "sentiment": "negative",
+            "keywords": [],
+            "stars": 1,
+            "where": {"city": "Rome", "lat": 41.9},
+            "note": "x",
+        },
+    ]
+    _write(tmp_path / "results.jsonl", [result(i + 1, out) for i, out in enumerate(outputs)])
+    _write(
+        tmp_path / "failures.jsonl",
+        [
+            {
+                "custom_id": "r-3",
+                "row": 3,
+                "batch_id": "msgbatch_1",
+                "round": 1,
+                "result_type": "invalid_output",
+                "error_type": None,
+                "message": "the answer is not valid for the output schema: $.stars: ...",
+                "request_id": None,
+                "retryable": True,
+                "input": {"product": "p3", "price": 1.0},
+            }
+        ],
+    )
+    write_tables(
+        as_path(str(tmp_path / "results.jsonl")),
+        as_path(str(tmp_path / "failures.jsonl")),
+        as_path(str(tmp_path / "results.parquet")),
+        as_path(str(tmp_path / "failures.parquet")),
+        output_schema=schema,
+        passthrough=["product", "price"],
+    )
+    results = pq.read_table(tmp_path / "results.parquet")
+    assert results.column_names == [
+        "custom_id", "row", "product", "price", "sentiment", "keywords", "stars", "where", "note",
+        "model", "stop_reason", "input_tokens", "output_tokens", "cache_creation_input_tokens",
+        "cache_creation_1h_input_tokens", "cache_read_input_tokens", "round", "batch_id",
+    ]  # fmt: skip
+    types = dict(zip(results.column_names, results.schema.types, strict=True))
+    assert types["sentiment"] == pa.dictionary(pa.int32(), pa.string())
+    assert types["keywords"] == pa.list_(pa.string())
+    assert types["stars"] == pa.int64() and types["row"] == pa.int64() and types["price"] == pa.float64()
+    assert types["where"] == pa.struct([("city", pa.string()), ("lat", pa.float64())])
+    assert types["note"] == pa.string()
+    assert results.num_rows == 2
+    assert results.to_pylist()[0]["where"] == {"city": "Oslo", "lat": 59.9}
+    assert results.column("cache_read_input_tokens").to_pylist() == [4, 4]
+    failures = pq.read_table(tmp_path / "failures.parquet")
+    assert failures.column_names[:4] == ["custom_id", "row", "product", "price"]
+    assert failures.to_pylist()[0]["result_type"] == "invalid_output"
+    assert failures.schema.field("retryable").type == pa.bool_()
+
+
+def test_a_passthrough_field_of_changing_type_fails_naming_the_field(tmp_path: Path) -> None:
+    import airflow_batch.gather.tables as tables
+
+    rows = [result(i, {"sentiment": "neutral", "keywords": [], "stars": 3}) for i in range(1, 5)]
+    rows[3]["input"]["price"] = "free"
+    _write(tmp_path / "results.jsonl", rows)
+    _write(tmp_path / "failures.jsonl", [])
+    old = tables.ROW_GROUP
+    tables.ROW_GROUP = 2  # the odd value lands in a later row group
+    try:
+        with pytest.raises(ValueError, match="passthrough field 'price': the value at row 4"):
+            write_tables(
+                as_path(str(tmp_path / "results.jsonl")),
+                as_path(str(tmp_path / "failures.jsonl")),
+                as_path(str(tmp_path / "results.parquet")),
+                as_path(str(tmp_path / "failures.parquet")),
+                output_schema=REVIEW_DICT,
+                passthrough=["product", "price"],
+            )
+    finally:
+        tables.ROW_GROUP = old
+    assert not (tmp_path / "results.parquet").exists()  # nothing half-written is left
+
+
+def _round_manifest(job: Path) -> None:
+    (job / "round-0" / "results").mkdir(parents=True)
+    (job / "round-0" / "failures").mkdir(parents=True)
+    rows = [result(i, {"sentiment": "positive", "keywords": [], "stars": 4}) for i in (2, 1)]
+    _write(job / "round-0" / "results" / "msgbatch_1.jsonl", rows)
+    _write(job / "round-0" / "failures" / "msgbatch_1.jsonl", [])
+    manifest = {
+        "round": 0,
+        "job_dir": str(job),
+        "requests": 2,
+        "results_paths": [str(job / "round-0" / "results" / "msgbatch_1.jsonl")],
+        "failures_paths": [str(job / "round-0" / "failures" / "msgbatch_1.jsonl")],
+    }
+    (job / "round-0" / "manifest.json").write_bytes(msgspec.json.encode(manifest))
+    spec = {"output_schema": REVIEW_DICT, "passthrough_fields": ["product", "price"]}
+    (job / "job.json").write_bytes(msgspec.json.encode(spec))
+
+
+def test_finalize_writes_parquet_publishes_manifest_last_and_the_readers_find_everything(
+    tmp_path: Path,
+) -> None:
+    job = tmp_path / "job"
+    _round_manifest(job)
+    published = tmp_path / "published" / "ds=2026-11-27"
+    manifest = finalize_job(str(job), results_format=["jsonl", "parquet"], publish_path=str(published))
+
+    assert manifest["results_parquet_path"] == f"file://{job}/results.parquet"
+    assert manifest["published_path"] == f"file://{published}"
+    assert sorted(path.name for path in published.iterdir()) == [
+        "failures.jsonl", "failures.parquet", "manifest.json", "results.jsonl", "results.parquet",
+    ]  # fmt: skip
+    copy = msgspec.json.decode((published / "manifest.json").read_bytes())
+    assert copy["results_path"] == f"file://{published}/results.jsonl"
+    # Rows are in input order, whatever order the batches returned them in.
+    for source in (manifest, str(job), str(published), str(published / "manifest.json")):
+        assert [row["row"] for row in read_results(source)] == [1, 2]
+        table = read_table(source)
+        assert table.column("row").to_pylist() == [1, 2]
+        assert table.column("product").to_pylist() == ["p1", "p2"]
+    assert list(read_results(manifest, which="failures")) == []
+    empty = read_table(manifest, which="failures")  # no failures: the columns are still there
+    assert empty.num_rows == 0 and empty.column_names[:4] == ["custom_id", "row", "product", "price"]
+    with pytest.raises(FileNotFoundError, match="finalize writes the manifest last"):
+        list(read_results(str(tmp_path / "nothing-here")))
