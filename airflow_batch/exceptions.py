@@ -24,7 +24,22 @@ class InvalidRequestsError(BeforeSubmitError):
 
 
 class BudgetExceededError(BeforeSubmitError):
-    """The cost estimate is above ``max_cost_usd``."""
+    """The cost estimate is above ``max_cost_usd``; the numbers are attributes (USD at batch prices)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        estimate_usd: float | None = None,
+        budget_usd: float | None = None,
+        spent_usd: float = 0.0,
+        basis: str = "upper_bound",
+    ) -> None:
+        super().__init__(message)
+        self.estimate_usd = estimate_usd
+        self.budget_usd = budget_usd
+        self.spent_usd = spent_usd
+        self.basis = basis
 
 
 class UnknownModelError(BeforeSubmitError):

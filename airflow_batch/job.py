@@ -68,6 +68,7 @@ def anthropic_batch_job(
     timeout: float = 24 * 3600,
     max_failure_rate: float | None = None,
     max_cost_usd: float | None = None,
+    budget_basis: str | None = None,
     model: str | None = None,
     max_tokens: int | None = None,
     system: Any = None,
@@ -119,6 +120,8 @@ def anthropic_batch_job(
         after writing every file. ``None`` never fails for failed requests.
     :param max_cost_usd: Budget of the whole job at batch prices; each round checks its
         estimate against what is left.
+    :param budget_basis: ``"upper_bound"`` (default) or ``"expected"``: which estimate the
+        budget guards (see ``SubmitBatchesOperator``).
     :param model: Default model for requests that set none.
     :param max_tokens: Default ``max_tokens`` for requests that set none.
     :param system: Default system prompt.
@@ -150,6 +153,8 @@ def anthropic_batch_job(
     submit_extra = dict(submit_kwargs or {})
     if cache_system_prompt is not None:
         submit_extra["cache_system_prompt"] = cache_system_prompt
+    if budget_basis is not None:
+        submit_extra["budget_basis"] = budget_basis
     if records is not None:
         submit_extra.setdefault("passthrough_fields", passthrough_fields)
         submit_extra.setdefault("custom_id_from", custom_id_from)

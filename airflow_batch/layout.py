@@ -51,6 +51,13 @@ def job_dir(
     return path
 
 
+def task_history_path(output_path: str, dag_id: str, task_id: str) -> ObjectStoragePath:
+    """Return the history of a task's finished jobs (output lengths), shared by its runs."""
+    from airflow_batch.storage import as_path
+
+    return as_path(output_path) / path_segment(dag_id) / ".history" / f"{path_segment(task_id)}.json"
+
+
 def round_dir(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
     """Return the folder of one round (0 is the first submission, 1.. are retry rounds)."""
     return job / f"round-{round_number}"

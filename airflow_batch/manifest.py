@@ -71,7 +71,13 @@ class CostEstimate(CostFigures):
     """A pre-submission estimate: expected tokens and their price."""
 
     method: str  # "count_tokens" or "approximation"
-    usage: Usage
+    usage: Usage  # the upper bound: every request's max_tokens of output
+    # The expected figure, when an expected output length is known (None otherwise):
+    expected_batch_usd: float | None
+    expected_standard_usd: float | None
+    expected_basis: str | None  # "expected_output_tokens", "observed in N earlier run(s)", "canary"
+    expected_output_tokens: int | None  # per request
+    expected_usage: Usage | None
 
 
 class BatchStatus(TypedDict):

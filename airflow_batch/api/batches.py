@@ -16,6 +16,7 @@ creating again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -53,6 +54,23 @@ def job_headers(betas: Sequence[str] = (), workspace_id: str | None = None) -> d
     return headers
 
 
+#: Loggers of the SDK's HTTP library that log every request at INFO ("HTTP Request: GET ...").
+HTTP_LOGGERS = ("httpx2", "httpx")
+
+
+def quiet_request_logs() -> None:
+    """Keep one line per poll in task and triggerer logs: the HTTP library's per-request INFO lines off.
+
+    Only loggers nobody configured (level NOTSET) are raised to WARNING; a deployment that
+    wants the request lines sets ``logging.getLogger("httpx2").setLevel(logging.INFO)``.
+    Our own logs say what each call did (retries with their reason, progress per poll).
+    """
+    for name in HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+
+
 @dataclass(frozen=True)
 class CreatedBatch:
     """A batch a create made, or the orphan it adopted after losing the response."""
@@ -72,6 +90,7 @@ class BatchesApi:
         policy: RetryPolicy = DEFAULT_POLICY,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        quiet_request_logs()
         self.policy = policy
         self.client = client.with_options(max_retries=0, default_headers=dict(headers or {}))
         self._owner = client
@@ -186,6 +205,7 @@ class AsyncBatchesApi:
         policy: RetryPolicy = DEFAULT_POLICY,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        quiet_request_logs()
         self.policy = policy
         self.client = client.with_options(
             max_retries=0, timeout=STATUS_TIMEOUT, default_headers=dict(headers or {})

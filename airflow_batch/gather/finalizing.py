@@ -20,6 +20,7 @@ from airflow_batch.exceptions import FailureRateExceededError
 from airflow_batch.gather.gathering import read_spec
 from airflow_batch.gather.merging import merge_rows
 from airflow_batch.gather.tables import results_formats, write_tables
+from airflow_batch.history import record_run
 from airflow_batch.manifest import (
     MANIFEST_VERSION,
     CostFigures,
@@ -168,6 +169,8 @@ def finalize_job(
     if publish_path is not None:
         job_manifest["published_path"] = str(publish(job_manifest, as_path(publish_path)))
     write_json(layout.final_manifest_path(job), job_manifest)
+    if spec.get("history_path"):
+        record_run(as_path(spec["history_path"]), job_manifest)
     for refusal in job_manifest["refused_rounds"]:
         logger.warning(
             "retry round %d was refused before any spend, so %d retryable failure(s) stay failures: %s",

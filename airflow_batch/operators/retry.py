@@ -72,6 +72,16 @@ class RetryFailedOperator(BaseOperator):
             )
         job = as_path(previous["job_dir"])
         settings = SubmitSettings(**self.submit_settings)
+        counts: dict[str, int] = dict(previous.get("result_counts") or {})
+        answered = counts.get("succeeded", 0)
+        if settings.expected_output_tokens is None and answered:
+            usage: dict[str, Any] = dict(previous.get("usage") or {})
+            output = int(usage.get("output_tokens", 0))
+            settings = replace(
+                settings,
+                expected_output_tokens=max(1, -(-output // answered)),
+                expected_basis=f"observed in round {previous['round']} of this job",
+            )
         if self.max_cost_usd is not None:
             settings = replace(settings, max_cost_usd=self.max_cost_usd, spent_usd=job_cost(job)["batch_usd"])
         round_number = previous["round"] + 1

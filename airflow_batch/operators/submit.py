@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_batch import layout, settings
+from airflow_batch.history import observed_output_tokens
 from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.schema import job_schema
 from airflow_batch.storage import write_json
@@ -87,8 +89,13 @@ class SubmitBatchesOperator(BaseOperator):
         256 MB; measured on the exact bytes sent.
     :param max_cost_usd: Budget at batch prices; above it the task fails before any batch.
     :param prices: Price-table overrides ``{model or family: {"input": .., "output": ..}}``.
-    :param expected_output_tokens: Output tokens per request for the estimate (default:
-        each request's ``max_tokens``, an upper bound).
+    :param expected_output_tokens: Output tokens per request of the *expected* estimate
+        (default: the output length observed in the task's earlier runs, when there are any).
+        The upper bound (every request's ``max_tokens``) is always estimated too.
+    :param budget_basis: Which estimate ``max_cost_usd`` guards: ``"upper_bound"`` (the
+        default; no request can cost more) or ``"expected"`` (the expected figure; the upper
+        bound when no expected output length is known). When ``expected_output_tokens`` is
+        given and ``budget_basis`` is not, the expected figure is guarded.
     :param on_input_change: ``"fail"`` (default) or ``"resubmit"``, see above.
     :param skip_invalid: Skip invalid rows instead of failing; they are written to
         ``round-0/invalid_input.jsonl`` as failures of type ``invalid_input``. A duplicated
@@ -135,6 +142,7 @@ class SubmitBatchesOperator(BaseOperator):
         max_cost_usd: float | None = None,
         prices: Mapping[str, Mapping[str, Any]] | None = None,
         expected_output_tokens: int | None = None,
+        budget_basis: str | None = None,
         on_input_change: str = "fail",
         skip_invalid: bool = False,
         count_tokens_sample: int = 20,
@@ -176,6 +184,7 @@ class SubmitBatchesOperator(BaseOperator):
             max_cost_usd=max_cost_usd,
             prices=prices,
             expected_output_tokens=expected_output_tokens,
+            budget_basis=budget_basis,
             on_input_change=on_input_change,
             skip_invalid=skip_invalid,
             count_tokens_sample=count_tokens_sample,
@@ -217,6 +226,16 @@ class SubmitBatchesOperator(BaseOperator):
         """Return this task instance's job folder."""
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
+        return layout.job_dir(
+            self.base_path(),
+            self.dag_id,
+            context["run_id"],
+            self.task_id,
+            map_index if map_index is not None else -1,
+        )
+
+    def base_path(self) -> str:
+        """Return the base URI of job folders: ``output_path`` or ``[airflow_batch] output_path``."""
         output_path = self.output_path or settings.get("output_path")
         if not output_path:
             raise ValueError(
@@ -224,12 +243,25 @@ class SubmitBatchesOperator(BaseOperator):
                 "s3://bucket/prefix) or set [airflow_batch] output_path"
             )
         check_location(output_path, f"{self.task_id}: output_path", rendered=True)
-        return layout.job_dir(
-            output_path,
-            self.dag_id,
-            context["run_id"],
-            self.task_id,
-            map_index if map_index is not None else -1,
+        return str(output_path)
+
+    def history_path(self) -> ObjectStoragePath:
+        """Return the history of this task's finished jobs (observed output lengths)."""
+        return layout.task_history_path(self.base_path(), self.dag_id, self.task_id)
+
+    def round_settings(self) -> SubmitSettings:
+        """Return the settings of round 0: the expected output length observed in earlier runs when
+        the user gave none."""
+        if self.settings.expected_output_tokens is not None:
+            return self.settings
+        observed = observed_output_tokens(self.history_path())
+        if observed is None:
+            return self.settings
+        tokens, runs = observed
+        return dataclasses.replace(
+            self.settings,
+            expected_output_tokens=tokens,
+            expected_basis=f"observed in the last {runs} run(s) of this task",
         )
 
     def job_spec(self) -> dict[str, Any]:
@@ -240,6 +272,7 @@ class SubmitBatchesOperator(BaseOperator):
         return {
             "output_schema": self.job_schema.schema if self.job_schema is not None else None,
             "passthrough_fields": passthrough,
+            "history_path": str(self.history_path()),
         }
 
     def execute(self, context: Context) -> RoundManifest:
@@ -269,7 +302,7 @@ class SubmitBatchesOperator(BaseOperator):
                 job=job,
                 round_number=0,
                 identity=identity,
-                settings=self.settings,
+                settings=self.round_settings(),
                 state_store=context.get("task_state_store"),
                 log=self.log,  # type: ignore[arg-type]
                 defaults=defaults,

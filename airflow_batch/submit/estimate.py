@@ -10,8 +10,12 @@ and the estimate's ``method`` is ``"count_tokens"``. If counting fails (not supp
 connection, no permission, network), the local approximation stands and ``method`` is
 ``"approximation"``; the reason is logged.
 
-Output tokens: ``expected_output_tokens`` per request when given, else each request's
-``max_tokens`` — an upper bound, so the estimate is pessimistic on output.
+Output tokens: two figures. The **upper bound** prices each request's ``max_tokens`` (a
+request can never cost more); the **expected** figure prices ``expected_output_tokens`` per
+request (capped at the request's ``max_tokens``) when an expected length is known: given by
+the user, observed in earlier runs of the same task, or measured by a canary. ``batch_usd``
+and ``standard_usd`` are the upper bound; ``expected_batch_usd`` / ``expected_standard_usd``
+the expected figure and ``expected_basis`` where its output length came from.
 
 Prompt caching: the first request with a given cacheable prefix writes it (5-minute or
 1-hour price by its ``ttl``), every later request reads it. This is the best case: real
@@ -53,7 +57,8 @@ class ModelTally:
     cache_write_5m: int = 0
     cache_write_1h: int = 0
     cache_read: int = 0
-    output_tokens: int = 0
+    output_tokens: int = 0  # expected: min(max_tokens, expected per request), else max_tokens
+    max_output_tokens: int = 0  # the upper bound: every request's max_tokens
 
 
 @dataclass
@@ -61,6 +66,8 @@ class TokenTally:
     """Token counts accumulated one request at a time while the input streams by."""
 
     expected_output_tokens: int | None = None
+    #: Where ``expected_output_tokens`` comes from ("expected_output_tokens", "observed ...", "canary").
+    expected_basis: str | None = None
     sample_size: int = 20
     models: dict[str, ModelTally] = field(default_factory=dict)
     sample: list[tuple[dict[str, Any], int]] = field(default_factory=list)
@@ -73,7 +80,8 @@ class TokenTally:
             tally = self.models[model] = ModelTally()
         tally.requests += 1
         expected = self.expected_output_tokens
-        tally.output_tokens += expected if expected is not None else max_tokens
+        tally.output_tokens += min(expected, max_tokens) if expected is not None else max_tokens
+        tally.max_output_tokens += max_tokens
         return tally
 
     def measure(self, params: Mapping[str, Any]) -> int:
@@ -149,10 +157,10 @@ def calibrate(
     return Calibration("count_tokens", ratio, detail)
 
 
-def _usage(tally: ModelTally, ratio: float) -> Usage:
+def _usage(tally: ModelTally, ratio: float, *, upper_bound: bool) -> Usage:
     usage = empty_usage()
     usage["input_tokens"] = math.ceil(tally.input_tokens * ratio)
-    usage["output_tokens"] = tally.output_tokens
+    usage["output_tokens"] = tally.max_output_tokens if upper_bound else tally.output_tokens
     usage["cache_creation_1h_input_tokens"] = math.ceil(tally.cache_write_1h * ratio)
     usage["cache_creation_input_tokens"] = math.ceil((tally.cache_write_5m + tally.cache_write_1h) * ratio)
     usage["cache_read_input_tokens"] = math.ceil(tally.cache_read * ratio)
@@ -173,7 +181,8 @@ def estimate_cost(
     """
     log = log or logging.getLogger(__name__)
     calibration = calibrate(count_tokens, tally.sample, log)
-    by_model = {model: _usage(model_tally, calibration.ratio) for model, model_tally in tally.models.items()}
+    ratio = calibration.ratio
+    by_model = {model: _usage(one, ratio, upper_bound=True) for model, one in tally.models.items()}
     figures = table.cost(by_model)
     total = sum_usages(by_model.values())
     estimate = CostEstimate(
@@ -183,24 +192,38 @@ def estimate_cost(
         unpriced_models=figures["unpriced_models"],
         method=calibration.method,
         usage=total,
+        expected_batch_usd=None,
+        expected_standard_usd=None,
+        expected_basis=None,
+        expected_output_tokens=None,
+        expected_usage=None,
     )
-    output_basis = (
-        f"{tally.expected_output_tokens} expected output tokens per request"
-        if tally.expected_output_tokens is not None
-        else "max_tokens per request (an upper bound)"
-    )
+    expected_line = ""
+    if tally.expected_output_tokens is not None:
+        expected_by_model = {
+            model: _usage(one, ratio, upper_bound=False) for model, one in tally.models.items()
+        }
+        expected = table.cost(expected_by_model)
+        estimate["expected_batch_usd"] = expected["batch_usd"]
+        estimate["expected_standard_usd"] = expected["standard_usd"]
+        estimate["expected_basis"] = tally.expected_basis or "expected_output_tokens"
+        estimate["expected_output_tokens"] = tally.expected_output_tokens
+        estimate["expected_usage"] = sum_usages(expected_by_model.values())
+        expected_line = (
+            f"; expected ${expected['batch_usd']:.4f} with {tally.expected_output_tokens} output tokens per "
+            f"request ({estimate['expected_basis']})"
+        )
     log.info(
-        "Cost estimate: $%.4f at batch prices ($%.4f on the standard API) for %d requests; "
-        "input %d, cache write %d, cache read %d, output %d tokens (output from %s); "
+        "Cost estimate: up to $%.4f at batch prices ($%.4f on the standard API) for %d requests, "
+        "every request using its max_tokens%s; input %d, cache write %d, cache read %d tokens, "
         "input by %s (%s); prices: %s, %s",
         estimate["batch_usd"],
         estimate["standard_usd"],
         sum(model_tally.requests for model_tally in tally.models.values()),
+        expected_line,
         total["input_tokens"],
         total["cache_creation_input_tokens"],
         total["cache_read_input_tokens"],
-        total["output_tokens"],
-        output_basis,
         calibration.method,
         calibration.detail,
         table.source,

@@ -73,6 +73,7 @@ CLOCK_SKEW = timedelta(minutes=2)
 CREATE_WINDOW = timedelta(hours=1)
 #: After a lost create response, how long to let the API finish storing a batch before looking for it.
 LOST_RESPONSE_SETTLE_SECONDS = 2.0
+BUDGET_BASES = (None, "upper_bound", "expected")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class SubmitSettings:
     max_cost_usd: float | None = None
     prices: Mapping[str, Mapping[str, Any]] | None = None
     expected_output_tokens: int | None = None
+    #: Where ``expected_output_tokens`` comes from when not from the user ("observed in ...").
+    expected_basis: str | None = None
+    #: Which estimate ``max_cost_usd`` guards: "upper_bound" (every request's max_tokens) or
+    #: "expected"; None: "expected" when the user gave ``expected_output_tokens``, else the bound.
+    budget_basis: str | None = None
     on_input_change: str = "fail"
     skip_invalid: bool = False
     count_tokens_sample: int = 20
@@ -108,6 +114,16 @@ class SubmitSettings:
             )
         if self.max_cost_usd is not None and self.max_cost_usd < 0:
             raise ValueError(f"max_cost_usd must be >= 0, got {self.max_cost_usd}")
+        if self.budget_basis not in BUDGET_BASES:
+            raise ValueError(f"budget_basis must be 'upper_bound' or 'expected', got {self.budget_basis!r}")
+
+    @property
+    def guarded_basis(self) -> str:
+        """Return which estimate the budget guards: "expected" or "upper_bound"."""
+        if self.budget_basis is not None:
+            return self.budget_basis
+        given = self.expected_output_tokens is not None and self.expected_basis is None
+        return "expected" if given else "upper_bound"
 
 
 def _remove_tree(path: ObjectStoragePath) -> None:
@@ -260,6 +276,7 @@ def _prepare(
         _remove_tree(staging)
         raise InvalidRequestsError(prepared.report.message(prepared.rows))
     prepared.tally.sample_size = settings.count_tokens_sample
+    prepared.tally.expected_basis = settings.expected_basis
     del prepared.tally.sample[settings.count_tokens_sample :]
     return prepared
 
@@ -345,7 +362,7 @@ def submit_round(
         if pending and not ledger.batches:
             _check_models(api, prepared.tally.models, price_table(settings.prices).known_models(), log)
     except BeforeSubmitError as refusal:
-        write_json(layout.refusal_path(job, round_number), {"round": round_number, "reason": str(refusal)})
+        write_json(layout.refusal_path(job, round_number), refusal_record(round_number, refusal))
         raise
     for chunk in pending:
         _submit_chunk(api, job, ledger, store, chunk, settings, log)
@@ -361,10 +378,27 @@ def submit_round(
     return _manifest(job, ledger, prepared, identity, invalid_path)
 
 
+def refusal_record(round_number: int, refusal: BeforeSubmitError) -> dict[str, Any]:
+    """Return what ``refusal.json`` records: the round, the reason and, for a budget, its numbers."""
+    record: dict[str, Any] = {"round": round_number, "reason": str(refusal), "kind": type(refusal).__name__}
+    if isinstance(refusal, BudgetExceededError):
+        record.update(
+            estimate_usd=refusal.estimate_usd,
+            budget_usd=refusal.budget_usd,
+            spent_usd=refusal.spent_usd,
+            basis=refusal.basis,
+        )
+    return record
+
+
 def _check_budget(
     ledger: Ledger, settings: SubmitSettings, pending: Sequence[ChunkInfo], chunks: int
 ) -> None:
-    """Raise before any create when a budget is set and the estimate exceeds what is left of it."""
+    """Raise before any create when a budget is set and the guarded estimate exceeds what is left.
+
+    The guarded estimate is the upper bound, or the expected figure with
+    ``budget_basis="expected"`` (the upper bound when no expected output length is known).
+    """
     estimate = ledger.estimate
     budget = settings.max_cost_usd
     if not pending or budget is None or estimate is None:
@@ -375,22 +409,53 @@ def _check_budget(
             f"budget max_cost_usd=${budget:.4f} cannot be checked; add them with "
             "prices={model: {'input': .., 'output': ..}}. Nothing was submitted."
         )
+    expected = estimate.get("expected_batch_usd")
+    guards_expected = settings.guarded_basis == "expected" and expected is not None
+    guarded = expected if guards_expected and expected is not None else estimate["batch_usd"]
     left = budget - settings.spent_usd
-    if estimate["batch_usd"] > left:
-        already = chunks - len(pending)
-        spent = (
-            f"; the job has spent ${settings.spent_usd:.4f} so far, ${max(left, 0):.4f} of the budget is left"
-            if settings.spent_usd
-            else ""
+    if guarded <= left:
+        return
+    already = chunks - len(pending)
+    spent = (
+        f"; the job has spent ${settings.spent_usd:.4f} so far, ${max(left, 0):.4f} of the budget is left"
+        if settings.spent_usd
+        else ""
+    )
+    if guards_expected:
+        figure = (
+            f"round {ledger.round} is expected to cost ${guarded:.4f} at batch prices "
+            f"({estimate.get('expected_output_tokens')} output tokens per request, "
+            f"{estimate.get('expected_basis')}; up to ${estimate['batch_usd']:.4f} if every request used its "
+            "max_tokens)"
         )
-        raise BudgetExceededError(
-            f"round {ledger.round} would cost ${estimate['batch_usd']:.4f} at batch prices "
-            f"(${estimate['standard_usd']:.4f} standard), above the budget max_cost_usd=${budget:.4f}"
-            f"{spent}; {len(pending)} batch(es) not submitted"
-            + (f" ({already} submitted by an earlier attempt)" if already else "")
-            + ". Raise max_cost_usd, lower max_tokens or set expected_output_tokens, "
-            "or submit fewer requests."
+        fixes = "Raise max_cost_usd, lower max_tokens or submit fewer requests."
+    else:
+        figure = (
+            f"round {ledger.round} would cost up to ${guarded:.4f} at batch prices "
+            f"(${estimate['standard_usd']:.4f} standard) if every request used its max_tokens"
+            + (
+                f" (expected: ${expected:.4f}, {estimate.get('expected_basis')})"
+                if expected is not None
+                else ""
+            )
         )
+        fixes = (
+            "Raise max_cost_usd, lower max_tokens, "
+            + (
+                "set budget_basis='expected' to guard the expected cost, "
+                if expected is not None
+                else "set expected_output_tokens with budget_basis='expected', "
+            )
+            + "or submit fewer requests."
+        )
+    raise BudgetExceededError(
+        f"{figure}, above the budget max_cost_usd=${budget:.4f}{spent}; {len(pending)} batch(es) not "
+        "submitted" + (f" ({already} submitted by an earlier attempt)" if already else "") + f". {fixes}",
+        estimate_usd=guarded,
+        budget_usd=budget,
+        spent_usd=settings.spent_usd,
+        basis="expected" if guards_expected else "upper_bound",
+    )
 
 
 def _check_models(api: BatchesApi, models: Iterable[str], known: Sequence[str], log: logging.Logger) -> None:

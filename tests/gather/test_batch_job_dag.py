@@ -305,9 +305,72 @@ def test_a_retry_round_over_the_budget_is_refused_and_finalize_still_merges_what
         f"above the budget max_cost_usd=${budget:.4f}; the job has spent ${spent:.4f} so far"
         in refusal["reason"]
     )
-    assert "round 1 would cost $" in refusal["reason"]
+    assert "round 1 is expected to cost $" in refusal["reason"]  # the user's expected_output_tokens
+    assert refusal["basis"] == "expected" and refusal["budget_usd"] == budget
+    assert refusal["spent_usd"] == pytest.approx(spent) and refusal["estimate_usd"] > 0
     results = _read(layout.final_results_path(job))
     failures = _read(layout.final_failures_path(job))
     assert len(results) == round_0["result_counts"]["succeeded"] > 150
     assert len(results) + len(failures) == 200
     assert all(row["retryable"] for row in failures)
+
+
+def _budget_job(output: str, conn_id: str, requests_path: Path, **kwargs: Any) -> DAG:
+    with DAG("budget_basis_job", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        anthropic_batch_job(
+            "job",
+            requests=str(requests_path),
+            output_path=output,
+            conn_id=conn_id,
+            max_retry_rounds=0,
+            poll_interval=0.5,
+            submit_kwargs={"count_tokens_sample": 0},
+            **kwargs,
+        )
+    return dag
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_the_budget_can_guard_the_cost_expected_from_earlier_runs_instead_of_the_upper_bound(
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
+) -> None:
+    # max_tokens is 64 a request; the emulator answers ~14 tokens. Run 1 has no budget and
+    # records the output length; run 2 is priced from it; a budget between the expected and
+    # the upper-bound figures passes with budget_basis="expected" and is refused without it.
+    requests_path = tmp_path / "requests.jsonl"
+    _write_requests(requests_path, 200)
+    output = str(tmp_path / "out")
+    first = run_dag(
+        _budget_job(output, anthropic_conn, requests_path), logical_date=pendulum.datetime(2026, 3, 1)
+    )
+    assert first.state == "success"
+    job_1 = layout.job_dir(output, "budget_basis_job", first.run_id, "job.submit")
+    actual = msgspec.json.decode(layout.final_manifest_path(job_1).read_bytes())["cost"]["batch_usd"]
+    estimate_1 = msgspec.json.decode(layout.round_manifest_path(job_1, 0).read_bytes())["estimate"]
+    assert estimate_1["expected_batch_usd"] is None  # no earlier run, no expected figure
+    assert estimate_1["batch_usd"] > 3 * actual  # the upper bound is far above what it cost
+
+    budget = 2 * actual
+    second = run_dag(
+        _budget_job(output, anthropic_conn, requests_path, max_cost_usd=budget, budget_basis="expected"),
+        logical_date=pendulum.datetime(2026, 3, 2),
+    )
+    assert second.state == "success"
+    job_2 = layout.job_dir(output, "budget_basis_job", second.run_id, "job.submit")
+    estimate_2 = msgspec.json.decode(layout.round_manifest_path(job_2, 0).read_bytes())["estimate"]
+    assert estimate_2["expected_basis"] == "observed in the last 1 run(s) of this task"
+    assert estimate_2["expected_batch_usd"] == pytest.approx(actual, rel=0.05)
+    assert estimate_2["expected_batch_usd"] < budget < estimate_2["batch_usd"]
+
+    third = run_dag(
+        _budget_job(output, anthropic_conn, requests_path, max_cost_usd=budget),
+        logical_date=pendulum.datetime(2026, 3, 3),
+    )
+    states = {ti.task_id: ti.state for ti in third.get_task_instances()}
+    assert states["job.submit"] == "failed"
+    job_3 = layout.job_dir(output, "budget_basis_job", third.run_id, "job.submit")
+    refusal = msgspec.json.decode(layout.refusal_path(job_3, 0).read_bytes())
+    assert refusal["basis"] == "upper_bound" and refusal["budget_usd"] == budget
+    assert refusal["estimate_usd"] == pytest.approx(estimate_2["batch_usd"])
+    assert "set budget_basis='expected' to guard the expected cost" in refusal["reason"]
+    assert "(expected: $" in refusal["reason"]

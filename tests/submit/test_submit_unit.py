@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from airflow_batch.submit.chunking import ChunkBody, body_bytes, prepare_chunks
 from airflow_batch.submit.estimate import TokenTally, estimate_cost
 from airflow_batch.submit.ledger import Ledger, LedgerStore
 from airflow_batch.submit.records import RequestDefaults, records_to_requests
+from airflow_batch.submit.round import SubmitSettings
 from airflow_batch.submit.validation import InvalidRow, Problem, ProblemReport, check_request
 from airflow_batch.tokens import approx_tokens, input_tokens
 
@@ -355,11 +357,35 @@ def test_cached_system_prompt_is_written_once_then_read_and_priced_at_batch_rate
     assert estimate["batch_usd"] == pytest.approx(standard / 2, abs=1e-6)
 
 
-def test_expected_output_tokens_replace_max_tokens_in_the_estimate() -> None:
-    tally = TokenTally(expected_output_tokens=3)
+def test_the_estimate_has_an_upper_bound_and_an_expected_figure_from_expected_output_tokens() -> None:
+    tally = TokenTally(expected_output_tokens=3, expected_basis="observed in the last 2 run(s) of this task")
     for row in requests(4):
         tally.add(row["params"])
-    assert estimate_cost(tally, price_table())["usage"]["output_tokens"] == 12
+    estimate = estimate_cost(tally, price_table())
+    assert estimate["usage"]["output_tokens"] == 4 * 16  # every request's max_tokens
+    assert estimate["expected_usage"] is not None and estimate["expected_usage"]["output_tokens"] == 12
+    assert estimate["expected_output_tokens"] == 3
+    assert estimate["expected_basis"] == "observed in the last 2 run(s) of this task"
+    assert (
+        estimate["expected_batch_usd"] is not None and estimate["expected_batch_usd"] < estimate["batch_usd"]
+    )
+    # An expected length above a request's max_tokens is capped by it.
+    capped = TokenTally(expected_output_tokens=1_000)
+    for row in requests(4):
+        capped.add(row["params"])
+    figures = estimate_cost(capped, price_table())
+    assert figures["expected_batch_usd"] == pytest.approx(figures["batch_usd"])
+    assert estimate_cost(TokenTally(), price_table())["expected_batch_usd"] is None
+
+
+def test_the_budget_guards_the_upper_bound_unless_told_to_guard_the_expected_cost() -> None:
+    assert SubmitSettings().guarded_basis == "upper_bound"
+    assert SubmitSettings(expected_output_tokens=5).guarded_basis == "expected"  # as given by the user
+    observed = SubmitSettings(expected_output_tokens=5, expected_basis="observed in ...")
+    assert observed.guarded_basis == "upper_bound"  # an observed length changes nothing silently
+    assert replace(observed, budget_basis="expected").guarded_basis == "expected"
+    with pytest.raises(ValueError, match="budget_basis must be"):
+        SubmitSettings(budget_basis="median")
 
 
 def test_an_unknown_model_is_reported_unpriced_never_guessed() -> None:

@@ -1,0 +1,58 @@
+"""What earlier runs of the same task produced: the output length an estimate can expect.
+
+Finalize appends one entry per finished job to the task's history file
+(:func:`airflow_batch.layout.task_history_path`, shared by the task's runs and map indexes);
+submit reads the latest entries to price an *expected* output length beside the upper bound
+(every request's ``max_tokens``). Only the last :data:`KEEP` entries are kept; the expected
+length is the output tokens per answered request over the last :data:`RECENT` of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import TYPE_CHECKING, Any
+
+from airflow_batch.storage import read_json, write_json
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_batch.manifest import JobManifest
+
+KEEP = 20
+RECENT = 5
+
+
+def read_history(path: ObjectStoragePath) -> list[dict[str, Any]]:
+    """Return the entries of a history file, oldest first (none when it is missing or unreadable)."""
+    with contextlib.suppress(FileNotFoundError, ValueError, OSError):
+        entries = read_json(path)
+        if isinstance(entries, list):
+            return [entry for entry in entries if isinstance(entry, dict)]
+    return []
+
+
+def record_run(path: ObjectStoragePath, job_manifest: JobManifest) -> None:
+    """Append a finished job's answered requests and output tokens to its task's history."""
+    answered = job_manifest["succeeded"]
+    if not answered:
+        return
+    entry = {
+        "job_dir": job_manifest["job_dir"],
+        "finalized_at": job_manifest["finalized_at"],
+        "answered": answered,
+        "output_tokens": job_manifest["usage"]["output_tokens"],
+    }
+    entries = [old for old in read_history(path) if old.get("job_dir") != entry["job_dir"]]
+    write_json(path, [*entries, entry][-KEEP:])
+
+
+def observed_output_tokens(path: ObjectStoragePath) -> tuple[int, int] | None:
+    """Return (output tokens per answered request, runs it is drawn from) of the latest runs, or None."""
+    recent = read_history(path)[-RECENT:]
+    answered = sum(int(entry.get("answered", 0)) for entry in recent)
+    if not answered:
+        return None
+    tokens = sum(int(entry.get("output_tokens", 0)) for entry in recent)
+    return max(1, math.ceil(tokens / answered)), len(recent)
