@@ -8,6 +8,8 @@ derive from :class:`AfterSubmitError`: batches exist and outputs written so far 
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.providers.anthropic.exceptions import AnthropicError
 
 
@@ -73,6 +75,18 @@ class BatchesApiError(AirflowBatchError):
         self.transient = transient
         self.status_code = status_code
         self.error_code = error_code
+
+
+class QueueFullError(BatchesApiError):
+    """A create was refused because the organisation's processing queue is full (a 429 to wait out).
+
+    ``retry_after`` is the wait the API asked for, in seconds, when it named one. The submit
+    defers until room frees up; this never fails a task.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, transient=True, **kwargs)
+        self.retry_after = retry_after
 
 
 class SpendLimitReachedError(BatchesApiError):

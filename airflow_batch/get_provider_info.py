@@ -41,7 +41,10 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Airflow Batch", "python-modules": ["airflow_batch.sensors.batches"]}
         ],
         "triggers": [
-            {"integration-name": "Airflow Batch", "python-modules": ["airflow_batch.triggers.batches"]}
+            {
+                "integration-name": "Airflow Batch",
+                "python-modules": ["airflow_batch.triggers.batches", "airflow_batch.triggers.queue"],
+            }
         ],
         "extra-links": ["airflow_batch.links.console.BatchConsoleLink"],
         "config": provider_config(),

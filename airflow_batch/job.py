@@ -69,6 +69,7 @@ def anthropic_batch_job(
     max_failure_rate: float | None = None,
     max_cost_usd: float | None = None,
     budget_basis: str | None = None,
+    max_queued_requests: int | None = None,
     model: str | None = None,
     max_tokens: int | None = None,
     system: Any = None,
@@ -122,6 +123,9 @@ def anthropic_batch_job(
         estimate against what is left.
     :param budget_basis: ``"upper_bound"`` (default) or ``"expected"``: which estimate the
         budget guards (see ``SubmitBatchesOperator``).
+    :param max_queued_requests: The job's share of the organisation's processing queue; every
+        round is created in waves that keep at most this many requests queued, deferring between
+        them (default: learn from the API's queue-full answers; see ``SubmitBatchesOperator``).
     :param model: Default model for requests that set none.
     :param max_tokens: Default ``max_tokens`` for requests that set none.
     :param system: Default system prompt.
@@ -155,6 +159,8 @@ def anthropic_batch_job(
         submit_extra["cache_system_prompt"] = cache_system_prompt
     if budget_basis is not None:
         submit_extra["budget_basis"] = budget_basis
+    if max_queued_requests is not None:
+        submit_extra["max_queued_requests"] = max_queued_requests
     if records is not None:
         submit_extra.setdefault("passthrough_fields", passthrough_fields)
         submit_extra.setdefault("custom_id_from", custom_id_from)
@@ -196,6 +202,7 @@ def anthropic_batch_job(
             prices=prices,
             betas=betas,
             workspace_id=workspace_id,
+            poll_interval=poll_interval,
             **submit_extra,
         )
         # Every later task reads the connection (and betas, workspace) from the round manifest.
@@ -208,6 +215,7 @@ def anthropic_batch_job(
                 manifest=last.output,
                 max_cost_usd=max_cost_usd,
                 submit_settings=retry_settings,
+                poll_interval=poll_interval,
             )
             wait_r = BatchesSensor(task_id=f"wait_{number}", manifest=retry.output, **sensor_args)
             last = GatherResultsOperator(task_id=f"gather_{number}", manifest=wait_r.output, **gather_args)

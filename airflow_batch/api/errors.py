@@ -35,6 +35,18 @@ def error_code(exc: BaseException) -> str | None:
     return None
 
 
+def is_queue_full(exc: BaseException) -> bool:
+    """Return whether a 429 says the organisation's processing queue is full (not a request rate).
+
+    The API answers such a create ``rate_limit_error`` with a message about the processing
+    queue; a spend-limit 429 carries an ``error_code`` instead.
+    """
+    if http_status(exc) != 429 or error_type(exc) not in (None, "rate_limit_error") or error_code(exc):
+        return False
+    message = str(_error_body(exc).get("message") or getattr(exc, "message", "") or "")
+    return "queue" in message.lower()
+
+
 def error_cause(exc: BaseException) -> str:
     """Return a one-line description: status, error type and code, message, request id."""
     status = http_status(exc)
@@ -53,11 +65,16 @@ def fix_hint(exc: BaseException) -> str:
     """Return the likely fix of a permanent fault, as a sentence starting with a space (or "")."""
     status = http_status(exc)
     code = error_code(exc)
-    if code == "enforced_spend_limit_reached":
+    if code in ("enforced_spend_limit_reached", "linked_organization_spend_limit_reached"):
         return (
             " This is the organisation's spend limit, not a rate limit: retrying fails until the "
             "limit changes. Raise it in the Console (Settings > Limits) or wait for the next period; "
             "nothing more was submitted."
+        )
+    if code == "contract_spend_limit_reached":
+        return (
+            " This is the spend limit of the organisation's contract, not a rate limit: retrying fails "
+            "until it changes; contact your account team. Nothing more was submitted."
         )
     if status in (401, 403):
         return " Check the API key (password) of the Anthropic connection and its workspace."

@@ -33,14 +33,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
-from airflow_batch.api.errors import error_cause, error_code, fix_hint, http_status
-from airflow_batch.exceptions import BatchesApiError, SpendLimitReachedError
+from airflow_batch.api.errors import error_cause, error_code, fix_hint, http_status, is_queue_full
+from airflow_batch.exceptions import BatchesApiError, QueueFullError, SpendLimitReachedError
 
 T = TypeVar("T")
 FaultKind = Literal["transient", "permanent"]
 
 DEFAULT_BUDGET_SECONDS = 300.0
-SPEND_LIMIT_CODES = frozenset({"enforced_spend_limit_reached"})
+#: 429 error codes that are not rate limits: the organisation (or its contract) may spend no more.
+SPEND_LIMIT_CODES = frozenset(
+    {
+        "enforced_spend_limit_reached",
+        "contract_spend_limit_reached",
+        "linked_organization_spend_limit_reached",
+    }
+)
 
 
 @functools.cache
@@ -121,6 +128,13 @@ class RetryPolicy:
         transient one once the next try would start after the budget.
         """
         kind = classify(exc)
+        if kind == "transient" and is_queue_full(exc):
+            # Waiting out a full queue takes minutes to hours: the caller defers instead.
+            raise QueueFullError(
+                f"{what}: the organisation's processing queue is full ({error_cause(exc)})",
+                retry_after=retry_after_seconds(exc, float("inf")),
+                status_code=429,
+            ) from exc
         if kind == "transient":
             delay = self.backoff(attempt, retry_after_seconds(exc, self.retry_after_cap_seconds))
             if elapsed + delay <= self.budget_seconds:

@@ -10,6 +10,8 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_batch.manifest import JobIdentity, RoundManifest
+from airflow_batch.operators.queueing import defer_for_room, next_wave
+from airflow_batch.submit.queue import QueueWaitNeeded
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -34,7 +36,9 @@ class RetryFailedOperator(BaseOperator):
     :param max_cost_usd: Budget of the whole job in USD at batch prices; ``None`` for none.
     :param submit_settings: Other ``SubmitSettings`` fields (``max_requests_per_batch``,
         ``max_bytes_per_batch``, ``prices``, ``expected_output_tokens``, ...), as given to
-        the submit of round 0.
+        the submit of round 0 (``max_queued_requests`` among them: a large retry round is
+        created in waves too, deferring between them).
+    :param poll_interval: Seconds between polls while waiting for queue room.
     """
 
     template_fields: Sequence[str] = ("manifest", "conn_id")
@@ -47,6 +51,7 @@ class RetryFailedOperator(BaseOperator):
         conn_id: str | None = None,
         max_cost_usd: float | None = None,
         submit_settings: Mapping[str, Any] | None = None,
+        poll_interval: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -54,6 +59,7 @@ class RetryFailedOperator(BaseOperator):
         self.conn_id = conn_id
         self.max_cost_usd = max_cost_usd
         self.submit_settings = dict(submit_settings or {})
+        self.poll_interval = poll_interval
 
     def execute(self, context: Context) -> RoundManifest:
         """Submit the next round, or skip when no failure of the previous round is retryable."""
@@ -93,13 +99,47 @@ class RetryFailedOperator(BaseOperator):
         )
         hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
         with hook.batches_api() as api:
-            return submit_round(
-                api,
-                original_requests(previous),
-                job=job,
-                round_number=round_number,
-                identity=identity,
-                settings=settings,
-                state_store=context.get("task_state_store"),
-                log=self.log,  # type: ignore[arg-type]
-            )
+            try:
+                return submit_round(
+                    api,
+                    original_requests(previous),
+                    job=job,
+                    round_number=round_number,
+                    identity=identity,
+                    settings=settings,
+                    state_store=context.get("task_state_store"),
+                    log=self.log,  # type: ignore[arg-type]
+                )
+            except QueueWaitNeeded as pause:
+                defer_for_room(self, pause, identity, round_number, self.poll_interval)
+                raise
+
+    def resume_submit(self, context: Context, event: dict[str, Any] | None = None) -> RoundManifest:
+        """Create the round's next wave once the queue has room; defer again or return its manifest."""
+        from airflow_batch.hooks.batches import BatchesHook
+        from airflow_batch.storage import as_path
+        from airflow_batch.submit.round import SubmitSettings, continue_round
+
+        previous: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
+        identity = JobIdentity.of(previous, self.conn_id, self.task_id)
+        round_number = previous["round"] + 1
+        hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
+        with hook.batches_api() as api:
+            try:
+                return next_wave(
+                    event,
+                    lambda queued: continue_round(
+                        api,
+                        job=as_path(previous["job_dir"]),
+                        round_number=round_number,
+                        identity=identity,
+                        settings=SubmitSettings(**self.submit_settings),
+                        queued=queued,
+                        state_store=context.get("task_state_store"),
+                        log=self.log,  # type: ignore[arg-type]
+                    ),
+                    lambda: self.execute(context),
+                )
+            except QueueWaitNeeded as pause:
+                defer_for_room(self, pause, identity, round_number, self.poll_interval)
+                raise

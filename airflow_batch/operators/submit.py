@@ -11,9 +11,11 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow_batch import layout, settings
 from airflow_batch.history import observed_output_tokens
 from airflow_batch.manifest import JobIdentity, RoundManifest
+from airflow_batch.operators.queueing import defer_for_room, next_wave
 from airflow_batch.schema import job_schema
 from airflow_batch.storage import write_json
 from airflow_batch.submit.inputs import check_location
+from airflow_batch.submit.queue import QueueWaitNeeded
 from airflow_batch.submit.records import CustomIdFrom, RequestBuilder, RequestDefaults, records_to_requests
 from airflow_batch.submit.round import SubmitSettings
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
@@ -96,6 +98,13 @@ class SubmitBatchesOperator(BaseOperator):
         default; no request can cost more) or ``"expected"`` (the expected figure; the upper
         bound when no expected output length is known). When ``expected_output_tokens`` is
         given and ``budget_basis`` is not, the expected figure is guarded.
+    :param max_queued_requests: The job's share of the organisation's processing queue: at
+        most this many of its requests are queued at once. The chunks that fit are created, the
+        task defers (no worker slot) until enough have been processed, then creates the next
+        wave, until every chunk has its batch. Default: no share; a create refused because the
+        queue is full leads to the same deferral, never to a failure.
+    :param poll_interval: Seconds between status polls while waiting for queue room (default
+        ``[airflow_batch] poll_interval``).
     :param on_input_change: ``"fail"`` (default) or ``"resubmit"``, see above.
     :param skip_invalid: Skip invalid rows instead of failing; they are written to
         ``round-0/invalid_input.jsonl`` as failures of type ``invalid_input``. A duplicated
@@ -143,6 +152,8 @@ class SubmitBatchesOperator(BaseOperator):
         prices: Mapping[str, Mapping[str, Any]] | None = None,
         expected_output_tokens: int | None = None,
         budget_basis: str | None = None,
+        max_queued_requests: int | None = None,
+        poll_interval: float | None = None,
         on_input_change: str = "fail",
         skip_invalid: bool = False,
         count_tokens_sample: int = 20,
@@ -185,6 +196,7 @@ class SubmitBatchesOperator(BaseOperator):
             prices=prices,
             expected_output_tokens=expected_output_tokens,
             budget_basis=budget_basis,
+            max_queued_requests=max_queued_requests,
             on_input_change=on_input_change,
             skip_invalid=skip_invalid,
             count_tokens_sample=count_tokens_sample,
@@ -192,6 +204,7 @@ class SubmitBatchesOperator(BaseOperator):
         )
         self.betas = list(betas)
         self.workspace_id = workspace_id
+        self.poll_interval = poll_interval
 
     def render_template(
         self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
@@ -296,15 +309,46 @@ class SubmitBatchesOperator(BaseOperator):
         with hook.batches_api() as api:
             job = self.job_dir(context)
             write_json(layout.job_spec_path(job), self.job_spec())
-            return submit_round(
-                api,
-                self.input_rows(),
-                job=job,
-                round_number=0,
-                identity=identity,
-                settings=self.round_settings(),
-                state_store=context.get("task_state_store"),
-                log=self.log,  # type: ignore[arg-type]
-                defaults=defaults,
-                row_label="line" if is_file_input(source) else "row",
-            )
+            try:
+                return submit_round(
+                    api,
+                    self.input_rows(),
+                    job=job,
+                    round_number=0,
+                    identity=identity,
+                    settings=self.round_settings(),
+                    state_store=context.get("task_state_store"),
+                    log=self.log,  # type: ignore[arg-type]
+                    defaults=defaults,
+                    row_label="line" if is_file_input(source) else "row",
+                )
+            except QueueWaitNeeded as pause:
+                defer_for_room(self, pause, identity, 0, self.poll_interval)
+                raise  # unreachable: defer raises
+
+    def resume_submit(self, context: Context, event: dict[str, Any] | None = None) -> RoundManifest:
+        """Create the next wave once the queue has room (after a deferral); defer again or return."""
+        from airflow_batch.hooks.batches import BatchesHook
+        from airflow_batch.submit.round import continue_round
+
+        identity = JobIdentity(self.conn_id, tuple(self.betas), self.workspace_id)
+        hook = BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
+        with hook.batches_api() as api:
+            try:
+                return next_wave(
+                    event,
+                    lambda queued: continue_round(
+                        api,
+                        job=self.job_dir(context),
+                        round_number=0,
+                        identity=identity,
+                        settings=self.round_settings(),
+                        queued=queued,
+                        state_store=context.get("task_state_store"),
+                        log=self.log,  # type: ignore[arg-type]
+                    ),
+                    lambda: self.execute(context),
+                )
+            except QueueWaitNeeded as pause:
+                defer_for_room(self, pause, identity, 0, self.poll_interval)
+                raise

@@ -74,6 +74,9 @@ class Ledger:
     estimate: CostEstimate | None = None
     created_at: str = field(default_factory=utcnow)
     events: list[str] = field(default_factory=list)
+    #: Rows skipped as invalid (skip_invalid) and where they are, for the round manifest.
+    invalid: int = 0
+    invalid_path: str | None = None
 
     @property
     def binding(self) -> bool:
@@ -104,6 +107,8 @@ class Ledger:
             "intents": {str(chunk): entry for chunk, entry in sorted(self.intents.items())},
             "estimate": self.estimate,
             "events": self.events,
+            "invalid": self.invalid,
+            "invalid_path": self.invalid_path,
         }
 
     @classmethod
@@ -120,6 +125,8 @@ class Ledger:
             estimate=data.get("estimate"),
             created_at=data.get("created_at", utcnow()),
             events=list(data.get("events", [])),
+            invalid=int(data.get("invalid", 0)),
+            invalid_path=data.get("invalid_path"),
         )
 
 

@@ -15,8 +15,13 @@
    files of recorded batches are never overwritten).
 4. Estimate the cost (:mod:`airflow_batch.estimate`) and refuse above ``max_cost_usd``
    with :class:`BudgetExceededError`, before any batch is created.
-5. For each chunk without a batch: record an intent, create the batch (the chunk file is
-   streamed as the create body: the bytes measured are the bytes sent), record its id.
+5. For each chunk without a batch, in waves that fit the processing queue
+   (:mod:`airflow_batch.submit.queue`): record an intent, create the batch (the chunk file is
+   streamed as the create body: the bytes measured are the bytes sent), record its id. When
+   the next chunk does not fit (``max_queued_requests``, or the API answered "queue full"),
+   :class:`~airflow_batch.submit.queue.QueueWaitNeeded` is raised: the operator defers until
+   room frees up, then :func:`continue_round` creates the next wave from the ledger and the
+   installed chunk files, without reading the input again.
 6. Return the round manifest (small: paths, ids, counts, bytes, the estimate).
 
 A ledger with no batch and no intent binds nothing: a round refused for budget or invalid
@@ -43,6 +48,7 @@ from airflow_batch.exceptions import (
     BudgetExceededError,
     InputChangedError,
     InvalidRequestsError,
+    QueueFullError,
     UnknownModelError,
     UnknownModelPriceError,
 )
@@ -58,6 +64,7 @@ from airflow_batch.submit.chunking import (
 )
 from airflow_batch.submit.estimate import estimate_cost
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
+from airflow_batch.submit.queue import QueueWait, QueueWaitNeeded, queued_requests, wave
 from airflow_batch.submit.records import RequestDefaults
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
 
@@ -94,6 +101,8 @@ class SubmitSettings:
     skip_invalid: bool = False
     count_tokens_sample: int = 20
     adopt_orphans: bool = True
+    #: The job's share of the organisation's processing queue (requests); None: learn from 429s.
+    max_queued_requests: int | None = None
     #: What the job's earlier rounds cost (batch prices): a retry round may spend only the rest.
     spent_usd: float = 0.0
 
@@ -114,6 +123,12 @@ class SubmitSettings:
             )
         if self.max_cost_usd is not None and self.max_cost_usd < 0:
             raise ValueError(f"max_cost_usd must be >= 0, got {self.max_cost_usd}")
+        if self.max_queued_requests is not None and self.max_queued_requests < self.max_requests_per_batch:
+            raise ValueError(
+                f"max_queued_requests={self.max_queued_requests:,} is below max_requests_per_batch="
+                f"{self.max_requests_per_batch:,}: a batch could never be queued; lower "
+                "max_requests_per_batch or raise max_queued_requests"
+            )
         if self.budget_basis not in BUDGET_BASES:
             raise ValueError(f"budget_basis must be 'upper_bound' or 'expected', got {self.budget_basis!r}")
 
@@ -209,13 +224,8 @@ def _cancel_unended(api: BatchesApi, ledger: Ledger, log: logging.Logger) -> Non
             log.info("input changed: batch %s of chunk %d no longer exists", batch_id, chunk)
 
 
-def _manifest(
-    job: ObjectStoragePath,
-    ledger: Ledger,
-    prepared: PreparedRound,
-    identity: JobIdentity,
-    invalid_path: str | None,
-) -> RoundManifest:
+def _manifest(job: ObjectStoragePath, ledger: Ledger, identity: JobIdentity) -> RoundManifest:
+    chunks = _chunks(ledger)
     batches = [
         BatchRecord(
             chunk=chunk.index,
@@ -224,7 +234,7 @@ def _manifest(
             bytes=chunk.bytes,
             chunk_path=str(layout.chunk_path(job, ledger.round, chunk.index)),
         )
-        for chunk in prepared.chunks
+        for chunk in chunks
     ]
     return RoundManifest(
         version=MANIFEST_VERSION,
@@ -234,11 +244,11 @@ def _manifest(
         conn_id=identity.conn_id,
         betas=list(identity.betas),
         workspace_id=identity.workspace_id,
-        fingerprint=prepared.fingerprint,
-        requests=prepared.requests,
-        bytes=prepared.bytes,
-        invalid=prepared.invalid,
-        invalid_path=invalid_path,
+        fingerprint=ledger.fingerprint,
+        requests=sum(chunk.requests for chunk in chunks),
+        bytes=sum(chunk.bytes for chunk in chunks),
+        invalid=ledger.invalid,
+        invalid_path=ledger.invalid_path,
         batches=batches,
         estimate=ledger.estimate,
         submitted_at=ledger.created_at,
@@ -364,18 +374,124 @@ def submit_round(
     except BeforeSubmitError as refusal:
         write_json(layout.refusal_path(job, round_number), refusal_record(round_number, refusal))
         raise
-    for chunk in pending:
-        _submit_chunk(api, job, ledger, store, chunk, settings, log)
+    ledger.invalid, ledger.invalid_path = prepared.invalid, invalid_path
+    store.save(ledger)
+    return _create_round(api, job, ledger, store, identity, settings, log, queued=None)
+
+
+def continue_round(
+    api: BatchesApi,
+    *,
+    job: ObjectStoragePath,
+    round_number: int,
+    identity: JobIdentity,
+    settings: SubmitSettings,
+    queued: int | None,
+    state_store: Any | None = None,
+    log: logging.Logger | None = None,
+) -> RoundManifest:
+    """Create the next wave of a round whose earlier creates paused for queue room; return its manifest.
+
+    Works from the ledger and the installed chunk files alone (the input is not read again).
+    ``queued``: the job's requests still processing, as the queue wait last saw them.
+    Raises :class:`FileNotFoundError` when a pending chunk's file is gone (a local job folder on
+    another worker): the caller then runs :func:`submit_round` again, which re-attaches.
+    """
+    log = log or logging.getLogger(__name__)
+    store = LedgerStore(job, round_number, state_store)
+    ledger = store.load()
+    if ledger is None or not ledger.chunks:
+        raise FileNotFoundError(f"no ledger of round {round_number} in {job}: nothing to continue")
+    for chunk in _chunks(ledger):
+        path = layout.chunk_path(job, round_number, chunk.index)
+        if ledger.batch_id(chunk.index) is None and not path.exists():
+            raise FileNotFoundError(f"chunk file {path} is missing")
+    return _create_round(api, job, ledger, store, identity, settings, log, queued=queued)
+
+
+def _chunks(ledger: Ledger) -> list[ChunkInfo]:
+    return [ChunkInfo(int(c["chunk"]), int(c["requests"]), int(c["bytes"])) for c in ledger.chunks]
+
+
+def _create_round(
+    api: BatchesApi,
+    job: ObjectStoragePath,
+    ledger: Ledger,
+    store: LedgerStore,
+    identity: JobIdentity,
+    settings: SubmitSettings,
+    log: logging.Logger,
+    *,
+    queued: int | None,
+) -> RoundManifest:
+    """Create the pending chunks that fit the queue; raise QueueWaitNeeded for the rest, or return."""
+    chunks = _chunks(ledger)
+    pending = [chunk for chunk in chunks if ledger.batch_id(chunk.index) is None]
+    limit = settings.max_queued_requests
+    if pending and limit is not None and queued is None:
+        queued = _queued_now(api, ledger)
+    fitting = wave([chunk.requests for chunk in pending], queued or 0, limit)
+    created = 0
+    for chunk in pending[:fitting]:
+        try:
+            _submit_chunk(api, job, ledger, store, chunk, settings, log)
+        except QueueFullError as full:
+            ledger.intents.pop(chunk.index, None)  # refused: nothing was created
+            _pause(ledger, store, log, QueueWait(
+                "queue_full", chunk.requests, (queued or 0) + created, limit, full.retry_after,
+                len(pending) - pending.index(chunk),
+            ))  # fmt: skip
+        created += chunk.requests
+    if fitting < len(pending):
+        _pause(ledger, store, log, QueueWait(
+            "max_queued_requests", pending[fitting].requests, (queued or 0) + created, limit, None,
+            len(pending) - fitting,
+        ))  # fmt: skip
     store.save(ledger)
     log.info(
         "round %d of %s: %d request(s) in %d batch(es): %s",
-        round_number,
+        ledger.round,
         job,
-        prepared.requests,
-        len(prepared.chunks),
-        ", ".join(ledger.batches[c.index]["batch_id"] for c in prepared.chunks),
+        sum(chunk.requests for chunk in chunks),
+        len(chunks),
+        ", ".join(ledger.batches[c.index]["batch_id"] for c in chunks),
     )
-    return _manifest(job, ledger, prepared, identity, invalid_path)
+    return _manifest(job, ledger, identity)
+
+
+def _queued_now(api: BatchesApi, ledger: Ledger) -> int:
+    """Return the requests of the round's created batches still processing (one retrieve each)."""
+    statuses = {}
+    for entry in ledger.batches.values():
+        batch = api.retrieve(entry["batch_id"])
+        statuses[batch.id] = {
+            "processing_status": batch.processing_status,
+            "request_counts": {"processing": batch.request_counts.processing},
+        }
+    return queued_requests(statuses)
+
+
+def _pause(ledger: Ledger, store: LedgerStore, log: logging.Logger, wait: QueueWait) -> None:
+    """Record why the round's creates paused, and raise QueueWaitNeeded with the batches to watch."""
+    if wait.reason == "queue_full":
+        why = "the API answered that the organisation's processing queue is full" + (
+            f" (retry after {wait.retry_after:.0f} s)" if wait.retry_after is not None else ""
+        )
+    else:
+        why = f"{wait.queued:,} of the job's requests are queued, max_queued_requests={wait.limit:,}"
+    ledger.events.append(f"{utcnow()} paused with {wait.pending_chunks} chunk(s) pending: {why}")
+    store.save(ledger)
+    log.info(
+        "round %d: %d of %d batch(es) created; %d chunk(s) wait for queue room (%s); the next needs "
+        "room for %d requests. Deferring: no worker slot is held meanwhile.",
+        ledger.round,
+        len(ledger.batches),
+        len(ledger.chunks),
+        wait.pending_chunks,
+        why,
+        wait.need,
+    )
+    raise QueueWaitNeeded(wait, [entry["batch_id"] for _, entry in sorted(ledger.batches.items())])
 
 
 def refusal_record(round_number: int, refusal: BeforeSubmitError) -> dict[str, Any]:

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from airflow_batch.triggers.batches import BatchesTrigger
+from airflow_batch.triggers.queue import QueueRoomTrigger
 
-__all__ = ["BatchesTrigger"]
+__all__ = ["BatchesTrigger", "QueueRoomTrigger"]

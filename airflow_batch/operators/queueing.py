@@ -1,0 +1,71 @@
+"""Deferring a submit (round 0 or a retry round) while its next wave waits for queue room.
+
+Both submit operators create what fits the processing queue and then defer on
+:class:`~airflow_batch.triggers.queue.QueueRoomTrigger`; no worker slot is held while the
+queue drains. On resume they create the next wave from the ledger (see
+:func:`airflow_batch.submit.round.continue_round`), and defer again until every chunk has
+its batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from airflow_batch import settings
+from airflow_batch.exceptions import BatchPollError
+from airflow_batch.manifest import JobIdentity, RoundManifest
+from airflow_batch.submit.queue import QueueWaitNeeded
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+
+#: The method an operator resumes in after a queue wait.
+RESUME_METHOD = "resume_submit"
+
+
+def defer_for_room(
+    operator: BaseOperator,
+    pause: QueueWaitNeeded,
+    identity: JobIdentity,
+    round_number: int,
+    poll_interval: float | None,
+) -> None:
+    """Defer ``operator`` until the round's next wave fits the queue (raises TaskDeferred)."""
+    from airflow_batch.triggers.queue import QueueRoomTrigger
+
+    operator.defer(
+        trigger=QueueRoomTrigger(
+            conn_id=identity.conn_id,
+            batch_ids=pause.batch_ids,
+            wait=pause.wait.to_json(),
+            started_at=time.time(),
+            poll_interval=poll_interval or settings.poll_interval(),
+            round_number=round_number,
+            betas=identity.betas,
+            workspace_id=identity.workspace_id,
+        ),
+        method_name=RESUME_METHOD,
+    )
+
+
+def next_wave(
+    event: Mapping[str, Any] | None,
+    continue_round: Callable[[int | None], RoundManifest],
+    start_over: Callable[[], RoundManifest],
+) -> RoundManifest:
+    """Return the round's manifest after creating the next wave (QueueWaitNeeded when more wait).
+
+    ``continue_round(queued)`` works from the ledger; when the installed chunk files are gone
+    (a local job folder on another worker) ``start_over()`` runs the whole submit again, which
+    re-attaches to every recorded batch.
+    """
+    event = event or {}
+    if event.get("status") == "error":
+        raise BatchPollError(f"waiting for queue room failed: {event.get('message')}")
+    queued = event.get("queued")
+    try:
+        return continue_round(None if queued is None else int(queued))
+    except FileNotFoundError:
+        return start_over()
