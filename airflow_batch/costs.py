@@ -5,8 +5,14 @@ tokens of input, output, 5-minute and 1-hour cache writes and cache reads (the p
 cache multipliers are in those figures: cache reads cost 0.1x input on most models, 0.05x on
 Opus 5.5 and Sonnet 5.5, 0.025x on Fable 5.1 and Mythos 5.1), a long-prompt tier where the
 model has one (Haiku 5.5 above 100,000 input tokens: the whole request at the higher rates),
-and the model's limits (context window, most output tokens, most in a batch, shortest
-cacheable prompt). Model ids match by family: ``claude-haiku-4-5-20251001`` and
+the model's limits (context window, most output tokens, most in a batch, shortest
+cacheable prompt), and its ``token_ratio``: how many tokens the model's tokenizer counts for
+text the local approximation (:func:`airflow_batch.tokens.approx_tokens`) counts as one —
+about 1.3 on Claude 4.7 and later (a newer tokenizer, ~30% more tokens for the same text),
+1.0 before. The emulator's tokenizer applies it; the submit estimate measures it with
+``count_tokens`` instead. ``thinking_display`` is what a thinking block shows when the request
+does not say (``summarized``, or ``omitted`` — an empty thinking text — on Claude 4.7 and
+later). Model ids match by family: ``claude-haiku-4-5-20251001`` and
 ``claude-haiku-4-5`` are Haiku 4.5, the older ``claude-3-5-haiku-20241022`` form is Haiku
 3.5. Users override or extend the table with a mapping whose keys are exact model ids or
 family keys (``"haiku-4-5"``). A model with no price is reported as unpriced, never guessed.
@@ -113,6 +119,8 @@ class ModelPrice:
     max_output_tokens: int | None = None
     batch_max_output_tokens: int | None = None
     min_cacheable_tokens: int | None = None
+    token_ratio: float = 1.0
+    thinking_display: str = "summarized"
 
     @classmethod
     def from_mapping(cls, key: str, data: Mapping[str, Any]) -> ModelPrice:
@@ -131,6 +139,8 @@ class ModelPrice:
             max_output_tokens=limit("max_output_tokens"),
             batch_max_output_tokens=limit("batch_max_output_tokens"),
             min_cacheable_tokens=limit("min_cacheable_tokens"),
+            token_ratio=float(data.get("token_ratio", 1.0)),
+            thinking_display=str(data.get("thinking_display", "summarized")),
         )
 
     # The attributes of the shipped rates, for callers that price by hand.

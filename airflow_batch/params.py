@@ -5,9 +5,11 @@ A batch request is ``{"custom_id": str, "params": {...Messages API body...}}``. 
 block kinds, tool choice and thinking forms), and :func:`batch_rules` adds what a type
 cannot say (a full-match ``custom_id``, ``max_tokens`` bounds, a thinking budget below
 ``max_tokens``, what a *batch* refuses: ``stream: true`` and ``speed``). The submit
-validation and the emulator's create validation both call :func:`check_line` /
-:func:`check_request`, so the two cannot drift: whatever the emulator refuses, submit refuses
-first, before any spend, naming the row.
+validation and the emulator's create validation both decode with these types and call
+:func:`batch_rules`, so the two cannot drift: whatever the emulator refuses, submit refuses
+first, before any spend, naming the row. A single Messages API call (the emulator's
+``POST /v1/messages``) is checked by :func:`message_rules`: the same rules without the
+batch's own refusals.
 
 Unknown fields are refused, as the API refuses them ("Extra inputs are not permitted"),
 except in a job that sends ``anthropic-beta`` headers: a beta may add parameters or tool
@@ -416,6 +418,17 @@ def batch_rules(params: Params, *, lenient: bool = False, max_output_tokens: int
         return "params.stream must not be true: batch requests do not stream"
     if params.speed is not None:
         return "params.speed is not accepted in a batch (fast mode is not available with the Batch API)"
+    return message_rules(params, lenient=lenient, max_output_tokens=max_output_tokens)
+
+
+def message_rules(
+    params: Params, *, lenient: bool = False, max_output_tokens: int | None = None
+) -> str | None:
+    """Return the first rule a Messages API body breaks beyond its types, batch or not, or None.
+
+    What :func:`batch_rules` checks too, without the batch's own refusals (``stream``, ``speed``);
+    the messages name fields as ``params.<field>``.
+    """
     if not params.model:
         return "params.model is missing: set it in the request or pass model= to the operator"
     if params.max_tokens < 1:
@@ -470,8 +483,9 @@ _lenient_line = msgspec.json.Decoder(LenientRequest)
 def located(exc: msgspec.MsgspecError, prefix: str = "") -> str:
     """Turn msgspec's ``... - at `$.params.system``` into ``params.system: ...`` (with ``prefix``)."""
     match = _MSGSPEC_PATH.match(str(exc))
-    if not match:
-        return f"{prefix}{exc}"
+    if not match:  # a problem of the top-level object itself
+        missing = _MISSING_FIELD.match(str(exc))
+        return f"{prefix}{missing['field']} is missing" if missing else f"{prefix}{exc}"
     path = prefix + match["path"].lstrip(".")
     message = match["message"]
     missing = _MISSING_FIELD.match(message)

@@ -9,9 +9,11 @@ API's ``count_tokens``; the emulator's own tokenizer scales it per model family.
 
 Prompt caching: the prompt is read in API order (tools, system, messages). A block with
 ``cache_control`` is a breakpoint; the prefix up to it is identified by a hash of the model
-and the prefix content. The longest prefix already cached is read; the tokens between it and
-the last breakpoint are written, 5-minute or 1-hour by the ``ttl`` of the breakpoint that
-closes each segment. Pure functions over plain data (dicts, or the emulator's structs with
+and the prefix content. A prefix shorter than the model's minimum cacheable length
+(``min_cacheable_tokens`` of the model table) is no cache point at all: neither written nor
+read, as the API silently does. The longest prefix already cached is read; the tokens between
+it and the last breakpoint are written, 5-minute or 1-hour by the ``ttl`` of the breakpoint
+that closes each segment. Pure functions over plain data (dicts, or the emulator's structs with
 a ``content`` attribute): no I/O, no Airflow.
 """
 
@@ -170,8 +172,14 @@ class CacheLedger(Protocol):
     def add(self, key: bytes) -> None: ...
 
 
-def account_cache(points: Sequence[Breakpoint], seen: CacheLedger) -> CacheUsage:
-    """Return the cache read and writes of a request and mark its breakpoints seen."""
+def account_cache(points: Sequence[Breakpoint], seen: CacheLedger, *, min_tokens: int) -> CacheUsage:
+    """Return the cache read and writes of a request and mark its breakpoints seen.
+
+    :param min_tokens: the model's minimum cacheable length (0 when not known): breakpoints
+        whose prefix is shorter are ignored, neither written nor read.
+    """
+    if min_tokens > 0:
+        points = [point for point in points if point.prefix_tokens >= min_tokens]
     if not points:
         return NO_CACHE
     read = 0

@@ -6,9 +6,21 @@ would more than double the emulator's start time, which every test fixture pays.
 
 Every API call (``/v1/...``) goes through ``api_guard``: added latency, the API key
 check (``x-api-key`` or ``Authorization: Bearer``, any non-empty key), the
-``anthropic-version`` check, then the configured HTTP faults. A fault is decided
-before any work, so a faulted create stores nothing. Every response carries a
-``request-id`` header; every error has the API's error body with the same id.
+``anthropic-version`` check, the ``anthropic-beta`` check (names the SDK knows pass and are
+logged, see ``betas``), then the configured HTTP faults. A fault is decided before any work,
+so a faulted create stores nothing. Every response carries a ``request-id`` header (and
+echoes ``anthropic-workspace-id`` when the request sent one); every error has the API's error
+body with the same id.
+
+Workspaces: a batch belongs to the workspace named by the create call's
+``anthropic-workspace-id`` header (none: the default workspace). List, retrieve, results,
+cancel and delete see only the caller's workspace's batches; another workspace's batch id is
+a 404. Creates first pass the organisation's limits (``limits``: spend limit, create rate,
+processing queue), all workspaces together.
+
+``POST /v1/messages`` answers one request at the standard API (``service_tier: "standard"``)
+with the same synthetic answers, usage and fault settings as batch results; it does not
+stream (``stream: true`` is a 400 saying so).
 """
 
 from __future__ import annotations
@@ -16,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import logging
 import math
 import re
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -37,16 +51,29 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from airflow_batch.emulator import models
+from airflow_batch.emulator.betas import beta_names, unsupported_beta
 from airflow_batch.emulator.faults import DROP, LOST, ConfigError, EmulatorConfig, FaultInjector
+from airflow_batch.emulator.limits import Refusal, queue_refusal, rate_refusal, spend_limit_refusal
 from airflow_batch.emulator.processing import canceled, new_schedule, repaced, restarted
+from airflow_batch.emulator.responses import (
+    Answerer,
+    Behaviours,
+    error_message,
+    injected_error,
+    outcome_draw,
+    prompt_problem,
+    request_problem,
+)
 from airflow_batch.emulator.store import BatchRecord, BatchStore
+from airflow_batch.emulator.tokenizer import tokenizer_for
 from airflow_batch.emulator.validation import (
     CountTokensBody,
     InvalidBatch,
+    Params,
     decode_body,
     parse_create_body,
+    parse_message_body,
 )
-from airflow_batch.tokens import prompt_segments
 
 ERROR_TYPES_BY_STATUS = {
     400: "invalid_request_error",
@@ -64,9 +91,23 @@ _FAULT_MESSAGES = {
     500: "Internal server error (injected by the emulator)",
     529: "Overloaded (injected by the emulator)",
 }
+STATUS_BY_ERROR_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+MESSAGES_MAX_BODY_BYTES = 32 * 1024 * 1024
+"""The Messages API's request size limit."""
 _BATCH_PATH = re.compile(r"^/v1/messages/batches/(?P<id>[^/]+)")
 _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_WORKSPACE_HEADER = b"anthropic-workspace-id"
 _encode = msgspec.json.Encoder().encode
+log = logging.getLogger("airflow_batch.emulator")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -85,12 +126,19 @@ class ApiError(Exception):
         *,
         error_type: str | None = None,
         headers: dict[str, str] | None = None,
+        details: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.error_type = error_type or ERROR_TYPES_BY_STATUS.get(status, "api_error")
         self.message = message
         self.headers = headers or {}
+        self.details = details
+
+    @classmethod
+    def from_refusal(cls, refusal: Refusal) -> ApiError:
+        """Return the 429 ``rate_limit_error`` of a refusal by the organisation's limits."""
+        return cls(429, refusal.message, headers=refusal.headers, details=refusal.details)
 
 
 class _ResponseCut(Exception):
@@ -109,10 +157,12 @@ class RequestIdMiddleware:
             return
         request_id = "req_" + secrets.token_hex(12)
         scope.setdefault("state", {})["request_id"] = request_id
+        extra = [(b"request-id", request_id.encode())]
+        extra += [(name, value) for name, value in scope["headers"] if name == _WORKSPACE_HEADER][:1]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         await self.app(scope, receive, send_with_id)
@@ -131,20 +181,91 @@ def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None
 
 def _error_response(request: Request, error: ApiError) -> Response:
     request_id = getattr(request.state, "request_id", "req_" + secrets.token_hex(12))
-    body = {
-        "type": "error",
-        "error": {"type": error.error_type, "message": error.message},
-        "request_id": request_id,
-    }
+    detail: dict[str, Any] = {"type": error.error_type, "message": error.message}
+    if error.details is not None:
+        detail["details"] = error.details
+    body = {"type": "error", "error": detail, "request_id": request_id}
     return _json(body, error.status, error.headers)
 
 
+def _behaviours(config: EmulatorConfig) -> Behaviours:
+    return Behaviours(
+        refusal_rate=config.refusal_rate,
+        pause_turn_rate=config.pause_turn_rate,
+        invalid_output_rate=config.invalid_output_rate,
+    )
+
+
 class Emulator:
-    """The live state behind the routes: the store, the config and the fault injector."""
+    """The live state behind the routes: the store, the config, the fault injector and the limits."""
 
     def __init__(self, data_dir: str | Path, config: EmulatorConfig) -> None:
         self.store = BatchStore(data_dir)
         self.faults = FaultInjector(config)
+        # Creates are admitted one at a time: the queue and rate checks and the store that
+        # follows must not interleave with another create's.
+        self.admission = threading.Lock()
+        self.recent_creates: deque[float] = deque()
+        self._messages_lock = threading.Lock()
+        self._messages_answered = 0
+
+    def reset(self) -> None:
+        """Forget every batch, cache entry, recent create and answered message."""
+        with self.admission, self._messages_lock:
+            self.store.reset()
+            self.recent_creates.clear()
+            self._messages_answered = 0
+
+    def admit(self, requests: int, now: float) -> int:
+        """Return the requests queued once a batch of ``requests`` is stored; raise the 429 of a limit.
+
+        Call with ``admission`` held, and :meth:`admitted` once the batch is stored.
+        """
+        config = self.faults.config
+        while self.recent_creates and self.recent_creates[0] <= now - 60:
+            self.recent_creates.popleft()
+        refusal = rate_refusal(self.recent_creates, config.create_rate_per_minute, now)
+        queue = self.store.queue(now)
+        refusal = refusal or queue_refusal(queue, requests, config.queue_limit, now)
+        if refusal is not None:
+            raise ApiError.from_refusal(refusal)
+        return sum(count for _, count in queue) + requests
+
+    def admitted(self, now: float) -> None:
+        """Count a stored create toward the create rate."""
+        self.recent_creates.append(now)
+
+    def answer_message(self, params: Params, workspace: str) -> dict[str, Any]:
+        """Return the Message answering a ``POST /v1/messages`` body; raise the API's error otherwise."""
+        config = self.faults.config
+        with self._messages_lock:
+            self._messages_answered += 1
+            call_id = f"message-{self._messages_answered}"
+        now = time.time()
+        with self.store.prompt_cache(workspace) as cache:
+            answerer = Answerer(cache, _behaviours(config))
+            facts = answerer.facts(params.model)
+            if facts is None:
+                raise ApiError(404, f"model: {params.model}", error_type="not_found_error")
+            problem = request_problem(params, facts)
+            if problem is not None:
+                raise ApiError(400, problem)
+            error_type = injected_error(outcome_draw(config.seed, 0, call_id), config.error_rates())
+            if error_type is not None:
+                raise ApiError(
+                    STATUS_BY_ERROR_TYPE[error_type], error_message(error_type), error_type=error_type
+                )
+            prompt = answerer.prompt(params, facts, lambda: now)
+            problem = prompt_problem(prompt, facts)
+            if problem is not None:
+                raise ApiError(400, problem)
+            turn = answerer.turn(
+                params,
+                "msg_" + secrets.token_hex(12),
+                now,
+                lambda purpose: outcome_draw(config.seed, 0, f"{call_id}:{purpose}"),
+            )
+            return answerer.message(params, facts, prompt, turn, service_tier="standard")
 
     def configure(self, changes: dict[str, Any]) -> EmulatorConfig:
         """Apply config changes; re-pace unfinished batches when the pace or start delay changes."""
@@ -185,9 +306,9 @@ class Emulator:
             "results_url": f"{base_url}/v1/messages/batches/{record.id}/results" if ended else None,
         }
 
-    def require(self, batch_id: str, now: float) -> BatchRecord:
-        """Return the batch or raise a 404 ``not_found_error``."""
-        record = self.store.get(batch_id, now=now)
+    def require(self, batch_id: str, now: float, workspace: str) -> BatchRecord:
+        """Return the batch of ``workspace`` or raise a 404 ``not_found_error``."""
+        record = self.store.get(batch_id, now=now, workspace=workspace)
         if record is None:
             raise ApiError(404, f"No batch with id {batch_id!r}", error_type="not_found_error")
         return record
@@ -195,6 +316,11 @@ class Emulator:
 
 def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
+
+
+def _workspace(request: Request) -> str:
+    """Return the caller's workspace: its ``anthropic-workspace-id`` header, ``""`` for the default."""
+    return request.headers.get("anthropic-workspace-id", "").strip()
 
 
 def _api_key(request: Request) -> str:
@@ -244,6 +370,12 @@ async def api_guard(emulator: Emulator, request: Request) -> str | None:
         raise ApiError(400, "anthropic-version: header is required")
     if not _VERSION.match(version):
         raise ApiError(400, f"anthropic-version: {version!r} is not a valid version")
+    betas = beta_names(request.headers.get("anthropic-beta", ""))
+    if betas:
+        unknown = unsupported_beta(betas)
+        if unknown is not None:
+            raise ApiError(400, f"Unsupported beta header: {unknown}")
+        log.info("anthropic-beta %s on %s %s", ",".join(betas), request.method, request.url.path)
     match = _BATCH_PATH.match(request.url.path)
     if match and match["id"] in config.batch_http_faults:
         raise _http_fault_error(config.batch_http_faults[match["id"]], config)
@@ -261,12 +393,13 @@ def api_routes(emulator: Emulator) -> list[Route]:
 
     async def create_batch(request: Request, fault: str | None) -> Response:
         config = emulator.faults.config
+        if config.spend_limit_reached:
+            raise ApiError.from_refusal(spend_limit_refusal(time.time()))
         started = time.perf_counter()
         holder = [await _read_body(request, config.max_body_bytes)]
         lenient = bool(request.headers.get("anthropic-beta"))  # betas may add parameters
+        workspace = _workspace(request)
         batch_id = "msgbatch_" + secrets.token_hex(12)
-        # Whole microseconds, so created_at + ttl prints exactly ttl after created_at.
-        now = round(time.time(), 6)
         timings = {"read": time.perf_counter() - started}
 
         def create() -> BatchRecord:
@@ -279,21 +412,29 @@ def api_routes(emulator: Emulator) -> list[Route]:
                 except InvalidBatch as exc:
                     raise ApiError(400, str(exc)) from None
                 timings["parse"] = time.perf_counter() - started
-                schedule = new_schedule(
-                    num_requests=len(requests),
-                    created_at=now,
-                    ttl_seconds=config.ttl_seconds,
-                    start_delay_seconds=config.start_delay_seconds,
-                    rate=config.throughput,
-                )
-                record = emulator.store.create_batch(
-                    batch_id=batch_id,
-                    requests=requests,
-                    schedule=schedule,
-                    seed=config.seed,
-                    error_rates=config.error_rates(),
-                    expire_rate=config.expire_rate,
-                )
+                with emulator.admission:
+                    # Whole microseconds, so created_at + ttl prints exactly ttl after created_at.
+                    now = round(time.time(), 6)
+                    queued_after = emulator.admit(len(requests), now)
+                    schedule = new_schedule(
+                        num_requests=len(requests),
+                        created_at=now,
+                        ttl_seconds=config.ttl_seconds,
+                        start_delay_seconds=config.start_delay_seconds,
+                        rate=config.throughput,
+                    )
+                    record = emulator.store.create_batch(
+                        batch_id=batch_id,
+                        requests=requests,
+                        schedule=schedule,
+                        seed=config.seed,
+                        error_rates=config.error_rates(),
+                        expire_rate=config.expire_rate,
+                        behaviours=_behaviours(config),
+                        workspace=workspace,
+                        queued_after=queued_after,
+                    )
+                    emulator.admitted(now)
                 timings["store"] = time.perf_counter() - started - timings["parse"]
                 return record
 
@@ -317,13 +458,18 @@ def api_routes(emulator: Emulator) -> list[Route]:
         if after_id and before_id:
             raise ApiError(400, "after_id and before_id cannot be used together")
         cursors: dict[str, int | None] = {"after_id": None, "before_id": None}
+        workspace = _workspace(request)
         for name, value in (("after_id", after_id), ("before_id", before_id)):
             if value:
-                cursors[name] = emulator.store.seq_of(value)
+                cursors[name] = emulator.store.seq_of(value, workspace)
                 if cursors[name] is None:
                     raise ApiError(400, f"{name}: no batch with id {value!r}")
         records, has_more = emulator.store.list_page(
-            limit=limit, after_seq=cursors["after_id"], before_seq=cursors["before_id"], now=time.time()
+            limit=limit,
+            after_seq=cursors["after_id"],
+            before_seq=cursors["before_id"],
+            now=time.time(),
+            workspace=workspace,
         )
         base_url = _base_url(request)
         return _json(
@@ -336,22 +482,23 @@ def api_routes(emulator: Emulator) -> list[Route]:
         )
 
     def retrieve_batch(request: Request, _fault: str | None) -> Response:
-        record = emulator.require(request.path_params["batch_id"], time.time())
+        record = emulator.require(request.path_params["batch_id"], time.time(), _workspace(request))
         return _json(emulator.batch_json(record, _base_url(request)))
 
     def cancel_batch(request: Request, _fault: str | None) -> Response:
         batch_id = request.path_params["batch_id"]
         now = time.time()
-        record = emulator.require(batch_id, now)
+        workspace = _workspace(request)
+        record = emulator.require(batch_id, now, workspace)
         if record.state.status == "in_progress":
             schedule = canceled(record.schedule, now, emulator.faults.config.cancel_delay_seconds)
             emulator.store.save_schedule(record.seq, schedule)
-            record = emulator.require(batch_id, now)
+            record = emulator.require(batch_id, now, workspace)
         return _json(emulator.batch_json(record, _base_url(request)))
 
     def delete_batch(request: Request, _fault: str | None) -> Response:
         batch_id = request.path_params["batch_id"]
-        record = emulator.require(batch_id, time.time())
+        record = emulator.require(batch_id, time.time(), _workspace(request))
         if record.state.status != "ended":
             raise ApiError(
                 400,
@@ -363,7 +510,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
 
     def batch_results(request: Request, fault: str | None) -> Response:
         batch_id = request.path_params["batch_id"]
-        record = emulator.require(batch_id, time.time())
+        record = emulator.require(batch_id, time.time(), _workspace(request))
         if record.state.status != "ended":
             raise ApiError(
                 400,
@@ -381,8 +528,25 @@ def api_routes(emulator: Emulator) -> list[Route]:
             raise ApiError(400, str(exc)) from None
         if not models.is_served(body.model):
             raise ApiError(404, f"model: {body.model}", error_type="not_found_error")
-        tokens = sum(segment.tokens for segment in prompt_segments(body.system, body.messages, body.tools))
-        return _json({"input_tokens": tokens})
+        segments = tokenizer_for(body.model).segments(body.system, body.messages, body.tools)
+        return _json({"input_tokens": sum(segment.tokens for segment in segments)})
+
+    async def create_message(request: Request, _fault: str | None) -> Response:
+        config = emulator.faults.config
+        if config.spend_limit_reached:
+            raise ApiError.from_refusal(spend_limit_refusal(time.time()))
+        body = await _read_body(request, min(config.max_body_bytes, MESSAGES_MAX_BODY_BYTES))
+        lenient = bool(request.headers.get("anthropic-beta"))
+        workspace = _workspace(request)
+
+        def answer() -> dict[str, Any]:
+            try:
+                params = parse_message_body(body, lenient=lenient)
+            except InvalidBatch as exc:
+                raise ApiError(400, str(exc)) from None
+            return emulator.answer_message(params, workspace)
+
+        return _json(await run_in_threadpool(answer))
 
     def list_models(request: Request, _fault: str | None) -> Response:
         ids = models.model_ids()
@@ -420,6 +584,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
         _api_route(emulator, batch + "/cancel", "POST", cancel_batch),
         _api_route(emulator, batch + "/results", "GET", batch_results),
         _api_route(emulator, "/v1/messages/count_tokens", "POST", count_tokens),
+        _api_route(emulator, "/v1/messages", "POST", create_message),
     ]
 
 
@@ -514,11 +679,11 @@ def admin_routes(emulator: Emulator) -> list[Route]:
         return _json(config.to_json())
 
     def stats(request: Request) -> Response:
-        return _json({**emulator.store.stats(), "http_faults_injected": emulator.faults.injected})
+        return _json({**emulator.store.stats(time.time()), "http_faults_injected": emulator.faults.injected})
 
     def reset(request: Request) -> Response:
-        emulator.store.reset()
-        return _json(emulator.store.stats())
+        emulator.reset()
+        return _json(emulator.store.stats(time.time()))
 
     return [
         Route("/_emulator/health", health, methods=["GET"]),

@@ -10,10 +10,15 @@ When settings take effect:
 - ``throughput`` re-paces batches still in progress from the moment of the change
   (work already done is kept), ``start_delay_seconds`` also moves the start of batches
   that have not started yet; both apply to new batches.
-- ``error_rate``/``error_types``/``expire_rate``/``seed``/``ttl_seconds`` are read when a
-  batch is created: its per-request outcomes are fixed then, so they are reproducible.
+- ``error_rate``/``error_types``/``expire_rate``/``refusal_rate``/``pause_turn_rate``/
+  ``invalid_output_rate``/``seed``/``ttl_seconds`` are read when a batch is created: its
+  per-request outcomes are fixed then, so they are reproducible. ``POST /v1/messages`` reads
+  them at each call.
 - HTTP faults (``http_fault_*``, ``batch_http_faults``) and ``latency_ms`` apply to
   every later API call (``/v1/...``), never to ``/_emulator/*``.
+- The organisation's limits (``queue_limit``, ``create_rate_per_minute``,
+  ``spend_limit_reached``) apply to every later create (the spend limit to
+  ``POST /v1/messages`` too).
 """
 
 from __future__ import annotations
@@ -86,6 +91,19 @@ class EmulatorConfig:
     """Most requests accepted in one batch."""
     max_body_bytes: int = 256 * 1024 * 1024
     """Largest create body accepted; larger ones get 413 ``request_too_large``."""
+    refusal_rate: float = 0.0
+    """Fraction of answers that are refusals (``stop_reason: "refusal"`` with ``stop_details``)."""
+    pause_turn_rate: float = 0.0
+    """Fraction of answers with server tools (web search/fetch) that pause (``pause_turn``)."""
+    invalid_output_rate: float = 0.0
+    """Fraction of structured-output answers that break their schema or are not JSON."""
+    queue_limit: int | None = None
+    """Most requests in unended batches at once, all workspaces together (the organisation's
+    processing queue); a create past it gets 429. ``None``: no limit."""
+    create_rate_per_minute: int | None = None
+    """Most creates accepted in any 60 seconds; one more gets 429. ``None``: no limit."""
+    spend_limit_reached: bool = False
+    """Answer every create (and ``POST /v1/messages``) with the spend-limit 429."""
 
     def error_rates(self) -> dict[str, float]:
         """Return the per-request error rate of each error type."""
@@ -154,6 +172,26 @@ def _optional_budget(value: Any) -> int | None:
     return number
 
 
+def _optional_limit(value: Any) -> int | None:
+    if value is None or value == "" or str(value).lower() in ("none", "null"):
+        return None
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be an integer >= 1 or null (no limit)")
+    return number
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _error_types(value: Any) -> tuple[str, ...] | dict[str, float]:
     """Accept a list, a comma string ``a,b``, a mapping, or a string ``a=0.05,b=0.01``."""
     if isinstance(value, str):
@@ -217,6 +255,12 @@ _PARSERS: dict[str, Any] = {
     "seed": int,
     "max_requests": _positive_int,
     "max_body_bytes": _positive_int,
+    "refusal_rate": _rate,
+    "pause_turn_rate": _rate,
+    "invalid_output_rate": _rate,
+    "queue_limit": _optional_limit,
+    "create_rate_per_minute": _optional_limit,
+    "spend_limit_reached": _bool,
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from airflow_batch.costs import PriceTable, model_family
+from airflow_batch.costs import ModelPrice, PriceTable, model_family
 
 _CREATED_AT = "2026-01-01T00:00:00Z"
 
@@ -23,14 +23,18 @@ def _table() -> PriceTable:
 
 def is_served(model: str) -> bool:
     """Return whether the emulator serves ``model``."""
+    return model_entry(model) is not None
+
+
+def model_entry(model: str) -> ModelPrice | None:
+    """Return the table entry of a served ``model`` (its limits and token ratio), or None."""
     family = model_family(model)
-    return family is not None and family in _table().prices
+    return _table().prices.get(family) if family else None
 
 
 def model_info(model: str) -> dict[str, Any] | None:
     """Return the Models API object of ``model``, or None when it is not served."""
-    family = model_family(model)
-    entry = _table().prices.get(family) if family else None
+    entry = model_entry(model)
     if entry is None:
         return None
     return {

@@ -141,7 +141,8 @@ class EmulatorProcess:
         return config
 
     def stats(self) -> dict[str, int]:
-        """Return ``/_emulator/stats``: batches created (since reset), stored, requests stored."""
+        """Return ``/_emulator/stats``: batches created (since reset), stored, requests stored,
+        cache entries, requests queued now (in unended batches) and the peak queued since reset."""
         response = self._http.get("/_emulator/stats")
         response.raise_for_status()
         stats: dict[str, int] = response.json()

@@ -86,17 +86,33 @@ def finish_time(schedule: Schedule) -> float:
     return max(finish, schedule.created_at + _MIN_DURATION)
 
 
+def processed_at(schedule: Schedule, index: int) -> float:
+    """Return when request ``index`` (0-based, request order) is processed at the current pace.
+
+    Request ``index`` is done once ``done_by`` reaches ``index + 1``. A paused batch (rate 0)
+    has no such time: its requests are taken as processed at its start.
+    """
+    base = max(schedule.anchor_time, schedule.start_at)
+    if index < schedule.anchor_done or schedule.rate <= 0:
+        return base
+    return base + (index + 1 - schedule.anchor_done) / schedule.rate
+
+
+def ends_at(schedule: Schedule) -> float:
+    """Return when the batch ends at the current pace: done, canceled or expired, whichever is first."""
+    cancel_end = math.inf if schedule.cancel_end is None else schedule.cancel_end
+    return min(finish_time(schedule), cancel_end, schedule.expires_at)
+
+
 def batch_state(schedule: Schedule, now: float) -> BatchState:
     """Return the status of a batch at ``now``; when ended, also when and how many were done."""
-    finish = finish_time(schedule)
-    cancel_end = math.inf if schedule.cancel_end is None else schedule.cancel_end
-    end = min(finish, cancel_end, schedule.expires_at)
+    end = ends_at(schedule)
     if now < end:
         status: ProcessingStatus = "in_progress" if schedule.cancel_initiated_at is None else "canceling"
         return BatchState(status, None, 0, None)
-    if end == finish:
+    if end == finish_time(schedule):
         return BatchState("ended", end, schedule.num_requests, "completed")
-    reason: EndReason = "canceled" if end == cancel_end else "expired"
+    reason: EndReason = "canceled" if end == schedule.cancel_end else "expired"
     return BatchState("ended", end, done_by(schedule, end), reason)
 
 

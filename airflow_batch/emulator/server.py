@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import socket
@@ -37,6 +38,13 @@ _FLAG_HELP = {
     "seed": "seed of every random choice",
     "max_requests": "most requests in one batch",
     "max_body_bytes": "largest create body accepted",
+    "refusal_rate": "fraction of answers that are refusals (stop_reason refusal)",
+    "pause_turn_rate": "fraction of answers with web search/fetch tools that pause (stop_reason pause_turn)",
+    "invalid_output_rate": "fraction of structured-output answers that break their schema or are not JSON",
+    "queue_limit": "most requests in unended batches at once (the organisation's processing queue)",
+    "create_rate_per_minute": "most batch creates accepted per rolling minute",
+    "spend_limit_reached": "true: answer every create with the spend-limit 429 "
+    "(error_code enforced_spend_limit_reached)",
 }
 
 
@@ -84,8 +92,20 @@ class _AnnouncingServer(uvicorn.Server):
             print(f"airflow-batch emulator listening on {self.base_url}", flush=True)
 
 
+def _log_to_stdout() -> None:
+    """Send the emulator's log (``anthropic-beta`` headers received, ...) to stdout, one line each."""
+    logger = logging.getLogger("airflow_batch.emulator")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def serve(host: str, port: int, data_dir: str | Path, config: EmulatorConfig) -> None:
     """Serve the emulator until SIGTERM/SIGINT; ``port=0`` binds a free port and prints it."""
+    _log_to_stdout()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -11,8 +11,16 @@ Layout, in ``<data dir>/emulator.sqlite3``:
   per-line work for finished chunks) and there is no materialization step: a request
   ends as its stored line if its index is below the number of requests done when the
   batch ended, else as ``canceled``/``expired``.
-- ``cache_entries``: prompt-cache prefix keys seen so far.
-- ``meta``: the number of batches created (also the next sequence number).
+- ``batches.workspace``: the workspace of the create call (``anthropic-workspace-id``; ``""``
+  is the default workspace). Every read names the caller's workspace and sees only its batches.
+- ``cache_entries``: prompt-cache prefix keys (scoped by workspace) with the live period of
+  each (``written_at``, ``last_used_at``, ``ttl_seconds``, on the simulated processing clock;
+  see ``prompt_cache``).
+- ``meta``: the number of batches created (also the next sequence number) and the most
+  requests queued at once (in batches not ended) since the last reset.
+
+Stores written by an older emulator are upgraded in place when opened (the new columns are
+added; their old cache entries count as expired).
 """
 
 from __future__ import annotations
@@ -22,10 +30,20 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from airflow_batch.emulator.processing import BatchState, Schedule, batch_state
-from airflow_batch.emulator.responses import ERRORED, EXPIRED, SUCCEEDED, ResultBuilder, bare_result_line
+from airflow_batch.emulator.processing import BatchState, Schedule, batch_state, ends_at, processed_at
+from airflow_batch.emulator.prompt_cache import CacheEntry, TimedCacheLedger
+from airflow_batch.emulator.responses import (
+    ERRORED,
+    EXPIRED,
+    SUCCEEDED,
+    Answerer,
+    Behaviours,
+    ResultBuilder,
+    bare_result_line,
+)
 from airflow_batch.emulator.validation import BatchRequest
 
 DB_NAME = "emulator.sqlite3"
@@ -47,7 +65,8 @@ CREATE TABLE IF NOT EXISTS batches (
     final_succeeded INTEGER,
     final_errored INTEGER,
     final_canceled INTEGER,
-    final_expired INTEGER
+    final_expired INTEGER,
+    workspace TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS result_chunks (
     batch_seq INTEGER NOT NULL,
@@ -57,14 +76,33 @@ CREATE TABLE IF NOT EXISTS result_chunks (
     outcomes BLOB NOT NULL,
     PRIMARY KEY (batch_seq, chunk)
 );
-CREATE TABLE IF NOT EXISTS cache_entries (key BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cache_entries (
+    key BLOB PRIMARY KEY,
+    written_at REAL NOT NULL DEFAULT 0,
+    last_used_at REAL NOT NULL DEFAULT 0,
+    ttl_seconds REAL NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('batches_created', 0);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('peak_requests_queued', 0);
 """
+# Columns added since the first stores were written: (table, column, declaration).
+_ADDED_COLUMNS = (
+    ("batches", "workspace", "TEXT NOT NULL DEFAULT ''"),
+    ("cache_entries", "written_at", "REAL NOT NULL DEFAULT 0"),
+    ("cache_entries", "last_used_at", "REAL NOT NULL DEFAULT 0"),
+    ("cache_entries", "ttl_seconds", "REAL NOT NULL DEFAULT 0"),
+)
+_UPSERT_CACHE_ENTRY = (
+    "INSERT INTO cache_entries (key, written_at, last_used_at, ttl_seconds) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET written_at = excluded.written_at, "
+    "last_used_at = excluded.last_used_at, ttl_seconds = excluded.ttl_seconds"
+)
 
 _BATCH_COLUMNS = (
     "seq, id, num_requests, created_at, expires_at, start_at, anchor_time, anchor_done, rate, "
-    "cancel_initiated_at, cancel_end, final_succeeded, final_errored, final_canceled, final_expired"
+    "cancel_initiated_at, cancel_end, final_succeeded, final_errored, final_canceled, final_expired, "
+    "workspace"
 )
 
 
@@ -88,28 +126,14 @@ class BatchRecord:
     schedule: Schedule
     state: BatchState
     counts: RequestCounts
+    workspace: str = ""
 
 
-class _StoredCacheLedger:
-    """The seen prompt-cache prefixes, read through from SQLite and written at commit."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._known: dict[bytes, bool] = {}
-        self.new: list[bytes] = []
-
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, bytes):
-            return False
-        if key not in self._known:
-            row = self._conn.execute("SELECT 1 FROM cache_entries WHERE key = ?", (key,)).fetchone()
-            self._known[key] = row is not None
-        return self._known[key]
-
-    def add(self, key: bytes) -> None:
-        if key not in self:
-            self._known[key] = True
-            self.new.append(key)
+def _cache_lookup(conn: sqlite3.Connection, key: bytes) -> CacheEntry | None:
+    row = conn.execute(
+        "SELECT written_at, last_used_at, ttl_seconds FROM cache_entries WHERE key = ?", (key,)
+    ).fetchone()
+    return None if row is None else CacheEntry(*row)
 
 
 class BatchStore:
@@ -123,6 +147,10 @@ class BatchStore:
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(_SCHEMA)
+        for table, column, declaration in _ADDED_COLUMNS:
+            if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        conn.execute("CREATE INDEX IF NOT EXISTS batches_by_workspace ON batches (workspace, seq)")
         # Checkpoint the WAL in the background: done inside COMMIT it would add ~0.5 s
         # to a 100,000-request create.
         self._checkpoint_due = threading.Event()
@@ -181,14 +209,23 @@ class BatchStore:
         seed: int,
         error_rates: dict[str, float],
         expire_rate: float,
+        behaviours: Behaviours,
+        workspace: str = "",
+        queued_after: int = 0,
     ) -> BatchRecord:
-        """Store a new batch and the result of each request, all in one transaction."""
+        """Store a new batch and the result of each request, all in one transaction.
+
+        ``queued_after`` is the number of requests queued once this batch is (for the peak).
+        """
         with self._write() as conn:
             seq = conn.execute("SELECT value + 1 FROM meta WHERE name = 'batches_created'").fetchone()[0]
             conn.execute("UPDATE meta SET value = ? WHERE name = 'batches_created'", (seq,))
             conn.execute(
+                "UPDATE meta SET value = MAX(value, ?) WHERE name = 'peak_requests_queued'", (queued_after,)
+            )
+            conn.execute(
                 "INSERT INTO batches (seq, id, num_requests, created_at, expires_at, start_at, anchor_time, "
-                "anchor_done, rate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "anchor_done, rate, workspace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     seq,
                     batch_id,
@@ -199,16 +236,18 @@ class BatchStore:
                     schedule.anchor_time,
                     schedule.anchor_done,
                     schedule.rate,
+                    workspace,
                 ),
             )
-            ledger = _StoredCacheLedger(conn)
+            ledger = TimedCacheLedger(partial(_cache_lookup, conn), scope=workspace)
             builder = ResultBuilder(
                 batch_id=batch_id,
                 batch_seq=seq,
                 seed=seed,
                 error_rates=error_rates,
                 expire_rate=expire_rate,
-                seen_cache_keys=ledger,
+                answerer=Answerer(ledger, behaviours),
+                processed_at=partial(processed_at, schedule),
             )
             insert = (
                 "INSERT INTO result_chunks (batch_seq, chunk, lines, custom_ids, outcomes) "
@@ -220,16 +259,22 @@ class BatchStore:
                 outcomes, lines = zip(*(build(start + i, r) for i, r in enumerate(part)), strict=True)
                 custom_ids = "\n".join(r.custom_id for r in part).encode()
                 conn.execute(insert, (seq, chunk, b"".join(lines), custom_ids, b"".join(outcomes)))
-            conn.executemany(
-                "INSERT OR IGNORE INTO cache_entries (key) VALUES (?)", [(k,) for k in ledger.new]
-            )
-        record = self.get(batch_id, now=schedule.created_at)
+            _save_cache_entries(conn, ledger)
+        record = self.get(batch_id, now=schedule.created_at, workspace=workspace)
         assert record is not None
         return record
 
+    @contextmanager
+    def prompt_cache(self, workspace: str = "") -> Iterator[TimedCacheLedger]:
+        """Yield the prompt cache of ``workspace`` for one answer; store its changes on exit."""
+        with self._write() as conn:
+            ledger = TimedCacheLedger(partial(_cache_lookup, conn), scope=workspace)
+            yield ledger
+            _save_cache_entries(conn, ledger)
+
     def _record(self, row: sqlite3.Row | tuple, now: float) -> BatchRecord:
         (seq, batch_id, n, created, expires, start, anchor_time, anchor_done, rate, cancel_at, cancel_end,
-         f_succeeded, f_errored, f_canceled, f_expired) = row  # fmt: skip
+         f_succeeded, f_errored, f_canceled, f_expired, workspace) = row  # fmt: skip
         schedule = Schedule(n, created, expires, start, anchor_time, anchor_done, rate, cancel_at, cancel_end)
         state = batch_state(schedule, now)
         if state.status != "ended":
@@ -238,7 +283,7 @@ class BatchStore:
             counts = RequestCounts(0, f_succeeded, f_errored, f_canceled, f_expired)
         else:
             counts = self._finalize(seq, state)
-        return BatchRecord(batch_id, seq, schedule, state, counts)
+        return BatchRecord(batch_id, seq, schedule, state, counts, workspace)
 
     def _finalize(self, seq: int, state: BatchState) -> RequestCounts:
         """Count the outcomes of an ended batch once and keep them with the batch."""
@@ -265,34 +310,44 @@ class BatchStore:
             )
         return counts
 
-    def get(self, batch_id: str, *, now: float) -> BatchRecord | None:
-        """Return the batch as of ``now``, or None if there is no such batch."""
+    def get(self, batch_id: str, *, now: float, workspace: str = "") -> BatchRecord | None:
+        """Return the batch of ``workspace`` as of ``now``, or None if it has no such batch."""
         row = (
-            self._conn().execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            self._conn()
+            .execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ? AND workspace = ?", (batch_id, workspace)
+            )
+            .fetchone()
         )
         return None if row is None else self._record(row, now)
 
-    def seq_of(self, batch_id: str) -> int | None:
-        """Return the sequence number of a batch, or None."""
-        row = self._conn().execute("SELECT seq FROM batches WHERE id = ?", (batch_id,)).fetchone()
+    def seq_of(self, batch_id: str, workspace: str = "") -> int | None:
+        """Return the sequence number of a batch of ``workspace``, or None."""
+        row = (
+            self._conn()
+            .execute("SELECT seq FROM batches WHERE id = ? AND workspace = ?", (batch_id, workspace))
+            .fetchone()
+        )
         return None if row is None else int(row[0])
 
     def list_page(
-        self, *, limit: int, after_seq: int | None, before_seq: int | None, now: float
+        self, *, limit: int, after_seq: int | None, before_seq: int | None, now: float, workspace: str = ""
     ) -> tuple[list[BatchRecord], bool]:
-        """Return a page newest first and whether more exist in the paging direction."""
+        """Return a page of ``workspace``'s batches newest first and whether more exist that way."""
         conn = self._conn()
         if before_seq is not None:
             rows = conn.execute(
-                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE seq > ? ORDER BY seq ASC LIMIT ?",
-                (before_seq, limit + 1),
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE workspace = ? AND seq > ? "
+                "ORDER BY seq ASC LIMIT ?",
+                (workspace, before_seq, limit + 1),
             ).fetchall()
             has_more = len(rows) > limit
             rows = list(reversed(rows[:limit]))
         else:
             rows = conn.execute(
-                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-                (after_seq if after_seq is not None else 2**62, limit + 1),
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE workspace = ? AND seq < ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (workspace, after_seq if after_seq is not None else 2**62, limit + 1),
             ).fetchall()
             has_more = len(rows) > limit
             rows = rows[:limit]
@@ -315,8 +370,15 @@ class BatchStore:
                 ),
             )
 
+    def queue(self, now: float) -> list[tuple[float, int]]:
+        """Return ``(ends_at, requests)`` of every batch not ended at ``now``, in every workspace.
+
+        What the organisation's processing queue holds: the requests of unended batches.
+        """
+        return [(ends_at(r.schedule), r.schedule.num_requests) for r in self.unfinished(now)]
+
     def unfinished(self, now: float) -> list[BatchRecord]:
-        """Return the batches not ended at ``now``."""
+        """Return the batches not ended at ``now`` (in every workspace)."""
         rows = (
             self._conn()
             .execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE final_succeeded IS NULL")
@@ -361,10 +423,12 @@ class BatchStore:
                 yield head + b"".join(bare_result_line(cid, rest_type) for cid in ids[max(done_here, 0) :])
             chunk += 1
 
-    def stats(self) -> dict[str, int]:
-        """Return counts of batches created (ever, since reset), stored, and stored requests."""
+    def stats(self, now: float) -> dict[str, int]:
+        """Return counts of batches created (since reset), stored, stored requests, cache entries,
+        requests queued at ``now`` (in unended batches) and the most queued at once since reset."""
         conn = self._conn()
         created = conn.execute("SELECT value FROM meta WHERE name = 'batches_created'").fetchone()[0]
+        peak = conn.execute("SELECT value FROM meta WHERE name = 'peak_requests_queued'").fetchone()[0]
         stored, requests = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(num_requests), 0) FROM batches"
         ).fetchone()
@@ -374,6 +438,8 @@ class BatchStore:
             "batches_stored": stored,
             "requests_stored": requests,
             "cache_entries": cache,
+            "requests_queued": sum(requests for _, requests in self.queue(now)),
+            "peak_requests_queued": peak,
         }
 
     def reset(self) -> None:
@@ -382,4 +448,13 @@ class BatchStore:
             conn.execute("DELETE FROM result_chunks")
             conn.execute("DELETE FROM batches")
             conn.execute("DELETE FROM cache_entries")
-            conn.execute("UPDATE meta SET value = 0 WHERE name = 'batches_created'")
+            conn.execute(
+                "UPDATE meta SET value = 0 WHERE name IN ('batches_created', 'peak_requests_queued')"
+            )
+
+
+def _save_cache_entries(conn: sqlite3.Connection, ledger: TimedCacheLedger) -> None:
+    conn.executemany(
+        _UPSERT_CACHE_ENTRY,
+        [(key, e.written_at, e.last_used_at, e.ttl_seconds) for key, e in ledger.changed.items()],
+    )

@@ -1,4 +1,4 @@
-"""Structural validation of a create body, done synchronously, with the package's one set of rules.
+"""Structural validation of a create body or a message body, with the package's one set of rules.
 
 A body is checked against :mod:`airflow_batch.params` (the rules the submit validation uses
 too, so the two cannot drift): any problem raises ``InvalidBatch`` whose message names the
@@ -8,6 +8,10 @@ request index, e.g. ``requests.17: custom_id 'a b' must match ^[a-zA-Z0-9_-]{1,6
 decoded again into small working structs (lighter than dicts for 100,000 requests). Semantic
 problems a real API reports per request (a model it does not serve) are not checked here:
 those requests come back ``errored`` (see ``responses``).
+
+The body of ``POST /v1/messages`` is one request's params, checked by the same types and by
+:func:`airflow_batch.params.message_rules` (no batch refusals); its messages name the field
+from the top (``max_tokens is missing``, ``messages.0.role: ...``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,16 @@ from typing import Any
 
 import msgspec
 
-from airflow_batch.params import LenientRequest, Request, batch_rules, check_custom_id, located
+from airflow_batch.params import (
+    LenientParams,
+    LenientRequest,
+    Request,
+    batch_rules,
+    check_custom_id,
+    located,
+    message_rules,
+)
+from airflow_batch.params import Params as CheckedParams
 
 
 class Message(msgspec.Struct, gc=False):
@@ -28,13 +41,18 @@ class Message(msgspec.Struct, gc=False):
 
 
 class Params(msgspec.Struct, gc=False):
-    """The ``params`` of one batch request; fields the emulator does not use are ignored."""
+    """The ``params`` of one request (checked already); fields the emulator does not use are ignored."""
 
     model: str
     max_tokens: int
     messages: list[Message]
     system: str | list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+    stop_sequences: list[str] | None = None
+    inference_geo: str | None = None
     stream: bool | None = None
 
 
@@ -116,3 +134,21 @@ def parse_create_body(
     del checked
     requests: list[BatchRequest] = decode_body(body, CreateBody).requests
     return requests
+
+
+def parse_message_body(body: bytes | bytearray, *, lenient: bool = False) -> Params:
+    """Return the body of ``POST /v1/messages``, checked with the shared rules; raise InvalidBatch.
+
+    The message names the field as the API does (``max_tokens: ...``, ``messages.0.content: ...``).
+    """
+    checked = decode_body(body, LenientParams if lenient else CheckedParams)
+    if checked.stream:
+        raise InvalidBatch(
+            "stream: the emulator answers POST /v1/messages without streaming; send stream: false "
+            "(or leave it out)"
+        )
+    problem = message_rules(checked, lenient=lenient)
+    if problem:
+        raise InvalidBatch(_api_path(problem.removeprefix("params.")))
+    params: Params = decode_body(body, Params)
+    return params

@@ -89,13 +89,17 @@ class ModelLimits:
 
     table: Any = None
     betas: tuple[str, ...] = ()
-    _known: dict[str, tuple[int | None, int | None]] = field(default_factory=dict, compare=False)
+    _known: dict[str, tuple[int | None, int | None, int | None]] = field(default_factory=dict, compare=False)
 
-    def _limits(self, model: str) -> tuple[int | None, int | None]:
+    def _limits(self, model: str) -> tuple[int | None, int | None, int | None]:
         limits = self._known.get(model)
         if limits is None:  # once per model: the lookup matches the model id to its family
             entry = self.table.price_for(model) if self.table is not None else None
-            limits = (entry.context_window, entry.max_tokens_in_batch(self.betas)) if entry else (None, None)
+            limits = (
+                (entry.context_window, entry.max_tokens_in_batch(self.betas), entry.min_cacheable_tokens)
+                if entry
+                else (None, None, None)
+            )
             self._known[model] = limits
         return limits
 
@@ -106,6 +110,10 @@ class ModelLimits:
     def max_output_tokens(self, model: str) -> int | None:
         """Return the most ``max_tokens`` the model takes in a batch, or None when not known."""
         return self._limits(model)[1]
+
+    def min_cacheable_tokens(self, model: str) -> int | None:
+        """Return the model's shortest cacheable prompt prefix in tokens, or None when not known."""
+        return self._limits(model)[2]
 
 
 @dataclass(frozen=True)
@@ -359,7 +367,9 @@ def prepare_chunks(
     encode = msgspec.json.Encoder().encode
     digest = hashlib.blake2b(digest_size=20)
     digest.update(f"max_requests={max_requests};max_bytes={max_bytes}\n".encode())
-    tally = TokenTally(expected_output_tokens=expected_output_tokens)
+    tally = TokenTally(
+        expected_output_tokens=expected_output_tokens, min_cacheable=limits.min_cacheable_tokens
+    )
     writer = _ChunkWriter(staging, max_requests, max_bytes, digest)
     staging.mkdir(parents=True, exist_ok=True)
     ids = UniqueIds()

@@ -18,7 +18,9 @@ and ``standard_usd`` are the upper bound; ``expected_batch_usd`` / ``expected_st
 the expected figure and ``expected_basis`` where its output length came from.
 
 Prompt caching: the first request with a given cacheable prefix writes it (5-minute or
-1-hour price by its ``ttl``), every later request reads it. This is the best case: real
+1-hour price by its ``ttl``), every later request reads it. A prefix shorter than the model's
+minimum cacheable length (``min_cacheable_tokens`` of the model table, compared with the local
+count) is neither written nor read, as the API does. This is the best case: real
 batches process requests concurrently and hit the cache less often (the batch guide reports
 30-98 %), so real cache savings are at most those estimated. The standard-API price of the
 same tokens is computed beside the batch price.
@@ -48,6 +50,10 @@ _COUNT_TOKENS_KEYS = ("model", "messages", "system", "tools", "tool_choice", "th
 CountTokens = Callable[[Mapping[str, Any]], int]
 
 
+def _no_minimum(model: str) -> int | None:
+    return None
+
+
 @dataclass
 class ModelTally:
     """Expected tokens of the requests of one model."""
@@ -63,12 +69,16 @@ class ModelTally:
 
 @dataclass
 class TokenTally:
-    """Token counts accumulated one request at a time while the input streams by."""
+    """Token counts accumulated one request at a time while the input streams by.
+
+    ``min_cacheable`` returns a model's minimum cacheable prompt length (None: not known).
+    """
 
     expected_output_tokens: int | None = None
     #: Where ``expected_output_tokens`` comes from ("expected_output_tokens", "observed ...", "canary").
     expected_basis: str | None = None
     sample_size: int = 20
+    min_cacheable: Callable[[str], int | None] = _no_minimum
     models: dict[str, ModelTally] = field(default_factory=dict)
     sample: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     _seen_prefixes: set[bytes] = field(default_factory=set)
@@ -108,7 +118,11 @@ class TokenTally:
             )
             total = sum(segment.tokens for segment in segments)
             if may_cache:
-                cache = account_cache(cache_breakpoints(model, segments), self._seen_prefixes)
+                cache = account_cache(
+                    cache_breakpoints(model, segments),
+                    self._seen_prefixes,
+                    min_tokens=self.min_cacheable(model) or 0,
+                )
                 tally.cache_read += cache.read
                 tally.cache_write_5m += cache.write_5m
                 tally.cache_write_1h += cache.write_1h

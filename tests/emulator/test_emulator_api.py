@@ -213,7 +213,7 @@ def test_resubmitted_custom_ids_draw_again(client: anthropic.Anthropic, emu: Emu
 
 
 def test_prompt_cache_is_written_once_then_read(client: anthropic.Anthropic) -> None:
-    shared = "You are a careful reviewer. " * 40
+    shared = "You are a careful reviewer. " * 600  # 4,200 tokens: Haiku 4.5 caches from 4,096
     system = [{"type": "text", "text": shared, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
     batch = client.messages.batches.create(
         requests=[request("w", "first", system=system), request("r", "second", system=system)]
@@ -238,7 +238,7 @@ def test_prompt_cache_is_written_once_then_read(client: anthropic.Anthropic) -> 
 
 def test_five_minute_cache_block_in_message_content(client: anthropic.Anthropic) -> None:
     content = [
-        {"type": "text", "text": "document " * 100, "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "document " * 2000, "cache_control": {"type": "ephemeral"}},
         {"type": "text", "text": "question"},
     ]
     batch = client.messages.batches.create(
@@ -247,7 +247,7 @@ def test_five_minute_cache_block_in_message_content(client: anthropic.Anthropic)
     wait_ended(client, batch.id)
     usage = next(iter(client.messages.batches.results(batch.id))).result.message.usage  # type: ignore[union-attr]
 
-    assert usage.cache_creation.ephemeral_5m_input_tokens == tokens("document " * 100)  # type: ignore[union-attr]
+    assert usage.cache_creation.ephemeral_5m_input_tokens == tokens("document " * 2000)  # type: ignore[union-attr]
     assert usage.input_tokens == 2
 
 

@@ -20,7 +20,7 @@ from airflow_batch.emulator.process import EmulatorProcess
 def test_restarted_emulator_keeps_batches_and_resumes_processing(
     emulator: EmulatorProcess, sync_client: anthropic.Anthropic
 ) -> None:
-    shared = "Shared instructions. " * 30
+    shared = "Shared instructions. " * 800  # above Haiku 4.5's minimum cacheable length
     system = [{"type": "text", "text": shared, "cache_control": {"type": "ephemeral"}}]
     done = sync_client.messages.batches.create(requests=[request("w", system=system)])
     wait_ended(sync_client, done.id)

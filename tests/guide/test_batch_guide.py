@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import batch_guide as guide
@@ -88,12 +89,29 @@ def test_guide_list_cancel_and_expiry_check(client: anthropic.Anthropic, emulato
     assert 23.9 < guide.check_batch_expiry(ended) <= 24
 
 
-def test_guide_cached_system_prompt_is_written_once_then_read(client: anthropic.Anthropic) -> None:
+def cached_document_usage(client: anthropic.Anthropic) -> dict[str, Any]:
     requests = guide.build_cached_document_requests(["文档一的内容", "文档二的内容", "文档三的内容"])
     batch = client.messages.batches.create(requests=requests)
     guide.poll_until_ended(client, batch.id)
-    usage = {r.custom_id: r.result.message.usage for r in client.messages.batches.results(batch.id)}
-    assert usage["doc-0"].cache_creation_input_tokens > 0
+    return {r.custom_id: r.result.message.usage for r in client.messages.batches.results(batch.id)}
+
+
+def test_guide_short_shared_prompt_is_below_the_cache_minimum_and_never_cached(
+    client: anthropic.Anthropic,
+) -> None:
+    # The guide's shared prompt is a few tokens; Haiku 4.5 caches prefixes of 4,096 tokens and
+    # more. Like the API, the emulator then neither writes nor reads the cache, with no error.
+    usage = cached_document_usage(client)
+    assert all(u.cache_creation_input_tokens == u.cache_read_input_tokens == 0 for u in usage.values())
+    assert all(u.input_tokens > 0 for u in usage.values())
+
+
+def test_guide_cached_system_prompt_is_written_once_then_read(
+    client: anthropic.Anthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(guide, "SHARED_SYSTEM", guide.SHARED_SYSTEM * 1000)  # past the minimum
+    usage = cached_document_usage(client)
+    assert usage["doc-0"].cache_creation_input_tokens > 4_096
     assert usage["doc-1"].cache_read_input_tokens == usage["doc-0"].cache_creation_input_tokens
     assert usage["doc-2"].cache_creation_input_tokens == 0
 
