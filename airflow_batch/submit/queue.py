@@ -16,7 +16,9 @@ Two ways to know the room:
   refused chunk holds have been processed (or, with none of its own queued, until the
   ``retry-after`` the API gave), and tries again. A queue-full answer never fails the task.
 
-A request counts as queued while its batch reports it ``processing``. Pure: no I/O.
+A request counts as queued until its batch ends. The API frees a request's place once it is
+processed, a little earlier, but a batch's counts do not say precisely when; counting to the
+end never overflows a share (at worst a wave goes a little later). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ MAX_QUEUE_WAIT_SECONDS = 900.0
 
 
 def queued_requests(statuses: Mapping[str, Mapping[str, Any]]) -> int:
-    """Return the requests still processing in batches of ``statuses`` (``batch_id -> BatchStatus``)."""
+    """Return the requests of the batches of ``statuses`` (``batch_id -> BatchStatus``) not ended yet."""
     total = 0
     for status in statuses.values():
         if status.get("processing_status") != "ended":
-            total += int((status.get("request_counts") or {}).get("processing", 0))
+            total += sum(int(count) for count in (status.get("request_counts") or {}).values())
     return total
 
 

@@ -460,13 +460,20 @@ def _create_round(
 
 
 def _queued_now(api: BatchesApi, ledger: Ledger) -> int:
-    """Return the requests of the round's created batches still processing (one retrieve each)."""
+    """Return the requests of the round's created batches not ended yet (one retrieve each)."""
     statuses = {}
     for entry in ledger.batches.values():
         batch = api.retrieve(entry["batch_id"])
+        counts = batch.request_counts
         statuses[batch.id] = {
             "processing_status": batch.processing_status,
-            "request_counts": {"processing": batch.request_counts.processing},
+            "request_counts": {
+                "processing": counts.processing,
+                "succeeded": counts.succeeded,
+                "errored": counts.errored,
+                "canceled": counts.canceled,
+                "expired": counts.expired,
+            },
         }
     return queued_requests(statuses)
 

@@ -127,3 +127,45 @@ def test_failure_rate_above_the_limit_fails_after_the_files_are_written(tmp_path
 def test_finalize_without_a_gathered_round_names_the_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"round-0/manifest\.json"):
         finalize_job(str(tmp_path / "nothing"))
+
+
+def _big_job(job: Any, requests: int) -> None:
+    """Round 0: every 10th request failed (retryable); round 1: those succeeded. Rows out of order."""
+    import random
+
+    order = list(range(1, requests + 1))
+    random.Random(requests).shuffle(order)
+    successes = [{**_success(f"r{i}", 0), "row": i} for i in order if i % 10]
+    failures = [{**_failure(f"r{i}", 0, "overloaded_error", True), "row": i} for i in order if not i % 10]
+    _write_round(job, 0, successes, failures)
+    _write_round(job, 1, [{**_success(f"r{i}", 1), "row": i} for i in order if not i % 10], [])
+
+
+def _finalize_peak(tmp_path: Path, requests: int) -> int:
+    import tracemalloc
+
+    job = as_path(str(tmp_path / f"job-{requests}"))
+    _big_job(job, requests)
+    tracemalloc.start()
+    try:
+        manifest = finalize_job(job)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert manifest["succeeded"] == requests and manifest["failed"] == 0
+    rows = [
+        msgspec.json.decode(line)["row"] for line in layout.final_results_path(job).read_bytes().splitlines()
+    ]
+    assert rows == list(range(1, requests + 1))  # one row per request, in input order
+    return peak
+
+
+def test_finalize_memory_does_not_grow_with_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_batch.gather import merging
+
+    monkeypatch.setattr(merging, "PARTITION_ROWS", 20_000)
+    small = _finalize_peak(tmp_path, 50_000)
+    large = _finalize_peak(tmp_path, 200_000)
+    # Four times the rows, the same memory: one partition of 20,000 rows at a time.
+    assert large < 1.5 * small, (small, large)
+    assert large < 48 * 2**20, large

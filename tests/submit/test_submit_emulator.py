@@ -224,7 +224,8 @@ def test_budget_refusal_names_estimate_and_budget_and_creates_no_batch(
     before = emulator_session.batch_count()
     rows = [req(f"r{i}", "x" * 4000, max_tokens=4000) for i in range(50)]
     with pytest.raises(
-        BudgetExceededError, match=r"round 0 would cost up to \$0\.\d+ .* above the budget max_cost_usd=\$0\.0100"
+        BudgetExceededError,
+        match=r"round 0 would cost up to \$0\.\d+ .* above the budget max_cost_usd=\$0\.0100",
     ):
         submit(session_client, rows, tmp_path / "job", max_cost_usd=0.01)
     assert emulator_session.batch_count() == before

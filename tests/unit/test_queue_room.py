@@ -27,13 +27,13 @@ def test_a_wave_takes_the_pending_chunks_in_order_while_they_fit() -> None:
     assert wave([1000] * 7, queued=10**9, limit=None) == 7  # no share: all, the API decides
 
 
-def test_only_requests_still_processing_in_unended_batches_are_queued() -> None:
+def test_a_request_counts_as_queued_until_its_batch_ends() -> None:
     statuses = {
         "a": {"processing_status": "in_progress", "request_counts": {"processing": 700, "succeeded": 300}},
         "b": {"processing_status": "canceling", "request_counts": {"processing": 50}},
         "c": {"processing_status": "ended", "request_counts": {"processing": 0, "succeeded": 1000}},
     }
-    assert queued_requests(statuses) == 750
+    assert queued_requests(statuses) == 1050
 
 
 def test_with_a_share_the_next_wave_goes_as_soon_as_it_fits() -> None:

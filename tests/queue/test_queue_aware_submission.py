@@ -1,0 +1,232 @@
+"""Rounds larger than the processing queue go in waves, deferring in between (SDK, emulator, dag.test)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import msgspec
+import pendulum
+import pytest
+from airflow.sdk import DAG
+from airflow_test_env import run_dag
+
+from airflow_batch import anthropic_batch_job, layout
+from airflow_batch.api import BatchesApi
+from airflow_batch.emulator.process import EmulatorProcess
+from airflow_batch.exceptions import SpendLimitReachedError
+from airflow_batch.manifest import JobIdentity
+from airflow_batch.storage import as_path, read_json
+from airflow_batch.submit.queue import QueueWaitNeeded
+from airflow_batch.submit.round import SubmitSettings, continue_round, submit_round
+from airflow_batch.triggers.queue import QueueRoomTrigger
+
+
+def _write_requests(path: Path, n: int, prefix: str = "req") -> None:
+    with path.open("wb") as out:
+        for i in range(n):
+            request = {
+                "custom_id": f"{prefix}-{i:05d}",
+                "params": {
+                    "model": "claude-haiku-4-5",
+                    "max_tokens": 16,
+                    "messages": [{"role": "user", "content": f"Label item {i}."}],
+                },
+            }
+            out.write(msgspec.json.encode(request) + b"\n")
+
+
+def _rows(path: Any) -> list[dict[str, Any]]:
+    return [msgspec.json.decode(line) for line in as_path(str(path)).read_bytes().splitlines() if line]
+
+
+def _job(dag_id: str, group: str, requests: Path, output: str, conn_id: str, **kwargs: Any) -> None:
+    anthropic_batch_job(
+        group,
+        requests=str(requests),
+        output_path=output,
+        conn_id=conn_id,
+        max_retry_rounds=1,
+        poll_interval=0.5,
+        submit_kwargs={"max_requests_per_batch": 1000, "count_tokens_sample": 0},
+        **kwargs,
+    )
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_job_four_times_the_queue_submits_in_waves_deferring_and_every_request_ends_once(
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.configure(queue_limit=3000, throughput=1000, error_types={"overloaded_error": 0.01}, seed=5)
+    requests = tmp_path / "requests.jsonl"
+    _write_requests(requests, 12_000)
+    output = str(tmp_path / "out")
+    with DAG("queue_waves", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        _job("queue_waves", "job", requests, output, anthropic_conn)  # no share: learned from 429s
+    with caplog.at_level("INFO"):
+        run = run_dag(dag)
+
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    stats = emulator.stats()
+    assert stats["peak_requests_queued"] <= 3000
+    # The submit ran, deferred, resumed, deferred, resumed...: at least two deferrals.
+    assert caplog.text.count(f"running task <TaskInstance: {dag.dag_id}.job.submit") >= 3
+    job = layout.job_dir(output, dag.dag_id, run.run_id, "job.submit")
+    ledger = read_json(layout.ledger_path(job, 0))
+    assert len(ledger["batches"]) == 12 and ledger["intents"] == {}
+    assert sum("paused with" in event for event in ledger["events"]) >= 2
+    results, failures = _rows(layout.final_results_path(job)), _rows(layout.final_failures_path(job))
+    ids = [row["custom_id"] for row in results + failures]
+    assert len(ids) == len(set(ids)) == 12_000
+
+
+def _submit(
+    base_url: str,
+    source: str,
+    job: str,
+    queued: int | None = None,
+    resume: bool = False,
+    max_queued_requests: int | None = None,
+) -> Any:
+    from airflow_batch.storage import iter_jsonl_lines
+
+    settings = SubmitSettings(
+        max_requests_per_batch=1000, count_tokens_sample=0, max_queued_requests=max_queued_requests
+    )
+    identity = JobIdentity("anthropic_default", (), None)
+    with BatchesApi(anthropic.Anthropic(base_url=base_url, api_key="k")) as api:
+        if resume:
+            return continue_round(
+                api, job=as_path(job), round_number=0, identity=identity, settings=settings, queued=queued
+            )
+        return submit_round(
+            api,
+            iter_jsonl_lines(as_path(source)),
+            job=as_path(job),
+            round_number=0,
+            identity=identity,
+            settings=settings,
+        )
+
+
+def _submit_until_done(base_url: str, source: str, job: str, max_queued_requests: int | None = None) -> Any:
+    """What the submit operator does: submit, then wait on the queue trigger and create wave after wave."""
+    resume, queued = False, None
+    while True:
+        try:
+            return _submit(base_url, source, job, queued, resume, max_queued_requests)
+        except QueueWaitNeeded as pause:
+            trigger = QueueRoomTrigger(
+                conn_id="anthropic_default",
+                batch_ids=pause.batch_ids,
+                wait=pause.wait.to_json(),
+                started_at=time.time(),
+                poll_interval=0.2,
+            )
+            event = asyncio.run(_first_event(trigger))
+            assert event["status"] == "room", event
+            resume, queued = True, int(event["queued"])
+
+
+async def _first_event(trigger: QueueRoomTrigger) -> dict[str, Any]:
+    async for event in trigger.run():
+        return dict(event.payload)
+    raise AssertionError("the trigger yielded no event")
+
+
+@pytest.mark.parametrize("share", [2000, None], ids=["shares", "learned-from-429"])
+def test_two_jobs_on_one_queue_both_finish_and_never_overflow_it(
+    share: int | None, emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
+) -> None:
+    emulator.configure(queue_limit=4000, throughput=1000)
+    manifests: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def job(name: str) -> None:
+        source = tmp_path / f"{name}.jsonl"
+        _write_requests(source, 6000, prefix=name)
+        try:
+            manifests[name] = _submit_until_done(emulator.base_url, str(source), str(tmp_path / name), share)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job, args=(name,)) for name in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert errors == []
+    assert sorted(manifests) == ["first", "second"]
+    assert all(len(m["batches"]) == 6 for m in manifests.values())
+    assert emulator.batch_count() == 12  # no batch twice
+    assert emulator.stats()["peak_requests_queued"] <= 4000
+    refusals = [
+        event
+        for name in manifests
+        for event in read_json(layout.ledger_path(as_path(str(tmp_path / name)), 0))["events"]
+        if "queue is full" in event
+    ]
+    if share is not None:
+        assert refusals == []  # the shares kept the jobs apart: no create was refused
+    else:
+        assert refusals  # they learned the queue from its refusals, and neither failed
+
+
+def _die_in_second_wave(base_url: str, source: str, job: str) -> None:
+    from airflow_batch.submit.ledger import LedgerStore
+
+    save = LedgerStore.save
+
+    def save_then_maybe_die(self: LedgerStore, ledger: Any) -> None:
+        save(self, ledger)
+        if len(ledger.batches) == 4:  # the first of the second wave is recorded
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    LedgerStore.save = save_then_maybe_die  # type: ignore[method-assign]
+    _submit_until_done(base_url, source, job)
+
+
+def test_a_worker_killed_between_two_waves_re_attaches_without_a_duplicate_batch(
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
+) -> None:
+    # Batches of 1,000 end within ~a second: the worker's second wave starts after the first ends.
+    emulator.configure(queue_limit=3000, throughput=5000)
+    source = tmp_path / "requests.jsonl"
+    _write_requests(source, 8000)
+    job = str(tmp_path / "job")
+    worker = multiprocessing.get_context("fork").Process(
+        target=_die_in_second_wave, args=(emulator.base_url, str(source), job)
+    )
+    worker.start()
+    worker.join(timeout=180)
+    assert worker.exitcode == -signal.SIGKILL
+    assert emulator.batch_count() == 4
+
+    # The retried task: the whole submit again (it re-attaches), then waves until done.
+    manifest = _submit_until_done(emulator.base_url, str(source), job)
+    assert emulator.batch_count() == 8
+    assert len({batch["batch_id"] for batch in manifest["batches"]}) == 8
+    assert emulator.stats()["peak_requests_queued"] <= 3000
+
+
+def test_a_spend_limit_429_fails_the_submit_at_once_and_creates_nothing_more(
+    emulator: EmulatorProcess, tmp_path: Path
+) -> None:
+    source = tmp_path / "requests.jsonl"
+    _write_requests(source, 3000)
+    emulator.configure(spend_limit_reached=True)
+    with pytest.raises(SpendLimitReachedError) as raised:
+        _submit(emulator.base_url, str(source), str(tmp_path / "job"))
+    message = str(raised.value)
+    assert "enforced_spend_limit_reached" in message
+    assert "spend limit, not a rate limit" in message and "Raise it in the Console" in message
+    assert emulator.batch_count() == 0
+    ledger = read_json(layout.ledger_path(as_path(str(tmp_path / "job")), 0))
+    assert ledger["batches"] == {}
