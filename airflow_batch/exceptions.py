@@ -8,6 +8,9 @@ derive from :class:`AfterSubmitError`: batches exist and outputs written so far 
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 from airflow.providers.anthropic.exceptions import AnthropicError
 
 
@@ -18,13 +21,43 @@ class AirflowBatchError(AnthropicError):
 class BeforeSubmitError(AirflowBatchError):
     """Raised before any batch was created: nothing was spent."""
 
+    def record(self, round_number: int) -> dict[str, Any]:
+        """Return the refusal as the round records it (``round-N/refusal.json``): round and reason."""
+        return {"round": round_number, "reason": str(self)}
+
 
 class InvalidRequestsError(BeforeSubmitError):
     """One or more input rows are not valid Message Batches requests."""
 
 
 class BudgetExceededError(BeforeSubmitError):
-    """The cost estimate is above ``max_cost_usd``."""
+    """The cost estimate is above what is left of ``max_cost_usd``.
+
+    ``estimate_usd`` is the round's estimate at batch prices, ``budget_usd`` the job's budget
+    and ``spent_usd`` what its earlier rounds cost.
+    """
+
+    def __init__(self, message: str, *, estimate_usd: float, budget_usd: float, spent_usd: float) -> None:
+        super().__init__(message)
+        self.estimate_usd = estimate_usd
+        self.budget_usd = budget_usd
+        self.spent_usd = spent_usd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only figures: the default reduce would rebuild from the message alone and fail.
+        rebuild = partial(
+            type(self), estimate_usd=self.estimate_usd, budget_usd=self.budget_usd, spent_usd=self.spent_usd
+        )
+        return (rebuild, self.args)
+
+    def record(self, round_number: int) -> dict[str, Any]:
+        """Return the refusal with its numbers: estimate, budget and spend so far (USD, batch prices)."""
+        return {
+            **super().record(round_number),
+            "estimate_usd": self.estimate_usd,
+            "budget_usd": self.budget_usd,
+            "spent_usd": self.spent_usd,
+        }
 
 
 class UnknownModelError(BeforeSubmitError):

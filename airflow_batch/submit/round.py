@@ -331,7 +331,7 @@ def submit_round(
         if pending and not ledger.batches:
             _check_models(api, prepared.tally.models, price_table(settings.prices).known_models(), log)
     except BeforeSubmitError as refusal:
-        write_json(layout.refusal_path(job, round_number), {"round": round_number, "reason": str(refusal)})
+        write_json(layout.refusal_path(job, round_number), refusal.record(round_number))
         raise
     for chunk in pending:
         _submit_chunk(api, job, ledger, store, chunk, settings, log)
@@ -375,7 +375,10 @@ def _check_budget(
             f"{spent}; {len(pending)} batch(es) not submitted"
             + (f" ({already} submitted by an earlier attempt)" if already else "")
             + ". Raise max_cost_usd, lower max_tokens or set expected_output_tokens, "
-            "or submit fewer requests."
+            "or submit fewer requests.",
+            estimate_usd=estimate["batch_usd"],
+            budget_usd=budget,
+            spent_usd=settings.spent_usd,
         )
 
 
