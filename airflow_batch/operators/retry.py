@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
+from airflow_batch.exceptions import BeforeSubmitError
 from airflow_batch.manifest import JobIdentity, RoundManifest
+from airflow_batch.operators.submit import push_refusal
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -24,7 +26,8 @@ class RetryFailedOperator(BaseOperator):
     submits them through the same path as the first submission
     (:func:`airflow_batch.submit.round.submit_round`): batch limits, ledger, idempotent
     re-attach on a retry or clear, and the budget. With ``max_cost_usd`` the budget of the
-    round is what is left after the cost of the rounds gathered so far. When nothing is
+    round is what is left after the cost of the rounds gathered so far; a round refused
+    leaves its refusal in XCom for the batch jobs page, as the submit does. When nothing is
     retryable the task is skipped, and with it the round's wait and gather.
 
     Returns the new round's manifest (as the submit does), for the round's ``BatchesSensor``.
@@ -83,13 +86,17 @@ class RetryFailedOperator(BaseOperator):
         )
         hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
         with hook.batches_api() as api:
-            return submit_round(
-                api,
-                original_requests(previous, ids),
-                job=job,
-                round_number=round_number,
-                identity=identity,
-                settings=settings,
-                state_store=context.get("task_state_store"),
-                log=self.log,  # type: ignore[arg-type]
-            )
+            try:
+                return submit_round(
+                    api,
+                    original_requests(previous, ids),
+                    job=job,
+                    round_number=round_number,
+                    identity=identity,
+                    settings=settings,
+                    state_store=context.get("task_state_store"),
+                    log=self.log,  # type: ignore[arg-type]
+                )
+            except BeforeSubmitError as refusal:
+                push_refusal(context, job, round_number, refusal)
+                raise

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_batch import layout
-from airflow_batch.manifest import JobIdentity, RoundManifest
+from airflow_batch.exceptions import BeforeSubmitError
+from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, RoundManifest, refused_manifest
 from airflow_batch.submit.records import RequestBuilder, RequestDefaults, records_to_requests
 from airflow_batch.submit.round import SubmitSettings
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
@@ -40,6 +41,10 @@ class SubmitBatchesOperator(BaseOperator):
     adopts none, warns with their ids, and submits again (see :mod:`airflow_batch.ledger`).
     A create whose response is lost (timeout, dropped connection) is handled the same way
     before it is retried, instead of the SDK's blind retry.
+
+    **A refusal before any spend** (invalid input, the budget, an unknown model) fails the
+    task without a return value and leaves the refused round's manifest (the reason, and the
+    estimate against the budget) in XCom under ``failed_manifest``, for the batch jobs page.
 
     **A changed input** for the same task instance (a different fingerprint of the prepared
     requests and batch limits) fails with ``InputChangedError`` by default; with
@@ -208,17 +213,33 @@ class SubmitBatchesOperator(BaseOperator):
         from airflow_batch.submit.inputs import is_file_input
 
         source = self.records if self.records is not None else self.requests
+        job = self.job_dir(context)
         hook = BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
         with hook.batches_api() as api:
-            return submit_round(
-                api,
-                self.input_rows(),
-                job=self.job_dir(context),
-                round_number=0,
-                identity=identity,
-                settings=self.settings,
-                state_store=context.get("task_state_store"),
-                log=self.log,  # type: ignore[arg-type]
-                defaults=defaults,
-                row_label="line" if is_file_input(source) else "row",
-            )
+            try:
+                return submit_round(
+                    api,
+                    self.input_rows(),
+                    job=job,
+                    round_number=0,
+                    identity=identity,
+                    settings=self.settings,
+                    state_store=context.get("task_state_store"),
+                    log=self.log,  # type: ignore[arg-type]
+                    defaults=defaults,
+                    row_label="line" if is_file_input(source) else "row",
+                )
+            except BeforeSubmitError as refusal:
+                push_refusal(context, job, 0, refusal)
+                raise
+
+
+def push_refusal(
+    context: Context, job: ObjectStoragePath, round_number: int, refusal: BeforeSubmitError
+) -> None:
+    """Leave the refused round's manifest in XCom (``FAILED_MANIFEST_KEY``).
+
+    The task fails without a return value; this is how the batch jobs page still lists the
+    job, refused, with the reason and the budget's figures.
+    """
+    context["ti"].xcom_push(FAILED_MANIFEST_KEY, refused_manifest(str(job), refusal.record(round_number)))
