@@ -8,6 +8,7 @@ derive from :class:`AfterSubmitError`: batches exist and outputs written so far 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from airflow.providers.anthropic.exceptions import AnthropicError
@@ -20,21 +21,30 @@ class AirflowBatchError(AnthropicError):
 class BeforeSubmitError(AirflowBatchError):
     """Raised before any batch was created: nothing was spent."""
 
+    def record(self, round_number: int) -> dict[str, Any]:
+        """Return the refusal as the round records it (``round-N/refusal.json``): round and reason."""
+        return {"round": round_number, "reason": str(self), "kind": type(self).__name__}
+
 
 class InvalidRequestsError(BeforeSubmitError):
     """One or more input rows are not valid Message Batches requests."""
 
 
 class BudgetExceededError(BeforeSubmitError):
-    """The cost estimate is above ``max_cost_usd``; the numbers are attributes (USD at batch prices)."""
+    """The cost estimate is above what is left of ``max_cost_usd``.
+
+    ``estimate_usd`` is the round's guarded estimate at batch prices, ``budget_usd`` the job's
+    budget, ``spent_usd`` what its earlier rounds cost and ``basis`` which estimate was guarded
+    (``"upper_bound"`` or ``"expected"``, see ``budget_basis``).
+    """
 
     def __init__(
         self,
         message: str,
         *,
-        estimate_usd: float | None = None,
-        budget_usd: float | None = None,
-        spent_usd: float = 0.0,
+        estimate_usd: float,
+        budget_usd: float,
+        spent_usd: float,
         basis: str = "upper_bound",
     ) -> None:
         super().__init__(message)
@@ -42,6 +52,27 @@ class BudgetExceededError(BeforeSubmitError):
         self.budget_usd = budget_usd
         self.spent_usd = spent_usd
         self.basis = basis
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only figures: the default reduce would rebuild from the message alone and fail.
+        rebuild = partial(
+            type(self),
+            estimate_usd=self.estimate_usd,
+            budget_usd=self.budget_usd,
+            spent_usd=self.spent_usd,
+            basis=self.basis,
+        )
+        return (rebuild, self.args)
+
+    def record(self, round_number: int) -> dict[str, Any]:
+        """Return the refusal with its numbers: estimate, budget and spend so far (USD, batch prices)."""
+        return {
+            **super().record(round_number),
+            "estimate_usd": self.estimate_usd,
+            "budget_usd": self.budget_usd,
+            "spent_usd": self.spent_usd,
+            "basis": self.basis,
+        }
 
 
 class UnknownModelError(BeforeSubmitError):

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 #: Rows skipped as invalid input, in a round folder (and in submit's staging folder).
 INVALID_INPUT_FILE = "invalid_input.jsonl"
+#: The job manifest finalize writes in the job folder, next to the merged results.
+FINAL_MANIFEST_FILE = "manifest.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
 
@@ -158,4 +160,4 @@ def final_table_path(job: ObjectStoragePath, name: str) -> ObjectStoragePath:
 
 def final_manifest_path(job: ObjectStoragePath) -> ObjectStoragePath:
     """Return the job manifest written by finalize."""
-    return job / "manifest.json"
+    return job / FINAL_MANIFEST_FILE

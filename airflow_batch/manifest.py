@@ -16,9 +16,13 @@ from typing import Any, Literal, TypedDict
 
 MANIFEST_VERSION = 1
 
-Stage = Literal["submitted", "waited", "gathered", "finalized"]
+Stage = Literal["refused", "submitted", "waited", "gathered", "finalized"]
 #: How far each stage is along a job: a later stage's manifest supersedes an earlier one's.
-STAGE_ORDER: dict[str, int] = {"submitted": 0, "waited": 1, "gathered": 2, "finalized": 3}
+#: A refused round went no further than a submit that created nothing.
+STAGE_ORDER: dict[str, int] = {"refused": 0, "submitted": 0, "waited": 1, "gathered": 2, "finalized": 3}
+#: XCom key of the manifest a task leaves when it fails with an outcome to show (it then has
+#: no return value): a round refused before any spend, a job above its failure-rate limit.
+FAILED_MANIFEST_KEY = "failed_manifest"
 
 
 class BatchRecord(TypedDict):
@@ -173,6 +177,27 @@ class JobManifest(TypedDict, total=False):
     finalized_at: str
     duration_seconds: float | None
     refused_rounds: list[dict[str, Any]]
+
+
+class RefusedManifest(TypedDict, total=False):
+    """A round refused before any spend: its refusal record (``round-N/refusal.json``) and job folder.
+
+    The budget's figures (USD at batch prices) are there when the budget refused the round.
+    """
+
+    version: int
+    stage: Stage
+    job_dir: str
+    round: int
+    reason: str
+    estimate_usd: float
+    budget_usd: float
+    spent_usd: float
+
+
+def refused_manifest(job_dir: str, record: Mapping[str, Any]) -> RefusedManifest:
+    """Return the manifest of a refused round from its refusal record (``round``, ``reason``, figures)."""
+    return RefusedManifest(version=MANIFEST_VERSION, stage="refused", job_dir=job_dir, **record)  # type: ignore[typeddict-item]
 
 
 def empty_counts() -> RequestCounts:

@@ -28,6 +28,8 @@ os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"], exist_ok=True)
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
 os.environ.pop("AIRFLOW_CONN_ANTHROPIC_DEFAULT", None)
+# A key of the recommended length (64 bytes) for the in-process API's tokens (no weak-key warnings).
+os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = os.urandom(64).hex()
 # Fail fast in tests rather than wait out the SDK's default backoff against a dead server.
 os.environ.setdefault("AIRFLOW__CORE__DEFAULT_TASK_RETRIES", "0")
 

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
+from airflow_batch.exceptions import FailureRateExceededError
 from airflow_batch.gather.finalizing import check_failure_rate, finalize_job
 from airflow_batch.gather.tables import require_pyarrow, results_formats
-from airflow_batch.manifest import JobManifest
+from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobManifest
 from airflow_batch.submit.inputs import check_location
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class FinalizeBatchJobOperator(BaseOperator):
     ``failures_uri``, ``manifest_uri``, the counts and the cost, so downstream DAGs can be
     scheduled on it. The failure policy is applied
     last: above ``max_failure_rate`` the task fails, after every file is written (and
-    without an asset event).
+    without an asset event), leaving the job manifest in XCom under ``failed_manifest``.
 
     :param manifest: Any round manifest of the job (e.g. ``submit.output``), for its
         ``job_dir``; or give ``job_dir``.
@@ -93,7 +94,12 @@ class FinalizeBatchJobOperator(BaseOperator):
         )
         if self.asset is not None:
             context["outlet_events"][self.asset].extra = asset_extra(job_manifest)
-        check_failure_rate(job_manifest)
+        try:
+            check_failure_rate(job_manifest)
+        except FailureRateExceededError:
+            # The task fails without a return value; the batch jobs page reads the outcome here.
+            context["ti"].xcom_push(FAILED_MANIFEST_KEY, job_manifest)
+            raise
         return job_manifest
 
 

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
+from airflow_batch.exceptions import BeforeSubmitError
 from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.operators.queueing import defer_for_room, next_wave
+from airflow_batch.operators.submit import push_refusal
 from airflow_batch.submit.queue import QueueWaitNeeded
 
 if TYPE_CHECKING:
@@ -26,7 +28,8 @@ class RetryFailedOperator(BaseOperator):
     submits them through the same path as the first submission
     (:func:`airflow_batch.submit.round.submit_round`): batch limits, ledger, idempotent
     re-attach on a retry or clear, and the budget. With ``max_cost_usd`` the budget of the
-    round is what is left after the cost of the rounds gathered so far. When nothing is
+    round is what is left after the cost of the rounds gathered so far; a round refused
+    leaves its refusal in XCom for the batch jobs page, as the submit does. When nothing is
     retryable the task is skipped, and with it the round's wait and gather.
 
     Returns the new round's manifest (as the submit does), for the round's ``BatchesSensor``.
@@ -112,6 +115,9 @@ class RetryFailedOperator(BaseOperator):
                 )
             except QueueWaitNeeded as pause:
                 defer_for_room(self, pause, identity, round_number, self.poll_interval)
+                raise
+            except BeforeSubmitError as refusal:
+                push_refusal(context, job, round_number, refusal)
                 raise
 
     def resume_submit(self, context: Context, event: dict[str, Any] | None = None) -> RoundManifest:

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_batch import layout, settings
+from airflow_batch.exceptions import BeforeSubmitError
 from airflow_batch.history import observed_output_tokens
-from airflow_batch.manifest import JobIdentity, RoundManifest
+from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, RoundManifest, refused_manifest
 from airflow_batch.operators.queueing import defer_for_room, next_wave
 from airflow_batch.schema import job_schema
 from airflow_batch.storage import write_json
@@ -47,6 +48,10 @@ class SubmitBatchesOperator(BaseOperator):
     adopts none, warns with their ids, and submits again (see :mod:`airflow_batch.ledger`).
     A create whose response is lost (timeout, dropped connection) is handled the same way
     before it is retried, instead of the SDK's blind retry.
+
+    **A refusal before any spend** (invalid input, the budget, an unknown model) fails the
+    task without a return value and leaves the refused round's manifest (the reason, and the
+    estimate against the budget) in XCom under ``failed_manifest``, for the batch jobs page.
 
     **A changed input** for the same task instance (a different fingerprint of the prepared
     requests and batch limits) fails with ``InputChangedError`` by default; with
@@ -305,9 +310,9 @@ class SubmitBatchesOperator(BaseOperator):
         from airflow_batch.submit.inputs import is_file_input
 
         source = self.records if self.records is not None else self.requests
+        job = self.job_dir(context)
         hook = BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
         with hook.batches_api() as api:
-            job = self.job_dir(context)
             write_json(layout.job_spec_path(job), self.job_spec())
             try:
                 return submit_round(
@@ -325,6 +330,9 @@ class SubmitBatchesOperator(BaseOperator):
             except QueueWaitNeeded as pause:
                 defer_for_room(self, pause, identity, 0, self.poll_interval)
                 raise  # unreachable: defer raises
+            except BeforeSubmitError as refusal:
+                push_refusal(context, job, 0, refusal)
+                raise
 
     def resume_submit(self, context: Context, event: dict[str, Any] | None = None) -> RoundManifest:
         """Create the next wave once the queue has room (after a deferral); defer again or return."""
@@ -352,3 +360,14 @@ class SubmitBatchesOperator(BaseOperator):
             except QueueWaitNeeded as pause:
                 defer_for_room(self, pause, identity, 0, self.poll_interval)
                 raise
+
+
+def push_refusal(
+    context: Context, job: ObjectStoragePath, round_number: int, refusal: BeforeSubmitError
+) -> None:
+    """Leave the refused round's manifest in XCom (``FAILED_MANIFEST_KEY``).
+
+    The task fails without a return value; this is how the batch jobs page still lists the
+    job, refused, with the reason and the budget's figures.
+    """
+    context["ti"].xcom_push(FAILED_MANIFEST_KEY, refused_manifest(str(job), refusal.record(round_number)))

@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from airflow_batch.manifest import FAILED_MANIFEST_KEY
 from airflow_batch.plugins.rendering import render_page
 from airflow_batch.plugins.views import ManifestRecord, build_jobs, is_batch_manifest, manifest_paths
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 
 URL_PREFIX = "/airflow-batch"
 RECENT_RUNS = 50
+#: The XCom keys manifests are found under.
+MANIFEST_KEYS = ("return_value", FAILED_MANIFEST_KEY)
+MEDIA_TYPES = {".jsonl": "application/x-ndjson", ".json": "application/json"}
 _bearer = HTTPBearer(auto_error=False)
 
 app = FastAPI(title="Airflow Batch: batch jobs", docs_url=None, redoc_url=None, openapi_url=None)
@@ -59,7 +63,11 @@ def _require_dag(user: BaseUser, dag_id: str) -> None:
 def load_records(
     dag_ids: set[str], dag_id: str | None = None, run_id: str | None = None
 ) -> list[ManifestRecord]:
-    """Return the manifests in XCom of the most recent runs of ``dag_ids``, newest run first."""
+    """Return the manifests in XCom of the most recent runs of ``dag_ids``, newest run first.
+
+    Return values, and the manifests failed tasks left (a refused round, a job above its
+    failure-rate limit).
+    """
     from airflow.models.dagrun import DagRun
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -83,7 +91,7 @@ def load_records(
                 XComModel.value,
                 XComModel.dag_run_id,
             )
-            .where(XComModel.dag_run_id.in_(run_pks), XComModel.key == "return_value")
+            .where(XComModel.dag_run_id.in_(run_pks), XComModel.key.in_(MANIFEST_KEYS))
             .order_by(XComModel.dag_run_id.desc(), XComModel.timestamp)
         ).all()
     records = []
@@ -146,7 +154,7 @@ def jobs_page(
 
 @app.get("/files")
 def download(dag_id: str, run_id: str, path: str, user: CurrentUser) -> StreamingResponse:
-    """Stream a results or failures file named in a manifest of the DAG run.
+    """Stream a file named in a manifest of the DAG run (results, failures, the job manifest).
 
     Only paths a manifest of that run lists can be fetched, so the page can never be used to
     read an arbitrary file, and only by users who may read the DAG.
@@ -169,6 +177,6 @@ def download(dag_id: str, run_id: str, path: str, user: CurrentUser) -> Streamin
 
     return StreamingResponse(
         stream(),
-        media_type="application/x-ndjson",
+        media_type=MEDIA_TYPES.get(target.suffix, "application/octet-stream"),
         headers={"Content-Disposition": f'attachment; filename="{target.name}"'},
     )

@@ -11,7 +11,7 @@ from functools import cache
 
 import jinja2
 
-from airflow_batch.plugins.views import JobView, bar_segments, console_links, file_href, is_live
+from airflow_batch.plugins.views import JobView, bar_segments, console_links, duration, file_href, is_live
 
 
 @cache
@@ -22,6 +22,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     environment.globals.update(bar_segments=bar_segments, console_links=console_links, file_href=file_href)
+    environment.filters["duration"] = duration
     return environment
 
 

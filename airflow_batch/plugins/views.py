@@ -1,4 +1,4 @@
-"""What the batch jobs page shows: jobs and rounds assembled from the manifests in XCom.
+"""What the batch jobs page shows: every job, its rounds and its outcome, from the manifests in XCom.
 
 Pure functions over plain data: the FastAPI app reads XCom rows and ``progress.json`` files
 and hands them here; nothing in this module touches Airflow, a database or storage, so the
@@ -8,25 +8,39 @@ page's logic is tested without a server. The markup lives in ``templates/jobs.ht
 A job is one job folder (``manifest["job_dir"]``). Each of its tasks (submit, wait, gather,
 retry, finalize) returns a manifest; for a round the most advanced one wins
 (gathered > waited > submitted), and a live ``progress.json`` fills in while the wait is
-deferred. Each manifest names its stage.
+deferred. Each manifest names its stage. A task that fails with an outcome to show has no
+return value and leaves its manifest under ``FAILED_MANIFEST_KEY`` instead: a round refused
+before any spend (stage ``refused``: the reason, and the estimate against the budget) and a
+job finalized above its failure-rate limit. The page reads manifests only, never a result
+file, so a page of many jobs stays quick.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+from airflow_batch.layout import FINAL_MANIFEST_FILE
 from airflow_batch.links.urls import batch_console_url
 from airflow_batch.manifest import STAGE_ORDER, RequestCounts, Usage, empty_counts, empty_usage, sum_usages
 
 COUNT_KINDS: tuple[str, ...] = ("succeeded", "errored", "expired", "canceled", "processing")
+#: The files finalize writes, by job-manifest key, in the order the page links them.
+FINAL_FILE_KEYS: tuple[tuple[str, str], ...] = (
+    ("results_path", "results"),
+    ("failures_path", "failures"),
+    ("manifest_path", "manifest"),
+    ("results_parquet_path", "results-parquet"),
+    ("failures_parquet_path", "failures-parquet"),
+)
 
 
 @dataclass(frozen=True)
 class ManifestRecord:
-    """One XCom return value of a task of a batch job, with the task instance it came from."""
+    """One manifest a task of a batch job left in XCom, with the task instance it came from."""
 
     dag_id: str
     run_id: str
@@ -35,12 +49,81 @@ class ManifestRecord:
     value: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A round refused before any spend: why, and when the budget refused it, its figures (USD)."""
+
+    round: int
+    reason: str
+    estimate_usd: float | None = None
+    budget_usd: float | None = None
+    spent_usd: float | None = None
+
+    @property
+    def left_usd(self) -> float | None:
+        """Return what was left of the budget when the round was refused."""
+        if self.budget_usd is None:
+            return None
+        return max(self.budget_usd - (self.spent_usd or 0.0), 0.0)
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> Refusal:
+        """Return the refusal a refused manifest or a ``refusal.json`` record describes."""
+        return cls(
+            round=int(record.get("round", 0) or 0),
+            reason=str(record.get("reason", "")),
+            estimate_usd=_optional_float(record.get("estimate_usd")),
+            budget_usd=_optional_float(record.get("budget_usd")),
+            spent_usd=_optional_float(record.get("spent_usd")),
+        )
+
+
+@dataclass(frozen=True)
+class Failures:
+    """What failed: counts by result type and by error type, and how many can be retried.
+
+    For a finalized job also the failure rate and its limit (``max_failure_rate``).
+    """
+
+    failed: int
+    by_type: dict[str, int]
+    by_error_type: dict[str, int]
+    retryable: int
+    rate: float | None = None
+    limit: float | None = None
+
+    @property
+    def over_limit(self) -> bool:
+        """Return whether the failure rate is above its limit (finalize then failed the task)."""
+        return self.rate is not None and self.limit is not None and self.rate > self.limit
+
+
+@dataclass(frozen=True)
+class WaitProgress:
+    """How a round's wait is going: time since submit, the last poll, and the time left."""
+
+    elapsed_seconds: float | None
+    last_poll_at: str | None
+    last_poll_seconds_ago: float | None
+    #: Left at the rate requests ended so far; None until some did (counts move when a batch ends).
+    eta_seconds: float | None
+
+
+@dataclass(frozen=True)
+class FileLink:
+    """A file the page links for download: its kind (the link's class), label and URI."""
+
+    kind: str
+    label: str
+    path: str
+
+
 @dataclass
 class RoundView:
     """One round of a job as the page shows it."""
 
     number: int
-    stage: str  # submitted | waiting | waited | gathered
+    stage: str  # refused | submitted | waiting | waited | gathered
     status: str
     batch_ids: list[str]
     requests: int
@@ -48,9 +131,27 @@ class RoundView:
     usage: Usage
     cost_batch_usd: float | None
     cost_standard_usd: float | None
+    estimate_usd: float | None
     results_paths: list[str]
     failures_paths: list[str]
+    invalid_path: str | None
     source: ManifestRecord
+    refusal: Refusal | None = None
+    failures: Failures | None = None
+    duration_seconds: float | None = None
+    wait: WaitProgress | None = None
+
+    @property
+    def files(self) -> list[FileLink]:
+        """Return the round's part files (one per batch) and its invalid rows, if any."""
+        links = []
+        for kind, paths in (("results", self.results_paths), ("failures", self.failures_paths)):
+            for index, path in enumerate(paths, 1):
+                label = kind if len(paths) == 1 else f"{kind} {index}"
+                links.append(FileLink(f"{kind}-part", label, path))
+        if self.invalid_path:
+            links.append(FileLink("invalid", "invalid input", self.invalid_path))
+        return links
 
 
 @dataclass
@@ -85,7 +186,7 @@ class JobView:
 
     @property
     def requests(self) -> int:
-        """Return the number of requests of the first submission."""
+        """Return the number of requests of the first submission (0 when it was refused)."""
         return self.rounds[0].requests if self.rounds else int(self._final_value.get("requests", 0))
 
     @property
@@ -93,15 +194,24 @@ class JobView:
         return self.final.value if self.final else {}
 
     @property
-    def status(self) -> str:
-        """Return the job's status: the finalize outcome, else the latest round's."""
+    def outcome(self) -> str:
+        """Return ``finished``, ``failed`` (above the failure-rate limit), ``refused`` or ``running``."""
         if self.final is not None:
-            final = self._final_value
-            limit = final.get("max_failure_rate")
-            rate = float(final.get("failure_rate", 0.0) or 0.0)
-            if limit is not None and rate > float(limit):
-                return f"failed: {rate:.1%} of requests failed (max {float(limit):.1%})"
-            failed = int(final.get("failed", 0) or 0)
+            failures = self.failures
+            return "failed" if failures is not None and failures.over_limit else "finished"
+        latest = self.latest
+        if latest is not None and latest.stage == "refused":
+            return "refused"
+        return "running"
+
+    @property
+    def status(self) -> str:
+        """Return the job's status: its outcome once it has one, else the latest round's."""
+        outcome = self.outcome
+        if outcome == "failed":
+            return "failed"
+        if outcome == "finished":
+            failed = int(self._final_value.get("failed", 0) or 0)
             return f"finished, {failed} failed" if failed else "finished"
         latest = self.latest
         if latest is None:
@@ -109,6 +219,32 @@ class JobView:
         if latest.number > 0:
             return f"retry round {latest.number}: {latest.status}"
         return latest.status
+
+    @property
+    def refusals(self) -> list[Refusal]:
+        """Return the job's refused rounds: from their manifests, and those finalize recorded."""
+        refusals = {r.number: r.refusal for r in self.rounds if r.refusal is not None}
+        for record in self._final_value.get("refused_rounds") or ():
+            refusal = Refusal.of(record)
+            refusals.setdefault(refusal.round, refusal)
+        return [refusals[number] for number in sorted(refusals)]
+
+    @property
+    def failures(self) -> Failures | None:
+        """Return what failed: the final outcome after finalize, else the latest gathered round's."""
+        final = self._final_value
+        if "failed" in final:
+            limit = final.get("max_failure_rate")
+            return Failures(
+                failed=int(final.get("failed", 0) or 0),
+                by_type=_int_map(final.get("failures_by_type")),
+                by_error_type=_int_map(final.get("failures_by_error_type")),
+                retryable=int(final.get("retryable_left", 0) or 0),
+                rate=float(final.get("failure_rate", 0.0) or 0.0),
+                limit=None if limit is None else float(limit),
+            )
+        gathered = [r for r in self.rounds if r.failures is not None]
+        return gathered[-1].failures if gathered else None
 
     @property
     def counts(self) -> RequestCounts:
@@ -150,37 +286,69 @@ class JobView:
         )
 
     @property
-    def results_paths(self) -> list[str]:
-        """Return the merged results file after finalize, else every round's result parts."""
-        final = self._final_value.get("results_path")
-        if isinstance(final, str):
-            return [final]
-        return [p for r in self.rounds for p in r.results_paths]
+    def estimate_usd(self) -> float | None:
+        """Return the estimates of the job's rounds added up (batch prices), None without any."""
+        estimates = [r.estimate_usd for r in self.rounds if r.estimate_usd is not None]
+        return sum(estimates) if estimates else None
 
     @property
-    def failures_paths(self) -> list[str]:
-        """Return the final failures file after finalize, else the latest round's failure parts."""
-        final = self._final_value.get("failures_path")
-        if isinstance(final, str):
-            return [final]
-        latest = self.latest
-        return list(latest.failures_paths) if latest else []
+    def duration_seconds(self) -> float | None:
+        """Return the time from the first submit to finalize, once finalized."""
+        return _optional_float(self._final_value.get("duration_seconds"))
+
+    @property
+    def wait(self) -> WaitProgress | None:
+        """Return the wait progress of the latest round while it waits."""
+        return self.latest.wait if self.latest is not None else None
+
+    @property
+    def file_groups(self) -> list[tuple[str, list[FileLink]]]:
+        """Return the files to link, as (title, links) groups.
+
+        Once finalize ran (successfully or above its failure-rate limit): the merged files
+        (results, failures, the job manifest, and the Parquet files when finalize wrote them).
+        Before: each round's part files under a "round N parts" title, so a part is never
+        taken for the job's results.
+        """
+        final = self._final_value
+        if isinstance(final.get("results_path"), str):
+            return [("", [FileLink(kind, _file_name(path), path) for kind, path in final_files(final)])]
+        return [(f"round {r.number} parts", r.files) for r in self.rounds if r.files]
 
 
 def manifest_stage(value: Mapping[str, Any]) -> str:
-    """Return the stage a manifest names (``submitted``, ``waited``, ``gathered``, ``finalized``)."""
+    """Return the stage a manifest names (``refused``, ``submitted`` ... ``finalized``)."""
     stage = value.get("stage")
     return stage if stage in STAGE_ORDER else "submitted"
 
 
 def is_final_manifest(value: Mapping[str, Any]) -> bool:
-    """Return True for the job manifest finalize returns (it carries no single round)."""
+    """Return True for the job manifest finalize writes (it carries no single round)."""
     return manifest_stage(value) == "finalized"
 
 
 def is_batch_manifest(value: Any) -> bool:
     """Return True if an XCom value is one of this package's manifests."""
     return isinstance(value, Mapping) and isinstance(value.get("job_dir"), str)
+
+
+def final_files(value: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Return (kind, URI) of each file a finalized job manifest names, the job manifest included."""
+    job_dir = str(value.get("job_dir", "")).rstrip("/")
+    paths = {**value, "manifest_path": f"{job_dir}/{FINAL_MANIFEST_FILE}"}
+    return [(kind, paths[key]) for key, kind in FINAL_FILE_KEYS if isinstance(paths.get(key), str)]
+
+
+def _file_name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _int_map(raw: Any) -> dict[str, int]:
+    return {str(k): int(v or 0) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
 
 
 def _usage(raw: Mapping[str, Any] | None) -> Usage:
@@ -222,9 +390,79 @@ def _gathered_counts(result_counts: Mapping[str, Any]) -> RequestCounts:
     return counts
 
 
-def _round_view(record: ManifestRecord, progress: Mapping[str, Any] | None) -> RoundView:
+def _round_failures(value: Mapping[str, Any]) -> Failures:
+    by_type = {k: n for k, n in _int_map(value.get("result_counts")).items() if k != "succeeded" and n}
+    return Failures(
+        failed=sum(by_type.values()),
+        by_type=by_type,
+        by_error_type=_int_map(value.get("error_types")),
+        retryable=int(value.get("retryable", 0) or 0),
+    )
+
+
+def _time(value: Any) -> datetime | None:
+    """Return an ISO timestamp (or a datetime) as an aware datetime; None when it is not one."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and value:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _seconds_between(start: Any, end: Any) -> float | None:
+    first, last = _time(start), _time(end)
+    return None if first is None or last is None else max((last - first).total_seconds(), 0.0)
+
+
+def _wait_progress(
+    value: Mapping[str, Any], progress: Mapping[str, Any] | None, now: datetime
+) -> WaitProgress:
+    """Return the wait's progress: ``progress.json`` figures taken forward from its poll to ``now``."""
+    progress = progress or {}
+    last_poll = progress.get("last_poll_at") or progress.get("updated_at")
+    eta = _optional_float(progress.get("eta_seconds"))
+    since_written = _seconds_between(progress.get("updated_at"), now)
+    if eta is not None and since_written is not None:
+        eta = max(eta - since_written, 0.0)
+    return WaitProgress(
+        elapsed_seconds=_seconds_between(value.get("submitted_at"), now),
+        last_poll_at=last_poll if isinstance(last_poll, str) else None,
+        last_poll_seconds_ago=_seconds_between(last_poll, now),
+        eta_seconds=eta,
+    )
+
+
+def _refused_round_view(record: ManifestRecord) -> RoundView:
+    refusal = Refusal.of(record.value)
+    return RoundView(
+        number=refusal.round,
+        stage="refused",
+        status="refused",
+        batch_ids=[],
+        requests=0,
+        counts=empty_counts(),
+        usage=empty_usage(),
+        cost_batch_usd=None,
+        cost_standard_usd=None,
+        estimate_usd=refusal.estimate_usd,
+        results_paths=[],
+        failures_paths=[],
+        invalid_path=None,
+        source=record,
+        refusal=refusal,
+    )
+
+
+def _round_view(record: ManifestRecord, progress: Mapping[str, Any] | None, now: datetime) -> RoundView:
     value = record.value
     stage = manifest_stage(value)
+    if stage == "refused":
+        return _refused_round_view(record)
     batch_ids = [str(b["batch_id"]) for b in value.get("batches", []) if "batch_id" in b]
     requests = int(value.get("requests", 0) or 0)
     counts: RequestCounts
@@ -239,6 +477,9 @@ def _round_view(record: ManifestRecord, progress: Mapping[str, Any] | None) -> R
         counts = empty_counts()
         counts["processing"] = requests
     cost = value.get("cost") if stage == "gathered" else None
+    estimate = value.get("estimate")
+    ended_at = value.get("gathered_at") if stage == "gathered" else value.get("waited_at")
+    invalid_path = value.get("invalid_path")
     return RoundView(
         number=int(value.get("round", 0)),
         stage=stage,
@@ -249,9 +490,14 @@ def _round_view(record: ManifestRecord, progress: Mapping[str, Any] | None) -> R
         usage=_usage(value.get("usage")),
         cost_batch_usd=float(cost["batch_usd"]) if isinstance(cost, Mapping) else None,
         cost_standard_usd=float(cost.get("standard_usd", 0.0)) if isinstance(cost, Mapping) else None,
+        estimate_usd=float(estimate["batch_usd"]) if isinstance(estimate, Mapping) else None,
         results_paths=[str(p) for p in value.get("results_paths", [])],
         failures_paths=[str(p) for p in value.get("failures_paths", [])],
+        invalid_path=invalid_path if isinstance(invalid_path, str) and value.get("invalid") else None,
         source=record,
+        failures=_round_failures(value) if stage == "gathered" else None,
+        duration_seconds=_seconds_between(value.get("submitted_at"), ended_at),
+        wait=_wait_progress(value, progress, now) if stage in ("submitted", "waiting") else None,
     )
 
 
@@ -272,12 +518,15 @@ def _round_status(
 def build_jobs(
     records: Iterable[ManifestRecord],
     read_progress: Callable[[str, int], Mapping[str, Any] | None] = lambda job_dir, number: None,
+    now: datetime | None = None,
 ) -> list[JobView]:
     """Group manifests into jobs, newest first; ``read_progress(job_dir, round)`` reads live counts.
 
     For each round the most advanced manifest wins; ``read_progress`` is only called for
-    rounds that have not finished waiting, so a finished job costs no storage read.
+    rounds that have not finished waiting, so a finished job costs no storage read. ``now``
+    (default: the current time) is what elapsed times and the ETA are measured against.
     """
+    now = now or datetime.now(UTC)
     best: dict[str, dict[int, ManifestRecord]] = {}
     finals: dict[str, ManifestRecord] = {}
     order: list[str] = []
@@ -308,7 +557,7 @@ def build_jobs(
             progress = None
             if manifest_stage(record.value) == "submitted":
                 progress = read_progress(job_dir, number)
-            rounds.append(_round_view(record, progress))
+            rounds.append(_round_view(record, progress, now))
         owner = best[job_dir][min(best[job_dir])] if best[job_dir] else finals[job_dir]
         jobs.append(
             JobView(
@@ -351,9 +600,21 @@ def bar_segments(counts: Mapping[str, Any]) -> list[BarSegment]:
     ]
 
 
+def duration(seconds: float) -> str:
+    """Return a duration as people read it: ``"42s"``, ``"3m 07s"``, ``"2h 05m"``."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
 def is_live(jobs: Sequence[JobView]) -> bool:
     """Return whether any job is still running (the page then refreshes itself)."""
-    return any(j.final is None and (j.latest is None or j.latest.stage != "gathered") for j in jobs)
+    return any(j.outcome == "running" and (j.latest is None or j.latest.stage != "gathered") for j in jobs)
 
 
 def file_href(base: str, record: ManifestRecord | JobView, path: str) -> str:
@@ -363,11 +624,17 @@ def file_href(base: str, record: ManifestRecord | JobView, path: str) -> str:
 
 
 def manifest_paths(value: Mapping[str, Any]) -> set[str]:
-    """Return every results/failures/invalid-input file a manifest names (what may be downloaded)."""
+    """Return every file a manifest names, which the page may serve for download.
+
+    A round's results, failures and invalid-input files; a finalized job's merged files,
+    its Parquet files and the job manifest itself.
+    """
     paths = {str(p) for key in ("results_paths", "failures_paths") for p in value.get(key, []) or []}
     for key in ("results_path", "failures_path", "invalid_path"):
         if isinstance(value.get(key), str):
             paths.add(value[key])
+    if is_final_manifest(value):
+        paths.update(path for _, path in final_files(value))
     return paths
 
 

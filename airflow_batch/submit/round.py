@@ -372,7 +372,7 @@ def submit_round(
         if pending and not ledger.batches:
             _check_models(api, prepared.tally.models, price_table(settings.prices).known_models(), log)
     except BeforeSubmitError as refusal:
-        write_json(layout.refusal_path(job, round_number), refusal_record(round_number, refusal))
+        write_json(layout.refusal_path(job, round_number), refusal.record(round_number))
         raise
     ledger.invalid, ledger.invalid_path = prepared.invalid, invalid_path
     store.save(ledger)
@@ -499,19 +499,6 @@ def _pause(ledger: Ledger, store: LedgerStore, log: logging.Logger, wait: QueueW
         wait.need,
     )
     raise QueueWaitNeeded(wait, [entry["batch_id"] for _, entry in sorted(ledger.batches.items())])
-
-
-def refusal_record(round_number: int, refusal: BeforeSubmitError) -> dict[str, Any]:
-    """Return what ``refusal.json`` records: the round, the reason and, for a budget, its numbers."""
-    record: dict[str, Any] = {"round": round_number, "reason": str(refusal), "kind": type(refusal).__name__}
-    if isinstance(refusal, BudgetExceededError):
-        record.update(
-            estimate_usd=refusal.estimate_usd,
-            budget_usd=refusal.budget_usd,
-            spent_usd=refusal.spent_usd,
-            basis=refusal.basis,
-        )
-    return record
 
 
 def _check_budget(

@@ -66,6 +66,23 @@ def _chunk_ids(job: Any, round_number: int) -> set[str]:
     return {row["custom_id"] for part in sorted(folder.glob("*.jsonl")) for row in _read(part)}
 
 
+def _failed_manifests(dag_id: str) -> dict[str, Any]:
+    """Return the manifests the DAG's failed tasks left in XCom, by task id."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from airflow_batch.manifest import FAILED_MANIFEST_KEY
+
+    with create_session() as session:
+        rows = session.execute(
+            select(XComModel.task_id, XComModel.value).where(
+                XComModel.dag_id == dag_id, XComModel.key == FAILED_MANIFEST_KEY
+            )
+        ).all()
+    return {row.task_id: XComModel.deserialize_value(row) for row in rows}
+
+
 @pytest.mark.usefixtures("airflow_db")
 def test_batch_job_retries_only_retryable_failures_and_keeps_every_other_request(
     emulator: EmulatorProcess,
@@ -221,6 +238,8 @@ def test_nothing_retryable_skips_the_retry_round_and_failure_rate_fails_after_wr
     manifest = msgspec.json.decode(layout.final_manifest_path(job).read_bytes())
     assert manifest["failure_rate"] > manifest["max_failure_rate"] == 0.01
     assert not layout.round_dir(job, 1).exists()
+    # The failed finalize has no return value; it left the job manifest for the batch jobs page.
+    assert _failed_manifests(dag.dag_id) == {"job.finalize": manifest}
 
 
 @pytest.mark.usefixtures("airflow_db")
@@ -301,6 +320,11 @@ def test_a_retry_round_over_the_budget_is_refused_and_finalize_still_merges_what
     manifest = msgspec.json.decode(layout.final_manifest_path(job).read_bytes())
     [refusal] = manifest["refused_rounds"]
     assert refusal["round"] == 1
+    assert refusal["budget_usd"] == budget and refusal["spent_usd"] == spent
+    assert refusal["estimate_usd"] > budget - spent
+    assert _failed_manifests(dag.dag_id) == {
+        "job.retry_1": {"version": 1, "stage": "refused", "job_dir": str(job), **refusal}
+    }
     assert (
         f"above the budget max_cost_usd=${budget:.4f}; the job has spent ${spent:.4f} so far"
         in refusal["reason"]

@@ -226,9 +226,22 @@ def test_budget_refusal_names_estimate_and_budget_and_creates_no_batch(
     with pytest.raises(
         BudgetExceededError,
         match=r"round 0 would cost up to \$0\.\d+ .* above the budget max_cost_usd=\$0\.0100",
-    ):
+    ) as refused:
         submit(session_client, rows, tmp_path / "job", max_cost_usd=0.01)
     assert emulator_session.batch_count() == before
+    # The numbers travel with the error and into the round's refusal record, for the page.
+    error = refused.value
+    assert (error.budget_usd, error.spent_usd) == (0.01, 0.0)
+    assert error.estimate_usd > 0.01 and f"${error.estimate_usd:.4f}" in str(error)
+    assert json.loads((tmp_path / "job" / "round-0" / "refusal.json").read_text()) == {
+        "round": 0,
+        "reason": str(error),
+        "estimate_usd": error.estimate_usd,
+        "budget_usd": 0.01,
+        "spent_usd": 0.0,
+        "basis": "upper_bound",
+        "kind": "BudgetExceededError",
+    }
     # A refused round binds nothing: the same job can be run with a smaller input.
     manifest = submit(session_client, rows[:1], tmp_path / "job", max_cost_usd=0.05)
     assert len(manifest["batches"]) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from airflow_batch import layout
 from airflow_batch.costs import price_table
+from airflow_batch.exceptions import BudgetExceededError, UnknownModelError
 from airflow_batch.storage import as_path, iter_jsonl
 from airflow_batch.submit.chunking import ChunkBody, body_bytes, prepare_chunks
 from airflow_batch.submit.estimate import TokenTally, estimate_cost
@@ -429,3 +431,27 @@ def test_ledger_is_rebuilt_from_the_state_store_when_the_job_folder_lost_it(tmp_
     assert loaded is not None and loaded.fingerprint == "f1"
     assert loaded.batch_id(0) == "msgbatch_a" and 1 in loaded.intents
     assert LedgerStore(job, 0, None).load() is None
+
+
+def test_a_refusal_records_its_round_reason_and_with_a_budget_its_figures() -> None:
+    budget = BudgetExceededError(
+        "round 1 would cost $0.0200", estimate_usd=0.02, budget_usd=0.03, spent_usd=0.015
+    )
+    model = UnknownModelError("the API does not serve the model(s) 'claude-x'")
+
+    assert budget.record(1) == {
+        "round": 1,
+        "reason": "round 1 would cost $0.0200",
+        "estimate_usd": 0.02,
+        "budget_usd": 0.03,
+        "spent_usd": 0.015,
+        "basis": "upper_bound",
+        "kind": "BudgetExceededError",
+    }
+    assert model.record(0) == {
+        "round": 0,
+        "reason": "the API does not serve the model(s) 'claude-x'",
+        "kind": "UnknownModelError",
+    }
+    copy = pickle.loads(pickle.dumps(budget))
+    assert (type(copy), str(copy), copy.record(1)) == (BudgetExceededError, str(budget), budget.record(1))
