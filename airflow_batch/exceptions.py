@@ -136,5 +136,9 @@ class BatchPollError(AfterSubmitError):
     """Polling a batch failed permanently (401, 403, 404) or the trigger event was malformed."""
 
 
+class IncompleteJobError(AfterSubmitError):
+    """A round of the job that was due did not complete; finalize merged what landed first."""
+
+
 class FailureRateExceededError(AfterSubmitError):
     """The final failure rate is above ``max_failure_rate``; every output was written first."""

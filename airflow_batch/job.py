@@ -229,6 +229,7 @@ def anthropic_batch_job(
             asset=asset or None,
             results_format=results_format,
             publish_path=publish_path,
+            retry_rounds=max_retry_rounds,
         )
         last >> finalize
     return group

@@ -177,6 +177,7 @@ class JobManifest(TypedDict, total=False):
     finalized_at: str
     duration_seconds: float | None
     refused_rounds: list[dict[str, Any]]
+    incomplete_rounds: list[dict[str, Any]]
 
 
 class RefusedManifest(TypedDict, total=False):

@@ -92,7 +92,8 @@ def job_schema(output_schema: Any) -> JobSchema:
     """Return the :class:`JobSchema` of a JSON Schema dict or a Pydantic model class; raise SchemaError."""
     closed = False
     if isinstance(output_schema, type) and hasattr(output_schema, "model_json_schema"):
-        schema = output_schema.model_json_schema()
+        # A model's fields are all there is: its objects are closed, for the API and for checks.
+        schema = _closed(output_schema.model_json_schema())
         closed = True
     elif isinstance(output_schema, Mapping):
         schema = copy.deepcopy(dict(output_schema))
@@ -106,6 +107,21 @@ def job_schema(output_schema: Any) -> JobSchema:
     definitions = {**schema.get("definitions", {}), **schema.get("$defs", {})}
     api_schema = _api_node(schema, "output_schema", definitions, closed, set())
     return JobSchema(schema=schema, api_schema=api_schema, definitions=definitions)
+
+
+def _closed(node: Any) -> Any:
+    """Return ``node`` with ``additionalProperties: false`` on every object that does not say otherwise."""
+    if isinstance(node, list):
+        return [_closed(item) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    out = {key: _closed(value) for key, value in node.items()}
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(node.get(key), Mapping):
+            out[key] = {name: _closed(sub) for name, sub in node[key].items()}
+    if (node.get("type") == "object" or "properties" in node) and "additionalProperties" not in node:
+        out["additionalProperties"] = False
+    return out
 
 
 def _resolve(ref: str, definitions: Mapping[str, Any], path: str) -> tuple[str, Mapping[str, Any]]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ class _Generator:
     # ---- values ------------------------------------------------------------------------
 
     def _any(self, schema: Any, path: tuple[str | int, ...], depth: int, *, breakable: bool) -> Any:
-        schema = self._resolve(schema, depth)
+        schema = described(self._resolve(schema, depth))
         if schema is True or schema == {}:
             return self._string({})
         if schema is False or not isinstance(schema, Mapping):
@@ -370,6 +371,45 @@ class _Generator:
         if high is not None:
             text = text[: int(high)]
         return text
+
+
+_NUMBER = r"(-?\d+(?:\.\d+)?)"
+#: Constraints a description states in words, as airflow_batch and the SDK write them for
+#: structured outputs (whose grammar does not enforce them): a model reads and follows them.
+_DESCRIBED = (
+    (re.compile(rf"at least {_NUMBER} characters"), "minLength"),
+    (re.compile(rf"at most {_NUMBER} characters"), "maxLength"),
+    (re.compile(rf"at least {_NUMBER} items"), "minItems"),
+    (re.compile(rf"at most {_NUMBER} items"), "maxItems"),
+    (re.compile(rf"at least {_NUMBER}(?! characters| items)"), "minimum"),
+    (re.compile(rf"at most {_NUMBER}(?! characters| items)"), "maximum"),
+    (re.compile(rf"more than {_NUMBER}"), "exclusiveMinimum"),
+    (re.compile(rf"less than {_NUMBER}"), "exclusiveMaximum"),
+    (re.compile(rf"a multiple of {_NUMBER}"), "multipleOf"),
+    *(
+        (re.compile(rf"\b{key}\s*[:=]\s*{_NUMBER}"), key)
+        for key in ("minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "multipleOf")
+    ),
+)
+
+
+def described(schema: Any) -> Any:
+    """Return ``schema`` with the constraints its description states in words added as keywords.
+
+    A structured-outputs schema carries numeric, length and item-count bounds in its
+    ``description`` (the API's grammar does not enforce them); the model reads them. So does
+    the emulator, which is why a job's own validation of such bounds passes against it as it
+    does against the API. Keywords the schema states itself win.
+    """
+    if not isinstance(schema, Mapping) or not isinstance(schema.get("description"), str):
+        return schema
+    found: dict[str, Any] = {}
+    for pattern, key in _DESCRIBED:
+        match = pattern.search(schema["description"])
+        if match and key not in schema and key not in found:
+            number = float(match.group(1))
+            found[key] = int(number) if number.is_integer() else number
+    return {**schema, **found} if found else schema
 
 
 def _bounds(schema: Mapping[str, Any], *, integer: bool) -> tuple[float, float]:

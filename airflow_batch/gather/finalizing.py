@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_batch import layout
 from airflow_batch.costs import sum_costs
-from airflow_batch.exceptions import FailureRateExceededError
+from airflow_batch.exceptions import FailureRateExceededError, IncompleteJobError
 from airflow_batch.gather.gathering import read_spec
 from airflow_batch.gather.merging import merge_rows
 from airflow_batch.gather.tables import results_formats, write_tables
@@ -90,6 +90,7 @@ def finalize_job(
     max_failure_rate: float | None = None,
     results_format: str | Sequence[str] = "jsonl",
     publish_path: ObjectStoragePath | str | None = None,
+    retry_rounds: int | None = None,
     logger: logging.Logger | None = None,
 ) -> JobManifest:
     """Write ``results.jsonl``, ``failures.jsonl`` and ``manifest.json``; return the manifest.
@@ -99,7 +100,9 @@ def finalize_job(
     JSONL files are what they are built from, so they are always there. ``publish_path``
     gets a copy of every file, the manifest last (see :func:`publish`).
     ``max_failure_rate`` is recorded in the manifest; enforcing it is up to the caller
-    (:func:`check_failure_rate`), so that every file exists before a run fails.
+    (:func:`check_failure_rate`), so that every file exists before a run fails. So is a round
+    that was due but did not complete (``incomplete_rounds``; ``retry_rounds`` is how many
+    retry rounds the job has, see :func:`incomplete_rounds`).
     """
     formats = results_formats(results_format)
     logger = logger or log
@@ -165,12 +168,15 @@ def finalize_job(
         finalized_at=finalized_at,
         duration_seconds=_seconds_between(started_at, finalized_at),
         refused_rounds=refused_rounds(job, len(rounds)),
+        incomplete_rounds=incomplete_rounds(job, rounds, retry_rounds),
     )
     if publish_path is not None:
         job_manifest["published_path"] = str(publish(job_manifest, as_path(publish_path)))
     write_json(layout.final_manifest_path(job), job_manifest)
     if spec.get("history_path"):
         record_run(as_path(spec["history_path"]), job_manifest)
+    for incomplete in job_manifest["incomplete_rounds"]:
+        logger.error("%s", incomplete["reason"])
     for refusal in job_manifest["refused_rounds"]:
         logger.warning(
             "retry round %d was refused before any spend, so %d retryable failure(s) stay failures: %s",
@@ -222,6 +228,39 @@ def job_cost(job: ObjectStoragePath) -> CostFigures:
     return sum_costs(manifest["cost"] for manifest in read_rounds(job) if "cost" in manifest)
 
 
+def incomplete_rounds(
+    job: ObjectStoragePath, rounds: list[RoundManifest], retry_rounds: int | None
+) -> list[dict[str, Any]]:
+    """Return the round after the last gathered one if it was due but did not complete.
+
+    Due: it was started (its ledger exists), or the job has a retry round left and the last
+    round has retryable failures. Not incomplete: refused before any spend (``refusal.json``).
+    A retry, wait or gather task that failed (a crash, a permanent API error) leaves such a
+    round; finalize still merges what landed, then fails the run so it does not pass unseen.
+    """
+    following = len(rounds)
+    if layout.refusal_path(job, following).exists():
+        return []
+    started = layout.ledger_path(job, following).exists()
+    retryable = int(rounds[-1].get("retryable", 0) or 0)
+    due = retry_rounds is not None and following <= retry_rounds and retryable > 0
+    if not (started or due):
+        return []
+    return [
+        {
+            "round": following,
+            "reason": (
+                f"round {following} was started but never gathered"
+                if started
+                else f"round {following} was due to retry {retryable} failure(s) but did not run"
+            )
+            + f": a task of the round failed (retry_{following}, wait_{following} or gather_{following}); "
+            "its log says why. The results of the earlier rounds are merged; clear the failed task to "
+            "finish the round, then finalize again.",
+        }
+    ]
+
+
 def refused_rounds(job: ObjectStoragePath, gathered: int) -> list[dict[str, Any]]:
     """Return the refusal of the round after the last gathered one, if it was refused (budget, model)."""
     path = layout.refusal_path(job, gathered)
@@ -241,6 +280,16 @@ def _failure_lines(rounds: list[RoundManifest]) -> Iterator[bytes]:
         path = manifest.get("invalid_path")
         if manifest.get("invalid") and path and as_path(path).exists():
             yield from iter_jsonl_lines(as_path(path))
+
+
+def check_complete(job_manifest: JobManifest | dict[str, Any]) -> None:
+    """Raise :class:`IncompleteJobError` when a round that was due did not complete."""
+    incomplete = job_manifest.get("incomplete_rounds") or []
+    if incomplete:
+        raise IncompleteJobError(
+            "; ".join(item["reason"] for item in incomplete)
+            + f" Files written: {job_manifest.get('results_path')}, {job_manifest.get('failures_path')}."
+        )
 
 
 def check_failure_rate(job_manifest: JobManifest | dict[str, Any]) -> None:

@@ -96,7 +96,7 @@ class BatchGatherStats:
 class _InputLine(msgspec.Struct, gc=False):
     custom_id: str
     row: int | None = None
-    input: msgspec.Raw | None = None
+    input: msgspec.Raw = msgspec.Raw(b"")  # absent: the record carries no passthrough field
 
 
 _input_line_decoder = msgspec.json.Decoder(_InputLine)
@@ -113,7 +113,7 @@ def chunk_inputs(
     inputs = layout.chunk_inputs_path(job, round_number, int(record["chunk"]))
     if inputs.exists():
         lines = _input_line_decoder.decode_lines(inputs.read_bytes())
-        return {line.custom_id: (line.row, line.input) for line in lines}
+        return {line.custom_id: (line.row, line.input if len(line.input) else None) for line in lines}
     return dict.fromkeys(chunk_ids(record["chunk_path"]), (None, None))
 
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from airflow_batch.exceptions import FailureRateExceededError
-from airflow_batch.gather.finalizing import check_failure_rate, finalize_job
+from airflow_batch.exceptions import FailureRateExceededError, IncompleteJobError
+from airflow_batch.gather.finalizing import check_complete, check_failure_rate, finalize_job
 from airflow_batch.gather.tables import require_pyarrow, results_formats
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobManifest
 from airflow_batch.submit.inputs import check_location
@@ -44,6 +44,9 @@ class FinalizeBatchJobOperator(BaseOperator):
     :param results_format: ``"jsonl"`` (default), ``"parquet"`` or ``["jsonl", "parquet"]``:
         with Parquet, ``results.parquet`` and ``failures.parquet`` are written too, with typed
         columns (needs ``airflow-batch[parquet]``; the JSONL files are always written).
+    :param retry_rounds: How many retry rounds the job has (the factory sets it): a round that
+        was due (retryable failures left) but did not complete fails the task, after every file
+        is written, naming the round; one refused by the budget does not.
     :param publish_path: Folder (URI) that gets a copy of the final files, the manifest last,
         e.g. ``"s3://bucket/reviews/{{ ds }}/"``: a stable, date-keyed place for readers.
         Templated.
@@ -61,6 +64,7 @@ class FinalizeBatchJobOperator(BaseOperator):
         asset: Asset | str | None = None,
         results_format: str | Sequence[str] = "jsonl",
         publish_path: str | None = None,
+        retry_rounds: int | None = None,
         trigger_rule: str = "all_done",
         **kwargs: Any,
     ) -> None:
@@ -78,6 +82,7 @@ class FinalizeBatchJobOperator(BaseOperator):
         self.job_dir = job_dir
         self.max_failure_rate = max_failure_rate
         self.publish_path = publish_path
+        self.retry_rounds = retry_rounds
 
     def execute(self, context: Context) -> JobManifest:
         """Merge the rounds, write the job files, emit the asset event, apply the failure policy."""
@@ -90,13 +95,15 @@ class FinalizeBatchJobOperator(BaseOperator):
             max_failure_rate=limit,
             results_format=self.results_format,
             publish_path=self.publish_path or None,
+            retry_rounds=self.retry_rounds,
             logger=self.log,  # type: ignore[arg-type]
         )
         if self.asset is not None:
             context["outlet_events"][self.asset].extra = asset_extra(job_manifest)
         try:
+            check_complete(job_manifest)
             check_failure_rate(job_manifest)
-        except FailureRateExceededError:
+        except (IncompleteJobError, FailureRateExceededError):
             # The task fails without a return value; the batch jobs page reads the outcome here.
             context["ti"].xcom_push(FAILED_MANIFEST_KEY, job_manifest)
             raise

@@ -142,3 +142,25 @@ def test_each_violation_breaks_the_schema_and_says_where() -> None:
 @pytest.mark.parametrize("schema", [{}, {"anyOf": [{"type": "string"}, {"type": "integer"}]}, True])
 def test_a_schema_that_accepts_anything_here_has_no_violation(schema: Any) -> None:
     assert schema_violation(schema, 1) is None
+
+
+def test_bounds_a_description_states_in_words_are_followed_as_a_model_would() -> None:
+    from pydantic import BaseModel, Field
+
+    from airflow_batch.emulator.schema_instance import described
+    from airflow_batch.schema import job_schema
+
+    class Review(BaseModel):
+        stars: int = Field(ge=1, le=5)
+        keywords: list[str] = Field(max_length=3)
+        note: str = Field(max_length=12)
+
+    schema = job_schema(Review)  # the bounds are moved into descriptions for the API
+    assert "minimum" not in schema.api_schema["properties"]["stars"]
+    for seed in range(300):
+        answer = json.dumps(schema_instance(schema.api_schema, seed)).encode()
+        assert schema.validator.check(answer) is None, answer
+    sdk_style = described({"type": "integer", "description": "Stars {minimum: 2, maximum: 3}"})
+    assert (sdk_style["minimum"], sdk_style["maximum"]) == (2, 3)
+    stated = described({"type": "integer", "minimum": 4, "description": "Must be at least 1."})
+    assert stated["minimum"] == 4  # a keyword the schema states wins

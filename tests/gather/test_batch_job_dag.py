@@ -398,3 +398,48 @@ def test_the_budget_can_guard_the_cost_expected_from_earlier_runs_instead_of_the
     assert refusal["estimate_usd"] == pytest.approx(estimate_2["batch_usd"])
     assert "set budget_basis='expected' to guard the expected cost" in refusal["reason"]
     assert "(expected: $" in refusal["reason"]
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_retry_round_that_crashes_fails_finalize_after_it_merged_what_landed(
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Round 0 runs; then the organisation hits its spend limit, so the retry round's create fails
+    # (a permanent error, not a refusal before spend). The run must not pass as a success.
+    emulator.configure(error_types={"overloaded_error": 0.1}, seed=8, start_delay_seconds=600)
+    requests_path = tmp_path / "requests.jsonl"
+    _write_requests(requests_path, 100)
+    output = str(tmp_path / "out")
+    with DAG("crashed_retry_job", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        anthropic_batch_job(
+            "job",
+            requests=str(requests_path),
+            output_path=output,
+            conn_id=anthropic_conn,
+            max_retry_rounds=1,
+            poll_interval=0.5,
+            submit_kwargs={"count_tokens_sample": 0},
+        )
+
+    def spend_limit_once_round_0_is_watched() -> None:
+        until_sync(
+            lambda: any(Path(output).glob("crashed_retry_job/*/job.submit/round-0/progress.json")), 120
+        )
+        emulator.configure(spend_limit_reached=True, start_delay_seconds=0)
+
+    threading.Thread(target=spend_limit_once_round_0_is_watched, daemon=True).start()
+    run = run_dag(dag)
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    log = "".join(capfd.readouterr())
+
+    assert states["job.retry_1"] == "failed" and states["job.finalize"] == "failed", states
+    assert run.state == "failed"
+    assert "enforced_spend_limit_reached" in log
+    job = layout.job_dir(output, dag.dag_id, run.run_id, "job.submit")
+    manifest = msgspec.json.decode(layout.final_manifest_path(job).read_bytes())
+    [incomplete] = manifest["incomplete_rounds"]
+    assert incomplete["round"] == 1 and "retry_1" in incomplete["reason"]
+    assert manifest["refused_rounds"] == []
+    results, failures = _read(layout.final_results_path(job)), _read(layout.final_failures_path(job))
+    assert len(results) + len(failures) == 100 and failures  # what landed is merged
+    assert "IncompleteJobError" in log
