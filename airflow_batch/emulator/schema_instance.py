@@ -29,7 +29,7 @@ import hashlib
 import math
 import random
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,7 +60,7 @@ def _seed_int(seed: int | str | bytes) -> int:
 
 def schema_instance(schema: Mapping[str, Any] | bool, seed: int | str | bytes) -> Any:
     """Return a JSON value valid against ``schema``, chosen reproducibly by ``seed``."""
-    return _Generator(schema, seed).value()
+    return _Generator(schema, seed).value(breakable=False)
 
 
 def schema_violation(schema: Mapping[str, Any] | bool, seed: int | str | bytes) -> tuple[Any, str] | None:
@@ -69,7 +69,7 @@ def schema_violation(schema: Mapping[str, Any] | bool, seed: int | str | bytes) 
     None when the schema leaves nothing to break (it accepts any value).
     """
     generator = _Generator(schema, seed)
-    value = generator.value()
+    value = generator.value(breakable=True)
     if not generator.spots:
         return None
     spot = generator.spots[generator.rng.randrange(len(generator.spots))]
@@ -144,8 +144,9 @@ class _Generator:
         self.rng = random.Random(_seed_int(seed))
         self.spots: list[_Spot] = []
 
-    def value(self) -> Any:
-        return self._any(self.root, (), 0, breakable=True)
+    def value(self, *, breakable: bool) -> Any:
+        """Return a valid value; with ``breakable``, note in ``spots`` where it could be broken."""
+        return self._any(self.root, (), 0, breakable=breakable)
 
     # ---- schema plumbing ---------------------------------------------------------------
 
@@ -340,29 +341,11 @@ class _Generator:
 
     def _string(self, schema: Mapping[str, Any]) -> str:
         rng = self.rng
-        fmt = schema.get("format")
-        moment = _EPOCH + timedelta(seconds=rng.randrange(365 * 86_400))
-        word = _WORDS[rng.randrange(len(_WORDS))]
-        number = rng.randrange(1, 1000)
-        formatted = {
-            "date-time": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "date": moment.strftime("%Y-%m-%d"),
-            "time": moment.strftime("%H:%M:%SZ"),
-            "duration": f"P{rng.randrange(1, 30)}DT{rng.randrange(24)}H{rng.randrange(60)}M",
-            "email": f"{word}{number}@example.com",
-            "idn-email": f"{word}{number}@example.com",
-            "hostname": f"{word}-{number}.example.com",
-            "idn-hostname": f"{word}-{number}.example.com",
-            "uri": f"https://example.com/{word}/{number}",
-            "iri": f"https://example.com/{word}/{number}",
-            "uri-reference": f"/{word}/{number}",
-            "ipv4": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
-            "ipv6": f"2001:db8::{rng.randrange(65536):x}:{rng.randrange(1, 65536):x}",
-            "uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        }
-        if fmt in formatted:
-            return formatted[str(fmt)]
-        text = " ".join([word, *(_WORDS[rng.randrange(len(_WORDS))] for _ in range(rng.randrange(3)))])
+        formatter = _FORMATS.get(str(schema.get("format")))
+        if formatter is not None:
+            return formatter(rng)
+        words = [_WORDS[rng.randrange(len(_WORDS))] for _ in range(1 + rng.randrange(3))]
+        text = " ".join(words)
         low = int(schema.get("minLength") or 0)
         high = schema.get("maxLength")
         if len(text) < low:
@@ -370,6 +353,33 @@ class _Generator:
         if high is not None:
             text = text[: int(high)]
         return text
+
+
+def _moment(rng: random.Random) -> datetime:
+    return _EPOCH + timedelta(seconds=rng.randrange(365 * 86_400))
+
+
+def _name(rng: random.Random) -> str:
+    return f"{_WORDS[rng.randrange(len(_WORDS))]}{rng.randrange(1, 1000)}"
+
+
+# A value of each string format, made from the generator's random source.
+_FORMATS: dict[str, Callable[[random.Random], str]] = {
+    "date-time": lambda rng: _moment(rng).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    "date": lambda rng: _moment(rng).strftime("%Y-%m-%d"),
+    "time": lambda rng: _moment(rng).strftime("%H:%M:%SZ"),
+    "duration": lambda rng: f"P{rng.randrange(1, 30)}DT{rng.randrange(24)}H{rng.randrange(60)}M",
+    "email": lambda rng: f"{_name(rng)}@example.com",
+    "idn-email": lambda rng: f"{_name(rng)}@example.com",
+    "hostname": lambda rng: f"{_name(rng)}.example.com",
+    "idn-hostname": lambda rng: f"{_name(rng)}.example.com",
+    "uri": lambda rng: f"https://example.com/{_name(rng)}",
+    "iri": lambda rng: f"https://example.com/{_name(rng)}",
+    "uri-reference": lambda rng: f"/{_name(rng)}",
+    "ipv4": lambda rng: f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+    "ipv6": lambda rng: f"2001:db8::{rng.randrange(65536):x}:{rng.randrange(1, 65536):x}",
+    "uuid": lambda rng: str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+}
 
 
 def _bounds(schema: Mapping[str, Any], *, integer: bool) -> tuple[float, float]:
