@@ -150,7 +150,7 @@ class _Generator:
 
     # ---- schema plumbing ---------------------------------------------------------------
 
-    def _resolve(self, schema: Any, depth: int) -> Any:
+    def _resolve(self, schema: Any, nesting: int = 0) -> Any:
         """Return ``schema`` with ``$ref`` replaced by its target and ``allOf`` merged in."""
         for _ in range(32):  # a chain of refs longer than this is a loop
             if not isinstance(schema, Mapping) or "$ref" not in schema:
@@ -161,7 +161,8 @@ class _Generator:
         if isinstance(schema, Mapping) and "allOf" in schema:
             merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
             for part in schema["allOf"]:
-                merged = _merged(merged, self._resolve(part, depth))
+                # An allOf that refers back to itself has no instance to build: stop there.
+                merged = _merged(merged, self._resolve(part, nesting + 1) if nesting < 32 else {})
             schema = merged
         return schema
 
@@ -196,7 +197,7 @@ class _Generator:
     # ---- values ------------------------------------------------------------------------
 
     def _any(self, schema: Any, path: tuple[str | int, ...], depth: int, *, breakable: bool) -> Any:
-        schema = self._resolve(schema, depth)
+        schema = self._resolve(schema)
         if schema is True or schema == {}:
             return self._string({})
         if schema is False or not isinstance(schema, Mapping):
@@ -217,7 +218,7 @@ class _Generator:
             rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}
             branch = self._branch(union, depth)
             # A broken value under a union may still match another branch: never break there.
-            return self._any(_merged(rest, self._resolve(branch, depth)), path, depth, breakable=False)
+            return self._any(_merged(rest, self._resolve(branch)), path, depth, breakable=False)
         types = self._types(schema)
         kind = self._type_choice(types, depth)
         if breakable and kind in _SCALAR_TYPES:
@@ -242,7 +243,7 @@ class _Generator:
     def _branch(self, union: list[Any], depth: int) -> Any:
         if depth >= MAX_DEPTH:
             for branch in union:
-                resolved = self._resolve(branch, depth)
+                resolved = self._resolve(branch)
                 if isinstance(resolved, Mapping) and self._types(resolved)[0] in _SCALAR_TYPES:
                     return branch
         return union[self.rng.randrange(len(union))]

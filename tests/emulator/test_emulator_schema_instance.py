@@ -142,3 +142,9 @@ def test_each_violation_breaks_the_schema_and_says_where() -> None:
 @pytest.mark.parametrize("schema", [{}, {"anyOf": [{"type": "string"}, {"type": "integer"}]}, True])
 def test_a_schema_that_accepts_anything_here_has_no_violation(schema: Any) -> None:
     assert schema_violation(schema, 1) is None
+
+
+def test_a_schema_that_refers_to_itself_in_a_loop_still_gives_a_value() -> None:
+    loops = {"$defs": {"a": {"allOf": [{"$ref": "#/$defs/a"}]}, "b": {"$ref": "#/$defs/b"}}}
+    assert schema_instance({**loops, "$ref": "#/$defs/a"}, 1) is not None
+    assert isinstance(schema_instance({**loops, "$ref": "#/$defs/b"}, 1), (str, type(None)))
