@@ -2,9 +2,12 @@
 
 Run it with ``airflow-batch emulator --port 8765 --data DIR`` (or
 ``python -m airflow_batch.emulator``) and point the ``anthropic`` SDK at it with
-``base_url="http://127.0.0.1:8765"``. See ``faults`` for settings, ``responses`` for
-the synthetic results, ``processing`` for simulated progress and ``store`` for the
-durable layout. This package never imports Airflow.
+``base_url="http://127.0.0.1:8765"``. See ``faults`` for settings, ``answers`` for what a
+synthetic answer says (``schema_instance`` for structured outputs), ``responses`` for its
+tokens, caching and wire form, ``tokenizer`` and ``prompt_cache`` for token counts and cache
+lifetimes, ``limits`` for the organisation's queue, rate and spend limits, ``betas`` for the
+beta names it accepts, ``processing`` for simulated progress and ``store`` for the durable
+layout. This package never imports Airflow, the ``anthropic`` SDK or pydantic.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ import math
 import random
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,7 +61,7 @@ def _seed_int(seed: int | str | bytes) -> int:
 
 def schema_instance(schema: Mapping[str, Any] | bool, seed: int | str | bytes) -> Any:
     """Return a JSON value valid against ``schema``, chosen reproducibly by ``seed``."""
-    return _Generator(schema, seed).value()
+    return _Generator(schema, seed).value(breakable=False)
 
 
 def schema_violation(schema: Mapping[str, Any] | bool, seed: int | str | bytes) -> tuple[Any, str] | None:
@@ -70,7 +70,7 @@ def schema_violation(schema: Mapping[str, Any] | bool, seed: int | str | bytes) 
     None when the schema leaves nothing to break (it accepts any value).
     """
     generator = _Generator(schema, seed)
-    value = generator.value()
+    value = generator.value(breakable=True)
     if not generator.spots:
         return None
     spot = generator.spots[generator.rng.randrange(len(generator.spots))]
@@ -145,12 +145,13 @@ class _Generator:
         self.rng = random.Random(_seed_int(seed))
         self.spots: list[_Spot] = []
 
-    def value(self) -> Any:
-        return self._any(self.root, (), 0, breakable=True)
+    def value(self, *, breakable: bool) -> Any:
+        """Return a valid value; with ``breakable``, note in ``spots`` where it could be broken."""
+        return self._any(self.root, (), 0, breakable=breakable)
 
     # ---- schema plumbing ---------------------------------------------------------------
 
-    def _resolve(self, schema: Any, depth: int) -> Any:
+    def _resolve(self, schema: Any, nesting: int = 0) -> Any:
         """Return ``schema`` with ``$ref`` replaced by its target and ``allOf`` merged in."""
         for _ in range(32):  # a chain of refs longer than this is a loop
             if not isinstance(schema, Mapping) or "$ref" not in schema:
@@ -161,7 +162,8 @@ class _Generator:
         if isinstance(schema, Mapping) and "allOf" in schema:
             merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
             for part in schema["allOf"]:
-                merged = _merged(merged, self._resolve(part, depth))
+                # An allOf that refers back to itself has no instance to build: stop there.
+                merged = _merged(merged, self._resolve(part, nesting + 1) if nesting < 32 else {})
             schema = merged
         return schema
 
@@ -196,7 +198,7 @@ class _Generator:
     # ---- values ------------------------------------------------------------------------
 
     def _any(self, schema: Any, path: tuple[str | int, ...], depth: int, *, breakable: bool) -> Any:
-        schema = described(self._resolve(schema, depth))
+        schema = described(self._resolve(schema))
         if schema is True or schema == {}:
             return self._string({})
         if schema is False or not isinstance(schema, Mapping):
@@ -217,7 +219,7 @@ class _Generator:
             rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}
             branch = self._branch(union, depth)
             # A broken value under a union may still match another branch: never break there.
-            return self._any(_merged(rest, self._resolve(branch, depth)), path, depth, breakable=False)
+            return self._any(_merged(rest, self._resolve(branch)), path, depth, breakable=False)
         types = self._types(schema)
         kind = self._type_choice(types, depth)
         if breakable and kind in _SCALAR_TYPES:
@@ -242,7 +244,7 @@ class _Generator:
     def _branch(self, union: list[Any], depth: int) -> Any:
         if depth >= MAX_DEPTH:
             for branch in union:
-                resolved = self._resolve(branch, depth)
+                resolved = self._resolve(branch)
                 if isinstance(resolved, Mapping) and self._types(resolved)[0] in _SCALAR_TYPES:
                     return branch
         return union[self.rng.randrange(len(union))]
@@ -341,29 +343,11 @@ class _Generator:
 
     def _string(self, schema: Mapping[str, Any]) -> str:
         rng = self.rng
-        fmt = schema.get("format")
-        moment = _EPOCH + timedelta(seconds=rng.randrange(365 * 86_400))
-        word = _WORDS[rng.randrange(len(_WORDS))]
-        number = rng.randrange(1, 1000)
-        formatted = {
-            "date-time": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "date": moment.strftime("%Y-%m-%d"),
-            "time": moment.strftime("%H:%M:%SZ"),
-            "duration": f"P{rng.randrange(1, 30)}DT{rng.randrange(24)}H{rng.randrange(60)}M",
-            "email": f"{word}{number}@example.com",
-            "idn-email": f"{word}{number}@example.com",
-            "hostname": f"{word}-{number}.example.com",
-            "idn-hostname": f"{word}-{number}.example.com",
-            "uri": f"https://example.com/{word}/{number}",
-            "iri": f"https://example.com/{word}/{number}",
-            "uri-reference": f"/{word}/{number}",
-            "ipv4": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
-            "ipv6": f"2001:db8::{rng.randrange(65536):x}:{rng.randrange(1, 65536):x}",
-            "uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        }
-        if fmt in formatted:
-            return formatted[str(fmt)]
-        text = " ".join([word, *(_WORDS[rng.randrange(len(_WORDS))] for _ in range(rng.randrange(3)))])
+        formatter = _FORMATS.get(str(schema.get("format")))
+        if formatter is not None:
+            return formatter(rng)
+        words = [_WORDS[rng.randrange(len(_WORDS))] for _ in range(1 + rng.randrange(3))]
+        text = " ".join(words)
         low = int(schema.get("minLength") or 0)
         high = schema.get("maxLength")
         if len(text) < low:
@@ -410,6 +394,33 @@ def described(schema: Any) -> Any:
             number = float(match.group(1))
             found[key] = int(number) if number.is_integer() else number
     return {**schema, **found} if found else schema
+
+
+def _moment(rng: random.Random) -> datetime:
+    return _EPOCH + timedelta(seconds=rng.randrange(365 * 86_400))
+
+
+def _name(rng: random.Random) -> str:
+    return f"{_WORDS[rng.randrange(len(_WORDS))]}{rng.randrange(1, 1000)}"
+
+
+# A value of each string format, made from the generator's random source.
+_FORMATS: dict[str, Callable[[random.Random], str]] = {
+    "date-time": lambda rng: _moment(rng).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    "date": lambda rng: _moment(rng).strftime("%Y-%m-%d"),
+    "time": lambda rng: _moment(rng).strftime("%H:%M:%SZ"),
+    "duration": lambda rng: f"P{rng.randrange(1, 30)}DT{rng.randrange(24)}H{rng.randrange(60)}M",
+    "email": lambda rng: f"{_name(rng)}@example.com",
+    "idn-email": lambda rng: f"{_name(rng)}@example.com",
+    "hostname": lambda rng: f"{_name(rng)}.example.com",
+    "idn-hostname": lambda rng: f"{_name(rng)}.example.com",
+    "uri": lambda rng: f"https://example.com/{_name(rng)}",
+    "iri": lambda rng: f"https://example.com/{_name(rng)}",
+    "uri-reference": lambda rng: f"/{_name(rng)}",
+    "ipv4": lambda rng: f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+    "ipv6": lambda rng: f"2001:db8::{rng.randrange(65536):x}:{rng.randrange(1, 65536):x}",
+    "uuid": lambda rng: str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+}
 
 
 def _bounds(schema: Mapping[str, Any], *, integer: bool) -> tuple[float, float]:

@@ -373,9 +373,19 @@ class BatchStore:
     def queue(self, now: float) -> list[tuple[float, int]]:
         """Return ``(ends_at, requests)`` of every batch not ended at ``now``, in every workspace.
 
-        What the organisation's processing queue holds: the requests of unended batches.
+        What the organisation's processing queue holds: the requests of unended batches. Read on
+        every create, so it reads the schedules alone (no counts, no finalizing).
         """
-        return [(ends_at(r.schedule), r.schedule.num_requests) for r in self.unfinished(now)]
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT num_requests, created_at, expires_at, start_at, anchor_time, anchor_done, rate, "
+                "cancel_initiated_at, cancel_end FROM batches WHERE final_succeeded IS NULL"
+            )
+            .fetchall()
+        )
+        queue = [(ends_at(Schedule(*row)), row[0]) for row in rows]
+        return [(end, requests) for end, requests in queue if end > now]
 
     def unfinished(self, now: float) -> list[BatchRecord]:
         """Return the batches not ended at ``now`` (in every workspace)."""

@@ -125,6 +125,21 @@ def test_settings_come_from_environment_variables() -> None:
 
     assert config_from_env(env) == {"error_rate": "0.05", "seed": "9"}
     assert EmulatorConfig().updated(config_from_env(env)).seed == 9
+    new_settings = {
+        "AIRFLOW_BATCH_EMULATOR_INVALID_OUTPUT_RATE": "0.05",
+        "AIRFLOW_BATCH_EMULATOR_REFUSAL_RATE": "0.01",
+        "AIRFLOW_BATCH_EMULATOR_PAUSE_TURN_RATE": "0.2",
+        "AIRFLOW_BATCH_EMULATOR_QUEUE_LIMIT": "200000",
+        "AIRFLOW_BATCH_EMULATOR_CREATE_RATE_PER_MINUTE": "1000",
+        "AIRFLOW_BATCH_EMULATOR_SPEND_LIMIT_REACHED": "true",
+    }
+    config = EmulatorConfig().updated(config_from_env(new_settings))
+    assert (config.invalid_output_rate, config.refusal_rate, config.pause_turn_rate) == (0.05, 0.01, 0.2)
+    assert (config.queue_limit, config.create_rate_per_minute, config.spend_limit_reached) == (
+        200_000,
+        1000,
+        True,
+    )
 
 
 def test_validation_names_the_request_index() -> None:

@@ -54,6 +54,12 @@ def test_each_workspace_sees_only_its_own_batches(client: anthropic.Anthropic, e
     wait_ended(client, in_a.id, workspace_id=WORKSPACE_A)
     with pytest.raises(anthropic.NotFoundError):
         list(client.messages.batches.results(in_a.id))
+    results_url = client.messages.batches.retrieve(in_a.id, workspace_id=WORKSPACE_A).results_url
+    assert results_url is not None
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    for workspace, status in [(None, 404), (WORKSPACE_B, 404), (WORKSPACE_A, 200)]:
+        sent = {**headers, "anthropic-workspace-id": workspace} if workspace else headers
+        assert httpx.get(results_url, headers=sent).status_code == status
     assert [r.result.type for r in client.messages.batches.results(in_a.id, workspace_id=WORKSPACE_A)] == [
         "canceled"
     ]

@@ -164,3 +164,9 @@ def test_bounds_a_description_states_in_words_are_followed_as_a_model_would() ->
     assert (sdk_style["minimum"], sdk_style["maximum"]) == (2, 3)
     stated = described({"type": "integer", "minimum": 4, "description": "Must be at least 1."})
     assert stated["minimum"] == 4  # a keyword the schema states wins
+
+
+def test_a_schema_that_refers_to_itself_in_a_loop_still_gives_a_value() -> None:
+    loops = {"$defs": {"a": {"allOf": [{"$ref": "#/$defs/a"}]}, "b": {"$ref": "#/$defs/b"}}}
+    assert schema_instance({**loops, "$ref": "#/$defs/a"}, 1) is not None
+    assert isinstance(schema_instance({**loops, "$ref": "#/$defs/b"}, 1), (str, type(None)))
