@@ -1,7 +1,8 @@
 """``make demo``: the review-sentiment DAG end to end against the local emulator.
 
 On a fresh machine this starts the emulator (with a few percent of injected
-``overloaded_error`` results, so a retry round is visible), makes an isolated
+``overloaded_error`` results and of answers that break the output schema, so a retry round is
+visible), makes an isolated
 ``AIRFLOW_HOME`` under ``.demo/``, migrates its database, points ``anthropic_default`` at
 the emulator, runs the ``review_sentiment`` DAG with ``airflow dags test`` (the deferred
 wait runs its trigger inline), prints a summary from the job's ``manifest.json`` and stops
@@ -61,7 +62,10 @@ def summary_lines(manifest: Mapping[str, Any], seconds: float) -> list[str]:
     rounds = manifest.get("rounds", [])
     retry_rounds = [r for r in rounds if r.get("round", 0) > 0 and r.get("batches")]
     failures = manifest.get("failures_by_error_type") or manifest.get("failures_by_type") or {}
-    first_round_errors = rounds[0].get("error_types", {}) if rounds else {}
+    first_round_errors = dict(rounds[0].get("error_types", {})) if rounds else {}
+    for kind, count in (rounds[0].get("result_counts", {}) if rounds else {}).items():
+        if count and kind not in ("succeeded", "errored"):
+            first_round_errors[kind] = count
     lines = [
         f"requests          {manifest.get('requests', 0):,}",
         f"succeeded         {manifest.get('succeeded', 0):,}",
@@ -151,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_batch.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=str(REPO / ".demo"), help="where the demo keeps its state")
     parser.add_argument("--error-rate", type=float, default=0.05, help="share of requests that error")
+    parser.add_argument(
+        "--invalid-output-rate", type=float, default=0.03, help="share of answers that break the schema"
+    )
     parser.add_argument("--throughput", type=float, default=40.0, help="emulated requests per second")
     args = parser.parse_args(argv)
 
@@ -162,9 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     log = workdir / "demo.log"
     log.write_text("")
     started = time.monotonic()
-    config = {"error_types": {"overloaded_error": args.error_rate}, "seed": 7, "throughput": args.throughput}
+    config = {
+        "error_types": {"overloaded_error": args.error_rate},
+        "invalid_output_rate": args.invalid_output_rate,
+        "seed": 7,
+        "throughput": args.throughput,
+    }
     with EmulatorProcess(workdir / "emulator", config=config) as emulator:
-        print(f"emulator          {emulator.base_url} ({args.error_rate:.0%} overloaded_error injected)")
+        print(
+            f"emulator          {emulator.base_url} ({args.error_rate:.0%} overloaded_error and "
+            f"{args.invalid_output_rate:.0%} answers off the schema injected)"
+        )
         env = demo_environment(workdir, emulator.base_url)
         print(f"AIRFLOW_HOME      {env['AIRFLOW_HOME']}")
         print("migrating the Airflow database ...", flush=True)

@@ -48,22 +48,27 @@ def _peak_rss_mb() -> float:
 
 
 def child_ours(
-    base_url: str, batches: list[dict[str, Any]], out_dir: str, warmup: dict[str, Any]
+    base_url: str,
+    batches: list[dict[str, Any]],
+    out_dir: str,
+    warmup: dict[str, Any],
+    output_schema: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from airflow_batch.api import BatchesApi
-    from airflow_batch.gather.gathering import chunk_ids, gather_batch
+    from airflow_batch.gather.gathering import GatherConfig, gather_batch
+    from airflow_batch.schema import job_schema
     from airflow_batch.storage import as_path
 
     api = BatchesApi(_client(base_url))
+    config = GatherConfig(validator=job_schema(output_schema).validator if output_schema else None)
 
     def gather(record: dict[str, Any], job_dir: str) -> int:
-        stats = gather_batch(
-            api,
-            record["batch_id"],
-            job=as_path(job_dir),
-            round_number=0,
-            expected_ids=lambda path=record["chunk_path"]: chunk_ids(path),
-        )
+        # The job folder of the gather: the submit's inputs twins (input rows) copied in, untimed.
+        inputs = Path(record["job_dir"]) / "round-0" / "inputs"
+        target = Path(job_dir) / "round-0" / "inputs"
+        if not target.exists():
+            shutil.copytree(inputs, target)
+        stats = gather_batch(api, record, job=as_path(job_dir), round_number=0, config=config)
         return sum(stats.result_counts.values())
 
     gather(warmup, str(Path(out_dir) / "warmup"))
@@ -149,15 +154,34 @@ CHILDREN = {"ours": child_ours, "sdk": child_sdk, "raw": child_raw}
 
 
 def run_child(
-    kind: str, base_url: str, batches: list[dict[str, Any]], work: Path, warmup: dict[str, Any]
+    kind: str,
+    base_url: str,
+    batches: list[dict[str, Any]],
+    work: Path,
+    warmup: dict[str, Any],
+    script: Path | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """Measure one path in a fresh process, after it has run once on the small ``warmup`` batch."""
+    """Measure one path in a fresh process, after it has run once on the small ``warmup`` batch.
+
+    ``script`` is the benchmark whose ``--child`` runs it (default: this one).
+    """
     out_dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work))
     spec = json.dumps(
-        {"kind": kind, "base_url": base_url, "batches": batches, "out_dir": str(out_dir), "warmup": warmup}
+        {
+            "kind": kind,
+            "base_url": base_url,
+            "batches": batches,
+            "out_dir": str(out_dir),
+            "warmup": warmup,
+            **extra,
+        }
     )
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", spec], capture_output=True, text=True, check=False
+        [sys.executable, str(script or Path(__file__).resolve()), "--child", spec],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     shutil.rmtree(out_dir, ignore_errors=True)
     if proc.returncode != 0:
@@ -168,8 +192,13 @@ def run_child(
 # ---- setup ---------------------------------------------------------------------------------
 
 
-def create_batches(base_url: str, work: Path, rows: int, batches: int) -> list[dict[str, Any]]:
-    """Submit ``rows`` tiny requests as ``batches`` batches through the real submit path."""
+def create_batches(
+    base_url: str, work: Path, rows: int, batches: int, params: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Submit ``rows`` tiny requests as ``batches`` batches through the real submit path.
+
+    ``params`` are added to every request's params (e.g. an ``output_config``).
+    """
     from airflow_batch.api import BatchesApi
     from airflow_batch.manifest import JobIdentity
     from airflow_batch.storage import as_path
@@ -184,6 +213,7 @@ def create_batches(base_url: str, work: Path, rows: int, batches: int) -> list[d
                 "model": "claude-haiku-4-5",
                 "max_tokens": 64,
                 "messages": [{"role": "user", "content": f"Write one short sentence about item {i}."}],
+                **(params or {}),
             },
         }
         for i in range(rows)
@@ -202,7 +232,15 @@ def create_batches(base_url: str, work: Path, rows: int, batches: int) -> list[d
             if time.monotonic() > deadline:
                 raise TimeoutError("batches did not end within 10 minutes")
             time.sleep(0.2)
-    return [{"batch_id": b["batch_id"], "chunk_path": b["chunk_path"]} for b in manifest["batches"]]
+    return [
+        {
+            "batch_id": b["batch_id"],
+            "chunk": b["chunk"],
+            "chunk_path": b["chunk_path"],
+            "job_dir": str(work / "job"),
+        }
+        for b in manifest["batches"]
+    ]
 
 
 def main() -> None:
@@ -219,7 +257,8 @@ def main() -> None:
 
     if args.child:
         spec = json.loads(args.child)
-        result = CHILDREN[spec["kind"]](spec["base_url"], spec["batches"], spec["out_dir"], spec["warmup"])
+        kind = spec.pop("kind")
+        result = CHILDREN[kind](**spec)
         print(json.dumps(result))
         return
 

@@ -360,20 +360,22 @@ class _Generator:
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
 #: Constraints a description states in words, as airflow_batch and the SDK write them for
 #: structured outputs (whose grammar does not enforce them): a model reads and follows them.
-_DESCRIBED = (
-    (re.compile(rf"at least {_NUMBER} characters"), "minLength"),
-    (re.compile(rf"at most {_NUMBER} characters"), "maxLength"),
-    (re.compile(rf"at least {_NUMBER} items"), "minItems"),
-    (re.compile(rf"at most {_NUMBER} items"), "maxItems"),
-    (re.compile(rf"at least {_NUMBER}(?! characters| items)"), "minimum"),
-    (re.compile(rf"at most {_NUMBER}(?! characters| items)"), "maximum"),
-    (re.compile(rf"more than {_NUMBER}"), "exclusiveMinimum"),
-    (re.compile(rf"less than {_NUMBER}"), "exclusiveMaximum"),
-    (re.compile(rf"a multiple of {_NUMBER}"), "multipleOf"),
-    *(
-        (re.compile(rf"\b{key}\s*[:=]\s*{_NUMBER}"), key)
+_PHRASES = {
+    "at least": "minimum",
+    "at most": "maximum",
+    "more than": "exclusiveMinimum",
+    "less than": "exclusiveMaximum",
+    "a multiple of": "multipleOf",
+    **{
+        key: key
         for key in ("minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "multipleOf")
-    ),
+    },
+}
+_BY_UNIT = {("minimum", "characters"): "minLength", ("maximum", "characters"): "maxLength",
+            ("minimum", "items"): "minItems", ("maximum", "items"): "maxItems"}  # fmt: skip
+_DESCRIBED = re.compile(
+    r"\b(at least|at most|more than|less than|a multiple of|minimum|maximum|minLength|maxLength|minItems"
+    rf"|maxItems|multipleOf)\s*[:=]?\s*{_NUMBER}(?:\s+(characters|items))?"
 )
 
 
@@ -385,13 +387,17 @@ def described(schema: Any) -> Any:
     the emulator, which is why a job's own validation of such bounds passes against it as it
     does against the API. Keywords the schema states itself win.
     """
-    if not isinstance(schema, Mapping) or not isinstance(schema.get("description"), str):
+    if not isinstance(schema, Mapping):
+        return schema
+    description = schema.get("description")
+    if not isinstance(description, str) or not any(char.isdigit() for char in description):
         return schema
     found: dict[str, Any] = {}
-    for pattern, key in _DESCRIBED:
-        match = pattern.search(schema["description"])
-        if match and key not in schema and key not in found:
-            number = float(match.group(1))
+    for match in _DESCRIBED.finditer(description):
+        key = _PHRASES[match.group(1)]
+        key = _BY_UNIT.get((key, match.group(3) or ""), key)
+        if key not in schema and key not in found:
+            number = float(match.group(2))
             found[key] = int(number) if number.is_integer() else number
     return {**schema, **found} if found else schema
 
