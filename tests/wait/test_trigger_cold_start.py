@@ -23,14 +23,15 @@ def record(phase, info):
 
 gc.callbacks.append(record)
 
-from airflow_batch.wait.loop import HOOK_MODULE, import_without_collections
+from airflow_batch.wait.loop import FIRST_REQUEST_IMPORTS, HOOK_MODULE, import_without_collections
 
-thread = threading.Thread(target=import_without_collections, args=(HOOK_MODULE,))
+thread = threading.Thread(target=import_without_collections, args=(HOOK_MODULE, *FIRST_REQUEST_IMPORTS))
 thread.start()
 thread.join()
 print(json.dumps({
     "heavy_at_trigger_import": heavy,
     "sdk_imported": "anthropic" in sys.modules,
+    "warm_ups_missing": [m for m in FIRST_REQUEST_IMPORTS if m not in sys.modules],
     "full_collections": len(full_collections),
     "gc_enabled": gc.isenabled(),
     "frozen": gc.get_freeze_count(),
@@ -47,6 +48,7 @@ def test_trigger_module_is_light_and_the_sdk_import_sets_off_no_full_collection(
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["heavy_at_trigger_import"] == [], "the trigger module must not import the SDK or the hook"
     assert report["sdk_imported"]
+    assert report["warm_ups_missing"] == [], "what the SDK's first request imports is imported here"
     # A full collection holds the GIL for 100-250 ms: the triggerer's loop would stall meanwhile.
     assert report["full_collections"] == 0
     assert report["gc_enabled"], "the collector is running again after the import"
