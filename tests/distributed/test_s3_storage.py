@@ -102,3 +102,8 @@ def test_s3_empty_object_yields_no_line(s3: MotoS3, s3_conn: str) -> None:
     s3.client().put_object(Bucket=BUCKET, Key="in/empty.jsonl", Body=b"")
 
     assert list(iter_jsonl_lines(as_path(f"{s3_conn}/in/empty.jsonl"))) == []
+
+
+def test_s3_missing_object_raises_file_not_found(s3: MotoS3, s3_conn: str) -> None:
+    with pytest.raises(FileNotFoundError):
+        list(iter_jsonl_lines(as_path(f"{s3_conn}/in/missing.jsonl")))
