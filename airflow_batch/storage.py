@@ -9,7 +9,7 @@ ends (:func:`line_blocks`), never with ``readline``: an fsspec file's ``readline
 copies the rest of its cached block for each line, which made a 37 MB input read at tens of
 lines per second. On an async object store (s3fs) a file is one streamed GET read a block
 at a time, not s3fs's buffered file, which fetches the object whole into one buffer
-(50 MB ranges) and copies each block out of it: twice the client CPU per byte.
+(50 MB ranges) and copies each block out of it, at about twice the client CPU.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ _import_lock = threading.Lock()
 
 
 def import_without_collections(module: str, *warm_ups: str) -> None:
-    """Import ``module``, then ``warm_ups`` if they import, with the garbage collector paused.
+    """Import ``warm_ups`` (those that import), then ``module``, with the garbage collector paused.
 
     Called from a worker thread. Importing the SDK creates about 150,000 objects (thousands
     of pydantic models), which sets off full collections of the whole heap: 100-250 ms each,
