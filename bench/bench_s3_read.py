@@ -7,9 +7,10 @@ through one block-buffered reader. In one run, this prints:
 
 1. lines/s of ``iter_jsonl_lines`` over a 250,001-line JSONL of requests (~39 MB) on local
    disk and on S3 (``s3://aws_default@bench/...``, moto server on 127.0.0.1), best of 5,
-   interleaved, and the ratio (target: S3 >= 0.5 of local);
+   interleaved, and the ratio (target: S3 >= 0.5 of local), with the CPU seconds each read
+   cost this process and the moto server (the server shares the machine's cores);
    with, for scale, the time to fetch the object's bytes alone (one boto3 GET, and s3fs's
-   ``read_bytes``, the floor of any read through ``ObjectStoragePath``);
+   ``read_bytes``, which buffers the whole object);
 2. the old ``for line in file`` read of the same S3 object, for at most 10 s (the baseline);
 3. the package's submit path (``submit.inputs.input_rows`` into ``submit.round.submit_round``:
    read, validate, chunk, persist, create the batches) of the same 250,001 requests against
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -73,6 +75,12 @@ def timed(func: Callable[[], Any]) -> tuple[float, Any]:
     started = time.perf_counter()
     result = func()
     return time.perf_counter() - started, result
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return the user + system CPU seconds process ``pid`` has used (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def readline_baseline(uri: str, limit_seconds: float) -> tuple[int, float]:
@@ -147,9 +155,13 @@ def main() -> None:
             return len(as_path(s3_uri).read_bytes())
 
         best = {"local": float("inf"), "s3": float("inf"), "raw": float("inf"), "fsspec": float("inf")}
+        cpu: dict[str, list[tuple[float, float]]] = {"local": [], "s3": []}  # (ours, server) per read
+        assert s3.process is not None
         for _ in range(5):
             for name, uri in (("local", local_uri), ("s3", s3_uri)):
+                ours, server = time.process_time(), cpu_seconds(s3.process.pid)
                 seconds, lines = timed(lambda uri=uri: count_lines(uri))
+                cpu[name].append((time.process_time() - ours, cpu_seconds(s3.process.pid) - server))
                 assert lines == LINES, (name, lines)
                 best[name] = min(best[name], seconds)
             for name, get in (("raw", raw_get), ("fsspec", fsspec_get)):
@@ -161,6 +173,10 @@ def main() -> None:
         print(f"  iter_jsonl_lines, S3 (moto):  {s3_rate:>12,.0f} lines/s  ({best['s3']:.3f} s)")
         verdict = "meets" if s3_rate >= 0.5 * local_rate else "BELOW"
         print(f"  S3 / local: {s3_rate / local_rate:.2f} ({verdict} the 0.5 target)")
+        for name in ("local", "s3"):
+            ours = statistics.median(c for c, _ in cpu[name])
+            server = statistics.median(c for _, c in cpu[name])
+            print(f"  CPU per read (median of 5), {name:>5}: this process {ours:.3f} s, moto {server:.3f} s")
         print(
             f"  for scale, the object's bytes alone (no lines): boto3 GET {best['raw']:.3f} s, "
             f"ObjectStoragePath.read_bytes (s3fs) {best['fsspec']:.3f} s = "

@@ -229,6 +229,7 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=100.0)
     args = parser.parse_args()
 
+    load_at_start = os.getloadavg()[0]
     home = tempfile.mkdtemp(prefix="bench-wait-airflow-")
     os.environ.setdefault("AIRFLOW_HOME", home)
     from airflow_batch.emulator.process import EmulatorProcess
@@ -254,7 +255,8 @@ def main() -> int:
 
     n = len(batch_ids)
     print(
-        f"\n{n} in-progress batches, {args.latency_ms:.0f} ms added latency per call, {os.cpu_count()} CPUs"
+        f"\n{n} in-progress batches, {args.latency_ms:.0f} ms added latency per call, {os.cpu_count()} CPUs, "
+        f"load average {load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
     )
     print(f"{'':48}{'cycle (s)':>12}{'max block (ms)':>16}")
     print(

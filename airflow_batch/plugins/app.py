@@ -10,7 +10,7 @@ plugins, and only the api-server ever serves this app.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
@@ -164,19 +164,14 @@ def download(dag_id: str, run_id: str, path: str, user: CurrentUser) -> Streamin
     if path not in allowed:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such file in the manifests of this run")
 
-    from airflow_batch.storage import as_path
+    from airflow_batch.storage import as_path, read_blocks
 
     target = as_path(path)
     if not target.exists():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{path} does not exist (yet)")
 
-    def stream() -> Iterator[bytes]:
-        with target.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                yield chunk
-
     return StreamingResponse(
-        stream(),
+        read_blocks(target, 1 << 20),
         media_type=MEDIA_TYPES.get(target.suffix, "application/octet-stream"),
         headers={"Content-Disposition": f'attachment; filename="{target.name}"'},
     )

@@ -160,7 +160,7 @@ class BatchesSensor(BaseSensorOperator):
         event = asyncio.run(self._watch(identity, state))
         if event is None:
             self.log.info(
-                "Deferred to the triggerer: %d of %d batches of round %d not ended after the first poll; "
+                "Deferring to the triggerer: %d of %d batches of round %d not ended after the first poll; "
                 "deadline in %ss, policy %r.",
                 len(state.pending()),
                 len(batch_ids),
@@ -190,8 +190,12 @@ class BatchesSensor(BaseSensorOperator):
                 return await wait_for_round(api, state, log=self.log, on_poll=writer.write)
             decision = await poll_once(api, state, self.log)
             await asyncio.to_thread(writer.write, state, time.time())
-            if decision.event is not None:
-                self.log.info("Every batch of the round had ended at the first poll: not deferring.")
+            if decision.event is not None:  # ended, timed out or failed: say which, not "deferred"
+                self.log.info(
+                    "Not deferring: the wait ended at the first poll (%s). %s",
+                    decision.event["status"],
+                    decision.event["message"],
+                )
             return decision.event
         finally:
             await api.close()

@@ -10,6 +10,8 @@ loaded and built in a worker thread when :meth:`BatchesTrigger.run` starts.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -96,6 +98,16 @@ class BatchesTrigger(BaseTrigger):
             "workspace_id": self.workspace_id,
         }
 
+    def _triggerer(self) -> str:
+        """Return which triggerer runs this trigger, for its log.
+
+        Airflow 3.3's trigger runner leaves ``triggerer_job_id`` None (it never learns its
+        job id), so the host and process name the triggerer when the job id is missing.
+        """
+        where = f"host {socket.gethostname()}, pid {os.getpid()}"
+        job_id = getattr(self, "triggerer_job_id", None)
+        return f"triggerer job {job_id} ({where})" if job_id is not None else f"the triggerer on {where}"
+
     @classmethod
     def for_state(cls, state: WaitState, **identity: Any) -> BatchesTrigger:
         """Return a trigger that carries on ``state`` (what a wait in the worker learned so far)."""
@@ -108,10 +120,10 @@ class BatchesTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the wait ends and yield its one event."""
         self.log.info(
-            "Watching %d batches (%d already ended) on triggerer %s; poll every %ss, policy %r.",
+            "Watching %d batches (%d already ended) on %s; poll every %ss, policy %r.",
             len(self.state.batch_ids),
             len(self.state.ended_statuses()),
-            getattr(self, "triggerer_job_id", None),
+            self._triggerer(),
             self.state.poll_interval,
             self.state.timeout_policy,
         )

@@ -16,6 +16,10 @@ a 404 naming it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import importlib
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -42,6 +46,43 @@ T = TypeVar("T")
 POLL_CONCURRENCY = 32  # status calls in flight at once
 LIST_PAGE_SIZE = 1000
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
+HOOK_MODULE = "airflow_batch.hooks.batches"  # imports the SDK: ~2 s and 150,000 objects on a cold process
+#: What the SDK's HTTP stack imports at its first request, on the loop unless imported before:
+#: anyio's asyncio backend and the OpenTelemetry propagators (17 ms of the first call's CPU).
+FIRST_REQUEST_IMPORTS = ("anyio._backends._asyncio", "opentelemetry.propagate")
+_import_lock = threading.Lock()
+
+
+def import_without_collections(module: str, *warm_ups: str) -> None:
+    """Import ``warm_ups`` (those that import), then ``module``, with the garbage collector paused.
+
+    Called from a worker thread. Importing the SDK creates about 150,000 objects (thousands
+    of pydantic models), which sets off full collections of the whole heap: 100-250 ms each,
+    holding the GIL, so the triggerer's event loop stalls although the import runs in a
+    thread. With collection paused none runs during the import; then every object alive is
+    frozen (moved out of the collector's view, as Airflow's DAG processor does before
+    forking), so the next collections do not scan them either. Most are modules, classes
+    and functions that live as long as the process; the cost is that garbage cycles among
+    them are never collected (about 800 objects for the SDK's import). Once per process:
+    later calls return at once. A warm-up that fails to import is left to its user (the SDK
+    reports a propagator ``OTEL_PROPAGATORS`` names but nobody installed).
+    """
+    if module in sys.modules:
+        return
+    with _import_lock:
+        if module in sys.modules:
+            return
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for warm_up in warm_ups:
+                with contextlib.suppress(Exception):
+                    importlib.import_module(warm_up)
+            importlib.import_module(module)  # last: its presence in sys.modules means all are done
+            gc.freeze()
+        finally:
+            if enabled:
+                gc.enable()
 
 
 def is_local(base_url: str) -> bool:
@@ -55,7 +96,8 @@ async def connect(
     """Return the async API of ``conn_id``; imports and client construction run off the loop."""
 
     def hook() -> Any:
-        from airflow_batch.hooks.batches import BatchesHook  # the SDK's import: seconds on a cold process
+        import_without_collections(HOOK_MODULE, *FIRST_REQUEST_IMPORTS)
+        from airflow_batch.hooks.batches import BatchesHook
 
         return BatchesHook(conn_id, betas=betas, workspace_id=workspace_id)
 

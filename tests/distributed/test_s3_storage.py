@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from local_services import MotoS3
 
-from airflow_batch.storage import as_path, atomic_writer, iter_jsonl, iter_jsonl_lines
+from airflow_batch.storage import as_path, atomic_writer, copy_file, iter_jsonl, iter_jsonl_lines
 
 BUCKET = "storage-tests"
 
@@ -27,22 +27,65 @@ def s3_conn(s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> str:
     return f"s3://aws_default@{BUCKET}"
 
 
-def test_s3_jsonl_is_read_in_blocks_with_lines_spanning_them(
+def test_s3_jsonl_is_one_streamed_get_read_in_blocks_with_lines_spanning_them(
     s3: MotoS3, s3_conn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import s3fs
 
-    def readline(self: object, *args: object) -> bytes:
-        raise AssertionError("readline on an S3 file: quadratic on s3fs")
+    def buffered(self: object, *args: object) -> bytes:
+        raise AssertionError("s3fs's buffered file: readline is quadratic, read fetches 50 MB ranges")
 
-    monkeypatch.setattr(s3fs.core.S3File, "readline", readline)
-    monkeypatch.setattr(s3fs.core.S3File, "__iter__", readline)
+    for name in ("read", "readline", "__iter__"):
+        monkeypatch.setattr(s3fs.core.S3File, name, buffered)
+    gets: list[str] = []
+    call_s3 = s3fs.S3FileSystem._call_s3
+
+    async def counting_call_s3(
+        self: s3fs.S3FileSystem, method: str, *args: object, **kwargs: object
+    ) -> object:
+        if method == "get_object":
+            gets.append(method)
+        return await call_s3(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting_call_s3)
     rows = [b'{"custom_id": "r-%05d", "pad": "%s"}' % (i, b"x" * (i % 97)) for i in range(20_000)]
     s3.client().put_object(Bucket=BUCKET, Key="in/rows.jsonl", Body=b"\r\n".join(rows) + b"\r\n\n")
 
     lines = list(iter_jsonl_lines(as_path(f"{s3_conn}/in/rows.jsonl"), block_size=4096))
 
     assert lines == rows
+    assert gets == ["get_object"], "one request for the whole object"
+
+
+def test_s3_read_stopped_early_closes_its_response(
+    s3: MotoS3, s3_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiobotocore.response import AioStreamingBody
+
+    closed: list[bool] = []
+    close = AioStreamingBody.close
+
+    def recording_close(self: AioStreamingBody) -> None:
+        closed.append(True)
+        close(self)
+
+    monkeypatch.setattr(AioStreamingBody, "close", recording_close)
+    s3.client().put_object(Bucket=BUCKET, Key="in/long.jsonl", Body=b'{"n": 1}\n' * 200_000)
+    lines = iter_jsonl_lines(as_path(f"{s3_conn}/in/long.jsonl"), block_size=4096)
+
+    assert next(lines) == b'{"n": 1}'
+    lines.close()
+    assert closed == [True]
+
+
+def test_s3_copy_is_streamed_block_by_block_and_keeps_every_byte(s3: MotoS3, s3_conn: str) -> None:
+    body = bytes(range(256)) * 4099
+    s3.client().put_object(Bucket=BUCKET, Key="in/blob.bin", Body=body)
+
+    copy_file(as_path(f"{s3_conn}/in/blob.bin"), as_path(f"{s3_conn}/copies/blob.bin"), block=4096)
+
+    assert s3.client().get_object(Bucket=BUCKET, Key="copies/blob.bin")["Body"].read() == body
+    assert s3.keys(BUCKET, "copies/") == ["copies/blob.bin"]
 
 
 def test_s3_atomic_write_then_read_leaves_only_the_file(s3: MotoS3, s3_conn: str) -> None:
@@ -59,3 +102,8 @@ def test_s3_empty_object_yields_no_line(s3: MotoS3, s3_conn: str) -> None:
     s3.client().put_object(Bucket=BUCKET, Key="in/empty.jsonl", Body=b"")
 
     assert list(iter_jsonl_lines(as_path(f"{s3_conn}/in/empty.jsonl"))) == []
+
+
+def test_s3_missing_object_raises_file_not_found(s3: MotoS3, s3_conn: str) -> None:
+    with pytest.raises(FileNotFoundError):
+        list(iter_jsonl_lines(as_path(f"{s3_conn}/in/missing.jsonl")))

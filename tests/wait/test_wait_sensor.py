@@ -93,7 +93,7 @@ def test_sensor_returns_the_manifest_with_final_counts_for_the_gather(
     assert triggers_run(caplog) == (1 if deferrable else 0)
     task_log = "".join(capfd.readouterr())
     if deferrable:
-        assert "Deferred to the triggerer: 3 of 3 batches" in task_log
+        assert "Deferring to the triggerer: 3 of 3 batches" in task_log
         assert "Watching 3 batches (0 already ended)" in task_log, "the trigger watched the round"
         assert "[DAG TEST] Trigger completed" in caplog.text, "the task resumed from the trigger's event"
     recorded = json.loads(out.read_text())
@@ -133,10 +133,36 @@ def test_deferrable_wait_of_an_ended_round_returns_without_deferring(
 
     assert run.state == "success"
     assert triggers_run(caplog) == 0
-    assert "had ended at the first poll: not deferring" in "".join(capfd.readouterr())
+    task_log = "".join(capfd.readouterr())
+    assert "Not deferring: the wait ended at the first poll (success). All 2 batches ended" in task_log
+    assert "to the triggerer" not in task_log
     assert json.loads(out.read_text())["manifest"]["counts"]["succeeded"] == 7
     progress = storage.read_json(layout.progress_path(storage.as_path(str(tmp_path)), 0))
     assert progress["batches_ended"] == 2
+
+
+def test_deferrable_wait_failing_at_the_first_poll_says_so_instead_of_deferring(
+    airflow_db: str,
+    emulator: EmulatorProcess,
+    anthropic_conn: str,
+    create_batches: CreateBatches,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    emulator.configure(start_delay_seconds=600)
+    ids = [*create_batches([2]), "msgbatch_does_not_exist_0000000"]
+    out = tmp_path / "waited.json"
+    dag = wait_dag("wait_missing_batch", manifest_for(ids, tmp_path, anthropic_conn), out, deferrable=True)
+    with caplog.at_level("INFO"):
+        run = run_dag(dag)
+
+    assert run.state == "failed"
+    assert triggers_run(caplog) == 0
+    task_log = "".join(capfd.readouterr())
+    assert "Not deferring: the wait ended at the first poll (error)" in task_log
+    assert "msgbatch_does_not_exist_0000000" in task_log
+    assert "to the triggerer" not in task_log and "had ended" not in task_log
 
 
 def test_sensor_timeout_cancels_and_fails_the_task_by_default(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 
@@ -134,6 +136,26 @@ async def test_deadline_with_wait_for_cancel_returns_once_canceled_batches_ended
     assert all(s["processing_status"] == "ended" for s in event["batch_status"].values())
     assert sum(s["request_counts"]["canceled"] for s in event["batch_status"].values()) == 7
     assert sorted(event["canceled_by_timeout"]) == sorted(ids)
+
+
+async def test_trigger_log_names_the_triggerer_that_runs_it(
+    emulator: EmulatorProcess, anthropic_conn: str, create_batches: CreateBatches
+) -> None:
+    emulator.configure(start_delay_seconds=600)
+    ids = create_batches([1])
+    unnamed = trigger(anthropic_conn, ids, timeout=0, timeout_policy="leave")
+    named = trigger(anthropic_conn, ids, timeout=0, timeout_policy="leave")
+    named.triggerer_job_id = 7  # what a triggerer that knows its job id sets
+    with structlog.testing.capture_logs() as logs:
+        await first_event(unnamed)
+        await first_event(named)
+
+    watching = [str(log["event"]) for log in logs if str(log["event"]).startswith("Watching")]
+    where = f"host {socket.gethostname()}, pid {os.getpid()}"
+    assert len(watching) == 2
+    assert f"Watching 1 batches (0 already ended) on the triggerer on {where};" in watching[0]
+    assert f"on triggerer job 7 ({where});" in watching[1]
+    assert "None" not in watching[0]
 
 
 async def test_deadline_with_leave_policy_keeps_batches_running(
