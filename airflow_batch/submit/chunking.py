@@ -25,8 +25,6 @@ writes, it never decides where.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import os
 import tempfile
@@ -37,6 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from airflow_batch.layout import INVALID_INPUT_FILE, chunk_file_name
+from airflow_batch.memory import paused_gc
 from airflow_batch.params import decode_line, loads
 from airflow_batch.submit.estimate import TokenTally
 from airflow_batch.submit.records import BLANK, Carried, RequestDefaults
@@ -316,23 +315,6 @@ def _invalid_row(problem: Problem, round_number: int) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for the pass.
-
-    The pass allocates millions of short-lived, acyclic objects (decoded rows), which reference
-    counting frees at once; the collector's generation scans over Airflow's large heap would
-    otherwise take more time than the pass itself (measured: 2.5x slower).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def prepare_chunks(
     rows: Iterable[Any],
     *,
@@ -384,7 +366,7 @@ def prepare_chunks(
         return Problem(row, custom_id, rule, hint or hint_for(rule), row_label)
 
     try:
-        with _collector_paused():
+        with paused_gc():  # millions of acyclic rows: measured 2.5x faster
             for row, item in enumerate(rows, start=1):
                 fields = None
                 source_row = row

@@ -461,20 +461,11 @@ def _create_round(
 
 def _queued_now(api: BatchesApi, ledger: Ledger) -> int:
     """Return the requests of the round's created batches not ended yet (one retrieve each)."""
-    statuses = {}
-    for entry in ledger.batches.values():
-        batch = api.retrieve(entry["batch_id"])
-        counts = batch.request_counts
-        statuses[batch.id] = {
-            "processing_status": batch.processing_status,
-            "request_counts": {
-                "processing": counts.processing,
-                "succeeded": counts.succeeded,
-                "errored": counts.errored,
-                "canceled": counts.canceled,
-                "expired": counts.expired,
-            },
-        }
+    from airflow_batch.wait.policy import batch_status
+
+    statuses = {
+        entry["batch_id"]: batch_status(api.retrieve(entry["batch_id"])) for entry in ledger.batches.values()
+    }
     return queued_requests(statuses)
 
 

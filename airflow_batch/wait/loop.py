@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from airflow_batch.exceptions import BatchesApiError
+from airflow_batch.memory import paused_gc
 from airflow_batch.wait.policy import (
     LIST_THRESHOLD,
     CallOutcome,
@@ -72,17 +73,12 @@ def import_without_collections(module: str, *warm_ups: str) -> None:
     with _import_lock:
         if module in sys.modules:
             return
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with paused_gc():
             for warm_up in warm_ups:
                 with contextlib.suppress(Exception):
                     importlib.import_module(warm_up)
             importlib.import_module(module)  # last: its presence in sys.modules means all are done
             gc.freeze()
-        finally:
-            if enabled:
-                gc.enable()
 
 
 def is_local(base_url: str) -> bool:
