@@ -19,7 +19,9 @@ from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.submit.queue import QueueWaitNeeded
 
 if TYPE_CHECKING:
-    from airflow.sdk import BaseOperator
+    from airflow.sdk import BaseOperator, Context, ObjectStoragePath
+
+    from airflow_batch.submit.round import SubmitSettings
 
 #: The method an operator resumes in after a queue wait.
 RESUME_METHOD = "resume_submit"
@@ -48,6 +50,43 @@ def defer_for_room(
         ),
         method_name=RESUME_METHOD,
     )
+
+
+def resume_round(
+    operator: BaseOperator,
+    context: Context,
+    event: Mapping[str, Any] | None,
+    *,
+    identity: JobIdentity,
+    job: ObjectStoragePath,
+    round_number: int,
+    settings: SubmitSettings,
+    start_over: Callable[[], RoundManifest],
+) -> RoundManifest:
+    """Create the round's next wave after a queue wait; defer again while more chunks wait."""
+    from airflow_batch.hooks.batches import BatchesHook
+    from airflow_batch.submit.round import continue_round
+
+    hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
+    with hook.batches_api() as api:
+        try:
+            return next_wave(
+                event,
+                lambda queued: continue_round(
+                    api,
+                    job=job,
+                    round_number=round_number,
+                    identity=identity,
+                    settings=settings,
+                    queued=queued,
+                    state_store=context.get("task_state_store"),
+                    log=operator.log,  # type: ignore[arg-type]
+                ),
+                start_over,
+            )
+        except QueueWaitNeeded as pause:
+            defer_for_room(operator, pause, identity, round_number, getattr(operator, "poll_interval", None))
+            raise
 
 
 def next_wave(

@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_batch.exceptions import BeforeSubmitError
 from airflow_batch.manifest import JobIdentity, RoundManifest
-from airflow_batch.operators.queueing import defer_for_room, next_wave
+from airflow_batch.operators.queueing import defer_for_room, resume_round
 from airflow_batch.operators.submit import push_refusal
 from airflow_batch.submit.queue import QueueWaitNeeded
 
@@ -122,30 +122,17 @@ class RetryFailedOperator(BaseOperator):
 
     def resume_submit(self, context: Context, event: dict[str, Any] | None = None) -> RoundManifest:
         """Create the round's next wave once the queue has room; defer again or return its manifest."""
-        from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.storage import as_path
-        from airflow_batch.submit.round import SubmitSettings, continue_round
+        from airflow_batch.submit.round import SubmitSettings
 
         previous: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
-        identity = JobIdentity.of(previous, self.conn_id, self.task_id)
-        round_number = previous["round"] + 1
-        hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
-        with hook.batches_api() as api:
-            try:
-                return next_wave(
-                    event,
-                    lambda queued: continue_round(
-                        api,
-                        job=as_path(previous["job_dir"]),
-                        round_number=round_number,
-                        identity=identity,
-                        settings=SubmitSettings(**self.submit_settings),
-                        queued=queued,
-                        state_store=context.get("task_state_store"),
-                        log=self.log,  # type: ignore[arg-type]
-                    ),
-                    lambda: self.execute(context),
-                )
-            except QueueWaitNeeded as pause:
-                defer_for_room(self, pause, identity, round_number, self.poll_interval)
-                raise
+        return resume_round(
+            self,
+            context,
+            event,
+            identity=JobIdentity.of(previous, self.conn_id, self.task_id),
+            job=as_path(previous["job_dir"]),
+            round_number=previous["round"] + 1,
+            settings=SubmitSettings(**self.submit_settings),
+            start_over=lambda: self.execute(context),
+        )

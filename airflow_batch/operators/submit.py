@@ -12,7 +12,7 @@ from airflow_batch import layout, settings
 from airflow_batch.exceptions import BeforeSubmitError
 from airflow_batch.history import observed_output_tokens
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, RoundManifest, refused_manifest
-from airflow_batch.operators.queueing import defer_for_room, next_wave
+from airflow_batch.operators.queueing import defer_for_room, resume_round
 from airflow_batch.schema import job_schema
 from airflow_batch.storage import write_json
 from airflow_batch.submit.inputs import check_location
@@ -336,30 +336,16 @@ class SubmitBatchesOperator(BaseOperator):
 
     def resume_submit(self, context: Context, event: dict[str, Any] | None = None) -> RoundManifest:
         """Create the next wave once the queue has room (after a deferral); defer again or return."""
-        from airflow_batch.hooks.batches import BatchesHook
-        from airflow_batch.submit.round import continue_round
-
-        identity = JobIdentity(self.conn_id, tuple(self.betas), self.workspace_id)
-        hook = BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
-        with hook.batches_api() as api:
-            try:
-                return next_wave(
-                    event,
-                    lambda queued: continue_round(
-                        api,
-                        job=self.job_dir(context),
-                        round_number=0,
-                        identity=identity,
-                        settings=self.round_settings(),
-                        queued=queued,
-                        state_store=context.get("task_state_store"),
-                        log=self.log,  # type: ignore[arg-type]
-                    ),
-                    lambda: self.execute(context),
-                )
-            except QueueWaitNeeded as pause:
-                defer_for_room(self, pause, identity, 0, self.poll_interval)
-                raise
+        return resume_round(
+            self,
+            context,
+            event,
+            identity=JobIdentity(self.conn_id, tuple(self.betas), self.workspace_id),
+            job=self.job_dir(context),
+            round_number=0,
+            settings=self.round_settings(),
+            start_over=lambda: self.execute(context),
+        )
 
 
 def push_refusal(
