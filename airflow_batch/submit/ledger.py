@@ -77,6 +77,9 @@ class Ledger:
     #: Rows skipped as invalid (skip_invalid) and where they are, for the round manifest.
     invalid: int = 0
     invalid_path: str | None = None
+    #: Requests of this round the processing queue held when it last refused a create, and when.
+    learned_queue_limit: int | None = None
+    learned_at: str | None = None
 
     @property
     def binding(self) -> bool:
@@ -109,6 +112,8 @@ class Ledger:
             "events": self.events,
             "invalid": self.invalid,
             "invalid_path": self.invalid_path,
+            "learned_queue_limit": self.learned_queue_limit,
+            "learned_at": self.learned_at,
         }
 
     @classmethod
@@ -127,6 +132,8 @@ class Ledger:
             events=list(data.get("events", [])),
             invalid=int(data.get("invalid", 0)),
             invalid_path=data.get("invalid_path"),
+            learned_queue_limit=data.get("learned_queue_limit"),
+            learned_at=data.get("learned_at"),
         )
 
 

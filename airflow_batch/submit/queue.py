@@ -15,6 +15,9 @@ Two ways to know the room:
   answered "queue full"; the job then waits until as many of its own queued requests as the
   refused chunk holds have been processed (or, with none of its own queued, until the
   ``retry-after`` the API gave), and tries again. A queue-full answer never fails the task.
+  What the queue held of the job at the refusal becomes the round's learned limit: later
+  waves fill up to it without a refused create (each costs a whole upload), and once it is
+  ten minutes old one chunk more probes whether the queue has room again.
 
 A request counts as queued until its batch ends. The API frees a request's place once it is
 processed, a little earlier, but a batch's counts do not say precisely when; counting to the
@@ -65,8 +68,8 @@ def wave(chunk_sizes: Sequence[int], queued: int, limit: int | None) -> int:
 class QueueWait:
     """Why a round's creates paused and what room the next wave needs.
 
-    :param reason: ``"max_queued_requests"`` (our share is full) or ``"queue_full"`` (the API
-        refused a create).
+    :param reason: ``"max_queued_requests"`` (our share is full), ``"learned_queue_limit"`` (as
+        much as the queue held at its last refusal) or ``"queue_full"`` (the API refused a create).
     :param need: Requests of the next pending chunk.
     :param queued: The job's own requests processing when the wave stopped.
     :param limit: ``max_queued_requests``, or None when learned from the API.

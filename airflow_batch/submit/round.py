@@ -81,6 +81,8 @@ CREATE_WINDOW = timedelta(hours=1)
 #: After a lost create response, how long to let the API finish storing a batch before looking for it.
 LOST_RESPONSE_SETTLE_SECONDS = 2.0
 BUDGET_BASES = (None, "upper_bound", "expected")
+#: How long a queue limit learned from a refusal holds before one more chunk probes the API.
+RELEARN_AFTER = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -427,25 +429,31 @@ def _create_round(
     """Create the pending chunks that fit the queue; raise QueueWaitNeeded for the rest, or return."""
     chunks = _chunks(ledger)
     pending = [chunk for chunk in chunks if ledger.batch_id(chunk.index) is None]
-    limit = settings.max_queued_requests
+    limit = settings.max_queued_requests or ledger.learned_queue_limit
     if pending and limit is not None and queued is None:
         queued = _queued_now(api, ledger)
     fitting = wave([chunk.requests for chunk in pending], queued or 0, limit)
+    if fitting < len(pending) and settings.max_queued_requests is None and _relearn(ledger):
+        fitting += 1  # a learned limit gets old: the queue may have room again (another job ended)
     created = 0
     for chunk in pending[:fitting]:
         try:
             _submit_chunk(api, job, ledger, store, chunk, settings, log)
         except QueueFullError as full:
             ledger.intents.pop(chunk.index, None)  # refused: nothing was created
+            held = (queued or 0) + created
+            if held and settings.max_queued_requests is None:
+                ledger.learned_queue_limit = held  # what the queue let this job hold just now
+                ledger.learned_at = utcnow()
             _pause(ledger, store, log, QueueWait(
-                "queue_full", chunk.requests, (queued or 0) + created, limit, full.retry_after,
+                "queue_full", chunk.requests, held, ledger.learned_queue_limit or limit, full.retry_after,
                 len(pending) - pending.index(chunk),
             ))  # fmt: skip
         created += chunk.requests
     if fitting < len(pending):
+        reason = "max_queued_requests" if settings.max_queued_requests else "learned_queue_limit"
         _pause(ledger, store, log, QueueWait(
-            "max_queued_requests", pending[fitting].requests, (queued or 0) + created, limit, None,
-            len(pending) - fitting,
+            reason, pending[fitting].requests, (queued or 0) + created, limit, None, len(pending) - fitting,
         ))  # fmt: skip
     store.save(ledger)
     log.info(
@@ -457,6 +465,14 @@ def _create_round(
         ", ".join(ledger.batches[c.index]["batch_id"] for c in chunks),
     )
     return _manifest(job, ledger, identity)
+
+
+def _relearn(ledger: Ledger) -> bool:
+    """Return whether the learned queue limit is stale enough to try one chunk past it."""
+    if ledger.learned_queue_limit is None or ledger.learned_at is None:
+        return True
+    learned = datetime.fromisoformat(ledger.learned_at)
+    return datetime.now(UTC) - learned > RELEARN_AFTER
 
 
 def _queued_now(api: BatchesApi, ledger: Ledger) -> int:
@@ -474,6 +490,11 @@ def _pause(ledger: Ledger, store: LedgerStore, log: logging.Logger, wait: QueueW
     if wait.reason == "queue_full":
         why = "the API answered that the organisation's processing queue is full" + (
             f" (retry after {wait.retry_after:.0f} s)" if wait.retry_after is not None else ""
+        )
+    elif wait.reason == "learned_queue_limit":
+        why = (
+            f"{wait.queued:,} of the job's requests are queued, as many as the queue held when it was "
+            f"last full ({wait.limit:,})"
         )
     else:
         why = f"{wait.queued:,} of the job's requests are queued, max_queued_requests={wait.limit:,}"
