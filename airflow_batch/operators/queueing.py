@@ -65,7 +65,7 @@ def resume_round(
 ) -> RoundManifest:
     """Create the round's next wave after a queue wait; defer again while more chunks wait."""
     from airflow_batch.hooks.batches import BatchesHook
-    from airflow_batch.submit.round import continue_round
+    from airflow_batch.submit.creating import continue_round
 
     hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
     with hook.batches_api() as api:

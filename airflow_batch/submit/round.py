@@ -15,13 +15,12 @@
    files of recorded batches are never overwritten).
 4. Estimate the cost (:mod:`airflow_batch.estimate`) and refuse above ``max_cost_usd``
    with :class:`BudgetExceededError`, before any batch is created.
-5. For each chunk without a batch, in waves that fit the processing queue
-   (:mod:`airflow_batch.submit.queue`): record an intent, create the batch (the chunk file is
-   streamed as the create body: the bytes measured are the bytes sent), record its id. When
-   the next chunk does not fit (``max_queued_requests``, or the API answered "queue full"),
-   :class:`~airflow_batch.submit.queue.QueueWaitNeeded` is raised: the operator defers until
-   room frees up, then :func:`continue_round` creates the next wave from the ledger and the
-   installed chunk files, without reading the input again.
+4b. Refuse a model the API does not serve (:mod:`airflow_batch.submit.refusals`, with the
+   budget check).
+5. Create a batch for each chunk without one, in waves that fit the processing queue
+   (:mod:`airflow_batch.submit.creating`); when the next chunk does not fit,
+   :class:`~airflow_batch.submit.queue.QueueWaitNeeded` is raised and the operator defers,
+   then :func:`~airflow_batch.submit.creating.continue_round` creates the next wave.
 6. Return the round manifest (small: paths, ids, counts, bytes, the estimate).
 
 A ledger with no batch and no intent binds nothing: a round refused for budget or invalid
@@ -31,13 +30,10 @@ input can be re-run with a different input.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
-import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_batch import layout
@@ -45,27 +41,22 @@ from airflow_batch.costs import price_table
 from airflow_batch.exceptions import (
     BatchesApiError,
     BeforeSubmitError,
-    BudgetExceededError,
     InputChangedError,
     InvalidRequestsError,
-    QueueFullError,
-    UnknownModelError,
-    UnknownModelPriceError,
 )
-from airflow_batch.manifest import MANIFEST_VERSION, BatchRecord, JobIdentity, RoundManifest
+from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.storage import write_json
 from airflow_batch.submit.chunking import (
     INPUTS_DIR,
-    ChunkBody,
-    ChunkInfo,
     ModelLimits,
     PreparedRound,
     prepare_chunks,
 )
+from airflow_batch.submit.creating import create_round
 from airflow_batch.submit.estimate import estimate_cost
-from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
-from airflow_batch.submit.queue import QueueWait, QueueWaitNeeded, queued_requests, wave
+from airflow_batch.submit.ledger import Ledger, LedgerStore
 from airflow_batch.submit.records import RequestDefaults
+from airflow_batch.submit.refusals import check_budget, check_models
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
 
 if TYPE_CHECKING:
@@ -74,15 +65,7 @@ if TYPE_CHECKING:
     from airflow_batch.api import BatchesApi
 
 ON_INPUT_CHANGE = ("fail", "resubmit")
-#: How far the API's clock may be from the worker's when matching an orphan batch to an intent.
-CLOCK_SKEW = timedelta(minutes=2)
-#: How long after an intent a create may still have landed (the SDK's timeout with retries).
-CREATE_WINDOW = timedelta(hours=1)
-#: After a lost create response, how long to let the API finish storing a batch before looking for it.
-LOST_RESPONSE_SETTLE_SECONDS = 2.0
 BUDGET_BASES = (None, "upper_bound", "expected")
-#: How long a queue limit learned from a refusal holds before one more chunk probes the API.
-RELEARN_AFTER = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -181,38 +164,6 @@ def _move_chunk(prepared: PreparedRound, job: ObjectStoragePath, round_number: i
         staged.rename(target)
 
 
-def find_orphan(
-    api: BatchesApi, chunk: ChunkInfo, started_at: str, claimed: set[str], log: logging.Logger
-) -> str | None:
-    """Return the id of the one batch created for ``chunk`` after its intent, if exactly one matches.
-
-    A match is a batch created between ``started_at`` (minus clock skew) and the create window,
-    holding ``chunk.requests`` requests, and not claimed by the ledger.
-    """
-    start = datetime.fromisoformat(started_at)
-    earliest, latest = start - CLOCK_SKEW, start + CREATE_WINDOW
-    matches: list[str] = []
-    for batch in api.recent_batches():
-        created = batch.created_at if batch.created_at.tzinfo else batch.created_at.replace(tzinfo=UTC)
-        if created < earliest:
-            break  # newest first: everything further is older
-        counts = batch.request_counts
-        total = counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
-        if created <= latest and total == chunk.requests and batch.id not in claimed:
-            matches.append(batch.id)
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        log.warning(
-            "chunk %d: %d batches match its interrupted submission (%s); adopting none and submitting "
-            "again. If one of them is this chunk's, cancel it to avoid paying twice.",
-            chunk.index,
-            len(matches),
-            ", ".join(matches),
-        )
-    return None
-
-
 def _cancel_unended(api: BatchesApi, ledger: Ledger, log: logging.Logger) -> None:
     for chunk, entry in sorted(ledger.batches.items()):
         batch_id = entry["batch_id"]
@@ -224,37 +175,6 @@ def _cancel_unended(api: BatchesApi, ledger: Ledger, log: logging.Logger) -> Non
             if exc.status_code != 404:
                 raise
             log.info("input changed: batch %s of chunk %d no longer exists", batch_id, chunk)
-
-
-def _manifest(job: ObjectStoragePath, ledger: Ledger, identity: JobIdentity) -> RoundManifest:
-    chunks = _chunks(ledger)
-    batches = [
-        BatchRecord(
-            chunk=chunk.index,
-            batch_id=ledger.batches[chunk.index]["batch_id"],
-            requests=chunk.requests,
-            bytes=chunk.bytes,
-            chunk_path=str(layout.chunk_path(job, ledger.round, chunk.index)),
-        )
-        for chunk in chunks
-    ]
-    return RoundManifest(
-        version=MANIFEST_VERSION,
-        stage="submitted",
-        job_dir=str(job),
-        round=ledger.round,
-        conn_id=identity.conn_id,
-        betas=list(identity.betas),
-        workspace_id=identity.workspace_id,
-        fingerprint=ledger.fingerprint,
-        requests=sum(chunk.requests for chunk in chunks),
-        bytes=sum(chunk.bytes for chunk in chunks),
-        invalid=ledger.invalid,
-        invalid_path=ledger.invalid_path,
-        batches=batches,
-        estimate=ledger.estimate,
-        submitted_at=ledger.created_at,
-    )
 
 
 def _prepare(
@@ -370,306 +290,12 @@ def submit_round(
             log=log,
         )
     try:
-        _check_budget(ledger, settings, pending, len(prepared.chunks))
+        check_budget(ledger, settings, pending, len(prepared.chunks))
         if pending and not ledger.batches:
-            _check_models(api, prepared.tally.models, price_table(settings.prices).known_models(), log)
+            check_models(api, prepared.tally.models, price_table(settings.prices).known_models(), log)
     except BeforeSubmitError as refusal:
         write_json(layout.refusal_path(job, round_number), refusal.record(round_number))
         raise
     ledger.invalid, ledger.invalid_path = prepared.invalid, invalid_path
     store.save(ledger)
-    return _create_round(api, job, ledger, store, identity, settings, log, queued=None)
-
-
-def continue_round(
-    api: BatchesApi,
-    *,
-    job: ObjectStoragePath,
-    round_number: int,
-    identity: JobIdentity,
-    settings: SubmitSettings,
-    queued: int | None,
-    state_store: Any | None = None,
-    log: logging.Logger | None = None,
-) -> RoundManifest:
-    """Create the next wave of a round whose earlier creates paused for queue room; return its manifest.
-
-    Works from the ledger and the installed chunk files alone (the input is not read again).
-    ``queued``: the job's requests still processing, as the queue wait last saw them.
-    Raises :class:`FileNotFoundError` when a pending chunk's file is gone (a local job folder on
-    another worker): the caller then runs :func:`submit_round` again, which re-attaches.
-    """
-    log = log or logging.getLogger(__name__)
-    store = LedgerStore(job, round_number, state_store)
-    ledger = store.load()
-    if ledger is None or not ledger.chunks:
-        raise FileNotFoundError(f"no ledger of round {round_number} in {job}: nothing to continue")
-    for chunk in _chunks(ledger):
-        path = layout.chunk_path(job, round_number, chunk.index)
-        if ledger.batch_id(chunk.index) is None and not path.exists():
-            raise FileNotFoundError(f"chunk file {path} is missing")
-    return _create_round(api, job, ledger, store, identity, settings, log, queued=queued)
-
-
-def _chunks(ledger: Ledger) -> list[ChunkInfo]:
-    return [ChunkInfo(int(c["chunk"]), int(c["requests"]), int(c["bytes"])) for c in ledger.chunks]
-
-
-def _create_round(
-    api: BatchesApi,
-    job: ObjectStoragePath,
-    ledger: Ledger,
-    store: LedgerStore,
-    identity: JobIdentity,
-    settings: SubmitSettings,
-    log: logging.Logger,
-    *,
-    queued: int | None,
-) -> RoundManifest:
-    """Create the pending chunks that fit the queue; raise QueueWaitNeeded for the rest, or return."""
-    chunks = _chunks(ledger)
-    pending = [chunk for chunk in chunks if ledger.batch_id(chunk.index) is None]
-    limit = settings.max_queued_requests or ledger.learned_queue_limit
-    if pending and limit is not None and queued is None:
-        queued = _queued_now(api, ledger)
-    fitting = wave([chunk.requests for chunk in pending], queued or 0, limit)
-    if fitting < len(pending) and settings.max_queued_requests is None and _relearn(ledger):
-        fitting += 1  # a learned limit gets old: the queue may have room again (another job ended)
-    created = 0
-    for chunk in pending[:fitting]:
-        try:
-            _submit_chunk(api, job, ledger, store, chunk, settings, log)
-        except QueueFullError as full:
-            ledger.intents.pop(chunk.index, None)  # refused: nothing was created
-            held = (queued or 0) + created
-            if held and settings.max_queued_requests is None:
-                ledger.learned_queue_limit = held  # what the queue let this job hold just now
-                ledger.learned_at = utcnow()
-            _pause(ledger, store, log, QueueWait(
-                "queue_full", chunk.requests, held, ledger.learned_queue_limit or limit, full.retry_after,
-                len(pending) - pending.index(chunk),
-            ))  # fmt: skip
-        created += chunk.requests
-    if fitting < len(pending):
-        reason = "max_queued_requests" if settings.max_queued_requests else "learned_queue_limit"
-        _pause(ledger, store, log, QueueWait(
-            reason, pending[fitting].requests, (queued or 0) + created, limit, None, len(pending) - fitting,
-        ))  # fmt: skip
-    store.save(ledger)
-    log.info(
-        "round %d of %s: %d request(s) in %d batch(es): %s",
-        ledger.round,
-        job,
-        sum(chunk.requests for chunk in chunks),
-        len(chunks),
-        ", ".join(ledger.batches[c.index]["batch_id"] for c in chunks),
-    )
-    return _manifest(job, ledger, identity)
-
-
-def _relearn(ledger: Ledger) -> bool:
-    """Return whether the learned queue limit is stale enough to try one chunk past it."""
-    if ledger.learned_queue_limit is None or ledger.learned_at is None:
-        return True
-    learned = datetime.fromisoformat(ledger.learned_at)
-    return datetime.now(UTC) - learned > RELEARN_AFTER
-
-
-def _queued_now(api: BatchesApi, ledger: Ledger) -> int:
-    """Return the requests of the round's created batches not ended yet (one retrieve each)."""
-    from airflow_batch.wait.policy import batch_status
-
-    statuses = {
-        entry["batch_id"]: batch_status(api.retrieve(entry["batch_id"])) for entry in ledger.batches.values()
-    }
-    return queued_requests(statuses)
-
-
-def _pause(ledger: Ledger, store: LedgerStore, log: logging.Logger, wait: QueueWait) -> None:
-    """Record why the round's creates paused, and raise QueueWaitNeeded with the batches to watch."""
-    if wait.reason == "queue_full":
-        why = "the API answered that the organisation's processing queue is full" + (
-            f" (retry after {wait.retry_after:.0f} s)" if wait.retry_after is not None else ""
-        )
-    elif wait.reason == "learned_queue_limit":
-        why = (
-            f"{wait.queued:,} of the job's requests are queued, as many as the queue held when it was "
-            f"last full ({wait.limit:,})"
-        )
-    else:
-        why = f"{wait.queued:,} of the job's requests are queued, max_queued_requests={wait.limit:,}"
-    ledger.events.append(f"{utcnow()} paused with {wait.pending_chunks} chunk(s) pending: {why}")
-    store.save(ledger)
-    log.info(
-        "round %d: %d of %d batch(es) created; %d chunk(s) wait for queue room (%s); the next needs "
-        "room for %d requests. Deferring: no worker slot is held meanwhile.",
-        ledger.round,
-        len(ledger.batches),
-        len(ledger.chunks),
-        wait.pending_chunks,
-        why,
-        wait.need,
-    )
-    raise QueueWaitNeeded(wait, [entry["batch_id"] for _, entry in sorted(ledger.batches.items())])
-
-
-def _check_budget(
-    ledger: Ledger, settings: SubmitSettings, pending: Sequence[ChunkInfo], chunks: int
-) -> None:
-    """Raise before any create when a budget is set and the guarded estimate exceeds what is left.
-
-    The guarded estimate is the upper bound, or the expected figure with
-    ``budget_basis="expected"`` (the upper bound when no expected output length is known).
-    """
-    estimate = ledger.estimate
-    budget = settings.max_cost_usd
-    if not pending or budget is None or estimate is None:
-        return
-    if not estimate["priced"]:
-        raise UnknownModelPriceError(
-            f"no price for model(s) {', '.join(estimate['unpriced_models'])} in the price table, so the "
-            f"budget max_cost_usd=${budget:.4f} cannot be checked; add them with "
-            "prices={model: {'input': .., 'output': ..}}. Nothing was submitted."
-        )
-    expected = estimate.get("expected_batch_usd")
-    guards_expected = settings.guarded_basis == "expected" and expected is not None
-    guarded = expected if guards_expected and expected is not None else estimate["batch_usd"]
-    left = budget - settings.spent_usd
-    if guarded <= left:
-        return
-    already = chunks - len(pending)
-    spent = (
-        f"; the job has spent ${settings.spent_usd:.4f} so far, ${max(left, 0):.4f} of the budget is left"
-        if settings.spent_usd
-        else ""
-    )
-    if guards_expected:
-        figure = (
-            f"round {ledger.round} is expected to cost ${guarded:.4f} at batch prices "
-            f"({estimate.get('expected_output_tokens')} output tokens per request, "
-            f"{estimate.get('expected_basis')}; up to ${estimate['batch_usd']:.4f} if every request used its "
-            "max_tokens)"
-        )
-        fixes = "Raise max_cost_usd, lower max_tokens or submit fewer requests."
-    else:
-        figure = (
-            f"round {ledger.round} would cost up to ${guarded:.4f} at batch prices "
-            f"(${estimate['standard_usd']:.4f} standard) if every request used its max_tokens"
-            + (
-                f" (expected: ${expected:.4f}, {estimate.get('expected_basis')})"
-                if expected is not None
-                else ""
-            )
-        )
-        fixes = (
-            "Raise max_cost_usd, lower max_tokens, "
-            + (
-                "set budget_basis='expected' to guard the expected cost, "
-                if expected is not None
-                else "set expected_output_tokens with budget_basis='expected', "
-            )
-            + "or submit fewer requests."
-        )
-    raise BudgetExceededError(
-        f"{figure}, above the budget max_cost_usd=${budget:.4f}{spent}; {len(pending)} batch(es) not "
-        "submitted" + (f" ({already} submitted by an earlier attempt)" if already else "") + f". {fixes}",
-        estimate_usd=guarded,
-        budget_usd=budget,
-        spent_usd=settings.spent_usd,
-        basis="expected" if guards_expected else "upper_bound",
-    )
-
-
-def _check_models(api: BatchesApi, models: Iterable[str], known: Sequence[str], log: logging.Logger) -> None:
-    """Refuse, before any create, models the API does not serve, naming close matches."""
-    unknown = []
-    for model in sorted(models):
-        try:
-            if not api.model_exists(model):
-                unknown.append(model)
-        except BatchesApiError as exc:  # a proxy or platform without the Models API: go on
-            log.warning("could not look model %s up (%s); submitting without that check", model, exc)
-    if not unknown:
-        return
-    try:
-        candidates = sorted({*api.model_ids(), *known})
-    except BatchesApiError:
-        candidates = sorted(known)
-    described = []
-    for model in unknown:
-        matches = difflib.get_close_matches(model, candidates, n=3, cutoff=0.6)
-        described.append(
-            f"{model!r}" + (f" (did you mean {', '.join(map(repr, matches))}?)" if matches else "")
-        )
-    raise UnknownModelError(
-        f"the API does not serve the model(s) {', '.join(described)}: every request would come back "
-        "invalid. Fix params.model in the requests or model= of the operator. Nothing was submitted."
-    )
-
-
-def _submit_chunk(
-    api: BatchesApi,
-    job: ObjectStoragePath,
-    ledger: Ledger,
-    store: LedgerStore,
-    chunk: ChunkInfo,
-    settings: SubmitSettings,
-    log: logging.Logger,
-) -> None:
-    """Create the batch of ``chunk`` (or adopt the one an interrupted attempt made) and record it."""
-    intent = ledger.intents.get(chunk.index)
-    if intent is not None and settings.adopt_orphans:
-        orphan = find_orphan(api, chunk, intent["started_at"], ledger.claimed(), log)
-        if orphan is not None:
-            _record(ledger, store, chunk, orphan, None, adopted=True, log=log)
-            return
-    started_at = utcnow()
-    ledger.intents[chunk.index] = {"started_at": started_at, "requests": chunk.requests}
-    store.save(ledger)
-
-    def lost_response() -> str | None:
-        # The API may still be storing the batch whose response was lost: let it settle first.
-        time.sleep(LOST_RESPONSE_SETTLE_SECONDS)
-        return find_orphan(api, chunk, started_at, ledger.claimed(), log)
-
-    created = api.create(
-        ChunkBody(layout.chunk_path(job, ledger.round, chunk.index), chunk.bytes),
-        chunk.bytes,
-        what=f"create the batch of chunk {chunk.index} of round {ledger.round}",
-        find_orphan=lost_response if settings.adopt_orphans else None,
-    )
-    _record(ledger, store, chunk, created.id, created.created_at, adopted=created.adopted, log=log)
-
-
-def _record(
-    ledger: Ledger,
-    store: LedgerStore,
-    chunk: ChunkInfo,
-    batch_id: str,
-    created_at: str | None,
-    *,
-    adopted: bool,
-    log: logging.Logger,
-) -> None:
-    """Record ``batch_id`` as the batch of ``chunk``, durably, before anything else can fail."""
-    entry: dict[str, Any] = {"batch_id": batch_id, "recorded_at": utcnow()}
-    if created_at:
-        entry["created_at"] = created_at
-    if adopted:
-        entry["adopted"] = True
-        ledger.events.append(
-            f"{utcnow()} chunk {chunk.index}: adopted {batch_id} (its create response was lost)"
-        )
-    ledger.batches[chunk.index] = entry
-    ledger.intents.pop(chunk.index, None)
-    store.save(ledger)
-    if adopted:
-        log.warning("chunk %d: adopted batch %s whose create response was lost", chunk.index, batch_id)
-    else:
-        log.info(
-            "chunk %d: batch %s created (%d requests, %d bytes)",
-            chunk.index,
-            batch_id,
-            chunk.requests,
-            chunk.bytes,
-        )
+    return create_round(api, job, ledger, store, identity, settings, log, queued=None)

@@ -24,8 +24,9 @@ from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.exceptions import SpendLimitReachedError
 from airflow_batch.manifest import JobIdentity
 from airflow_batch.storage import as_path, read_json
+from airflow_batch.submit.creating import continue_round
 from airflow_batch.submit.queue import QueueWaitNeeded
-from airflow_batch.submit.round import SubmitSettings, continue_round, submit_round
+from airflow_batch.submit.round import SubmitSettings, submit_round
 from airflow_batch.triggers.queue import QueueRoomTrigger
 
 
