@@ -155,6 +155,10 @@ class JobManifest(TypedDict, total=False):
     version: int
     stage: Stage
     job_dir: str
+    # Who the job's calls went to (see :class:`JobIdentity`), as round 0 recorded it.
+    conn_id: str | None
+    betas: list[str]
+    workspace_id: str | None
     results_path: str
     failures_path: str
     manifest_path: str
