@@ -75,6 +75,7 @@ class CostEstimate(CostFigures):
     """A pre-submission estimate: expected tokens and their price."""
 
     method: str  # "count_tokens" or "approximation"
+    cache_ttl: str | None  # the cache TTL whose write price it assumed: "1h", "5m", "5m+1h"; None: no cache
     usage: Usage  # the upper bound: every request's max_tokens of output
     # The expected figure, when an expected output length is known (None otherwise):
     expected_batch_usd: float | None
@@ -154,6 +155,10 @@ class JobManifest(TypedDict, total=False):
     version: int
     stage: Stage
     job_dir: str
+    # Who the job's calls went to (see :class:`JobIdentity`), as round 0 recorded it.
+    conn_id: str | None
+    betas: list[str]
+    workspace_id: str | None
     results_path: str
     failures_path: str
     manifest_path: str

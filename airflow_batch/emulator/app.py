@@ -7,10 +7,10 @@ would more than double the emulator's start time, which every test fixture pays.
 Every API call (``/v1/...``) goes through ``api_guard``: added latency, the API key
 check (``x-api-key`` or ``Authorization: Bearer``, any non-empty key), the
 ``anthropic-version`` check, the ``anthropic-beta`` check (names the SDK knows pass and are
-logged, see ``betas``), then the configured HTTP faults. A fault is decided before any work,
-so a faulted create stores nothing. Every response carries a ``request-id`` header (and
-echoes ``anthropic-workspace-id`` when the request sent one); every error has the API's error
-body with the same id.
+logged with the call and the caller's workspace, see ``betas``), then the configured HTTP
+faults. A fault is decided before any work, so a faulted create stores nothing. Every
+response carries a ``request-id`` header (and echoes ``anthropic-workspace-id`` when the
+request sent one); every error has the API's error body with the same id.
 
 Workspaces: a batch belongs to the workspace named by the create call's
 ``anthropic-workspace-id`` header (none: the default workspace). List, retrieve, results,
@@ -375,7 +375,13 @@ async def api_guard(emulator: Emulator, request: Request) -> str | None:
         unknown = unsupported_beta(betas)
         if unknown is not None:
             raise ApiError(400, f"Unsupported beta header: {unknown}")
-        log.info("anthropic-beta %s on %s %s", ",".join(betas), request.method, request.url.path)
+        log.info(
+            "anthropic-beta %s on %s %s in workspace %s",
+            ",".join(betas),
+            request.method,
+            request.url.path,
+            _workspace(request) or "(default)",
+        )
     match = _BATCH_PATH.match(request.url.path)
     if match and match["id"] in config.batch_http_faults:
         raise _http_fault_error(config.batch_http_faults[match["id"]], config)

@@ -18,9 +18,10 @@ and ``standard_usd`` are the upper bound; ``expected_batch_usd`` / ``expected_st
 the expected figure and ``expected_basis`` where its output length came from.
 
 Prompt caching: the first request with a given cacheable prefix writes it (5-minute or
-1-hour price by its ``ttl``), every later request reads it. A prefix shorter than the model's
-minimum cacheable length (``min_cacheable_tokens`` of the model table, compared with the local
-count) is neither written nor read, as the API does. This is the best case: real
+1-hour price by its ``ttl``; the estimate's ``cache_ttl`` and its log line say which), every
+later request reads it. A prefix shorter than the model's minimum cacheable length
+(``min_cacheable_tokens`` of the model table, compared with the local count) is neither
+written nor read, as the API does. This is the best case: real
 batches process requests concurrently and hit the cache less often (the batch guide reports
 30-98 %), so real cache savings are at most those estimated. The standard-API price of the
 same tokens is computed beside the batch price.
@@ -181,6 +182,14 @@ def _usage(tally: ModelTally, ratio: float, *, upper_bound: bool) -> Usage:
     return usage
 
 
+def cache_ttl_of(usage: Usage) -> str | None:
+    """Return the cache TTL(s) whose write price ``usage`` pays: ``"1h"``, ``"5m"``, ``"5m+1h"``, or None."""
+    writes_1h = usage["cache_creation_1h_input_tokens"]
+    writes_5m = usage["cache_creation_input_tokens"] - writes_1h
+    ttls = [ttl for ttl, writes in (("5m", writes_5m), ("1h", writes_1h)) if writes > 0]
+    return "+".join(ttls) or None
+
+
 def estimate_cost(
     tally: TokenTally,
     table: PriceTable,
@@ -199,12 +208,14 @@ def estimate_cost(
     by_model = {model: _usage(one, ratio, upper_bound=True) for model, one in tally.models.items()}
     figures = table.cost(by_model)
     total = sum_usages(by_model.values())
+    ttl = cache_ttl_of(total)
     estimate = CostEstimate(
         batch_usd=figures["batch_usd"],
         standard_usd=figures["standard_usd"],
         priced=figures["priced"],
         unpriced_models=figures["unpriced_models"],
         method=calibration.method,
+        cache_ttl=ttl,
         usage=total,
         expected_batch_usd=None,
         expected_standard_usd=None,
@@ -229,7 +240,7 @@ def estimate_cost(
         )
     log.info(
         "Cost estimate: up to $%.4f at batch prices ($%.4f on the standard API) for %d requests, "
-        "every request using its max_tokens%s; input %d, cache write %d, cache read %d tokens, "
+        "every request using its max_tokens%s; input %d, cache write %d (%s), cache read %d tokens, "
         "input by %s (%s); prices: %s, %s",
         estimate["batch_usd"],
         estimate["standard_usd"],
@@ -237,6 +248,7 @@ def estimate_cost(
         expected_line,
         total["input_tokens"],
         total["cache_creation_input_tokens"],
+        f"priced at the {ttl} cache TTL" if ttl else "no prompt cached",
         total["cache_read_input_tokens"],
         calibration.method,
         calibration.detail,

@@ -359,6 +359,28 @@ def test_cached_system_prompt_is_written_once_then_read_and_priced_at_batch_rate
     assert estimate["batch_usd"] == pytest.approx(standard / 2, abs=1e-6)
 
 
+@pytest.mark.parametrize(("cache_ttl", "stated"), [("1h", "1h"), ("5m", "5m"), (None, None)])
+def test_the_estimate_states_the_cache_ttl_it_priced_in_its_figures_and_log_line(
+    cache_ttl: str | None, stated: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    defaults = RequestDefaults(
+        model=MODEL,
+        max_tokens=100,
+        system="S" * 4000,
+        cache_system_prompt=cache_ttl is not None,
+        cache_ttl=cache_ttl or "1h",
+    )
+    tally = TokenTally()
+    for row in requests(3):
+        params = {"messages": row["params"]["messages"]}
+        tally.add(defaults.apply({"custom_id": row["custom_id"], "params": params})["params"])
+    with caplog.at_level("INFO"):
+        estimate = estimate_cost(tally, price_table())
+    assert estimate["cache_ttl"] == stated
+    written = f"cache write 1000 (priced at the {stated} cache TTL)" if stated else "cache write 0 (no prompt"
+    assert written in caplog.text
+
+
 def test_the_estimate_has_an_upper_bound_and_an_expected_figure_from_expected_output_tokens() -> None:
     tally = TokenTally(expected_output_tokens=3, expected_basis="observed in the last 2 run(s) of this task")
     for row in requests(4):
