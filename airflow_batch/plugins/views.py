@@ -132,6 +132,7 @@ class RoundView:
     cost_batch_usd: float | None
     cost_standard_usd: float | None
     estimate_usd: float | None
+    expected_usd: float | None
     results_paths: list[str]
     failures_paths: list[str]
     invalid_path: str | None
@@ -292,6 +293,13 @@ class JobView:
         return sum(estimates) if estimates else None
 
     @property
+    def expected_usd(self) -> float | None:
+        """Return the rounds' expected estimates added up, None unless every estimated round has one."""
+        estimated = [r for r in self.rounds if r.estimate_usd is not None]
+        expected = [r.expected_usd for r in estimated if r.expected_usd is not None]
+        return sum(expected) if estimated and len(expected) == len(estimated) else None
+
+    @property
     def duration_seconds(self) -> float | None:
         """Return the time from the first submit to finalize, once finalized."""
         return _optional_float(self._final_value.get("duration_seconds"))
@@ -450,6 +458,7 @@ def _refused_round_view(record: ManifestRecord) -> RoundView:
         cost_batch_usd=None,
         cost_standard_usd=None,
         estimate_usd=refusal.estimate_usd,
+        expected_usd=None,
         results_paths=[],
         failures_paths=[],
         invalid_path=None,
@@ -491,6 +500,9 @@ def _round_view(record: ManifestRecord, progress: Mapping[str, Any] | None, now:
         cost_batch_usd=float(cost["batch_usd"]) if isinstance(cost, Mapping) else None,
         cost_standard_usd=float(cost.get("standard_usd", 0.0)) if isinstance(cost, Mapping) else None,
         estimate_usd=float(estimate["batch_usd"]) if isinstance(estimate, Mapping) else None,
+        expected_usd=_optional_float(estimate.get("expected_batch_usd"))
+        if isinstance(estimate, Mapping)
+        else None,
         results_paths=[str(p) for p in value.get("results_paths", [])],
         failures_paths=[str(p) for p in value.get("failures_paths", [])],
         invalid_path=invalid_path if isinstance(invalid_path, str) and value.get("invalid") else None,

@@ -318,7 +318,7 @@ def test_page_shows_refused_failed_and_finished_jobs_in_headless_chromium(
         assert row.find_element(By.CSS_SELECTOR, "td.status").text.startswith("finished")
         cost = row.find_element(By.CSS_SELECTOR, "span.cost").text
         assert cost == f"${finished['cost']['batch_usd']:.4f}"
-        assert f"estimate ${estimate['batch_usd']:.4f}" in row.text
+        assert f"at most ${estimate['batch_usd']:.4f}" in row.text
         links = _links(row)
         assert list(links) == ["results.jsonl", "failures.jsonl", "manifest.json"]
         manifest_link = row.find_element(By.LINK_TEXT, "manifest.json").get_attribute("href")

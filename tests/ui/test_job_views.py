@@ -321,8 +321,16 @@ def test_estimate_is_shown_beside_the_actual_cost() -> None:
     [job] = build_jobs(records)
     row = job_row(render_page([job], base="", title="t", subtitle=""))
 
-    assert (job.cost[0], job.estimate_usd) == (0.001, 0.004)
-    assert re.search(r'<span class="cost">\$0\.0010</span>.*estimate \$0\.0040', row)
+    assert (job.cost[0], job.estimate_usd, job.expected_usd) == (0.001, 0.004, None)
+    assert re.search(r'<span class="cost">\$0\.0010</span>.*at most \$0\.0040', row)
+    assert "expected" not in row
+
+    # With an expected figure (observed output lengths) it is shown above the upper bound.
+    with_expected = {**estimate, "expected_batch_usd": 0.0012}
+    [job] = build_jobs([record("job.gather", gathered(estimate=with_expected))])
+    row = job_row(render_page([job], base="", title="t", subtitle=""))
+    assert job.expected_usd == 0.0012
+    assert re.search(r"expected \$0\.0012.*at most \$0\.0040", row)
 
 
 def test_each_round_shows_how_long_it_took() -> None:
