@@ -30,6 +30,7 @@ Run: ``.venv/bin/python bench/bench_10m.py`` (about half an hour on 2 cores; ``-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -104,6 +105,7 @@ class Seen:
     last_seen: float
     peak_rss: int = 0
     children: set[int] = field(default_factory=set)
+    title: str = ""
 
 
 class TaskProcessSampler:
@@ -135,7 +137,12 @@ class TaskProcessSampler:
                     rss, ppid, created = proc.memory_info().rss, proc.ppid(), proc.create_time()
                 except psutil.Error:
                     continue
-                entry = self.seen.setdefault(proc.pid, Seen(proc.pid, ppid, created, now))
+                entry = self.seen.get(proc.pid)
+                if entry is None:
+                    title = ""
+                    with contextlib.suppress(psutil.Error):
+                        title = " ".join(proc.cmdline())[:160]
+                    entry = self.seen[proc.pid] = Seen(proc.pid, ppid, created, now, title=title)
                 entry.last_seen = now
                 entry.peak_rss = max(entry.peak_rss, rss)
                 if ppid in self.seen:
@@ -144,6 +151,12 @@ class TaskProcessSampler:
     def task_processes(self, since: float) -> list[Seen]:
         """Return the short-lived leaves started after ``since``: the processes that ran tasks."""
         return [p for p in self.seen.values() if p.started >= since and not p.children]
+
+
+def _epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def check_rows(path: Path, kind: str) -> list[int]:
@@ -193,6 +206,9 @@ def run_job(args: argparse.Namespace, work: Path, base_url: str) -> dict[str, An
             "task_instances"
         ]
         tasks = sampler.task_processes(t0_wall)
+        (work / "processes.json").write_text(
+            json.dumps([vars(p) | {"children": sorted(p.children)} for p in sampler.seen.values()], indent=1)
+        )
     finally:
         cluster.stop()
     job = next((work / "out" / DAG_ID).glob("*/job.submit"))
@@ -202,7 +218,14 @@ def run_job(args: argparse.Namespace, work: Path, base_url: str) -> dict[str, An
     )
     every_once = rows == list(range(1, args.requests + 1))
     stages = {ti["task_id"]: (ti["start_date"], ti["end_date"], ti["try_number"], ti["state"]) for ti in tis}
+    held: dict[str, float] = {}
+    for process in tasks:  # a task process belongs to the task instance running when it started
+        for task_id, (start, end, _try, _state) in stages.items():
+            if start and _epoch(start) - 2 <= process.started <= (_epoch(end) if end else time.time()):
+                held[task_id] = held.get(task_id, 0.0) + process.last_seen - process.started
+                break
     return {
+        "held_by_task": held,
         "wall": wall,
         "every_once": every_once,
         "manifest": manifest,
@@ -290,12 +313,19 @@ def main() -> None:
         with EmulatorProcess(work / "emulator", config=config) as emulator:
             ours = run_job(args, work, emulator.base_url)
             peak_queued = emulator.stats()["peak_requests_queued"]
-            emulator.reset()
+        report(args, ours, peak_queued)
+        # The guide's loop against a fresh emulator with the same queue (the first holds 10 M results).
+        with EmulatorProcess(work / "emulator-guide", config=config) as emulator:
             guide = run_guide(emulator.base_url, args.guide_requests)
+        print(f"batch guide loop        {args.guide_requests:,} requests: {guide['outcome']} after "
+              f"{guide['seconds']:.0f} s, peak RSS {guide['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
+
+def report(args: argparse.Namespace, ours: dict[str, Any], peak_queued: int) -> None:
+    """Print the job's figures."""
     manifest = ours["manifest"]
     api_seconds = args.requests / (args.batch_rate * (args.queue_limit // 100_000))
     overhead = max(0.0, ours["wall"] - api_seconds)
@@ -311,11 +341,10 @@ def main() -> None:
     print(f"worker-seconds held     {ours['worker_seconds']:.0f} s = {ratio:.1%} of the wall time "
           f"(target < 25%; {ours['task_processes']} task processes)")  # fmt: skip
     print(f"peak task RSS           {ours['peak_task_rss_mb']:.0f} MB (target <= 400 MB)")
-    print("stages (start, end, try, state):")
+    print("stages (start, end, try, state, worker-seconds held):")
     for task_id, stage in sorted(ours["stages"].items(), key=lambda item: item[1][0] or ""):
-        print(f"  {task_id:<16} {stage[0]}  {stage[1]}  try {stage[2]}  {stage[3]}")
-    print(f"batch guide loop        {args.guide_requests:,} requests: {guide['outcome']} after "
-          f"{guide['seconds']:.0f} s, peak RSS {guide['peak_rss_mb']:.0f} MB")  # fmt: skip
+        held = ours["held_by_task"].get(task_id, 0.0)
+        print(f"  {task_id:<16} {stage[0]}  {stage[1]}  try {stage[2]}  {stage[3]}  {held:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

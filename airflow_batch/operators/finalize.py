@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from airflow_batch.exceptions import FailureRateExceededError, IncompleteJobError
+from airflow_batch.exceptions import AirflowBatchError, FailureRateExceededError, IncompleteJobError
 from airflow_batch.gather.finalizing import check_complete, check_failure_rate, finalize_job
 from airflow_batch.gather.tables import require_pyarrow, results_formats
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobManifest
@@ -86,6 +86,13 @@ class FinalizeBatchJobOperator(BaseOperator):
 
     def execute(self, context: Context) -> JobManifest:
         """Merge the rounds, write the job files, emit the asset event, apply the failure policy."""
+        if not self.job_dir and not self.manifest:
+            # Round 0 never returned a manifest: refused before any spend, or failed. Nothing
+            # was gathered, so there is nothing to merge; the submit task says why.
+            raise AirflowBatchError(
+                "round 0 has no manifest: its submit was refused before any spend or failed (its log and "
+                "round-0/refusal.json say why), so nothing was gathered and there is nothing to merge"
+            )
         job_dir = self.job_dir or self.manifest["job_dir"]
         limit = None if self.max_failure_rate in (None, "", "None") else float(self.max_failure_rate)
         if self.publish_path:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_batch.wait.loop import cancel_unfinished, connect, wait_for_round
+from airflow_batch.wait.loop import cancel_unfinished, connect, settle, wait_for_round
 from airflow_batch.wait.policy import DEFAULT_CANCEL_GRACE, WaitState
 from airflow_batch.wait.progress import ProgressWriter
 
@@ -127,12 +128,14 @@ class BatchesTrigger(BaseTrigger):
             self.state.poll_interval,
             self.state.timeout_policy,
         )
+        started = time.time()
         api = await connect(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
         try:
             writer = ProgressWriter(self.job_dir, self.round_number, self.log)
             event = await wait_for_round(api, self.state, log=self.log, on_poll=writer.write)
         finally:
             await api.close()
+        await settle(started, self.state.poll_interval)
         yield TriggerEvent(event)
 
     async def on_kill(self) -> None:

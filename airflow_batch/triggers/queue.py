@@ -16,7 +16,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_batch.submit.queue import QueueWait, queued_requests, room_ready
-from airflow_batch.wait.loop import connect, read_statuses
+from airflow_batch.wait.loop import connect, read_statuses, settle
 
 CLASSPATH = "airflow_batch.triggers.queue.QueueRoomTrigger"
 
@@ -82,6 +82,7 @@ class QueueRoomTrigger(BaseTrigger):
             getattr(self, "triggerer_job_id", None),
             len(self.batch_ids),
         )
+        started = time.time()
         api = await connect(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
         try:
             while True:
@@ -93,6 +94,7 @@ class QueueRoomTrigger(BaseTrigger):
                 queued = queued_requests(outcome.statuses)
                 waited = time.time() - self.started_at
                 if room_ready(self.wait, queued, waited):
+                    await settle(started, self.poll_interval)
                     yield TriggerEvent({"status": "room", "queued": queued, "waited": waited})
                     return
                 self.log.info(

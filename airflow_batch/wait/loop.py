@@ -81,6 +81,25 @@ def import_without_collections(module: str, *warm_ups: str) -> None:
             gc.freeze()
 
 
+#: Longest a trigger holds back an event that is ready at once after the task deferred.
+SETTLE_SECONDS = 15.0
+
+
+async def settle(started: float, poll_interval: float) -> None:
+    """Hold a trigger's event until ``min(15 s, 4 polls)`` after the trigger started.
+
+    Airflow 3 has a race (apache/airflow#66374, #67287, #72716): when a trigger fires before
+    the scheduler has processed the executor's "success" for the process that deferred, the
+    stale event finds the task instance already requeued, reports a state mismatch and fails
+    the try (or uses up a retry). The window is the scheduler's event latency, seconds under
+    load; an event that would otherwise come within it waits this long. Short against what
+    a wait costs anyway; tests with sub-second polls wait about as long as a few polls.
+    """
+    remaining = started + min(SETTLE_SECONDS, 4 * poll_interval) - time.time()
+    if remaining > 0:
+        await asyncio.sleep(remaining)
+
+
 def is_local(base_url: str) -> bool:
     """Return whether ``base_url`` points at this machine (the emulator), not the real API."""
     return (urlparse(str(base_url)).hostname or "") in LOCAL_HOSTS

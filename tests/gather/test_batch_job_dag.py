@@ -392,6 +392,8 @@ def test_the_budget_can_guard_the_cost_expected_from_earlier_runs_instead_of_the
     )
     states = {ti.task_id: ti.state for ti in third.get_task_instances()}
     assert states["job.submit"] == "failed"
+    assert states["job.finalize"] == "failed"  # nothing was gathered: it says so, the run fails
+    assert third.state == "failed"
     job_3 = layout.job_dir(output, "budget_basis_job", third.run_id, "job.submit")
     refusal = msgspec.json.decode(layout.refusal_path(job_3, 0).read_bytes())
     assert refusal["basis"] == "upper_bound" and refusal["budget_usd"] == budget
