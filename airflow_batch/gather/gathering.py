@@ -96,7 +96,9 @@ class BatchGatherStats:
 class _InputLine(msgspec.Struct, gc=False):
     custom_id: str
     row: int | None = None
-    input: msgspec.Raw | None = None
+    # Not ``Raw | None``: msgspec 0.22 decodes that union as null only. An absent input is an
+    # empty (falsy) Raw.
+    input: msgspec.Raw = msgspec.Raw()
 
 
 _input_line_decoder = msgspec.json.Decoder(_InputLine)
@@ -113,7 +115,7 @@ def chunk_inputs(
     inputs = layout.chunk_inputs_path(job, round_number, int(record["chunk"]))
     if inputs.exists():
         lines = _input_line_decoder.decode_lines(inputs.read_bytes())
-        return {line.custom_id: (line.row, line.input) for line in lines}
+        return {line.custom_id: (line.row, line.input or None) for line in lines}
     return dict.fromkeys(chunk_ids(record["chunk_path"]), (None, None))
 
 

@@ -283,3 +283,44 @@ def test_finalize_writes_parquet_publishes_manifest_last_and_the_readers_find_ev
     assert empty.num_rows == 0 and empty.column_names[:4] == ["custom_id", "row", "product", "price"]
     with pytest.raises(FileNotFoundError, match="finalize writes the manifest last"):
         list(read_results(str(tmp_path / "nothing-here")))
+
+
+def test_gather_and_retry_read_the_passthrough_fields_submit_recorded(tmp_path: Path) -> None:
+    from airflow_batch import layout
+    from airflow_batch.gather.gathering import chunk_inputs
+    from airflow_batch.gather.retrying import original_requests
+
+    job = as_path(str(tmp_path / "job"))
+    request = b'{"custom_id":"a","params":{"model":"m","max_tokens":5,"messages":[]}}'
+    layout.chunk_path(job, 0, 0).parent.mkdir(parents=True)
+    layout.chunk_path(job, 0, 0).write_bytes(request + b"\n" + request.replace(b'"a"', b'"b"') + b"\n")
+    layout.chunk_inputs_path(job, 0, 0).parent.mkdir(parents=True)
+    layout.chunk_inputs_path(job, 0, 0).write_bytes(
+        b'{"custom_id":"a","row":1,"input":{"shop":"north"}}\n{"custom_id":"b","row":2}\n'
+    )
+    inputs = chunk_inputs(job, 0, {"chunk": 0, "chunk_path": str(layout.chunk_path(job, 0, 0))})
+    assert inputs["a"][0] == 1 and msgspec.json.decode(inputs["a"][1]) == {"shop": "north"}  # type: ignore[arg-type]
+    assert inputs["b"] == (2, None)
+
+    failures = layout.failures_part(job, 0, "batch-1")
+    failures.parent.mkdir(parents=True)
+    row = {"row": 0, "batch_id": "batch-1", "round": 0, "result_type": "errored", "error_type": "api_error"}
+    failures.write_bytes(
+        b"".join(
+            msgspec.json.encode(
+                {**row, "custom_id": cid, "message": "x", "request_id": None, "retryable": True}
+            )
+            + b"\n"
+            for cid in ("a", "b")
+        )
+    )
+    manifest = {
+        "job_dir": str(job),
+        "round": 0,
+        "batches": [{"batch_id": "batch-1", "chunk": 0, "chunk_path": str(layout.chunk_path(job, 0, 0))}],
+    }
+    carried = list(original_requests(manifest))
+    assert [(msgspec.json.decode(c.input) if c.input else None, c.row) for c in carried] == [
+        ({"shop": "north"}, 1),
+        (None, 2),
+    ]
