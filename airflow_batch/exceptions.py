@@ -87,6 +87,10 @@ class InputChangedError(BeforeSubmitError):
     """The input of a task instance differs from the one its recorded batches were built from."""
 
 
+class AnswerStoreError(BeforeSubmitError):
+    """The answer store changed under a submit (an answer its index listed is gone): nothing was sent."""
+
+
 class BatchesApiError(AirflowBatchError):
     """A call to the API failed permanently, or kept failing transiently past the retry budget.
 
