@@ -14,6 +14,10 @@ again rewrites the unfinished batches from the start and skips the finished ones
 one row per ``custom_id``. A stream cut mid-way is a transient fault like any other: the
 retry policy downloads it again from the start (the results of an ended batch do not change
 between downloads) and the part files of the broken attempt are discarded.
+
+With an answer store (``reuse_answers``), the succeeded, schema-valid answers of each batch
+are written to it as one segment, keyed by the fingerprints submit recorded, before the
+sidecar: a batch is gathered only once its answers are stored.
 """
 
 from __future__ import annotations
@@ -35,11 +39,15 @@ from airflow_batch.gather.rows import (
     BlockRows,
     BlockSettings,
     InputMeta,
+    ResultRow,
     block_rows,
     custom_id_decoder,
     missing_rows,
+    row_encoder,
+    stored_answer,
 )
-from airflow_batch.manifest import RoundManifest, Usage, sum_usages
+from airflow_batch.manifest import CostFigures, RoundManifest, Usage, sum_usages
+from airflow_batch.reuse.store import SegmentWriter
 from airflow_batch.storage import (
     as_path,
     atomic_writer,
@@ -72,6 +80,8 @@ class BatchGatherStats:
     retryable: int = 0
     usage_by_model: dict[str, Usage] = field(default_factory=dict)
     attempts: int = 0
+    #: Answers written to the answer store (0 without one).
+    stored: int = 0
 
     def add(self, rows: BlockRows | BatchGatherStats) -> None:
         """Add the counts and usage of a block's rows, or of another batch."""
@@ -99,6 +109,7 @@ class _InputLine(msgspec.Struct, gc=False):
     # Not ``Raw | None``: msgspec 0.22 decodes that union as null only. An absent input is an
     # empty (falsy) Raw.
     input: msgspec.Raw = msgspec.Raw()
+    fingerprint: str | None = None
 
 
 _input_line_decoder = msgspec.json.Decoder(_InputLine)
@@ -107,7 +118,7 @@ _input_line_decoder = msgspec.json.Decoder(_InputLine)
 def chunk_inputs(
     job: ObjectStoragePath, round_number: int, record: Mapping[str, Any]
 ) -> dict[str, InputMeta]:
-    """Return ``custom_id -> (input row, passthrough fields)`` of the requests of one submitted chunk.
+    """Return ``custom_id -> (input row, passthrough fields, fingerprint)`` of one submitted chunk.
 
     Read from the chunk's inputs twin; a chunk submitted without one (an older version) gives
     its ids from the chunk file, without row numbers.
@@ -115,8 +126,8 @@ def chunk_inputs(
     inputs = layout.chunk_inputs_path(job, round_number, int(record["chunk"]))
     if inputs.exists():
         lines = _input_line_decoder.decode_lines(inputs.read_bytes())
-        return {line.custom_id: (line.row, line.input or None) for line in lines}
-    return dict.fromkeys(chunk_ids(record["chunk_path"]), (None, None))
+        return {line.custom_id: (line.row, line.input or None, line.fingerprint) for line in lines}
+    return dict.fromkeys(chunk_ids(record["chunk_path"]), (None, None, None))
 
 
 def chunk_ids(path: ObjectStoragePath | str) -> set[str]:
@@ -135,6 +146,8 @@ class GatherConfig:
     retryable_types: frozenset[str] = DEFAULT_RETRYABLE
     validator: Validator | None = None
     table: PriceTable = field(default_factory=price_table)
+    #: Where succeeded answers are stored for later runs (the job's ``answer_store``), or None.
+    answer_store: ObjectStoragePath | None = None
 
     def block_settings(
         self,
@@ -154,6 +167,7 @@ class GatherConfig:
             self.validator,
             self._long_prompt_above,
             self.table.data_residency_geos,
+            keep_rows=self.answer_store is not None,
         )
 
     def _long_prompt_above(self, model: str) -> int | None:
@@ -161,13 +175,46 @@ class GatherConfig:
         return price.long_prompt_above if price is not None else None
 
 
+@dataclass
+class AnswerSink:
+    """Where a batch's answers go in the answer store: a segment, and the source each answer names."""
+
+    segment: SegmentWriter
+    source_prefix: bytes  # the source JSON up to its usage: {"batch_id":..,"job_dir":..,...,"usage":
+
+    def add(self, rows: Iterable[ResultRow], inputs: Mapping[str, InputMeta]) -> None:
+        """Store the answers of result rows whose request has a fingerprint."""
+        prefix = self.source_prefix
+        for row in rows:
+            fingerprint = inputs.get(row.custom_id, _NO_FINGERPRINT)[2]
+            if fingerprint is not None:
+                source = prefix + row_encoder.encode(row.usage) + b"}"
+                self.segment.add(fingerprint.encode(), stored_answer(row), source)
+
+
+_NO_FINGERPRINT: InputMeta = (None, None, None)
+
+
+def answer_source_prefix(batch_id: str | None, job: str, round_number: int, written_at: str) -> bytes:
+    """Return the start of an answer's source JSON: batch, job folder, round and time, up to its usage."""
+    encoded = row_encoder.encode(
+        {"batch_id": batch_id, "job_dir": job, "round": round_number, "written_at": written_at}
+    )
+    return encoded[:-1] + b',"usage":'
+
+
 def write_rows(
-    chunks: Iterable[bytes], results_out: IO[bytes], failures_out: IO[bytes], settings: BlockSettings
+    chunks: Iterable[bytes],
+    results_out: IO[bytes],
+    failures_out: IO[bytes],
+    settings: BlockSettings,
+    answers: AnswerSink | None = None,
 ) -> BatchGatherStats:
     """Turn a results stream into result and failure rows; return the batch's counts and usage.
 
     The batch's requests are ``settings.inputs``: those with no line become ``missing``
-    failures; a repeated ``custom_id`` keeps its first line only.
+    failures; a repeated ``custom_id`` keeps its first line only. With ``answers``, the
+    result rows (succeeded and schema-valid) are also added to the answer store's segment.
     """
     stats = BatchGatherStats(batch_id=settings.batch_id, results_path="", failures_path="")
     seen: set[str] = set()
@@ -176,6 +223,8 @@ def write_rows(
         stats.add(rows)
         results_out.write(rows.results)
         failures_out.write(rows.failures)
+        if answers is not None:
+            answers.add(rows.result_rows, settings.inputs)
     missing_ids = settings.inputs.keys() - seen
     if missing_ids:
         missing = missing_rows(sorted(missing_ids), settings)
@@ -222,14 +271,29 @@ def gather_batch(
         batch_id, round_number, chunk_inputs(job, round_number, record), canceled_by_timeout
     )
     attempts = 0
+    written_at = datetime.now(UTC)
+    sinks: list[AnswerSink] = []
 
     def land(chunks: Iterator[bytes]) -> BatchGatherStats:
         nonlocal attempts
         attempts += 1
+        for sink in sinks:  # an earlier attempt's answers: its stream was cut
+            sink.segment.close()
+        sinks.clear()
+        if config.answer_store is not None:
+            prefix = answer_source_prefix(batch_id, str(job), round_number, written_at.isoformat())
+            sinks.append(AnswerSink(SegmentWriter(), prefix))
         with atomic_writer(results_path) as results_out, atomic_writer(failures_path) as failures_out:
-            return write_rows(chunks, results_out, failures_out, settings)
+            return write_rows(chunks, results_out, failures_out, settings, sinks[0] if sinks else None)
 
-    stats = api.download_results(batch_id, land)
+    try:
+        stats = api.download_results(batch_id, land)
+        if sinks and config.answer_store is not None:
+            segment = layout.answer_segment_name(batch_id)
+            stats.stored = sinks[0].segment.commit(config.answer_store, segment, written_at.timestamp())
+    finally:
+        for sink in sinks:
+            sink.segment.close()
     stats.results_path = str(results_path)
     stats.failures_path = str(failures_path)
     stats.attempts = attempts
@@ -264,6 +328,8 @@ def gather_round(
         if max_cost_usd is not None
         else None
     )
+    if watch is not None:
+        watch.check(round_cost(manifest, table.cost({}))["batch_usd"])
     for record in manifest.get("batches", []):
         batch_id = record["batch_id"]
         stats = gather_batch(
@@ -284,7 +350,7 @@ def gather_round(
         )
         all_stats.append(stats)
         if watch is not None:
-            watch.check(table.cost(_usage_by_model(all_stats))["batch_usd"])
+            watch.check(round_cost(manifest, table.cost(_usage_by_model(all_stats)))["batch_usd"])
     return round_manifest(manifest, all_stats, table=table, job=job, watch=watch)
 
 
@@ -330,6 +396,12 @@ def job_validator(job: ObjectStoragePath) -> Validator | None:
     return job_schema(schema).validator
 
 
+def job_answer_store(job: ObjectStoragePath) -> ObjectStoragePath | None:
+    """Return the answer store the job writes its answers to (``reuse_answers``), or None."""
+    store = read_spec(job).get("answer_store")
+    return as_path(store) if store else None
+
+
 def read_spec(job: ObjectStoragePath) -> dict[str, Any]:
     """Return the job's spec (output schema, passthrough fields); empty for a job without one."""
     path = layout.job_spec_path(job)
@@ -351,6 +423,12 @@ def _usage_by_model(all_stats: Iterable[BatchGatherStats]) -> dict[str, Usage]:
     return total.usage_by_model
 
 
+def round_cost(manifest: Mapping[str, Any], batches: CostFigures) -> CostFigures:
+    """Return what a round paid: its batches (at batch prices) and its canary (at standard prices)."""
+    canary = manifest.get("canary") or {}
+    return sum_costs([batches, canary["cost"]]) if canary.get("cost") else batches
+
+
 def round_manifest(
     manifest: RoundManifest,
     all_stats: list[BatchGatherStats],
@@ -369,14 +447,16 @@ def round_manifest(
     for stats in all_stats:
         total.add(stats)
     out: RoundManifest = {**manifest, "stage": "gathered"}  # type: ignore[typeddict-item]
-    out["results_paths"] = [s.results_path for s in all_stats]
+    reused_path = manifest.get("reused_path")
+    out["results_paths"] = ([reused_path] if reused_path else []) + [s.results_path for s in all_stats]
     out["failures_paths"] = [s.failures_path for s in all_stats]
     out["result_counts"] = total.result_counts
     out["error_types"] = dict(sorted(total.error_types.items()))
     out["retryable"] = total.retryable
     out["usage"] = sum_usages(total.usage_by_model.values())
     out["usage_by_model"] = total.usage_by_model
-    out["cost"] = table.cost(total.usage_by_model)
+    out["cost"] = round_cost(manifest, table.cost(total.usage_by_model))
+    out["answers_stored"] = sum(s.stored for s in all_stats)
     if watch is not None:
         out["budget"] = watch.figures()
     out["gathered_at"] = datetime.now(UTC).isoformat()

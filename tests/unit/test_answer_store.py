@@ -16,6 +16,8 @@ from airflow_batch.params import convert_request, decode_line
 from airflow_batch.reuse.fingerprint import Fingerprints, fingerprint_key
 from airflow_batch.reuse.store import SHARDS, HitSpill, SegmentWriter, load_index, read_segment, resolve_hits
 from airflow_batch.storage import as_path
+from airflow_batch.submit.chunking import prepare_chunks
+from airflow_batch.submit.routing import Routing
 
 PARAMS: dict[str, Any] = {
     "model": "claude-haiku-4-5",
@@ -76,6 +78,27 @@ def test_betas_are_part_of_the_fingerprint_and_a_lenient_job_keeps_unknown_param
     assert with_beta.of(plain) != Fingerprints().of(plain)
     assert with_beta.of(plain) != with_beta.of({**PARAMS, "future_param": {"a": 2, "b": 3}})
     assert with_beta.of(plain) == Fingerprints(["future-2026-01-01"]).of(dict(reversed(list(plain.items()))))
+
+
+def test_a_record_and_a_jsonl_line_of_the_same_request_get_the_same_fingerprint_in_their_twin(
+    tmp_path: Path,
+) -> None:
+    line = msgspec.json.encode({"custom_id": "line", "params": PARAMS})
+    record = {"custom_id": "dict", "params": dict(reversed(list(PARAMS.items())))}
+    routing = Routing(job=str(tmp_path), round_number=0)
+    try:
+        prepared = prepare_chunks(
+            [line, record], staging=as_path(str(tmp_path / "staging")), max_requests=10,
+            max_bytes=100_000, diversion=routing,
+        )  # fmt: skip
+    finally:
+        routing.close()
+    twins = [
+        msgspec.json.decode(x)
+        for x in (prepared.staging / "inputs" / "chunk-00000.jsonl").read_bytes().splitlines()
+    ]
+    assert [twin["custom_id"] for twin in twins] == ["line", "dict"]
+    assert twins[0]["fingerprint"] == twins[1]["fingerprint"] == Fingerprints().of(_typed(PARAMS)).decode()
 
 
 def _segment(store: Any, name: str, answers: dict[bytes, str], written_at: float) -> int:
@@ -166,3 +189,33 @@ def test_a_hit_whose_segment_vanished_fails_before_anything_is_sent(tmp_path: Pa
             resolve_hits(index, hits, io.BytesIO(), 0)
     finally:
         hits.close()
+
+
+def test_a_pass_with_reuse_keeps_answered_requests_out_of_the_chunks_but_not_out_of_its_fingerprint(
+    tmp_path: Path,
+) -> None:
+    store = as_path(str(tmp_path / "store"))
+    requests = [{"custom_id": f"r{i}", "params": {**PARAMS, "max_tokens": 10 + i}} for i in range(6)]
+    known = {Fingerprints().of(_typed(r["params"])): f"answer {r['custom_id']}" for r in requests[::2]}
+    _segment(store, "batch-earlier", known, time.time())
+
+    def prepare(index: Any, name: str) -> Any:
+        routing = Routing(job="job", round_number=0, index=index)
+        try:
+            prepared = prepare_chunks(
+                requests, staging=as_path(str(tmp_path / name)), max_requests=2, max_bytes=100_000,
+                diversion=routing,
+            )  # fmt: skip
+        finally:
+            routing.close()
+        return prepared, routing
+
+    reused, routing = prepare(load_index(store), "reused")
+    plain, _ = prepare(None, "plain")
+    assert routing.reused == 3 and reused.requests == 3 and plain.requests == 6
+    assert reused.fingerprint == plain.fingerprint  # the input, whatever the store answered
+    assert reused.tally.models["claude-haiku-4-5"].requests == 3
+    rows = [msgspec.json.decode(x) for x in (reused.staging / layout.REUSED_FILE).read_bytes().splitlines()]
+    assert sorted((row["custom_id"], row["text"]) for row in rows) == [
+        ("r0", "answer r0"), ("r2", "answer r2"), ("r4", "answer r4"),
+    ]  # fmt: skip

@@ -300,7 +300,7 @@ def test_gather_and_retry_read_the_passthrough_fields_submit_recorded(tmp_path: 
     )
     inputs = chunk_inputs(job, 0, {"chunk": 0, "chunk_path": str(layout.chunk_path(job, 0, 0))})
     assert inputs["a"][0] == 1 and msgspec.json.decode(inputs["a"][1]) == {"shop": "north"}  # type: ignore[arg-type]
-    assert inputs["b"] == (2, None)
+    assert inputs["b"][:2] == (2, None)
 
     failures = layout.failures_part(job, 0, "batch-1")
     failures.parent.mkdir(parents=True)
