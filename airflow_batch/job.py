@@ -90,6 +90,7 @@ def anthropic_batch_job(
     max_age: float | timedelta | None = None,
     canary: int = 0,
     canary_max_failure_rate: float = 0.0,
+    delete_batches: str | None = None,
     submit_kwargs: Mapping[str, Any] | None = None,
     sensor_kwargs: Mapping[str, Any] | None = None,
     gather_kwargs: Mapping[str, Any] | None = None,
@@ -158,6 +159,8 @@ def anthropic_batch_job(
     :param canary: Requests to send at standard price before any batch, checking their answers
         (see ``SubmitBatchesOperator``); 0 for none.
     :param canary_max_failure_rate: Share of canary answers that may be unusable (default 0).
+    :param delete_batches: ``"after_gather"``: delete each batch from the API once its rows are
+        landed (see ``GatherResultsOperator``); default ``None`` keeps them.
     :param submit_kwargs: Further ``SubmitBatchesOperator`` arguments (batch limits,
         ``expected_output_tokens``, ``on_input_change``, ``skip_invalid``...); the batch
         settings among them apply to retry rounds too.
@@ -195,6 +198,7 @@ def anthropic_batch_job(
         "retryable_error_types": retryable_error_types,
         "prices": prices,
         "max_cost_usd": max_cost_usd,
+        "delete_batches": delete_batches,
         **(gather_kwargs or {}),
     }
 

@@ -145,6 +145,7 @@ class RoundManifest(TypedDict, total=False):
     cost: CostFigures  # the batches at batch prices, plus the canary at standard prices
     budget: dict[str, Any]
     answers_stored: int  # answers written to the answer store
+    deleted_batches: dict[str, str]  # batch id -> when deleted from the API (delete_batches)
     gathered_at: str
 
 
@@ -159,6 +160,7 @@ class RoundSummary(TypedDict, total=False):
     retryable: int
     reused: int
     canary: CanaryRecord | None
+    deleted_batches: list[str]
     usage: Usage
     cost: CostFigures
     submitted_at: str | None
@@ -195,6 +197,7 @@ class JobManifest(TypedDict, total=False):
     usage_by_model: dict[str, Usage]
     cost: CostFigures
     answers_stored: int
+    deleted_batches: int
     started_at: str | None
     finalized_at: str
     duration_seconds: float | None

@@ -75,6 +75,7 @@ def _round_summary(manifest: RoundManifest) -> RoundSummary:
         retryable=manifest.get("retryable", 0),
         reused=manifest.get("reused", 0),
         canary=manifest.get("canary"),
+        deleted_batches=sorted(manifest.get("deleted_batches") or {}),
         usage=manifest.get("usage", empty_usage()),
         cost=manifest.get(
             "cost", CostFigures(batch_usd=0.0, standard_usd=0.0, priced=True, unpriced_models=[])
@@ -166,6 +167,7 @@ def finalize_job(
         usage_by_model=usage_by_model,
         cost=sum_costs(m["cost"] for m in rounds if "cost" in m),
         answers_stored=sum(m.get("answers_stored", 0) for m in rounds),
+        deleted_batches=sum(len(m.get("deleted_batches") or {}) for m in rounds),
         started_at=started_at,
         finalized_at=finalized_at,
         duration_seconds=_seconds_between(started_at, finalized_at),

@@ -17,7 +17,10 @@ between downloads) and the part files of the broken attempt are discarded.
 
 With an answer store (``reuse_answers``), the succeeded, schema-valid answers of each batch
 are written to it as one segment, keyed by the fingerprints submit recorded, before the
-sidecar: a batch is gathered only once its answers are stored.
+sidecar: a batch is gathered only once its answers are stored. With ``delete_batches`` each
+batch is deleted from the API right after its sidecar is written (never before its rows are
+landed and counted); the deletion is recorded in the sidecar and the round manifest, and a
+re-run finds the sidecar and never asks the API for a deleted batch.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import msgspec
 
 from airflow_batch import layout
 from airflow_batch.costs import PriceTable, price_table, sum_costs
+from airflow_batch.exceptions import BatchesApiError
 from airflow_batch.gather.rows import (
     DEFAULT_RETRYABLE,
     RESULT_TYPES,
@@ -46,7 +50,14 @@ from airflow_batch.gather.rows import (
     row_encoder,
     stored_answer,
 )
-from airflow_batch.manifest import CostFigures, RoundManifest, Usage, sum_usages
+from airflow_batch.manifest import (
+    BatchStatus,
+    CostFigures,
+    RequestCounts,
+    RoundManifest,
+    Usage,
+    sum_usages,
+)
 from airflow_batch.reuse.store import SegmentWriter
 from airflow_batch.storage import (
     as_path,
@@ -82,6 +93,8 @@ class BatchGatherStats:
     attempts: int = 0
     #: Answers written to the answer store (0 without one).
     stored: int = 0
+    #: When the batch was deleted from the API after landing (``delete_batches``), else None.
+    deleted_at: str | None = None
 
     def add(self, rows: BlockRows | BatchGatherStats) -> None:
         """Add the counts and usage of a block's rows, or of another batch."""
@@ -148,6 +161,8 @@ class GatherConfig:
     table: PriceTable = field(default_factory=price_table)
     #: Where succeeded answers are stored for later runs (the job's ``answer_store``), or None.
     answer_store: ObjectStoragePath | None = None
+    #: Delete each batch from the API once its rows are landed and counted.
+    delete_batches: bool = False
 
     def block_settings(
         self,
@@ -262,7 +277,10 @@ def gather_batch(
     sidecar = layout.gather_stats_path(job, round_number, batch_id)
     if sidecar.exists():
         logger.info("batch %s of round %d was gathered before; keeping its files", batch_id, round_number)
-        return BatchGatherStats.from_json(read_json(sidecar))
+        stats = BatchGatherStats.from_json(read_json(sidecar))
+        if config.delete_batches and stats.deleted_at is None:
+            _delete_batch(api, stats, sidecar, logger)
+        return stats
     results_path = layout.results_part(job, round_number, batch_id)
     failures_path = layout.failures_part(job, round_number, batch_id)
     _remove_leftovers(results_path)
@@ -298,7 +316,25 @@ def gather_batch(
     stats.failures_path = str(failures_path)
     stats.attempts = attempts
     write_json(sidecar, stats.to_json())
+    if config.delete_batches:
+        _delete_batch(api, stats, sidecar, logger)
     return stats
+
+
+def _delete_batch(
+    api: BatchesApi, stats: BatchGatherStats, sidecar: ObjectStoragePath, logger: logging.Logger
+) -> None:
+    """Delete a landed batch from the API and record when in its sidecar (a batch already gone is fine)."""
+    try:
+        api.delete(stats.batch_id)
+    except BatchesApiError as exc:
+        if exc.status_code != 404:
+            raise
+        logger.info("batch %s was already deleted from the API", stats.batch_id)
+    else:
+        logger.info("batch %s deleted from the API: its rows are landed", stats.batch_id)
+    stats.deleted_at = datetime.now(UTC).isoformat()
+    write_json(sidecar, stats.to_json())
 
 
 def gather_round(
@@ -396,6 +432,40 @@ def job_validator(job: ObjectStoragePath) -> Validator | None:
     return job_schema(schema).validator
 
 
+def landed_batches(
+    job: ObjectStoragePath, round_number: int, batch_ids: Iterable[str]
+) -> dict[str, BatchStatus]:
+    """Return the final status of the batches of a round already gathered (their sidecar exists).
+
+    Such a batch ended, and with ``delete_batches`` it may no longer exist on the API: a wait run
+    again (a cleared DAG run) takes its status from here instead of asking for it.
+    """
+    landed: dict[str, BatchStatus] = {}
+    for batch_id in batch_ids:
+        sidecar = layout.gather_stats_path(job, round_number, batch_id)
+        if not sidecar.exists():
+            continue
+        counts = BatchGatherStats.from_json(read_json(sidecar)).result_counts
+        answered = sum(counts.get(kind, 0) for kind in ANSWERED_KINDS)
+        landed[batch_id] = BatchStatus(
+            processing_status="ended",
+            request_counts=RequestCounts(
+                processing=0,
+                succeeded=answered,
+                errored=counts.get("errored", 0) + counts.get("missing", 0),
+                canceled=counts.get("canceled", 0),
+                expired=counts.get("expired", 0),
+            ),
+            expires_at=None,
+            ended_at=None,
+        )
+    return landed
+
+
+#: Result kinds the API counted as ``succeeded`` (an answer came back, usable or not).
+ANSWERED_KINDS = ("succeeded", "invalid_output", "paused", "refused", "context_window_exceeded")
+
+
 def job_answer_store(job: ObjectStoragePath) -> ObjectStoragePath | None:
     """Return the answer store the job writes its answers to (``reuse_answers``), or None."""
     store = read_spec(job).get("answer_store")
@@ -457,6 +527,9 @@ def round_manifest(
     out["usage_by_model"] = total.usage_by_model
     out["cost"] = round_cost(manifest, table.cost(total.usage_by_model))
     out["answers_stored"] = sum(s.stored for s in all_stats)
+    deleted = {s.batch_id: s.deleted_at for s in all_stats if s.deleted_at is not None}
+    if deleted:
+        out["deleted_batches"] = deleted
     if watch is not None:
         out["budget"] = watch.figures()
     out["gathered_at"] = datetime.now(UTC).isoformat()

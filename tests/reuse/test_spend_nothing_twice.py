@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import msgspec
 import pendulum
 import pytest
@@ -12,7 +13,10 @@ from airflow.sdk import DAG
 from airflow_test_env import run_dag
 
 from airflow_batch import anthropic_batch_job, layout
+from airflow_batch.api import BatchesApi
 from airflow_batch.emulator.process import EmulatorProcess
+from airflow_batch.gather.gathering import GatherConfig, gather_round
+from airflow_batch.sensors.batches import BatchesSensor
 from airflow_batch.storage import as_path, read_json
 
 SCHEMA = {
@@ -166,3 +170,35 @@ def test_a_canary_that_finds_answers_invalid_for_the_schema_fails_the_submit_bef
     assert "invalid_output" in refusal["reason"] and refusal["examples"][0]["custom_id"] == "r00000"
     assert refusal["canary_cost_usd"] > 0
     assert not (job / "round-0" / "chunks").exists()
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_deleting_after_gather_leaves_no_batch_on_the_api_and_every_row_landed(
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
+) -> None:
+    emulator.configure(error_types={"overloaded_error": 0.05}, seed=9)
+    records = _write_records(tmp_path / "reviews.jsonl", 2_500)
+    output = str(tmp_path / "out")
+    run, job = _run("delete_after", records, output, anthropic_conn, delete_batches="after_gather")
+
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    stats = emulator.stats()
+    assert stats["batches_created"] >= 4  # three in round 0, at least one retry batch
+    assert stats["batches_stored"] == 0, "a batch of the job is still on the API"
+    results = _rows(layout.final_results_path(as_path(str(job))))
+    failures = _rows(layout.final_failures_path(as_path(str(job))))
+    ids = [row["custom_id"] for row in results + failures]
+    assert len(ids) == len(set(ids)) == 2_500
+    manifest = _manifest(job)
+    assert manifest["deleted_batches"] == stats["batches_created"]
+    gathered = read_json(layout.round_manifest_path(as_path(str(job)), 0))
+    assert set(gathered["deleted_batches"]) == {b["batch_id"] for b in gathered["batches"]}
+
+    # Waiting and gathering the round again find every batch landed: no call for the deleted batches.
+    waited = BatchesSensor(task_id="wait_again", manifest=gathered).execute({})  # type: ignore[arg-type]
+    assert set(waited["batch_status"]) == set(gathered["deleted_batches"])
+    assert waited["counts"]["processing"] == 0
+    with BatchesApi(anthropic.Anthropic(base_url=emulator.base_url, api_key="k", max_retries=0)) as api:
+        again = gather_round(api, gathered, config=GatherConfig(delete_batches=True))
+    assert again["result_counts"] == gathered["result_counts"]
+    assert again["deleted_batches"] == gathered["deleted_batches"]
