@@ -3,10 +3,12 @@
 ``results.parquet`` columns, in order: ``custom_id``, ``row``, the passthrough fields (the
 record's ``input`` fields, each its own column), each top-level property of the output schema
 as its own column (or ``text`` when the job has no schema), ``model``, ``stop_reason``, the
-token columns, ``round``, ``batch_id``. JSON Schema types map to Arrow types: string ->
-string, integer -> int64, number -> float64, boolean -> bool, an enum of strings -> a
-dictionary-encoded string, an object -> a struct of its properties, an array -> a list of its
-items, ``anyOf`` of one type and null -> that type (nullable); anything else -> its JSON text.
+token columns, ``round``, ``batch_id``, ``reused_from`` (null for an answer of the job's own
+batches; else the batch it was reused from, or ``canary`` for an answer the canary got).
+JSON Schema types map to Arrow types: string -> string, integer -> int64, number -> float64,
+boolean -> bool, an enum of strings -> a dictionary-encoded string, an object -> a struct of its
+properties, an array -> a list of its items, ``anyOf`` of one type and null -> that type
+(nullable); anything else -> its JSON text.
 
 ``failures.parquet``: ``custom_id``, ``row``, the passthrough fields, ``result_type``,
 ``error_type``, ``message``, ``request_id``, ``retryable``, ``round``, ``batch_id``.
@@ -39,7 +41,9 @@ TOKEN_COLUMNS = (
     "cache_creation_1h_input_tokens",
     "cache_read_input_tokens",
 )
-_RESULT_COLUMNS = {"custom_id", "row", "text", "model", "stop_reason", "round", "batch_id", *TOKEN_COLUMNS}
+_RESULT_COLUMNS = {
+    "custom_id", "row", "text", "model", "stop_reason", "round", "batch_id", "reused_from", *TOKEN_COLUMNS,
+}  # fmt: skip
 _FAILURE_COLUMNS = ("result_type", "error_type", "message", "request_id", "retryable")
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -218,11 +222,15 @@ def write_tables(
         *[(name, pa.int64()) for name in TOKEN_COLUMNS],
         ("round", pa.int64()),
         ("batch_id", pa.string()),
+        ("reused_from", pa.string()),
     ]
     body = list(outputs.items()) if outputs else [("text", pa.string())]
 
     def result_shape(row: dict[str, Any]) -> dict[str, Any]:
         flat = {**row, **row.get("usage", {})}
+        source = row.get("reused_from")
+        if isinstance(source, dict):
+            flat["reused_from"] = "canary" if source.get("canary") else source.get("batch_id")
         output = row.get("output") or {}
         for name in outputs:
             value = output.get(name)

@@ -168,7 +168,9 @@ def test_parquet_tables_have_typed_columns_in_order_and_as_many_rows_as_the_json
             "note": "x",
         },
     ]
-    _write(tmp_path / "results.jsonl", [result(i + 1, out) for i, out in enumerate(outputs)])
+    rows = [result(i + 1, out) for i, out in enumerate(outputs)]
+    rows[1] = {**rows[1], "batch_id": None, "reused_from": {"batch_id": "msgbatch_0", "job_dir": "/x"}}
+    _write(tmp_path / "results.jsonl", rows)
     _write(
         tmp_path / "failures.jsonl",
         [
@@ -198,7 +200,7 @@ def test_parquet_tables_have_typed_columns_in_order_and_as_many_rows_as_the_json
     assert results.column_names == [
         "custom_id", "row", "product", "price", "sentiment", "keywords", "stars", "where", "note",
         "model", "stop_reason", "input_tokens", "output_tokens", "cache_creation_input_tokens",
-        "cache_creation_1h_input_tokens", "cache_read_input_tokens", "round", "batch_id",
+        "cache_creation_1h_input_tokens", "cache_read_input_tokens", "round", "batch_id", "reused_from",
     ]  # fmt: skip
     types = dict(zip(results.column_names, results.schema.types, strict=True))
     assert types["sentiment"] == pa.dictionary(pa.int32(), pa.string())
@@ -209,6 +211,8 @@ def test_parquet_tables_have_typed_columns_in_order_and_as_many_rows_as_the_json
     assert results.num_rows == 2
     assert results.to_pylist()[0]["where"] == {"city": "Oslo", "lat": 59.9}
     assert results.column("cache_read_input_tokens").to_pylist() == [4, 4]
+    assert results.column("reused_from").to_pylist() == [None, "msgbatch_0"]
+    assert results.column("batch_id").to_pylist() == ["msgbatch_1", None]
     failures = pq.read_table(tmp_path / "failures.parquet")
     assert failures.column_names[:4] == ["custom_id", "row", "product", "price"]
     assert failures.to_pylist()[0]["result_type"] == "invalid_output"
