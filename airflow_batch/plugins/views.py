@@ -41,6 +41,8 @@ BarCounts = dict[str, int]
 def empty_counts() -> BarCounts:
     """Return all-zero bar counts."""
     return dict.fromkeys(COUNT_KINDS, 0)
+
+
 #: The files finalize writes, by job-manifest key, in the order the page links them.
 FINAL_FILE_KEYS: tuple[tuple[str, str], ...] = (
     ("results_path", "results"),

@@ -48,7 +48,7 @@ from typing import IO, TYPE_CHECKING
 
 from airflow_batch import layout
 from airflow_batch.exceptions import AnswerStoreError
-from airflow_batch.storage import as_path, atomic_writer
+from airflow_batch.storage import as_path, atomic_writer, open_unhooked
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -65,6 +65,7 @@ _SPILL_BUCKETS = 64  # of hits during the pass: each covers 4 shards
 _SPILL_SHIFT = 58  # key >> 58: the bucket of a 64-bit key
 _SHARD_SHIFT = 56  # key >> 56: the shard of a 64-bit key
 _BUFFER = 1 << 16
+_WRITE_BUFFER = 1 << 20
 
 
 def _keys_array(data: bytes | memoryview) -> array:
@@ -116,6 +117,7 @@ class SegmentWriter:
         keys = array("Q")
         position = 0
         shard = 0
+        buffer = bytearray()  # a storage file's write is costly per call: write megabytes
         with atomic_writer(answers_path) as out:
             for bucket in sorted(self._files):
                 with open(os.path.join(self._dir.name, f"{bucket:x}"), "rb") as handle:
@@ -133,9 +135,13 @@ class SegmentWriter:
                         shard += 1
                         offsets[shard] = position
                     keys.append(key)
-                    out.write(line)
-                    out.write(b"\n")
+                    buffer += line
+                    buffer += b"\n"
                     position += len(line) + 1
+                    if len(buffer) >= _WRITE_BUFFER:
+                        out.write(buffer)
+                        buffer.clear()
+            out.write(buffer)
         while shard < SHARDS:
             shard += 1
             offsets[shard] = position
@@ -182,7 +188,7 @@ class Segment:
         start, end = self.offsets[shard], self.offsets[shard + 1]
         if start == end:
             return b""
-        with self.answers.open("rb") as handle:
+        with open_unhooked(self.answers) as handle:
             handle.seek(start)
             return bytes(handle.read(end - start))
 
@@ -266,35 +272,51 @@ class HitSpill:
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="airflow-batch-hits-")
-        self._files: dict[int, IO[bytes]] = {}
+        self._buffers = [bytearray() for _ in range(_SPILL_BUCKETS)]
+        self._spilled: set[int] = set()
         self.count = 0
 
     def add(self, key: int, fingerprint: bytes, inputs_line: bytes) -> None:
         """Note a hit: its key, fingerprint and inputs line."""
         bucket = key >> _SPILL_SHIFT
-        handle = self._files.get(bucket)
-        if handle is None:
-            path = os.path.join(self._dir.name, f"{bucket:02d}")
-            handle = self._files[bucket] = open(path, "wb", buffering=_BUFFER)  # noqa: SIM115
-        handle.write(fingerprint + inputs_line + b"\n")
+        buffer = self._buffers[bucket]
+        buffer += fingerprint
+        buffer += inputs_line
+        buffer += b"\n"
         self.count += 1
+        if len(buffer) >= _BUFFER:
+            self._spill(bucket)
 
-    def buckets(self) -> Iterator[dict[bytes, list[bytes]]]:
-        """Yield each bucket's hits as ``fingerprint -> inputs lines``, one bucket in memory at a time."""
-        for handle in self._files.values():
-            handle.close()
-        for bucket in sorted(self._files):
-            wanted: dict[bytes, list[bytes]] = {}
+    def _spill(self, bucket: int) -> None:
+        with open(os.path.join(self._dir.name, f"{bucket:02d}"), "ab") as handle:
+            handle.write(self._buffers[bucket])
+        self._buffers[bucket].clear()
+        self._spilled.add(bucket)
+
+    def buckets(self) -> Iterator[tuple[int, dict[bytes, bytes], dict[bytes, list[bytes]]]]:
+        """Yield each bucket's number and its hits, one bucket in memory at a time.
+
+        The hits are ``fingerprint -> spill line`` (the inputs line is ``line[32:]``), and
+        ``fingerprint -> more spill lines`` for params that several requests of the job ask.
+        """
+        for bucket, buffer in enumerate(self._buffers):
+            if buffer:
+                self._spill(bucket)
+        for bucket in sorted(self._spilled):
             with open(os.path.join(self._dir.name, f"{bucket:02d}"), "rb") as handle:
-                for line in handle.read().splitlines():
-                    wanted.setdefault(line[:32], []).append(line[32:])
-            yield wanted
+                lines = handle.read().split(b"\n")
+            lines.pop()  # after the last newline
+            wanted = {line[:32]: line for line in lines}
+            more: dict[bytes, list[bytes]] = {}
+            if len(wanted) < len(lines):
+                for line in lines:
+                    if wanted[line[:32]] is not line:
+                        more.setdefault(line[:32], []).append(line)
+            yield bucket, wanted, more
 
     def close(self) -> None:
         """Remove the local bucket files."""
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
+        self._buffers.clear()
         self._dir.cleanup()
 
 
@@ -325,41 +347,71 @@ def reused_row(inputs_line: bytes, round_number: int, answer: bytes, source: byt
 def resolve_hits(index: AnswerIndex, hits: HitSpill, out: IO[bytes], round_number: int) -> int:
     """Write the result row of every hit to ``out``; return how many were written.
 
-    One bucket of hits is in memory at a time; for each of its shards only the segments
-    holding one of the shard's keys are read, and only that shard's range of them. Raises
-    :class:`AnswerStoreError` when a hit's answer cannot be found (a segment removed since the
-    index was read, or a key collision): re-running the submit looks everything up again.
+    One bucket of hits (four shards) is in memory at a time. For each bucket, only the segments
+    holding one of its keys are read, and only that bucket's byte range of them (one ranged read).
+    A segment's lines are in the order of its keys, so a hit's line is found by its key's position,
+    never by scanning. Raises :class:`AnswerStoreError` when a hit's answer cannot be found (a
+    segment removed since the index was read, or a key collision): re-running the submit looks
+    everything up again.
     """
     written = 0
-    for wanted in hits.buckets():
-        by_shard: dict[int, set[int]] = {}
-        for fingerprint in wanted:
-            key = int(fingerprint[:16], 16)
-            by_shard.setdefault(key >> _SHARD_SHIFT, set()).add(key)
-        found: set[bytes] = set()
-        for shard, keys in sorted(by_shard.items()):
+    buffer = bytearray()  # writes are buffered: a storage file's write is costly per call
+    handles: dict[str, IO[bytes]] = {}
+    per_bucket = 1 << (_SPILL_SHIFT - _SHARD_SHIFT)  # shards in a bucket
+    # reused_row, spliced in place: inputs line + middle + answer body + usage + source + "}"
+    middle = b',"batch_id":null,"round":%d,' % round_number
+    usage = b',"usage":%s,"reused_from":' % ZERO_USAGE
+    try:
+        for bucket, wanted, more in hits.buckets():
+            pending = {int(fingerprint[:16], 16) for fingerprint in wanted}
+            first, last = bucket * per_bucket, (bucket + 1) * per_bucket
             for segment in index.segments:
-                if keys.isdisjoint(segment.shard_keys(shard)):
+                start, end = segment.bounds[first], segment.bounds[last]
+                keys = segment.keys[start:end]
+                common = pending.intersection(keys)
+                if not common:
                     continue
-                for line in segment.read_shard(shard).splitlines():
-                    fingerprint = line[:32]
-                    if fingerprint in found:
-                        continue
-                    inputs = wanted.get(fingerprint)
-                    if inputs is None:
-                        continue
-                    found.add(fingerprint)
-                    _, answer, source = line.split(b"\t", 2)
-                    for inputs_line in inputs:  # one answer serves every request that asks it
-                        out.write(reused_row(inputs_line, round_number, answer, source))
-                        out.write(b"\n")
-                    written += len(inputs)
-        missing = len(wanted) - len(found)
-        if missing:
-            example = next(fingerprint for fingerprint in wanted if fingerprint not in found)
-            raise AnswerStoreError(
-                f"{missing} answer(s) the store's index listed could not be read (e.g. fingerprint "
-                f"{example.decode()}): a segment was removed while this submit ran. Nothing was "
-                "submitted; run the task again to look every request up anew."
-            )
+                handle = handles.get(segment.name)
+                if handle is None:
+                    handle = handles[segment.name] = open_unhooked(segment.answers)
+                handle.seek(segment.offsets[first])
+                lines = bytes(handle.read(segment.offsets[last] - segment.offsets[first])).split(b"\n")
+                count = min(len(keys), len(lines))
+                for key in common:  # the hot loop of a resolution: splices, no decoding
+                    at = bisect_left(keys, key)
+                    while at < count and keys[at] == key:
+                        line = lines[at]
+                        at += 1
+                        fingerprint = line[:32]
+                        hit = wanted.pop(fingerprint, None)
+                        if hit is None:
+                            continue  # another request with the same 64-bit key, or answered already
+                        tab = line.index(b"\t", 33)
+                        answer, source = line[34 : tab - 1], line[tab + 1 :]
+                        # one answer serves every request of the job that asks it
+                        for spilled in (hit, *more.pop(fingerprint, ())) if more else (hit,):
+                            buffer += spilled[32:-1]  # the inputs line without its closing brace
+                            buffer += middle
+                            buffer += answer
+                            buffer += usage
+                            buffer += source
+                            buffer += b"}\n"
+                            written += 1
+                pending -= common
+                if len(buffer) >= _WRITE_BUFFER:
+                    out.write(buffer)
+                    buffer.clear()
+                if not pending:
+                    break
+            if wanted:
+                example = next(iter(wanted))
+                raise AnswerStoreError(
+                    f"{len(wanted)} answer(s) the store's index listed could not be read (e.g. fingerprint "
+                    f"{example.decode()}): a segment was removed while this submit ran. Nothing was "
+                    "submitted; run the task again to look every request up anew."
+                )
+    finally:
+        for handle in handles.values():
+            handle.close()
+    out.write(buffer)
     return written

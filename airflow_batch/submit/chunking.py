@@ -76,7 +76,14 @@ def inputs_line(custom_id: str, row: int, fields: Any = None) -> bytes:
 
 def with_fingerprint(inputs: bytes, fingerprint: bytes) -> bytes:
     """Return an inputs line with the request's fingerprint added (gather keys stored answers by it)."""
-    return b'%s,"fingerprint":"%s"}' % (inputs[:-1], fingerprint)
+    return inputs[:-1] + b',"fingerprint":"' + fingerprint + b'"}'
+
+
+def inputs_line_with_fingerprint(custom_id: str, row: int, fields: Any, fingerprint: bytes) -> bytes:
+    """Return :func:`inputs_line` with the fingerprint (the hot path: one format without fields)."""
+    if fields is None:
+        return b'{"custom_id":"%s","row":%d,"fingerprint":"%s"}' % (custom_id.encode(), row, fingerprint)
+    return with_fingerprint(inputs_line(custom_id, row, fields), fingerprint)
 
 
 #: What :meth:`Diversion.divert` answers: the request is sent, was taken (answered), or is held.
@@ -86,7 +93,7 @@ SEND, TAKEN, HOLD = 0, 1, 2
 class Diversion(Protocol):
     """Requests a pass does not put in a chunk: answers to reuse, and the canary's sample.
 
-    The pass asks :meth:`divert` about each valid request in input order. A ``HOLD`` request is
+    The pass asks :meth:`route` about each valid request in input order. A ``HOLD`` request is
     handed over with :meth:`hold` (its chunk line, inputs line, fingerprint and how to count it
     in an estimate); :meth:`finish`, called once the whole input is known to be valid, gives
     back through ``send`` (chunk line, twin line) the held requests that must be sent after all,
@@ -95,18 +102,21 @@ class Diversion(Protocol):
 
     lenient: bool
 
-    def fingerprint(self, params: Any) -> bytes:
-        """Return the fingerprint of a request's params (typed, or decoded for a lenient job)."""
+    def route(self, params: Any) -> tuple[int, bytes, int]:
+        """Return SEND, TAKEN or HOLD for a request, its fingerprint and the fingerprint's key.
+
+        ``params`` are typed, or decoded for a lenient job.
+        """
         ...
 
-    def divert(self, fingerprint: bytes, inputs: bytes) -> int:
-        """Return SEND, TAKEN or HOLD for the request with this fingerprint and inputs line."""
+    def take(self, key: int, fingerprint: bytes, inputs: bytes) -> None:
+        """Keep a request :meth:`route` answered TAKEN for, with its inputs line."""
         ...
 
     def hold(
         self, line: bytes, inputs: bytes, fingerprint: bytes, count: Callable[[TokenTally], None]
     ) -> None:
-        """Keep a request :meth:`divert` answered HOLD for: its line, inputs line, and how to count it."""
+        """Keep a request :meth:`route` answered HOLD for: its line, inputs line, and how to count it."""
         ...
 
     def finish(
@@ -436,17 +446,6 @@ def prepare_chunks(
     def problem_at(custom_id: str | None, rule: str, hint: str = "") -> Problem:
         return Problem(row, custom_id, rule, hint or hint_for(rule), row_label)
 
-    def divert(line: bytes, inputs: bytes, params: Any) -> tuple[int, bytes]:
-        """Return the diversion's verdict on a valid request, and its fingerprint."""
-        assert diversion is not None
-        every_line.extend(line)
-        every_line.extend(b"\n")
-        if len(every_line) >= _WRITE_BUFFER:
-            digest.update(every_line)
-            every_line.clear()
-        fingerprint = diversion.fingerprint(params)
-        return diversion.divert(fingerprint, inputs), fingerprint
-
     try:
         with _collector_paused():
             for row, item in enumerate(rows, start=1):
@@ -468,18 +467,29 @@ def prepare_chunks(
                         valid += 1
                         if report.total and not skip_invalid:
                             continue
-                        twin = inputs_line(typed.custom_id, source_row, fields)
-                        if diversion is not None:
-                            hashed = loads(item)["params"] if fingerprint_plain else params
-                            verdict, fingerprint = divert(item, twin, hashed)
-                            if verdict == HOLD:
-                                held = _PlainCount(params.model, params.max_tokens, tokens, item)
-                                diversion.hold(item, twin, fingerprint, held)
-                            if verdict != SEND:
-                                continue
-                            twin = with_fingerprint(twin, fingerprint)
-                        writer.add(item, twin)
-                        tally.add_plain(params.model, params.max_tokens, tokens, item)
+                        if diversion is None:
+                            writer.add(item, inputs_line(typed.custom_id, source_row, fields))
+                            tally.add_plain(params.model, params.max_tokens, tokens, item)
+                            continue
+                        every_line += item
+                        every_line += b"\n"
+                        if len(every_line) >= _WRITE_BUFFER:
+                            digest.update(every_line)
+                            every_line.clear()
+                        hashed = loads(item)["params"] if fingerprint_plain else params
+                        verdict, fingerprint, key = diversion.route(hashed)
+                        if verdict == SEND:
+                            twin = inputs_line_with_fingerprint(
+                                typed.custom_id, source_row, fields, fingerprint
+                            )
+                            writer.add(item, twin)
+                            tally.add_plain(params.model, params.max_tokens, tokens, item)
+                        elif verdict == TAKEN:
+                            diversion.take(key, fingerprint, inputs_line(typed.custom_id, source_row, fields))
+                        else:
+                            held = _PlainCount(params.model, params.max_tokens, tokens, item)
+                            twin = inputs_line(typed.custom_id, source_row, fields)
+                            diversion.hold(item, twin, fingerprint, held)
                         continue
                 if isinstance(item, (bytes, bytearray, memoryview)):
                     try:
@@ -535,12 +545,19 @@ def prepare_chunks(
                 may_cache = _CACHE_CONTROL in line
                 if diversion is not None:
                     assert typed_request is not None
-                    verdict, fingerprint = divert(
-                        line, twin, params if fingerprint_plain else typed_request.params
+                    every_line += line
+                    every_line += b"\n"
+                    if len(every_line) >= _WRITE_BUFFER:
+                        digest.update(every_line)
+                        every_line.clear()
+                    verdict, fingerprint, key = diversion.route(
+                        params if fingerprint_plain else typed_request.params
                     )
+                    if verdict == TAKEN:
+                        diversion.take(key, fingerprint, twin)
+                        continue
                     if verdict == HOLD:
                         diversion.hold(line, twin, fingerprint, _Count(request["params"], may_cache))
-                    if verdict != SEND:
                         continue
                     twin = with_fingerprint(twin, fingerprint)
                 writer.add(line, twin)

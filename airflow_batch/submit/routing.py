@@ -20,13 +20,14 @@ canary's usable answers in the answer store. Nothing here calls the API itself.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_batch import layout
-from airflow_batch.reuse.fingerprint import Fingerprints, fingerprint_key
+from airflow_batch.reuse.fingerprint import FINGERPRINT_CHARS, Fingerprints, canonical_params, sha256
 from airflow_batch.reuse.store import AnswerIndex, HitSpill, SegmentWriter, answered_row, resolve_hits
 from airflow_batch.submit.canary import (
     CanaryOutcome,
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
     from airflow_batch.submit.estimate import TokenTally
 
+_canonical = canonical_params
+_sha256 = sha256
 RunCanary = Callable[[list[HeldRequest], "TokenTally"], CanaryOutcome]
 
 
@@ -88,11 +91,12 @@ class Routing:
         self.round_number = round_number
         self.lenient = bool(betas)  # a job with betas may send params the typed shape does not know
         self.index = index
+        self._shards = index.shards if index is not None else None
         self.canary_size = canary_size
         self.run_canary = run_canary
         self.store = store
         self.log = log or logging.getLogger(__name__)
-        self._fingerprints = Fingerprints(betas)
+        self._prefix = Fingerprints(betas).prefix
         self._hits = HitSpill()
         self._held: list[HeldRequest] = []
         #: Filled in by finish: how many requests were answered from the store, and the canary.
@@ -100,21 +104,31 @@ class Routing:
         self.canary: CanaryOutcome | None = None
         self.reused_file: ObjectStoragePath | None = None
 
-    def fingerprint(self, params: Any) -> bytes:
-        """Return the fingerprint of a request's params."""
-        return self._fingerprints.of(params)
+    def route(self, params: Any) -> tuple[int, bytes, int]:
+        """Return TAKEN (in the answer store), HOLD (for the canary) or SEND, the fingerprint and its key.
 
-    def divert(self, fingerprint: bytes, inputs: bytes) -> int:
-        """Return TAKEN (answered from the store), HOLD (for the canary) or SEND."""
-        index = self.index
-        if index is not None:
-            key = fingerprint_key(fingerprint)
-            if index.has(key):
-                self._hits.add(key, fingerprint, inputs)
-                return TAKEN
+        The hot loop of a submit with reuse, hence the fingerprint and the index lookup inlined
+        (see :meth:`Fingerprints.of` and :meth:`AnswerIndex.has`). A TAKEN request is then handed
+        over with :meth:`take`.
+        """
+        data = _canonical(params)
+        if self._prefix:
+            data = self._prefix + data
+        fingerprint = _sha256(data).hexdigest()[:FINGERPRINT_CHARS].encode()
+        key = int(fingerprint[:16], 16)
+        shards = self._shards
+        if shards is not None:
+            keys = shards[key >> 56]
+            found = bisect_left(keys, key)
+            if found != len(keys) and keys[found] == key:
+                return TAKEN, fingerprint, key
         if len(self._held) < self.canary_size:
-            return HOLD
-        return SEND
+            return HOLD, fingerprint, key
+        return SEND, fingerprint, key
+
+    def take(self, key: int, fingerprint: bytes, inputs: bytes) -> None:
+        """Keep a request answered from the store out of the chunks: its row is written by :meth:`finish`."""
+        self._hits.add(key, fingerprint, inputs)
 
     def hold(
         self, line: bytes, inputs: bytes, fingerprint: bytes, count: Callable[[TokenTally], None]
