@@ -427,9 +427,9 @@ def job_validator(job: ObjectStoragePath) -> Validator | None:
     schema = read_spec(job).get("output_schema")
     if schema is None:
         return None
-    from airflow_batch.schema import job_schema
+    from airflow_batch.schema import recorded_validator
 
-    return job_schema(schema).validator
+    return recorded_validator(schema)
 
 
 def landed_batches(

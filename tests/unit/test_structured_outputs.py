@@ -328,3 +328,16 @@ def test_gather_and_retry_read_the_passthrough_fields_submit_recorded(tmp_path: 
         ({"shop": "north"}, 1),
         (None, 2),
     ]
+
+
+def test_gather_validates_against_the_schema_a_pydantic_job_recorded(tmp_path: Path) -> None:
+    from airflow_batch import layout
+    from airflow_batch.gather.gathering import job_validator
+    from airflow_batch.storage import write_json
+
+    job = as_path(str(tmp_path / "job"))
+    write_json(layout.job_spec_path(job), {"output_schema": job_schema(Review).schema})
+    validator = job_validator(job)
+    assert validator is not None
+    assert validator.check(b'{"sentiment": "positive", "keywords": ["a"], "stars": 5}') is None
+    assert validator.check(b'{"sentiment": "positive", "keywords": ["a"], "stars": 9}') is not None
