@@ -137,8 +137,10 @@ class BatchesSensor(BaseSensorOperator):
         """Poll once here, then defer to one trigger for the whole round (or keep polling here)."""
         manifest = self._round()
         batch_ids = batch_ids_of(manifest)
+        # Pushed first, also for a round with nothing to wait for: the extra link reads them.
+        push_console_links(context["ti"], batch_ids)
         if not batch_ids:
-            self.log.info("The round has no batches; nothing to wait for.")
+            self.log.info("The round has no batches (answered without one, or empty); nothing to wait for.")
             return waited_manifest(manifest, {"batch_status": {}}, time.time())
         landed = self._landed(manifest, batch_ids)
         if landed:
@@ -150,7 +152,6 @@ class BatchesSensor(BaseSensorOperator):
             batch_ids = [batch_id for batch_id in batch_ids if batch_id not in landed]
             if not batch_ids:
                 return waited_manifest(manifest, {"batch_status": landed}, time.time())
-        push_console_links(context["ti"], batch_ids)
         identity = {
             "conn_id": job_conn_id(manifest, self.conn_id, self.task_id),
             "job_dir": manifest.get("job_dir"),

@@ -195,7 +195,13 @@ def test_deleting_after_gather_leaves_no_batch_on_the_api_and_every_row_landed(
     assert set(gathered["deleted_batches"]) == {b["batch_id"] for b in gathered["batches"]}
 
     # Waiting and gathering the round again find every batch landed: no call for the deleted batches.
-    waited = BatchesSensor(task_id="wait_again", manifest=gathered).execute({})  # type: ignore[arg-type]
+    pushed: dict[str, Any] = {}
+
+    class Ti:
+        def xcom_push(self, key: str, value: Any) -> None:
+            pushed[key] = value
+
+    waited = BatchesSensor(task_id="wait_again", manifest=gathered).execute({"ti": Ti()})  # type: ignore[arg-type]
     assert set(waited["batch_status"]) == set(gathered["deleted_batches"])
     assert waited["counts"]["processing"] == 0
     with BatchesApi(anthropic.Anthropic(base_url=emulator.base_url, api_key="k", max_retries=0)) as api:
