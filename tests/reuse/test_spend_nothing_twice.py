@@ -14,6 +14,7 @@ from airflow_test_env import run_dag
 
 from airflow_batch import anthropic_batch_job, layout
 from airflow_batch.api import BatchesApi
+from airflow_batch.costs import price_table
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.gather.gathering import GatherConfig, gather_round
 from airflow_batch.sensors.batches import BatchesSensor
@@ -120,9 +121,16 @@ def test_a_run_over_records_partly_answered_before_sends_only_the_new_ones(
     # The earlier run also has a canary: its usable answers are results and stored answers too.
     first, first_job = _run("reuse_partly", earlier, output, anthropic_conn, reuse_answers=True, canary=10)
     assert first.state == "success"
-    canary = read_json(layout.round_manifest_path(as_path(str(first_job)), 0))["canary"]
+    round_0 = read_json(layout.round_manifest_path(as_path(str(first_job)), 0))
+    canary = round_0["canary"]
     assert (canary["requests"], canary["answered"], canary["failed"]) == (10, 10, 0)
-    assert canary["cost"]["standard_usd"] > 0
+    assert canary["cost"]["standard_usd"] == canary["cost"]["batch_usd"] > 0
+    # The round paid for its batches at batch prices and for its canary at standard prices.
+    batches_cost = price_table().cost(round_0["usage_by_model"])["batch_usd"]
+    assert round_0["cost"]["batch_usd"] == pytest.approx(batches_cost + canary["cost"]["batch_usd"], abs=1e-6)
+    # The canary's output length is the estimate's expected figure.
+    assert round_0["estimate"]["expected_basis"] == "canary (10 answer(s))"
+    assert round_0["estimate"]["expected_output_tokens"] == canary["output_tokens_per_answer"]
     first_manifest = _manifest(first_job)
     assert first_manifest["canary_answered"] == 10 and first_manifest["succeeded"] == 3_000
     assert read_json(layout.ledger_path(as_path(str(first_job)), 0))["chunks"][0]["requests"] == 1000
