@@ -87,6 +87,30 @@ class InputChangedError(BeforeSubmitError):
     """The input of a task instance differs from the one its recorded batches were built from."""
 
 
+class AnswerStoreError(BeforeSubmitError):
+    """The answer store changed under a submit (an answer its index listed is gone): nothing was sent."""
+
+
+class CanaryFailedError(BeforeSubmitError):
+    """Too many canary answers were unusable (invalid for the schema, empty, cut at max_tokens).
+
+    ``examples`` are the failed canary requests (custom_id and why); ``cost_usd`` what the canary
+    cost at standard prices. No batch was created.
+    """
+
+    def __init__(self, message: str, *, examples: list[dict[str, Any]], cost_usd: float) -> None:
+        super().__init__(message)
+        self.examples = examples
+        self.cost_usd = cost_usd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (partial(type(self), examples=self.examples, cost_usd=self.cost_usd), self.args)
+
+    def record(self, round_number: int) -> dict[str, Any]:
+        """Return the refusal with the failed examples and the canary's cost (USD, standard prices)."""
+        return {**super().record(round_number), "examples": self.examples, "canary_cost_usd": self.cost_usd}
+
+
 class BatchesApiError(AirflowBatchError):
     """A call to the API failed permanently, or kept failing transiently past the retry budget.
 

@@ -34,9 +34,14 @@ def read_history(path: ObjectStoragePath) -> list[dict[str, Any]]:
 
 
 def record_run(path: ObjectStoragePath, job_manifest: JobManifest) -> None:
-    """Append a finished job's answered requests and output tokens to its task's history."""
-    answered = job_manifest["succeeded"]
-    if not answered:
+    """Append a finished job's answered requests and output tokens to its task's history.
+
+    Only the answers its batches produced count: reused and canary answers are not in its usage.
+    """
+    answered = (
+        job_manifest["succeeded"] - job_manifest.get("reused", 0) - job_manifest.get("canary_answered", 0)
+    )
+    if answered <= 0:
         return
     entry = {
         "job_dir": job_manifest["job_dir"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
+from datetime import timedelta
 from typing import Any, Literal
 
 from airflow.sdk import Asset, TaskGroup, XComArg
@@ -84,6 +85,12 @@ def anthropic_batch_job(
     deferrable: bool | None = None,
     betas: Sequence[str] = (),
     workspace_id: str | None = None,
+    reuse_answers: bool = False,
+    answer_store: str | None = None,
+    max_age: float | timedelta | None = None,
+    canary: int = 0,
+    canary_max_failure_rate: float = 0.0,
+    delete_batches: str | None = None,
     submit_kwargs: Mapping[str, Any] | None = None,
     sensor_kwargs: Mapping[str, Any] | None = None,
     gather_kwargs: Mapping[str, Any] | None = None,
@@ -143,6 +150,17 @@ def anthropic_batch_job(
     :param deferrable: Run the waits deferred (default True, see ``BatchesSensor``).
     :param betas: Beta names sent as ``anthropic-beta`` on every call of the job.
     :param workspace_id: Sent as ``anthropic-workspace-id`` on every call of the job.
+    :param reuse_answers: Answer requests an earlier run (of any job sharing the answer store)
+        already answered from the store instead of sending them: no cost, rows marked
+        ``reused_from``; the job's own answers are stored for later runs (see
+        ``SubmitBatchesOperator``). A run whose every request is found creates no batch.
+    :param answer_store: URI of the answer store (default ``{output_path}/_answers``).
+    :param max_age: How old a reused answer may be: seconds or a ``timedelta``.
+    :param canary: Requests to send at standard price before any batch, checking their answers
+        (see ``SubmitBatchesOperator``); 0 for none.
+    :param canary_max_failure_rate: Share of canary answers that may be unusable (default 0).
+    :param delete_batches: ``"after_gather"``: delete each batch from the API once its rows are
+        landed (see ``GatherResultsOperator``); default ``None`` keeps them.
     :param submit_kwargs: Further ``SubmitBatchesOperator`` arguments (batch limits,
         ``expected_output_tokens``, ``on_input_change``, ``skip_invalid``...); the batch
         settings among them apply to retry rounds too.
@@ -180,6 +198,7 @@ def anthropic_batch_job(
         "retryable_error_types": retryable_error_types,
         "prices": prices,
         "max_cost_usd": max_cost_usd,
+        "delete_batches": delete_batches,
         **(gather_kwargs or {}),
     }
 
@@ -203,6 +222,11 @@ def anthropic_batch_job(
             betas=betas,
             workspace_id=workspace_id,
             poll_interval=poll_interval,
+            reuse_answers=reuse_answers,
+            answer_store=answer_store,
+            max_age=max_age,
+            canary=canary,
+            canary_max_failure_rate=canary_max_failure_rate,
             **submit_extra,
         )
         # Every later task reads the connection (and betas, workspace) from the round manifest.

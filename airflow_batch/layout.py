@@ -9,6 +9,8 @@ instances never collide, and a retry or a clear of the same task instance finds 
         round-0/inputs/chunk-00000.jsonl     each request's input row and passthrough fields
         round-0/ledger.json                  chunk -> batch id, written as each batch is created
         round-0/invalid_input.jsonl          rows skipped as invalid (skip_invalid=True)
+        round-0/reused.jsonl                 result rows answered without a batch: from the answer
+                                             store (reuse_answers) or by the canary
         round-0/results/{batch_id}.jsonl     succeeded rows of one batch
         round-0/failures/{batch_id}.jsonl    failed rows of one batch
         round-0/results/{batch_id}.stats.json   counts and usage of a batch, written once it is gathered
@@ -16,7 +18,7 @@ instances never collide, and a retry or a clear of the same task instance finds 
         round-1/refusal.json                 why a round was refused before any spend (budget, model)
         round-0/manifest.json                the round's manifest after gather
         round-1/...                          retry rounds, same shape
-        job.json                             the job's output schema and passthrough fields
+        job.json                             the job's output schema, passthrough fields, answer store
         results.jsonl  failures.jsonl  manifest.json    written by finalize
         results.parquet  failures.parquet    written by finalize with results_format parquet
 """
@@ -31,8 +33,14 @@ if TYPE_CHECKING:
 
 #: Rows skipped as invalid input, in a round folder (and in submit's staging folder).
 INVALID_INPUT_FILE = "invalid_input.jsonl"
+#: Result rows a round answered without a batch (reused answers, canary answers), in staging too.
+REUSED_FILE = "reused.jsonl"
 #: The job manifest finalize writes in the job folder, next to the merged results.
 FINAL_MANIFEST_FILE = "manifest.json"
+#: Folder of the answer store under ``output_path`` when ``answer_store`` is not given.
+DEFAULT_ANSWER_STORE = "_answers"
+#: File name suffix of an answer store segment's keys file (what a lookup lists).
+ANSWER_KEYS_SUFFIX = ".keys"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
 
@@ -104,6 +112,11 @@ def invalid_input_path(job: ObjectStoragePath, round_number: int) -> ObjectStora
     return round_dir(job, round_number) / INVALID_INPUT_FILE
 
 
+def reused_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the result rows of a round's requests answered without a batch (reused, or by the canary)."""
+    return round_dir(job, round_number) / REUSED_FILE
+
+
 def results_part(job: ObjectStoragePath, round_number: int, batch_id: str) -> ObjectStoragePath:
     """Return the succeeded-rows file of one batch."""
     return round_dir(job, round_number) / "results" / f"{batch_id}.jsonl"
@@ -161,3 +174,39 @@ def final_table_path(job: ObjectStoragePath, name: str) -> ObjectStoragePath:
 def final_manifest_path(job: ObjectStoragePath) -> ObjectStoragePath:
     """Return the job manifest written by finalize."""
     return job / FINAL_MANIFEST_FILE
+
+
+def default_answer_store(output_path: str) -> str:
+    """Return the answer store of the jobs under ``output_path`` when none is named: ``_answers`` in it."""
+    return f"{output_path.rstrip('/')}/{DEFAULT_ANSWER_STORE}"
+
+
+def answer_segment_name(batch_id: str) -> str:
+    """Return the name of the answer store segment holding the answers of one batch."""
+    return f"batch-{batch_id}"
+
+
+def canary_segment_name(job: str, round_number: int) -> str:
+    """Return the name of the answer store segment holding a round's canary answers."""
+    import hashlib
+
+    return f"canary-{hashlib.blake2b(job.encode(), digest_size=8).hexdigest()}-r{round_number}"
+
+
+def answer_segments_dir(store: ObjectStoragePath) -> ObjectStoragePath:
+    """Return the folder of an answer store's segments (see :mod:`airflow_batch.reuse.store`)."""
+    return store / "v1" / "segments"
+
+
+def answer_segment_paths(
+    store: ObjectStoragePath, segment: str
+) -> tuple[ObjectStoragePath, ObjectStoragePath]:
+    """Return (answers file, keys file) of one segment of an answer store.
+
+    The answers file holds the segment's answers grouped by shard (the fingerprint's first
+    byte); the keys file its sorted 8-byte keys and where each shard starts in the answers file.
+    The keys file is written last: a segment is complete when it exists.
+    """
+    folder = answer_segments_dir(store)
+    name = path_segment(segment)
+    return folder / f"{name}.answers", folder / f"{name}{ANSWER_KEYS_SUFFIX}"

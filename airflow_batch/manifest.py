@@ -94,6 +94,18 @@ class BatchStatus(TypedDict):
     ended_at: str | None
 
 
+class CanaryRecord(TypedDict):
+    """What a round's canary did: requests sent at standard prices before any batch, and their verdicts."""
+
+    requests: int
+    answered: int  # usable answers, kept as results (not sent again in a batch)
+    failed: int  # unusable answers: sent in the batch after all
+    examples: list[dict[str, Any]]  # the failed ones: custom_id and why
+    usage: Usage
+    cost: CostFigures  # at standard prices (batch_usd is what was paid: the standard price)
+    output_tokens_per_answer: int | None
+
+
 class RoundManifest(TypedDict, total=False):
     """What one round (submit -> wait -> gather) knows; each task adds its part."""
 
@@ -113,6 +125,10 @@ class RoundManifest(TypedDict, total=False):
     batches: list[BatchRecord]
     estimate: CostEstimate | None
     submitted_at: str
+    # answered without a batch (reuse_answers, canary): rows in reused_path
+    reused: int  # answers taken from the answer store (zero cost)
+    reused_path: str | None
+    canary: CanaryRecord | None
     # wait
     batch_status: dict[str, BatchStatus]
     counts: RequestCounts
@@ -127,8 +143,10 @@ class RoundManifest(TypedDict, total=False):
     retryable: int
     usage: Usage
     usage_by_model: dict[str, Usage]
-    cost: CostFigures
+    cost: CostFigures  # the batches at batch prices, plus the canary at standard prices
     budget: dict[str, Any]
+    answers_stored: int  # answers written to the answer store
+    deleted_batches: dict[str, str]  # batch id -> when deleted from the API (delete_batches)
     gathered_at: str
 
 
@@ -141,6 +159,9 @@ class RoundSummary(TypedDict, total=False):
     result_counts: dict[str, int]
     error_types: dict[str, int]
     retryable: int
+    reused: int
+    canary: CanaryRecord | None
+    deleted_batches: list[str]
     usage: Usage
     cost: CostFigures
     submitted_at: str | None
@@ -167,7 +188,9 @@ class JobManifest(TypedDict, total=False):
     published_path: str | None
     passthrough_fields: list[str]
     requests: int
-    succeeded: int
+    succeeded: int  # every result row, reused ones included
+    reused: int  # results taken from the answer store (no cost in this job)
+    canary_answered: int  # results the canary answered (at standard prices)
     failed: int
     failure_rate: float
     max_failure_rate: float | None
@@ -178,6 +201,8 @@ class JobManifest(TypedDict, total=False):
     usage: Usage
     usage_by_model: dict[str, Usage]
     cost: CostFigures
+    answers_stored: int
+    deleted_batches: int
     started_at: str | None
     finalized_at: str
     duration_seconds: float | None

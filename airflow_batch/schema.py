@@ -124,6 +124,17 @@ def _closed(node: Any) -> Any:
     return out
 
 
+def recorded_validator(schema: Mapping[str, Any]) -> Validator:
+    """Return the validator of the schema a job recorded (``JobSchema.schema`` in ``job.json``).
+
+    Not :func:`job_schema` again: the recorded schema of a Pydantic model is the model's own
+    JSON Schema, closed only in what the API is sent, so checking it again as a dict schema
+    would refuse it. It was checked when the DAG was parsed.
+    """
+    definitions = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    return Validator(schema, definitions)
+
+
 def _resolve(ref: str, definitions: Mapping[str, Any], path: str) -> tuple[str, Mapping[str, Any]]:
     match = re.fullmatch(r"#/(?:\$defs|definitions)/(.+)", ref)
     if not match or match[1] not in definitions:

@@ -56,6 +56,19 @@ def atomic_writer(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
         raise
 
 
+def open_unhooked(path: ObjectStoragePath, mode: str = "rb") -> IO[bytes]:
+    """Return ``path`` opened through its filesystem directly, without the per-call lineage hook.
+
+    A file opened with ``ObjectStoragePath.open`` reports every ``read`` and ``write`` call to
+    Airflow's hook lineage collector, which costs about a millisecond a call (measured on a
+    local file: 640 ranged reads took 0.61 s through it, 0.06 s without). Use this for many small
+    calls on one file (the answer store's ranged reads); the file is then not reported as
+    lineage, which for a job's own intermediate files is no loss.
+    """
+    handle: IO[bytes] = path.fs.open(path.path, mode)
+    return handle
+
+
 def copy_file(source: ObjectStoragePath, target: ObjectStoragePath, block: int = 8 << 20) -> None:
     """Copy ``source`` to ``target`` atomically, a block at a time (across stores too)."""
     with atomic_writer(target) as out:

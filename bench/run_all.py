@@ -6,7 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["bench_emulator.py", "bench_submit.py", "bench_wait.py", "bench_gather.py", "bench_s3_read.py"]
+BENCHMARKS = [
+    "bench_emulator.py",
+    "bench_submit.py",
+    "bench_reuse.py",
+    "bench_wait.py",
+    "bench_gather.py",
+    "bench_s3_read.py",
+]
 
 
 def main() -> int:

@@ -194,6 +194,22 @@ class BatchesApi:
         """Return the API's input token count of a Messages request body."""
         return self._call(lambda: self.client.messages.count_tokens(**body).input_tokens, "count_tokens")
 
+    def message(self, params: Mapping[str, Any], *, what: str = "send a message") -> dict[str, Any]:
+        """Return the Message answering ``params`` (``POST /v1/messages``, standard price), as decoded JSON.
+
+        Sent as the raw body, not through ``messages.create``: the SDK refuses a non-streaming
+        call whose ``max_tokens`` could take longer than its timeout, which a batch request's
+        may. Decoded with msgspec, like every other body of the job.
+        """
+
+        def attempt() -> dict[str, Any]:
+            raw = self.client.post("/v1/messages", body=dict(params), cast_to=object)
+            if not isinstance(raw, dict):
+                raise BatchesApiError(f"{what}: the API answered {type(raw).__name__}, not a Message")
+            return raw
+
+        return self._call(attempt, what)
+
 
 class AsyncBatchesApi:
     """The async calls of the wait, each retried by ``policy`` without blocking the loop."""

@@ -73,6 +73,9 @@ def _round_summary(manifest: RoundManifest) -> RoundSummary:
         result_counts=manifest.get("result_counts", {}),
         error_types=manifest.get("error_types", {}),
         retryable=manifest.get("retryable", 0),
+        reused=manifest.get("reused", 0),
+        canary=manifest.get("canary"),
+        deleted_batches=sorted(manifest.get("deleted_batches") or {}),
         usage=manifest.get("usage", empty_usage()),
         cost=manifest.get(
             "cost", CostFigures(batch_usd=0.0, standard_usd=0.0, priced=True, unpriced_models=[])
@@ -157,6 +160,8 @@ def finalize_job(
         passthrough_fields=passthrough,
         requests=total,
         succeeded=succeeded,
+        reused=sum(m.get("reused", 0) for m in rounds),
+        canary_answered=sum(canary["answered"] for m in rounds if (canary := m.get("canary"))),
         failed=failed,
         failure_rate=round(failed / total, 6) if total else 0.0,
         max_failure_rate=max_failure_rate,
@@ -167,6 +172,8 @@ def finalize_job(
         usage=sum_usages(m.get("usage", empty_usage()) for m in rounds),
         usage_by_model=usage_by_model,
         cost=sum_costs(m["cost"] for m in rounds if "cost" in m),
+        answers_stored=sum(m.get("answers_stored", 0) for m in rounds),
+        deleted_batches=sum(len(m.get("deleted_batches") or {}) for m in rounds),
         started_at=started_at,
         finalized_at=finalized_at,
         duration_seconds=_seconds_between(started_at, finalized_at),
@@ -188,9 +195,11 @@ def finalize_job(
             refusal["reason"],
         )
     logger.info(
-        "job %s: %d succeeded, %d failed (%.2f%%) over %d round(s); $%.4f at batch prices, $%.4f standard",
+        "job %s: %d succeeded (%d reused), %d failed (%.2f%%) over %d round(s); $%.4f at batch prices, "
+        "$%.4f standard",
         job,
         succeeded,
+        job_manifest["reused"],
         failed,
         100 * job_manifest["failure_rate"],
         len(rounds),

@@ -14,6 +14,13 @@ again rewrites the unfinished batches from the start and skips the finished ones
 one row per ``custom_id``. A stream cut mid-way is a transient fault like any other: the
 retry policy downloads it again from the start (the results of an ended batch do not change
 between downloads) and the part files of the broken attempt are discarded.
+
+With an answer store (``reuse_answers``), the succeeded, schema-valid answers of each batch
+are written to it as one segment, keyed by the fingerprints submit recorded, before the
+sidecar: a batch is gathered only once its answers are stored. With ``delete_batches`` each
+batch is deleted from the API right after its sidecar is written (never before its rows are
+landed and counted); the deletion is recorded in the sidecar and the round manifest, and a
+re-run finds the sidecar and never asks the API for a deleted batch.
 """
 
 from __future__ import annotations
@@ -29,17 +36,29 @@ import msgspec
 
 from airflow_batch import layout
 from airflow_batch.costs import PriceTable, price_table, sum_costs
+from airflow_batch.exceptions import BatchesApiError
 from airflow_batch.gather.rows import (
     DEFAULT_RETRYABLE,
     RESULT_TYPES,
     BlockRows,
     BlockSettings,
     InputMeta,
+    ResultRow,
     block_rows,
     custom_id_decoder,
     missing_rows,
+    row_encoder,
+    stored_answer,
 )
-from airflow_batch.manifest import RoundManifest, Usage, sum_usages
+from airflow_batch.manifest import (
+    BatchStatus,
+    CostFigures,
+    RequestCounts,
+    RoundManifest,
+    Usage,
+    sum_usages,
+)
+from airflow_batch.reuse.store import SegmentWriter
 from airflow_batch.storage import (
     as_path,
     atomic_writer,
@@ -72,6 +91,10 @@ class BatchGatherStats:
     retryable: int = 0
     usage_by_model: dict[str, Usage] = field(default_factory=dict)
     attempts: int = 0
+    #: Answers written to the answer store (0 without one).
+    stored: int = 0
+    #: When the batch was deleted from the API after landing (``delete_batches``), else None.
+    deleted_at: str | None = None
 
     def add(self, rows: BlockRows | BatchGatherStats) -> None:
         """Add the counts and usage of a block's rows, or of another batch."""
@@ -96,7 +119,10 @@ class BatchGatherStats:
 class _InputLine(msgspec.Struct, gc=False):
     custom_id: str
     row: int | None = None
-    input: msgspec.Raw = msgspec.Raw(b"")  # absent: the record carries no passthrough field
+    # Not ``Raw | None``: msgspec 0.22 decodes that union as null only. An absent input is an
+    # empty (falsy) Raw.
+    input: msgspec.Raw = msgspec.Raw()
+    fingerprint: str | None = None
 
 
 _input_line_decoder = msgspec.json.Decoder(_InputLine)
@@ -105,7 +131,7 @@ _input_line_decoder = msgspec.json.Decoder(_InputLine)
 def chunk_inputs(
     job: ObjectStoragePath, round_number: int, record: Mapping[str, Any]
 ) -> dict[str, InputMeta]:
-    """Return ``custom_id -> (input row, passthrough fields)`` of the requests of one submitted chunk.
+    """Return ``custom_id -> (input row, passthrough fields, fingerprint)`` of one submitted chunk.
 
     Read from the chunk's inputs twin; a chunk submitted without one (an older version) gives
     its ids from the chunk file, without row numbers.
@@ -113,8 +139,8 @@ def chunk_inputs(
     inputs = layout.chunk_inputs_path(job, round_number, int(record["chunk"]))
     if inputs.exists():
         lines = _input_line_decoder.decode_lines(inputs.read_bytes())
-        return {line.custom_id: (line.row, line.input if len(line.input) else None) for line in lines}
-    return dict.fromkeys(chunk_ids(record["chunk_path"]), (None, None))
+        return {line.custom_id: (line.row, line.input or None, line.fingerprint) for line in lines}
+    return dict.fromkeys(chunk_ids(record["chunk_path"]), (None, None, None))
 
 
 def chunk_ids(path: ObjectStoragePath | str) -> set[str]:
@@ -133,6 +159,10 @@ class GatherConfig:
     retryable_types: frozenset[str] = DEFAULT_RETRYABLE
     validator: Validator | None = None
     table: PriceTable = field(default_factory=price_table)
+    #: Where succeeded answers are stored for later runs (the job's ``answer_store``), or None.
+    answer_store: ObjectStoragePath | None = None
+    #: Delete each batch from the API once its rows are landed and counted.
+    delete_batches: bool = False
 
     def block_settings(
         self,
@@ -152,6 +182,7 @@ class GatherConfig:
             self.validator,
             self._long_prompt_above,
             self.table.data_residency_geos,
+            keep_rows=self.answer_store is not None,
         )
 
     def _long_prompt_above(self, model: str) -> int | None:
@@ -159,13 +190,46 @@ class GatherConfig:
         return price.long_prompt_above if price is not None else None
 
 
+@dataclass
+class AnswerSink:
+    """Where a batch's answers go in the answer store: a segment, and the source each answer names."""
+
+    segment: SegmentWriter
+    source_prefix: bytes  # the source JSON up to its usage: {"batch_id":..,"job_dir":..,...,"usage":
+
+    def add(self, rows: Iterable[ResultRow], inputs: Mapping[str, InputMeta]) -> None:
+        """Store the answers of result rows whose request has a fingerprint."""
+        prefix = self.source_prefix
+        for row in rows:
+            fingerprint = inputs.get(row.custom_id, _NO_FINGERPRINT)[2]
+            if fingerprint is not None:
+                source = prefix + row_encoder.encode(row.usage) + b"}"
+                self.segment.add(fingerprint.encode(), stored_answer(row), source)
+
+
+_NO_FINGERPRINT: InputMeta = (None, None, None)
+
+
+def answer_source_prefix(batch_id: str | None, job: str, round_number: int, written_at: str) -> bytes:
+    """Return the start of an answer's source JSON: batch, job folder, round and time, up to its usage."""
+    encoded = row_encoder.encode(
+        {"batch_id": batch_id, "job_dir": job, "round": round_number, "written_at": written_at}
+    )
+    return encoded[:-1] + b',"usage":'
+
+
 def write_rows(
-    chunks: Iterable[bytes], results_out: IO[bytes], failures_out: IO[bytes], settings: BlockSettings
+    chunks: Iterable[bytes],
+    results_out: IO[bytes],
+    failures_out: IO[bytes],
+    settings: BlockSettings,
+    answers: AnswerSink | None = None,
 ) -> BatchGatherStats:
     """Turn a results stream into result and failure rows; return the batch's counts and usage.
 
     The batch's requests are ``settings.inputs``: those with no line become ``missing``
-    failures; a repeated ``custom_id`` keeps its first line only.
+    failures; a repeated ``custom_id`` keeps its first line only. With ``answers``, the
+    result rows (succeeded and schema-valid) are also added to the answer store's segment.
     """
     stats = BatchGatherStats(batch_id=settings.batch_id, results_path="", failures_path="")
     seen: set[str] = set()
@@ -174,6 +238,8 @@ def write_rows(
         stats.add(rows)
         results_out.write(rows.results)
         failures_out.write(rows.failures)
+        if answers is not None:
+            answers.add(rows.result_rows, settings.inputs)
     missing_ids = settings.inputs.keys() - seen
     if missing_ids:
         missing = missing_rows(sorted(missing_ids), settings)
@@ -211,7 +277,10 @@ def gather_batch(
     sidecar = layout.gather_stats_path(job, round_number, batch_id)
     if sidecar.exists():
         logger.info("batch %s of round %d was gathered before; keeping its files", batch_id, round_number)
-        return BatchGatherStats.from_json(read_json(sidecar))
+        stats = BatchGatherStats.from_json(read_json(sidecar))
+        if config.delete_batches and stats.deleted_at is None:
+            _delete_batch(api, stats, sidecar, logger)
+        return stats
     results_path = layout.results_part(job, round_number, batch_id)
     failures_path = layout.failures_part(job, round_number, batch_id)
     _remove_leftovers(results_path)
@@ -220,19 +289,52 @@ def gather_batch(
         batch_id, round_number, chunk_inputs(job, round_number, record), canceled_by_timeout
     )
     attempts = 0
+    written_at = datetime.now(UTC)
+    sinks: list[AnswerSink] = []
 
     def land(chunks: Iterator[bytes]) -> BatchGatherStats:
         nonlocal attempts
         attempts += 1
+        for sink in sinks:  # an earlier attempt's answers: its stream was cut
+            sink.segment.close()
+        sinks.clear()
+        if config.answer_store is not None:
+            prefix = answer_source_prefix(batch_id, str(job), round_number, written_at.isoformat())
+            sinks.append(AnswerSink(SegmentWriter(), prefix))
         with atomic_writer(results_path) as results_out, atomic_writer(failures_path) as failures_out:
-            return write_rows(chunks, results_out, failures_out, settings)
+            return write_rows(chunks, results_out, failures_out, settings, sinks[0] if sinks else None)
 
-    stats = api.download_results(batch_id, land)
+    try:
+        stats = api.download_results(batch_id, land)
+        if sinks and config.answer_store is not None:
+            segment = layout.answer_segment_name(batch_id)
+            stats.stored = sinks[0].segment.commit(config.answer_store, segment, written_at.timestamp())
+    finally:
+        for sink in sinks:
+            sink.segment.close()
     stats.results_path = str(results_path)
     stats.failures_path = str(failures_path)
     stats.attempts = attempts
     write_json(sidecar, stats.to_json())
+    if config.delete_batches:
+        _delete_batch(api, stats, sidecar, logger)
     return stats
+
+
+def _delete_batch(
+    api: BatchesApi, stats: BatchGatherStats, sidecar: ObjectStoragePath, logger: logging.Logger
+) -> None:
+    """Delete a landed batch from the API and record when in its sidecar (a batch already gone is fine)."""
+    try:
+        api.delete(stats.batch_id)
+    except BatchesApiError as exc:
+        if exc.status_code != 404:
+            raise
+        logger.info("batch %s was already deleted from the API", stats.batch_id)
+    else:
+        logger.info("batch %s deleted from the API: its rows are landed", stats.batch_id)
+    stats.deleted_at = datetime.now(UTC).isoformat()
+    write_json(sidecar, stats.to_json())
 
 
 def gather_round(
@@ -262,6 +364,8 @@ def gather_round(
         if max_cost_usd is not None
         else None
     )
+    if watch is not None:
+        watch.check(round_cost(manifest, table.cost({}))["batch_usd"])
     for record in manifest.get("batches", []):
         batch_id = record["batch_id"]
         stats = gather_batch(
@@ -282,7 +386,7 @@ def gather_round(
         )
         all_stats.append(stats)
         if watch is not None:
-            watch.check(table.cost(_usage_by_model(all_stats))["batch_usd"])
+            watch.check(round_cost(manifest, table.cost(_usage_by_model(all_stats)))["batch_usd"])
     return round_manifest(manifest, all_stats, table=table, job=job, watch=watch)
 
 
@@ -323,9 +427,49 @@ def job_validator(job: ObjectStoragePath) -> Validator | None:
     schema = read_spec(job).get("output_schema")
     if schema is None:
         return None
-    from airflow_batch.schema import job_schema
+    from airflow_batch.schema import recorded_validator
 
-    return job_schema(schema).validator
+    return recorded_validator(schema)
+
+
+def landed_batches(
+    job: ObjectStoragePath, round_number: int, batch_ids: Iterable[str]
+) -> dict[str, BatchStatus]:
+    """Return the final status of the batches of a round already gathered (their sidecar exists).
+
+    Such a batch ended, and with ``delete_batches`` it may no longer exist on the API: a wait run
+    again (a cleared DAG run) takes its status from here instead of asking for it.
+    """
+    landed: dict[str, BatchStatus] = {}
+    for batch_id in batch_ids:
+        sidecar = layout.gather_stats_path(job, round_number, batch_id)
+        if not sidecar.exists():
+            continue
+        counts = BatchGatherStats.from_json(read_json(sidecar)).result_counts
+        answered = sum(counts.get(kind, 0) for kind in ANSWERED_KINDS)
+        landed[batch_id] = BatchStatus(
+            processing_status="ended",
+            request_counts=RequestCounts(
+                processing=0,
+                succeeded=answered,
+                errored=counts.get("errored", 0) + counts.get("missing", 0),
+                canceled=counts.get("canceled", 0),
+                expired=counts.get("expired", 0),
+            ),
+            expires_at=None,
+            ended_at=None,
+        )
+    return landed
+
+
+#: Result kinds the API counted as ``succeeded`` (an answer came back, usable or not).
+ANSWERED_KINDS = ("succeeded", "invalid_output", "paused", "refused", "context_window_exceeded")
+
+
+def job_answer_store(job: ObjectStoragePath) -> ObjectStoragePath | None:
+    """Return the answer store the job writes its answers to (``reuse_answers``), or None."""
+    store = read_spec(job).get("answer_store")
+    return as_path(store) if store else None
 
 
 def read_spec(job: ObjectStoragePath) -> dict[str, Any]:
@@ -349,6 +493,12 @@ def _usage_by_model(all_stats: Iterable[BatchGatherStats]) -> dict[str, Usage]:
     return total.usage_by_model
 
 
+def round_cost(manifest: Mapping[str, Any], batches: CostFigures) -> CostFigures:
+    """Return what a round paid: its batches (at batch prices) and its canary (at standard prices)."""
+    canary = manifest.get("canary") or {}
+    return sum_costs([batches, canary["cost"]]) if canary.get("cost") else batches
+
+
 def round_manifest(
     manifest: RoundManifest,
     all_stats: list[BatchGatherStats],
@@ -367,14 +517,19 @@ def round_manifest(
     for stats in all_stats:
         total.add(stats)
     out: RoundManifest = {**manifest, "stage": "gathered"}  # type: ignore[typeddict-item]
-    out["results_paths"] = [s.results_path for s in all_stats]
+    reused_path = manifest.get("reused_path")
+    out["results_paths"] = ([reused_path] if reused_path else []) + [s.results_path for s in all_stats]
     out["failures_paths"] = [s.failures_path for s in all_stats]
     out["result_counts"] = total.result_counts
     out["error_types"] = dict(sorted(total.error_types.items()))
     out["retryable"] = total.retryable
     out["usage"] = sum_usages(total.usage_by_model.values())
     out["usage_by_model"] = total.usage_by_model
-    out["cost"] = table.cost(total.usage_by_model)
+    out["cost"] = round_cost(manifest, table.cost(total.usage_by_model))
+    out["answers_stored"] = sum(s.stored for s in all_stats)
+    deleted = {s.batch_id: s.deleted_at for s in all_stats if s.deleted_at is not None}
+    if deleted:
+        out["deleted_batches"] = deleted
     if watch is not None:
         out["budget"] = watch.figures()
     out["gathered_at"] = datetime.now(UTC).isoformat()

@@ -30,7 +30,7 @@ class _Request(msgspec.Struct, gc=False):
 class _Input(msgspec.Struct, gc=False):
     custom_id: str
     row: int | None = None
-    input: msgspec.Raw = msgspec.Raw(b"")  # absent: the record carries no passthrough field
+    input: msgspec.Raw = msgspec.Raw()  # absent: empty (see gathering._InputLine)
 
 
 _request_decoder = msgspec.json.Decoder(_Request)
@@ -81,6 +81,6 @@ def original_requests(manifest: Mapping[str, Any]) -> Iterator[Carried]:
             content = retry[custom_id]
             yield Carried(
                 continue_turn(line, content) if content is not None else line,
-                meta.input if meta is not None and len(meta.input) else None,
+                (meta.input or None) if meta is not None else None,
                 meta.row if meta is not None else None,
             )

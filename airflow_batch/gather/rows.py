@@ -267,8 +267,26 @@ class FailureRow(msgspec.Struct, gc=False, omit_defaults=True):
     input: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
+class StoredAnswer(msgspec.Struct, gc=False, omit_defaults=True):
+    """What the answer store keeps of a result row: the answer, without what belongs to one run."""
+
+    model: str
+    stop_reason: str | None
+    text: msgspec.Raw
+    output: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    tool_calls: list[ToolCall] | msgspec.UnsetType = msgspec.UNSET
+    content: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
 row_encoder = msgspec.json.Encoder()
 failure_row_decoder = msgspec.json.Decoder(FailureRow)
+
+
+def stored_answer(row: ResultRow) -> bytes:
+    """Return the answer JSON the answer store keeps of a result row (see :class:`StoredAnswer`)."""
+    return row_encoder.encode(
+        StoredAnswer(row.model, row.stop_reason, row.text, row.output, row.tool_calls, row.content)
+    )
 
 
 def classify_failure(
@@ -326,8 +344,9 @@ def to_usage(usage: LineUsage) -> RowUsage:
 
 # ---- blocks of lines ------------------------------------------------------------------
 
-InputMeta = tuple[int | None, msgspec.Raw | None]
-"""What submit recorded of a request: its input row and its passthrough fields (raw JSON)."""
+InputMeta = tuple[int | None, msgspec.Raw | None, str | None]
+"""What submit recorded of a request: its input row, its passthrough fields (raw JSON) and, with an
+answer store, its fingerprint."""
 
 
 @dataclass(frozen=True)
@@ -339,6 +358,7 @@ class BlockSettings:
     :param long_prompt_above: ``model -> input tokens above which it is priced at its
         long-prompt tier`` (None: no tier).
     :param residency_geos: ``inference_geo`` values priced with the data-residency multiplier.
+    :param keep_rows: keep the result row objects in :attr:`BlockRows.result_rows` (answer store).
     """
 
     batch_id: str
@@ -350,6 +370,7 @@ class BlockSettings:
     validator: Validator | None = None
     long_prompt_above: Callable[[str], int | None] = lambda model: None
     residency_geos: frozenset[str] = frozenset()
+    keep_rows: bool = False
 
 
 @dataclass
@@ -362,6 +383,8 @@ class BlockRows:
     error_types: dict[str, int] = field(default_factory=dict)
     retryable: int = 0
     usage_by_model: dict[str, Usage] = field(default_factory=dict)
+    #: The result rows themselves, for the answer store (kept only when asked: ``keep_rows``).
+    result_rows: list[ResultRow] = field(default_factory=list)
 
 
 SLICE_BYTES = 1 << 17
@@ -434,6 +457,8 @@ def _add_slice(
             row = _other_row(line, full.get(line.custom_id), settings)
             (rows if isinstance(row, ResultRow) else failure_rows).append(row)
     if rows:
+        if settings.keep_rows:
+            out.result_rows.extend(rows)
         out.result_counts["succeeded"] = out.result_counts.get("succeeded", 0) + len(rows)
         _sum_usage(out.usage_by_model, rows, settings)
         results.append(row_encoder.encode_lines(rows))
@@ -471,7 +496,7 @@ def _plain_rows(lines: list[Any], settings: BlockSettings) -> tuple[list[Any], l
     return _checked(rows, settings)
 
 
-_NO_META: InputMeta = (None, None)
+_NO_META: InputMeta = (None, None, None)
 
 
 def _checked(rows: list[ResultRow], settings: BlockSettings) -> tuple[list[Any], list[Any]]:
@@ -579,6 +604,14 @@ def _other_row(line: Any, full: ResultLine[MessageWithContent] | None, settings:
         valid, invalid = _checked([row], settings)
         return (valid or invalid)[0]
     return row
+
+
+def answer_row(line: ResultLine[MessageWithContent], settings: BlockSettings) -> ResultRow | FailureRow:
+    """Return the row of one succeeded line decoded in full: a result, or the failure it is.
+
+    The canary's answers go through here, so they are judged exactly as a batch's are.
+    """
+    return _other_row(line, line, settings)  # type: ignore[no-any-return]
 
 
 def to_failure_row(line: ResultLine[Any], settings: BlockSettings, meta: InputMeta = _NO_META) -> FailureRow:

@@ -3,10 +3,12 @@
 ``results.parquet`` columns, in order: ``custom_id``, ``row``, the passthrough fields (the
 record's ``input`` fields, each its own column), each top-level property of the output schema
 as its own column (or ``text`` when the job has no schema), ``model``, ``stop_reason``, the
-token columns, ``round``, ``batch_id``. JSON Schema types map to Arrow types: string ->
-string, integer -> int64, number -> float64, boolean -> bool, an enum of strings -> a
-dictionary-encoded string, an object -> a struct of its properties, an array -> a list of its
-items, ``anyOf`` of one type and null -> that type (nullable); anything else -> its JSON text.
+token columns, ``round``, ``batch_id``, ``reused_from`` (null for an answer of the job's own
+batches; else the batch it was reused from, or ``canary`` for an answer the canary got).
+JSON Schema types map to Arrow types: string -> string, integer -> int64, number -> float64,
+boolean -> bool, an enum of strings -> a dictionary-encoded string, an object -> a struct of its
+properties, an array -> a list of its items, ``anyOf`` of one type and null -> that type
+(nullable); anything else -> its JSON text.
 
 ``failures.parquet``: ``custom_id``, ``row``, the passthrough fields, ``result_type``,
 ``error_type``, ``message``, ``request_id``, ``retryable``, ``round``, ``batch_id``.
@@ -19,7 +21,7 @@ first row group; a later value of another type fails the write naming the field 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -41,7 +43,9 @@ TOKEN_COLUMNS = (
     "cache_creation_1h_input_tokens",
     "cache_read_input_tokens",
 )
-_RESULT_COLUMNS = {"custom_id", "row", "text", "model", "stop_reason", "round", "batch_id", *TOKEN_COLUMNS}
+_RESULT_COLUMNS = {
+    "custom_id", "row", "text", "model", "stop_reason", "round", "batch_id", "reused_from", *TOKEN_COLUMNS,
+}  # fmt: skip
 _FAILURE_COLUMNS = ("result_type", "error_type", "message", "request_id", "retryable")
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -144,6 +148,7 @@ class _Writer:
         usage: Sequence[str] = (),
         outputs: Sequence[str] = (),
         as_text: Sequence[str] = (),
+        derived: Mapping[str, Callable[[dict[str, Any]], Any]] | None = None,
     ) -> None:
         self.path = path
         self.fixed = fixed
@@ -151,6 +156,7 @@ class _Writer:
         self.usage = set(usage)
         self.outputs = list(outputs)
         self.as_text = set(as_text)
+        self.derived = dict(derived or {})
         self.schema: Any = None
 
     def write(self, groups: Iterable[list[dict[str, Any]]]) -> int:
@@ -226,12 +232,22 @@ class _Writer:
                 columns[name] = outputs[name]
             elif name in self.usage:
                 columns[name] = pa.array([usage.get(name, 0) for usage in usages], type=kind)
+            elif name in self.derived:
+                columns[name] = pa.array([self.derived[name](row) for row in rows], type=kind)
             else:
                 columns[name] = pa.array([row.get(name) for row in rows], type=kind)
         table = pa.table(columns)
         if self.schema is None:
             self.schema = table.schema
         return table.select([field.name for field in self.schema])
+
+
+def _reused_label(row: Mapping[str, Any]) -> str | None:
+    """Return where a reused answer came from: the batch id, or "canary"; None for the job's own."""
+    source = row.get("reused_from")
+    if not isinstance(source, Mapping):
+        return None
+    return "canary" if source.get("canary") else source.get("batch_id")
 
 
 def _fits(pa: Any, value: Any, kind: Any) -> bool:
@@ -293,6 +309,7 @@ def write_tables(
         *[(name, pa.int64()) for name in TOKEN_COLUMNS],
         ("round", pa.int64()),
         ("batch_id", pa.string()),
+        ("reused_from", pa.string()),
     ]
     body = list(outputs.items()) if outputs else [("text", pa.string())]
 
@@ -303,6 +320,7 @@ def write_tables(
         usage=TOKEN_COLUMNS,
         outputs=list(outputs),
         as_text=sorted(as_text),
+        derived={"reused_from": _reused_label},
     ).write(_groups(results_jsonl))
     failure_fixed = [
         *head,

@@ -13,6 +13,9 @@ from airflow_batch.manifest import JobIdentity, RoundManifest
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+#: What ``delete_batches`` accepts: off, or delete each batch once its rows are landed.
+DELETE_BATCHES = (None, "after_gather")
+
 
 class GatherResultsOperator(BaseOperator):
     """
@@ -41,6 +44,15 @@ class GatherResultsOperator(BaseOperator):
     :param max_cost_usd: Budget of the whole job at batch prices: as results land, the job's
         actual spend is compared with it and a warning says so when it is passed (the round
         manifest's ``budget`` records it).
+    :param delete_batches: ``"after_gather"``: delete each batch (and its results) from the API
+        once its result and failure rows are written and counted, never before: batches are not
+        eligible for zero data retention and otherwise stay 29 days. The round manifest's
+        ``deleted_batches`` records when; a re-run finds the batch gathered and does not ask the API
+        for it again. Default ``None``: batches are left on the API.
+
+    With ``reuse_answers`` on the job's submit, the round's succeeded, schema-valid answers are
+    also written to the answer store (``answers_stored`` in the manifest), and the rows the submit
+    answered without a batch (``round-N/reused.jsonl``) are the first of ``results_paths``.
     """
 
     template_fields: Sequence[str] = ("manifest", "conn_id")
@@ -55,9 +67,15 @@ class GatherResultsOperator(BaseOperator):
         retryable_error_types: Iterable[str] | None = None,
         prices: Mapping[str, Mapping[str, Any]] | None = None,
         max_cost_usd: float | None = None,
+        delete_batches: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if delete_batches not in DELETE_BATCHES:
+            raise ValueError(
+                f"{self.task_id}: delete_batches must be None or 'after_gather', got {delete_batches!r}"
+            )
+        self.delete_batches = delete_batches
         self.max_cost_usd = max_cost_usd
         self.manifest = manifest
         self.conn_id = conn_id
@@ -70,17 +88,20 @@ class GatherResultsOperator(BaseOperator):
     def execute(self, context: Context) -> RoundManifest:
         """Gather the round and return its manifest."""
         from airflow_batch.costs import price_table
-        from airflow_batch.gather.gathering import GatherConfig, gather_round, job_validator
+        from airflow_batch.gather.gathering import GatherConfig, gather_round, job_answer_store, job_validator
         from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.storage import as_path
 
         manifest: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
         identity = JobIdentity.of(manifest, self.conn_id, self.task_id)
+        job = as_path(manifest["job_dir"])
         config = GatherConfig(
             include_content=self.include_content,
             retryable_types=self.retryable_error_types,
-            validator=job_validator(as_path(manifest["job_dir"])),
+            validator=job_validator(job),
             table=price_table(self.prices),
+            answer_store=job_answer_store(job),
+            delete_batches=self.delete_batches == "after_gather",
         )
         hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
         with hook.batches_api() as api:
@@ -95,9 +116,13 @@ class GatherResultsOperator(BaseOperator):
         self.log.info(
             "round %d gathered: %s; %d retryable; cost $%.4f at batch prices ($%.4f standard)",
             out["round"],
-            ", ".join(f"{n} {t}" for t, n in counts.items() if n),
+            ", ".join(f"{n} {t}" for t, n in [*counts.items(), ("reused", out.get("reused", 0))] if n),
             out["retryable"],
             out["cost"]["batch_usd"],
             out["cost"]["standard_usd"],
         )
+        if out.get("answers_stored"):
+            self.log.info("%d answer(s) written to the answer store", out["answers_stored"])
+        if out.get("deleted_batches"):
+            self.log.info("%d batch(es) deleted from the API", len(out["deleted_batches"]))
         return out

@@ -67,10 +67,12 @@ class RetryFailedOperator(BaseOperator):
     def execute(self, context: Context) -> RoundManifest:
         """Submit the next round, or skip when no failure of the previous round is retryable."""
         from airflow_batch.gather.finalizing import job_cost
+        from airflow_batch.gather.gathering import read_spec
         from airflow_batch.gather.retrying import original_requests
         from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.storage import as_path
         from airflow_batch.submit.round import SubmitSettings, submit_round
+        from airflow_batch.submit.routing import AnswerReuse
 
         previous: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
         identity = JobIdentity.of(previous, self.conn_id, self.task_id)
@@ -94,6 +96,9 @@ class RetryFailedOperator(BaseOperator):
         if self.max_cost_usd is not None:
             settings = replace(settings, max_cost_usd=self.max_cost_usd, spent_usd=job_cost(job)["batch_usd"])
         round_number = previous["round"] + 1
+        # The retried requests were not in the answer store at round 0; they are fingerprinted so
+        # that gather stores their answers for later runs, not looked up again.
+        store = read_spec(job).get("answer_store")
         self.log.info(
             "round %d: resubmitting %d retryable failure(s) of round %d",
             round_number,
@@ -112,6 +117,7 @@ class RetryFailedOperator(BaseOperator):
                     settings=settings,
                     state_store=context.get("task_state_store"),
                     log=self.log,  # type: ignore[arg-type]
+                    reuse=AnswerReuse(store, lookup=False) if store else None,
                 )
             except QueueWaitNeeded as pause:
                 defer_for_room(self, pause, identity, round_number, self.poll_interval)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
@@ -15,10 +16,12 @@ from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, RoundManife
 from airflow_batch.operators.queueing import defer_for_room, resume_round
 from airflow_batch.schema import job_schema
 from airflow_batch.storage import write_json
+from airflow_batch.submit.canary import CanarySettings
 from airflow_batch.submit.inputs import check_location
 from airflow_batch.submit.queue import QueueWaitNeeded
 from airflow_batch.submit.records import CustomIdFrom, RequestBuilder, RequestDefaults, records_to_requests
 from airflow_batch.submit.round import SubmitSettings
+from airflow_batch.submit.routing import AnswerReuse
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
 
 if TYPE_CHECKING:
@@ -120,6 +123,24 @@ class SubmitBatchesOperator(BaseOperator):
     :param betas: Beta names sent as ``anthropic-beta`` on every call of the job (create, wait,
         results, cancel, count_tokens); recorded in the manifest.
     :param workspace_id: Sent as ``anthropic-workspace-id`` on every call of the job.
+    :param reuse_answers: Answer requests already answered by an earlier run instead of sending
+        them: every request is looked up by its fingerprint (its ``params`` as sent, without the
+        ``custom_id``) in the answer store before it is chunked; a hit is not sent, its result row
+        (``round-0/reused.jsonl``, marked ``reused_from``) costs nothing, and it counts as
+        ``reused`` in the manifests and on the batch jobs page. Gather stores this job's
+        succeeded, schema-valid answers for later runs. A run whose every request is found
+        creates no batch at all.
+    :param answer_store: URI of the answer store (any ``ObjectStoragePath``; default
+        ``{output_path}/_answers``). Share one between DAGs to reuse each other's answers. Templated.
+    :param max_age: How old a reused answer may be: seconds or a ``timedelta`` (default: any age).
+    :param canary: Before creating any batch, send this many requests (the first ones to be sent,
+        in input order) through the Messages API at standard price and check each answer
+        (schema-valid with an ``output_schema``, text otherwise, not cut at ``max_tokens``); above
+        ``canary_max_failure_rate`` unusable, the task fails with ``CanaryFailedError`` quoting
+        them and nothing is created. Usable answers are kept as results (not sent again); the
+        canary's cost counts in the budget and the manifests; its output length becomes the
+        estimate's expected figure when ``expected_output_tokens`` is not given.
+    :param canary_max_failure_rate: Share of canary answers (0-1) that may be unusable (default 0).
     """
 
     template_fields: Sequence[str] = (
@@ -130,6 +151,7 @@ class SubmitBatchesOperator(BaseOperator):
         "system",
         "model",
         "prompt_template",
+        "answer_store",
     )
     ui_color = "#f3d9c4"
 
@@ -165,6 +187,11 @@ class SubmitBatchesOperator(BaseOperator):
         adopt_orphans: bool = True,
         betas: Sequence[str] = (),
         workspace_id: str | None = None,
+        reuse_answers: bool = False,
+        answer_store: str | None = None,
+        max_age: float | timedelta | None = None,
+        canary: int = 0,
+        canary_max_failure_rate: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -210,6 +237,15 @@ class SubmitBatchesOperator(BaseOperator):
         self.betas = list(betas)
         self.workspace_id = workspace_id
         self.poll_interval = poll_interval
+        if answer_store is not None and not reuse_answers:
+            raise ValueError(f"{self.task_id}: answer_store= goes with reuse_answers=True")
+        check_location(answer_store, f"{self.task_id}: answer_store")
+        self.reuse_answers = reuse_answers
+        self.answer_store = answer_store
+        self.max_age = max_age.total_seconds() if isinstance(max_age, timedelta) else max_age
+        if self.max_age is not None and self.max_age <= 0:
+            raise ValueError(f"{self.task_id}: max_age must be positive, got {max_age!r}")
+        self.canary = CanarySettings(canary, canary_max_failure_rate) if canary else None
 
     def render_template(
         self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
@@ -282,8 +318,18 @@ class SubmitBatchesOperator(BaseOperator):
             expected_basis=f"observed in the last {runs} run(s) of this task",
         )
 
+    def answer_store_uri(self) -> str | None:
+        """Return the answer store URI (``answer_store``, else ``{output_path}/_answers``), or None."""
+        if not self.reuse_answers:
+            return None
+        if self.answer_store:
+            check_location(self.answer_store, f"{self.task_id}: answer_store", rendered=True)
+            return str(self.answer_store)
+        return layout.default_answer_store(self.base_path())
+
     def job_spec(self) -> dict[str, Any]:
-        """Return what gather and finalize need to know of the job: output schema, passthrough fields."""
+        """Return what gather, retries and finalize need to know of the job: output schema,
+        passthrough fields, where earlier runs' output lengths and the answer store are."""
         passthrough = [*self.passthrough_fields]
         if self.custom_id_from is not None and "key" not in passthrough:
             passthrough.append("key")
@@ -291,6 +337,7 @@ class SubmitBatchesOperator(BaseOperator):
             "output_schema": self.job_schema.schema if self.job_schema is not None else None,
             "passthrough_fields": passthrough,
             "history_path": str(self.history_path()),
+            "answer_store": self.answer_store_uri(),
         }
 
     def execute(self, context: Context) -> RoundManifest:
@@ -312,8 +359,10 @@ class SubmitBatchesOperator(BaseOperator):
         source = self.records if self.records is not None else self.requests
         job = self.job_dir(context)
         hook = BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
+        spec = self.job_spec()
+        store = spec["answer_store"]
         with hook.batches_api() as api:
-            write_json(layout.job_spec_path(job), self.job_spec())
+            write_json(layout.job_spec_path(job), spec)
             try:
                 return submit_round(
                     api,
@@ -326,6 +375,9 @@ class SubmitBatchesOperator(BaseOperator):
                     log=self.log,  # type: ignore[arg-type]
                     defaults=defaults,
                     row_label="line" if is_file_input(source) else "row",
+                    reuse=AnswerReuse(store, max_age=self.max_age) if store else None,
+                    canary=self.canary,
+                    validator=self.job_schema.validator if self.job_schema is not None else None,
                 )
             except QueueWaitNeeded as pause:
                 defer_for_room(self, pause, identity, 0, self.poll_interval)

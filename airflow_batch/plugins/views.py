@@ -5,6 +5,10 @@ and hands them here; nothing in this module touches Airflow, a database or stora
 page's logic is tested without a server. The markup lives in ``templates/jobs.html``
 (:mod:`airflow_batch.plugins.rendering`).
 
+Requests answered without a batch show beside the others: ``reused`` (from the answer store, no
+cost) as a bar segment of their own, canary answers as succeeded, and the canary's figures and
+batches deleted after landing under the status.
+
 A job is one job folder (``manifest["job_dir"]``). Each of its tasks (submit, wait, gather,
 retry, finalize) returns a manifest; for a round the most advanced one wins
 (gathered > waited > submitted), and a live ``progress.json`` fills in while the wait is
@@ -25,9 +29,20 @@ from urllib.parse import urlencode
 
 from airflow_batch.layout import FINAL_MANIFEST_FILE
 from airflow_batch.links.urls import batch_console_url
-from airflow_batch.manifest import STAGE_ORDER, RequestCounts, Usage, empty_counts, empty_usage, sum_usages
+from airflow_batch.manifest import STAGE_ORDER, Usage, empty_usage, sum_usages
 
-COUNT_KINDS: tuple[str, ...] = ("succeeded", "errored", "expired", "canceled", "processing")
+#: The kinds of a progress bar, in order: the API's request counts, and ``reused`` (answered
+#: from the answer store: no batch, no cost) after ``succeeded``.
+COUNT_KINDS: tuple[str, ...] = ("succeeded", "reused", "errored", "expired", "canceled", "processing")
+#: Request counts by kind (:data:`COUNT_KINDS`), as a bar shows them.
+BarCounts = dict[str, int]
+
+
+def empty_counts() -> BarCounts:
+    """Return all-zero bar counts."""
+    return dict.fromkeys(COUNT_KINDS, 0)
+
+
 #: The files finalize writes, by job-manifest key, in the order the page links them.
 FINAL_FILE_KEYS: tuple[tuple[str, str], ...] = (
     ("results_path", "results"),
@@ -118,16 +133,44 @@ class FileLink:
     path: str
 
 
+@dataclass(frozen=True)
+class CanaryView:
+    """What a round's canary did: answers kept, answers unusable (sent in the batch), its cost."""
+
+    requests: int
+    answered: int
+    failed: int
+    cost_usd: float
+
+    @classmethod
+    def of(cls, record: Any) -> CanaryView | None:
+        """Return the canary a round manifest records, or None."""
+        if not isinstance(record, Mapping):
+            return None
+        cost = record.get("cost")
+        cost = cost if isinstance(cost, Mapping) else {}
+        return cls(
+            requests=int(record.get("requests", 0) or 0),
+            answered=int(record.get("answered", 0) or 0),
+            failed=int(record.get("failed", 0) or 0),
+            cost_usd=float(cost.get("standard_usd", 0.0) or 0.0),
+        )
+
+
 @dataclass
 class RoundView:
-    """One round of a job as the page shows it."""
+    """One round of a job as the page shows it.
+
+    ``requests`` are those sent in the round's batches; ``reused`` were answered from the answer
+    store and ``canary`` answered some before any batch (neither is in ``requests``).
+    """
 
     number: int
     stage: str  # refused | submitted | waiting | waited | gathered
     status: str
     batch_ids: list[str]
     requests: int
-    counts: RequestCounts
+    counts: BarCounts
     usage: Usage
     cost_batch_usd: float | None
     cost_standard_usd: float | None
@@ -141,6 +184,9 @@ class RoundView:
     failures: Failures | None = None
     duration_seconds: float | None = None
     wait: WaitProgress | None = None
+    reused: int = 0
+    canary: CanaryView | None = None
+    deleted: int = 0
 
     @property
     def files(self) -> list[FileLink]:
@@ -187,8 +233,31 @@ class JobView:
 
     @property
     def requests(self) -> int:
-        """Return the number of requests of the first submission (0 when it was refused)."""
-        return self.rounds[0].requests if self.rounds else int(self._final_value.get("requests", 0))
+        """Return the number of requests of the first submission, reused and canary ones included
+        (0 when it was refused)."""
+        if not self.rounds:
+            return int(self._final_value.get("requests", 0))
+        first = self.rounds[0]
+        return first.requests + first.reused + (first.canary.answered if first.canary else 0)
+
+    @property
+    def reused(self) -> int:
+        """Return how many requests were answered from the answer store (no batch, no cost)."""
+        if "reused" in self._final_value:
+            return int(self._final_value.get("reused", 0) or 0)
+        return sum(r.reused for r in self.rounds)
+
+    @property
+    def canaries(self) -> list[CanaryView]:
+        """Return the canaries of the job's rounds."""
+        return [r.canary for r in self.rounds if r.canary is not None]
+
+    @property
+    def deleted(self) -> int:
+        """Return how many of the job's batches were deleted from the API after landing."""
+        if "deleted_batches" in self._final_value:
+            return int(self._final_value.get("deleted_batches", 0) or 0)
+        return sum(r.deleted for r in self.rounds)
 
     @property
     def _final_value(self) -> Mapping[str, Any]:
@@ -248,11 +317,11 @@ class JobView:
         return gathered[-1].failures if gathered else None
 
     @property
-    def counts(self) -> RequestCounts:
+    def counts(self) -> BarCounts:
         """Return the counts the job's progress bar shows.
 
-        After finalize: the final outcome. Before: requests that succeeded in any gathered
-        round, plus the latest round's counts for what is still open.
+        After finalize: the final outcome. Before: requests that succeeded (or were reused) in any
+        earlier round, plus the latest round's counts for what is still open.
         """
         final_counts = _final_counts(self._final_value)
         if final_counts is not None:
@@ -260,8 +329,9 @@ class JobView:
         latest = self.latest
         if latest is None:
             return empty_counts()
-        counts = RequestCounts(**latest.counts)
-        counts["succeeded"] += sum(r.counts["succeeded"] for r in self.rounds[:-1])
+        counts = dict(latest.counts)
+        for kind in ("succeeded", "reused"):
+            counts[kind] += sum(r.counts[kind] for r in self.rounds[:-1])
         return counts
 
     @property
@@ -366,30 +436,31 @@ def _usage(raw: Mapping[str, Any] | None) -> Usage:
     return usage
 
 
-def _counts(raw: Mapping[str, Any] | None) -> RequestCounts:
+def _counts(raw: Mapping[str, Any] | None) -> BarCounts:
     counts = empty_counts()
     for key in counts:
-        counts[key] = int((raw or {}).get(key, 0) or 0)  # type: ignore[literal-required]
+        counts[key] = int((raw or {}).get(key, 0) or 0)
     return counts
 
 
-def _final_counts(value: Mapping[str, Any]) -> RequestCounts | None:
-    """Return the bar counts of a finalized job (``succeeded`` + ``failures_by_type``)."""
+def _final_counts(value: Mapping[str, Any]) -> BarCounts | None:
+    """Return the bar counts of a finalized job (``succeeded``, ``reused`` + ``failures_by_type``)."""
     if "succeeded" not in value:
         return None
     counts = empty_counts()
-    counts["succeeded"] = int(value.get("succeeded", 0) or 0)
+    counts["reused"] = int(value.get("reused", 0) or 0)
+    counts["succeeded"] = int(value.get("succeeded", 0) or 0) - counts["reused"]
     by_type = value.get("failures_by_type") or {}
     for kind, n in by_type.items():
         # Failure kinds the bar has no colour for (missing, invalid input) show as errored.
         key = kind if kind in ("errored", "expired", "canceled") else "errored"
-        counts[key] += int(n or 0)  # type: ignore[literal-required]
+        counts[key] += int(n or 0)
     unaccounted = int(value.get("failed", 0) or 0) - sum(int(n or 0) for n in by_type.values())
     counts["errored"] += max(unaccounted, 0)
     return counts
 
 
-def _gathered_counts(result_counts: Mapping[str, Any]) -> RequestCounts:
+def _gathered_counts(result_counts: Mapping[str, Any]) -> BarCounts:
     counts = _counts(result_counts)
     counts["processing"] = 0
     counts["errored"] += int(result_counts.get("missing", 0) or 0) + int(
@@ -474,7 +545,9 @@ def _round_view(record: ManifestRecord, progress: Mapping[str, Any] | None, now:
         return _refused_round_view(record)
     batch_ids = [str(b["batch_id"]) for b in value.get("batches", []) if "batch_id" in b]
     requests = int(value.get("requests", 0) or 0)
-    counts: RequestCounts
+    reused = int(value.get("reused", 0) or 0)
+    canary = CanaryView.of(value.get("canary"))
+    counts: BarCounts
     if stage == "gathered" and isinstance(value.get("result_counts"), Mapping):
         counts = _gathered_counts(value["result_counts"])
     elif stage == "waited":
@@ -485,6 +558,9 @@ def _round_view(record: ManifestRecord, progress: Mapping[str, Any] | None, now:
     else:
         counts = empty_counts()
         counts["processing"] = requests
+    # Answered at submit, before any batch: from the answer store (reused) or by the canary.
+    counts["reused"] = reused
+    counts["succeeded"] += canary.answered if canary is not None else 0
     cost = value.get("cost") if stage == "gathered" else None
     estimate = value.get("estimate")
     ended_at = value.get("gathered_at") if stage == "gathered" else value.get("waited_at")
@@ -510,6 +586,9 @@ def _round_view(record: ManifestRecord, progress: Mapping[str, Any] | None, now:
         failures=_round_failures(value) if stage == "gathered" else None,
         duration_seconds=_seconds_between(value.get("submitted_at"), ended_at),
         wait=_wait_progress(value, progress, now) if stage in ("submitted", "waiting") else None,
+        reused=reused,
+        canary=canary,
+        deleted=len(value.get("deleted_batches") or {}),
     )
 
 
@@ -524,6 +603,8 @@ def _round_status(
         ended = progress.get("batches_ended", 0)
         total = progress.get("batches_total", batches)
         return f"waiting ({ended}/{total} batches ended)"
+    if not batches and (value.get("reused") or value.get("canary")):
+        return "answered without a batch"
     return "submitted" if batches else "no batches"
 
 

@@ -137,10 +137,21 @@ class BatchesSensor(BaseSensorOperator):
         """Poll once here, then defer to one trigger for the whole round (or keep polling here)."""
         manifest = self._round()
         batch_ids = batch_ids_of(manifest)
-        if not batch_ids:
-            self.log.info("The round has no batches; nothing to wait for.")
-            return waited_manifest(manifest, {"batch_status": {}}, time.time())
+        # Pushed first, also for a round with nothing to wait for: the extra link reads them.
         push_console_links(context["ti"], batch_ids)
+        if not batch_ids:
+            self.log.info("The round has no batches (answered without one, or empty); nothing to wait for.")
+            return waited_manifest(manifest, {"batch_status": {}}, time.time())
+        landed = self._landed(manifest, batch_ids)
+        if landed:
+            self.log.info(
+                "%d of %d batch(es) of the round were gathered already: not asking the API for them",
+                len(landed),
+                len(batch_ids),
+            )
+            batch_ids = [batch_id for batch_id in batch_ids if batch_id not in landed]
+            if not batch_ids:
+                return waited_manifest(manifest, {"batch_status": landed}, time.time())
         identity = {
             "conn_id": job_conn_id(manifest, self.conn_id, self.task_id),
             "job_dir": manifest.get("job_dir"),
@@ -204,6 +215,20 @@ class BatchesSensor(BaseSensorOperator):
         """Validate the trigger's event and return the manifest with the final counts."""
         return self._finish(self._round(), event)
 
+    @staticmethod
+    def _landed(manifest: Mapping[str, Any], batch_ids: Sequence[str]) -> dict[str, Any]:
+        """Return the statuses of the round's batches already gathered (a re-run of the wait).
+
+        With ``delete_batches`` they may be gone from the API; their rows are in the job folder.
+        """
+        from airflow_batch.gather.gathering import landed_batches
+        from airflow_batch.storage import as_path
+
+        job_dir = manifest.get("job_dir")
+        if not isinstance(job_dir, str):
+            return {}
+        return dict(landed_batches(as_path(job_dir), int(manifest.get("round", 0)), batch_ids))
+
     def _finish(self, manifest: Mapping[str, Any], event: Any) -> RoundManifest:
         try:
             event = validate_event(event)
@@ -211,6 +236,9 @@ class BatchesSensor(BaseSensorOperator):
             raise BatchPollError(f"{self.task_id}: {exc}") from exc
         if event["status"] == "error":
             raise BatchPollError(event["message"])
+        landed = self._landed(manifest, batch_ids_of(manifest))
+        if landed:
+            event = {**event, "batch_status": {**event["batch_status"], **landed}}
         result = waited_manifest(manifest, event, time.time())
         batch_ids = batch_ids_of(manifest)
         self.log.info("%s", progress_line(summarize(batch_ids, result["batch_status"])))

@@ -28,9 +28,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -45,7 +45,7 @@ from airflow_batch.submit.validation import (
     Problem,
     ProblemReport,
     check_params,
-    check_request,
+    checked_request,
     custom_id_of,
     hint_for,
 )
@@ -71,6 +71,58 @@ def inputs_line(custom_id: str, row: int, fields: Any = None) -> bytes:
     if fields is None:  # custom ids need no escaping: [a-zA-Z0-9_-]
         return b'{"custom_id":"%s","row":%d}' % (custom_id.encode(), row)
     return _encode_json({"custom_id": custom_id, "row": row, "input": fields})
+
+
+def with_fingerprint(inputs: bytes, fingerprint: bytes) -> bytes:
+    """Return an inputs line with the request's fingerprint added (gather keys stored answers by it)."""
+    return inputs[:-1] + b',"fingerprint":"' + fingerprint + b'"}'
+
+
+def inputs_line_with_fingerprint(custom_id: str, row: int, fields: Any, fingerprint: bytes) -> bytes:
+    """Return :func:`inputs_line` with the fingerprint (the hot path: one format without fields)."""
+    if fields is None:
+        return b'{"custom_id":"%s","row":%d,"fingerprint":"%s"}' % (custom_id.encode(), row, fingerprint)
+    return with_fingerprint(inputs_line(custom_id, row, fields), fingerprint)
+
+
+#: What :meth:`Diversion.divert` answers: the request is sent, was taken (answered), or is held.
+SEND, TAKEN, HOLD = 0, 1, 2
+
+
+class Diversion(Protocol):
+    """Requests a pass does not put in a chunk: answers to reuse, and the canary's sample.
+
+    The pass asks :meth:`route` about each valid request in input order. A ``HOLD`` request is
+    handed over with :meth:`hold` (its chunk line, inputs line, fingerprint and how to count it
+    in an estimate); :meth:`finish`, called once the whole input is known to be valid, gives
+    back through ``send`` (chunk line, twin line) the held requests that must be sent after all,
+    counting them in ``tally`` itself. See :mod:`airflow_batch.submit.routing`.
+    """
+
+    lenient: bool
+
+    def route(self, params: Any) -> tuple[int, bytes, int]:
+        """Return SEND, TAKEN or HOLD for a request, its fingerprint and the fingerprint's key.
+
+        ``params`` are typed, or decoded for a lenient job.
+        """
+        ...
+
+    def take(self, key: int, fingerprint: bytes, inputs: bytes) -> None:
+        """Keep a request :meth:`route` answered TAKEN for, with its inputs line."""
+        ...
+
+    def hold(
+        self, line: bytes, inputs: bytes, fingerprint: bytes, count: Callable[[TokenTally], None]
+    ) -> None:
+        """Keep a request :meth:`route` answered HOLD for: its line, inputs line, and how to count it."""
+        ...
+
+    def finish(
+        self, staging: ObjectStoragePath, tally: TokenTally, send: Callable[[bytes, bytes], None]
+    ) -> None:
+        """Resolve what was taken and held (writing staged files); ``send`` what must be sent."""
+        ...
 
 
 def body_bytes(requests: int, line_bytes: int) -> int:
@@ -200,8 +252,8 @@ class _ChunkWriter:
 
     Each chunk file has a twin under ``inputs/``, written in lockstep: one line per request
     with its input row and passthrough fields (see :func:`airflow_batch.layout.chunk_inputs_path`).
-    Every byte of the chunk files also feeds ``digest``, so the fingerprint covers exactly what
-    is sent.
+    Every byte of the chunk files also feeds ``digest`` (when given), so the fingerprint covers
+    exactly what is sent.
     """
 
     def __init__(self, staging: ObjectStoragePath, max_requests: int, max_bytes: int, digest: Any) -> None:
@@ -245,7 +297,8 @@ class _ChunkWriter:
 
     def _flush(self) -> None:
         assert self._handle is not None and self._inputs is not None
-        self.digest.update(self._buffer)
+        if self.digest is not None:
+            self.digest.update(self._buffer)
         self._handle.write(self._buffer)
         self._buffer.clear()
         self._inputs.write(self._inputs_buffer)
@@ -328,6 +381,7 @@ def prepare_chunks(
     row_label: str = "row",
     lenient: bool = False,
     limits: ModelLimits | None = None,
+    diversion: Diversion | None = None,
 ) -> PreparedRound:
     """Validate, fingerprint and write every row to chunk files under ``staging`` in one pass.
 
@@ -339,6 +393,12 @@ def prepare_chunks(
     A custom_id used twice is always a problem, even with ``skip_invalid``: which of the two
     rows is meant cannot be known. ``lenient`` (a job with beta headers) lets unknown
     parameters pass; ``limits`` refuses rows above a model's output maximum or context window.
+
+    With a ``diversion`` every valid request is fingerprinted (the fingerprint goes into its
+    inputs twin line) and may be kept out of the chunks: answered from the answer store, or
+    held for the canary. The round's fingerprint then still covers every valid request in
+    input order, sent or not, so a re-run over the same input matches the ledger whatever the
+    store answers this time.
     """
     if max_requests < 1:
         raise ValueError(f"max_requests_per_batch must be >= 1, got {max_requests}")
@@ -352,7 +412,9 @@ def prepare_chunks(
     tally = TokenTally(
         expected_output_tokens=expected_output_tokens, min_cacheable=limits.min_cacheable_tokens
     )
-    writer = _ChunkWriter(staging, max_requests, max_bytes, digest)
+    # Without a diversion every valid line is written, and the writer digests what it writes.
+    writer = _ChunkWriter(staging, max_requests, max_bytes, None if diversion is not None else digest)
+    every_line = bytearray()  # with a diversion: every valid line, digested apart from the chunks
     staging.mkdir(parents=True, exist_ok=True)
     ids = UniqueIds()
     report = ProblemReport()
@@ -361,6 +423,7 @@ def prepare_chunks(
     row = 0
     single_limit = max_bytes - _ENVELOPE - 1
     max_output = limits.max_output_tokens
+    fingerprint_plain = diversion is not None and diversion.lenient
 
     def problem_at(custom_id: str | None, rule: str, hint: str = "") -> Problem:
         return Problem(row, custom_id, rule, hint or hint_for(rule), row_label)
@@ -386,8 +449,29 @@ def prepare_chunks(
                         valid += 1
                         if report.total and not skip_invalid:
                             continue
-                        writer.add(item, inputs_line(typed.custom_id, source_row, fields))
-                        tally.add_plain(params.model, params.max_tokens, tokens, item)
+                        if diversion is None:
+                            writer.add(item, inputs_line(typed.custom_id, source_row, fields))
+                            tally.add_plain(params.model, params.max_tokens, tokens, item)
+                            continue
+                        every_line += item
+                        every_line += b"\n"
+                        if len(every_line) >= _WRITE_BUFFER:
+                            digest.update(every_line)
+                            every_line.clear()
+                        hashed = loads(item)["params"] if fingerprint_plain else params
+                        verdict, fingerprint, key = diversion.route(hashed)
+                        if verdict == SEND:
+                            twin = inputs_line_with_fingerprint(
+                                typed.custom_id, source_row, fields, fingerprint
+                            )
+                            writer.add(item, twin)
+                            tally.add_plain(params.model, params.max_tokens, tokens, item)
+                        elif verdict == TAKEN:
+                            diversion.take(key, fingerprint, inputs_line(typed.custom_id, source_row, fields))
+                        else:
+                            held = _PlainCount(params.model, params.max_tokens, tokens, item)
+                            twin = inputs_line(typed.custom_id, source_row, fields)
+                            diversion.hold(item, twin, fingerprint, held)
                         continue
                 if isinstance(item, (bytes, bytearray, memoryview)):
                     try:
@@ -396,9 +480,12 @@ def prepare_chunks(
                         problem = problem_at(None, str(exc))
                 if problem is None and isinstance(request, InvalidRow):
                     problem = problem_at(request.custom_id, request.rule, request.hint)
+                typed_request = None
                 if problem is None:
                     request = defaults.apply(request)
-                    rule = check_request(request, lenient=lenient, max_output_tokens=max_output)
+                    rule, typed_request = checked_request(
+                        request, lenient=lenient, max_output_tokens=max_output
+                    )
                     if rule is not None:
                         problem = problem_at(custom_id_of(request), rule)
                 line = b""
@@ -436,10 +523,45 @@ def prepare_chunks(
                 valid += 1
                 if report.total and not skip_invalid:
                     continue  # nothing will be submitted: keep checking, stop writing
-                writer.add(line, inputs_line(request["custom_id"], source_row, fields))
-                tally.add(request["params"], _CACHE_CONTROL in line)
-        chunks = writer.finish()
+                twin = inputs_line(request["custom_id"], source_row, fields)
+                may_cache = _CACHE_CONTROL in line
+                if diversion is not None:
+                    assert typed_request is not None
+                    every_line += line
+                    every_line += b"\n"
+                    if len(every_line) >= _WRITE_BUFFER:
+                        digest.update(every_line)
+                        every_line.clear()
+                    verdict, fingerprint, key = diversion.route(
+                        params if fingerprint_plain else typed_request.params
+                    )
+                    if verdict == TAKEN:
+                        diversion.take(key, fingerprint, twin)
+                        continue
+                    if verdict == HOLD:
+                        diversion.hold(line, twin, fingerprint, _Count(request["params"], may_cache))
+                        continue
+                    twin = with_fingerprint(twin, fingerprint)
+                writer.add(line, twin)
+                tally.add(request["params"], may_cache)
         duplicates = ids.duplicates(row_label)
+        for duplicate in duplicates:
+            report.add(duplicate)
+        if duplicates:
+            skip_invalid = False  # duplicates are never skipped
+        if valid == 0 and not report.total:
+            hint = "check that the input file or list is not empty"
+            report.add(Problem(0, None, "the input has no requests", hint))
+        fatal = bool(report.total) and (not skip_invalid or valid == 0)
+        if diversion is not None:
+            digest.update(every_line)
+            if not fatal:
+
+                def send(line: bytes, twin: bytes) -> None:
+                    writer.add(line, twin)
+
+                diversion.finish(staging, tally, send)
+        chunks = writer.finish()
     except BaseException:
         writer.abort()
         raise
@@ -447,15 +569,6 @@ def prepare_chunks(
         ids.close()
         if invalid_out is not None:
             invalid_out.close()
-    for duplicate in duplicates:
-        report.add(duplicate)
-    if duplicates:
-        skip_invalid = False  # duplicates are never skipped
-    if valid == 0 and not report.total:
-        report.add(
-            Problem(0, None, "the input has no requests", "check that the input file or list is not empty")
-        )
-    fatal = bool(report.total) and (not skip_invalid or valid == 0)
     return PreparedRound(
         chunks=[] if fatal else chunks,
         fatal=fatal,
@@ -468,6 +581,30 @@ def prepare_chunks(
         rows=row,
         invalid_file=staging / INVALID_INPUT_FILE if invalid_out is not None else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _PlainCount:
+    """Counts a held plain request in an estimate (the round's, if it is sent after all)."""
+
+    model: str
+    max_tokens: int
+    tokens: int
+    line: bytes
+
+    def __call__(self, tally: TokenTally) -> None:
+        tally.add_plain(self.model, self.max_tokens, self.tokens, self.line)
+
+
+@dataclass(frozen=True, slots=True)
+class _Count:
+    """Counts a held request in an estimate (the round's, if it is sent after all)."""
+
+    params: Any
+    may_cache: bool
+
+    def __call__(self, tally: TokenTally) -> None:
+        tally.add(self.params, self.may_cache)
 
 
 class ChunkBody:

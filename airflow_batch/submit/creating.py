@@ -100,6 +100,9 @@ def round_manifest(job: ObjectStoragePath, ledger: Ledger, identity: JobIdentity
         batches=batches,
         estimate=ledger.estimate,
         submitted_at=ledger.created_at,
+        reused=ledger.reused,
+        reused_path=ledger.reused_path,
+        canary=ledger.canary,
     )
 
 
@@ -201,9 +204,8 @@ def _queued_now(api: BatchesApi, ledger: Ledger) -> int:
     """Return the requests of the round's created batches not ended yet (one retrieve each)."""
     from airflow_batch.wait.policy import batch_status
 
-    statuses = {
-        entry["batch_id"]: batch_status(api.retrieve(entry["batch_id"])) for entry in ledger.batches.values()
-    }
+    batch_ids = [entry["batch_id"] for entry in ledger.batches.values()]
+    statuses = {batch_id: batch_status(api.retrieve(batch_id)) for batch_id in batch_ids}
     return queued_requests(statuses)
 
 

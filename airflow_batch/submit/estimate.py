@@ -66,6 +66,15 @@ class ModelTally:
     cache_read: int = 0
     output_tokens: int = 0  # expected: min(max_tokens, expected per request), else max_tokens
     max_output_tokens: int = 0  # the upper bound: every request's max_tokens
+    #: ``max_tokens -> requests``: so the expected output can be priced again for a new length.
+    max_tokens_counts: dict[int, int] = field(default_factory=dict)
+
+    def expect(self, expected: int | None) -> None:
+        """Set ``output_tokens`` for ``expected`` output tokens per request (None: max_tokens)."""
+        self.output_tokens = sum(
+            (min(expected, max_tokens) if expected is not None else max_tokens) * requests
+            for max_tokens, requests in self.max_tokens_counts.items()
+        )
 
 
 @dataclass
@@ -93,7 +102,16 @@ class TokenTally:
         expected = self.expected_output_tokens
         tally.output_tokens += min(expected, max_tokens) if expected is not None else max_tokens
         tally.max_output_tokens += max_tokens
+        counts = tally.max_tokens_counts
+        counts[max_tokens] = counts.get(max_tokens, 0) + 1
         return tally
+
+    def expect(self, tokens: int, basis: str) -> None:
+        """Price the expected figure at ``tokens`` output tokens per request, saying where they come from."""
+        self.expected_output_tokens = tokens
+        self.expected_basis = basis
+        for tally in self.models.values():
+            tally.expect(tokens)
 
     def measure(self, params: Mapping[str, Any]) -> int:
         """Return the approximate input tokens of params (the :meth:`add` that follows reuses the work)."""

@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_batch import layout
-from airflow_batch.manifest import CostEstimate
+from airflow_batch.manifest import CanaryRecord, CostEstimate
 from airflow_batch.storage import read_json, write_json
 
 if TYPE_CHECKING:
@@ -80,11 +80,19 @@ class Ledger:
     #: Requests of this round the processing queue held when it last refused a create, and when.
     learned_queue_limit: int | None = None
     learned_at: str | None = None
+    #: Requests answered from the answer store, and where their rows are (reused.jsonl).
+    reused: int = 0
+    reused_path: str | None = None
+    #: What the round's canary did and cost, when it had one.
+    canary: CanaryRecord | None = None
 
     @property
     def binding(self) -> bool:
-        """Return True once a batch may exist: a batch id or an intent is recorded."""
-        return bool(self.batches or self.intents)
+        """Return True once money may have been spent: a batch id, an intent, or a canary is recorded.
+
+        A canary that ran is never sent again: a re-run re-attaches to the round it decided.
+        """
+        return bool(self.batches or self.intents or self.canary)
 
     def batch_id(self, chunk: int) -> str | None:
         """Return the batch id recorded for ``chunk``, if any."""
@@ -114,6 +122,9 @@ class Ledger:
             "invalid_path": self.invalid_path,
             "learned_queue_limit": self.learned_queue_limit,
             "learned_at": self.learned_at,
+            "reused": self.reused,
+            "reused_path": self.reused_path,
+            "canary": self.canary,
         }
 
     @classmethod
@@ -134,6 +145,9 @@ class Ledger:
             invalid_path=data.get("invalid_path"),
             learned_queue_limit=data.get("learned_queue_limit"),
             learned_at=data.get("learned_at"),
+            reused=int(data.get("reused", 0)),
+            reused_path=data.get("reused_path"),
+            canary=data.get("canary"),
         )
 
 

@@ -18,21 +18,29 @@ from airflow_batch.exceptions import (
     UnknownModelError,
     UnknownModelPriceError,
 )
-from airflow_batch.submit.chunking import ChunkInfo
-from airflow_batch.submit.ledger import Ledger
 
 if TYPE_CHECKING:
     from airflow_batch.api import BatchesApi
+    from airflow_batch.manifest import CostEstimate
     from airflow_batch.submit.round import SubmitSettings
 
 
-def check_budget(ledger: Ledger, settings: SubmitSettings, pending: Sequence[ChunkInfo], chunks: int) -> None:
+def check_budget(
+    estimate: CostEstimate | None,
+    round_number: int,
+    settings: SubmitSettings,
+    pending: int,
+    chunks: int,
+    *,
+    canary: str = "",
+) -> None:
     """Raise before any create when a budget is set and the guarded estimate exceeds what is left.
 
     The guarded estimate is the upper bound, or the expected figure with
     ``budget_basis="expected"`` (the upper bound when no expected output length is known).
+    ``pending`` of the round's ``chunks`` have no batch yet; ``canary`` says what of the
+    estimate is the canary's, when it is checked before the canary is sent.
     """
-    estimate = ledger.estimate
     budget = settings.max_cost_usd
     if not pending or budget is None or estimate is None:
         return
@@ -48,7 +56,7 @@ def check_budget(ledger: Ledger, settings: SubmitSettings, pending: Sequence[Chu
     left = budget - settings.spent_usd
     if guarded <= left:
         return
-    already = chunks - len(pending)
+    already = chunks - pending
     spent = (
         f"; the job has spent ${settings.spent_usd:.4f} so far, ${max(left, 0):.4f} of the budget is left"
         if settings.spent_usd
@@ -56,7 +64,7 @@ def check_budget(ledger: Ledger, settings: SubmitSettings, pending: Sequence[Chu
     )
     if guards_expected:
         figure = (
-            f"round {ledger.round} is expected to cost ${guarded:.4f} at batch prices "
+            f"round {round_number} is expected to cost ${guarded:.4f} at batch prices "
             f"({estimate.get('expected_output_tokens')} output tokens per request, "
             f"{estimate.get('expected_basis')}; up to ${estimate['batch_usd']:.4f} if every request used its "
             "max_tokens)"
@@ -64,7 +72,7 @@ def check_budget(ledger: Ledger, settings: SubmitSettings, pending: Sequence[Chu
         fixes = "Raise max_cost_usd, lower max_tokens or submit fewer requests."
     else:
         figure = (
-            f"round {ledger.round} would cost up to ${guarded:.4f} at batch prices "
+            f"round {round_number} would cost up to ${guarded:.4f} at batch prices "
             f"(${estimate['standard_usd']:.4f} standard) if every request used its max_tokens"
             + (
                 f" (expected: ${expected:.4f}, {estimate.get('expected_basis')})"
@@ -82,7 +90,7 @@ def check_budget(ledger: Ledger, settings: SubmitSettings, pending: Sequence[Chu
             + "or submit fewer requests."
         )
     raise BudgetExceededError(
-        f"{figure}, above the budget max_cost_usd=${budget:.4f}{spent}; {len(pending)} batch(es) not "
+        f"{figure}{canary}, above the budget max_cost_usd=${budget:.4f}{spent}; {pending} batch(es) not "
         "submitted" + (f" ({already} submitted by an earlier attempt)" if already else "") + f". {fixes}",
         estimate_usd=guarded,
         budget_usd=budget,

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from airflow_batch import layout
@@ -41,28 +42,34 @@ from airflow_batch.costs import price_table
 from airflow_batch.exceptions import (
     BatchesApiError,
     BeforeSubmitError,
+    BudgetExceededError,
+    CanaryFailedError,
     InputChangedError,
     InvalidRequestsError,
 )
-from airflow_batch.manifest import JobIdentity, RoundManifest
-from airflow_batch.storage import write_json
+from airflow_batch.manifest import CostEstimate, JobIdentity, RoundManifest
+from airflow_batch.reuse.store import load_index
+from airflow_batch.storage import as_path, write_json
+from airflow_batch.submit.canary import CanaryOutcome, CanarySettings, HeldRequest, check_canary, run_canary
 from airflow_batch.submit.chunking import (
     INPUTS_DIR,
     ModelLimits,
     PreparedRound,
     prepare_chunks,
 )
-from airflow_batch.submit.creating import create_round
-from airflow_batch.submit.estimate import estimate_cost
+from airflow_batch.submit.creating import chunk_infos, create_round
+from airflow_batch.submit.estimate import TokenTally, estimate_cost
 from airflow_batch.submit.ledger import Ledger, LedgerStore
 from airflow_batch.submit.records import RequestDefaults
 from airflow_batch.submit.refusals import check_budget, check_models
+from airflow_batch.submit.routing import AnswerReuse, Routing
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_batch.api import BatchesApi
+    from airflow_batch.schema import Validator
 
 ON_INPUT_CHANGE = ("fail", "resubmit")
 BUDGET_BASES = (None, "upper_bound", "expected")
@@ -144,6 +151,12 @@ def _install_chunks(prepared: PreparedRound, job: ObjectStoragePath, round_numbe
         prepared.invalid_file.rename(invalid_path)
     elif invalid_path.exists():
         invalid_path.unlink()
+    reused_path = layout.reused_path(job, round_number)
+    staged_reused = prepared.staging / layout.REUSED_FILE
+    if staged_reused.exists():
+        staged_reused.rename(reused_path)
+    elif reused_path.exists():
+        reused_path.unlink()
 
 
 def _restore_missing_chunks(prepared: PreparedRound, job: ObjectStoragePath, round_number: int) -> None:
@@ -185,6 +198,7 @@ def _prepare(
     defaults: RequestDefaults | None,
     identity: JobIdentity,
     row_label: str,
+    routing: Routing | None,
 ) -> PreparedRound:
     staging = layout.round_dir(job, round_number) / f".staging-{uuid.uuid4().hex}"
     try:
@@ -200,6 +214,7 @@ def _prepare(
             row_label=row_label,
             lenient=bool(identity.betas),
             limits=ModelLimits(price_table(settings.prices), identity.betas),
+            diversion=routing,
         )
     except BaseException:
         _remove_tree(staging)
@@ -208,9 +223,74 @@ def _prepare(
         _remove_tree(staging)
         raise InvalidRequestsError(prepared.report.message(prepared.rows))
     prepared.tally.sample_size = settings.count_tokens_sample
-    prepared.tally.expected_basis = settings.expected_basis
+    if prepared.tally.expected_basis is None:  # the canary may have set it
+        prepared.tally.expected_basis = settings.expected_basis
     del prepared.tally.sample[settings.count_tokens_sample :]
     return prepared
+
+
+def _routing(
+    api: BatchesApi,
+    job: ObjectStoragePath,
+    round_number: int,
+    identity: JobIdentity,
+    settings: SubmitSettings,
+    reuse: AnswerReuse | None,
+    canary: CanarySettings | None,
+    validator: Validator | None,
+    log: logging.Logger,
+) -> Routing | None:
+    """Return the round's routing (answer reuse, canary), or None when it has neither."""
+    if reuse is None and canary is None:
+        return None
+    index = None
+    if reuse is not None and reuse.lookup:
+        started = time.perf_counter()
+        index = load_index(reuse.store, max_age=reuse.max_age)
+        log.info(
+            "answer store %s: %d answer(s) in %d segment(s)%s, read in %.2f s",
+            reuse.store,
+            index.answers,
+            len(index.segments),
+            f" no older than {reuse.max_age:,.0f} s" if reuse.max_age is not None else "",
+            time.perf_counter() - started,
+        )
+
+    def canary_step(held: list[HeldRequest], tally: TokenTally) -> CanaryOutcome:
+        table = price_table(settings.prices)
+        if settings.max_cost_usd is not None:
+            # Before any spend: the batch, its canary at standard prices and the canary's requests
+            # sent again in the batch if unusable must all fit what is left of the budget.
+            sample = TokenTally(min_cacheable=tally.min_cacheable)
+            for request in held:
+                request.count(sample)
+            quiet = logging.getLogger(f"{__name__}.canary_budget")
+            main, extra = estimate_cost(tally, table, log=quiet), estimate_cost(sample, table, log=quiet)
+            combined = CostEstimate(**main)  # type: ignore[typeddict-item]
+            more = extra["batch_usd"] + extra["standard_usd"]
+            combined["batch_usd"] = main["batch_usd"] + more
+            if main["expected_batch_usd"] is not None:
+                combined["expected_batch_usd"] = main["expected_batch_usd"] + more
+            note = f" with its canary of {len(held)} request(s) (up to ${extra['standard_usd']:.4f})"
+            check_budget(combined, round_number, settings, 1, 1, canary=note)
+        outcome = run_canary(api, held, round_number=round_number, validator=validator, table=table, log=log)
+        check_canary(outcome, canary.max_failure_rate if canary is not None else 0.0)
+        tokens = outcome.output_tokens_per_answer()
+        given = settings.expected_output_tokens is not None and settings.expected_basis is None
+        if tokens is not None and not given:
+            tally.expect(tokens, f"canary ({len(outcome.answers)} answer(s))")
+        return outcome
+
+    return Routing(
+        job=str(job),
+        round_number=round_number,
+        betas=identity.betas,
+        index=index,
+        canary_size=canary.size if canary is not None else 0,
+        run_canary=canary_step if canary is not None else None,
+        store=as_path(reuse.store) if reuse is not None else None,
+        log=log,
+    )
 
 
 def submit_round(
@@ -225,6 +305,9 @@ def submit_round(
     log: logging.Logger | None = None,
     defaults: RequestDefaults | None = None,
     row_label: str = "row",
+    reuse: AnswerReuse | None = None,
+    canary: CanarySettings | None = None,
+    validator: Validator | None = None,
 ) -> RoundManifest:
     """Validate, chunk, persist, estimate and submit one round; return its manifest.
 
@@ -236,12 +319,31 @@ def submit_round(
     :param identity: the connection, betas and workspace the job's calls use.
     :param defaults: model / max_tokens / system to fill into requests that lack them.
     :param row_label: what an invalid row is called in errors: ``"line"`` for a file's lines.
+    :param reuse: the job's answer store: requests found in it are answered from it, not sent;
+        every request's fingerprint is recorded so gather stores the round's answers.
+    :param canary: send a few requests at once before any batch (see :mod:`airflow_batch.submit.canary`);
+        ``validator`` judges their answers against the job's output schema. A round that already
+        spent (batches, or a canary, recorded in its ledger) never runs its canary again.
     """
     log = log or logging.getLogger(__name__)
-    prepared = _prepare(requests, job, round_number, settings, defaults, identity, row_label)
     store = LedgerStore(job, round_number, state_store)
+    recorded = store.load()
+    attached = recorded is not None and recorded.binding
+    routing = _routing(
+        api, job, round_number, identity, settings, reuse, None if attached else canary, validator, log
+    )
     try:
-        ledger = store.load()
+        try:
+            prepared = _prepare(requests, job, round_number, settings, defaults, identity, row_label, routing)
+        except (BudgetExceededError, CanaryFailedError) as refusal:
+            write_json(layout.refusal_path(job, round_number), refusal.record(round_number))
+            raise
+    finally:
+        if routing is not None:
+            routing.close()
+    diverted = routing is not None and (routing.reused or routing.canary is not None)
+    try:
+        ledger = recorded
         if ledger is not None and ledger.binding and ledger.fingerprint != prepared.fingerprint:
             if settings.on_input_change == "fail":
                 raise InputChangedError(
@@ -265,8 +367,29 @@ def submit_round(
                     {"chunk": c.index, "requests": c.requests, "bytes": c.bytes} for c in prepared.chunks
                 ],
             )
+            if routing is not None:
+                ledger.reused = routing.reused
+                ledger.canary = routing.canary.record() if routing.canary is not None else None
+                if routing.reused_file is not None:
+                    ledger.reused_path = str(layout.reused_path(job, round_number))
+        elif diverted or ledger.reused or ledger.canary is not None:
+            # The chunks were cut around what the store or the canary answered then: they cannot be
+            # rebuilt from the input alone, so the recorded ones must be there.
+            missing = [
+                str(layout.chunk_path(job, round_number, chunk.index))
+                for chunk in chunk_infos(ledger)
+                if ledger.batch_id(chunk.index) is None
+                and not layout.chunk_path(job, round_number, chunk.index).exists()
+            ]
+            if missing:
+                raise FileNotFoundError(
+                    f"chunk file(s) {', '.join(missing[:3])} of {job} round {round_number} are missing; "
+                    "with reuse_answers or a canary they cannot be rebuilt from the input. Keep job "
+                    "folders on shared storage (output_path on s3://, gs://...) so every worker sees them."
+                )
         else:
             _restore_missing_chunks(prepared, job, round_number)
+        if ledger.batches:
             log.info(
                 "re-attaching to %d recorded batch(es) of %s round %d",
                 len(ledger.batches),
@@ -281,7 +404,8 @@ def submit_round(
         log.warning(
             "%d invalid row(s) skipped (skip_invalid=True), recorded in %s", prepared.invalid, invalid_path
         )
-    pending = [chunk for chunk in prepared.chunks if ledger.batch_id(chunk.index) is None]
+    chunks = chunk_infos(ledger)
+    pending = [chunk for chunk in chunks if ledger.batch_id(chunk.index) is None]
     if ledger.estimate is None:
         ledger.estimate = estimate_cost(
             prepared.tally,
@@ -289,8 +413,10 @@ def submit_round(
             count_tokens=api.count_tokens if settings.count_tokens_sample > 0 else None,
             log=log,
         )
+    canary_cost = ledger.canary["cost"]["batch_usd"] if ledger.canary is not None else 0.0
     try:
-        check_budget(ledger, settings, pending, len(prepared.chunks))
+        spent = replace(settings, spent_usd=settings.spent_usd + canary_cost)
+        check_budget(ledger.estimate, round_number, spent, len(pending), len(chunks))
         if pending and not ledger.batches:
             check_models(api, prepared.tally.models, price_table(settings.prices).known_models(), log)
     except BeforeSubmitError as refusal:

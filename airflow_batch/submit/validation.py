@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_batch.params import batch_rules, check_custom_id, convert_request
 
 if TYPE_CHECKING:
-    from airflow_batch.params import Params
+    from airflow_batch.params import Params, Request
 
 __all__ = [
     "CUSTOM_ID_HINT",
@@ -33,6 +33,7 @@ __all__ = [
     "check_custom_id",
     "check_params",
     "check_request",
+    "checked_request",
     "custom_id_of",
 ]
 
@@ -171,20 +172,27 @@ def check_request(
     sees the whole job. ``lenient`` (a job with beta headers) lets unknown parameters and tool
     types pass.
     """
+    return checked_request(request, lenient=lenient, max_output_tokens=max_output_tokens)[0]
+
+
+def checked_request(
+    request: Any, *, lenient: bool = False, max_output_tokens: MaxOutputTokens | None = None
+) -> tuple[str | None, Request | None]:
+    """Return (the first rule ``request`` breaks or None, the typed request when it has the API's shape)."""
     if not isinstance(request, Mapping):
-        return "a request must be a JSON object with custom_id and params"
+        return "a request must be a JSON object with custom_id and params", None
     if "custom_id" not in request:
-        return "custom_id is missing"
+        return "custom_id is missing", None
     problem = check_custom_id(request["custom_id"])
     if problem:
-        return problem
+        return problem, None
     extra = request.keys() - _REQUEST_KEYS
     if extra:
-        return f"unknown field {sorted(extra)[0]!r}: a request has only custom_id and params"
+        return f"unknown field {sorted(extra)[0]!r}: a request has only custom_id and params", None
     if not isinstance(request.get("params"), Mapping):
-        return "params must be an object (a Messages API request body)"
+        return "params must be an object (a Messages API request body)", None
     try:
         typed = convert_request(request, lenient=lenient)
     except ValueError as exc:
-        return str(exc)
-    return check_params(typed.params, lenient=lenient, max_output_tokens=max_output_tokens)
+        return str(exc), None
+    return check_params(typed.params, lenient=lenient, max_output_tokens=max_output_tokens), typed

@@ -32,6 +32,14 @@ def dagbag(bare_dags: Path):  # type: ignore[no-untyped-def]
         yield DagBag(dag_folder=str(bare_dags))
     finally:
         sys.path.remove(str(bare_dags))
+        forget_modules_from(bare_dags)
+
+
+def forget_modules_from(folder: Path) -> None:
+    """Drop the modules imported from ``folder`` (batch_examples...), so later tests import dags/ anew."""
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", "") or "").startswith(str(folder)):
+            del sys.modules[name]
 
 
 def test_every_example_dag_parses_without_errors_or_input_files(dagbag) -> None:  # type: ignore[no-untyped-def]
@@ -57,7 +65,10 @@ def test_parsing_twice_is_fast_and_opens_no_network_connection(
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.syspath_prepend(str(bare_dags))
     started = time.monotonic()
-    bag = DagBag(dag_folder=str(bare_dags))
+    try:
+        bag = DagBag(dag_folder=str(bare_dags))
+    finally:
+        forget_modules_from(bare_dags)
     assert bag.import_errors == {}
     assert time.monotonic() - started < 8
 

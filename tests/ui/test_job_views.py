@@ -400,6 +400,38 @@ def test_durations_read_as_people_read_them() -> None:
     assert [duration(s) for s in (0, 42.4, 187, 7_500)] == ["0s", "42s", "3m 07s", "2h 05m"]
 
 
+def test_reused_canary_and_deleted_show_beside_succeeded_before_and_after_finalize() -> None:
+    canary = {
+        "requests": 10,
+        "answered": 9,
+        "failed": 1,
+        "examples": [],
+        "usage": USAGE,
+        "cost": {"batch_usd": 0.0125, "standard_usd": 0.0125, "priced": True, "unpriced_models": []},
+        "output_tokens_per_answer": 20,
+    }
+    round_0 = gathered(succeeded=1_990, errored=1, reused=3_000, canary=canary)
+    round_0["deleted_batches"] = {"msgbatch_r0_0": "2026-01-01T00:02:00+00:00", "msgbatch_r0_1": "x"}
+    [job] = build_jobs([record("job.gather", round_0)])
+    assert job.requests == 1_991 + 3_000 + 9
+    assert job.counts["reused"] == 3_000 and job.counts["succeeded"] == 1_999
+    assert (job.reused, job.deleted, [c.answered for c in job.canaries]) == (3_000, 2, [9])
+    row = visible(job_row(render_page([job], base="", title="t", subtitle="")))
+    assert "3,000 reused from earlier runs, no cost" in row
+    assert "canary: 9 of 10 answered, 1 sent in the batch; $0.0125 at standard price" in row
+    assert "2 batch(es) deleted from the API after landing" in row
+
+    final = finalized(requests=5_000, succeeded=4_999, reused=3_000, failed=1, deleted_batches=2)
+    [job] = build_jobs([record("job.gather", round_0), record("job.finalize", final)])
+    assert (job.counts["succeeded"], job.counts["reused"]) == (1_999, 3_000)
+    assert "3000 reused" in render_page([job], base="", title="t", subtitle="")
+
+    # A round answered entirely without a batch says so, and waits for nothing.
+    empty = {**submitted(batches=0, requests=0), "reused": 5_000}
+    [job] = build_jobs([record("job.submit", empty)])
+    assert job.rounds[0].status == "answered without a batch" and job.counts["reused"] == 5_000
+
+
 def test_values_that_are_not_batch_manifests_are_ignored() -> None:
     records = [record("other", {"answer": 42}), record("other2", "text")]  # type: ignore[arg-type]
 
@@ -408,7 +440,8 @@ def test_values_that_are_not_batch_manifests_are_ignored() -> None:
 
 def test_progress_bar_widths_are_shares_of_the_total() -> None:
     counts = {"succeeded": 75, "errored": 25, "expired": 0, "canceled": 0, "processing": 0}
-    assert [(s.kind, s.share) for s in bar_segments(counts)][:2] == [("succeeded", 75.0), ("errored", 25.0)]
+    shares = [(s.kind, s.share) for s in bar_segments(counts) if s.count]
+    assert shares == [("succeeded", 75.0), ("errored", 25.0)]
     job = build_jobs([record("job.gather", gathered(succeeded=75, errored=25))])
     page = render_page(job, base="", title="t", subtitle="")
 
@@ -416,6 +449,7 @@ def test_progress_bar_widths_are_shares_of_the_total() -> None:
     assert "75 succeeded, 25 errored" in page
     assert widths == {
         "succeeded": "75.0",
+        "reused": "0.0",
         "errored": "25.0",
         "expired": "0.0",
         "canceled": "0.0",

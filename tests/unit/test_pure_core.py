@@ -18,6 +18,7 @@ PURE_MODULES = [
     "airflow_batch.wait.policy",
     "airflow_batch.wait.progress",
     "airflow_batch.gather.rows",
+    "airflow_batch.reuse.fingerprint",
     "airflow_batch.plugins.views",
 ]
 

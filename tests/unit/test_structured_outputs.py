@@ -168,7 +168,9 @@ def test_parquet_tables_have_typed_columns_in_order_and_as_many_rows_as_the_json
             "note": "x",
         },
     ]
-    _write(tmp_path / "results.jsonl", [result(i + 1, out) for i, out in enumerate(outputs)])
+    rows = [result(i + 1, out) for i, out in enumerate(outputs)]
+    rows[1] = {**rows[1], "batch_id": None, "reused_from": {"batch_id": "msgbatch_0", "job_dir": "/x"}}
+    _write(tmp_path / "results.jsonl", rows)
     _write(
         tmp_path / "failures.jsonl",
         [
@@ -198,7 +200,7 @@ def test_parquet_tables_have_typed_columns_in_order_and_as_many_rows_as_the_json
     assert results.column_names == [
         "custom_id", "row", "product", "price", "sentiment", "keywords", "stars", "where", "note",
         "model", "stop_reason", "input_tokens", "output_tokens", "cache_creation_input_tokens",
-        "cache_creation_1h_input_tokens", "cache_read_input_tokens", "round", "batch_id",
+        "cache_creation_1h_input_tokens", "cache_read_input_tokens", "round", "batch_id", "reused_from",
     ]  # fmt: skip
     types = dict(zip(results.column_names, results.schema.types, strict=True))
     assert types["sentiment"] == pa.dictionary(pa.int32(), pa.string())
@@ -209,6 +211,8 @@ def test_parquet_tables_have_typed_columns_in_order_and_as_many_rows_as_the_json
     assert results.num_rows == 2
     assert results.to_pylist()[0]["where"] == {"city": "Oslo", "lat": 59.9}
     assert results.column("cache_read_input_tokens").to_pylist() == [4, 4]
+    assert results.column("reused_from").to_pylist() == [None, "msgbatch_0"]
+    assert results.column("batch_id").to_pylist() == ["msgbatch_1", None]
     failures = pq.read_table(tmp_path / "failures.parquet")
     assert failures.column_names[:4] == ["custom_id", "row", "product", "price"]
     assert failures.to_pylist()[0]["result_type"] == "invalid_output"
@@ -283,3 +287,57 @@ def test_finalize_writes_parquet_publishes_manifest_last_and_the_readers_find_ev
     assert empty.num_rows == 0 and empty.column_names[:4] == ["custom_id", "row", "product", "price"]
     with pytest.raises(FileNotFoundError, match="finalize writes the manifest last"):
         list(read_results(str(tmp_path / "nothing-here")))
+
+
+def test_gather_and_retry_read_the_passthrough_fields_submit_recorded(tmp_path: Path) -> None:
+    from airflow_batch import layout
+    from airflow_batch.gather.gathering import chunk_inputs
+    from airflow_batch.gather.retrying import original_requests
+
+    job = as_path(str(tmp_path / "job"))
+    request = b'{"custom_id":"a","params":{"model":"m","max_tokens":5,"messages":[]}}'
+    layout.chunk_path(job, 0, 0).parent.mkdir(parents=True)
+    layout.chunk_path(job, 0, 0).write_bytes(request + b"\n" + request.replace(b'"a"', b'"b"') + b"\n")
+    layout.chunk_inputs_path(job, 0, 0).parent.mkdir(parents=True)
+    layout.chunk_inputs_path(job, 0, 0).write_bytes(
+        b'{"custom_id":"a","row":1,"input":{"shop":"north"}}\n{"custom_id":"b","row":2}\n'
+    )
+    inputs = chunk_inputs(job, 0, {"chunk": 0, "chunk_path": str(layout.chunk_path(job, 0, 0))})
+    assert inputs["a"][0] == 1 and msgspec.json.decode(inputs["a"][1]) == {"shop": "north"}  # type: ignore[arg-type]
+    assert inputs["b"][:2] == (2, None)
+
+    failures = layout.failures_part(job, 0, "batch-1")
+    failures.parent.mkdir(parents=True)
+    row = {"row": 0, "batch_id": "batch-1", "round": 0, "result_type": "errored", "error_type": "api_error"}
+    failures.write_bytes(
+        b"".join(
+            msgspec.json.encode(
+                {**row, "custom_id": cid, "message": "x", "request_id": None, "retryable": True}
+            )
+            + b"\n"
+            for cid in ("a", "b")
+        )
+    )
+    manifest = {
+        "job_dir": str(job),
+        "round": 0,
+        "batches": [{"batch_id": "batch-1", "chunk": 0, "chunk_path": str(layout.chunk_path(job, 0, 0))}],
+    }
+    carried = list(original_requests(manifest))
+    assert [(msgspec.json.decode(c.input) if c.input else None, c.row) for c in carried] == [
+        ({"shop": "north"}, 1),
+        (None, 2),
+    ]
+
+
+def test_gather_validates_against_the_schema_a_pydantic_job_recorded(tmp_path: Path) -> None:
+    from airflow_batch import layout
+    from airflow_batch.gather.gathering import job_validator
+    from airflow_batch.storage import write_json
+
+    job = as_path(str(tmp_path / "job"))
+    write_json(layout.job_spec_path(job), {"output_schema": job_schema(Review).schema})
+    validator = job_validator(job)
+    assert validator is not None
+    assert validator.check(b'{"sentiment": "positive", "keywords": ["a"], "stars": 5}') is None
+    assert validator.check(b'{"sentiment": "positive", "keywords": ["a"], "stars": 9}') is not None

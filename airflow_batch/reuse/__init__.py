@@ -1,0 +1,1 @@
+"""Answers already paid for: request fingerprints and the answer store (see ``store``)."""

@@ -1,0 +1,285 @@
+"""The canary: a few of a round's requests answered at once, at standard price, before any batch.
+
+A batch can take hours to come back; a wrong prompt or schema should fail in a minute. With
+``canary=N`` the submit holds back the first N requests it would send (in input order: the same
+input always gives the same canary; requests answered from the answer store are not among them),
+sends each through the Messages API (``POST /v1/messages``, through the job's one retry policy),
+and judges each answer exactly as gather judges a batch's (:func:`airflow_batch.gather.rows.answer_row`:
+schema-valid ``output`` with an output schema, no refusal or paused turn) and, beyond that, refuses
+an answer cut at ``max_tokens`` or, without a schema, one with no text. When more than
+``max_failure_rate`` of them are unusable the submit fails with :class:`CanaryFailedError`,
+quoting the bad examples, before any batch is created.
+
+Otherwise the usable answers are kept as the round's results (rows in ``round-N/reused.jsonl``
+marked ``reused_from: {"canary": true, ...}``, not sent again in a batch), the unusable ones are
+sent in the batch like the rest, and the canary's cost at standard prices is part of the round's
+cost and of the budget. Its answers' output length is the estimate's expected figure when the user
+gave none (``expected_basis`` ``"canary"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from airflow_batch.costs import PriceTable, usage_key
+from airflow_batch.exceptions import BatchesApiError, CanaryFailedError
+from airflow_batch.gather.rows import (
+    BlockSettings,
+    FailureRow,
+    ResultRow,
+    answer_row,
+    line_with_content_decoder,
+    row_encoder,
+    stored_answer,
+)
+from airflow_batch.manifest import CanaryRecord, CostFigures, Usage, sum_usages
+from airflow_batch.params import loads
+
+if TYPE_CHECKING:
+    from airflow_batch.api import BatchesApi
+    from airflow_batch.schema import Validator
+    from airflow_batch.submit.estimate import TokenTally
+
+#: Failed examples quoted in the error and kept in the manifest.
+EXAMPLES = 5
+#: Characters of an answer's text quoted in an example.
+QUOTE_CHARS = 160
+MAX_CANARY = 1_000
+
+
+@dataclass(frozen=True)
+class CanarySettings:
+    """How many requests the canary sends, and the share of them that may be unusable."""
+
+    size: int
+    max_failure_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.size <= MAX_CANARY:
+            raise ValueError(f"canary must be between 1 and {MAX_CANARY:,} requests, got {self.size}")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ValueError(f"canary_max_failure_rate must be between 0 and 1, got {self.max_failure_rate}")
+
+
+@dataclass
+class HeldRequest:
+    """A request the pass held back for the canary: as it would be sent, and what its rows need."""
+
+    line: bytes  # the request as a batch would carry it
+    inputs: bytes  # {"custom_id", "row"[, "input"]}
+    fingerprint: bytes
+    count: Callable[[TokenTally], None]  # counts it in an estimate, if it is sent after all
+
+    @property
+    def custom_id(self) -> str:
+        """Return the request's custom_id."""
+        return str(_custom_id(self.inputs).custom_id)
+
+
+class _CustomId(msgspec.Struct, gc=False):
+    custom_id: str
+
+
+_custom_id = msgspec.json.Decoder(_CustomId).decode
+
+
+@dataclass
+class CanaryAnswer:
+    """One canary request and what became of it: its row (a result, or why it is unusable)."""
+
+    held: HeldRequest
+    message_id: str | None
+    row: ResultRow | None  # the usable answer's row
+    problem: str | None  # why the answer is unusable (None: usable)
+    usage: Usage | None
+    model: str | None
+
+
+@dataclass
+class CanaryOutcome:
+    """Every canary answer, their usage and what they cost at standard prices."""
+
+    answers: list[CanaryAnswer]
+    cost: CostFigures
+    usage_by_model: dict[str, Usage] = field(default_factory=dict)
+
+    @property
+    def answered(self) -> list[CanaryAnswer]:
+        """Return the usable answers (kept as results)."""
+        return [answer for answer in self.answers if answer.problem is None]
+
+    @property
+    def failed(self) -> list[CanaryAnswer]:
+        """Return the unusable answers (their requests go in the batch)."""
+        return [answer for answer in self.answers if answer.problem is not None]
+
+    def output_tokens_per_answer(self) -> int | None:
+        """Return the output tokens per answer the canary saw (rounded up), None without any answer."""
+        paid = [answer.usage for answer in self.answers if answer.usage is not None]
+        if not paid:
+            return None
+        return max(1, math.ceil(sum(usage["output_tokens"] for usage in paid) / len(paid)))
+
+    def examples(self) -> list[dict[str, Any]]:
+        """Return the first failed requests: custom_id and why."""
+        return [{"custom_id": a.held.custom_id, "problem": a.problem} for a in self.failed[:EXAMPLES]]
+
+    def record(self) -> CanaryRecord:
+        """Return what the manifest keeps of the canary."""
+        return CanaryRecord(
+            requests=len(self.answers),
+            answered=len(self.answered),
+            failed=len(self.failed),
+            examples=self.examples(),
+            usage=sum_usages(self.usage_by_model.values()),
+            cost=self.cost,
+            output_tokens_per_answer=self.output_tokens_per_answer(),
+        )
+
+
+def _quote(text: str) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= QUOTE_CHARS else flat[:QUOTE_CHARS] + "…")
+
+
+def judge(
+    custom_id: str, message: Mapping[str, Any], settings: BlockSettings
+) -> tuple[ResultRow | None, str | None]:
+    """Return (the answer's result row, None) or (None, why the answer is unusable)."""
+    raw = row_encoder.encode({"custom_id": custom_id, "result": {"type": "succeeded", "message": message}})
+    try:
+        line = line_with_content_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        return None, f"the API answered something that is not a Message ({exc})"
+    row = answer_row(line, settings)
+    if isinstance(row, FailureRow):
+        text = msgspec.json.decode(row.text) if isinstance(row.text, msgspec.Raw) else ""
+        return None, f"{row.result_type}: {row.message}" + (f"; text {_quote(text)}" if text else "")
+    text = msgspec.json.decode(row.text)
+    if row.stop_reason == "max_tokens":
+        return None, (
+            f"cut at max_tokens ({row.usage.output_tokens:,} output tokens): raise max_tokens"
+            + (f"; text {_quote(text)}" if text else "")
+        )
+    if settings.validator is None and not text.strip() and row.tool_calls is msgspec.UNSET:
+        return None, "the answer has no text"
+    return row, None
+
+
+def run_canary(
+    api: BatchesApi,
+    held: list[HeldRequest],
+    *,
+    round_number: int,
+    validator: Validator | None,
+    table: PriceTable,
+    log: logging.Logger,
+) -> CanaryOutcome:
+    """Send every held request through the Messages API and judge its answer.
+
+    A request the API refuses (a permanent error: 400, 404...) is an unusable answer quoting
+    the error; a transient fault that outlasts the retry budget is raised (nothing is judged).
+    """
+    settings = BlockSettings("", round_number, validator=validator)
+    answers: list[CanaryAnswer] = []
+    usage_by_key: dict[str, Usage] = {}
+    for request in held:
+        custom_id = request.custom_id
+        params = loads(request.line)["params"]
+        try:
+            message = api.message(params, what=f"send canary request {custom_id!r}")
+        except BatchesApiError as exc:
+            if exc.transient:
+                raise
+            answers.append(
+                CanaryAnswer(request, None, None, f"the API refused the request: {exc}", None, None)
+            )
+            continue
+        row, problem = judge(custom_id, message, settings)
+        usage = _usage(message)
+        model = str(message.get("model") or params.get("model"))
+        key = usage_key(model)
+        usage_by_key[key] = sum_usages([usage_by_key.get(key, {}), usage])
+        answers.append(CanaryAnswer(request, message.get("id"), row, problem, usage, model))
+    figures = table.cost(usage_by_key)
+    # What the canary paid is the standard price: both figures are it.
+    cost = CostFigures(
+        batch_usd=figures["standard_usd"],
+        standard_usd=figures["standard_usd"],
+        priced=figures["priced"],
+        unpriced_models=figures["unpriced_models"],
+    )
+    outcome = CanaryOutcome(answers, cost, usage_by_key)
+    log.info(
+        "canary: %d of %d answer(s) usable; $%.4f at standard prices",
+        len(outcome.answered),
+        len(answers),
+        cost["standard_usd"],
+    )
+    return outcome
+
+
+def check_canary(outcome: CanaryOutcome, max_failure_rate: float) -> None:
+    """Raise :class:`CanaryFailedError` when more than ``max_failure_rate`` of the answers are unusable."""
+    failed, total = len(outcome.failed), len(outcome.answers)
+    if not total or failed / total <= max_failure_rate:
+        return
+    lines = [
+        f"canary: {failed} of {total} answer(s) unusable ({failed / total:.0%}, above "
+        f"canary_max_failure_rate={max_failure_rate:.0%}); no batch was created. The canary cost "
+        f"${outcome.cost['standard_usd']:.4f} at standard prices. Failed requests:"
+    ]
+    lines += [f"  - {example['custom_id']}: {example['problem']}" for example in outcome.examples()]
+    if failed > EXAMPLES:
+        lines.append(f"  - and {failed - EXAMPLES} more")
+    lines.append(
+        "Fix the prompt, the output schema or max_tokens (or raise canary_max_failure_rate) and re-run."
+    )
+    raise CanaryFailedError(
+        "\n".join(lines), examples=outcome.examples(), cost_usd=outcome.cost["standard_usd"]
+    )
+
+
+def canary_answer_parts(answer: CanaryAnswer) -> tuple[bytes, bytes]:
+    """Return (answer JSON, usage JSON) of a usable canary answer, for its row and the answer store."""
+    assert answer.row is not None
+    return stored_answer(answer.row), row_encoder.encode(answer.row.usage)
+
+
+def canary_source(answer: CanaryAnswer, job: str, round_number: int, written_at: str) -> bytes:
+    """Return the ``reused_from`` of a canary answer's row: the canary's message, job and round."""
+    return row_encoder.encode(
+        {
+            "canary": True,
+            "message_id": answer.message_id,
+            "job_dir": job,
+            "round": round_number,
+            "written_at": written_at,
+        }
+    )
+
+
+def _usage(message: Mapping[str, Any]) -> Usage:
+    from airflow_batch.gather.rows import LineUsage, to_usage
+
+    try:
+        line_usage = msgspec.convert(message.get("usage") or {}, LineUsage)
+    except msgspec.ValidationError:
+        line_usage = LineUsage()
+    row_usage = to_usage(line_usage)
+    return Usage(
+        input_tokens=row_usage.input_tokens,
+        output_tokens=row_usage.output_tokens,
+        cache_creation_input_tokens=row_usage.cache_creation_input_tokens,
+        cache_creation_1h_input_tokens=row_usage.cache_creation_1h_input_tokens,
+        cache_read_input_tokens=row_usage.cache_read_input_tokens,
+        web_search_requests=row_usage.web_search_requests,
+        web_fetch_requests=row_usage.web_fetch_requests,
+        thinking_tokens=row_usage.thinking_tokens,
+    )

@@ -1,0 +1,184 @@
+"""Which requests of a round go in a batch: answer reuse and the canary, decided during the pass.
+
+:class:`Routing` is the :class:`~airflow_batch.submit.chunking.Diversion` of a submit. For each
+valid request, in input order, the chunking pass gives it the request's fingerprint
+(:mod:`airflow_batch.reuse.fingerprint`), which it records in the request's inputs twin line
+(gather keys the answer it stores by it) and looks up:
+
+- found in the answer store's index (``reuse_answers``): the request is *taken*, spilled to a
+  local bucket file and never written to a chunk;
+- else, while the canary has fewer than N requests: *held* (``canary=N``);
+- else: *sent*, written to its chunk as usual.
+
+Once the whole input is known to be valid, :meth:`Routing.finish` runs the canary (the callback
+given; it may refuse the round), gives the unusable canary requests back to the chunks, writes
+the rows of the reused and canary-answered requests to the staged ``reused.jsonl`` (store hits
+resolved one shard at a time: :func:`airflow_batch.reuse.store.resolve_hits`), and stores the
+canary's usable answers in the answer store. Nothing here calls the API itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, TYPE_CHECKING, Any
+
+from airflow_batch import layout
+from airflow_batch.reuse.fingerprint import FINGERPRINT_CHARS, Fingerprints, canonical_params, sha256
+from airflow_batch.reuse.store import AnswerIndex, HitSpill, SegmentWriter, answered_row, resolve_hits
+from airflow_batch.submit.canary import (
+    CanaryOutcome,
+    HeldRequest,
+    canary_answer_parts,
+    canary_source,
+)
+from airflow_batch.submit.chunking import HOLD, SEND, TAKEN, with_fingerprint
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_batch.submit.estimate import TokenTally
+
+_canonical = canonical_params
+_sha256 = sha256
+RunCanary = Callable[[list[HeldRequest], "TokenTally"], CanaryOutcome]
+
+
+@dataclass(frozen=True)
+class AnswerReuse:
+    """The job's answer store: where it is, whether to look requests up, how old an answer may be.
+
+    ``lookup=False`` (retry rounds, a re-attach) still fingerprints every request, so gather
+    stores the round's answers; ``max_age`` is in seconds (None: any age).
+    """
+
+    store: str
+    lookup: bool = True
+    max_age: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_age is not None and self.max_age <= 0:
+            raise ValueError(f"max_age must be a positive number of seconds, got {self.max_age}")
+
+
+class Routing:
+    """The diversion of one round's pass (see the module docstring).
+
+    :param index: the answer store's index to look requests up in (None: no lookups).
+    :param canary_size: how many requests the canary holds back (0: no canary).
+    :param run_canary: sends and judges the held requests (and may raise to refuse the round).
+    :param store: where to store the canary's usable answers (None: not stored).
+    """
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        round_number: int,
+        betas: tuple[str, ...] = (),
+        index: AnswerIndex | None = None,
+        canary_size: int = 0,
+        run_canary: RunCanary | None = None,
+        store: ObjectStoragePath | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        if canary_size and run_canary is None:
+            raise ValueError("a canary needs run_canary")
+        self.job = job
+        self.round_number = round_number
+        self.lenient = bool(betas)  # a job with betas may send params the typed shape does not know
+        self.index = index
+        self._shards = index.shards if index is not None else None
+        self.canary_size = canary_size
+        self.run_canary = run_canary
+        self.store = store
+        self.log = log or logging.getLogger(__name__)
+        self._prefix = Fingerprints(betas).prefix
+        self._hits = HitSpill()
+        self._held: list[HeldRequest] = []
+        #: Filled in by finish: how many requests were answered from the store, and the canary.
+        self.reused = 0
+        self.canary: CanaryOutcome | None = None
+        self.reused_file: ObjectStoragePath | None = None
+
+    def route(self, params: Any) -> tuple[int, bytes, int]:
+        """Return TAKEN (in the answer store), HOLD (for the canary) or SEND, the fingerprint and its key.
+
+        The hot loop of a submit with reuse, hence the fingerprint and the index lookup inlined
+        (see :meth:`Fingerprints.of` and :meth:`AnswerIndex.has`). A TAKEN request is then handed
+        over with :meth:`take`.
+        """
+        data = _canonical(params)
+        if self._prefix:
+            data = self._prefix + data
+        fingerprint = _sha256(data).hexdigest()[:FINGERPRINT_CHARS].encode()
+        key = int(fingerprint[:16], 16)
+        shards = self._shards
+        if shards is not None:
+            keys = shards[key >> 56]
+            found = bisect_left(keys, key)
+            if found != len(keys) and keys[found] == key:
+                return TAKEN, fingerprint, key
+        if len(self._held) < self.canary_size:
+            return HOLD, fingerprint, key
+        return SEND, fingerprint, key
+
+    def take(self, key: int, fingerprint: bytes, inputs: bytes) -> None:
+        """Keep a request answered from the store out of the chunks: its row is written by :meth:`finish`."""
+        self._hits.add(key, fingerprint, inputs)
+
+    def hold(
+        self, line: bytes, inputs: bytes, fingerprint: bytes, count: Callable[[TokenTally], None]
+    ) -> None:
+        """Keep a request for the canary."""
+        self._held.append(HeldRequest(line, inputs, fingerprint, count))
+
+    def finish(
+        self, staging: ObjectStoragePath, tally: TokenTally, send: Callable[[bytes, bytes], None]
+    ) -> None:
+        """Run the canary, send back what it could not answer, and write the rows answered without a batch."""
+        if self._held:
+            assert self.run_canary is not None
+            self.canary = self.run_canary(self._held, tally)
+            for answer in self.canary.failed:
+                held = answer.held
+                send(held.line, with_fingerprint(held.inputs, held.fingerprint))
+                held.count(tally)
+        answered = self.canary.answered if self.canary is not None else []
+        if not answered and not self._hits.count:
+            return
+        self.reused_file = staging / layout.REUSED_FILE
+        with self.reused_file.open("wb") as out:
+            if self._hits.count:
+                assert self.index is not None
+                self.reused = resolve_hits(self.index, self._hits, out, self.round_number)
+                self.log.info("%d request(s) answered from the answer store: not sent, no cost", self.reused)
+            if answered:
+                self._write_canary_rows(out)
+
+    def _write_canary_rows(self, out: IO[bytes]) -> None:
+        """Write the canary's usable answers as rows, and store them when the job has a store."""
+        assert self.canary is not None
+        written_at = datetime.now(UTC)
+        segment = SegmentWriter() if self.store is not None else None
+        try:
+            for answer in self.canary.answered:
+                body, usage = canary_answer_parts(answer)
+                source = canary_source(answer, self.job, self.round_number, written_at.isoformat())
+                out.write(answered_row(answer.held.inputs, self.round_number, body, usage, source))
+                out.write(b"\n")
+                if segment is not None:
+                    segment.add(answer.held.fingerprint, body, source[:-1] + b',"usage":' + usage + b"}")
+            if segment is not None and self.store is not None:
+                name = layout.canary_segment_name(self.job, self.round_number)
+                segment.commit(self.store, name, written_at.timestamp())
+        finally:
+            if segment is not None:
+                segment.close()
+
+    def close(self) -> None:
+        """Remove the local spill files."""
+        self._hits.close()
