@@ -1,4 +1,8 @@
-"""Run every benchmark in turn (``make bench``); each prints its own figures and ratios."""
+"""Run every benchmark in turn (``make bench``); each prints its own figures and ratios.
+
+Not included, for their length: ``bench_10m.py`` (ten million requests on a real Airflow,
+about half an hour) and ``reuse_savings.py`` (dollar figures of the example jobs).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ BENCHMARKS = [
     "bench_reuse.py",
     "bench_wait.py",
     "bench_gather.py",
+    "bench_gather_schema.py",
     "bench_s3_read.py",
+    "bench_cache_ttl.py",
 ]
 
 
