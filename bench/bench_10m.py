@@ -53,6 +53,8 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT / "tests" / "guide"))
 
 DAG_ID = "bench_10m"
+TASK_TITLE = "airflow worker -- "
+EXECUTOR = "LocalExecutor:"
 DAG_FILE = """
 import pendulum
 from datetime import timedelta
@@ -114,10 +116,13 @@ class TaskProcessSampler:
     def __init__(self, root_pid: int) -> None:
         self.root = root_pid
         self.seen: dict[int, Seen] = {}
+        self.before: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> TaskProcessSampler:
+        self._sample()  # what runs before the job is not the job's
+        self.before = set(self.seen)
         self._thread.start()
         return self
 
@@ -127,36 +132,39 @@ class TaskProcessSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
+            self._sample()
+
+    def _sample(self) -> None:
+        try:
+            descendants = psutil.Process(self.root).children(recursive=True)
+        except psutil.Error:
+            return
+        now = time.time()
+        for proc in descendants:
             try:
-                descendants = psutil.Process(self.root).children(recursive=True)
+                rss, ppid, created = proc.memory_info().rss, proc.ppid(), proc.create_time()
             except psutil.Error:
                 continue
-            now = time.time()
-            for proc in descendants:
-                try:
-                    rss, ppid, created = proc.memory_info().rss, proc.ppid(), proc.create_time()
-                except psutil.Error:
-                    continue
-                entry = self.seen.get(proc.pid)
-                if entry is None:
-                    title = ""
-                    with contextlib.suppress(psutil.Error):
-                        title = " ".join(proc.cmdline())[:160]
-                    entry = self.seen[proc.pid] = Seen(proc.pid, ppid, created, now, title=title)
-                entry.last_seen = now
-                entry.peak_rss = max(entry.peak_rss, rss)
-                if ppid in self.seen:
-                    self.seen[ppid].children.add(proc.pid)
+            entry = self.seen.get(proc.pid)
+            if entry is None:
+                entry = self.seen[proc.pid] = Seen(proc.pid, ppid, created, now)
+            if not entry.title.startswith(TASK_TITLE) or EXECUTOR in entry.title:  # retitled once started
+                with contextlib.suppress(psutil.Error):
+                    entry.title = " ".join(proc.cmdline())[:160]
+            entry.last_seen = now
+            entry.peak_rss = max(entry.peak_rss, rss)
+            if ppid in self.seen:
+                self.seen[ppid].children.add(proc.pid)
 
-    def task_processes(self, since: float) -> list[Seen]:
-        """Return the short-lived leaves started after ``since``: the processes that ran tasks."""
-        return [p for p in self.seen.values() if p.started >= since and not p.children]
+    def task_processes(self) -> list[Seen]:
+        """Return the processes that ran a task during the job: the children of executor workers.
 
-
-def _epoch(stamp: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        An executor worker (titled ``airflow worker -- LocalExecutor: <idle>`` or ``... <ti id>``)
+        lives for the whole run, so it is not counted; the child it forks for each task instance
+        lives as long as the task runs and is titled ``airflow worker -- <ti id>``.
+        """
+        workers = {p.pid for p in self.seen.values() if EXECUTOR in p.title}
+        return [p for p in self.seen.values() if p.pid not in self.before and p.ppid in workers]
 
 
 def check_rows(path: Path, kind: str) -> list[int]:
@@ -196,7 +204,6 @@ def run_job(args: argparse.Namespace, work: Path, base_url: str) -> dict[str, An
         cluster.wait_for_dag(DAG_ID, timeout=300)
         cluster.api_json("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
         with TaskProcessSampler(cluster.processes["scheduler"].pid) as sampler:
-            t0_wall = time.time()
             t0 = time.monotonic()
             run = cluster.api_json("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None})
             run_id = run["dag_run_id"]
@@ -205,7 +212,7 @@ def run_job(args: argparse.Namespace, work: Path, base_url: str) -> dict[str, An
         tis = cluster.api_json("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")[
             "task_instances"
         ]
-        tasks = sampler.task_processes(t0_wall)
+        tasks = sampler.task_processes()
         (work / "processes.json").write_text(
             json.dumps([vars(p) | {"children": sorted(p.children)} for p in sampler.seen.values()], indent=1)
         )
@@ -218,12 +225,11 @@ def run_job(args: argparse.Namespace, work: Path, base_url: str) -> dict[str, An
     )
     every_once = rows == list(range(1, args.requests + 1))
     stages = {ti["task_id"]: (ti["start_date"], ti["end_date"], ti["try_number"], ti["state"]) for ti in tis}
+    task_of = {ti["id"]: ti["task_id"] for ti in tis}
     held: dict[str, float] = {}
-    for process in tasks:  # a task process belongs to the task instance running when it started
-        for task_id, (start, end, _try, _state) in stages.items():
-            if start and _epoch(start) - 2 <= process.started <= (_epoch(end) if end else time.time()):
-                held[task_id] = held.get(task_id, 0.0) + process.last_seen - process.started
-                break
+    for process in tasks:  # titled with its task instance id
+        task_id = task_of.get(process.title.split()[-1] if process.title else "", "?")
+        held[task_id] = held.get(task_id, 0.0) + process.last_seen - process.started
     return {
         "held_by_task": held,
         "wall": wall,
