@@ -10,15 +10,13 @@ loaded and built in a worker thread when :meth:`BatchesTrigger.run` starts.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_batch.wait.loop import cancel_unfinished, connect, settle, wait_for_round
+from airflow_batch.wait.loop import cancel_unfinished, connect, settle, triggerer_name, wait_for_round
 from airflow_batch.wait.policy import DEFAULT_CANCEL_GRACE, WaitState
 from airflow_batch.wait.progress import ProgressWriter
 
@@ -99,16 +97,6 @@ class BatchesTrigger(BaseTrigger):
             "workspace_id": self.workspace_id,
         }
 
-    def _triggerer(self) -> str:
-        """Return which triggerer runs this trigger, for its log.
-
-        Airflow 3.3's trigger runner leaves ``triggerer_job_id`` None (it never learns its
-        job id), so the host and process name the triggerer when the job id is missing.
-        """
-        where = f"host {socket.gethostname()}, pid {os.getpid()}"
-        job_id = getattr(self, "triggerer_job_id", None)
-        return f"triggerer job {job_id} ({where})" if job_id is not None else f"the triggerer on {where}"
-
     @classmethod
     def for_state(cls, state: WaitState, **identity: Any) -> BatchesTrigger:
         """Return a trigger that carries on ``state`` (what a wait in the worker learned so far)."""
@@ -124,7 +112,7 @@ class BatchesTrigger(BaseTrigger):
             "Watching %d batches (%d already ended) on %s; poll every %ss, policy %r.",
             len(self.state.batch_ids),
             len(self.state.ended_statuses()),
-            self._triggerer(),
+            triggerer_name(self),
             self.state.poll_interval,
             self.state.timeout_policy,
         )

@@ -16,7 +16,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_batch.submit.queue import QueueWait, queued_requests, room_ready
-from airflow_batch.wait.loop import connect, read_statuses, settle
+from airflow_batch.wait.loop import connect, read_statuses, settle, triggerer_name
 
 CLASSPATH = "airflow_batch.triggers.queue.QueueRoomTrigger"
 
@@ -75,11 +75,11 @@ class QueueRoomTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the next wave fits, and yield its one event."""
         self.log.info(
-            "Round %d waits for queue room for %d requests (%s) on triggerer %s; watching %d batches.",
+            "Round %d waits for queue room for %d requests (%s) on %s; watching %d batches.",
             self.round_number,
             self.wait.need,
             self.wait.reason,
-            getattr(self, "triggerer_job_id", None),
+            triggerer_name(self),
             len(self.batch_ids),
         )
         started = time.time()
@@ -94,7 +94,8 @@ class QueueRoomTrigger(BaseTrigger):
                 queued = queued_requests(outcome.statuses)
                 waited = time.time() - self.started_at
                 if room_ready(self.wait, queued, waited):
-                    await settle(started, self.poll_interval)
+                    if await settle(started, self.poll_interval):
+                        queued = await self._fresher(api, queued)  # batches ended during the hold
                     yield TriggerEvent({"status": "room", "queued": queued, "waited": waited})
                     return
                 self.log.info(
@@ -108,3 +109,12 @@ class QueueRoomTrigger(BaseTrigger):
                 await asyncio.sleep(self.poll_interval)
         finally:
             await api.close()
+
+    async def _fresher(self, api: Any, queued: int) -> int:
+        """Return the round's queued requests read again (a count only falls: ended stays ended).
+
+        The next wave is sized from this count, so a count from before a hold would leave the
+        room freed during it unused until the next wait.
+        """
+        outcome = await read_statuses(api, self.batch_ids, round_batches=len(self.batch_ids))
+        return queued if outcome.permanent else min(queued, queued_requests(outcome.statuses))

@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import gc
 import importlib
+import os
+import socket
 import sys
 import threading
 import time
@@ -85,8 +87,8 @@ def import_without_collections(module: str, *warm_ups: str) -> None:
 SETTLE_SECONDS = 15.0
 
 
-async def settle(started: float, poll_interval: float) -> None:
-    """Hold a trigger's event until ``min(15 s, 4 polls)`` after the trigger started.
+async def settle(started: float, poll_interval: float) -> bool:
+    """Hold a trigger's event until ``min(15 s, 4 polls)`` after the trigger started; return if it held.
 
     Airflow 3 has a race (apache/airflow#66374, #67287, #72716): when a trigger fires before
     the scheduler has processed the executor's "success" for the process that deferred, the
@@ -98,6 +100,18 @@ async def settle(started: float, poll_interval: float) -> None:
     remaining = started + min(SETTLE_SECONDS, 4 * poll_interval) - time.time()
     if remaining > 0:
         await asyncio.sleep(remaining)
+    return remaining > 0
+
+
+def triggerer_name(trigger: object) -> str:
+    """Return which triggerer runs ``trigger``, for its log.
+
+    Airflow 3.3's trigger runner leaves ``triggerer_job_id`` None (it never learns its job id),
+    so the host and process name the triggerer when the job id is missing.
+    """
+    where = f"host {socket.gethostname()}, pid {os.getpid()}"
+    job_id = getattr(trigger, "triggerer_job_id", None)
+    return f"triggerer job {job_id} ({where})" if job_id is not None else f"the triggerer on {where}"
 
 
 def is_local(base_url: str) -> bool:

@@ -25,7 +25,7 @@ from airflow_batch.exceptions import SpendLimitReachedError
 from airflow_batch.manifest import JobIdentity
 from airflow_batch.storage import as_path, read_json
 from airflow_batch.submit.creating import continue_round
-from airflow_batch.submit.queue import QueueWaitNeeded
+from airflow_batch.submit.queue import QueueWait, QueueWaitNeeded
 from airflow_batch.submit.round import SubmitSettings, submit_round
 from airflow_batch.triggers.queue import QueueRoomTrigger
 
@@ -143,6 +143,38 @@ async def _first_event(trigger: QueueRoomTrigger) -> dict[str, Any]:
     async for event in trigger.run():
         return dict(event.payload)
     raise AssertionError("the trigger yielded no event")
+
+
+def test_the_room_event_counts_what_ended_while_it_was_held(
+    emulator: EmulatorProcess, anthropic_conn: str
+) -> None:
+    # An event found within the first polls is held (Airflow's defer-exit race); the next wave is
+    # sized from its count, so the count must include the batches that ended during the hold.
+    emulator.configure(throughput=400, start_delay_seconds=0)
+    client = anthropic.Anthropic(base_url=emulator.base_url, api_key="k")
+    params = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
+    sizes = (400, 1000)  # the first ends after about 1 s, the second after about 2.5 s
+    batch_ids = [
+        client.messages.batches.create(
+            requests=[{"custom_id": f"b{size}-{i}", "params": params} for i in range(size)]  # type: ignore[misc]
+        ).id
+        for size in sizes
+    ]
+    wait = QueueWait(
+        "max_queued_requests", need=400, queued=1400, limit=1400, retry_after=None, pending_chunks=1
+    )
+    trigger = QueueRoomTrigger(
+        conn_id="anthropic_default",
+        batch_ids=batch_ids,
+        wait=wait.to_json(),
+        started_at=time.time(),
+        poll_interval=1.0,
+    )
+    started = time.monotonic()
+    event = asyncio.run(_first_event(trigger))
+    assert event["status"] == "room"
+    assert time.monotonic() - started >= 3.5  # held min(15 s, 4 polls) from its start
+    assert event["queued"] == 0, event  # both ended by the end of the hold: the next wave may fill the queue
 
 
 @pytest.mark.parametrize("share", [2000, None], ids=["shares", "learned-from-429"])
