@@ -2,9 +2,11 @@
 
 Both submit operators create what fits the processing queue and then defer on
 :class:`~airflow_batch.triggers.queue.QueueRoomTrigger`; no worker slot is held while the
-queue drains. On resume they create the next wave from the ledger (see
-:func:`airflow_batch.submit.round.continue_round`), and defer again until every chunk has
-its batch.
+queue drains. The trigger creates each later wave itself from the ledger and the installed
+chunk files (see :func:`airflow_batch.submit.creating.continue_round`) when it can read the
+job folder, so the task resumes once, when every chunk has its batch; when it cannot (a
+local job folder on another host) or a create fails, it hands the wave back: the task
+resumes, creates the next wave, and defers again.
 """
 
 from __future__ import annotations
@@ -33,8 +35,13 @@ def defer_for_room(
     identity: JobIdentity,
     round_number: int,
     poll_interval: float | None,
+    *,
+    job: ObjectStoragePath,
+    submit_settings: SubmitSettings,
 ) -> None:
-    """Defer ``operator`` until the round's next wave fits the queue (raises TaskDeferred)."""
+    """Defer ``operator`` until the round's remaining waves are created or it must create them
+    itself (raises TaskDeferred). The trigger creates each wave that fits from the job folder's
+    ledger and chunk files when it can read them, so the task resumes once, at the end."""
     from airflow_batch.triggers.queue import QueueRoomTrigger
 
     operator.defer(
@@ -47,9 +54,20 @@ def defer_for_room(
             round_number=round_number,
             betas=identity.betas,
             workspace_id=identity.workspace_id,
+            job=str(job),
+            wave_settings=wave_settings(submit_settings),
         ),
         method_name=RESUME_METHOD,
     )
+
+
+def wave_settings(submit_settings: SubmitSettings) -> dict[str, Any]:
+    """Return what creating a wave needs of the submit's settings (JSON, for the trigger)."""
+    return {
+        "max_requests_per_batch": submit_settings.max_requests_per_batch,
+        "max_queued_requests": submit_settings.max_queued_requests,
+        "adopt_orphans": submit_settings.adopt_orphans,
+    }
 
 
 def resume_round(
@@ -66,7 +84,10 @@ def resume_round(
     """Create the round's next wave after a queue wait; defer again while more chunks wait."""
     from airflow_batch.hooks.batches import BatchesHook
     from airflow_batch.submit.creating import continue_round
+    from airflow_batch.submit.ledger import LedgerStore
 
+    if event and event.get("batches"):  # created by the trigger: known to the mirror from now on
+        LedgerStore(job, round_number, context.get("task_state_store")).mirror_batches(event["batches"])
     hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
     with hook.batches_api() as api:
         try:
@@ -85,7 +106,15 @@ def resume_round(
                 start_over,
             )
         except QueueWaitNeeded as pause:
-            defer_for_room(operator, pause, identity, round_number, getattr(operator, "poll_interval", None))
+            defer_for_room(
+                operator,
+                pause,
+                identity,
+                round_number,
+                getattr(operator, "poll_interval", None),
+                job=job,
+                submit_settings=settings,
+            )
             raise
 
 

@@ -120,7 +120,9 @@ class RetryFailedOperator(BaseOperator):
                     reuse=AnswerReuse(store, lookup=False) if store else None,
                 )
             except QueueWaitNeeded as pause:
-                defer_for_room(self, pause, identity, round_number, self.poll_interval)
+                defer_for_room(
+                    self, pause, identity, round_number, self.poll_interval, job=job, submit_settings=settings
+                )
                 raise
             except BeforeSubmitError as refusal:
                 push_refusal(context, job, round_number, refusal)

@@ -380,7 +380,15 @@ class SubmitBatchesOperator(BaseOperator):
                     validator=self.job_schema.validator if self.job_schema is not None else None,
                 )
             except QueueWaitNeeded as pause:
-                defer_for_room(self, pause, identity, 0, self.poll_interval)
+                defer_for_room(
+                    self,
+                    pause,
+                    identity,
+                    0,
+                    self.poll_interval,
+                    job=job,
+                    submit_settings=self.round_settings(),
+                )
                 raise  # unreachable: defer raises
             except BeforeSubmitError as refusal:
                 push_refusal(context, job, 0, refusal)

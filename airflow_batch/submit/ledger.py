@@ -36,6 +36,7 @@ twice; cancel the named one if it is ours).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -203,6 +204,24 @@ class LedgerStore:
             "batches": {str(chunk): entry["batch_id"] for chunk, entry in ledger.batches.items()},
             "intents": {str(chunk): entry["started_at"] for chunk, entry in ledger.intents.items()},
         }
+        self._set_mirror(value)
+
+    def mirror_batches(self, batches: Mapping[str, str]) -> None:
+        """Add batches recorded elsewhere (chunk -> batch id) to the mirror.
+
+        The queue trigger creates waves from the ledger file, which it can read, but has no
+        state store: its batches reach the mirror through its event, so a resume on a host that
+        cannot read a local ledger file still knows every batch.
+        """
+        mirrored = self._load_mirror()
+        if mirrored is None or not batches:
+            return
+        mirrored["batches"] = {**mirrored.get("batches", {}), **batches}
+        mirrored["intents"] = {k: v for k, v in mirrored.get("intents", {}).items() if k not in batches}
+        self._set_mirror(mirrored)
+
+    def _set_mirror(self, value: dict[str, Any]) -> None:
+        assert self.state_store is not None
         try:
             from airflow.sdk.execution_time.context import NEVER_EXPIRE
 

@@ -2,8 +2,15 @@
 
 The submit task defers on it when the round's next chunks would overflow the organisation's
 processing queue (see :mod:`airflow_batch.submit.queue`): it watches the round's batches
-created so far and fires once enough of their requests have been processed. Like
-``BatchesTrigger`` this module imports nothing heavy; the client is built in a thread.
+created so far until enough of their requests have been processed. Then, when it can read the
+job folder, it creates the next wave itself (the task's own code,
+:func:`~airflow_batch.submit.creating.continue_round`, run in a thread with a sync client:
+the ledger records each intent and batch, so a wave is never created twice) and goes on
+watching; it fires once every chunk has its batch, so a job of a hundred waves resumes its
+task once instead of a hundred times. It hands a wave back to the task (fires ``room``)
+when the job folder is not readable here (a local folder on another host) or creating
+fails in any way: the task then creates it, with its own error handling, and defers again.
+Like ``BatchesTrigger`` this module imports nothing heavy; the client is built in a thread.
 """
 
 from __future__ import annotations
@@ -15,17 +22,21 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_batch.submit.queue import QueueWait, queued_requests, room_ready
+from airflow_batch.submit.queue import QueueWait, QueueWaitNeeded, queued_requests, room_ready
 from airflow_batch.wait.loop import connect, read_statuses, settle, triggerer_name
 
 CLASSPATH = "airflow_batch.triggers.queue.QueueRoomTrigger"
+#: Creating a wave in the trigger ended in neither the next wait nor the round: the task creates it.
+HAND_BACK = "hand_back"
 
 
 class QueueRoomTrigger(BaseTrigger):
     """Poll a round's created batches until its next wave has queue room; yield one event.
 
-    Event: ``{"status": "room", "queued": int, "waited": float}`` or ``{"status": "error",
-    "message": str}`` (a batch could not be read: 401, 403, 404).
+    Events: ``{"status": "created", "waves": int, "batches": {chunk: batch_id}}`` (every chunk
+    has its batch),
+    ``{"status": "room", "queued": int, "waited": float}`` (the task creates the next wave) or
+    ``{"status": "error", "message": str}`` (a batch could not be read: 401, 403, 404).
 
     :param conn_id: The Anthropic connection (never the key itself).
     :param batch_ids: The round's batches created so far.
@@ -35,6 +46,9 @@ class QueueRoomTrigger(BaseTrigger):
     :param round_number: The round, for the log.
     :param betas: The job's ``anthropic-beta`` names.
     :param workspace_id: The job's workspace.
+    :param job: The job folder (its URL); None: never create here, fire ``room``.
+    :param wave_settings: What creating a wave needs of the submit's settings
+        (:func:`~airflow_batch.operators.queueing.wave_settings`).
     """
 
     def __init__(
@@ -48,6 +62,8 @@ class QueueRoomTrigger(BaseTrigger):
         round_number: int = 0,
         betas: Sequence[str] = (),
         workspace_id: str | None = None,
+        job: str | None = None,
+        wave_settings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id
@@ -58,6 +74,8 @@ class QueueRoomTrigger(BaseTrigger):
         self.round_number = round_number
         self.betas = list(betas)
         self.workspace_id = workspace_id
+        self.job = job
+        self.wave_settings = dict(wave_settings or {})
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the class path and kwargs."""
@@ -70,6 +88,8 @@ class QueueRoomTrigger(BaseTrigger):
             "round_number": self.round_number,
             "betas": self.betas,
             "workspace_id": self.workspace_id,
+            "job": self.job,
+            "wave_settings": self.wave_settings,
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -83,6 +103,7 @@ class QueueRoomTrigger(BaseTrigger):
             len(self.batch_ids),
         )
         started = time.time()
+        waves = 0
         api = await connect(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
         try:
             while True:
@@ -96,7 +117,17 @@ class QueueRoomTrigger(BaseTrigger):
                 if room_ready(self.wait, queued, waited):
                     if await settle(started, self.poll_interval):
                         queued = await self._fresher(api, queued)  # batches ended during the hold
-                    yield TriggerEvent({"status": "room", "queued": queued, "waited": waited})
+                    wave = await asyncio.to_thread(self._create_wave, queued) if self.job else HAND_BACK
+                    if isinstance(wave, QueueWaitNeeded):  # created what fits; watch for the next
+                        waves += 1
+                        self.wait, self.batch_ids = wave.wait, list(wave.batch_ids)
+                        self.started_at = time.time()
+                        continue
+                    if isinstance(wave, dict):  # every chunk has its batch
+                        batches = {str(b["chunk"]): b["batch_id"] for b in wave["batches"]}
+                        yield TriggerEvent({"status": "created", "waves": waves + 1, "batches": batches})
+                    else:  # the task creates it
+                        yield TriggerEvent({"status": "room", "queued": queued, "waited": waited})
                     return
                 self.log.info(
                     "queue: %d of the round's requests still processing; the next wave needs room for %d%s "
@@ -109,6 +140,39 @@ class QueueRoomTrigger(BaseTrigger):
                 await asyncio.sleep(self.poll_interval)
         finally:
             await api.close()
+
+    def _create_wave(self, queued: int) -> QueueWaitNeeded | dict[str, Any] | str:
+        """Create the next wave (in a thread); return the next wait, the round's manifest when
+        every chunk has its batch, or ``HAND_BACK``: the task creates the wave."""
+        from airflow_batch.hooks.batches import BatchesHook
+        from airflow_batch.manifest import JobIdentity
+        from airflow_batch.storage import as_path
+        from airflow_batch.submit.creating import continue_round
+        from airflow_batch.submit.round import SubmitSettings
+
+        assert self.job is not None
+        try:
+            hook = BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
+            with hook.batches_api() as api:
+                manifest = continue_round(
+                    api,
+                    job=as_path(self.job),
+                    round_number=self.round_number,
+                    identity=JobIdentity(self.conn_id, tuple(self.betas), self.workspace_id),
+                    settings=SubmitSettings(**self.wave_settings),
+                    queued=queued,
+                    log=self.log,  # type: ignore[arg-type]
+                )
+        except QueueWaitNeeded as pause:
+            return pause
+        except FileNotFoundError as missing:
+            self.log.info("The task creates the next wave: %s is not readable from this triggerer.", missing)
+            return HAND_BACK
+        except Exception as error:  # the task's own path reports it, with its retries and errors
+            self.log.warning("Creating the next wave here failed (%s: %s); the task creates it.",
+                             type(error).__name__, error)  # fmt: skip
+            return HAND_BACK
+        return dict(manifest)
 
     async def _fresher(self, api: Any, queued: int) -> int:
         """Return the round's queued requests read again (a count only falls: ended stays ended).

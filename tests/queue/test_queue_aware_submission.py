@@ -77,8 +77,9 @@ def test_a_job_four_times_the_queue_submits_in_waves_deferring_and_every_request
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
     stats = emulator.stats()
     assert stats["peak_requests_queued"] <= 3000
-    # The submit ran, deferred, resumed, deferred, resumed...: at least two deferrals.
-    assert caplog.text.count(f"running task <TaskInstance: {dag.dag_id}.job.submit") >= 3
+    # The submit ran once, deferred, and resumed once: the queue trigger created every later
+    # wave itself (it paused at least twice), with no worker slot held in between.
+    assert caplog.text.count(f"running task <TaskInstance: {dag.dag_id}.job.submit") == 2
     job = layout.job_dir(output, dag.dag_id, run.run_id, "job.submit")
     ledger = read_json(layout.ledger_path(job, 0))
     assert len(ledger["batches"]) == 12 and ledger["intents"] == {}
@@ -175,6 +176,32 @@ def test_the_room_event_counts_what_ended_while_it_was_held(
     assert event["status"] == "room"
     assert time.monotonic() - started >= 3.5  # held min(15 s, 4 polls) from its start
     assert event["queued"] == 0, event  # both ended by the end of the hold: the next wave may fill the queue
+
+
+def test_a_trigger_that_cannot_read_the_job_folder_hands_the_wave_to_the_task(
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
+) -> None:
+    emulator.configure(throughput=1000, start_delay_seconds=0)
+    client = anthropic.Anthropic(base_url=emulator.base_url, api_key="k")
+    params = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
+    batch = client.messages.batches.create(
+        requests=[{"custom_id": f"r-{i}", "params": params} for i in range(100)]  # type: ignore[misc]
+    )
+    wait = QueueWait(
+        "max_queued_requests", need=100, queued=100, limit=100, retry_after=None, pending_chunks=1
+    )
+    trigger = QueueRoomTrigger(
+        conn_id="anthropic_default",
+        batch_ids=[batch.id],
+        wait=wait.to_json(),
+        started_at=time.time(),
+        poll_interval=0.2,
+        job=str(tmp_path / "elsewhere" / "job.submit"),  # a local folder of another host
+        wave_settings={"max_requests_per_batch": 100, "max_queued_requests": 100},
+    )
+    event = asyncio.run(_first_event(trigger))
+    assert event["status"] == "room" and event["queued"] == 0, event
+    assert emulator.batch_count() == 1  # nothing was created here
 
 
 @pytest.mark.parametrize("share", [2000, None], ids=["shares", "learned-from-429"])

@@ -455,6 +455,22 @@ def test_ledger_is_rebuilt_from_the_state_store_when_the_job_folder_lost_it(tmp_
     assert LedgerStore(job, 0, None).load() is None
 
 
+def test_batches_the_queue_trigger_created_reach_the_mirror_through_its_event(tmp_path: Path) -> None:
+    # The trigger writes the ledger file but has no state store; a resume on a host that cannot
+    # read a local ledger file must still know its batches.
+    job = as_path(str(tmp_path / "job"))
+    state = DictStateStore()
+    ledger = Ledger(job_dir=str(job), round=0, fingerprint="f1", conn_id="c")
+    ledger.batches[0] = {"batch_id": "msgbatch_a"}
+    ledger.intents[1] = {"started_at": "2026-01-01T00:00:00+00:00"}
+    LedgerStore(job, 0, state).save(ledger)
+    LedgerStore(job, 0, state).mirror_batches({"1": "msgbatch_b", "2": "msgbatch_c"})
+    layout.ledger_path(job, 0).unlink()
+    loaded = LedgerStore(job, 0, state).load()
+    assert loaded is not None and loaded.intents == {}
+    assert [loaded.batch_id(chunk) for chunk in (0, 1, 2)] == ["msgbatch_a", "msgbatch_b", "msgbatch_c"]
+
+
 def test_a_refusal_records_its_round_reason_and_with_a_budget_its_figures() -> None:
     budget = BudgetExceededError(
         "round 1 would cost $0.0200", estimate_usd=0.02, budget_usd=0.03, spent_usd=0.015
