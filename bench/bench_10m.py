@@ -318,19 +318,21 @@ def main() -> None:
     try:
         with EmulatorProcess(work / "emulator", config=config) as emulator:
             ours = run_job(args, work, emulator.base_url)
-            peak_queued = emulator.stats()["peak_requests_queued"]
-        report(args, ours, peak_queued)
+            stats = emulator.stats()
+        report(args, ours, stats)
         # The guide's loop against a fresh emulator with the same queue (the first holds 10 M results).
         with EmulatorProcess(work / "emulator-guide", config=config) as emulator:
             guide = run_guide(emulator.base_url, args.guide_requests)
+            guide_refused = emulator.stats()["creates_refused"]
         print(f"batch guide loop        {args.guide_requests:,} requests: {guide['outcome']} after "
-              f"{guide['seconds']:.0f} s, peak RSS {guide['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+              f"{guide['seconds']:.0f} s, peak RSS {guide['peak_rss_mb']:.0f} MB, "
+              f"{guide_refused} create(s) answered 429", flush=True)  # fmt: skip
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def report(args: argparse.Namespace, ours: dict[str, Any], peak_queued: int) -> None:
+def report(args: argparse.Namespace, ours: dict[str, Any], stats: dict[str, int]) -> None:
     """Print the job's figures."""
     manifest = ours["manifest"]
     api_seconds = args.requests / (args.batch_rate * (args.queue_limit // 100_000))
@@ -340,7 +342,8 @@ def report(args: argparse.Namespace, ours: dict[str, Any], peak_queued: int) -> 
           f"{args.batch_rate:,.0f} requests/s per batch, {args.error_rate:.0%} overloaded)")  # fmt: skip
     print(f"every custom_id once    {ours['every_once']} ({manifest['succeeded']:,} succeeded, "
           f"{manifest['failed']:,} failed, {len(manifest['rounds'])} rounds)")  # fmt: skip
-    print(f"peak queued (emulator)  {peak_queued:,}")
+    print(f"peak queued (emulator)  {stats['peak_requests_queued']:,}; creates answered 429: "
+          f"{stats['creates_refused']}")  # fmt: skip
     print(f"wall time               {ours['wall']:.0f} s (the emulated API alone needs {api_seconds:.0f} s)")
     print(f"overhead                {overhead / (args.requests / 1e6):.1f} s per million requests")
     ratio = ours["worker_seconds"] / ours["wall"]

@@ -206,6 +206,7 @@ class Emulator:
         # follows must not interleave with another create's.
         self.admission = threading.Lock()
         self.recent_creates: deque[float] = deque()
+        self.creates_refused = 0  # creates answered 429 by the queue or create-rate limit since reset
         self._messages_lock = threading.Lock()
         self._messages_answered = 0
 
@@ -215,6 +216,7 @@ class Emulator:
             self.store.reset()
             self.recent_creates.clear()
             self._messages_answered = 0
+            self.creates_refused = 0
 
     def admit(self, requests: int, now: float) -> int:
         """Return the requests queued once a batch of ``requests`` is stored; raise the 429 of a limit.
@@ -228,6 +230,7 @@ class Emulator:
         queue = self.store.queue(now)
         refusal = refusal or queue_refusal(queue, requests, config.queue_limit, now)
         if refusal is not None:
+            self.creates_refused += 1
             raise ApiError.from_refusal(refusal)
         return sum(count for _, count in queue) + requests
 
@@ -685,7 +688,11 @@ def admin_routes(emulator: Emulator) -> list[Route]:
         return _json(config.to_json())
 
     def stats(request: Request) -> Response:
-        return _json({**emulator.store.stats(time.time()), "http_faults_injected": emulator.faults.injected})
+        return _json({
+            **emulator.store.stats(time.time()),
+            "http_faults_injected": emulator.faults.injected,
+            "creates_refused": emulator.creates_refused,
+        })  # fmt: skip
 
     def reset(request: Request) -> Response:
         emulator.reset()

@@ -134,12 +134,20 @@ class QueueRoomTrigger(BaseTrigger):
                     "(waited %.0f s)",
                     queued,
                     self.wait.need,
-                    f" under max_queued_requests={self.wait.limit:,}" if self.wait.limit is not None else "",
+                    self._under(),
                     waited,
                 )
                 await asyncio.sleep(self.poll_interval)
         finally:
             await api.close()
+
+    def _under(self) -> str:
+        """Return the limit the next wave waits under, for the log."""
+        if self.wait.limit is None:
+            return ""
+        if self.wait.reason == "max_queued_requests":
+            return f" under max_queued_requests={self.wait.limit:,}"
+        return f" under the {self.wait.limit:,} the queue held when it was last full"
 
     def _create_wave(self, queued: int) -> QueueWaitNeeded | dict[str, Any] | str:
         """Create the next wave (in a thread); return the next wait, the round's manifest when

@@ -86,6 +86,7 @@ def test_a_job_four_times_the_queue_submits_in_waves_deferring_and_every_request
     assert sum("paused with" in event for event in ledger["events"]) >= 2
     # One refused create taught the round the queue's size; later waves fill up to it without one.
     assert sum("queue is full" in event for event in ledger["events"]) == 1
+    assert stats["creates_refused"] == 1  # as the emulator counted them
     assert ledger["learned_queue_limit"] == 3000
     results, failures = _rows(layout.final_results_path(job)), _rows(layout.final_failures_path(job))
     ids = [row["custom_id"] for row in results + failures]
