@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -329,7 +329,15 @@ class Validator:
         """Return whether answers are checked by the compiled msgspec types (the fast path)."""
         return self._decoder is not None
 
-    def check(self, text: bytes) -> str | None:
+    @property
+    def decode(self) -> Callable[[bytes | str], Any] | None:
+        """Return the compiled decoder's ``decode`` (raises on an invalid answer), or None.
+
+        The hot loop of a gather calls it directly and asks :meth:`check` only for the reason
+        of an answer it refused."""
+        return self._decoder.decode if self._decoder is not None else None
+
+    def check(self, text: bytes | str) -> str | None:
         """Return why the answer ``text`` is not valid JSON of the schema (path and reason), or None."""
         if self._decoder is not None:
             try:

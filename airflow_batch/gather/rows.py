@@ -503,16 +503,24 @@ _NO_META: InputMeta = (None, None, None)
 def _checked(rows: list[ResultRow], settings: BlockSettings) -> tuple[list[Any], list[Any]]:
     """Return the rows whose text is valid for the schema (with ``output``) and invalid_output failures."""
     assert settings.validator is not None
-    check = settings.validator.check
+    check, decode = settings.validator.check, settings.validator.decode
     valid: list[Any] = []
     invalid: list[Any] = []
     # The answers' string literals decoded in one call: half the cost of one call per row.
     texts = _strs_decoder.decode(b"[" + b",".join(row.text for row in rows) + b"]")
     for row, text in zip(rows, texts, strict=True):
-        answer = text.encode()
-        problem = check(answer)
+        if decode is not None:  # the compiled schema: valid unless it raises
+            try:
+                decode(text)
+            except msgspec.DecodeError:  # ValidationError included; check() says why
+                pass
+            else:
+                row.output = msgspec.Raw(text)
+                valid.append(row)
+                continue
+        problem = check(text)
         if problem is None:
-            row.output = msgspec.Raw(answer)
+            row.output = msgspec.Raw(text)
             valid.append(row)
             continue
         cut = row.stop_reason == "max_tokens"
