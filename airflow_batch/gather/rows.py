@@ -440,15 +440,25 @@ def _add_slice(
         lines = _first_lines(lines, seen)
     plain: list[Any] = []
     other: list[Any] = []
-    for line in lines:
-        message = line.result.message
-        if line.result.type == "succeeded":
-            if message is None:
-                raise ValueError(
-                    f"custom_id {line.custom_id!r} in batch {settings.batch_id}: "
-                    "a succeeded result has no message"
-                )
-            (plain if _is_plain(message) and not settings.include_content else other).append(line)
+    fast = not settings.include_content
+    for line in lines:  # the hot loop: _is_plain inlined for the common one-text-block answer
+        result = line.result
+        if result.type != "succeeded":
+            other.append(line)
+            continue
+        message = result.message
+        if message is None:
+            raise ValueError(
+                f"custom_id {line.custom_id!r} in batch {settings.batch_id}: "
+                "a succeeded result has no message"
+            )
+        content = message.content
+        if (
+            fast
+            and message.stop_reason in NORMAL_STOPS
+            and ((len(content) == 1 and content[0].type == "text") or _is_plain(message))
+        ):
+            plain.append(line)
         else:
             other.append(line)
     rows, failure_rows = _plain_rows(plain, settings)
