@@ -116,16 +116,7 @@ class BatchGatherStats:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-class _InputLine(msgspec.Struct, gc=False):
-    custom_id: str
-    row: int | None = None
-    # Not ``Raw | None``: msgspec 0.22 decodes that union as null only. An absent input is an
-    # empty (falsy) Raw.
-    input: msgspec.Raw = msgspec.Raw()
-    fingerprint: str | None = None
-
-
-_input_line_decoder = msgspec.json.Decoder(_InputLine)
+_input_line_decoder = msgspec.json.Decoder(InputMeta)
 
 
 def chunk_inputs(
@@ -138,9 +129,8 @@ def chunk_inputs(
     """
     inputs = layout.chunk_inputs_path(job, round_number, int(record["chunk"]))
     if inputs.exists():
-        lines = _input_line_decoder.decode_lines(inputs.read_bytes())
-        return {line.custom_id: (line.row, line.input or None, line.fingerprint) for line in lines}
-    return dict.fromkeys(chunk_ids(record["chunk_path"]), (None, None, None))
+        return {meta.custom_id: meta for meta in _input_line_decoder.decode_lines(inputs.read_bytes())}
+    return {custom_id: InputMeta(custom_id) for custom_id in chunk_ids(record["chunk_path"])}
 
 
 def chunk_ids(path: ObjectStoragePath | str) -> set[str]:
@@ -201,13 +191,13 @@ class AnswerSink:
         """Store the answers of result rows whose request has a fingerprint."""
         prefix = self.source_prefix
         for row in rows:
-            fingerprint = inputs.get(row.custom_id, _NO_FINGERPRINT)[2]
+            fingerprint = inputs.get(row.custom_id, _NO_FINGERPRINT).fingerprint
             if fingerprint is not None:
                 source = prefix + row_encoder.encode(row.usage) + b"}"
                 self.segment.add(fingerprint.encode(), stored_answer(row), source)
 
 
-_NO_FINGERPRINT: InputMeta = (None, None, None)
+_NO_FINGERPRINT = InputMeta()
 
 
 def answer_source_prefix(batch_id: str | None, job: str, round_number: int, written_at: str) -> bytes:

@@ -345,9 +345,19 @@ def to_usage(usage: LineUsage) -> RowUsage:
 
 # ---- blocks of lines ------------------------------------------------------------------
 
-InputMeta = tuple[int | None, msgspec.Raw | None, str | None]
-"""What submit recorded of a request: its input row, its passthrough fields (raw JSON) and, with an
-answer store, its fingerprint."""
+
+class InputMeta(msgspec.Struct, gc=False):
+    """What submit recorded of a request (a line of its chunk's inputs twin): its input row, its
+    passthrough fields (raw JSON) and, with an answer store, its fingerprint.
+
+    Decoded straight from the twin and kept as is: a gather looks one up per row."""
+
+    custom_id: str = ""
+    row: int | None = None
+    # Not ``Raw | None``: msgspec 0.22 decodes that union as null only. No passthrough fields
+    # is an empty (falsy) Raw.
+    input: msgspec.Raw = msgspec.Raw()
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -487,7 +497,7 @@ def _plain_rows(lines: list[Any], settings: BlockSettings) -> tuple[list[Any], l
     rows = [
         ResultRow(
             line.custom_id,
-            (meta := inputs.get(line.custom_id, _NO_META))[0],
+            (meta := inputs.get(line.custom_id, _NO_META)).row,
             batch_id,
             number,
             (message := line.result.message).model,
@@ -498,7 +508,7 @@ def _plain_rows(lines: list[Any], settings: BlockSettings) -> tuple[list[Any], l
                 else text_of(content)
             ),
             to_usage(message.usage),
-            input=meta[1] or msgspec.UNSET,
+            input=meta.input or msgspec.UNSET,
         )
         for line in lines
     ]
@@ -507,7 +517,7 @@ def _plain_rows(lines: list[Any], settings: BlockSettings) -> tuple[list[Any], l
     return _checked(rows, settings)
 
 
-_NO_META: InputMeta = (None, None, None)
+_NO_META = InputMeta()
 
 
 def _checked(rows: list[ResultRow], settings: BlockSettings) -> tuple[list[Any], list[Any]]:
@@ -599,7 +609,7 @@ def _other_row(line: Any, full: ResultLine[MessageWithContent] | None, settings:
     ]
     row = ResultRow(
         line.custom_id,
-        meta[0],
+        meta.row,
         settings.batch_id,
         settings.round_number,
         message.model,
@@ -608,7 +618,7 @@ def _other_row(line: Any, full: ResultLine[MessageWithContent] | None, settings:
         to_usage(message.usage),
         tool_calls=tool_calls or msgspec.UNSET,
         content=message.content if settings.include_content else msgspec.UNSET,
-        input=meta[1] or msgspec.UNSET,
+        input=meta.input or msgspec.UNSET,
     )
     kind = FAILED_STOPS.get(message.stop_reason or "")
     if kind == "paused":
@@ -648,7 +658,7 @@ def to_failure_row(line: ResultLine[Any], settings: BlockSettings, meta: InputMe
             message = "canceled by the wait deadline before this request was processed"
     return FailureRow(
         custom_id=line.custom_id,
-        row=meta[0],
+        row=meta.row,
         batch_id=settings.batch_id,
         round=settings.round_number,
         result_type=result_type,
@@ -661,7 +671,7 @@ def to_failure_row(line: ResultLine[Any], settings: BlockSettings, meta: InputMe
             canceled_by_timeout=settings.canceled_by_timeout,
             retryable_types=settings.retryable_types,
         ),
-        input=meta[1] or msgspec.UNSET,
+        input=meta.input or msgspec.UNSET,
     )
 
 
@@ -673,7 +683,7 @@ def missing_rows(custom_ids: Iterable[str], settings: BlockSettings) -> BlockRow
     failures = [
         FailureRow(
             custom_id,
-            (meta := settings.inputs.get(custom_id, _NO_META))[0],
+            (meta := settings.inputs.get(custom_id, _NO_META)).row,
             settings.batch_id,
             settings.round_number,
             "missing",
@@ -681,7 +691,7 @@ def missing_rows(custom_ids: Iterable[str], settings: BlockSettings) -> BlockRow
             _FAILURE_MESSAGES["missing"],
             None,
             retryable,
-            input=meta[1] or msgspec.UNSET,
+            input=meta.input or msgspec.UNSET,
         )
         for custom_id in custom_ids
     ]

@@ -104,6 +104,8 @@ class QueueRoomTrigger(BaseTrigger):
         )
         started = time.time()
         waves = 0
+        if self.job:  # a restarted trigger carries the batches of its deferral, not of its own waves
+            self.batch_ids = await asyncio.to_thread(self._recorded_batches)
         api = await connect(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
         try:
             while True:
@@ -148,6 +150,21 @@ class QueueRoomTrigger(BaseTrigger):
         if self.wait.reason == "max_queued_requests":
             return f" under max_queued_requests={self.wait.limit:,}"
         return f" under the {self.wait.limit:,} the queue held when it was last full"
+
+    def _recorded_batches(self) -> list[str]:
+        """Return the round's batches as its ledger records them (the given ones if unreadable)."""
+        from airflow_batch.storage import as_path
+        from airflow_batch.submit.ledger import LedgerStore
+
+        try:
+            ledger = LedgerStore(as_path(str(self.job)), self.round_number).load()
+        except Exception:  # unreadable here: the task's view is all there is
+            return self.batch_ids
+        if ledger is None:
+            return self.batch_ids
+        recorded = [entry["batch_id"] for _, entry in sorted(ledger.batches.items())]
+        known = set(recorded)
+        return recorded + [batch_id for batch_id in self.batch_ids if batch_id not in known]
 
     def _create_wave(self, queued: int) -> QueueWaitNeeded | dict[str, Any] | str:
         """Create the next wave (in a thread); return the next wait, the round's manifest when

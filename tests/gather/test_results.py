@@ -13,6 +13,7 @@ from airflow_batch.gather.rows import (
     DEFAULT_RETRYABLE,
     SLICE_BYTES,
     BlockSettings,
+    InputMeta,
     block_rows,
     classify_failure,
 )
@@ -146,8 +147,8 @@ def test_result_row_keeps_full_content_only_when_asked() -> None:
 
 def test_rows_carry_the_input_row_and_passthrough_fields_of_their_request() -> None:
     inputs = {
-        "a": (7, msgspec.Raw(b'{"sku":"p-1","lang":"ja"}')),
-        "b": (8, msgspec.Raw(b'{"sku":"p-2","lang":"de"}')),
+        "a": InputMeta("a", 7, msgspec.Raw(b'{"sku":"p-1","lang":"ja"}')),
+        "b": InputMeta("b", 8, msgspec.Raw(b'{"sku":"p-2","lang":"de"}')),
     }
     (result,), (failure,) = rows_of(SUCCEEDED, ERRORED, inputs=inputs)
     assert (result["row"], result["input"]) == (7, {"sku": "p-1", "lang": "ja"})
@@ -274,7 +275,7 @@ def test_write_rows_splits_lines_across_any_chunking_and_reports_missing_ids(chu
     stream = b"\n".join([SUCCEEDED, ERRORED, INVALID, EXPIRED, CANCELED, SUCCEEDED])
     chunks = [stream[i : i + chunk_size] for i in range(0, len(stream), chunk_size)]
     results, failures = io.BytesIO(), io.BytesIO()
-    inputs = {custom_id: (None, None) for custom_id in "abcdef"}
+    inputs = {custom_id: InputMeta(custom_id) for custom_id in "abcdef"}
     stats = write_rows(chunks, results, failures, BlockSettings("b", 0, inputs=inputs))
     result_rows = [msgspec.json.decode(line) for line in results.getvalue().splitlines()]
     failure_rows = [msgspec.json.decode(line) for line in failures.getvalue().splitlines()]

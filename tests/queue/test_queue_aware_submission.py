@@ -205,6 +205,38 @@ def test_a_trigger_that_cannot_read_the_job_folder_hands_the_wave_to_the_task(
     assert emulator.batch_count() == 1  # nothing was created here
 
 
+def test_a_restarted_queue_trigger_watches_every_batch_its_ledger_records(tmp_path: Path) -> None:
+    # Airflow re-creates a trigger from the kwargs of its deferral: the batches of the waves it
+    # created since are in the ledger only, and must count toward what is queued.
+    from airflow_batch.submit.ledger import Ledger, LedgerStore
+
+    job = as_path(str(tmp_path / "job.submit"))
+    ledger = Ledger(job_dir=str(job), round=0, fingerprint="f", conn_id="anthropic_default")
+    ledger.batches = {
+        0: {"batch_id": "msgbatch_a"},
+        1: {"batch_id": "msgbatch_b"},
+        2: {"batch_id": "msgbatch_c"},
+    }
+    LedgerStore(job, 0).save(ledger)
+    wait = QueueWait("max_queued_requests", need=1, queued=1, limit=1, retry_after=None, pending_chunks=1)
+    trigger = QueueRoomTrigger(
+        conn_id="anthropic_default",
+        batch_ids=["msgbatch_a"],
+        wait=wait.to_json(),
+        started_at=0.0,
+        job=str(job),
+    )
+    assert trigger._recorded_batches() == ["msgbatch_a", "msgbatch_b", "msgbatch_c"]
+    elsewhere = QueueRoomTrigger(
+        conn_id="anthropic_default",
+        batch_ids=["msgbatch_a"],
+        wait=wait.to_json(),
+        started_at=0.0,
+        job=str(tmp_path / "missing"),
+    )
+    assert elsewhere._recorded_batches() == ["msgbatch_a"]  # unreadable here: what it was given
+
+
 @pytest.mark.parametrize("share", [2000, None], ids=["shares", "learned-from-429"])
 def test_two_jobs_on_one_queue_both_finish_and_never_overflow_it(
     share: int | None, emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path

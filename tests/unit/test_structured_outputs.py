@@ -303,8 +303,8 @@ def test_gather_and_retry_read_the_passthrough_fields_submit_recorded(tmp_path: 
         b'{"custom_id":"a","row":1,"input":{"shop":"north"}}\n{"custom_id":"b","row":2}\n'
     )
     inputs = chunk_inputs(job, 0, {"chunk": 0, "chunk_path": str(layout.chunk_path(job, 0, 0))})
-    assert inputs["a"][0] == 1 and msgspec.json.decode(inputs["a"][1]) == {"shop": "north"}  # type: ignore[arg-type]
-    assert inputs["b"][:2] == (2, None)
+    assert inputs["a"].row == 1 and msgspec.json.decode(inputs["a"].input) == {"shop": "north"}
+    assert (inputs["b"].row, bool(inputs["b"].input)) == (2, False)  # no passthrough fields
 
     failures = layout.failures_part(job, 0, "batch-1")
     failures.parent.mkdir(parents=True)
