@@ -169,25 +169,21 @@ class QueueRoomTrigger(BaseTrigger):
     def _create_wave(self, queued: int) -> QueueWaitNeeded | dict[str, Any] | str:
         """Create the next wave (in a thread); return the next wait, the round's manifest when
         every chunk has its batch, or ``HAND_BACK``: the task creates the wave."""
-        from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.manifest import JobIdentity
+        from airflow_batch.operators.queueing import create_wave
         from airflow_batch.storage import as_path
-        from airflow_batch.submit.creating import continue_round
         from airflow_batch.submit.round import SubmitSettings
 
         assert self.job is not None
         try:
-            hook = BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
-            with hook.batches_api() as api:
-                manifest = continue_round(
-                    api,
-                    job=as_path(self.job),
-                    round_number=self.round_number,
-                    identity=JobIdentity(self.conn_id, tuple(self.betas), self.workspace_id),
-                    settings=SubmitSettings(**self.wave_settings),
-                    queued=queued,
-                    log=self.log,  # type: ignore[arg-type]
-                )
+            manifest = create_wave(
+                JobIdentity(self.conn_id, tuple(self.betas), self.workspace_id),
+                as_path(self.job),
+                self.round_number,
+                SubmitSettings(**self.wave_settings),
+                queued,
+                log=self.log,  # type: ignore[arg-type]
+            )
         except QueueWaitNeeded as pause:
             return pause
         except FileNotFoundError as missing:
