@@ -293,6 +293,7 @@ class _Compiler:
             f"Output{self.structs}_{re.sub(r'[^A-Za-z0-9_]', '_', name)}",
             fields,
             forbid_unknown_fields=True,
+            gc=False,  # an answer decoded to be checked, then dropped: no cycles to track
         )
 
 

@@ -87,15 +87,19 @@ def read_json(path: ObjectStoragePath) -> Any:
     return _decoder.decode(path.read_bytes())
 
 
-def line_blocks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+def line_blocks(chunks: Iterable[bytes], min_bytes: int = 0) -> Iterator[bytes]:
     """Yield the bytes of ``chunks`` regrouped into blocks that each end at a newline.
 
-    The last block may lack its newline (a file without a final one); a trailing run of
-    whitespace is dropped. A line longer than a chunk is joined once, not copied per chunk.
+    Each block but the last holds at least ``min_bytes``: small chunks (an HTTP body's,
+    64 KiB or less per read) are gathered, then joined once. The last block may lack its
+    newline (a file without a final one); a trailing run of whitespace is dropped. A line
+    longer than a chunk is joined once, not copied per chunk.
     """
     pending: list[bytes] = []
+    size = 0
     for chunk in chunks:
-        end = chunk.rfind(b"\n") + 1
+        size += len(chunk)
+        end = chunk.rfind(b"\n") + 1 if size >= min_bytes else 0
         if not end:
             pending.append(chunk)
             continue
@@ -105,7 +109,8 @@ def line_blocks(chunks: Iterable[bytes]) -> Iterator[bytes]:
             pending.clear()
         else:
             yield chunk[:end]
-        if end < len(chunk):
+        size = len(chunk) - end
+        if size:
             pending.append(chunk[end:])
     rest = b"".join(pending)
     if rest.strip():

@@ -62,16 +62,21 @@ def child_ours(
     api = BatchesApi(_client(base_url))
     config = GatherConfig(validator=job_schema(output_schema).validator if output_schema else None)
 
-    def gather(record: dict[str, Any], job_dir: str) -> int:
+    def prepare(record: dict[str, Any], job_dir: str) -> None:
         # The job folder of the gather: the submit's inputs twins (input rows) copied in, untimed.
         inputs = Path(record["job_dir"]) / "round-0" / "inputs"
         target = Path(job_dir) / "round-0" / "inputs"
         if not target.exists():
             shutil.copytree(inputs, target)
+
+    def gather(record: dict[str, Any], job_dir: str) -> int:
         stats = gather_batch(api, record, job=as_path(job_dir), round_number=0, config=config)
         return sum(stats.result_counts.values())
 
+    prepare(warmup, str(Path(out_dir) / "warmup"))
     gather(warmup, str(Path(out_dir) / "warmup"))
+    for record in batches:
+        prepare(record, out_dir)
     rows = 0
     start = time.perf_counter()
     for record in batches:

@@ -36,8 +36,6 @@ T = TypeVar("T")
 
 #: Seconds per HTTP call of the wait, instead of the SDK's ten minutes: a status read is small.
 STATUS_TIMEOUT = 30.0
-#: Bytes per read of a results stream.
-RESULTS_CHUNK_BYTES = 1 << 20
 #: The API's largest page of the batch list.
 LIST_PAGE_SIZE = 1000
 
@@ -171,7 +169,9 @@ class BatchesApi:
 
         def attempt() -> T:
             with self.client.messages.batches.with_streaming_response.results(batch_id) as response:
-                return consume(response.iter_bytes(RESULTS_CHUNK_BYTES))
+                # The body as it arrives: re-chunking it here (``iter_bytes(size)``) copied every
+                # byte twice more; the consumer gathers the reads into blocks itself.
+                return consume(response.iter_bytes())
 
         return self._call(attempt, f"download the results of batch {batch_id}")
 

@@ -76,7 +76,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
+#: Bytes of a results stream turned into rows at a time (the reads of its body gathered).
+RESULT_BLOCK_BYTES = 1 << 20
 
 
 @dataclass
@@ -223,7 +224,7 @@ def write_rows(
     """
     stats = BatchGatherStats(batch_id=settings.batch_id, results_path="", failures_path="")
     seen: set[str] = set()
-    for block in line_blocks(chunks):
+    for block in line_blocks(chunks, RESULT_BLOCK_BYTES):
         rows = block_rows(block, settings, seen)
         stats.add(rows)
         results_out.write(rows.results)

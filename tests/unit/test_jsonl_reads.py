@@ -104,3 +104,14 @@ def test_a_line_longer_than_many_chunks_is_one_block() -> None:
     chunks = [line[i : i + 7] for i in range(0, len(line), 7)] + [b"\n", b'{"b": 1}']
 
     assert list(line_blocks(chunks)) == [line + b"\n", b'{"b": 1}']
+
+
+def test_small_reads_are_gathered_into_blocks_of_at_least_min_bytes() -> None:
+    body = b"".join(b'{"n": %d}\n' % i for i in range(5_000))
+    chunks = [body[i : i + 1000] for i in range(0, len(body), 1000)]  # reads that cut lines anywhere
+
+    blocks = list(line_blocks(chunks, min_bytes=16_384))
+
+    assert b"".join(blocks) == body
+    assert all(block.endswith(b"\n") for block in blocks)
+    assert all(len(block) >= 16_384 for block in blocks[:-1]) and len(blocks) < len(chunks) / 10
