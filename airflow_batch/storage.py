@@ -92,8 +92,9 @@ def line_blocks(chunks: Iterable[bytes], min_bytes: int = 0) -> Iterator[bytes]:
 
     Each block but the last holds at least ``min_bytes``: small chunks (an HTTP body's,
     64 KiB or less per read) are gathered, then joined once. The last block may lack its
-    newline (a file without a final one); a trailing run of whitespace is dropped. A line
-    longer than a chunk is joined once, not copied per chunk.
+    newline (a file without a final one) or end in whitespace (JSONL readers skip it); a last
+    block of whitespace only is dropped. A line longer than a chunk is joined once, not
+    copied per chunk.
     """
     pending: list[bytes] = []
     size = 0
