@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_batch import layout
-from airflow_batch.exceptions import QueueFullError
+from airflow_batch.exceptions import LedgerFencedOutError, QueueFullError
 from airflow_batch.manifest import MANIFEST_VERSION, BatchRecord, JobIdentity, RoundManifest
 from airflow_batch.submit.chunking import ChunkBody, ChunkInfo
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
@@ -38,6 +39,10 @@ CREATE_WINDOW = timedelta(hours=1)
 LOST_RESPONSE_SETTLE_SECONDS = 2.0
 #: How long a queue limit learned from a refusal holds before one more chunk probes the API.
 RELEARN_AFTER = timedelta(minutes=10)
+
+
+class CreatesStopped(Exception):
+    """The caller asked creating to stop (its trigger was cancelled) before the next create."""
 
 
 def find_orphan(
@@ -116,6 +121,7 @@ def continue_round(
     queued: int | None,
     state_store: Any | None = None,
     log: logging.Logger | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RoundManifest:
     """Create the next wave of a round whose earlier creates paused for queue room; return its manifest.
 
@@ -133,7 +139,39 @@ def continue_round(
         path = layout.chunk_path(job, round_number, chunk.index)
         if ledger.batch_id(chunk.index) is None and not path.exists():
             raise FileNotFoundError(f"chunk file {path} is missing")
-    return create_round(api, job, ledger, store, identity, settings, log, queued=queued)
+    return create_round(
+        api, job, ledger, store, identity, settings, log, queued=queued, should_stop=should_stop
+    )
+
+
+def create_wave(
+    identity: JobIdentity,
+    job: ObjectStoragePath,
+    round_number: int,
+    settings: SubmitSettings,
+    queued: int | None,
+    *,
+    state_store: Any | None = None,
+    log: logging.Logger | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RoundManifest:
+    """Create the round's next wave with a client of the job's connection: the one path of the
+    task's resume and the queue trigger (QueueWaitNeeded while more chunks wait)."""
+    from airflow_batch.hooks.batches import BatchesHook
+
+    hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
+    with hook.batches_api() as api:
+        return continue_round(
+            api,
+            job=job,
+            round_number=round_number,
+            identity=identity,
+            settings=settings,
+            queued=queued,
+            state_store=state_store,
+            log=log,
+            should_stop=should_stop,
+        )
 
 
 def chunk_infos(ledger: Ledger) -> list[ChunkInfo]:
@@ -150,8 +188,13 @@ def create_round(
     log: logging.Logger,
     *,
     queued: int | None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RoundManifest:
-    """Create the pending chunks that fit the queue; raise QueueWaitNeeded for the rest, or return."""
+    """Create the pending chunks that fit the queue; raise QueueWaitNeeded for the rest, or return.
+
+    ``should_stop`` is asked before each create (a trigger's thread: true once its trigger was
+    cancelled); when it answers true, :class:`CreatesStopped` is raised and nothing more is created.
+    """
     chunks = chunk_infos(ledger)
     pending = [chunk for chunk in chunks if ledger.batch_id(chunk.index) is None]
     limit = settings.max_queued_requests or ledger.learned_queue_limit
@@ -162,6 +205,8 @@ def create_round(
         fitting += 1  # a learned limit gets old: the queue may have room again (another job ended)
     created = 0
     for chunk in pending[:fitting]:
+        if should_stop is not None and should_stop():
+            raise CreatesStopped(f"round {ledger.round}: creates stopped before chunk {chunk.index}")
         try:
             _submit_chunk(api, job, ledger, store, chunk, settings, log)
         except QueueFullError as full:
@@ -170,16 +215,35 @@ def create_round(
             if held and settings.max_queued_requests is None:
                 ledger.learned_queue_limit = held  # what the queue let this job hold just now
                 ledger.learned_at = utcnow()
-            _pause(ledger, store, log, QueueWait(
-                "queue_full", chunk.requests, held, ledger.learned_queue_limit or limit, full.retry_after,
-                len(pending) - pending.index(chunk),
-            ))  # fmt: skip
+            _pause(
+                ledger,
+                store,
+                log,
+                QueueWait(
+                    "queue_full",
+                    chunk.requests,
+                    held,
+                    ledger.learned_queue_limit or limit,
+                    full.retry_after,
+                    len(pending) - pending.index(chunk),
+                ),
+            )
         created += chunk.requests
     if fitting < len(pending):
         reason = "max_queued_requests" if settings.max_queued_requests else "learned_queue_limit"
-        _pause(ledger, store, log, QueueWait(
-            reason, pending[fitting].requests, (queued or 0) + created, limit, None, len(pending) - fitting,
-        ))  # fmt: skip
+        _pause(
+            ledger,
+            store,
+            log,
+            QueueWait(
+                reason,
+                pending[fitting].requests,
+                (queued or 0) + created,
+                limit,
+                None,
+                len(pending) - fitting,
+            ),
+        )
     store.save(ledger)
     log.info(
         "round %d of %s: %d request(s) in %d batch(es): %s",
@@ -246,15 +310,27 @@ def _submit_chunk(
     settings: SubmitSettings,
     log: logging.Logger,
 ) -> None:
-    """Create the batch of ``chunk`` (or adopt the one an interrupted attempt made) and record it."""
+    """Create the batch of ``chunk`` (or adopt the one an interrupted attempt made) and record it.
+
+    The intent is saved (fenced) before the create: a writer that lost the ledger to another
+    stops here, before spending. An earlier intent without a batch whose batch cannot be found
+    is recorded as interrupted: its create may still land, and the sweep before gather looks
+    for it.
+    """
     intent = ledger.intents.get(chunk.index)
     if intent is not None and settings.adopt_orphans:
         orphan = find_orphan(api, chunk, intent["started_at"], ledger.claimed(), log)
         if orphan is not None:
             _record(ledger, store, chunk, orphan, None, adopted=True, log=log)
             return
+    if intent is not None:
+        ledger.interrupted.append({"chunk": chunk.index, "replaced_at": utcnow(), **intent})
     started_at = utcnow()
-    ledger.intents[chunk.index] = {"started_at": started_at, "requests": chunk.requests}
+    ledger.intents[chunk.index] = {
+        "started_at": started_at,
+        "requests": chunk.requests,
+        "writer": store.writer,
+    }
     store.save(ledger)
 
     def lost_response() -> str | None:
@@ -268,7 +344,62 @@ def _submit_chunk(
         what=f"create the batch of chunk {chunk.index} of round {ledger.round}",
         find_orphan=lost_response if settings.adopt_orphans else None,
     )
-    _record(ledger, store, chunk, created.id, created.created_at, adopted=created.adopted, log=log)
+    try:
+        _record(ledger, store, chunk, created.id, created.created_at, adopted=created.adopted, log=log)
+    except LedgerFencedOutError:
+        _settle_fenced_out_create(api, store, chunk, created.id, log)
+        raise
+
+
+def _settle_fenced_out_create(
+    api: BatchesApi, store: LedgerStore, chunk: ChunkInfo, batch_id: str, log: logging.Logger
+) -> None:
+    """Cancel the batch this writer just created if the ledger's owner gave its chunk another one.
+
+    This writer lost the ledger while its create was in flight (its process stalled). The batch
+    is certainly this job's: when the owner already recorded another batch for the chunk it is a
+    duplicate, cancelled at once; when the chunk has no batch yet the owner adopts this one when
+    it gets there (its intent is in the ledger), so it is left alone; the sweep before gather
+    settles any that remain.
+    """
+    try:
+        current = LedgerStore(store.job, store.round).load()
+    except Exception as error:  # cannot tell: leave it to the sweep before gather
+        log.warning(
+            "chunk %d: batch %s was created after this writer lost the ledger; could not read "
+            "the ledger again (%s); the sweep before gather settles it",
+            chunk.index,
+            batch_id,
+            error,
+        )
+        return
+    owner_batch = current.batch_id(chunk.index) if current is not None else None
+    if owner_batch is None or owner_batch == batch_id:
+        log.warning(
+            "chunk %d: batch %s was created after this writer lost the ledger; the ledger's owner adopts it",
+            chunk.index,
+            batch_id,
+        )
+        return
+    try:
+        api.cancel(batch_id)
+    except Exception as error:
+        log.warning(
+            "chunk %d: duplicate batch %s (the chunk's batch is %s) could not be cancelled (%s); "
+            "the sweep before gather cancels it",
+            chunk.index,
+            batch_id,
+            owner_batch,
+            error,
+        )
+        return
+    log.warning(
+        "chunk %d: cancelled duplicate batch %s created after this writer lost the ledger (the "
+        "chunk's batch is %s)",
+        chunk.index,
+        batch_id,
+        owner_batch,
+    )
 
 
 def _record(

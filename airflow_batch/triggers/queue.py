@@ -16,6 +16,7 @@ Like ``BatchesTrigger`` this module imports nothing heavy; the client is built i
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -28,6 +29,8 @@ from airflow_batch.wait.loop import connect, read_statuses, settle, triggerer_na
 CLASSPATH = "airflow_batch.triggers.queue.QueueRoomTrigger"
 #: Creating a wave in the trigger ended in neither the next wait nor the round: the task creates it.
 HAND_BACK = "hand_back"
+#: This copy of the trigger lost the round's ledger to another writer (or was cancelled): it stops.
+STOPPED = "stopped"
 
 
 class QueueRoomTrigger(BaseTrigger):
@@ -76,6 +79,9 @@ class QueueRoomTrigger(BaseTrigger):
         self.workspace_id = workspace_id
         self.job = job
         self.wave_settings = dict(wave_settings or {})
+        #: Set when run() is cancelled: the create thread (which cancellation does not stop)
+        #: checks it before each create.
+        self._stopped = threading.Event()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the class path and kwargs."""
@@ -102,6 +108,13 @@ class QueueRoomTrigger(BaseTrigger):
             triggerer_name(self),
             len(self.batch_ids),
         )
+        try:
+            async for event in self._watch():
+                yield event
+        finally:  # cancelled (a user's kill, a move to another triggerer) or done: no create after this
+            self._stopped.set()
+
+    async def _watch(self) -> AsyncIterator[TriggerEvent]:
         started = time.time()
         waves = 0
         if self.job:  # a restarted trigger carries the batches of its deferral, not of its own waves
@@ -120,6 +133,8 @@ class QueueRoomTrigger(BaseTrigger):
                     if await settle(started, self.poll_interval):
                         queued = await self._fresher(api, queued)  # batches ended during the hold
                     wave = await asyncio.to_thread(self._create_wave, queued) if self.job else HAND_BACK
+                    if wave == STOPPED:
+                        await self._wait_to_be_cancelled()
                     if isinstance(wave, QueueWaitNeeded):  # created what fits; watch for the next
                         waves += 1
                         self.wait, self.batch_ids = wave.wait, list(wave.batch_ids)
@@ -142,6 +157,21 @@ class QueueRoomTrigger(BaseTrigger):
                 await asyncio.sleep(self.poll_interval)
         finally:
             await api.close()
+
+    async def _wait_to_be_cancelled(self) -> None:
+        """Idle until this copy is cancelled: another writer owns the round's ledger now.
+
+        Only another copy of this trigger (whose triggerer took it over) or the task itself (a
+        newer try) saves the ledger while this trigger waits, and either way this copy is about
+        to be cancelled by its triggerer; firing an event now would race the owner's.
+        """
+        self.log.warning(
+            "round %d: another writer owns the ledger now; this copy of the trigger on %s creates "
+            "nothing more and waits to be cancelled.",
+            self.round_number,
+            triggerer_name(self),
+        )
+        await asyncio.Event().wait()
 
     def _under(self) -> str:
         """Return the limit the next wave waits under, for the log."""
@@ -168,10 +198,12 @@ class QueueRoomTrigger(BaseTrigger):
 
     def _create_wave(self, queued: int) -> QueueWaitNeeded | dict[str, Any] | str:
         """Create the next wave (in a thread); return the next wait, the round's manifest when
-        every chunk has its batch, or ``HAND_BACK``: the task creates the wave."""
+        every chunk has its batch, ``HAND_BACK`` (the task creates the wave) or ``STOPPED`` (this
+        copy was cancelled, or another writer saved the ledger since it read it)."""
+        from airflow_batch.exceptions import LedgerFencedOutError
         from airflow_batch.manifest import JobIdentity
-        from airflow_batch.operators.queueing import create_wave
         from airflow_batch.storage import as_path
+        from airflow_batch.submit.creating import CreatesStopped, create_wave
         from airflow_batch.submit.round import SubmitSettings
 
         assert self.job is not None
@@ -183,9 +215,13 @@ class QueueRoomTrigger(BaseTrigger):
                 SubmitSettings(**self.wave_settings),
                 queued,
                 log=self.log,  # type: ignore[arg-type]
+                should_stop=self._stopped.is_set,
             )
         except QueueWaitNeeded as pause:
             return pause
+        except (LedgerFencedOutError, CreatesStopped) as stop:
+            self.log.warning("Creating the next wave here stopped: %s", stop)
+            return STOPPED
         except FileNotFoundError as missing:
             self.log.info("The task creates the next wave: %s is not readable from this triggerer.", missing)
             return HAND_BACK
