@@ -147,6 +147,8 @@ class RoundManifest(TypedDict, total=False):
     budget: dict[str, Any]
     answers_stored: int  # answers written to the answer store
     deleted_batches: dict[str, str]  # batch id -> when deleted from the API (delete_batches)
+    #: Batches of the round outside its ledger (a lost race's duplicates), cancelled and priced.
+    strays: list[dict[str, Any]]
     gathered_at: str
 
 
@@ -162,6 +164,7 @@ class RoundSummary(TypedDict, total=False):
     reused: int
     canary: CanaryRecord | None
     deleted_batches: list[str]
+    strays: list[dict[str, Any]]
     usage: Usage
     cost: CostFigures
     submitted_at: str | None

@@ -76,6 +76,7 @@ def _round_summary(manifest: RoundManifest) -> RoundSummary:
         reused=manifest.get("reused", 0),
         canary=manifest.get("canary"),
         deleted_batches=sorted(manifest.get("deleted_batches") or {}),
+        strays=list(manifest.get("strays") or []),
         usage=manifest.get("usage", empty_usage()),
         cost=manifest.get(
             "cost", CostFigures(batch_usd=0.0, standard_usd=0.0, priced=True, unpriced_models=[])

@@ -41,8 +41,21 @@ LOST_RESPONSE_SETTLE_SECONDS = 2.0
 RELEARN_AFTER = timedelta(minutes=10)
 
 
+#: How long a chunk's intent belongs to the writer that made it: another writer waits for that
+#: writer's batch this long before it takes the chunk over (a create of a 256 MB chunk takes seconds
+#: to a minute; a writer silent for longer has stalled or died).
+INTENT_LEASE = timedelta(seconds=60)
+INTENT_POLL_SECONDS = 2.0
+#: Fence conflicts a wave tolerates beyond one per chunk before it gives up.
+FENCE_RETRIES = 5
+
+
 class CreatesStopped(Exception):
     """The caller asked creating to stop (its trigger was cancelled) before the next create."""
+
+
+class IntentHeld(Exception):
+    """Another live writer holds the intent of the next chunk: wait for its batch."""
 
 
 def find_orphan(
@@ -194,7 +207,59 @@ def create_round(
 
     ``should_stop`` is asked before each create (a trigger's thread: true once its trigger was
     cancelled); when it answers true, :class:`CreatesStopped` is raised and nothing more is created.
+
+    Another writer may hold the round at the same time (a copy of the queue trigger, a task's
+    old process): every save is fenced, and when one finds the ledger saved by the other, this
+    writer reads the ledger again and carries on from what it says now; a chunk whose intent
+    another writer made less than ``INTENT_LEASE`` ago is that writer's to create: this one
+    waits for its batch (adopting it when the API already lists it) instead of creating it too.
     """
+    deadline = time.monotonic() + INTENT_LEASE.total_seconds() * 2 + 60
+    conflicts = 0
+    while True:
+        try:
+            return _create_fitting(
+                api, job, ledger, store, identity, settings, log, queued=queued, should_stop=should_stop
+            )
+        except (LedgerFencedOutError, IntentHeld) as moved:
+            if isinstance(moved, LedgerFencedOutError):
+                conflicts += 1
+                if conflicts > len(ledger.chunks) + FENCE_RETRIES:
+                    raise
+                log.warning("%s; reading the ledger again", moved)
+            else:
+                if time.monotonic() > deadline:
+                    raise
+                _pause_briefly(should_stop, ledger.round)
+            reloaded = store.load()
+            if reloaded is None:
+                raise
+            ledger = reloaded
+            limit = settings.max_queued_requests or ledger.learned_queue_limit
+            queued = _queued_now(api, ledger) if limit is not None else queued
+
+
+def _pause_briefly(should_stop: Callable[[], bool] | None, round_number: int) -> None:
+    """Wait one intent poll, or less when the caller is stopped (then raise CreatesStopped)."""
+    until = time.monotonic() + INTENT_POLL_SECONDS
+    while time.monotonic() < until:
+        if should_stop is not None and should_stop():
+            raise CreatesStopped(f"round {round_number}: creates stopped while another writer held a chunk")
+        time.sleep(0.1)
+
+
+def _create_fitting(
+    api: BatchesApi,
+    job: ObjectStoragePath,
+    ledger: Ledger,
+    store: LedgerStore,
+    identity: JobIdentity,
+    settings: SubmitSettings,
+    log: logging.Logger,
+    *,
+    queued: int | None,
+    should_stop: Callable[[], bool] | None,
+) -> RoundManifest:
     chunks = chunk_infos(ledger)
     pending = [chunk for chunk in chunks if ledger.batch_id(chunk.index) is None]
     limit = settings.max_queued_requests or ledger.learned_queue_limit
@@ -323,6 +388,11 @@ def _submit_chunk(
         if orphan is not None:
             _record(ledger, store, chunk, orphan, None, adopted=True, log=log)
             return
+    if intent is not None and _held_by_another(intent, store.writer):
+        raise IntentHeld(
+            f"chunk {chunk.index}: writer {intent['writer']} is creating its batch (intent of "
+            f"{intent['started_at']}); waiting for it"
+        )
     if intent is not None:
         ledger.interrupted.append({"chunk": chunk.index, "replaced_at": utcnow(), **intent})
     started_at = utcnow()
@@ -347,58 +417,68 @@ def _submit_chunk(
     try:
         _record(ledger, store, chunk, created.id, created.created_at, adopted=created.adopted, log=log)
     except LedgerFencedOutError:
-        _settle_fenced_out_create(api, store, chunk, created.id, log)
-        raise
+        _keep_created(api, store, chunk, created.id, created.created_at, log)
+        raise  # the caller reads the ledger again and carries on
 
 
-def _settle_fenced_out_create(
-    api: BatchesApi, store: LedgerStore, chunk: ChunkInfo, batch_id: str, log: logging.Logger
+def _held_by_another(intent: dict[str, Any], writer: str) -> bool:
+    """Return whether ``intent`` is another writer's, made within the lease (its create may be in flight)."""
+    owner = intent.get("writer")
+    if owner is None or owner == writer:
+        return False
+    started = datetime.fromisoformat(intent["started_at"])
+    return datetime.now(UTC) - started < INTENT_LEASE
+
+
+def _keep_created(
+    api: BatchesApi,
+    store: LedgerStore,
+    chunk: ChunkInfo,
+    batch_id: str,
+    created_at: str | None,
+    log: logging.Logger,
 ) -> None:
-    """Cancel the batch this writer just created if the ledger's owner gave its chunk another one.
+    """Record the batch this writer just created in the ledger another writer saved meanwhile.
 
-    This writer lost the ledger while its create was in flight (its process stalled). The batch
-    is certainly this job's: when the owner already recorded another batch for the chunk it is a
-    duplicate, cancelled at once; when the chunk has no batch yet the owner adopts this one when
-    it gets there (its intent is in the ledger), so it is left alone; the sweep before gather
-    settles any that remain.
+    The batch is certainly this job's. When the ledger now gives its chunk another batch (the
+    other writer took the chunk over after this one's intent went stale), it is a duplicate and
+    is cancelled at once; otherwise it is recorded over the ledger as it is now.
     """
-    try:
-        current = LedgerStore(store.job, store.round).load()
-    except Exception as error:  # cannot tell: leave it to the sweep before gather
-        log.warning(
-            "chunk %d: batch %s was created after this writer lost the ledger; could not read "
-            "the ledger again (%s); the sweep before gather settles it",
-            chunk.index,
-            batch_id,
-            error,
-        )
-        return
-    owner_batch = current.batch_id(chunk.index) if current is not None else None
-    if owner_batch is None or owner_batch == batch_id:
-        log.warning(
-            "chunk %d: batch %s was created after this writer lost the ledger; the ledger's owner adopts it",
-            chunk.index,
-            batch_id,
-        )
-        return
-    try:
-        api.cancel(batch_id)
-    except Exception as error:
-        log.warning(
-            "chunk %d: duplicate batch %s (the chunk's batch is %s) could not be cancelled (%s); "
-            "the sweep before gather cancels it",
-            chunk.index,
-            batch_id,
-            owner_batch,
-            error,
-        )
-        return
+    for _ in range(FENCE_RETRIES):
+        ledger = store.load()
+        owner_batch = ledger.batch_id(chunk.index) if ledger is not None else None
+        if ledger is None or owner_batch == batch_id:
+            return
+        if owner_batch is not None:
+            try:
+                api.cancel(batch_id)
+            except Exception as error:
+                log.warning(
+                    "chunk %d: duplicate batch %s (the chunk's batch is %s) could not be cancelled (%s); "
+                    "the sweep before gather cancels it",
+                    chunk.index,
+                    batch_id,
+                    owner_batch,
+                    error,
+                )
+                return
+            log.warning(
+                "chunk %d: cancelled duplicate batch %s: another writer gave the chunk batch %s meanwhile",
+                chunk.index,
+                batch_id,
+                owner_batch,
+            )
+            return
+        try:
+            _record(ledger, store, chunk, batch_id, created_at, adopted=False, log=log)
+            return
+        except LedgerFencedOutError:
+            continue
     log.warning(
-        "chunk %d: cancelled duplicate batch %s created after this writer lost the ledger (the "
-        "chunk's batch is %s)",
+        "chunk %d: batch %s could not be recorded (the ledger kept changing); the sweep before gather "
+        "settles it",
         chunk.index,
         batch_id,
-        owner_batch,
     )
 
 

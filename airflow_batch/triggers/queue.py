@@ -29,8 +29,6 @@ from airflow_batch.wait.loop import connect, read_statuses, settle, triggerer_na
 CLASSPATH = "airflow_batch.triggers.queue.QueueRoomTrigger"
 #: Creating a wave in the trigger ended in neither the next wait nor the round: the task creates it.
 HAND_BACK = "hand_back"
-#: This copy of the trigger lost the round's ledger to another writer (or was cancelled): it stops.
-STOPPED = "stopped"
 
 
 class QueueRoomTrigger(BaseTrigger):
@@ -133,8 +131,6 @@ class QueueRoomTrigger(BaseTrigger):
                     if await settle(started, self.poll_interval):
                         queued = await self._fresher(api, queued)  # batches ended during the hold
                     wave = await asyncio.to_thread(self._create_wave, queued) if self.job else HAND_BACK
-                    if wave == STOPPED:
-                        await self._wait_to_be_cancelled()
                     if isinstance(wave, QueueWaitNeeded):  # created what fits; watch for the next
                         waves += 1
                         self.wait, self.batch_ids = wave.wait, list(wave.batch_ids)
@@ -157,21 +153,6 @@ class QueueRoomTrigger(BaseTrigger):
                 await asyncio.sleep(self.poll_interval)
         finally:
             await api.close()
-
-    async def _wait_to_be_cancelled(self) -> None:
-        """Idle until this copy is cancelled: another writer owns the round's ledger now.
-
-        Only another copy of this trigger (whose triggerer took it over) or the task itself (a
-        newer try) saves the ledger while this trigger waits, and either way this copy is about
-        to be cancelled by its triggerer; firing an event now would race the owner's.
-        """
-        self.log.warning(
-            "round %d: another writer owns the ledger now; this copy of the trigger on %s creates "
-            "nothing more and waits to be cancelled.",
-            self.round_number,
-            triggerer_name(self),
-        )
-        await asyncio.Event().wait()
 
     def _under(self) -> str:
         """Return the limit the next wave waits under, for the log."""
@@ -198,9 +179,11 @@ class QueueRoomTrigger(BaseTrigger):
 
     def _create_wave(self, queued: int) -> QueueWaitNeeded | dict[str, Any] | str:
         """Create the next wave (in a thread); return the next wait, the round's manifest when
-        every chunk has its batch, ``HAND_BACK`` (the task creates the wave) or ``STOPPED`` (this
-        copy was cancelled, or another writer saved the ledger since it read it)."""
-        from airflow_batch.exceptions import LedgerFencedOutError
+        every chunk has its batch, or ``HAND_BACK`` (the task creates the wave).
+
+        The thread checks before each create whether this trigger was cancelled (cancelling
+        the coroutine does not stop a thread), and its ledger saves are fenced: beside another
+        copy of this trigger it creates no chunk twice (see ``submit.creating.create_round``)."""
         from airflow_batch.manifest import JobIdentity
         from airflow_batch.storage import as_path
         from airflow_batch.submit.creating import CreatesStopped, create_wave
@@ -219,9 +202,9 @@ class QueueRoomTrigger(BaseTrigger):
             )
         except QueueWaitNeeded as pause:
             return pause
-        except (LedgerFencedOutError, CreatesStopped) as stop:
-            self.log.warning("Creating the next wave here stopped: %s", stop)
-            return STOPPED
+        except CreatesStopped as stop:  # this copy was cancelled: nobody reads what it returns
+            self.log.info("Creating the next wave here stopped: %s", stop)
+            return HAND_BACK
         except FileNotFoundError as missing:
             self.log.info("The task creates the next wave: %s is not readable from this triggerer.", missing)
             return HAND_BACK
