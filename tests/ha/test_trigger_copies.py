@@ -105,3 +105,71 @@ def test_two_copies_of_the_queue_trigger_create_one_batch_per_chunk(
     assert "strays" not in manifest
     ids = [row["custom_id"] for path in manifest["results_paths"] for row in iter_jsonl(as_path(path))]
     assert len(ids) == 1000 and len(set(ids)) == 1000
+
+
+@pytest.mark.parametrize("stray_state", ["ended", "in_progress"])
+def test_a_batch_outside_the_ledger_is_found_before_gather_cancelled_and_priced(
+    emulator: EmulatorProcess, tmp_path: Path, stray_state: str
+) -> None:
+    emulator.configure(throughput=5000)
+    source = tmp_path / "requests.jsonl"
+    _write_requests(source, 200)
+    job = str(tmp_path / "job")
+    settings = SubmitSettings(max_requests_per_batch=100, count_tokens_sample=0)
+    client = anthropic.Anthropic(base_url=emulator.base_url, api_key="k")
+    with BatchesApi(anthropic.Anthropic(base_url=emulator.base_url, api_key="k")) as api:
+        submitted = submit_round(
+            api, iter_jsonl_lines(as_path(str(source))), job=as_path(job), round_number=0,
+            identity=IDENTITY, settings=settings,
+        )  # fmt: skip
+    # A writer that stalled after saving its intent for chunk 1 was taken over; the other writer
+    # created chunk 1's batch, and the stalled one's create went out when it resumed.
+    store = LedgerStore(as_path(job), 0)
+    ledger = store.load()
+    assert ledger is not None
+    ledger.interrupted.append(
+        {"chunk": 1, "started_at": ledger.batches[1]["recorded_at"], "requests": 100, "writer": "stalled"}
+    )
+    store.save(ledger)
+    with BatchesApi(anthropic.Anthropic(base_url=emulator.base_url, api_key="k")) as api:
+        until_sync(
+            lambda: all(
+                api.retrieve(b["batch_id"]).processing_status == "ended" for b in submitted["batches"]
+            ),
+            deadline=60,
+        )
+        if stray_state == "in_progress":
+            emulator.configure(start_delay_seconds=600)
+        chunk_1 = [msgspec.json.decode(line) for line in source.read_bytes().splitlines()[100:]]
+        stray = client.messages.batches.create(requests=chunk_1)
+        if stray_state == "ended":
+            until_sync(lambda: api.retrieve(stray.id).processing_status == "ended", deadline=60)
+        manifest = gather_round(api, submitted, config=GatherConfig())
+        again = gather_round(api, submitted, config=GatherConfig())  # a re-run counts it once
+
+    (found,) = manifest["strays"]
+    assert found["batch_id"] == stray.id and found["chunk"] == 1
+    assert found["chunk_batch"] == submitted["batches"][1]["batch_id"]
+    if stray_state == "ended":
+        assert found["action"] == "ended before it was found"
+        assert found["result_counts"] == {"succeeded": 100}
+        assert found["cost"]["batch_usd"] > 0
+    else:
+        assert found["action"] == "canceled"
+        assert client.messages.batches.retrieve(stray.id).cancel_initiated_at is not None
+        assert found["result_counts"] == {"canceled": 100}
+    batches_only = manifest["cost"]["batch_usd"] - found["cost"]["batch_usd"]
+    assert batches_only == pytest.approx(sum(_row_costs(manifest)), abs=1e-9)
+    assert again["strays"] == manifest["strays"] and again["cost"] == manifest["cost"]
+    ids = [row["custom_id"] for path in manifest["results_paths"] for row in iter_jsonl(as_path(path))]
+    assert len(ids) == 200 and len(set(ids)) == 200, "the stray's rows are not results"
+
+
+def _row_costs(manifest: dict[str, Any]) -> list[float]:
+    """Return each result row's cost at Haiku 4.5's batch prices ($0.50 / $2.50 per MTok), from its usage."""
+    costs = []
+    for path in manifest["results_paths"]:
+        for row in iter_jsonl(as_path(path)):
+            usage = row["usage"]
+            costs.append((usage["input_tokens"] * 0.50 + usage["output_tokens"] * 2.50) / 1e6)
+    return costs
