@@ -199,6 +199,9 @@ class JobManifest(TypedDict, total=False):
     max_failure_rate: float | None
     failures_by_type: dict[str, int]
     failures_by_error_type: dict[str, int]
+    #: Requests whose final row is a cancel not made by this job's wait deadline (the Console,
+    #: another process): counted apart because nothing in the job asked for it.
+    canceled_outside: int
     retryable_left: int
     rounds: list[RoundSummary]
     usage: Usage

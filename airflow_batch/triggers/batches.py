@@ -76,6 +76,8 @@ class BatchesTrigger(BaseTrigger):
         self.round_number = round_number
         self.betas = list(betas)
         self.workspace_id = workspace_id
+        #: Seconds the event was held back (the stale-event guard), apart from the polls themselves.
+        self.settle_held = 0.0
         self.state = WaitState.from_kwargs(
             batch_ids=list(batch_ids),
             end_time=float(end_time),
@@ -124,7 +126,7 @@ class BatchesTrigger(BaseTrigger):
             event = await wait_for_round(api, self.state, log=self.log, on_poll=writer.write)
         finally:
             await api.close()
-        await settle(started, self.state.poll_interval)
+        self.settle_held = await settle(started, self.state.poll_interval)
         yield TriggerEvent(event)
 
     async def on_kill(self) -> None:
