@@ -90,3 +90,20 @@ def test_fenced_writes_from_several_processes_lose_no_update(tmp_path: Path) -> 
         losses = pool.starmap(_increment, [(path, 50)] * 4)
     # Unfenced read-modify-writes from four processes lose increments; fenced ones read again instead.
     assert read_json(as_path(path))["count"] == 200, f"every increment counted once ({sum(losses)} retries)"
+
+
+def _finish_jobs(path: str, first: int, count: int) -> None:
+    from airflow_batch.history import record_run
+
+    for n in range(first, first + count):
+        manifest = {"job_dir": f"job-{n}", "finalized_at": "t", "succeeded": 1, "usage": {"output_tokens": 5}}
+        record_run(as_path(path), manifest)  # type: ignore[arg-type]
+
+
+def test_a_history_shared_by_mapped_finalizes_keeps_every_run(tmp_path: Path) -> None:
+    from airflow_batch.history import KEEP, read_history
+
+    path = str(tmp_path / "history.json")
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.starmap(_finish_jobs, [(path, 0, 5), (path, 5, 5), (path, 10, 5), (path, 15, 5)])
+    assert len({entry["job_dir"] for entry in read_history(as_path(path))}) == 20 == KEEP
