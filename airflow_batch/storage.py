@@ -85,8 +85,12 @@ def write_json(path: ObjectStoragePath, obj: Any) -> None:
 
 
 def read_json(path: ObjectStoragePath) -> Any:
-    """Return the JSON document stored at ``path``."""
-    return _decoder.decode(path.read_bytes())
+    """Return the JSON document stored at ``path``.
+
+    One whole-object read (a single GET on object stores): a buffered file's ranged reads fail
+    (s3fs's ``FileExpired``) when another writer replaces the object between two of them.
+    """
+    return _decoder.decode(path.fs.cat_file(path.path))
 
 
 class FenceLost(Exception):
