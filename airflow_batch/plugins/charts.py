@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 #: The plot area inside a chart, in SVG units: room on the left for the axis, below for labels.
-WIDTH, HEIGHT = 640, 240
+WIDTH, HEIGHT = 420, 240
 LEFT, TOP, BOTTOM, RIGHT = 56, 28, 44, 12
 
 
@@ -80,7 +80,7 @@ def bar_chart(
     slot = (WIDTH - LEFT - RIGHT) / len(groups)
     marks, ticks, kinds = [], [], []
     for index, (group, bars) in enumerate(groups):
-        width = min(slot * 0.8 / max(len(bars), 1), 48.0)
+        width = min(slot * 0.8 / max(len(bars), 1), 40.0)
         start = LEFT + index * slot + (slot - width * len(bars)) / 2
         for offset, (kind, value, label) in enumerate(bars):
             height = _plot_height() * value / top

@@ -1,7 +1,7 @@
 """A job's own page in headless Chromium: its charts are drawn, and their labels are the manifests' numbers.
 
-Two runs of one DAG go through the emulator with ``dag.test()`` (the first with a quarter of its
-requests overloaded, so a retry round runs; the second with some invalid requests), then the page
+Two runs of one DAG go through the emulator with ``dag.test()`` (the first with some invalid
+requests, the second with a quarter of its requests overloaded, so a retry round runs), then the page
 is served by Airflow's own api-server app in this process, as in ``test_batch_jobs_page``. The
 screenshot is written to ``docs/screenshots/batch-job-charts.png`` with ``UPDATE_SCREENSHOTS=1``.
 """
@@ -44,9 +44,9 @@ def test_job_page_draws_progress_failures_cost_and_the_dags_trend_in_headless_ch
 
     requests = _write_requests(tmp_path / "requests.jsonl", 40)
     output = str(tmp_path / "out")
-    emulator.configure(error_types={"overloaded_error": 0.25}, seed=3)
-    first = _run_job("charted", requests, output, anthropic_conn)
     emulator.configure(error_types={"invalid_request_error": 0.1}, seed=4)
+    first = _run_job("charted", requests, output, anthropic_conn)
+    emulator.configure(error_types={"overloaded_error": 0.25}, seed=3)
     second = _run_job("charted", requests, output, anthropic_conn)
 
     def job(run: Any) -> Path:
@@ -105,8 +105,12 @@ def test_job_page_draws_progress_failures_cost_and_the_dags_trend_in_headless_ch
         ]
         assert _labels(driver, "trend-failure-rate") == [f"{f['failure_rate']:.1%}" for f in finals]
 
-        # Readable at 1400x900: nothing wider than the window, and each chart drawn at a useful size.
+        # Readable at 1400x900: nothing wider than the window, each chart drawn at its own size (its
+        # text unscaled), and the run's charts all in the first screen.
         assert driver.execute_script("return document.documentElement.scrollWidth") <= 1400
         for svg in driver.find_elements(By.CSS_SELECTOR, "figure.chart svg"):
-            assert svg.size["width"] >= 500, svg.size
+            assert svg.size["width"] >= 400, svg.size
+        for chart in ("progress", "failures", "cost"):
+            figure = driver.find_element(By.CSS_SELECTOR, f'figure[data-chart="{chart}"]')
+            assert figure.location["y"] + figure.size["height"] <= 900, chart
         _save_screenshot(driver, tmp_path, "batch-job-charts.png")
