@@ -217,9 +217,19 @@ def gathered_lineage(manifest: Mapping[str, Any], table: PriceTable) -> Operator
     )
 
 
+#: Reused answers priced for the facet at most: pricing reads their rows, and the listener gives
+#: a task's facets seconds (``[openlineage] execution_timeout``), not minutes.
+MAX_PRICED_REUSED = 200_000
+
+
 def _saved(rounds: Sequence[Mapping[str, Any]], table: PriceTable) -> dict[str, Any]:
-    """Return what the rounds' reused answers saved (read from their ``reused.jsonl``)."""
+    """Return what the rounds' reused answers saved (read from their ``reused.jsonl``); above
+    :data:`MAX_PRICED_REUSED` answers only their count (the saving is then ``None``)."""
     from airflow_batch.storage import as_path, iter_jsonl
+
+    reused = sum(int(m.get("reused", 0) or 0) for m in rounds)
+    if reused > MAX_PRICED_REUSED:
+        return {"answers": reused, "savedBatchUsd": None, "savedStandardUsd": None}
 
     def rows() -> Iterator[Mapping[str, Any]]:
         for manifest in rounds:
