@@ -178,38 +178,43 @@ def waited_lineage(manifest: Mapping[str, Any]) -> OperatorLineage:
 
 
 def gathered_lineage(manifest: Mapping[str, Any], table: PriceTable) -> OperatorLineage:
-    """Return the lineage of a gather: the round's chunks in, its results and failures out."""
+    """Return the lineage of a gather: the round's chunks in; its results, failures (and the rows
+    answered without a batch, ``reused.jsonl``) out."""
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    chunks = [str(b["chunk_path"]) for b in manifest.get("batches") or ()]
-    job = str(manifest["job_dir"])
-    round_number = int(manifest.get("round", 0))
     from airflow_batch.storage import as_path
 
-    round_dir = str(layout.round_dir(as_path(job), round_number))
-    results = [str(p) for p in manifest.get("results_paths") or ()]
+    chunks = [str(b["chunk_path"]) for b in manifest.get("batches") or ()]
+    round_dir = str(layout.round_dir(as_path(str(manifest["job_dir"])), int(manifest.get("round", 0))))
+    reused_path = manifest.get("reused_path")
+    results = [str(p) for p in manifest.get("results_paths") or () if p != reused_path]
     failures = [str(p) for p in manifest.get("failures_paths") or ()]
     counts = manifest.get("result_counts") or {}
     reused = int(manifest.get("reused", 0) or 0)
     saved = _saved([manifest], table) if reused else None
+    outputs = [
+        dataset(
+            f"{round_dir}/results",
+            output=True,
+            rows=int(counts.get("succeeded", 0) or 0),
+            files=len(results),
+            size=_size(results),
+        ),
+        dataset(
+            f"{round_dir}/failures",
+            output=True,
+            rows=sum(failures_by_type(manifest).values()),
+            files=len(failures),
+            size=_size(failures),
+        ),
+    ]
+    if reused and reused_path:
+        outputs.append(
+            dataset(str(reused_path), output=True, rows=reused, files=1, size=_size([str(reused_path)]))
+        )
     return OperatorLineage(
         inputs=[dataset(folder_of(chunks[0]))] if chunks else [],
-        outputs=[
-            dataset(
-                f"{round_dir}/results",
-                output=True,
-                rows=int(counts.get("succeeded", 0) or 0) + reused,
-                files=len(results),
-                size=_size(results),
-            ),
-            dataset(
-                f"{round_dir}/failures",
-                output=True,
-                rows=sum(failures_by_type(manifest).values()),
-                files=len(failures),
-                size=_size(failures),
-            ),
-        ],
+        outputs=outputs,
         run_facets={
             **query_facets(batch_ids(manifest)),
             FACET_NAME: run_facet_class()(**run_figures(manifest, table, saved)),
@@ -247,13 +252,15 @@ def finalized_lineage(manifest: Mapping[str, Any], table: PriceTable) -> Operato
     from airflow_batch.storage import as_path
 
     rounds = read_rounds(as_path(str(manifest["job_dir"])))
-    inputs = []
+    inputs: list[Any] = []
     for round_manifest in rounds:
         for key in ("results_paths", "failures_paths"):
             paths: list[str] = [str(p) for p in round_manifest.get(key) or ()]  # type: ignore[attr-defined]
+            # A round's part files are one dataset (their folder); its reused rows are a file.
+            inputs.extend(dataset(p) for p in paths if p.endswith(layout.REUSED_FILE))
             parts = [p for p in paths if not p.endswith(layout.REUSED_FILE)]
             if parts:
-                inputs.append(dataset(folder_of(str(parts[0]))))
+                inputs.append(dataset(folder_of(parts[0])))
     rows = {
         "results": int(manifest.get("succeeded", 0) or 0),
         "failures": int(manifest.get("failed", 0) or 0),
