@@ -45,13 +45,13 @@ from airflow_batch.dev.deployment import (
     deployment_environment,
     deployment_healthy,
     example_dags_environment,
+    example_dags_folder,
 )
 from airflow_batch.dev.processes import ProcessGroupsFile, start_in_own_group, stop_process_groups
 
 if TYPE_CHECKING:
     from airflow_batch.emulator.process import EmulatorProcess
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = 8080
 DEFAULT_WORKDIR = ".dev"
 EMULATOR_CONFIG = {"throughput": 20.0, "start_delay_seconds": 2.0}
@@ -88,7 +88,7 @@ class DevDeployment:
         workdir: Path,
         *,
         port: int = DEFAULT_PORT,
-        dags_folder: Path = REPO / "dags",
+        dags_folder: Path | None = None,
         emulator_url: str | None = None,
         real_api: bool = False,
         emulator_config: dict[str, Any] | None = None,
@@ -96,7 +96,7 @@ class DevDeployment:
         self.workdir = workdir.resolve()
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
-        self.dags_folder = dags_folder.resolve()
+        self.dags_folder = (dags_folder or example_dags_folder()).resolve()
         self.emulator_url = emulator_url.rstrip("/") if emulator_url else None
         self.real_api = real_api
         self.emulator_config = {**EMULATOR_CONFIG, **(emulator_config or {})}
@@ -367,7 +367,9 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"where the Airflow home, emulator store, logs and outputs live (default ./{DEFAULT_WORKDIR})",
     )
     parser.add_argument(
-        "--dags", default=str(REPO / "dags"), help="DAG folder to load (default: this repository's dags/)"
+        "--dags",
+        default=None,
+        help="DAG folder to load (default: the example DAGs: the clone's dags/, or those the package ships)",
     )
     target = parser.add_mutually_exclusive_group()
     target.add_argument(
@@ -402,7 +404,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     deployment = DevDeployment(
         Path(args.workdir),
         port=args.port,
-        dags_folder=Path(args.dags),
+        dags_folder=Path(args.dags) if args.dags else None,
         emulator_url=args.emulator_url,
         real_api=args.real_api,
         emulator_config=args.emulator_config,

@@ -30,6 +30,15 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 AIRFLOW_EXECUTABLE = str(Path(sys.executable).with_name("airflow"))
 """The ``airflow`` command of this Python environment."""
 
+
+def example_dags_folder() -> Path:
+    """Return the example DAGs: the copy a wheel ships (``airflow_batch/example_dags``), else the
+    clone's ``dags/`` (an editable install, where the package sits in the clone)."""
+    package = Path(__file__).resolve().parents[1]
+    shipped = package / "example_dags"
+    return shipped if shipped.is_dir() else package.parent / "dags"
+
+
 SQLITE_CONNECT_ARGS: dict[str, Any] = {"timeout": 60}
 """SQLite connect arguments (``[database] sql_alchemy_connect_args``).
 
