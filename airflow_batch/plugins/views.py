@@ -157,6 +157,21 @@ class CanaryView:
         )
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The job's budget (``max_cost_usd``) and what it had spent once a round landed (USD, batch prices)."""
+
+    budget_usd: float
+    spent_usd: float
+
+    @classmethod
+    def of(cls, figures: Any) -> Budget | None:
+        """Return the budget line of a gathered round manifest (``budget``), None without a budget."""
+        if not isinstance(figures, Mapping) or figures.get("max_cost_usd") is None:
+            return None
+        return cls(float(figures["max_cost_usd"]), float(figures.get("spent_usd") or 0.0))
+
+
 @dataclass
 class RoundView:
     """One round of a job as the page shows it.
@@ -187,6 +202,7 @@ class RoundView:
     reused: int = 0
     canary: CanaryView | None = None
     deleted: int = 0
+    budget: Budget | None = None
 
     @property
     def files(self) -> list[FileLink]:
@@ -225,6 +241,11 @@ class JobView:
     def latest(self) -> RoundView | None:
         """Return the highest-numbered round."""
         return self.rounds[-1] if self.rounds else None
+
+    @property
+    def budget(self) -> Budget | None:
+        """Return the budget and the spend as of the latest round that landed under one."""
+        return next((r.budget for r in reversed(self.rounds) if r.budget is not None), None)
 
     @property
     def batch_count(self) -> int:
@@ -589,6 +610,7 @@ def _round_view(record: ManifestRecord, progress: Mapping[str, Any] | None, now:
         reused=reused,
         canary=canary,
         deleted=len(value.get("deleted_batches") or {}),
+        budget=Budget.of(value.get("budget")) if stage == "gathered" else None,
     )
 
 
