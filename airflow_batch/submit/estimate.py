@@ -283,7 +283,7 @@ def log_estimate(
         "  tokens: input %d, cache write %d (%s), cache read %d; input by %s; prices as of %s",
         total["input_tokens"],
         total["cache_creation_input_tokens"],
-        f"{estimate['cache_ttl']} TTL" if estimate["cache_ttl"] else "no prompt cached",
+        f"priced at the {estimate['cache_ttl']} cache TTL" if estimate["cache_ttl"] else "no prompt cached",
         total["cache_read_input_tokens"],
         calibration.method,
         table.as_of,
