@@ -39,6 +39,13 @@ class InvalidRequestsError(BeforeSubmitError, RetryCannotFix):
     """One or more input rows are not valid Message Batches requests."""
 
 
+class MissingInputError(BeforeSubmitError, FileNotFoundError):
+    """The input file named when the task ran does not exist (yet): nothing was read or sent.
+
+    Retried (an upstream writer may still be late); listed on the batch jobs page with the path.
+    """
+
+
 class BudgetExceededError(BeforeSubmitError, RetryCannotFix):
     """The cost estimate is above what is left of ``max_cost_usd``.
 

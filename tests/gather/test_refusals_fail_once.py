@@ -56,3 +56,45 @@ def test_a_budget_refusal_fails_submit_without_retries_and_finalize_names_it(
     assert tis["job.wait"].state == "upstream_failed"
     assert "nothing to merge: job.submit was refused before any spend (BudgetExceededError: " in log
     assert "round 0 has no manifest" not in log
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_missing_input_file_leaves_its_error_for_the_batch_jobs_page(
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
+) -> None:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from airflow_batch.manifest import FAILED_MANIFEST_KEY
+    from airflow_batch.plugins.views import ManifestRecord, build_jobs
+
+    # A template passes the parse-time check; the file is still missing when the task runs.
+    missing = str(tmp_path / "input-{{ ds }}.jsonl")
+    with DAG("missing_input", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        anthropic_batch_job(
+            "job",
+            requests=missing,
+            output_path=str(tmp_path / "out"),
+            conn_id=anthropic_conn,
+            max_retry_rounds=0,
+        )
+    run = run_dag(dag, logical_date=pendulum.datetime(2026, 3, 1))
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["job.submit"] == "failed"
+
+    with create_session() as session:
+        rows = session.execute(
+            select(XComModel.task_id, XComModel.map_index, XComModel.value).where(
+                XComModel.dag_id == dag.dag_id, XComModel.key == FAILED_MANIFEST_KEY
+            )
+        ).all()
+    records = [
+        ManifestRecord(dag.dag_id, run.run_id, r.task_id, r.map_index, XComModel.deserialize_value(r))
+        for r in rows
+    ]
+    [job] = build_jobs(records)
+    assert job.outcome == "refused"
+    [refusal] = job.refusals
+    assert "requests: no file at" in refusal.reason and "input-2026-03-01.jsonl" in refusal.reason
+    assert emulator.batch_count() == 0
