@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 
 from airflow_batch.layout import FINAL_MANIFEST_FILE
 from airflow_batch.links.urls import batch_console_url
-from airflow_batch.manifest import STAGE_ORDER, Usage, empty_usage, sum_usages
+from airflow_batch.manifest import STAGE_ORDER, Usage, empty_usage, round_started_at, sum_usages
 
 #: The kinds of a progress bar, in order: the API's request counts, and ``reused`` (answered
 #: from the answer store: no batch, no cost) after ``succeeded``.
@@ -530,7 +530,7 @@ def _wait_progress(
     if eta is not None and since_written is not None:
         eta = max(eta - since_written, 0.0)
     return WaitProgress(
-        elapsed_seconds=_seconds_between(value.get("submitted_at"), now),
+        elapsed_seconds=_seconds_between(round_started_at(value), now),
         last_poll_at=last_poll if isinstance(last_poll, str) else None,
         last_poll_seconds_ago=_seconds_between(last_poll, now),
         eta_seconds=eta,
@@ -605,7 +605,7 @@ def _round_view(record: ManifestRecord, progress: Mapping[str, Any] | None, now:
         invalid_path=invalid_path if isinstance(invalid_path, str) and value.get("invalid") else None,
         source=record,
         failures=_round_failures(value) if stage == "gathered" else None,
-        duration_seconds=_seconds_between(value.get("submitted_at"), ended_at),
+        duration_seconds=_seconds_between(round_started_at(value), ended_at),
         wait=_wait_progress(value, progress, now) if stage in ("submitted", "waiting") else None,
         reused=reused,
         canary=canary,

@@ -59,7 +59,7 @@ from airflow_batch.submit.chunking import (
 )
 from airflow_batch.submit.creating import chunk_infos, create_round
 from airflow_batch.submit.estimate import TokenTally, estimate_cost
-from airflow_batch.submit.ledger import Ledger, LedgerStore
+from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
 from airflow_batch.submit.records import RequestDefaults
 from airflow_batch.submit.refusals import check_budget, check_models
 from airflow_batch.submit.routing import AnswerReuse, Routing
@@ -339,6 +339,7 @@ def submit_round(
         spent (batches, or a canary, recorded in its ledger) never runs its canary again.
     """
     log = log or logging.getLogger(__name__)
+    started_at = utcnow()
     store = LedgerStore(job, round_number, state_store)
     recorded = store.load()
     attached = recorded is not None and recorded.binding
@@ -450,4 +451,7 @@ def submit_round(
         raise
     ledger.invalid, ledger.invalid_path = prepared.invalid, invalid_path
     store.save(ledger)
-    return create_round(api, job, ledger, store, identity, settings, log, queued=None)
+    manifest = create_round(api, job, ledger, store, identity, settings, log, queued=None)
+    if attached:
+        manifest["reattached_at"] = started_at
+    return manifest

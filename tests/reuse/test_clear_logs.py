@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pendulum
@@ -9,8 +10,9 @@ import pytest
 from airflow.sdk import DAG
 from airflow_test_env import run_dag
 
-from airflow_batch import anthropic_batch_job
+from airflow_batch import anthropic_batch_job, layout
 from airflow_batch.emulator.process import EmulatorProcess
+from airflow_batch.results import job_manifest
 
 DAY = pendulum.datetime(2026, 3, 1, tz="UTC")
 
@@ -37,8 +39,10 @@ def test_a_cleared_run_re_attaches_without_claiming_answers_from_the_store(
     assert first.state == "success"
     capfd.readouterr()
 
+    cleared_at = datetime.now(UTC)
     again = run_dag(dag, logical_date=DAY, run_after=DAY)  # dag.test() clears the same run
     log = "".join(capfd.readouterr())
+    took = (datetime.now(UTC) - cleared_at).total_seconds()
 
     assert again.state == "success" and again.run_id == first.run_id
     assert emulator.batch_count() == 1
@@ -47,3 +51,10 @@ def test_a_cleared_run_re_attaches_without_claiming_answers_from_the_store(
     assert "re-attaching to 1 recorded batch(es)" in log
     assert "(0 request(s) were answered from the answer store when it was submitted)" in log
     assert "50 succeeded (0 reused)" in log
+
+    # Durations count the latest try: the job's clock starts at the re-attach, not the first submit.
+    job = layout.job_dir(str(tmp_path / "out"), dag.dag_id, again.run_id, "job.submit")
+    manifest = job_manifest(str(job))
+    assert datetime.fromisoformat(manifest["started_at"]) >= cleared_at
+    assert 0 < manifest["duration_seconds"] <= took
+    assert 0 < manifest["rounds"][0]["duration_seconds"] <= took
