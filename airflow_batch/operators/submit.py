@@ -21,6 +21,7 @@ from airflow_batch.submit.canary import CanarySettings
 from airflow_batch.submit.inputs import check_location
 from airflow_batch.submit.queue import QueueWaitNeeded
 from airflow_batch.submit.records import CustomIdFrom, RequestBuilder, RequestDefaults, records_to_requests
+from airflow_batch.submit.required import require_local_input, require_model, require_output_path
 from airflow_batch.submit.round import SubmitSettings
 from airflow_batch.submit.routing import AnswerReuse
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
@@ -206,6 +207,16 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
             check_location(location, f"{self.task_id}: {name}")
         # Checked now, so a schema structured outputs refuse fails when the DAG is parsed.
         self.job_schema = job_schema(output_schema) if output_schema is not None else None
+        require_output_path(self.task_id, output_path)
+        require_model(
+            self.task_id,
+            model=model,
+            records=records,
+            requests=requests,
+            builds_requests=request_builder is not None,
+        )
+        for name, source in (("records", records), ("requests", requests)):
+            require_local_input(self.task_id, name, source)
         self.output_schema = output_schema
         self.custom_id_from = custom_id_from
         self.passthrough_fields = list(passthrough_fields)
