@@ -68,7 +68,7 @@ test: lint typecheck pytest
 
 # The fast tier: lint, types and every test that starts no Airflow deployment, browser or cluster.
 check: lint typecheck
-	$(BIN)/pytest -q -m "not e2e and not browser and not distributed"
+	$(BIN)/pytest -q -m "not e2e and not browser and not distributed and not wheel"
 
 bench: venv
 	$(BIN)/python bench/run_all.py
