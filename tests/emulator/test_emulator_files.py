@@ -59,9 +59,10 @@ def test_file_blocks_are_counted_by_pages_and_pixels_and_unknown_ids_error(
     def file_block(kind: str, file_id: str) -> dict[str, object]:
         return {"type": kind, "source": {"type": "file", "file_id": file_id}}
 
+    content = [file_block("document", pdf_id), {"type": "text", "text": "x"}]
     counted = client.messages.count_tokens(
         model=MODEL,
-        messages=[{"role": "user", "content": [file_block("document", pdf_id), {"type": "text", "text": "x"}]}],
+        messages=[{"role": "user", "content": content}],  # type: ignore[typeddict-item]
         extra_headers={"anthropic-beta": FILES_BETA},
     ).input_tokens
     assert counted >= pdf_tokens(4)  # four pages, whatever the file's byte length
