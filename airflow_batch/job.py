@@ -177,7 +177,7 @@ def anthropic_batch_job(
     """
     if sum(source is not None for source in (requests, records, documents)) != 1:
         raise ValueError(
-            f"anthropic_batch_job {group_id!r}: give exactly one of requests=, records= or documents="
+            f"anthropic_batch_job {group_id!r}: give exactly one of requests= or records= (or documents=)"
         )
     if max_retry_rounds < 0:
         raise ValueError(f"anthropic_batch_job {group_id!r}: max_retry_rounds must be >= 0")

@@ -219,7 +219,7 @@ class SubmitBatchesOperator(BaseOperator):
             check_documents(self.task_id, documents, requests, records, prompt_template, delete_files)
             records, betas = [], [*dict.fromkeys([*betas, FILES_BETA])]  # requests come from the files
         if (requests is None) == (records is None):
-            raise ValueError(f"{self.task_id}: give exactly one of requests=, records= or documents=")
+            raise ValueError(f"{self.task_id}: give exactly one of requests= or records= (or documents=)")
         if records is not None and prompt_template is None and request_builder is None:
             raise ValueError(f"{self.task_id}: records= needs prompt_template= and/or request_builder=")
         if records is None and (passthrough_fields or custom_id_from is not None):
