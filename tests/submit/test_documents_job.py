@@ -167,7 +167,7 @@ def test_a_missing_file_and_an_unreadable_type_are_named_before_any_spend(
 
     assert run.state == "failed"
     assert emulator.batch_count() == 0  # refused before any batch
-    refusal = _failed_manifest(dag.dag_id, "invoices.submit")["refusal"]["reason"]
+    refusal = _failed_manifest(dag.dag_id, "invoices.submit")["reason"]
     assert "row 2" in refusal and "archive.zip" in refusal and "PDF, plain text" in refusal
     assert "row 3" in refusal and "never-uploaded.pdf" in refusal and "gone" in refusal
 
@@ -190,7 +190,7 @@ def test_with_skip_invalid_a_missing_file_is_one_failed_row_and_the_rest_land(
     assert len(_rows(layout.final_results_path(job))) == len(files)
     failures = _rows(layout.final_failures_path(job))
     assert [row["error_type"] for row in failures] == ["invalid_input"]
-    assert "never-uploaded.pdf" in failures[0]["error_message"]
+    assert "never-uploaded.pdf" in failures[0]["message"] and failures[0]["row"] == len(files) + 1
 
 
 def _failed_manifest(dag_id: str, task_id: str) -> dict[str, Any]:
