@@ -6,7 +6,6 @@ A real moto S3 server on loopback, the emulator, the real SDK and ``dag.test()``
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from airflow.sdk import DAG
 from airflow_test_env import run_dag
 from media_files import pdf_bytes, png_bytes
+from moto_s3 import bucket_behind_connection, moto_server
 from pydantic import BaseModel
 
 from airflow_batch import anthropic_batch_job, layout
@@ -38,42 +38,15 @@ class Invoice(BaseModel):
 
 @pytest.fixture(scope="module")
 def moto_s3() -> Iterator[str]:
-    """A moto S3 server on a free loopback port; yield its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
-def bucket(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """An empty bucket behind the ``aws_default`` connection; return a boto3 client."""
-    import boto3
-
-    connection = {
-        "conn_type": "aws",
-        "login": "testing",
-        "password": "testing",
-        "extra": {"endpoint_url": moto_s3, "region_name": "us-east-1"},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    client = boto3.client(
-        "s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )  # fmt: skip
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
-        client.delete_object(Bucket=BUCKET, Key=item["Key"])
-    client.delete_bucket(Bucket=BUCKET)
+def bucket(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An empty bucket behind the ``aws_default`` connection; a boto3 client."""
+    with bucket_behind_connection(moto_s3, BUCKET, monkeypatch) as client:
+        yield client
 
 
 def _put_invoices(client: Any) -> dict[str, bytes]:
