@@ -50,7 +50,8 @@ MAX_PDF_PAGES = 100
 MAX_IMAGE_EDGE = 8_000
 #: The size the API scales an image down to before counting it.
 SCALED_LONG_EDGE = 1_568
-SCALED_MAX_PIXELS = 1_150_000
+#: "About 1.15 megapixels": the docs' table has 1092 x 1092 px as the largest square image not scaled.
+SCALED_MAX_PIXELS = 1_092 * 1_092
 PIXELS_PER_TOKEN = 750
 PDF_PAGE_TEXT_TOKENS = 3_000
 #: What a block counts when its file is not known here (a URL source, an unresolved file id).
