@@ -350,18 +350,17 @@ def prepare_documents(
         if kept_record is not None:
             kept_record.add(batch)
 
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upload")
     try:
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upload") as pool:
-            futures = {
-                pool.submit(handle, doc): index
-                for index, doc in enumerate(listed)
-                if isinstance(doc, DocumentFile)
-            }
-            for done in as_completed(futures):
-                results[futures[done]] = done.result()
-                if len(fresh) - written >= RECORD_EVERY:
-                    flush()
+        futures = {pool.submit(handle, d): i for i, d in enumerate(listed) if isinstance(d, DocumentFile)}
+        for done in as_completed(futures):
+            results[futures[done]] = done.result()
+            if len(fresh) - written >= RECORD_EVERY:
+                flush()
     finally:
+        # On a failure (the retry budget spent on a transient fault) the files not started are
+        # dropped, not read and uploaded first; what was uploaded is recorded for the retry.
+        pool.shutdown(wait=True, cancel_futures=True)
         flush()
     rows: list[tuple[DocumentFile | InvalidRow, Upload | str | None, int]] = []
     for doc, (outcome, size) in zip(listed, results, strict=True):
