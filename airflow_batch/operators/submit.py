@@ -216,8 +216,10 @@ class SubmitBatchesOperator(BaseOperator):
         self.delete_files = delete_files
         self.upload_concurrency = upload_concurrency
         if documents is not None:
-            check_documents(self.task_id, documents, requests, records, prompt_template, delete_files)
-            records, betas = [], [*dict.fromkeys([*betas, FILES_BETA])]  # requests come from the files
+            check_documents(self, documents, requests, records, prompt_template)
+            # Each file becomes a record: the records' checks below (passthrough_fields, custom_id_from)
+            # apply; every call of the job carries the Files API beta its requests need.
+            records, betas = [], [*dict.fromkeys([*betas, FILES_BETA])]
         if (requests is None) == (records is None):
             raise ValueError(f"{self.task_id}: give exactly one of requests= or records= (or documents=)")
         if records is not None and prompt_template is None and request_builder is None:
@@ -466,11 +468,14 @@ class SubmitBatchesOperator(BaseOperator):
 
 
 def check_documents(
-    task_id: str, documents: Any, requests: Any, records: Any, prompt_template: str | None, delete_files: str
+    operator: SubmitBatchesOperator, documents: Any, requests: Any, records: Any, prompt_template: str | None
 ) -> None:
     """Refuse, at parse time, a ``documents=`` job that cannot run."""
     from airflow_batch.submit.documents import DELETE_FILES
 
+    task_id, delete_files = operator.task_id, operator.delete_files
+    if operator.upload_concurrency < 1:
+        raise ValueError(f"{task_id}: upload_concurrency must be >= 1, got {operator.upload_concurrency}")
     if requests is not None or records is not None:
         raise ValueError(f"{task_id}: give exactly one of requests=, records= or documents=")
     if prompt_template is None:

@@ -100,3 +100,27 @@ def test_each_file_becomes_its_block_then_the_prompt_keyed_by_its_path(
     assert png["params"]["messages"][0]["content"][0]["type"] == "image"
     assert copy["params"]["messages"][0]["content"][0] == content[0]  # same bytes, same file_id
     assert requests[0].input == {"path": f"file://{paths[0]}", "key": f"file://{paths[0]}"}  # type: ignore[attr-defined]
+
+
+def test_documents_settings_are_checked_when_the_dag_is_parsed() -> None:
+    from airflow_batch import anthropic_batch_job
+    from airflow_batch.operators import SubmitBatchesOperator
+
+    def submit(**kwargs: object) -> SubmitBatchesOperator:
+        return SubmitBatchesOperator(
+            task_id="t", output_path="/tmp/x", **{"documents": "s3://b/*.pdf", **kwargs}
+        )
+
+    with pytest.raises(ValueError, match="documents= needs prompt_template="):
+        submit()
+    with pytest.raises(ValueError, match="delete_files must be one of"):
+        submit(prompt_template="{name}", delete_files="never")
+    with pytest.raises(ValueError, match="upload_concurrency must be >= 1"):
+        submit(prompt_template="{name}", upload_concurrency=0)
+    with pytest.raises(ValueError, match="exactly one of"):
+        submit(prompt_template="{name}", records=[{"a": 1}])
+    with pytest.raises(ValueError, match="relative path"):
+        submit(prompt_template="{name}", documents="invoices/*.pdf")
+    with pytest.raises(ValueError, match="exactly one of"):
+        anthropic_batch_job("j", documents="s3://b/*.pdf", records=[{"a": 1}], prompt_template="{name}")
+    assert "files-api-2025-04-14" in submit(prompt_template="{name}", betas=["x-beta"]).betas
