@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import socket
 from collections.abc import Iterator
@@ -14,20 +15,27 @@ import pytest
 KEY_ID = SECRET = "testing"
 
 
-@contextmanager
-def moto_server() -> Iterator[str]:
-    """Run a moto server; yield its endpoint URL."""
-    from moto.server import ThreadedMotoServer
+_ENDPOINT: list[str] = []
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+
+def moto_endpoint() -> str:
+    """Return the endpoint URL of this process's one moto server, started on first use.
+
+    One server for the whole session: Airflow and fsspec cache an ``s3://aws_default@...``
+    filesystem with the endpoint it was first built with, so a second server on another port
+    would be unreachable through it.
+    """
+    if not _ENDPOINT:
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+        server.start()
+        atexit.register(server.stop)
+        _ENDPOINT.append(f"http://127.0.0.1:{port}")
+    return _ENDPOINT[0]
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from airflow_test_env import run_dag
 from media_files import pdf_bytes, png_bytes
-from moto_s3 import bucket_behind_connection, moto_server
+from moto_s3 import bucket_behind_connection, moto_endpoint
 
 from airflow_batch.emulator.process import EmulatorProcess
 
@@ -19,7 +19,7 @@ BUCKET = "example-invoices"
 
 @pytest.fixture
 def bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    with moto_server() as endpoint, bucket_behind_connection(endpoint, BUCKET, monkeypatch) as client:
+    with bucket_behind_connection(moto_endpoint(), BUCKET, monkeypatch) as client:
         yield client
 
 

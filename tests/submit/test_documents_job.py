@@ -17,7 +17,7 @@ import pytest
 from airflow.sdk import DAG
 from airflow_test_env import run_dag
 from media_files import pdf_bytes, png_bytes
-from moto_s3 import bucket_behind_connection, moto_server
+from moto_s3 import bucket_behind_connection, moto_endpoint
 from pydantic import BaseModel
 
 from airflow_batch import anthropic_batch_job, layout
@@ -36,16 +36,10 @@ class Invoice(BaseModel):
     currency: str
 
 
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
-    with moto_server() as endpoint:
-        yield endpoint
-
-
 @pytest.fixture
-def bucket(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """An empty bucket behind the ``aws_default`` connection; a boto3 client."""
-    with bucket_behind_connection(moto_s3, BUCKET, monkeypatch) as client:
+    with bucket_behind_connection(moto_endpoint(), BUCKET, monkeypatch) as client:
         yield client
 
 
