@@ -10,9 +10,10 @@ record's fields.
 **Each file is read once** (bounded concurrency, ``upload_concurrency`` threads): its SHA-256,
 its kind from its first bytes and its pages or pixels (:mod:`airflow_batch.media`) are taken
 from the same bytes that are uploaded. A file the model cannot read, or over a limit (size,
-pages, pixels), is an invalid row naming the file and the limit; so is a file listed that is
-gone when it is read. As for every invalid row, the task then fails before any batch is created
-(``skip_invalid=False``), or the row is one ``invalid_input`` failure (``skip_invalid=True``).
+pages, pixels), is an invalid row naming the file and the limit: as for every invalid row, the
+task then fails before any batch is created (``skip_invalid=False``), or the row is one
+``invalid_input`` failure (``skip_invalid=True``). A file listed and gone when it is read is
+always one ``invalid_input`` failure row, never a failed job.
 
 **Each distinct file is uploaded once** with the Files API (through the job's client and the one
 retry policy), referenced by ``file_id``: two paths with the same bytes share one upload. Files
@@ -113,6 +114,14 @@ class Upload:
         return cls(
             obj["sha256"], obj["file_id"], obj["bytes"], MediaFacts.from_json(obj["facts"]), obj["path"]
         )
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Why a listed file is not sent; ``gone``: it was not found when read (one failed row, not a refusal)."""
+
+    message: str
+    gone: bool = False
 
 
 def _iso(value: Any) -> str | None:
@@ -239,7 +248,7 @@ class UploadStats:
 class DocumentPlan:
     """Every listed file with its upload, or why it cannot be sent; in listing order."""
 
-    rows: list[tuple[DocumentFile | InvalidRow, Upload | str | None, int]]
+    rows: list[tuple[DocumentFile | InvalidRow, Upload | Refused | None, int]]
     stats: UploadStats
 
     def facts_by_id(self) -> dict[str, MediaFacts]:
@@ -257,11 +266,11 @@ class DocumentPlan:
             FILE_FACTS.reset(token)
 
 
-def _read(doc: DocumentFile) -> bytes | str:
+def _read(doc: DocumentFile) -> bytes | Refused:
     try:
         data: bytes = as_path(doc.uri).read_bytes()
     except (FileNotFoundError, IsADirectoryError):
-        return f"{doc.uri}: the file is gone (listed, then not found when read); restore it or drop it"
+        return Refused(f"{doc.uri}: the file is gone (listed, then not found when read)", gone=True)
     return data
 
 
@@ -294,17 +303,17 @@ def prepare_documents(
             known = {**{s: u for s, u in shared.items() if u.file_id in live}, **known}
     stats = UploadStats()
     lock = threading.Lock()
-    inflight: dict[str, Future[Upload | str]] = {}
+    inflight: dict[str, Future[Upload | Refused]] = {}
     fresh: list[Upload] = []
 
-    def handle(doc: DocumentFile) -> tuple[Upload | str, int]:
+    def handle(doc: DocumentFile) -> tuple[Upload | Refused, int]:
         data = _read(doc)
-        if isinstance(data, str):
+        if isinstance(data, Refused):
             return data, doc.size or 0
         facts = measure(data)
         problem = facts if isinstance(facts, str) else limit_problem(facts, len(data))
         if problem is not None or not isinstance(facts, MediaFacts):
-            return f"{doc.uri}: {problem}", len(data)
+            return Refused(f"{doc.uri}: {problem}"), len(data)
         sha = hashlib.sha256(data).hexdigest()
         with lock:
             owner = sha not in inflight
@@ -314,7 +323,7 @@ def prepare_documents(
         if not owner:
             return future.result(), len(data)
         try:
-            upload: Upload | str
+            upload: Upload | Refused
             if sha in known:
                 upload = known[sha]
             else:
@@ -324,7 +333,7 @@ def prepare_documents(
                 except BatchesApiError as exc:
                     if exc.transient:
                         raise
-                    upload = f"{doc.uri}: the Files API refused the upload: {exc}"
+                    upload = Refused(f"{doc.uri}: the Files API refused the upload: {exc}")
                 else:
                     upload = Upload(sha, file_id, len(data), facts, doc.uri)
                     with lock:
@@ -338,7 +347,7 @@ def prepare_documents(
         return upload, len(data)
 
     listed = list(list_documents(documents))
-    results: list[tuple[Upload | str | None, int]] = [(None, 0)] * len(listed)
+    results: list[tuple[Upload | Refused | None, int]] = [(None, 0)] * len(listed)
     written = 0
 
     def flush() -> None:
@@ -362,12 +371,12 @@ def prepare_documents(
         # dropped, not read and uploaded first; what was uploaded is recorded for the retry.
         pool.shutdown(wait=True, cancel_futures=True)
         flush()
-    rows: list[tuple[DocumentFile | InvalidRow, Upload | str | None, int]] = []
+    rows: list[tuple[DocumentFile | InvalidRow, Upload | Refused | None, int]] = []
     for doc, (outcome, size) in zip(listed, results, strict=True):
         rows.append((doc, outcome, size))
         if isinstance(doc, DocumentFile):
             stats.files += 1
-            stats.refused += isinstance(outcome, str)
+            stats.refused += isinstance(outcome, Refused)
     stats.reused = sum(isinstance(o, Upload) for _, o, _ in rows) - stats.uploaded
     stats.seconds = time.perf_counter() - started
     log.info(
@@ -410,7 +419,10 @@ def document_requests(
                 blocks[index] = file_block(outcome)
                 yield {**doc.record(size), "_row": index}
             else:
-                yield InvalidRow(str(outcome), custom_id_for(doc.uri), "fix or remove the file")
+                assert isinstance(outcome, Refused)
+                # A file gone since it was listed is one failed row; any other problem refuses the round.
+                hint = "fix or remove the file"
+                yield InvalidRow(outcome.message, custom_id_for(doc.uri), hint, failed=outcome.gone)
 
     def build(record: Mapping[str, Any]) -> dict[str, Any]:
         text = prompt_template.format_map({k: v for k, v in record.items() if k != "_row"})

@@ -140,16 +140,14 @@ def test_a_missing_file_and_an_unreadable_type_are_named_before_any_spend(
 
 
 @pytest.mark.usefixtures("airflow_db")
-def test_with_skip_invalid_a_missing_file_is_one_failed_row_and_the_rest_land(
+def test_a_file_gone_since_listing_is_one_failed_row_and_the_rest_land(
     emulator: EmulatorProcess, anthropic_conn: str, bucket: Any, tmp_path: Path
 ) -> None:
     files = _put_invoices(bucket)
     base = f"s3://aws_default@{BUCKET}"
     documents = [f"{base}/{key}" for key in files] + [f"{base}/inv/2026-12-09/never-uploaded.pdf"]
     output = str(tmp_path / "out")
-    dag = _documents_dag(
-        "documents_skip", output, anthropic_conn, documents=documents, submit_kwargs={"skip_invalid": True}
-    )
+    dag = _documents_dag("documents_gone", output, anthropic_conn, documents=documents)  # no skip_invalid
     run = run_dag(dag, logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE)
 
     assert run.state == "success"

@@ -124,3 +124,27 @@ def test_documents_settings_are_checked_when_the_dag_is_parsed() -> None:
     with pytest.raises(ValueError, match="exactly one of"):
         anthropic_batch_job("j", documents="s3://b/*.pdf", records=[{"a": 1}], prompt_template="{name}")
     assert "files-api-2025-04-14" in submit(prompt_template="{name}", betas=["x-beta"]).betas
+
+
+def test_a_row_whose_file_is_gone_is_a_failure_row_never_a_refusal(tmp_path: Path) -> None:
+    from airflow_batch.submit.chunking import prepare_chunks
+
+    ok = {
+        "custom_id": "ok",
+        "params": {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+    }
+    gone = InvalidRow("s3://b/a.pdf: the file is gone", "a-pdf", failed=True)
+    staging = as_path(str(tmp_path / "staging"))
+    prepared = prepare_chunks([ok, gone], staging=staging, max_requests=10, max_bytes=1_000_000)
+    assert not prepared.fatal and prepared.requests == 1 and prepared.invalid == 1
+    assert prepared.invalid_file is not None and b"row 2: s3://b/a.pdf" in prepared.invalid_file.read_bytes()
+
+    refused = InvalidRow("not a readable type", "b-zip")
+    assert prepare_chunks([ok, gone, refused], staging=staging, max_requests=10, max_bytes=1_000_000).fatal
+    assert prepare_chunks(
+        [gone], staging=staging, max_requests=10, max_bytes=1_000_000
+    ).fatal  # nothing to send
