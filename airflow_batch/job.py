@@ -58,6 +58,8 @@ def anthropic_batch_job(
     output_path: str | None = None,
     requests: Any = None,
     records: Any = None,
+    documents: Any = None,
+    delete_files: str = "after_gather",
     output_schema: Any = None,
     passthrough_fields: Sequence[str] = (),
     custom_id_from: Any = None,
@@ -111,6 +113,11 @@ def anthropic_batch_job(
         path/URI, or an upstream task's output. Give this or ``records``.
     :param records: Plain records turned into requests with ``prompt_template`` and the
         defaults below (see ``SubmitBatchesOperator``).
+    :param documents: Files to send, one request each: a glob, a list of paths or a ``.jsonl``
+        records file with a ``path`` field; each distinct file is uploaded once with the Files API
+        (see ``SubmitBatchesOperator``). Give this, ``requests`` or ``records``.
+    :param delete_files: ``"after_gather"`` (default): delete the job's uploads once it has landed;
+        ``"keep"``: keep them for later jobs under the same ``output_path``.
     :param output_schema: Structured outputs: a JSON Schema dict or a Pydantic model class;
         result rows carry the validated ``output``, an answer that is not valid is an
         ``invalid_output`` failure (retried).
@@ -169,8 +176,10 @@ def anthropic_batch_job(
     :param gather_kwargs: Further ``GatherResultsOperator`` arguments.
     :param tooltip: Tooltip of the group in the UI.
     """
-    if (requests is None) == (records is None):
-        raise ValueError(f"anthropic_batch_job {group_id!r}: give exactly one of requests= or records=")
+    if sum(source is not None for source in (requests, records, documents)) != 1:
+        raise ValueError(
+            f"anthropic_batch_job {group_id!r}: give exactly one of requests= or records= (or documents=)"
+        )
     if max_retry_rounds < 0:
         raise ValueError(f"anthropic_batch_job {group_id!r}: max_retry_rounds must be >= 0")
     submit_extra = dict(submit_kwargs or {})
@@ -180,9 +189,11 @@ def anthropic_batch_job(
         submit_extra["budget_basis"] = budget_basis
     if max_queued_requests is not None:
         submit_extra["max_queued_requests"] = max_queued_requests
-    if records is not None:
+    if records is not None or documents is not None:
         submit_extra.setdefault("passthrough_fields", passthrough_fields)
         submit_extra.setdefault("custom_id_from", custom_id_from)
+    if documents is not None:
+        submit_extra.update(documents=documents, delete_files=delete_files)
     settings_names = {f.name for f in fields(SubmitSettings)} - {"max_cost_usd", "prices"}
     retry_settings = {k: v for k, v in submit_extra.items() if k in settings_names}
     if prices is not None:

@@ -19,6 +19,8 @@ instances never collide, and a retry or a clear of the same task instance finds 
         round-0/manifest.json                the round's manifest after gather
         round-1/...                          retry rounds, same shape
         job.json                             the job's output schema, passthrough fields, answer store
+        files/uploads-*.jsonl                documents= jobs: each file uploaded (path, hash, file_id, bytes)
+        files/deleted-*.jsonl                ... and the file ids deleted once the job landed
         results.jsonl  failures.jsonl  manifest.json    written by finalize
         results.parquet  failures.parquet    written by finalize with results_format parquet
 """
@@ -39,6 +41,8 @@ REUSED_FILE = "reused.jsonl"
 FINAL_MANIFEST_FILE = "manifest.json"
 #: Folder of the answer store under ``output_path`` when ``answer_store`` is not given.
 DEFAULT_ANSWER_STORE = "_answers"
+#: Folder under ``output_path`` recording the uploads kept for later jobs (``delete_files="keep"``).
+DEFAULT_FILES_STORE = "_files"
 #: File name suffix of an answer store segment's keys file (what a lookup lists).
 ANSWER_KEYS_SUFFIX = ".keys"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
@@ -174,6 +178,16 @@ def final_table_path(job: ObjectStoragePath, name: str) -> ObjectStoragePath:
 def final_manifest_path(job: ObjectStoragePath) -> ObjectStoragePath:
     """Return the job manifest written by finalize."""
     return job / FINAL_MANIFEST_FILE
+
+
+def uploads_dir(job: ObjectStoragePath) -> ObjectStoragePath:
+    """Return the folder recording a documents job's uploads (see :mod:`airflow_batch.submit.documents`)."""
+    return job / "files"
+
+
+def kept_files_dir(output_path: str) -> str:
+    """Return the record of files kept for later jobs (``delete_files="keep"``) under ``output_path``."""
+    return f"{output_path.rstrip('/')}/{DEFAULT_FILES_STORE}"
 
 
 def default_answer_store(output_path: str) -> str:

@@ -3,8 +3,9 @@
 One home for the token approximation the estimate and the emulator share: every text counts
 ``ceil(characters / 4)`` tokens — the system prompt (a string or each text block), each
 message's string content or text block, tool_result contents — and every other block (tool
-definitions, tool_use, ...) counts as its compact JSON text; images and documents count a
-flat ``MEDIA_TOKENS``. No per-message overhead. The estimate calibrates this against the
+definitions, tool_use, ...) counts as its compact JSON text; images and documents count by
+their content (pages, pixels: :func:`airflow_batch.media.media_block_tokens`), never by the
+length of their base64. No per-message overhead. The estimate calibrates this against the
 API's ``count_tokens``; the emulator's own tokenizer scales it per model family.
 
 Prompt caching: the prompt is read in API order (tools, system, messages). A block with
@@ -26,7 +27,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-MEDIA_TOKENS = 1_500
+from airflow_batch.media import media_block_tokens
+
 _encode = msgspec.json.Encoder().encode
 
 
@@ -82,7 +84,7 @@ def block_tokens(block: Any) -> int:
     if kind == "text":
         return approx_tokens(str(block.get("text", "")))
     if kind in ("image", "document"):
-        return MEDIA_TOKENS
+        return media_block_tokens(block)
     if kind == "tool_result":
         content = block.get("content", "")
         if isinstance(content, str):

@@ -1,7 +1,8 @@
 """Run every benchmark in turn (``make bench``); each prints its own figures and ratios.
 
 Not included, for their length: ``bench_10m.py`` (ten million requests on a real Airflow,
-about half an hour) and ``reuse_savings.py`` (dollar figures of the example jobs).
+about half an hour), ``reuse_savings.py`` (dollar figures of the example jobs) and
+``bench_documents.py`` (20,000 files through the Files API, about a quarter of an hour).
 """
 
 from __future__ import annotations

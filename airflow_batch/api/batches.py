@@ -27,6 +27,7 @@ import msgspec
 from airflow_batch.api import retry
 from airflow_batch.api.retry import DEFAULT_POLICY, RetryPolicy
 from airflow_batch.exceptions import BatchesApiError
+from airflow_batch.media import FILES_BETA
 
 if TYPE_CHECKING:
     import anthropic
@@ -92,6 +93,7 @@ class BatchesApi:
         self.policy = policy
         self.client = client.with_options(max_retries=0, default_headers=dict(headers or {}))
         self._owner = client
+        self.betas = [name for name in (headers or {}).get("anthropic-beta", "").split(",") if name]
 
     def close(self) -> None:
         """Release the client's connections."""
@@ -193,6 +195,46 @@ class BatchesApi:
     def count_tokens(self, body: Mapping[str, Any]) -> int:
         """Return the API's input token count of a Messages request body."""
         return self._call(lambda: self.client.messages.count_tokens(**body).input_tokens, "count_tokens")
+
+    def upload_file(self, name: str, data: bytes, media_type: str) -> str:
+        """Upload a file with the Files API; return its ``file_id``.
+
+        A lost response may have stored the file: the retry uploads it again, and the first copy
+        is left unreferenced (the Files API has no idempotency key); it costs storage, not tokens.
+        """
+        return self._call(
+            lambda: self.client.beta.files.upload(file=(name, data, media_type), betas=self._files_betas).id,
+            f"upload file {name!r}",
+        )
+
+    def delete_file(self, file_id: str) -> bool:
+        """Delete an uploaded file; return False when it was already gone (404)."""
+        try:
+            self._call(
+                lambda: self.client.beta.files.delete(file_id, betas=self._files_betas),
+                f"delete file {file_id}",
+            )
+        except BatchesApiError as exc:
+            if exc.status_code == 404:
+                return False
+            raise
+        return True
+
+    def file_ids(self) -> set[str]:
+        """Return the ids of the workspace's uploaded files (every page of the list)."""
+        ids: set[str] = set()
+        params: dict[str, Any] = {"limit": LIST_PAGE_SIZE, "betas": self._files_betas}
+        while True:
+            page = self._call(partial(self.client.beta.files.list, **params), "list files")
+            ids.update(item.id for item in page.data)
+            if not page.next_page:
+                return ids
+            params["page"] = page.next_page
+
+    @property
+    def _files_betas(self) -> list[Any]:
+        """The job's betas and the Files API's: a files call sends them all in one header."""
+        return [*dict.fromkeys([*self.betas, FILES_BETA])]
 
     def message(self, params: Mapping[str, Any], *, what: str = "send a message") -> dict[str, Any]:
         """Return the Message answering ``params`` (``POST /v1/messages``, standard price), as decoded JSON.

@@ -53,6 +53,7 @@ from starlette.routing import Route
 from airflow_batch.emulator import models
 from airflow_batch.emulator.betas import beta_names, unsupported_beta
 from airflow_batch.emulator.faults import DROP, LOST, ConfigError, EmulatorConfig, FaultInjector
+from airflow_batch.emulator.files import FileStore, files_scope, metadata
 from airflow_batch.emulator.limits import Refusal, queue_refusal, rate_refusal, spend_limit_refusal
 from airflow_batch.emulator.processing import canceled, new_schedule, repaced, restarted
 from airflow_batch.emulator.responses import (
@@ -74,6 +75,7 @@ from airflow_batch.emulator.validation import (
     parse_create_body,
     parse_message_body,
 )
+from airflow_batch.media import FILES_BETA
 
 ERROR_TYPES_BY_STATUS = {
     400: "invalid_request_error",
@@ -201,6 +203,7 @@ class Emulator:
 
     def __init__(self, data_dir: str | Path, config: EmulatorConfig) -> None:
         self.store = BatchStore(data_dir)
+        self.files = FileStore(data_dir)
         self.faults = FaultInjector(config)
         # Creates are admitted one at a time: the queue and rate checks and the store that
         # follows must not interleave with another create's.
@@ -214,6 +217,7 @@ class Emulator:
         """Forget every batch, cache entry, recent create and answered message."""
         with self.admission, self._messages_lock:
             self.store.reset()
+            self.files.reset()
             self.recent_creates.clear()
             self._messages_answered = 0
             self.creates_refused = 0
@@ -245,7 +249,7 @@ class Emulator:
             self._messages_answered += 1
             call_id = f"message-{self._messages_answered}"
         now = time.time()
-        with self.store.prompt_cache(workspace) as cache:
+        with self.store.prompt_cache(workspace) as cache, files_scope(self.files, workspace):
             answerer = Answerer(cache, _behaviours(config))
             facts = answerer.facts(params.model)
             if facts is None:
@@ -412,7 +416,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
         timings = {"read": time.perf_counter() - started}
 
         def create() -> BatchRecord:
-            with _gc_paused():
+            with _gc_paused(), files_scope(emulator.files, workspace):
                 started = time.perf_counter()
                 try:
                     requests = parse_create_body(
@@ -537,7 +541,8 @@ def api_routes(emulator: Emulator) -> list[Route]:
             raise ApiError(400, str(exc)) from None
         if not models.is_served(body.model):
             raise ApiError(404, f"model: {body.model}", error_type="not_found_error")
-        segments = tokenizer_for(body.model).segments(body.system, body.messages, body.tools)
+        with files_scope(emulator.files, _workspace(request)):
+            segments = tokenizer_for(body.model).segments(body.system, body.messages, body.tools)
         return _json({"input_tokens": sum(segment.tokens for segment in segments)})
 
     async def create_message(request: Request, _fault: str | None) -> Response:
@@ -584,6 +589,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
 
     batch = "/v1/messages/batches/{batch_id}"
     return [
+        *file_routes(emulator),
         _api_route(emulator, "/v1/models", "GET", list_models),
         _api_route(emulator, "/v1/models/{model_id}", "GET", retrieve_model),
         _api_route(emulator, "/v1/messages/batches", "POST", create_batch),
@@ -594,6 +600,98 @@ def api_routes(emulator: Emulator) -> list[Route]:
         _api_route(emulator, batch + "/results", "GET", batch_results),
         _api_route(emulator, "/v1/messages/count_tokens", "POST", count_tokens),
         _api_route(emulator, "/v1/messages", "POST", create_message),
+    ]
+
+
+def _require_files_beta(request: Request) -> None:
+    if FILES_BETA not in beta_names(request.headers.get("anthropic-beta", "")):
+        raise ApiError(
+            400, f"The Files API is in beta: send the header 'anthropic-beta: {FILES_BETA}' to use it"
+        )
+
+
+def file_routes(emulator: Emulator) -> list[Route]:
+    """Return the Files API routes (``/v1/files``): upload, list, metadata, delete; download refused."""
+
+    async def upload(request: Request, _fault: str | None) -> Response:
+        _require_files_beta(request)
+        form = await request.form(max_files=1, max_fields=10)
+        part = form.get("file")
+        if part is None or isinstance(part, str):
+            raise ApiError(400, "file: a multipart part named 'file' holding the file is required")
+        data = await part.read()
+        limit = emulator.faults.config.max_file_bytes
+        if len(data) > limit:
+            raise ApiError(413, f"File too large: {len(data):,} bytes; the limit is {limit:,} bytes per file")
+        record = await run_in_threadpool(
+            emulator.files.add, data, part.filename or "upload", part.content_type, _workspace(request)
+        )
+        return _json(metadata(record))
+
+    def list_files(request: Request, _fault: str | None) -> Response:
+        _require_files_beta(request)
+        params = request.query_params
+        try:
+            limit = int(params.get("limit", "20"))
+        except ValueError:
+            raise ApiError(400, f"limit: {params.get('limit')!r} is not an integer") from None
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, f"limit: must be between 1 and 1000, got {limit}")
+        records = emulator.files.newest_first(_workspace(request))
+        ids = [r["id"] for r in records]
+        # SDK 2.x pages with ``page`` (the ``next_page`` of the previous answer); 1.x with after_id.
+        after_id, before_id = params.get("after_id") or params.get("page"), params.get("before_id")
+        if after_id:
+            start = ids.index(after_id) + 1 if after_id in ids else len(ids)
+            page = records[start : start + limit]
+            has_more = start + limit < len(records)
+        elif before_id:
+            end = ids.index(before_id) if before_id in ids else 0
+            page = records[max(0, end - limit) : end]
+            has_more = end - limit > 0
+        else:
+            page, has_more = records[:limit], limit < len(records)
+        return _json(
+            {
+                "data": [metadata(r) for r in page],
+                "has_more": has_more,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "next_page": page[-1]["id"] if page and has_more else None,
+            }
+        )
+
+    def require(request: Request) -> dict[str, Any]:
+        _require_files_beta(request)
+        file_id = request.path_params["file_id"]
+        record = emulator.files.get(file_id, _workspace(request))
+        if record is None:
+            raise ApiError(404, f"File not found: {file_id}", error_type="not_found_error")
+        return record
+
+    def retrieve_file(request: Request, _fault: str | None) -> Response:
+        return _json(metadata(require(request)))
+
+    def delete_file(request: Request, _fault: str | None) -> Response:
+        record = require(request)
+        emulator.files.delete(record["id"], _workspace(request))
+        return _json({"id": record["id"], "type": "file_deleted"})
+
+    def download_file(request: Request, _fault: str | None) -> Response:
+        record = require(request)
+        raise ApiError(
+            400,
+            f"File {record['id']} is not downloadable: only files created by skills or the code "
+            "execution tool can be downloaded, not files you uploaded",
+        )
+
+    one = "/v1/files/{file_id}"
+    return [
+        _api_route(emulator, "/v1/files", "POST", upload),
+        _api_route(emulator, "/v1/files", "GET", list_files),
+        _api_route(emulator, one, "GET", retrieve_file),
+        _api_route(emulator, one, "DELETE", delete_file),
+        _api_route(emulator, one + "/content", "GET", download_file),
     ]
 
 
@@ -692,6 +790,8 @@ def admin_routes(emulator: Emulator) -> list[Route]:
             **emulator.store.stats(time.time()),
             "http_faults_injected": emulator.faults.injected,
             "creates_refused": emulator.creates_refused,
+            "files_uploaded": emulator.files.uploads,
+            "files_stored": emulator.files.count(),
         })  # fmt: skip
 
     def reset(request: Request) -> Response:

@@ -91,6 +91,8 @@ class EmulatorConfig:
     """Most requests accepted in one batch."""
     max_body_bytes: int = 256 * 1024 * 1024
     """Largest create body accepted; larger ones get 413 ``request_too_large``."""
+    max_file_bytes: int = 500_000_000
+    """Largest Files API upload accepted (the API's 500 MB); larger ones get 413."""
     refusal_rate: float = 0.0
     """Fraction of answers that are refusals (``stop_reason: "refusal"`` with ``stop_details``)."""
     pause_turn_rate: float = 0.0
@@ -255,6 +257,7 @@ _PARSERS: dict[str, Any] = {
     "seed": int,
     "max_requests": _positive_int,
     "max_body_bytes": _positive_int,
+    "max_file_bytes": _positive_int,
     "refusal_rate": _rate,
     "pause_turn_rate": _rate,
     "invalid_output_rate": _rate,

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from airflow_batch.emulator.answers import Turn, compose, needs_full_answer, semantic_problem, synthetic_text
+from airflow_batch.emulator.files import scoped_file_problem
 from airflow_batch.emulator.models import model_entry
 from airflow_batch.emulator.prompt_cache import TimedCacheLedger
 from airflow_batch.emulator.tokenizer import Tokenizer, tokenizer_for
@@ -239,7 +240,7 @@ def request_problem(params: Params, facts: ModelFacts | None) -> str | None:
     """Return the ``invalid_request_error`` a well-formed request gets before its prompt is counted."""
     if facts is None:
         return f"model: {params.model!r} is not a model this API serves"
-    return semantic_problem(params)
+    return semantic_problem(params) or scoped_file_problem(params.messages)
 
 
 def prompt_problem(prompt: Prompt, facts: ModelFacts) -> str | None:

@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
+from airflow_batch import layout
 from airflow_batch.exceptions import FailureRateExceededError, IncompleteJobError, NothingToFinalizeError
 from airflow_batch.gather.finalizing import check_complete, check_failure_rate, finalize_job
 from airflow_batch.gather.tables import require_pyarrow, results_formats
 from airflow_batch.lineage import BatchJobLineage
-from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobManifest
+from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, JobManifest
+from airflow_batch.storage import as_path, read_json
 from airflow_batch.submit.inputs import check_location
 
 if TYPE_CHECKING:
@@ -116,6 +118,7 @@ class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
             context["outlet_events"][self.asset].extra = asset_extra(job_manifest)
         try:
             check_complete(job_manifest)
+            self.delete_uploads(job_dir)
             check_failure_rate(job_manifest)
         except (IncompleteJobError, FailureRateExceededError):
             # The task fails without a return value; the batch jobs page reads the outcome here.
@@ -138,6 +141,26 @@ class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
             "nothing to merge: round 0 has no manifest (its submit failed before returning one; its log "
             "says why); fix that, then clear the submit task"
         )
+
+    def delete_uploads(self, job_dir: str) -> None:
+        """Delete a documents job's uploads from the Files API once it has landed whole
+        (``delete_files="after_gather"``, see :mod:`airflow_batch.submit.documents`)."""
+        job = as_path(job_dir)
+        spec_path = layout.job_spec_path(job)
+        if not spec_path.exists() or read_json(spec_path).get("delete_files") != "after_gather":
+            return
+        if not self.manifest:
+            self.log.warning(
+                "documents: no round manifest, so no connection: the uploads of %s are kept", job
+            )
+            return
+        from airflow_batch.hooks.batches import BatchesHook
+        from airflow_batch.submit.documents import delete_uploads
+
+        identity = JobIdentity.of(self.manifest, None, self.task_id)
+        hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
+        with hook.batches_api() as api:
+            delete_uploads(api, job, self.log)  # type: ignore[arg-type]
 
 
 def first_line(text: str, limit: int = 300) -> str:

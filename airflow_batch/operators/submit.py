@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +15,10 @@ from airflow_batch.exceptions import BeforeSubmitError
 from airflow_batch.history import observed_output_tokens
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, RoundManifest, refused_manifest
+from airflow_batch.media import FILES_BETA
 from airflow_batch.operators.queueing import defer_for_room, resume_round
 from airflow_batch.schema import job_schema
-from airflow_batch.storage import write_json
+from airflow_batch.storage import as_path, write_json
 from airflow_batch.submit.canary import CanarySettings
 from airflow_batch.submit.inputs import check_location
 from airflow_batch.submit.queue import QueueWaitNeeded
@@ -28,6 +30,8 @@ from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_batch.api import BatchesApi
 
 
 class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
@@ -143,6 +147,15 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         canary's cost counts in the budget and the manifests; its output length becomes the
         estimate's expected figure when ``expected_output_tokens`` is not given.
     :param canary_max_failure_rate: Share of canary answers (0-1) that may be unusable (default 0).
+    :param documents: Files to send, one request each (instead of ``requests``/``records``): a glob
+        or path in any object store (``s3://bucket/invoices/*.pdf``), a list of paths, or a
+        ``.jsonl`` records file whose ``path`` field names each file. Each distinct file is uploaded
+        once with the Files API and referenced by ``file_id``; ``prompt_template`` may use ``{path}``,
+        ``{name}``, ``{size}``, ``{modified}`` and the records' fields; ``custom_id_from`` defaults to
+        the path. See :mod:`airflow_batch.submit.documents`. Templated.
+    :param delete_files: ``"after_gather"`` (default): finalize deletes the job's uploads once the job
+        has landed; ``"keep"``: keep them, and let later jobs under the same ``output_path`` reuse them.
+    :param upload_concurrency: Files read and uploaded at once (default 8).
     """
 
     template_fields: Sequence[str] = (
@@ -154,6 +167,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         "model",
         "prompt_template",
         "answer_store",
+        "documents",
     )
     ui_color = "#f3d9c4"
 
@@ -194,11 +208,22 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         max_age: float | timedelta | None = None,
         canary: int = 0,
         canary_max_failure_rate: float = 0.0,
+        documents: Any = None,
+        delete_files: str = "after_gather",
+        upload_concurrency: int = 8,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.documents = documents
+        self.delete_files = delete_files
+        self.upload_concurrency = upload_concurrency
+        if documents is not None:
+            check_documents(self, documents, requests, records, prompt_template)
+            # Each file becomes a record: the records' checks below (passthrough_fields, custom_id_from)
+            # apply; every call of the job carries the Files API beta its requests need.
+            records, betas = [], [*dict.fromkeys([*betas, FILES_BETA])]
         if (requests is None) == (records is None):
-            raise ValueError(f"{self.task_id}: give exactly one of requests= or records=")
+            raise ValueError(f"{self.task_id}: give exactly one of requests= or records= (or documents=)")
         if records is not None and prompt_template is None and request_builder is None:
             raise ValueError(f"{self.task_id}: records= needs prompt_template= and/or request_builder=")
         if records is None and (passthrough_fields or custom_id_from is not None):
@@ -276,7 +301,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         """Yield the job's requests (or invalid-row markers) in input order, streaming files."""
         from airflow_batch.submit.inputs import input_rows
 
-        if self.records is not None:
+        if self.records is not None and self.documents is None:
             yield from records_to_requests(
                 input_rows(self.records, "records"),
                 prompt_template=self.prompt_template,
@@ -350,6 +375,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
             "passthrough_fields": passthrough,
             "history_path": str(self.history_path()),
             "answer_store": self.answer_store_uri(),
+            **({"delete_files": self.delete_files} if self.documents is not None else {}),
         }
 
     def execute(self, context: Context) -> RoundManifest:
@@ -373,12 +399,15 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         hook = BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
         spec = self.job_spec()
         store = spec["answer_store"]
-        with hook.batches_api() as api:
+        with hook.batches_api() as api, ExitStack() as scope:
             write_json(layout.job_spec_path(job), spec)
+            rows: Iterable[Any] = self.input_rows()
+            if self.documents is not None:
+                rows = self.document_rows(api, job, context, scope)
             try:
                 return submit_round(
                     api,
-                    self.input_rows(),
+                    rows,
                     job=job,
                     round_number=0,
                     identity=identity,
@@ -406,6 +435,36 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
                 push_refusal(context, job, 0, refusal)
                 raise
 
+    def document_rows(
+        self, api: BatchesApi, job: ObjectStoragePath, context: Context, scope: ExitStack
+    ) -> Iterable[Any]:
+        """Read and upload the job's files (each distinct one once); return their requests.
+
+        ``scope`` counts the files' blocks by their pages and pixels while the round is estimated.
+        """
+        from airflow_batch.submit.documents import document_requests, prepare_documents
+        from airflow_batch.submit.ledger import LedgerStore
+
+        recorded = LedgerStore(job, 0, context.get("task_state_store")).load()
+        kept = layout.kept_files_dir(self.base_path()) if self.delete_files == "keep" else None
+        plan = prepare_documents(
+            api,
+            self.documents,
+            job=job,
+            bound=recorded is not None and recorded.binding,
+            kept=as_path(kept) if kept is not None else None,
+            concurrency=self.upload_concurrency,
+            log=self.log,  # type: ignore[arg-type]
+        )
+        scope.enter_context(plan.counted())
+        assert self.prompt_template is not None  # check_documents
+        return document_requests(
+            plan,
+            prompt_template=self.prompt_template,
+            custom_id_from=self.custom_id_from,
+            passthrough_fields=self.passthrough_fields,
+        )
+
     def resume_submit(self, context: Context, event: dict[str, Any] | None = None) -> RoundManifest:
         """Create the next wave once the queue has room (after a deferral); defer again or return."""
         return resume_round(
@@ -418,6 +477,24 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
             settings=self.round_settings(),
             start_over=lambda: self.execute(context),
         )
+
+
+def check_documents(
+    operator: SubmitBatchesOperator, documents: Any, requests: Any, records: Any, prompt_template: str | None
+) -> None:
+    """Refuse, at parse time, a ``documents=`` job that cannot run."""
+    from airflow_batch.submit.documents import DELETE_FILES
+
+    task_id, delete_files = operator.task_id, operator.delete_files
+    if operator.upload_concurrency < 1:
+        raise ValueError(f"{task_id}: upload_concurrency must be >= 1, got {operator.upload_concurrency}")
+    if requests is not None or records is not None:
+        raise ValueError(f"{task_id}: give exactly one of requests=, records= or documents=")
+    if prompt_template is None:
+        raise ValueError(f"{task_id}: documents= needs prompt_template= (the text sent with each file)")
+    if delete_files not in DELETE_FILES:
+        raise ValueError(f"{task_id}: delete_files must be one of {DELETE_FILES}, got {delete_files!r}")
+    check_location(documents, f"{task_id}: documents")
 
 
 def push_refusal(

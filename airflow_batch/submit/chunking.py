@@ -420,6 +420,7 @@ def prepare_chunks(
     report = ProblemReport()
     invalid_out: IO[bytes] | None = None
     valid = 0
+    failed = 0  # problems of rows whose input is gone: failure rows, never a refusal
     row = 0
     single_limit = max_bytes - _ENVELOPE - 1
     max_output = limits.max_output_tokens
@@ -447,7 +448,7 @@ def prepare_chunks(
                     if window is None or tokens <= window:
                         ids.add(typed.custom_id, row)
                         valid += 1
-                        if report.total and not skip_invalid:
+                        if report.total > failed and not skip_invalid:
                             continue
                         if diversion is None:
                             writer.add(item, inputs_line(typed.custom_id, source_row, fields))
@@ -514,14 +515,16 @@ def prepare_chunks(
                         )
                 if problem is not None:
                     report.add(problem)
-                    if skip_invalid:
+                    gone = isinstance(request, InvalidRow) and request.failed
+                    failed += gone
+                    if skip_invalid or gone:
                         if invalid_out is None:
                             invalid_out = (staging / INVALID_INPUT_FILE).open("wb")
                         invalid_out.write(encode(_invalid_row(problem, round_number)) + b"\n")
                     continue
                 ids.add(request["custom_id"], row)
                 valid += 1
-                if report.total and not skip_invalid:
+                if report.total > failed and not skip_invalid:
                     continue  # nothing will be submitted: keep checking, stop writing
                 twin = inputs_line(request["custom_id"], source_row, fields)
                 may_cache = _CACHE_CONTROL in line
@@ -552,7 +555,7 @@ def prepare_chunks(
         if valid == 0 and not report.total:
             hint = "check that the input file or list is not empty"
             report.add(Problem(0, None, "the input has no requests", hint))
-        fatal = bool(report.total) and (not skip_invalid or valid == 0)
+        fatal = (report.total > failed and not skip_invalid) or (bool(report.total) and valid == 0)
         if diversion is not None:
             digest.update(every_line)
             if not fatal:

@@ -429,7 +429,9 @@ def submit_round(
     invalid_path = str(layout.invalid_input_path(job, round_number)) if prepared.invalid_file else None
     if prepared.invalid_file:
         log.warning(
-            "%d invalid row(s) skipped (skip_invalid=True), recorded in %s", prepared.invalid, invalid_path
+            "%d invalid row(s) skipped (skip_invalid=True, or a file gone), recorded in %s",
+            prepared.invalid,
+            invalid_path,
         )
     chunks = chunk_infos(ledger)
     pending = [chunk for chunk in chunks if ledger.batch_id(chunk.index) is None]

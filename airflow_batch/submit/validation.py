@@ -60,6 +60,9 @@ class InvalidRow:
     rule: str
     custom_id: str | None = None
     hint: str = ""
+    #: The row's input is gone (a file listed, then not found): it is always one ``invalid_input``
+    #: failure row, and never refuses the round, with or without ``skip_invalid``.
+    failed: bool = False
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,26 @@ def documents(rng: random.Random, n: int = 30) -> list[dict[str, object]]:
     return rows
 
 
+INVOICES = [
+    ("invoice-1.pdf", "Acme Tools Invoice A-1001 total 1,240.00 USD"),
+    ("invoice-2.pdf", "Blue Fern GmbH Rechnung 2026-77 total 312.50 EUR"),
+    ("invoice-3.pdf", "Northwind Ltd Invoice NW-9 total 89.99 GBP"),
+]
+
+
+def invoices(folder: Path) -> None:
+    """Write the invoice samples of ``invoice_extraction``: three one-page PDFs and a PNG scan."""
+    import sys
+
+    sys.path.insert(0, str(HERE.parents[1] / "tests"))
+    from media_files import pdf_bytes, png_bytes  # the tests' PDF and PNG writers: no imaging library
+
+    folder.mkdir(exist_ok=True)
+    for name, text in INVOICES:
+        (folder / name).write_bytes(pdf_bytes(1, text=text))
+    (folder / "receipt-4.png").write_bytes(png_bytes(320, 480, (240, 240, 230)))
+
+
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
     path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
 
@@ -126,3 +146,4 @@ if __name__ == "__main__":
     write_jsonl(HERE / "reviews.jsonl", reviews(rng))
     write_jsonl(HERE / "products.jsonl", products(rng))
     write_jsonl(HERE / "documents.jsonl", documents(rng))
+    invoices(HERE / "invoices")

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-EXPECTED = {"review_sentiment", "product_descriptions", "document_summaries", "daily_review_sentiment"}
+EXPECTED = {
+    "review_sentiment",
+    "product_descriptions",
+    "document_summaries",
+    "daily_review_sentiment",
+    "invoice_extraction",
+}
 
 
 @pytest.fixture(scope="module")
