@@ -108,7 +108,10 @@ def test_documents_settings_are_checked_when_the_dag_is_parsed() -> None:
 
     def submit(**kwargs: object) -> SubmitBatchesOperator:
         return SubmitBatchesOperator(
-            task_id="t", output_path="/tmp/x", **{"documents": "s3://b/*.pdf", **kwargs}
+            task_id="t",
+            output_path="/tmp/x",
+            model="claude-haiku-4-5",
+            **{"documents": "s3://b/*.pdf", **kwargs},
         )
 
     with pytest.raises(ValueError, match="documents= needs prompt_template="):
@@ -122,7 +125,13 @@ def test_documents_settings_are_checked_when_the_dag_is_parsed() -> None:
     with pytest.raises(ValueError, match="relative path"):
         submit(prompt_template="{name}", documents="invoices/*.pdf")
     with pytest.raises(ValueError, match="exactly one of"):
-        anthropic_batch_job("j", documents="s3://b/*.pdf", records=[{"a": 1}], prompt_template="{name}")
+        anthropic_batch_job(
+            "j",
+            documents="s3://b/*.pdf",
+            records=[{"a": 1}],
+            prompt_template="{name}",
+            model="claude-haiku-4-5",
+        )
     assert "files-api-2025-04-14" in submit(prompt_template="{name}", betas=["x-beta"]).betas
 
 
