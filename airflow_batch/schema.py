@@ -441,7 +441,8 @@ class Validator:
             self._decoder = msgspec.json.Decoder(
                 _Compiler(definitions).type_of(schema, "Answer"), dec_hook=_decode_hook
             )
-        except (_Unsupported, TypeError):  # TypeError: a union msgspec cannot state
+        # TypeError: a union msgspec cannot state; NotImplementedError: an enum/const above int64.
+        except (_Unsupported, TypeError, NotImplementedError):
             self._decoder = None
         import jsonschema
 

@@ -19,7 +19,8 @@ what :func:`write_tables` returns (the job manifest's ``json_text_columns``). Th
 property whose schema states no single type (no ``type``, several types, an array without
 ``items``, an object without properties), and any column whose values do not fit the type it
 was given: an integer above int64, a passthrough field whose type changes between rows (its
-type is taken from the first row group), a string Parquet cannot hold. Such a column is found
+type is taken from the first row group) or that holds JSON objects (whose keys may differ from
+row to row, which a struct typed from the first rows would drop). Such a column is found
 while writing; the file is then written again with that column as JSON text, so a job pays
 an extra pass for each such column and nothing when every value fits.
 
@@ -259,14 +260,26 @@ class _Writer:
         # A passthrough field takes the type of its values in the first row group.
         kind = column.kind if self.schema is None else self.schema.field(name).type
         try:
-            return pa.array(values, type=kind)
+            array = pa.array(values, type=kind)
         except _ARROW_ERRORS as exc:
             raise _Demoted(name, _misfit(pa, values, rows, kind, exc)) from None
+        if kind is None and _has_struct(pa, array.type):
+            # Objects of a later row group with other keys would lose them silently in a struct
+            # typed from the first group (and Parquet cannot hold an empty one).
+            raise _Demoted(name, "its values are JSON objects, whose keys may differ between rows")
+        return array
 
 
 _ARROW_ERRORS: tuple[type[BaseException], ...] = (TypeError, ValueError, OverflowError, UnicodeError)
 """What pyarrow raises for a value that does not fit a type (ArrowInvalid and ArrowTypeError
 are ValueError and TypeError subclasses)."""
+
+
+def _has_struct(pa: Any, kind: Any) -> bool:
+    """Return whether an Arrow type is or holds a struct."""
+    if pa.types.is_struct(kind):
+        return True
+    return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind)) and _has_struct(pa, kind.value_type)
 
 
 def _misfit(pa: Any, values: list[Any], rows: list[dict[str, Any]], kind: Any, exc: BaseException) -> str:

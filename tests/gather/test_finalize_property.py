@@ -35,7 +35,15 @@ from airflow_batch.submit.chunking import _invalid_row, inputs_line
 from airflow_batch.submit.validation import Problem
 
 NAMES = st.sampled_from(["alpha", "beta", "gamma", "delta", "score", "tags", "where", "note"])
-SCALARS = st.sampled_from([{"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}])
+SCALARS = st.sampled_from(
+    [
+        {"type": "string"},
+        {"type": "integer"},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "integer", "enum": [1, 2**70]},  # valid answers above int64
+    ]
+)
 UNTYPED = st.sampled_from(
     [
         {},  # a property without a type
@@ -43,6 +51,7 @@ UNTYPED = st.sampled_from(
         {"type": ["string", "integer"]},
         {"anyOf": [{"type": "string"}, {"type": "integer"}]},
         {"const": 7},
+        {"const": -(2**70)},
         {"enum": [1, "one", None]},
     ]
 )
