@@ -419,8 +419,8 @@ def block_rows(block: bytes, settings: BlockSettings, seen: set[str]) -> BlockRo
 
     ``seen`` holds the ``custom_id`` of every line kept so far in the batch; the block's
     are added to it. A line whose id is already there is dropped: a repeated ``custom_id``
-    keeps its first line only. Raises ValueError naming the batch for a line that is not
-    valid JSON or a succeeded result without a message.
+    keeps its first line only. Never raises for a line: one that cannot be read is a failure
+    row of its own (see the module docstring).
     """
     out = BlockRows()
     # Answers are copied as raw JSON, so nothing else would notice invalid UTF-8 in one; with a
@@ -476,11 +476,9 @@ def _add_slice(
             other.append(line)
             continue
         message = result.message
-        if message is None:
-            raise ValueError(
-                f"custom_id {line.custom_id!r} in batch {settings.batch_id}: "
-                "a succeeded result has no message"
-            )
+        if message is None:  # _other_row makes it a failure of its own
+            other.append(line)
+            continue
         content = message.content
         if (
             fast
@@ -613,8 +611,9 @@ def _lines_one_by_one(lines_json: memoryview, settings: BlockSettings) -> tuple[
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             found = _CUSTOM_ID.search(raw)
             if found is None:  # no id to report it under: its request is reported missing
-                log.warning("batch %s: a results line without a readable custom_id was skipped (%s)",
-                            settings.batch_id, exc)  # fmt: skip
+                log.warning(
+                    "batch %s: skipped a results line with no readable custom_id (%s)", settings.batch_id, exc
+                )
                 continue
             why = f"the result line cannot be read ({exc}); it is not valid JSON or UTF-8"
             unreadable.append(_unreadable_row(found[1].decode(), why, settings))
@@ -690,7 +689,8 @@ def _other_row(line: Any, full: ResultLine[MessageWithContent] | None, settings:
     if line.result.type != "succeeded":
         return to_failure_row(line, settings, meta)
     if full is None or full.result.message is None:
-        return _unreadable_row(line.custom_id, "the answer cannot be read in full", settings)
+        why = "the answer cannot be read in full" if full is None else "a succeeded result has no message"
+        return _unreadable_row(line.custom_id, why, settings)
     message = full.result.message
     blocks = _blocks_decoder.decode(message.content)
     tool_calls = [

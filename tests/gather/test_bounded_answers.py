@@ -150,3 +150,11 @@ def test_a_line_that_is_not_valid_json_or_utf8_is_one_failed_row_not_a_failed_ba
     assert failure["custom_id"] == "bad" and failure["result_type"] == "invalid_output"
     assert "text" not in failure  # nothing unreadable is copied on
     assert elapsed < BOUND_SECONDS
+
+
+def test_a_succeeded_line_without_a_message_is_one_failed_row() -> None:
+    good = line_of("ok", literal({"code": "aaa"}))
+    bad = b'{"custom_id":"bad","result":{"type":"succeeded"}}\n'
+    counts, failures, _ = gather(around(bad, good), PATTERN_SCHEMAS["compiled"])
+    assert counts == {"succeeded": 2, "invalid_output": 1}
+    assert failures[0]["custom_id"] == "bad" and "has no message" in failures[0]["message"]
