@@ -192,6 +192,8 @@ class JobManifest(TypedDict, total=False):
     failures_parquet_path: str | None
     published_path: str | None
     passthrough_fields: list[str]
+    # Parquet columns holding JSON text, by table, each with the reason (gather/tables.py).
+    json_text_columns: dict[str, dict[str, str]]
     requests: int
     succeeded: int  # every result row, reused ones included
     reused: int  # results taken from the answer store (no cost in this job)

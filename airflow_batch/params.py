@@ -207,7 +207,7 @@ BLOCK_TYPES = sorted(
 class Message(msgspec.Struct, forbid_unknown_fields=True):
     """One entry of ``messages``."""
 
-    role: Literal["user", "assistant", "system"]
+    role: Literal["user", "assistant"]  # the API's; a system prompt goes in ``system``
     content: str | list[ContentBlock]
 
 

@@ -19,11 +19,18 @@ Validation is compiled once per job: the schema becomes msgspec types (Structs w
 one C-level decode; constructs msgspec types cannot state (``anyOf`` over objects, ``allOf``,
 ``uniqueItems``) fall back to a ``jsonschema`` validator built once. String ``format`` is left to
 the API's grammar, which enforces it. Pure: no I/O, no Airflow.
+
+Checking one answer takes bounded time whatever the answer: a ``pattern`` runs on RE2, a
+linear-time engine (Python's ``re`` backtracks: ``^(a+)+$`` took minutes on a 41-character
+answer), so a pattern RE2 cannot run (lookarounds, backreferences) is refused when the DAG is
+parsed; an answer nested too deeply to check, or not decodable, is reported invalid rather than
+raised. A schema nested deeper than :data:`MAX_SCHEMA_DEPTH` is refused at parse.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +38,7 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import msgspec
+import re2
 
 SUPPORTED_FORMATS = frozenset(
     {"date-time", "time", "date", "duration", "email", "hostname", "uri", "ipv4", "ipv6", "uuid"}
@@ -65,6 +73,12 @@ _REFUSED_HINTS = {
 }
 
 
+#: JSON nesting levels a schema document may have (a property nested in an object is two): deeper
+#: ones are refused at parse, where Python's recursion limit would stop the checks with a
+#: RecursionError that names nothing.
+MAX_SCHEMA_DEPTH = 100
+
+
 class SchemaError(ValueError):
     """The schema is not one structured outputs accept; the message names the path and the fix."""
 
@@ -93,9 +107,10 @@ def job_schema(output_schema: Any) -> JobSchema:
     closed = False
     if isinstance(output_schema, type) and hasattr(output_schema, "model_json_schema"):
         # A model's fields are all there is: its objects are closed, for the API and for checks.
-        schema = _closed(output_schema.model_json_schema())
+        schema = _closed(_model_schema(output_schema))
         closed = True
     elif isinstance(output_schema, Mapping):
+        _check_depth(output_schema, "output_schema", 0)
         schema = copy.deepcopy(dict(output_schema))
     else:
         raise SchemaError(
@@ -107,6 +122,43 @@ def job_schema(output_schema: Any) -> JobSchema:
     definitions = {**schema.get("definitions", {}), **schema.get("$defs", {})}
     api_schema = _api_node(schema, "output_schema", definitions, closed, set())
     return JobSchema(schema=schema, api_schema=api_schema, definitions=definitions)
+
+
+def _model_schema(model: Any) -> dict[str, Any]:
+    """Return a Pydantic model's JSON Schema; raise SchemaError naming each field that has none."""
+    try:
+        schema: dict[str, Any] = model.model_json_schema()
+    except Exception as exc:  # pydantic's PydanticInvalidForJsonSchema, PydanticUserError...
+        from pydantic import TypeAdapter
+
+        failing = []
+        for name, info in getattr(model, "model_fields", {}).items():
+            try:
+                TypeAdapter(info.annotation).json_schema()
+            except Exception:
+                failing.append(f"{name} ({getattr(info.annotation, '__name__', info.annotation)})")
+        where = f"field(s) {', '.join(failing)}" if failing else "a field"
+        raise SchemaError(
+            f"output_schema {model.__name__}: {where} of the model cannot be a JSON Schema ({exc}); "
+            "give each field a JSON type (str, int, float, bool, list, a nested model...)"
+        ) from None
+    _check_depth(schema, f"output_schema {model.__name__}", 0)
+    return schema
+
+
+def _check_depth(node: Any, path: str, depth: int) -> None:
+    """Raise SchemaError when ``node`` nests deeper than :data:`MAX_SCHEMA_DEPTH` (without recursing)."""
+    stack = [(node, path, depth)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise SchemaError(
+                f"{path}: the schema nests more than {MAX_SCHEMA_DEPTH} levels deep; flatten it"
+            )
+        if isinstance(node, Mapping):
+            stack.extend((value, f"{path}.{key}", depth + 1) for key, value in node.items())
+        elif isinstance(node, list):
+            stack.extend((value, f"{path}[{i}]", depth + 1) for i, value in enumerate(node))
 
 
 def _closed(node: Any) -> Any:
@@ -158,6 +210,8 @@ def _api_node(node: Any, path: str, definitions: Mapping[str, Any], closed: bool
                 f"{path}: {key!r} is not supported by structured outputs; {_REFUSED_HINTS[key]}"
             )
         if key in _LOCAL_KEYWORDS:
+            if key == "pattern":
+                _pattern(value, path)
             if key == "minItems" and value in (0, 1):
                 out[key] = value  # the API enforces 0 and 1
             else:
@@ -217,6 +271,73 @@ def _api_node(node: Any, path: str, definitions: Mapping[str, Any], closed: bool
 # ---- validation ------------------------------------------------------------------------------
 
 
+_re2_compile = functools.lru_cache(maxsize=1024)(re2.compile)
+
+
+def _pattern(pattern: Any, path: str) -> Any:
+    """Return ``pattern`` compiled by RE2 (linear time); raise SchemaError if RE2 cannot run it."""
+    if not isinstance(pattern, str):
+        raise SchemaError(f"{path}.pattern: a pattern must be a string, got {type(pattern).__name__}")
+    try:
+        return _re2_compile(pattern)
+    except re2.error as exc:
+        raise SchemaError(
+            f"{path}.pattern: {pattern!r} cannot be checked in linear time ({exc}); answers are matched "
+            "with RE2, which has no lookarounds or backreferences: state the pattern without them"
+        ) from None
+
+
+class _Matching:
+    """A string matching a pattern (and length bounds), checked by :func:`_decode_hook` with RE2.
+
+    msgspec's own ``Meta(pattern=...)`` uses Python's backtracking ``re``. One subclass per
+    string node; the decoded value is only checked, never kept, so one instance stands for all.
+    """
+
+    __slots__ = ()
+    regex: Any
+    min_length: int | None
+    max_length: int | None
+    instance: _Matching
+
+
+def _matching(node: Mapping[str, Any], name: str) -> type[_Matching]:
+    kind: type[_Matching] = type(
+        f"Matching_{re.sub(r'[^A-Za-z0-9_]', '_', name)}",
+        (_Matching,),
+        {
+            "__slots__": (),
+            "regex": _pattern(node["pattern"], name),
+            "min_length": node.get("minLength"),
+            "max_length": node.get("maxLength"),
+        },
+    )
+    kind.instance = kind()
+    return kind
+
+
+def _decode_hook(kind: type, value: Any) -> Any:
+    """Check a string against its :class:`_Matching` type (raising ValueError makes it a ValidationError)."""
+    if not isinstance(value, str):
+        raise ValueError(f"Expected `str`, got `{type(value).__name__}`")
+    assert issubclass(kind, _Matching)
+    if kind.min_length is not None and len(value) < kind.min_length:
+        raise ValueError(f"Expected `str` of length >= {kind.min_length}")
+    if kind.max_length is not None and len(value) > kind.max_length:
+        raise ValueError(f"Expected `str` of length <= {kind.max_length}")
+    if not kind.regex.search(value):
+        raise ValueError(f"Expected `str` matching regex {kind.regex.pattern!r}")
+    return kind.instance
+
+
+def _re2_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """jsonschema's ``pattern`` keyword on RE2 (its own uses ``re``, which backtracks)."""
+    import jsonschema
+
+    if validator.is_type(instance, "string") and not _pattern(pattern, "$").search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 class _Unsupported(Exception):
     """A schema construct msgspec types cannot state: validate with jsonschema instead."""
 
@@ -269,6 +390,8 @@ class _Compiler:
             item = self.type_of(node.get("items", {}), f"{name}Item") if node.get("items") else Any
             meta = _meta(node, "array")
             return Annotated[list[item], meta] if meta else list[item]  # type: ignore[valid-type]
+        if kind == "string" and "pattern" in node:
+            return _matching(node, name)
         if kind in _SIMPLE:
             base = _SIMPLE[kind]
             if kind == "number":
@@ -315,14 +438,17 @@ class Validator:
     def __init__(self, schema: Mapping[str, Any], definitions: Mapping[str, Any]) -> None:
         self._decoder: msgspec.json.Decoder[Any] | None
         try:
-            self._decoder = msgspec.json.Decoder(_Compiler(definitions).type_of(schema, "Answer"))
-        except (_Unsupported, TypeError):
+            self._decoder = msgspec.json.Decoder(
+                _Compiler(definitions).type_of(schema, "Answer"), dec_hook=_decode_hook
+            )
+        # TypeError: a union msgspec cannot state; NotImplementedError: an enum/const above int64.
+        except (_Unsupported, TypeError, NotImplementedError):
             self._decoder = None
         import jsonschema
 
-        self._fallback = jsonschema.validators.validator_for(schema)(
-            schema, format_checker=jsonschema.FormatChecker()
-        )
+        base = jsonschema.validators.validator_for(schema)
+        checker = jsonschema.validators.extend(base, {"pattern": _re2_pattern})
+        self._fallback = checker(schema, format_checker=jsonschema.FormatChecker())
         self._plain = msgspec.json.Decoder()
 
     @property
@@ -339,7 +465,18 @@ class Validator:
         return self._decoder.decode if self._decoder is not None else None
 
     def check(self, text: bytes | str) -> str | None:
-        """Return why the answer ``text`` is not valid JSON of the schema (path and reason), or None."""
+        """Return why the answer ``text`` is not valid JSON of the schema (path and reason), or None.
+
+        Never raises for an answer: one too deeply nested to check, or not text, is a reason.
+        """
+        try:
+            return self._check(text)
+        except RecursionError:
+            return "$: the answer is nested too deeply to check"
+        except UnicodeError as exc:
+            return f"not text: {exc}"
+
+    def _check(self, text: bytes | str) -> str | None:
         if self._decoder is not None:
             try:
                 self._decoder.decode(text)

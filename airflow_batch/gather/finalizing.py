@@ -129,9 +129,10 @@ def finalize_job(
     spec = read_spec(job)
     passthrough = list(spec.get("passthrough_fields") or [])
     tables: dict[str, str | None] = {"results": None, "failures": None}
+    json_text_columns: dict[str, dict[str, str]] = {}
     if "parquet" in formats:
         tables = {name: str(layout.final_table_path(job, name)) for name in tables}
-        write_tables(
+        json_text_columns = write_tables(
             results_path,
             failures_path,
             layout.final_table_path(job, "results"),
@@ -160,6 +161,7 @@ def finalize_job(
         failures_parquet_path=tables["failures"],
         published_path=None,
         passthrough_fields=passthrough,
+        json_text_columns=json_text_columns,
         requests=total,
         succeeded=succeeded,
         reused=sum(m.get("reused", 0) for m in rounds),

@@ -32,7 +32,7 @@ _UNNUMBERED = 1 << 62  # partition of rows without a row number: after every num
 
 
 class _Key(msgspec.Struct, gc=False):
-    custom_id: str = ""
+    custom_id: str | None = None  # null: an invalid input row that had no usable custom_id
     row: int | None = None
     round: int = 0
 
@@ -132,7 +132,7 @@ def _merge_partition(
         key = _decode_key(line)
         order = key.row if key.row is not None else 0
         if kind == _RESULT:
-            results.setdefault(key.custom_id, (order, line))
+            results.setdefault(key.custom_id or "", (order, line))
         elif not key.custom_id:
             anonymous.append((order, line))
         else:

@@ -27,12 +27,21 @@ Failure row (``failures/{batch_id}.jsonl``)::
     (and content for a paused turn, which the retry round continues), input
 
 ``result_type``: errored, expired, canceled, missing (no line at all), invalid_input (refused
-before submission), invalid_output (not JSON of the job's schema), paused (``pause_turn``),
-refused (``refusal``), context_window_exceeded (``model_context_window_exceeded``).
+before submission), invalid_output (not JSON of the job's schema, or a line that cannot be read),
+paused (``pause_turn``), refused (``refusal``), context_window_exceeded
+(``model_context_window_exceeded``).
+
+One bad answer is one failure row, never a failed batch: a line that is not valid JSON or UTF-8
+(a lone surrogate escape, a stray byte) is an ``invalid_output`` failure of its ``custom_id``
+(a line without a readable id is left to be reported ``missing``), and an answer too deeply
+nested to check, or that cannot be decoded, is an ``invalid_output`` failure too. Checking
+takes bounded time (see :mod:`airflow_batch.schema`).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -45,6 +54,8 @@ from airflow_batch.manifest import Usage, empty_usage
 
 if TYPE_CHECKING:
     from airflow_batch.schema import Validator
+
+log = logging.getLogger(__name__)
 
 # Failures worth paying for again: transient server-side errors, requests the batch never
 # reached (expired, canceled by our own deadline), requests with no result line at all, a
@@ -411,17 +422,20 @@ def block_rows(block: bytes, settings: BlockSettings, seen: set[str]) -> BlockRo
 
     ``seen`` holds the ``custom_id`` of every line kept so far in the batch; the block's
     are added to it. A line whose id is already there is dropped: a repeated ``custom_id``
-    keeps its first line only. Raises ValueError naming the batch for a line that is not
-    valid JSON or a succeeded result without a message.
+    keeps its first line only. Never raises for a line: one that cannot be read is a failure
+    row of its own (see the module docstring).
     """
     out = BlockRows()
+    # Answers are copied as raw JSON, so nothing else would notice invalid UTF-8 in one; with a
+    # schema every answer is decoded (and so checked) anyway. An ASCII block needs no check.
+    checked_utf8 = settings.validator is None and not block.isascii()
     results: list[bytes] = []
     failures: list[bytes] = []
     view = memoryview(block)
     start = 0
     while start < len(block):
         end = block.find(b"\n", start + SLICE_BYTES) + 1 or len(block)
-        _add_slice(out, results, failures, view[start:end], settings, seen)
+        _add_slice(out, results, failures, view[start:end], settings, seen, checked_utf8)
         start = end
     out.results = b"".join(results)
     out.failures = b"".join(failures)
@@ -440,16 +454,21 @@ def _add_slice(
     lines_json: memoryview,
     settings: BlockSettings,
     seen: set[str],
+    checked_utf8: bool = False,
 ) -> None:
     """Add the rows of a slice of lines to ``out``, and the ids it keeps to ``seen``."""
+    unreadable: list[FailureRow] = []
     try:
+        if checked_utf8:
+            str(lines_json, "utf-8")
         lines: list[Any] = line_decoder.decode_lines(lines_json)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"batch {settings.batch_id}: a results line is not valid JSON ({exc})") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        lines, unreadable = _lines_one_by_one(lines_json, settings)
     fresh = set(map(_custom_id_of, lines))
-    if len(fresh) == len(lines) and seen.isdisjoint(fresh):
+    if len(fresh) == len(lines) and seen.isdisjoint(fresh) and not unreadable:
         seen |= fresh
     else:
+        unreadable = _first_lines(unreadable, seen)
         lines = _first_lines(lines, seen)
     plain: list[Any] = []
     other: list[Any] = []
@@ -460,11 +479,9 @@ def _add_slice(
             other.append(line)
             continue
         message = result.message
-        if message is None:
-            raise ValueError(
-                f"custom_id {line.custom_id!r} in batch {settings.batch_id}: "
-                "a succeeded result has no message"
-            )
+        if message is None:  # _other_row makes it a failure of its own
+            other.append(line)
+            continue
         content = message.content
         if (
             fast
@@ -475,10 +492,14 @@ def _add_slice(
         else:
             other.append(line)
     rows, failure_rows = _plain_rows(plain, settings)
+    failure_rows += unreadable
     if other:
         full = _full_lines(lines_json, {line.custom_id for line in other if line.result.type == "succeeded"})
         for line in other:
-            row = _other_row(line, full.get(line.custom_id), settings)
+            try:
+                row = _other_row(line, full.get(line.custom_id), settings)
+            except (msgspec.DecodeError, UnicodeError, RecursionError) as exc:  # e.g. a 5,000-deep tool input
+                row = _unreadable_row(line.custom_id, f"the answer cannot be read ({exc})", settings)
             (rows if isinstance(row, ResultRow) else failure_rows).append(row)
     if rows:
         if settings.keep_rows:
@@ -529,13 +550,20 @@ def _checked(rows: list[ResultRow], settings: BlockSettings) -> tuple[list[Any],
     check, decode = settings.validator.check, settings.validator.decode
     valid: list[Any] = []
     invalid: list[Any] = []
-    # The answers' string literals decoded in one call: half the cost of one call per row.
-    texts = _strs_decoder.decode(b"[" + b",".join([row.text for row in rows]) + b"]")
+    try:  # the answers' string literals decoded in one call: half the cost of one call per row
+        texts: list[Any] = _strs_decoder.decode(b"[" + b",".join([row.text for row in rows]) + b"]")
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        texts = [_text_or_none(row.text) for row in rows]
     for row, text in zip(rows, texts, strict=True):
+        if text is None:  # billed, so its usage counts; its text is not kept
+            failure = _billed_failure(row, "invalid_output", "the answer is not valid text (UTF-8)", settings)
+            failure.text = failure.content = msgspec.UNSET
+            invalid.append(failure)
+            continue
         if decode is not None:  # the compiled schema: valid unless it raises
             try:
                 decode(text)
-            except msgspec.DecodeError:  # ValidationError included; check() says why
+            except (msgspec.DecodeError, RecursionError):  # ValidationError included; check() says why
                 pass
             else:
                 row.output = msgspec.Raw(text)
@@ -555,6 +583,63 @@ def _checked(rows: list[ResultRow], settings: BlockSettings) -> tuple[list[Any],
             )
         invalid.append(_billed_failure(row, "invalid_output", message, settings, retryable=not cut))
     return valid, invalid
+
+
+def _text_or_none(text: msgspec.Raw) -> str | None:
+    """Return an answer's text decoded, or None when its string literal cannot be decoded."""
+    try:
+        decoded: str = _str_decoder.decode(text)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    return decoded
+
+
+_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"([a-zA-Z0-9_-]{1,64})"')
+
+
+def _lines_one_by_one(lines_json: memoryview, settings: BlockSettings) -> tuple[list[Any], list[FailureRow]]:
+    """Return the readable lines of a slice, and a failure row for each line that cannot be read.
+
+    The slow path of a slice holding a line msgspec refused (or, in a job without a schema, a
+    line that is not UTF-8): each line is decoded alone, so only the bad one fails.
+    """
+    lines: list[Any] = []
+    unreadable: list[FailureRow] = []
+    for raw in bytes(lines_json).split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            raw.decode("utf-8")
+            lines.append(line_decoder.decode(raw))
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            found = _CUSTOM_ID.search(raw)
+            if found is None:  # no id to report it under: its request is reported missing
+                log.warning(
+                    "batch %s: skipped a results line with no readable custom_id (%s)", settings.batch_id, exc
+                )
+                continue
+            why = f"the result line cannot be read ({exc}); it is not valid JSON or UTF-8"
+            unreadable.append(_unreadable_row(found[1].decode(), why, settings))
+    return lines, unreadable
+
+
+def _unreadable_row(custom_id: str, message: str, settings: BlockSettings) -> FailureRow:
+    """Return the ``invalid_output`` failure of an answer that cannot be read (nothing of it is kept)."""
+    meta = settings.inputs.get(custom_id, _NO_META)
+    return FailureRow(
+        custom_id,
+        meta.row,
+        settings.batch_id,
+        settings.round_number,
+        "invalid_output",
+        None,
+        message,
+        None,
+        classify_failure(
+            "invalid_output", None, canceled_by_timeout=False, retryable_types=settings.retryable_types
+        ),
+        input=meta.input or msgspec.UNSET,
+    )
 
 
 def _billed_failure(
@@ -592,17 +677,23 @@ def _full_lines(lines_json: memoryview, ids: set[str]) -> dict[str, ResultLine[M
         return {}
     found: dict[str, ResultLine[MessageWithContent]] = {}
     for raw in bytes(lines_json).split(b"\n"):
-        if raw.strip() and custom_id_decoder.decode(raw).custom_id in ids:
-            line = line_with_content_decoder.decode(raw)
-            found.setdefault(line.custom_id, line)
+        try:
+            if raw.strip() and custom_id_decoder.decode(raw).custom_id in ids:
+                line = line_with_content_decoder.decode(raw)
+                found.setdefault(line.custom_id, line)
+        except (msgspec.DecodeError, RecursionError):
+            continue  # an unreadable line of the slice: already a failure row of its own
     return found
 
 
 def _other_row(line: Any, full: ResultLine[MessageWithContent] | None, settings: BlockSettings) -> Any:
     """Return the row of an answer off the fast path, or the failure row of a failed line."""
     meta = settings.inputs.get(line.custom_id, _NO_META)
-    if line.result.type != "succeeded" or full is None or full.result.message is None:
+    if line.result.type != "succeeded":
         return to_failure_row(line, settings, meta)
+    if full is None or full.result.message is None:
+        why = "the answer cannot be read in full" if full is None else "a succeeded result has no message"
+        return _unreadable_row(line.custom_id, why, settings)
     message = full.result.message
     blocks = _blocks_decoder.decode(message.content)
     tool_calls = [
@@ -706,9 +797,12 @@ def missing_rows(custom_ids: Iterable[str], settings: BlockSettings) -> BlockRow
     return out
 
 
-def _first_lines(lines: list[ResultLine[Any]], seen: set[str]) -> list[ResultLine[Any]]:
-    """Return the lines whose ``custom_id`` is not in ``seen``, adding each kept id to it."""
-    kept: list[ResultLine[Any]] = []
+_Keyed = TypeVar("_Keyed", ResultLine[Any], FailureRow)
+
+
+def _first_lines(lines: list[_Keyed], seen: set[str]) -> list[_Keyed]:
+    """Return the lines (or rows) whose ``custom_id`` is not in ``seen``, adding each kept id to it."""
+    kept: list[_Keyed] = []
     for line in lines:
         if line.custom_id not in seen:
             seen.add(line.custom_id)

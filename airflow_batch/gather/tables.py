@@ -8,36 +8,50 @@ batches; else the batch it was reused from, or ``canary`` for an answer the cana
 JSON Schema types map to Arrow types: string -> string, integer -> int64, number -> float64,
 boolean -> bool, an enum of strings -> a dictionary-encoded string, an object -> a struct of its
 properties, an array -> a list of its items, ``anyOf`` of one type and null -> that type
-(nullable); anything else -> its JSON text.
+(nullable).
 
 ``failures.parquet``: ``custom_id``, ``row``, the passthrough fields, ``result_type``,
 ``error_type``, ``message``, ``request_id``, ``retryable``, ``round``, ``batch_id``.
 
-``read_table`` builds the same columns from the JSONL files when finalize wrote no Parquet
-(:func:`read_flat_table`), so a reader sees one shape whatever the job's ``results_format``.
+Whatever the job accepted is written: a column that cannot be typed holds the JSON text of its
+values (strings quoted, null as null) instead, and each such column is named with the reason in
+what :func:`write_tables` returns (the job manifest's ``json_text_columns``). That is a schema
+property whose schema states no single type (no ``type``, several types, an array without
+``items``, an object without properties), and any column whose values do not fit the type it
+was given: an integer above int64, a passthrough field whose type changes between rows (its
+type is taken from the first row group) or that holds JSON objects (whose keys may differ from
+row to row, which a struct typed from the first rows would drop). Such a column is found
+while writing; the file is then written again with that column as JSON text, so a job pays
+an extra pass for each such column and nothing when every value fits.
+
+``read_table`` builds the same table from the JSONL files when finalize wrote no Parquet
+(:func:`read_flat_table`: the same writer, into a temporary file), so a reader sees one shape
+whatever the job's ``results_format``.
 
 Tables are written from the merged JSONL files a row group at a time, so memory holds one row
-group whatever the job's size. Passthrough columns take the types of their values in the
-first row group; a later value of another type fails the write naming the field and the row.
+group whatever the job's size.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
 from airflow_batch.memory import paused_gc
-from airflow_batch.storage import atomic_writer, iter_jsonl_lines
+from airflow_batch.storage import as_path, atomic_writer, iter_jsonl_lines
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from airflow.sdk import ObjectStoragePath
 
+log = logging.getLogger(__name__)
+
 ROW_GROUP = 20_000
-_HEAD_COLUMNS = 2  # custom_id, row: the passthrough columns follow them
 FORMATS = ("jsonl", "parquet")
 TOKEN_COLUMNS = (
     "input_tokens",
@@ -79,104 +93,134 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
-def arrow_type(schema: Mapping[str, Any], definitions: Mapping[str, Any] | None = None) -> pa.DataType:
-    """Return the Arrow type of a JSON Schema node (see the module docstring)."""
+class _Untyped(Exception):
+    """A schema node that states no single Arrow type; its column holds JSON text."""
+
+
+def arrow_type(schema: Mapping[str, Any], definitions: Mapping[str, Any] | None = None) -> pa.DataType | None:
+    """Return the Arrow type of a JSON Schema node, or None when it states none (JSON text; see above)."""
+    try:
+        return _arrow_type(schema, definitions or {}, "$")
+    except _Untyped:
+        return None
+
+
+def untyped_reason(
+    schema: Mapping[str, Any], definitions: Mapping[str, Any] | None = None, where: str = "$"
+) -> str | None:
+    """Return why a JSON Schema node gives no Arrow type (naming the part of it), or None if it gives one."""
+    try:
+        _arrow_type(schema, definitions or {}, where)
+    except _Untyped as untyped:
+        return str(untyped)
+    return None
+
+
+def _arrow_type(schema: Mapping[str, Any], definitions: Mapping[str, Any], where: str) -> pa.DataType:
     pa = _pyarrow()
-    definitions = definitions or {}
     if "$ref" in schema:
         name = str(schema["$ref"]).rsplit("/", 1)[-1]
-        return arrow_type(definitions.get(name, {}), definitions)
+        return _arrow_type(definitions.get(name, {}), definitions, where)
     if "anyOf" in schema:
         options = [option for option in schema["anyOf"] if option.get("type") != "null"]
-        return arrow_type(options[0], definitions) if len(options) == 1 else pa.string()
+        if len(options) != 1:
+            raise _Untyped(f"{where}: anyOf allows {len(options)} types")
+        return _arrow_type(options[0], definitions, where)
     kind = schema.get("type")
     if isinstance(kind, list):
         kinds = [one for one in kind if one != "null"]
-        return arrow_type({**schema, "type": kinds[0]}, definitions) if len(kinds) == 1 else pa.string()
+        if len(kinds) != 1:
+            raise _Untyped(f"{where}: type allows {kinds}")
+        return _arrow_type({**schema, "type": kinds[0]}, definitions, where)
     enum = schema.get("enum")
     if enum and all(isinstance(value, str) for value in enum):
         return pa.dictionary(pa.int32(), pa.string())
     if kind == "object" or "properties" in schema:
-        properties = schema.get("properties", {})
-        return pa.struct([(name, arrow_type(sub, definitions)) for name, sub in properties.items()])
+        properties = schema.get("properties") or {}
+        if not properties:
+            raise _Untyped(f"{where}: an object without properties")
+        return pa.struct(
+            [(name, _arrow_type(sub, definitions, f"{where}.{name}")) for name, sub in properties.items()]
+        )
     if kind == "array":
-        return pa.list_(arrow_type(schema.get("items", {}), definitions))
+        if not schema.get("items"):
+            raise _Untyped(f"{where}: an array without items")
+        return pa.list_(_arrow_type(schema["items"], definitions, f"{where}[]"))
     simple = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_()}
-    return simple.get(str(kind), pa.string())
+    if kind not in simple:
+        raise _Untyped(f"{where}: no type" if kind is None else f"{where}: type {kind!r}")
+    return simple[kind]
 
 
-def _json_text_columns(
-    schema_fields: Mapping[str, pa.DataType],
-    properties: Mapping[str, Any],
-    definitions: Mapping[str, Any],
-) -> set[str]:
-    """Return the schema columns stored as JSON text: string columns whose schema is not a string."""
-    import pyarrow as pa
-
-    return {
-        name
-        for name, kind in schema_fields.items()
-        if kind == pa.string() and not _is_string(properties.get(name, {}), definitions)
-    }
+def json_text(value: Any) -> str | None:
+    """Return a value's JSON text for a JSON-text column (null stays null); never fails on decoded JSON."""
+    if value is None:
+        return None
+    try:
+        return _encode(value).decode()
+    except (TypeError, ValueError, OverflowError):  # a lone surrogate: escaped, as JSON allows
+        return json.dumps(value, ensure_ascii=True)
 
 
-def _is_string(schema: Mapping[str, Any], definitions: Mapping[str, Any]) -> bool:
-    """Return whether a schema node only allows strings (or null)."""
-    if "$ref" in schema:
-        return _is_string(definitions.get(str(schema["$ref"]).rsplit("/", 1)[-1], {}), definitions)
-    if "anyOf" in schema:
-        options = [option for option in schema["anyOf"] if option.get("type") != "null"]
-        return len(options) == 1 and _is_string(options[0], definitions)
-    kind = schema.get("type")
-    kinds = [one for one in kind if one != "null"] if isinstance(kind, list) else [kind]
-    return kinds == ["string"] or (
-        kind is None and all(isinstance(v, str) for v in schema.get("enum") or [0])
-    )
+class _Demoted(Exception):
+    """A column whose values do not fit its type: the file is written again with it as JSON text."""
+
+    def __init__(self, column: str, reason: str) -> None:
+        super().__init__(f"column {column!r}: {reason}")
+        self.column = column
+        self.reason = reason
+
+
+#: How a row gives a column's value, by where the column comes from.
+_SOURCES: dict[str, Callable[[dict[str, Any], str], Any]] = {
+    "row": lambda row, name: row.get(name),
+    "input": lambda row, name: _field(row.get("input"), name),
+    "output": lambda row, name: _field(row.get("output"), name),
+    "usage": lambda row, name: (row.get("usage") or {}).get(name, 0),
+}
+
+
+def _field(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, dict) else None
+
+
+class _Column(NamedTuple):
+    """A column of a table: its name, its Arrow type (None: a passthrough field's, taken from
+    the first row group) and where a row keeps its value (a key of ``_SOURCES``, or a function)."""
+
+    name: str
+    kind: pa.DataType | None
+    source: str | Callable[[dict[str, Any]], Any] = "row"
 
 
 class _Writer:
     """Writes row groups of decoded rows to one Parquet file, its schema fixed by the first group.
 
-    Columns are built a column at a time from the group's rows: a row field (``custom_id``...),
-    a token count from ``usage``, or a property of ``output``. The properties are converted in
-    one pass as a struct array and split into their columns (no per-row Python work).
+    A column whose values do not fit its type is turned into a JSON-text column and the file is
+    written again from the start (``groups`` is called once per pass); :attr:`as_text` names
+    every JSON-text column with the reason.
     """
 
-    def __init__(
-        self,
-        path: ObjectStoragePath | None,
-        fixed: list[tuple[str, Any]],
-        passthrough: list[str],
-        *,
-        usage: Sequence[str] = (),
-        outputs: Sequence[str] = (),
-        as_text: Sequence[str] = (),
-        derived: Mapping[str, Callable[[dict[str, Any]], Any]] | None = None,
-    ) -> None:
+    def __init__(self, path: ObjectStoragePath, columns: list[_Column], as_text: Mapping[str, str]) -> None:
         self.path = path
-        self.fixed = fixed
-        self.passthrough = passthrough
-        self.usage = set(usage)
-        self.outputs = list(outputs)
-        self.as_text = set(as_text)
-        self.derived = dict(derived or {})
+        self.columns = columns
+        self.as_text = dict(as_text)
         self.schema: Any = None
 
-    def empty_schema(self, pa: Any) -> Any:
-        """Return the schema of a table without rows: the columns known up front."""
-        passthrough = [(name, pa.string()) for name in self.passthrough]
-        return pa.schema(self.fixed[:_HEAD_COLUMNS] + passthrough + self.fixed[_HEAD_COLUMNS:])
+    def write(self, groups: Callable[[], Iterable[list[dict[str, Any]]]]) -> dict[str, str]:
+        """Write the table; return its JSON-text columns, each with the reason."""
+        while True:
+            try:
+                self._write_once(groups())
+            except _Demoted as demoted:
+                log.warning("%s: %s; its values are written as JSON text", self.path.name, demoted)
+                self.as_text[demoted.column] = demoted.reason
+                self.schema = None
+            else:
+                return self.as_text
 
-    def table(self, groups: Iterable[list[dict[str, Any]]]) -> Any:
-        """Return the rows of ``groups`` as one in-memory table with the columns the file would have."""
+    def _write_once(self, groups: Iterable[list[dict[str, Any]]]) -> None:
         pa = _pyarrow()
-        tables = [self._table(group, pa) for group in groups]
-        return pa.concat_tables(tables) if tables else self.empty_schema(pa).empty_table()
-
-    def write(self, groups: Iterable[list[dict[str, Any]]]) -> int:
-        pa = _pyarrow()
-        written = 0
-        assert self.path is not None, "a writer built for reading has no file"
         with atomic_writer(self.path) as out:
             writer = None
             try:
@@ -185,74 +229,97 @@ class _Writer:
                     if writer is None:
                         writer = pa.parquet.ParquetWriter(out, table.schema)
                     writer.write_table(table)
-                    written += len(group)
                 if writer is None:  # no rows: an empty table with the columns known up front
-                    writer = pa.parquet.ParquetWriter(out, self.empty_schema(pa))
+                    fields = [
+                        (column.name, pa.string() if self._text(column) else column.kind)
+                        for column in self.columns
+                    ]
+                    writer = pa.parquet.ParquetWriter(out, pa.schema(fields))
             finally:
                 if writer is not None:
                     writer.close()
-        return written
 
-    def _output_columns(self, rows: list[dict[str, Any]], pa: Any) -> dict[str, Any]:
-        if not self.outputs:
-            return {}
-        kinds = dict(self.fixed)
-        values = [row.get("output") for row in rows]
-        if self.as_text:  # properties without a stated type: their JSON text
-            values = [
-                {
-                    name: (
-                        _encode(item).decode()
-                        if name in self.as_text and not isinstance(item, (str, type(None)))
-                        else item
-                    )
-                    for name, item in value.items()
-                }
-                if isinstance(value, dict)
-                else value
-                for value in values
-            ]
-        struct = pa.array(values, type=pa.struct([(name, kinds[name]) for name in self.outputs]))
-        return dict(zip(self.outputs, struct.flatten(), strict=True))
+    def _text(self, column: _Column) -> bool:
+        return column.kind is None or column.name in self.as_text
 
     def _table(self, rows: list[dict[str, Any]], pa: Any) -> Any:
+        outputs = self._typed_outputs(rows, pa)
         columns: dict[str, Any] = {}
-        head, rest = self.fixed[:_HEAD_COLUMNS], self.fixed[_HEAD_COLUMNS:]
-        for name, kind in head:
-            columns[name] = pa.array([row.get(name) for row in rows], type=kind)
-        for name in self.passthrough:
-            values = [row.get("input", {}).get(name) if row.get("input") else None for row in rows]
-            kind = self.schema.field(name).type if self.schema is not None else None
-            try:
-                columns[name] = pa.array(values, type=kind)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                bad = next(
-                    (
-                        row.get("row")
-                        for row, value in zip(rows, values, strict=True)
-                        if value is not None and not _fits(pa, value, kind)
-                    ),
-                    None,
-                )
-                raise ValueError(
-                    f"passthrough field {name!r}: the value at row {bad} does not fit the column type {kind} "
-                    f"of earlier rows ({exc}); give the field one type in every record"
-                ) from None
-        outputs = self._output_columns(rows, pa)
-        usages = [row.get("usage") or {} for row in rows] if self.usage else []
-        for name, kind in rest:
-            if name in outputs:
-                columns[name] = outputs[name]
-            elif name in self.usage:
-                columns[name] = pa.array([usage.get(name, 0) for usage in usages], type=kind)
-            elif name in self.derived:
-                columns[name] = pa.array([self.derived[name](row) for row in rows], type=kind)
+        for column in self.columns:
+            source = column.source
+            if column.name in outputs:
+                columns[column.name] = outputs[column.name]
+                continue
+            if callable(source):
+                values = [source(row) for row in rows]
             else:
-                columns[name] = pa.array([row.get(name) for row in rows], type=kind)
+                get, name = _SOURCES[source], column.name
+                values = [get(row, name) for row in rows]
+            columns[column.name] = self._array(column, values, rows, pa)
         table = pa.table(columns)
         if self.schema is None:
             self.schema = table.schema
-        return table.select([field.name for field in self.schema])
+        return table
+
+    def _typed_outputs(self, rows: list[dict[str, Any]], pa: Any) -> dict[str, Any]:
+        """Return the typed output columns converted in one pass, as a struct array split into its
+        columns (a third faster than a column at a time); {} when a value does not fit, so that
+        the columns are converted one by one and the one that does not fit is named."""
+        typed = [
+            c
+            for c in self.columns
+            if c.source == "output" and c.kind is not None and c.name not in self.as_text
+        ]
+        if not typed:
+            return {}
+        struct = pa.struct([(column.name, column.kind) for column in typed])
+        try:
+            array = pa.array([row.get("output") for row in rows], type=struct)
+        except _ARROW_ERRORS:
+            return {}
+        return dict(zip([column.name for column in typed], array.flatten(), strict=True))
+
+    def _array(self, column: _Column, values: list[Any], rows: list[dict[str, Any]], pa: Any) -> Any:
+        name = column.name
+        if name in self.as_text:
+            return pa.array([json_text(value) for value in values], type=pa.string())
+        # A passthrough field takes the type of its values in the first row group.
+        kind = column.kind if self.schema is None else self.schema.field(name).type
+        try:
+            array = pa.array(values, type=kind)
+        except _ARROW_ERRORS as exc:
+            raise _Demoted(name, _misfit(pa, values, rows, kind, exc)) from None
+        if kind is None and _has_struct(pa, array.type):
+            # Objects of a later row group with other keys would lose them silently in a struct
+            # typed from the first group (and Parquet cannot hold an empty one).
+            raise _Demoted(name, "its values are JSON objects, whose keys may differ between rows")
+        return array
+
+
+_ARROW_ERRORS: tuple[type[BaseException], ...] = (TypeError, ValueError, OverflowError, UnicodeError)
+"""What pyarrow raises for a value that does not fit a type (ArrowInvalid and ArrowTypeError
+are ValueError and TypeError subclasses)."""
+
+
+def _has_struct(pa: Any, kind: Any) -> bool:
+    """Return whether an Arrow type is or holds a struct."""
+    if pa.types.is_struct(kind):
+        return True
+    return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind)) and _has_struct(pa, kind.value_type)
+
+
+def _misfit(pa: Any, values: list[Any], rows: list[dict[str, Any]], kind: Any, exc: BaseException) -> str:
+    """Return which row's value does not fit ``kind`` (None: the group's inferred type), and why."""
+    for row, value in zip(rows, values, strict=True):
+        if value is None:
+            continue
+        try:
+            pa.array([value], type=kind)
+        except _ARROW_ERRORS as single:
+            return f"the value at row {row.get('row')} does not fit {kind} ({single})"
+    if kind is None or kind == pa.null():
+        return f"its values have more than one type ({exc})"
+    return f"a value does not fit {kind} ({exc})"
 
 
 def _reused_label(row: Mapping[str, Any]) -> str | None:
@@ -261,14 +328,6 @@ def _reused_label(row: Mapping[str, Any]) -> str | None:
     if not isinstance(source, Mapping):
         return None
     return "canary" if source.get("canary") else source.get("batch_id")
-
-
-def _fits(pa: Any, value: Any, kind: Any) -> bool:
-    try:
-        pa.array([value], type=kind)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return False
-    return True
 
 
 def _groups(path: ObjectStoragePath) -> Iterator[list[dict[str, Any]]]:
@@ -286,6 +345,30 @@ def _groups(path: ObjectStoragePath) -> Iterator[list[dict[str, Any]]]:
         yield group
 
 
+def column_clashes(passthrough: Sequence[str], properties: Iterable[str] = ()) -> str | None:
+    """Return why passthrough fields or output schema properties cannot be columns of the tables, or None.
+
+    Both become columns beside the row's own (``model``, ``text``, ``round``...), so a name used
+    twice would make one of them vanish. Checked when the DAG is parsed (the submit operator) and
+    again when the tables are written.
+    """
+    reserved = _RESULT_COLUMNS | set(_FAILURE_COLUMNS)
+    clash = sorted(set(passthrough) & reserved)
+    if clash:
+        return (
+            f"passthrough field(s) {clash} have the name of a column every result or failure row has "
+            f"({', '.join(sorted(reserved))}); rename the record field(s) before the job, or leave them "
+            "out of passthrough_fields"
+        )
+    clash = sorted(set(properties) & (_RESULT_COLUMNS | set(passthrough)))
+    if clash:
+        return (
+            f"output schema propert(ies) {clash} have the name of a result column or a passthrough field "
+            f"({', '.join(sorted(_RESULT_COLUMNS | set(passthrough)))}); rename them in the schema"
+        )
+    return None
+
+
 def write_tables(
     results_jsonl: ObjectStoragePath,
     failures_jsonl: ObjectStoragePath,
@@ -294,13 +377,55 @@ def write_tables(
     *,
     output_schema: Mapping[str, Any] | None,
     passthrough: Sequence[str],
-) -> None:
-    """Write the Parquet tables of the merged JSONL files (see the module docstring)."""
-    results, failures = table_layouts(
-        results_parquet, failures_parquet, output_schema=output_schema, passthrough=passthrough
-    )
-    results.write(_groups(results_jsonl))
-    failures.write(_groups(failures_jsonl))
+) -> dict[str, dict[str, str]]:
+    """Write the Parquet tables of the merged JSONL files (see the module docstring).
+
+    Return the JSON-text columns of each table that has any (``{"results": {column: reason}}``).
+    """
+    pa = _pyarrow()
+    properties: Mapping[str, Any] = (output_schema or {}).get("properties") or {}
+    clash = column_clashes(passthrough, properties)
+    if clash:
+        raise ValueError(clash)
+    body: list[_Column] = [_Column("text", pa.string())]
+    as_text: dict[str, str] = {}
+    if output_schema is not None:
+        definitions = {**output_schema.get("definitions", {}), **output_schema.get("$defs", {})}
+        body = [_Column(name, arrow_type(sub, definitions), "output") for name, sub in properties.items()]
+        for name, sub in properties.items():
+            reason = untyped_reason(sub, definitions, name)
+            if reason is not None:
+                as_text[name] = f"the schema states no single type: {reason}"
+    head = [
+        _Column("custom_id", pa.string()),
+        _Column("row", pa.int64()),
+        *[_Column(name, None, "input") for name in passthrough],
+    ]
+    tail = [
+        _Column("model", pa.string()),
+        _Column("stop_reason", pa.string()),
+        *[_Column(name, pa.int64(), "usage") for name in TOKEN_COLUMNS],
+        _Column("round", pa.int64()),
+        _Column("batch_id", pa.string()),
+        _Column("reused_from", pa.string(), _reused_label),
+    ]
+    failure_columns = [
+        *head,
+        _Column("result_type", pa.string()),
+        _Column("error_type", pa.string()),
+        _Column("message", pa.string()),
+        _Column("request_id", pa.string()),
+        _Column("retryable", pa.bool_()),
+        _Column("round", pa.int64()),
+        _Column("batch_id", pa.string()),
+    ]
+    written = {
+        "results": _Writer(results_parquet, head + body + tail, as_text).write(
+            lambda: _groups(results_jsonl)
+        ),
+        "failures": _Writer(failures_parquet, failure_columns, {}).write(lambda: _groups(failures_jsonl)),
+    }
+    return {table: columns for table, columns in written.items() if columns}
 
 
 def read_flat_table(
@@ -310,67 +435,28 @@ def read_flat_table(
     output_schema: Mapping[str, Any] | None,
     passthrough: Sequence[str],
 ) -> Any:
-    """Return the rows of a merged JSONL file (``which``: results or failures) as the Parquet
-    table of the same name would hold them: one shape whatever the job's results format."""
-    results, failures = table_layouts(None, None, output_schema=output_schema, passthrough=passthrough)
-    return (results if which == "results" else failures).table(_groups(jsonl))
+    """Return the rows of a merged JSONL file (``which``: results or failures) as the Parquet table of
+    the same name would hold them: written by :func:`write_tables` into a temporary folder, read back."""
+    import tempfile
 
-
-def table_layouts(
-    results_parquet: ObjectStoragePath | None,
-    failures_parquet: ObjectStoragePath | None,
-    *,
-    output_schema: Mapping[str, Any] | None,
-    passthrough: Sequence[str],
-) -> tuple[_Writer, _Writer]:
-    """Return the writers of the results and failures tables (columns as the module docstring says)."""
     pa = _pyarrow()
-    clash = sorted(set(passthrough) & (_RESULT_COLUMNS | set(_FAILURE_COLUMNS)))
-    if clash:
-        raise ValueError(
-            f"passthrough field(s) {clash} would shadow row columns of the same name; rename them"
+    with tempfile.TemporaryDirectory(prefix="airflow-batch-table-") as folder:
+        base = as_path(folder)
+        empty = base / "empty.jsonl"
+        empty.write_bytes(b"")
+        sources = (
+            {"results": jsonl, "failures": empty}
+            if which == "results"
+            else {"results": empty, "failures": jsonl}
         )
-    outputs: dict[str, Any] = {}
-    as_text: set[str] = set()
-    if output_schema is not None:
-        definitions = {**output_schema.get("definitions", {}), **output_schema.get("$defs", {})}
-        outputs = {
-            name: arrow_type(sub, definitions) for name, sub in output_schema.get("properties", {}).items()
-        }
-        clash = sorted(set(outputs) & (_RESULT_COLUMNS | set(passthrough)))
-        if clash:
-            raise ValueError(
-                f"output schema propert(ies) {clash} clash with other columns of results.parquet"
-            )
-        as_text = _json_text_columns(outputs, output_schema.get("properties", {}), definitions)
-    head = [("custom_id", pa.string()), ("row", pa.int64())]
-    tail = [
-        ("model", pa.string()),
-        ("stop_reason", pa.string()),
-        *[(name, pa.int64()) for name in TOKEN_COLUMNS],
-        ("round", pa.int64()),
-        ("batch_id", pa.string()),
-        ("reused_from", pa.string()),
-    ]
-    body = list(outputs.items()) if outputs else [("text", pa.string())]
-
-    results = _Writer(
-        results_parquet,
-        head + body + tail,
-        list(passthrough),
-        usage=TOKEN_COLUMNS,
-        outputs=list(outputs),
-        as_text=sorted(as_text),
-        derived={"reused_from": _reused_label},
-    )
-    failure_fixed = [
-        *head,
-        ("result_type", pa.string()),
-        ("error_type", pa.string()),
-        ("message", pa.string()),
-        ("request_id", pa.string()),
-        ("retryable", pa.bool_()),
-        ("round", pa.int64()),
-        ("batch_id", pa.string()),
-    ]
-    return results, _Writer(failures_parquet, failure_fixed, list(passthrough))
+        targets = {name: base / f"{name}.parquet" for name in sources}
+        write_tables(
+            sources["results"],
+            sources["failures"],
+            targets["results"],
+            targets["failures"],
+            output_schema=output_schema,
+            passthrough=passthrough,
+        )
+        with targets[which].open("rb") as handle:
+            return pa.parquet.read_table(handle)

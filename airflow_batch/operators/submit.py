@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_batch import layout, settings
 from airflow_batch.exceptions import BeforeSubmitError
+from airflow_batch.gather.tables import column_clashes
 from airflow_batch.history import observed_output_tokens
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, RoundManifest, refused_manifest
@@ -22,7 +23,13 @@ from airflow_batch.storage import as_path, write_json
 from airflow_batch.submit.canary import CanarySettings
 from airflow_batch.submit.inputs import check_location
 from airflow_batch.submit.queue import QueueWaitNeeded
-from airflow_batch.submit.records import CustomIdFrom, RequestBuilder, RequestDefaults, records_to_requests
+from airflow_batch.submit.records import (
+    CustomIdFrom,
+    RequestBuilder,
+    RequestDefaults,
+    carried_fields,
+    records_to_requests,
+)
 from airflow_batch.submit.required import require_local_input, require_model, require_output_path
 from airflow_batch.submit.round import SubmitSettings
 from airflow_batch.submit.routing import AnswerReuse
@@ -32,6 +39,25 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_batch.api import BatchesApi
+
+
+def _max_age_seconds(max_age: Any, task_id: str) -> float | None:
+    """Return ``max_age`` in seconds; raise ValueError for anything but a positive number or timedelta
+    (``nan`` would silently turn reuse off: no age compares below it)."""
+    if max_age is None:
+        return None
+    if isinstance(max_age, timedelta):
+        seconds = max_age.total_seconds()
+    elif isinstance(max_age, (int, float)) and not isinstance(max_age, bool):
+        seconds = float(max_age)
+    else:
+        raise ValueError(
+            f"{task_id}: max_age must be a number of seconds or a timedelta, got {max_age!r}; "
+            "e.g. max_age=timedelta(hours=1) or max_age=3600"
+        )
+    if not seconds > 0:  # also refuses nan
+        raise ValueError(f"{task_id}: max_age must be positive seconds, got {max_age!r}")
+    return seconds
 
 
 class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
@@ -230,7 +256,8 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
             raise ValueError(f"{self.task_id}: passthrough_fields= and custom_id_from= go with records=")
         for name, location in (("records", records), ("requests", requests), ("output_path", output_path)):
             check_location(location, f"{self.task_id}: {name}")
-        # Checked now, so a schema structured outputs refuse fails when the DAG is parsed.
+        # Checked now, so a schema structured outputs refuse fails when the DAG is parsed, and so do
+        # row fields that would clash with result columns (found only after the spend otherwise).
         self.job_schema = job_schema(output_schema) if output_schema is not None else None
         require_output_path(self.task_id, output_path)
         require_model(
@@ -242,6 +269,14 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         )
         for name, source in (("records", records), ("requests", requests)):
             require_local_input(self.task_id, name, source)
+        try:
+            self.carried_fields = carried_fields(passthrough_fields, custom_id_from)
+        except ValueError as exc:
+            raise ValueError(f"{self.task_id}: {exc}") from None
+        properties = self.job_schema.schema.get("properties") or {} if self.job_schema is not None else {}
+        clash = column_clashes(self.carried_fields, properties)
+        if clash:
+            raise ValueError(f"{self.task_id}: {clash}")
         self.output_schema = output_schema
         self.custom_id_from = custom_id_from
         self.passthrough_fields = list(passthrough_fields)
@@ -279,9 +314,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         check_location(answer_store, f"{self.task_id}: answer_store")
         self.reuse_answers = reuse_answers
         self.answer_store = answer_store
-        self.max_age = max_age.total_seconds() if isinstance(max_age, timedelta) else max_age
-        if self.max_age is not None and self.max_age <= 0:
-            raise ValueError(f"{self.task_id}: max_age must be positive, got {max_age!r}")
+        self.max_age = _max_age_seconds(max_age, self.task_id)
         self.canary = CanarySettings(canary, canary_max_failure_rate) if canary else None
 
     def render_template(
@@ -367,12 +400,9 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
     def job_spec(self) -> dict[str, Any]:
         """Return what gather, retries and finalize need to know of the job: output schema,
         passthrough fields, where earlier runs' output lengths and the answer store are."""
-        passthrough = [*self.passthrough_fields]
-        if self.custom_id_from is not None and "key" not in passthrough:
-            passthrough.append("key")
         return {
             "output_schema": self.job_schema.schema if self.job_schema is not None else None,
-            "passthrough_fields": passthrough,
+            "passthrough_fields": self.carried_fields,
             "history_path": str(self.history_path()),
             "answer_store": self.answer_store_uri(),
             **({"delete_files": self.delete_files} if self.documents is not None else {}),

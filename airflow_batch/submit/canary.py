@@ -61,6 +61,8 @@ class CanarySettings:
     max_failure_rate: float = 0.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or isinstance(self.size, bool):
+            raise ValueError(f"canary must be a whole number of requests, got {self.size!r}")
         if not 1 <= self.size <= MAX_CANARY:
             raise ValueError(f"canary must be between 1 and {MAX_CANARY:,} requests, got {self.size}")
         if not 0.0 <= self.max_failure_rate <= 1.0:

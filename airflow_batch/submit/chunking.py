@@ -44,6 +44,7 @@ from airflow_batch.submit.validation import (
     MaxOutputTokens,
     Problem,
     ProblemReport,
+    check_custom_id,
     check_params,
     checked_request,
     custom_id_of,
@@ -344,7 +345,8 @@ def _plain_line(
         return None
     params = request.params
     if (
-        defaults.fills(params)
+        check_custom_id(request.custom_id) is not None  # the slow path names the rule
+        or defaults.fills(params)
         or params.tools is not None
         or _CACHE_CONTROL in line
         or check_params(params, lenient=lenient, max_output_tokens=max_output_tokens) is not None

@@ -194,12 +194,46 @@ def custom_id_for(key: str) -> str:
     return f"{slug}-{digest}" if slug else digest
 
 
-def _record_key(record: Mapping[str, Any], custom_id_from: CustomIdFrom) -> str | InvalidRow:
+#: The passthrough field that carries the key ``custom_id_from`` built (see :func:`carried_fields`).
+KEY_FIELD = "key"
+
+
+def carried_fields(passthrough_fields: Sequence[str], custom_id_from: CustomIdFrom | None) -> list[str]:
+    """Return the fields a job's rows carry under ``input``: the passthrough fields, and ``key``
+    with ``custom_id_from``; raise ValueError when the record's own ``key`` would be overwritten."""
+    fields = list(passthrough_fields)
+    if custom_id_from is None:
+        return fields
+    if KEY_FIELD in fields:
+        raise ValueError(
+            f"passthrough_fields has {KEY_FIELD!r}, which custom_id_from= fills with the key it builds, so "
+            f"the record's own {KEY_FIELD!r} would be lost; rename that record field before the job, or "
+            "build the key from it (custom_id_from='{key}')"
+        )
+    return [*fields, KEY_FIELD]
+
+
+def _record_key(
+    record: Mapping[str, Any], custom_id_from: CustomIdFrom, key_fields: Sequence[str]
+) -> str | InvalidRow:
+    """Return the key ``custom_id_from`` builds from a record; a null or empty key is an invalid row
+    (``str(None)`` would make every such record the same id, ``"None"``)."""
+    nulls = [name for name in key_fields if record.get(name) is None]
+    if nulls:
+        return InvalidRow(
+            f"custom_id_from cannot build a key from this record: its field {nulls[0]!r} is null",
+            hint="give every record a value there, or leave such records out",
+        )
     try:
         key = custom_id_from(record) if callable(custom_id_from) else custom_id_from.format_map(record)
     except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
         return InvalidRow(
             f"custom_id_from cannot build a key from this record: {exc!r}", hint=_fields_hint(record)
+        )
+    if key is None or key == "":
+        return InvalidRow(
+            f"custom_id_from built {'no key (None)' if key is None else 'an empty key'} for this record",
+            hint="return a non-empty key for every record, or leave such records out",
         )
     return str(key)
 
@@ -238,7 +272,9 @@ def records_to_requests(
     """
     if prompt_template is None and request_builder is None:
         raise ValueError("records need prompt_template= and/or request_builder= to become requests")
+    carried_fields(passthrough_fields, custom_id_from)  # refuses a passthrough "key" it would overwrite
     fields = template_fields(prompt_template) if prompt_template is not None else []
+    key_fields = template_fields(custom_id_from) if isinstance(custom_id_from, str) else []
     for record in records:
         if isinstance(record, InvalidRow) or record is BLANK:
             yield record
@@ -248,12 +284,12 @@ def records_to_requests(
             continue
         carried: dict[str, Any] = {name: record.get(name) for name in passthrough_fields}
         if custom_id_from is not None:
-            key = _record_key(record, custom_id_from)
+            key = _record_key(record, custom_id_from, key_fields)
             if isinstance(key, InvalidRow):
                 yield key
                 continue
             custom_id: str | InvalidRow = custom_id_for(key)
-            carried["key"] = key
+            carried[KEY_FIELD] = key
         else:
             custom_id = _record_custom_id(record, custom_id_field)
         if isinstance(custom_id, InvalidRow):

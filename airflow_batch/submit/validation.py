@@ -153,9 +153,18 @@ def custom_id_of(request: Any) -> str | None:
     return None
 
 
+SYSTEM_ROLE_HINT = (
+    "messages take the roles user and assistant: put a system prompt in params.system (or system=)"
+)
+
+
 def hint_for(rule: str) -> str:
     """Return the fix to suggest for a rule, or ""."""
-    return CUSTOM_ID_HINT if rule.startswith("custom_id ") else ""
+    if rule.startswith("custom_id "):
+        return CUSTOM_ID_HINT
+    if ".role" in rule and "'system'" in rule:
+        return SYSTEM_ROLE_HINT
+    return ""
 
 
 def check_params(

@@ -325,15 +325,24 @@ def test_a_block_of_many_slices_keeps_first_lines_across_slices_and_blocks() -> 
     assert rows.usage_by_model["claude-haiku-4-5"]["input_tokens"] == 10 * per_kind
 
 
-def test_a_corrupt_line_in_a_later_slice_names_the_batch() -> None:
-    block = (SUCCEEDED + b"\n") * (2 * SLICE_BYTES // len(SUCCEEDED)) + b'{"custom_id": "x", trun\n'
-    with pytest.raises(ValueError, match="batch b7: a results line is not valid JSON"):
-        block_rows(block, BlockSettings("b7", 0), set())
+def test_a_corrupt_line_in_a_later_slice_is_one_invalid_output_row_of_its_custom_id() -> None:
+    count = 2 * SLICE_BYTES // len(SUCCEEDED)
+    lines = [SUCCEEDED.replace(b'"a"', b'"id-%06d"' % i, 1) for i in range(count)]
+    block = b"\n".join(lines) + b'\n{"custom_id": "x", trun\n'
+    rows = block_rows(block, BlockSettings("b7", 0), set())
+    assert rows.result_counts == {"succeeded": count, "invalid_output": 1}
+    (failure,) = [msgspec.json.decode(line) for line in rows.failures.splitlines()]
+    assert failure["custom_id"] == "x" and failure["result_type"] == "invalid_output"
+    assert "the result line cannot be read" in failure["message"] and failure["retryable"]
 
 
-def test_write_rows_names_the_batch_of_a_corrupt_line() -> None:
-    with pytest.raises(ValueError, match="batch b"):
-        write_rows([b"{not json\n"], io.BytesIO(), io.BytesIO(), BlockSettings("b", 0))
+def test_write_rows_reports_the_request_of_a_line_without_a_readable_id_missing() -> None:
+    results, failures = io.BytesIO(), io.BytesIO()
+    settings = BlockSettings("b", 0, inputs={"a": InputMeta("a", 1), "x": InputMeta("x", 2)})
+    write_rows([SUCCEEDED + b"\n{not json\n"], results, failures, settings)
+    (failure,) = [msgspec.json.decode(line) for line in failures.getvalue().splitlines()]
+    assert (failure["custom_id"], failure["row"], failure["result_type"]) == ("x", 2, "missing")
+    assert len(results.getvalue().splitlines()) == 1
 
 
 def test_single_text_block_is_copied_verbatim_and_stays_the_same_string() -> None:
