@@ -10,13 +10,14 @@ loaded and built in a worker thread when :meth:`BatchesTrigger.run` starts.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_batch.wait.kill import kill_verdict
+from airflow_batch.wait.kill import StallWatch, kill_verdict
 from airflow_batch.wait.loop import cancel_unfinished, connect, settle, triggerer_name, wait_for_round
 from airflow_batch.wait.policy import DEFAULT_CANCEL_GRACE, WaitState
 from airflow_batch.wait.progress import ProgressWriter
@@ -78,6 +79,9 @@ class BatchesTrigger(BaseTrigger):
         self.workspace_id = workspace_id
         #: Seconds the event was held back (the stale-event guard), apart from the polls themselves.
         self.settle_held = 0.0
+        #: When this copy's event loop last stood still: a copy frozen past the health threshold
+        #: gets Airflow 3.3's reassignment cancel, which must cancel nothing.
+        self.stall = StallWatch()
         self.state = WaitState.from_kwargs(
             batch_ids=list(batch_ids),
             end_time=float(end_time),
@@ -120,11 +124,13 @@ class BatchesTrigger(BaseTrigger):
             self.state.timeout_policy,
         )
         started = time.time()
+        ticker = asyncio.create_task(self.stall.run())
         api = await connect(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
         try:
             writer = ProgressWriter(self.job_dir, self.round_number, self.log)
             event = await wait_for_round(api, self.state, log=self.log, on_poll=writer.write)
         finally:
+            ticker.cancel()
             await api.close()
         self.settle_held = await settle(started, self.state.poll_interval)
         yield TriggerEvent(event)
@@ -133,10 +139,10 @@ class BatchesTrigger(BaseTrigger):
         """Cancel the unfinished batches when a user killed the deferred task (Airflow 3.3+).
 
         Airflow 3.3 also calls this on a copy of the trigger that another triggerer took over
-        (a triggerer that stalled, then resumed): the task instance's state tells the two apart
-        (:mod:`airflow_batch.wait.kill`), and only a user's kill cancels anything.
+        (a triggerer that stalled, then resumed): the stall itself, and else the task instance's
+        state, tell the two apart (:mod:`airflow_batch.wait.kill`); only a user's kill cancels.
         """
-        verdict = await kill_verdict(getattr(self, "task_instance", None))
+        verdict = await kill_verdict(getattr(self, "task_instance", None), self.stall)
         if not verdict.cancel:
             self.log.warning("on_kill on %s: cancelling nothing: %s.", triggerer_name(self), verdict.reason)
             return

@@ -8,11 +8,21 @@ its trigger now (``update_triggers`` puts the orphaned copy in ``cancelling_trig
 batches must keep running: the other copy is watching them). Airflow's docstring says the second
 never calls ``on_kill``; on 3.3.2 it does (apache/airflow#73454).
 
-The two differ in the task instance's state, which only a person or the scheduler changes: a
-user's action moves the task out of ``deferred`` before the trigger is cancelled, while a
-reassignment leaves it ``deferred``. The trigger runner asks the API server for it through the
-Task SDK (``GetTaskStates``, the same channel a trigger uses for connections). When the state
-cannot be read (no task instance, the API server unreachable, a slow answer), nothing is
+Two signals tell them apart, the cheap one first:
+
+- **A stall.** A trigger is moved only when its triggerer stopped heartbeating for the health
+  threshold, so the copy that gets the reassignment's cancel has just come back from standing
+  still. :class:`StallWatch` ticks in the trigger's own loop; a gap of at least half the
+  threshold in the last minute means this copy was frozen long enough to lose its trigger: it
+  cancels nothing. (Asking the API server right then is also what not to do: measured on a
+  deployment, the resumed triggerer's supervisor answered ``GetTaskStates`` only after 30-50 s,
+  long enough to be declared unhealthy again.)
+- **The task instance's state**, which only a person or the scheduler changes: a user's action
+  moves the task out of ``deferred`` before the trigger is cancelled, while a reassignment leaves
+  it ``deferred``. The trigger runner asks the API server for it through the Task SDK
+  (``GetTaskStates``, the same channel a trigger uses for connections).
+
+When neither can tell (no task instance, the API server unreachable, a slow answer), nothing is
 cancelled and the log says why: a batch left running is recovered by the next attempt, which
 re-attaches to it; a batch cancelled by mistake is lost work.
 """
@@ -20,6 +30,8 @@ re-attaches to it; a batch cancelled by mistake is lost work.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +39,48 @@ from typing import Any
 DEFERRED = "deferred"
 #: How long to wait for the task instance's state before giving up (and cancelling nothing).
 STATE_TIMEOUT_SECONDS = 5.0
+
+
+#: How long after a stall a cancel is still taken for the reassignment it caused.
+STALL_MEMORY_SECONDS = 60.0
+STALL_TICK_SECONDS = 1.0
+
+
+def stall_threshold() -> float:
+    """Return the event-loop gap that may have cost this triggerer its triggers: half the health threshold."""
+    from airflow.configuration import conf
+
+    return conf.getfloat("triggerer", "triggerer_health_check_threshold", fallback=30.0) / 2
+
+
+class StallWatch:
+    """Ticks in a trigger's event loop and remembers when the loop last stood still (a stopped process)."""
+
+    def __init__(self) -> None:
+        self.last_tick = time.monotonic()
+        self.gap = 0.0
+        self.gap_ended = -math.inf
+
+    async def run(self) -> None:
+        """Tick until cancelled."""
+        while True:
+            await asyncio.sleep(STALL_TICK_SECONDS)
+            self.note()
+
+    def note(self) -> None:
+        """Record the time since the last tick (a gap when the loop did not run)."""
+        now = time.monotonic()
+        gap = now - self.last_tick - STALL_TICK_SECONDS
+        if gap > 0 and (gap >= self.gap or now - self.gap_ended > STALL_MEMORY_SECONDS):
+            self.gap, self.gap_ended = gap, now
+        self.last_tick = now
+
+    def recent_stall(self, threshold: float) -> float | None:
+        """Return the seconds this loop stood still within the last minute, if at least ``threshold``."""
+        self.note()  # a stall the ticker has not seen yet: the time since its last tick
+        if self.gap >= threshold and time.monotonic() - self.gap_ended <= STALL_MEMORY_SECONDS:
+            return self.gap
+        return None
 
 
 @dataclass(frozen=True)
@@ -61,8 +115,18 @@ def read_task_state(task_instance: Any) -> str | None:
     return None if state is None else str(state)
 
 
-async def kill_verdict(task_instance: Any, *, timeout: float = STATE_TIMEOUT_SECONDS) -> KillVerdict:
+async def kill_verdict(
+    task_instance: Any, stall: StallWatch | None = None, *, timeout: float = STATE_TIMEOUT_SECONDS
+) -> KillVerdict:
     """Return whether the trigger of ``task_instance`` was killed by a user (cancel) or moved (keep)."""
+    stood_still = stall.recent_stall(stall_threshold()) if stall is not None else None
+    if stood_still is not None:
+        return KillVerdict(
+            False,
+            f"this triggerer stood still for {stood_still:.0f} s just before (past half "
+            "the health threshold another triggerer takes its triggers over), so this is "
+            "most likely the cancel of a copy another triggerer runs now",
+        )
     if task_instance is None:
         return KillVerdict(
             False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -246,6 +247,37 @@ async def test_on_kill_of_a_trigger_moved_to_another_triggerer_cancels_nothing(
     assert all(sync_client.messages.batches.retrieve(b).cancel_initiated_at is None for b in slow)
     said = [str(log["event"]) for log in logs if "cancelling nothing" in str(log["event"])]
     assert len(said) == 1 and why in said[0], said
+
+
+async def test_on_kill_right_after_the_triggerers_loop_stood_still_cancels_nothing_and_asks_nobody(
+    emulator: EmulatorProcess,
+    anthropic_conn: str,
+    create_batches: CreateBatches,
+    sync_client: anthropic.Anthropic,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    emulator.configure(start_delay_seconds=600)
+    slow = create_batches([4, 6])
+    watcher = trigger(anthropic_conn, slow)
+    watcher.task_instance = _a_task_instance()
+
+    def no_question(ti: object) -> str:
+        raise AssertionError("a resumed triggerer must not ask the API server (its answer stalls)")
+
+    monkeypatch.setattr(kill, "read_task_state", no_question)
+    task = asyncio.create_task(first_event(watcher))
+    await until(lambda: len(watcher.state.statuses) == 2)
+    # What SIGSTOP past the health threshold (30 s here, so 15 s counts) leaves behind: no tick for 20 s.
+    watcher.stall.last_tick -= 20
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with structlog.testing.capture_logs() as logs:
+        await watcher.on_kill()
+
+    assert all(sync_client.messages.batches.retrieve(b).cancel_initiated_at is None for b in slow)
+    said = [str(log["event"]) for log in logs if "cancelling nothing" in str(log["event"])]
+    assert len(said) == 1 and re.search(r"stood still for (19|20) s", said[0]), said
 
 
 async def test_triggerer_restart_resumes_from_serialized_kwargs_without_canceling(
