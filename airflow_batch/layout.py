@@ -195,7 +195,16 @@ def canary_segment_name(job: str, round_number: int) -> str:
 
 def answer_segments_dir(store: ObjectStoragePath) -> ObjectStoragePath:
     """Return the folder of an answer store's segments (see :mod:`airflow_batch.reuse.store`)."""
-    return store / "v1" / "segments"
+    return store / "v2" / "segments"  # v1 segments had no checksums: never read
+
+
+def answer_receipt_path(job: ObjectStoragePath, segment: str) -> ObjectStoragePath:
+    """Return the receipt a job keeps of an answer store segment it wrote: the segment's SHA-256.
+
+    A segment is served only while the job it names vouches for it with this receipt (see
+    :mod:`airflow_batch.reuse.store`).
+    """
+    return job / "answer-receipts" / f"{path_segment(segment)}.sha256"
 
 
 def answer_segment_paths(

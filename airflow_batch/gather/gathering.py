@@ -299,7 +299,7 @@ def gather_batch(
         stats = api.download_results(batch_id, land)
         if sinks and config.answer_store is not None:
             segment = layout.answer_segment_name(batch_id)
-            stats.stored = sinks[0].segment.commit(config.answer_store, segment, written_at.timestamp())
+            stats.stored = sinks[0].segment.commit(config.answer_store, segment, job, written_at.timestamp())
     finally:
         for sink in sinks:
             sink.segment.close()

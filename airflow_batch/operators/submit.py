@@ -141,6 +141,9 @@ class SubmitBatchesOperator(BaseOperator):
         canary's cost counts in the budget and the manifests; its output length becomes the
         estimate's expected figure when ``expected_output_tokens`` is not given.
     :param canary_max_failure_rate: Share of canary answers (0-1) that may be unusable (default 0).
+    :param include_content: Rows answered without a batch (reused answers, the canary's) keep each
+        message's ``content`` blocks, as gather's ``include_content`` does for a batch's rows; a
+        stored answer without them is not reused. ``batch_job`` passes its own.
     """
 
     template_fields: Sequence[str] = (
@@ -192,6 +195,7 @@ class SubmitBatchesOperator(BaseOperator):
         max_age: float | timedelta | None = None,
         canary: int = 0,
         canary_max_failure_rate: float = 0.0,
+        include_content: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -246,6 +250,7 @@ class SubmitBatchesOperator(BaseOperator):
         if self.max_age is not None and self.max_age <= 0:
             raise ValueError(f"{self.task_id}: max_age must be positive, got {max_age!r}")
         self.canary = CanarySettings(canary, canary_max_failure_rate) if canary else None
+        self.include_content = include_content
 
     def render_template(
         self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
@@ -378,6 +383,7 @@ class SubmitBatchesOperator(BaseOperator):
                     reuse=AnswerReuse(store, max_age=self.max_age) if store else None,
                     canary=self.canary,
                     validator=self.job_schema.validator if self.job_schema is not None else None,
+                    include_content=self.include_content,
                 )
             except QueueWaitNeeded as pause:
                 defer_for_room(

@@ -180,13 +180,14 @@ def run_canary(
     validator: Validator | None,
     table: PriceTable,
     log: logging.Logger,
+    include_content: bool = False,
 ) -> CanaryOutcome:
     """Send every held request through the Messages API and judge its answer.
 
     A request the API refuses (a permanent error: 400, 404...) is an unusable answer quoting
     the error; a transient fault that outlasts the retry budget is raised (nothing is judged).
     """
-    settings = BlockSettings("", round_number, validator=validator)
+    settings = BlockSettings("", round_number, include_content=include_content, validator=validator)
     answers: list[CanaryAnswer] = []
     usage_by_key: dict[str, Usage] = {}
     for request in held:

@@ -60,7 +60,8 @@ BODY_SUFFIX = b"]}"
 _ENVELOPE = len(BODY_PREFIX) + len(BODY_SUFFIX) - 1
 _BUCKETS = 64
 _WRITE_BUFFER = 1 << 20
-_CACHE_CONTROL = b'"cache_control"'
+#: A request line that may ask for caching holds this (the cache walk is skipped otherwise).
+CACHE_CONTROL = b'"cache_control"'
 #: Folder of the staged ``inputs`` twins of the chunk files.
 INPUTS_DIR = "inputs"
 _encode_json = msgspec.json.Encoder().encode
@@ -95,8 +96,8 @@ class Diversion(Protocol):
     The pass asks :meth:`route` about each valid request in input order. A ``HOLD`` request is
     handed over with :meth:`hold` (its chunk line, inputs line, fingerprint and how to count it
     in an estimate); :meth:`finish`, called once the whole input is known to be valid, gives
-    back through ``send`` (chunk line, twin line) the held requests that must be sent after all,
-    counting them in ``tally`` itself. See :mod:`airflow_batch.submit.routing`.
+    back through ``send`` (chunk line, twin line) the held or taken requests that must be sent
+    after all, counting them in ``tally`` itself. See :mod:`airflow_batch.submit.routing`.
     """
 
     lenient: bool
@@ -108,8 +109,8 @@ class Diversion(Protocol):
         """
         ...
 
-    def take(self, key: int, fingerprint: bytes, inputs: bytes) -> None:
-        """Keep a request :meth:`route` answered TAKEN for, with its inputs line."""
+    def take(self, key: int, fingerprint: bytes, inputs: bytes, line: bytes) -> None:
+        """Keep a request :meth:`route` answered TAKEN for, with its inputs line and its chunk line."""
         ...
 
     def hold(
@@ -346,7 +347,7 @@ def _plain_line(
     if (
         defaults.fills(params)
         or params.tools is not None
-        or _CACHE_CONTROL in line
+        or CACHE_CONTROL in line
         or check_params(params, lenient=lenient, max_output_tokens=max_output_tokens) is not None
     ):
         return None
@@ -467,7 +468,8 @@ def prepare_chunks(
                             writer.add(item, twin)
                             tally.add_plain(params.model, params.max_tokens, tokens, item)
                         elif verdict == TAKEN:
-                            diversion.take(key, fingerprint, inputs_line(typed.custom_id, source_row, fields))
+                            twin = inputs_line(typed.custom_id, source_row, fields)
+                            diversion.take(key, fingerprint, twin, item)
                         else:
                             held = _PlainCount(params.model, params.max_tokens, tokens, item)
                             twin = inputs_line(typed.custom_id, source_row, fields)
@@ -524,7 +526,7 @@ def prepare_chunks(
                 if report.total and not skip_invalid:
                     continue  # nothing will be submitted: keep checking, stop writing
                 twin = inputs_line(request["custom_id"], source_row, fields)
-                may_cache = _CACHE_CONTROL in line
+                may_cache = CACHE_CONTROL in line
                 if diversion is not None:
                     assert typed_request is not None
                     every_line += line
@@ -536,7 +538,7 @@ def prepare_chunks(
                         params if fingerprint_plain else typed_request.params
                     )
                     if verdict == TAKEN:
-                        diversion.take(key, fingerprint, twin)
+                        diversion.take(key, fingerprint, twin, line)
                         continue
                     if verdict == HOLD:
                         diversion.hold(line, twin, fingerprint, _Count(request["params"], may_cache))

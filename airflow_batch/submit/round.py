@@ -47,7 +47,9 @@ from airflow_batch.exceptions import (
     InputChangedError,
     InvalidRequestsError,
 )
+from airflow_batch.gather.rows import ReuseCheck
 from airflow_batch.manifest import CostEstimate, JobIdentity, RoundManifest
+from airflow_batch.reuse.fingerprint import answer_scope
 from airflow_batch.reuse.store import load_index
 from airflow_batch.storage import as_path, write_json
 from airflow_batch.submit.canary import CanaryOutcome, CanarySettings, HeldRequest, check_canary, run_canary
@@ -238,6 +240,7 @@ def _routing(
     reuse: AnswerReuse | None,
     canary: CanarySettings | None,
     validator: Validator | None,
+    include_content: bool,
     log: logging.Logger,
 ) -> Routing | None:
     """Return the round's routing (answer reuse, canary), or None when it has neither."""
@@ -246,7 +249,7 @@ def _routing(
     index = None
     if reuse is not None and reuse.lookup:
         started = time.perf_counter()
-        index = load_index(reuse.store, max_age=reuse.max_age)
+        index = load_index(reuse.store, max_age=reuse.max_age, logger=log)
         log.info(
             "answer store %s: %d answer(s) in %d segment(s)%s, read in %.2f s",
             reuse.store,
@@ -273,7 +276,15 @@ def _routing(
                 combined["expected_batch_usd"] = main["expected_batch_usd"] + more
             note = f" with its canary of {len(held)} request(s) (up to ${extra['standard_usd']:.4f})"
             check_budget(combined, round_number, settings, 1, 1, canary=note)
-        outcome = run_canary(api, held, round_number=round_number, validator=validator, table=table, log=log)
+        outcome = run_canary(
+            api,
+            held,
+            round_number=round_number,
+            validator=validator,
+            include_content=include_content,
+            table=table,
+            log=log,
+        )
         check_canary(outcome, canary.max_failure_rate if canary is not None else 0.0)
         tokens = outcome.output_tokens_per_answer()
         given = settings.expected_output_tokens is not None and settings.expected_basis is None
@@ -289,6 +300,8 @@ def _routing(
         canary_size=canary.size if canary is not None else 0,
         run_canary=canary_step if canary is not None else None,
         store=as_path(reuse.store) if reuse is not None else None,
+        scope=answer_scope(api.base_url, identity.workspace_id, validator.schema if validator else None),
+        check=ReuseCheck(validator, include_content),
         log=log,
     )
 
@@ -308,6 +321,7 @@ def submit_round(
     reuse: AnswerReuse | None = None,
     canary: CanarySettings | None = None,
     validator: Validator | None = None,
+    include_content: bool = False,
 ) -> RoundManifest:
     """Validate, chunk, persist, estimate and submit one round; return its manifest.
 
@@ -324,13 +338,25 @@ def submit_round(
     :param canary: send a few requests at once before any batch (see :mod:`airflow_batch.submit.canary`);
         ``validator`` judges their answers against the job's output schema. A round that already
         spent (batches, or a canary, recorded in its ledger) never runs its canary again.
+    :param validator: the job's output schema, also part of every fingerprint's scope and the
+        check every reused answer passes.
+    :param include_content: rows answered without a batch (reused, canary) keep content blocks.
     """
     log = log or logging.getLogger(__name__)
     store = LedgerStore(job, round_number, state_store)
     recorded = store.load()
     attached = recorded is not None and recorded.binding
     routing = _routing(
-        api, job, round_number, identity, settings, reuse, None if attached else canary, validator, log
+        api,
+        job,
+        round_number,
+        identity,
+        settings,
+        reuse,
+        None if attached else canary,
+        validator,
+        include_content,
+        log,
     )
     try:
         try:

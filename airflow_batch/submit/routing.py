@@ -6,15 +6,16 @@ valid request, in input order, the chunking pass gives it the request's fingerpr
 (gather keys the answer it stores by it) and looks up:
 
 - found in the answer store's index (``reuse_answers``): the request is *taken*, spilled to a
-  local bucket file and never written to a chunk;
+  local bucket file and not written to a chunk (unless the store cannot answer it after all);
 - else, while the canary has fewer than N requests: *held* (``canary=N``);
 - else: *sent*, written to its chunk as usual.
 
 Once the whole input is known to be valid, :meth:`Routing.finish` runs the canary (the callback
 given; it may refuse the round), gives the unusable canary requests back to the chunks, writes
 the rows of the reused and canary-answered requests to the staged ``reused.jsonl`` (store hits
-resolved one shard at a time: :func:`airflow_batch.reuse.store.resolve_hits`), and stores the
-canary's usable answers in the answer store. Nothing here calls the API itself.
+resolved one shard at a time: :func:`airflow_batch.reuse.store.resolve_hits`, each stored answer
+judged as a fresh one would be; a hit the store cannot answer is sent), and stores the canary's
+usable answers in the answer store. Nothing here calls the API itself.
 """
 
 from __future__ import annotations
@@ -27,15 +28,24 @@ from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_batch import layout
+from airflow_batch.gather.rows import ReuseCheck
+from airflow_batch.params import loads
 from airflow_batch.reuse.fingerprint import FINGERPRINT_CHARS, Fingerprints, canonical_params, sha256
-from airflow_batch.reuse.store import AnswerIndex, HitSpill, SegmentWriter, answered_row, resolve_hits
+from airflow_batch.reuse.store import (
+    AnswerIndex,
+    HitSpill,
+    SegmentWriter,
+    answered_row,
+    resolve_hits,
+    spilled_request,
+)
 from airflow_batch.submit.canary import (
     CanaryOutcome,
     HeldRequest,
     canary_answer_parts,
     canary_source,
 )
-from airflow_batch.submit.chunking import HOLD, SEND, TAKEN, with_fingerprint
+from airflow_batch.submit.chunking import CACHE_CONTROL, HOLD, SEND, TAKEN, with_fingerprint
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -71,6 +81,9 @@ class Routing:
     :param canary_size: how many requests the canary holds back (0: no canary).
     :param run_canary: sends and judges the held requests (and may raise to refuse the round).
     :param store: where to store the canary's usable answers (None: not stored).
+    :param scope: the job's :func:`~airflow_batch.reuse.fingerprint.answer_scope` (endpoint,
+        workspace, output schema), part of every fingerprint.
+    :param check: judges each answer read back from the store (the job's schema, content kept).
     """
 
     def __init__(
@@ -83,6 +96,8 @@ class Routing:
         canary_size: int = 0,
         run_canary: RunCanary | None = None,
         store: ObjectStoragePath | None = None,
+        scope: str = "",
+        check: ReuseCheck | None = None,
         log: logging.Logger | None = None,
     ) -> None:
         if canary_size and run_canary is None:
@@ -96,7 +111,8 @@ class Routing:
         self.run_canary = run_canary
         self.store = store
         self.log = log or logging.getLogger(__name__)
-        self._prefix = Fingerprints(betas).prefix
+        self._prefix = Fingerprints(betas, scope).prefix
+        self.check = check or ReuseCheck()
         self._hits = HitSpill()
         self._held: list[HeldRequest] = []
         #: Filled in by finish: how many requests were answered from the store, and the canary.
@@ -126,9 +142,9 @@ class Routing:
             return HOLD, fingerprint, key
         return SEND, fingerprint, key
 
-    def take(self, key: int, fingerprint: bytes, inputs: bytes) -> None:
+    def take(self, key: int, fingerprint: bytes, inputs: bytes, line: bytes) -> None:
         """Keep a request answered from the store out of the chunks: its row is written by :meth:`finish`."""
-        self._hits.add(key, fingerprint, inputs)
+        self._hits.add(key, fingerprint, inputs, line)
 
     def hold(
         self, line: bytes, inputs: bytes, fingerprint: bytes, count: Callable[[TokenTally], None]
@@ -151,10 +167,24 @@ class Routing:
         if not answered and not self._hits.count:
             return
         self.reused_file = staging / layout.REUSED_FILE
+
+        def send_back(spilled: bytes) -> None:  # a hit the store could not answer after all
+            fingerprint, inputs, line = spilled_request(spilled)
+            send(line, with_fingerprint(inputs, fingerprint))
+            tally.add(loads(line)["params"], CACHE_CONTROL in line)
+
         with self.reused_file.open("wb") as out:
             if self._hits.count:
                 assert self.index is not None
-                self.reused = resolve_hits(self.index, self._hits, out, self.round_number)
+                self.reused = resolve_hits(
+                    self.index,
+                    self._hits,
+                    out,
+                    self.round_number,
+                    check=self.check,
+                    send_back=send_back,
+                    logger=self.log,
+                )
                 self.log.info("%d request(s) answered from the answer store: not sent, no cost", self.reused)
             if answered:
                 self._write_canary_rows(out)
@@ -174,7 +204,7 @@ class Routing:
                     segment.add(answer.held.fingerprint, body, source[:-1] + b',"usage":' + usage + b"}")
             if segment is not None and self.store is not None:
                 name = layout.canary_segment_name(self.job, self.round_number)
-                segment.commit(self.store, name, written_at.timestamp())
+                segment.commit(self.store, name, self.job, written_at.timestamp())
         finally:
             if segment is not None:
                 segment.close()

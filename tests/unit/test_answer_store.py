@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from airflow_batch import layout
-from airflow_batch.exceptions import AnswerStoreError
+from airflow_batch.gather.rows import ReuseCheck
 from airflow_batch.params import convert_request, decode_line
 from airflow_batch.reuse.fingerprint import Fingerprints, fingerprint_key
 from airflow_batch.reuse.store import SHARDS, HitSpill, SegmentWriter, load_index, read_segment, resolve_hits
@@ -106,7 +106,18 @@ def _segment(store: Any, name: str, answers: dict[bytes, str], written_at: float
     for fingerprint, text in answers.items():
         answer = msgspec.json.encode({"model": "m", "stop_reason": "end_turn", "text": text})
         writer.add(fingerprint, answer, b'{"batch_id":"%s","usage":{"output_tokens":3}}' % name.encode())
-    return writer.commit(store, name, written_at)
+    return writer.commit(store, name, _writer_job(store), written_at)
+
+
+def _writer_job(store: Any) -> Any:
+    """The job folder that writes a test's segments (and keeps their receipts)."""
+    return as_path(f"{store}-writer-job")
+
+
+def _resolve(index: Any, hits: HitSpill, out: Any, check: Any = None) -> tuple[int, list[bytes]]:
+    sent: list[bytes] = []
+    written = resolve_hits(index, hits, out, 0, check=check or ReuseCheck(), send_back=sent.append)
+    return written, sent
 
 
 def _fingerprints(n: int, salt: str = "") -> list[bytes]:
@@ -148,10 +159,10 @@ def test_hits_resolve_one_shard_at_a_time_to_rows_with_zero_usage_and_their_sour
     hits = HitSpill()
     try:
         for i, fp in enumerate([old[0], old[1], new[2]]):
-            hits.add(fingerprint_key(fp), fp, b'{"custom_id":"c%d","row":%d}' % (i, i + 1))
-        hits.add(fingerprint_key(old[1]), old[1], b'{"custom_id":"twin","row":9,"input":{"k":1}}')
+            hits.add(fingerprint_key(fp), fp, b'{"custom_id":"c%d","row":%d}' % (i, i + 1), b"{}")
+        hits.add(fingerprint_key(old[1]), old[1], b'{"custom_id":"twin","row":9,"input":{"k":1}}', b"{}")
         out = io.BytesIO()
-        assert resolve_hits(index, hits, out, 0) == 4
+        assert _resolve(index, hits, out) == (4, [])
     finally:
         hits.close()
     rows = {row["custom_id"]: row for row in map(msgspec.json.decode, out.getvalue().splitlines())}
@@ -176,19 +187,24 @@ def test_max_age_leaves_out_segments_written_before_it(tmp_path: Path) -> None:
     assert load_index(as_path(str(tmp_path / "nothing-yet"))).answers == 0
 
 
-def test_a_hit_whose_segment_vanished_fails_before_anything_is_sent(tmp_path: Path) -> None:
+def test_a_hit_whose_segment_vanished_is_sent_instead_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = as_path(str(tmp_path / "store"))
     fingerprints = _fingerprints(10)
     _segment(store, "batch-1", dict.fromkeys(fingerprints, "x"), time.time())
     index = load_index(store)
-    layout.answer_segment_paths(store, "batch-1")[0].write_bytes(b"")
+    answers = layout.answer_segment_paths(store, "batch-1")[0]
+    answers.unlink()
     hits = HitSpill()
     try:
-        hits.add(fingerprint_key(fingerprints[0]), fingerprints[0], b'{"custom_id":"a","row":1}')
-        with pytest.raises(AnswerStoreError, match="could not be read"):
-            resolve_hits(index, hits, io.BytesIO(), 0)
+        hits.add(fingerprint_key(fingerprints[0]), fingerprints[0], b'{"custom_id":"a","row":1}', b'{"x":1}')
+        out = io.BytesIO()
+        assert _resolve(index, hits, out) == (0, [fingerprints[0] + b'{"custom_id":"a","row":1}\t{"x":1}'])
     finally:
         hits.close()
+    assert out.getvalue() == b""
+    assert "batch-1.answers" in caplog.text and "sent instead" in caplog.text
 
 
 def test_a_pass_with_reuse_keeps_answered_requests_out_of_the_chunks_but_not_out_of_its_fingerprint(
