@@ -74,6 +74,16 @@ class AnswerReuse:
             raise ValueError(f"max_age must be a positive number of seconds, got {self.max_age}")
 
 
+@dataclass(frozen=True, slots=True)
+class _DecodedCount:
+    """Counts a request known by its chunk line only in an estimate (a hit the store could not answer)."""
+
+    line: bytes
+
+    def __call__(self, tally: TokenTally) -> None:
+        tally.add(loads(self.line)["params"], CACHE_CONTROL in self.line)
+
+
 class Routing:
     """The diversion of one round's pass (see the module docstring).
 
@@ -155,39 +165,51 @@ class Routing:
     def finish(
         self, staging: ObjectStoragePath, tally: TokenTally, send: Callable[[bytes, bytes], None]
     ) -> None:
-        """Run the canary, send back what it could not answer, and write the rows answered without a batch."""
-        if self._held:
-            assert self.run_canary is not None
-            self.canary = self.run_canary(self._held, tally)
-            for answer in self.canary.failed:
-                held = answer.held
-                send(held.line, with_fingerprint(held.inputs, held.fingerprint))
-                held.count(tally)
-        answered = self.canary.answered if self.canary is not None else []
-        if not answered and not self._hits.count:
+        """Resolve the store's hits, run the canary, send what neither answered, and write the rows
+        answered without a batch.
+
+        A hit the store cannot answer after all (damaged, invalid for this job) is a request like any
+        other: held for the canary while it has room, else sent.
+        """
+        if not self._hits.count and not self._held:
             return
         self.reused_file = staging / layout.REUSED_FILE
-
-        def send_back(spilled: bytes) -> None:  # a hit the store could not answer after all
-            fingerprint, inputs, line = spilled_request(spilled)
-            send(line, with_fingerprint(inputs, fingerprint))
-            tally.add(loads(line)["params"], CACHE_CONTROL in line)
-
         with self.reused_file.open("wb") as out:
             if self._hits.count:
-                assert self.index is not None
-                self.reused = resolve_hits(
-                    self.index,
-                    self._hits,
-                    out,
-                    self.round_number,
-                    check=self.check,
-                    send_back=send_back,
-                    logger=self.log,
-                )
-                self.log.info("%d request(s) answered from the answer store: not sent, no cost", self.reused)
-            if answered:
-                self._write_canary_rows(out)
+                self._resolve_hits(out, tally, send)
+            if self._held:
+                assert self.run_canary is not None
+                self.canary = self.run_canary(self._held, tally)
+                for answer in self.canary.failed:
+                    held = answer.held
+                    send(held.line, with_fingerprint(held.inputs, held.fingerprint))
+                    held.count(tally)
+                if self.canary.answered:
+                    self._write_canary_rows(out)
+
+    def _resolve_hits(self, out: IO[bytes], tally: TokenTally, send: Callable[[bytes, bytes], None]) -> None:
+        """Write the rows of the hits the store answers; hold or send the others."""
+
+        def send_back(spilled: bytes) -> None:
+            fingerprint, inputs, line = spilled_request(spilled)
+            count = _DecodedCount(line)
+            if len(self._held) < self.canary_size:
+                self._held.append(HeldRequest(line, inputs, fingerprint, count))
+            else:
+                send(line, with_fingerprint(inputs, fingerprint))
+                count(tally)
+
+        assert self.index is not None
+        self.reused = resolve_hits(
+            self.index,
+            self._hits,
+            out,
+            self.round_number,
+            check=self.check,
+            send_back=send_back,
+            logger=self.log,
+        )
+        self.log.info("%d request(s) answered from the answer store: not sent, no cost", self.reused)
 
     def _write_canary_rows(self, out: IO[bytes]) -> None:
         """Write the canary's usable answers as rows, and store them when the job has a store."""
