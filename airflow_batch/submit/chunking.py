@@ -120,9 +120,16 @@ class Diversion(Protocol):
         ...
 
     def finish(
-        self, staging: ObjectStoragePath, tally: TokenTally, send: Callable[[bytes, bytes], None]
+        self,
+        staging: ObjectStoragePath,
+        tally: TokenTally,
+        send: Callable[[bytes, bytes], None],
+        fingerprint: str,
     ) -> None:
-        """Resolve what was taken and held (writing staged files); ``send`` what must be sent."""
+        """Resolve what was taken and held (writing staged files); ``send`` what must be sent.
+
+        ``fingerprint`` is the round's (every valid request), known once the input is.
+        """
         ...
 
 
@@ -562,7 +569,7 @@ def prepare_chunks(
                 def send(line: bytes, twin: bytes) -> None:
                     writer.add(line, twin)
 
-                diversion.finish(staging, tally, send)
+                diversion.finish(staging, tally, send, digest.hexdigest())
         chunks = writer.finish()
     except BaseException:
         writer.abort()

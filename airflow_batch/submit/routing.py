@@ -54,7 +54,9 @@ if TYPE_CHECKING:
 
 _canonical = canonical_params
 _sha256 = sha256
-RunCanary = Callable[[list[HeldRequest], "TokenTally"], CanaryOutcome]
+#: Sends and judges the held requests given the tally and the round's fingerprint; None: the
+#: canary is not sent (an earlier attempt of the same round spent it) and the held requests are.
+RunCanary = Callable[[list[HeldRequest], "TokenTally", str], CanaryOutcome | None]
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,11 @@ class Routing:
         self._held.append(HeldRequest(line, inputs, fingerprint, count))
 
     def finish(
-        self, staging: ObjectStoragePath, tally: TokenTally, send: Callable[[bytes, bytes], None]
+        self,
+        staging: ObjectStoragePath,
+        tally: TokenTally,
+        send: Callable[[bytes, bytes], None],
+        fingerprint: str,
     ) -> None:
         """Resolve the store's hits, run the canary, send what neither answered, and write the rows
         answered without a batch.
@@ -179,12 +185,12 @@ class Routing:
                 self._resolve_hits(out, tally, send)
             if self._held:
                 assert self.run_canary is not None
-                self.canary = self.run_canary(self._held, tally)
-                for answer in self.canary.failed:
-                    held = answer.held
+                self.canary = self.run_canary(self._held, tally, fingerprint)
+                unanswered = self._held if self.canary is None else [a.held for a in self.canary.failed]
+                for held in unanswered:
                     send(held.line, with_fingerprint(held.inputs, held.fingerprint))
                     held.count(tally)
-                if self.canary.answered:
+                if self.canary is not None and self.canary.answered:
                     self._write_canary_rows(out)
 
     def _resolve_hits(self, out: IO[bytes], tally: TokenTally, send: Callable[[bytes, bytes], None]) -> None:
