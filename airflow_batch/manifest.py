@@ -186,6 +186,9 @@ class JobManifest(TypedDict, total=False):
     results_parquet_path: str | None
     failures_parquet_path: str | None
     published_path: str | None
+    #: In a published folder's manifest only: its version folder, and who publishes there.
+    published_version: str
+    published_by: str
     passthrough_fields: list[str]
     requests: int
     succeeded: int  # every result row, reused ones included
