@@ -221,12 +221,26 @@ def _forge_newer(store: Path, first_job: Path, *, keep_name: bool) -> str:
     return f"{target}.answers"
 
 
+def _corrupt_bodies(store: Path, first_job: Path) -> str:
+    """Rewrite a segment with undecodable answer bodies, checksummed and vouched for by its own job
+    (a writer's bug, not a stranger): every answer is still judged before it is used."""
+    answers = _segments(store)[0]
+    name = answers.name.removesuffix(".answers")
+    segment = read_segment(as_path(str(answers.with_suffix(".keys"))))
+    writer = SegmentWriter()
+    for line in answers.read_bytes().splitlines():
+        writer.add(line[:32], b'{"model":"claude-haiku-4-5","text":"{\\"sentiment', b'{"job_dir":"x"}')
+    writer.commit(as_path(str(store)), name, as_path(str(first_job)), segment.written_at)
+    return answers.name
+
+
 #: damage -> (what it does to the store, requests reused at most / at least, batches created)
 DAMAGE: dict[str, tuple[Callable[[Path, Path], str], int, int, int]] = {
     "a flipped byte": (_flip_a_byte, 297, N - 1, 1),
     "a truncated answers file": (_truncate_answers, N - 100, N - 1, 1),
     "a missing answers file": (_delete_answers, N - 100, N - 100, 1),
     "a truncated keys file": (_truncate_keys, N - 100, N - 100, 1),
+    "corrupt answer bodies its own job vouches for": (_corrupt_bodies, N - 100, N - 100, 1),
     "a forged newer segment under a genuine name": (
         lambda s, j: _forge_newer(s, j, keep_name=True),
         N - 100,
@@ -245,9 +259,13 @@ def test_a_damaged_or_forged_store_is_skipped_named_and_answered_by_sending(
     _, first_job = _run("writer", records, output, anthropic_conn)
     pristine = tmp_path / "out" / "_answers"
     truth = {row["custom_id"]: row["output"] for row in _rows(first_job)}
+    receipts = first_job / "answer-receipts"
+    shutil.copytree(receipts, tmp_path / "receipts")
     for number, (what, (damage, least, most, batches)) in enumerate(DAMAGE.items()):
         store = tmp_path / f"store-{number}"
         shutil.copytree(pristine, store)
+        shutil.rmtree(receipts)  # each case starts from the writer's own receipts
+        shutil.copytree(tmp_path / "receipts", receipts)
         named = damage(store, first_job)
         capfd.readouterr()
         created = emulator.batch_count()
