@@ -2,7 +2,8 @@
 
 A batch can take hours to come back; a wrong prompt or schema should fail in a minute. With
 ``canary=N`` the submit holds back the first N requests it would send (in input order: the same
-input always gives the same canary; requests answered from the answer store are not among them),
+input always gives the same canary; requests answered from the answer store are not among them,
+and a store hit found unusable after the pass fills a place left over),
 sends each through the Messages API (``POST /v1/messages``, through the job's one retry policy),
 and judges each answer exactly as gather judges a batch's (:func:`airflow_batch.gather.rows.answer_row`:
 schema-valid ``output`` with an output schema, no refusal or paused turn) and, beyond that, refuses

@@ -24,7 +24,9 @@
 6. Return the round manifest (small: paths, ids, counts, bytes, the estimate).
 
 A ledger with no batch and no intent binds nothing: a round refused for budget or invalid
-input can be re-run with a different input.
+input can be re-run with a different input. A ledger holding only a canary (recorded before it
+was sent) binds that canary to its input: a re-run over the same input never sends it again,
+one over another input archives it and starts over (see :mod:`airflow_batch.submit.canary`).
 """
 
 from __future__ import annotations
