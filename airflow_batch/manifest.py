@@ -186,7 +186,8 @@ class JobManifest(TypedDict, total=False):
     results_parquet_path: str | None
     failures_parquet_path: str | None
     published_path: str | None
-    #: In a published folder's manifest only: its version folder, and who publishes there.
+    #: The published version (its files: ``{published_path}/versions/{published_version}/``), and
+    #: in a published folder's manifest, who publishes there.
     published_version: str
     published_by: str
     passthrough_fields: list[str]

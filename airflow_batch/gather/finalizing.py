@@ -187,7 +187,9 @@ def finalize_job(
     )
     if publish_path is not None:
         assert publisher is not None
-        job_manifest["published_path"] = str(publish(job_manifest, as_path(publish_path), publisher))
+        target = as_path(publish_path)
+        job_manifest["published_version"] = publish(job_manifest, target, publisher)
+        job_manifest["published_path"] = str(target)
     write_json(layout.final_manifest_path(job), job_manifest)
     if spec.get("history_path"):
         record_run(as_path(spec["history_path"]), job_manifest)

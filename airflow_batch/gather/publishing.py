@@ -77,8 +77,10 @@ def publisher(dag_id: str, task_id: str) -> str:
     return f"{dag_id}.{task_id}"
 
 
-def publish(job_manifest: JobManifest, target: ObjectStoragePath, owner: str) -> ObjectStoragePath:
-    """Publish the job's final files to ``target`` as a new version, then switch its manifest; return it.
+def publish(job_manifest: JobManifest, target: ObjectStoragePath, owner: str) -> str:
+    """Publish the job's final files to ``target`` as a new version, then switch its manifest.
+
+    Returns the version: the files are in :func:`airflow_batch.layout.published_version_dir`.
 
     Raises :class:`PublishConflictError`, before copying anything, when ``target`` is another
     publisher's.
@@ -114,7 +116,7 @@ def publish(job_manifest: JobManifest, target: ObjectStoragePath, owner: str) ->
     )
     write_json(pointer, {**published, "manifest_path": str(pointer)})  # the switch
     _remove_old(target, previous.get("published_version") if previous else None)
-    return target
+    return version
 
 
 def _read_pointer(pointer: ObjectStoragePath) -> dict[str, Any] | None:

@@ -282,6 +282,7 @@ def test_finalize_writes_parquet_publishes_manifest_last_and_the_readers_find_ev
     assert (
         copy["results_path"] == f"file://{version}/results.jsonl" and copy["published_by"] == "dag.finalize"
     )
+    assert manifest["published_version"] == copy["published_version"]  # the job's own manifest says where
     # Rows are in input order, whatever order the batches returned them in.
     for source in (manifest, str(job), str(published), str(published / "manifest.json")):
         assert [row["row"] for row in read_results(source)] == [1, 2]
