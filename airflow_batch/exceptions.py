@@ -104,7 +104,11 @@ class InputChangedError(BeforeSubmitError, RetryCannotFix):
 
 
 class AnswerStoreError(BeforeSubmitError):
-    """The answer store changed under a submit (an answer its index listed is gone): nothing was sent."""
+    """A segment of the answer store is damaged or not one; the message names the file.
+
+    Raised and caught inside the store (:mod:`airflow_batch.reuse.store`): the segment is skipped
+    with a warning and its requests are sent, so nothing in a store fails a job.
+    """
 
 
 class CanaryFailedError(BeforeSubmitError, RetryCannotFix):
@@ -186,6 +190,13 @@ class BatchPollError(AfterSubmitError):
 
 class IncompleteJobError(AfterSubmitError):
     """A round of the job that was due did not complete; finalize merged what landed first."""
+
+
+class PublishConflictError(AfterSubmitError):
+    """``publish_path`` is another job's (another DAG or task publishes there): nothing was replaced.
+
+    The job's own files are written; publish to a folder of its own (e.g. with the DAG id in it).
+    """
 
 
 class FailureRateExceededError(AfterSubmitError):

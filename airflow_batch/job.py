@@ -239,6 +239,7 @@ def anthropic_batch_job(
             max_age=max_age,
             canary=canary,
             canary_max_failure_rate=canary_max_failure_rate,
+            include_content=include_content,
             **submit_extra,
         )
         # Every later task reads the connection (and betas, workspace) from the round manifest.

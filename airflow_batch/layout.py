@@ -45,6 +45,8 @@ DEFAULT_ANSWER_STORE = "_answers"
 DEFAULT_FILES_STORE = "_files"
 #: File name suffix of an answer store segment's keys file (what a lookup lists).
 ANSWER_KEYS_SUFFIX = ".keys"
+#: Folder of a ``publish_path`` holding its published versions.
+PUBLISHED_VERSIONS = "versions"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
 
@@ -209,7 +211,26 @@ def canary_segment_name(job: str, round_number: int) -> str:
 
 def answer_segments_dir(store: ObjectStoragePath) -> ObjectStoragePath:
     """Return the folder of an answer store's segments (see :mod:`airflow_batch.reuse.store`)."""
-    return store / "v1" / "segments"
+    return store / "v2" / "segments"  # v1 segments had no checksums: never read
+
+
+def published_manifest_path(target: ObjectStoragePath) -> ObjectStoragePath:
+    """Return the manifest of a ``publish_path`` folder: the pointer to its current version."""
+    return target / "manifest.json"
+
+
+def published_version_dir(target: ObjectStoragePath, version: str) -> ObjectStoragePath:
+    """Return the folder of one published version (every file of one job) in a ``publish_path``."""
+    return target / PUBLISHED_VERSIONS / path_segment(version)
+
+
+def answer_receipt_path(job: ObjectStoragePath, segment: str) -> ObjectStoragePath:
+    """Return the receipt a job keeps of an answer store segment it wrote: the segment's SHA-256.
+
+    A segment is served only while the job it names vouches for it with this receipt (see
+    :mod:`airflow_batch.reuse.store`).
+    """
+    return job / "answer-receipts" / f"{path_segment(segment)}.sha256"
 
 
 def answer_segment_paths(

@@ -191,6 +191,10 @@ class JobManifest(TypedDict, total=False):
     results_parquet_path: str | None
     failures_parquet_path: str | None
     published_path: str | None
+    #: The published version (its files: ``{published_path}/versions/{published_version}/``), and
+    #: in a published folder's manifest, who publishes there.
+    published_version: str
+    published_by: str
     passthrough_fields: list[str]
     # Parquet columns holding JSON text, by table, each with the reason (gather/tables.py).
     json_text_columns: dict[str, dict[str, str]]

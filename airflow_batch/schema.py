@@ -436,6 +436,8 @@ class Validator:
     """Checks one answer's JSON text against the job's full schema; compiled once."""
 
     def __init__(self, schema: Mapping[str, Any], definitions: Mapping[str, Any]) -> None:
+        #: The schema it checks, in full (part of the answer store's scope of a job's answers).
+        self.schema = schema
         self._decoder: msgspec.json.Decoder[Any] | None
         try:
             self._decoder = msgspec.json.Decoder(

@@ -26,6 +26,7 @@ from typing import IO, Any
 import msgspec
 from airflow.sdk import ObjectStoragePath
 from fsspec.asyn import AsyncFileSystem, sync
+from fsspec.implementations.local import LocalFileSystem
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -56,6 +57,32 @@ def atomic_writer(path: ObjectStoragePath) -> Iterator[IO[bytes]]:
         with contextlib.suppress(Exception):
             tmp.unlink()
         raise
+
+
+def make_durable(paths: Iterable[ObjectStoragePath]) -> None:
+    """Flush files (and the folders naming them) to stable storage before the only other copy goes.
+
+    On a local disk a rename is visible at once but may sit in the page cache: a power loss
+    after the API's copy was deleted could lose the rows. Each file and each parent folder is
+    fsynced. On an object store an upload is durable once it returns: nothing to do.
+    """
+    folders: set[str] = set()
+    for path in paths:
+        if not isinstance(path.fs, LocalFileSystem):
+            continue
+        local = str(path.path)
+        descriptor = os.open(local, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        folders.add(os.path.dirname(local))
+    for folder in sorted(folders):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def open_unhooked(path: ObjectStoragePath, mode: str = "rb") -> IO[bytes]:

@@ -70,17 +70,18 @@ def write_input(path: Path, n: int) -> None:
             handle.write(encode(request) + b"\n")
 
 
-def build_store(source: Path, store: str) -> int:
+def build_store(source: Path, store: str, base_url: str) -> int:
     """Write 1,000,000 answers: every other request of the input, and as many it does not hold."""
     import msgspec
 
     from airflow_batch.params import decode_line
-    from airflow_batch.reuse.fingerprint import Fingerprints
+    from airflow_batch.reuse.fingerprint import Fingerprints, answer_scope
     from airflow_batch.reuse.store import SegmentWriter
     from airflow_batch.storage import as_path
 
-    fingerprints = Fingerprints()
+    fingerprints = Fingerprints(scope=answer_scope(base_url, None))  # a job without a schema
     per_segment = N // SEGMENTS
+    writer_job = f"{store}-writer-job"  # keeps the receipts that vouch for the segments
     written = 0
     writer = SegmentWriter()
     with source.open("rb") as handle:
@@ -94,14 +95,15 @@ def build_store(source: Path, store: str) -> int:
             text = msgspec.json.encode(json.dumps({"sentiment": sentiment, "confidence": (i % 100) / 100}))
             answer = b'{"model":"claude-haiku-4-5","stop_reason":"end_turn","text":%s}' % text
             source_json = (
-                b'{"batch_id":"msgbatch_%05d","job_dir":"s3://bucket/jobs/reviews/2026-11-26/reviews.submit",'
+                b'{"batch_id":"msgbatch_%05d","job_dir":"%s",'
                 b'"round":0,"written_at":"2026-11-26T03:00:00+00:00","usage":{"input_tokens":%d,"output_tokens":12,'
                 b'"cache_creation_input_tokens":0,"cache_creation_1h_input_tokens":0,"cache_read_input_tokens":0}}'
-            ) % (i // per_segment, 20 + i % 50)
+            ) % (i // per_segment, writer_job.encode(), 20 + i % 50)
             writer.add(fingerprint, answer, source_json)
             written += 1
             if written % per_segment == 0:
-                writer.commit(as_path(store), f"batch-{written // per_segment:05d}", time.time() - 3600)
+                name = f"batch-{written // per_segment:05d}"
+                writer.commit(as_path(store), name, as_path(writer_job), time.time() - 3600)
                 writer = SegmentWriter()
     writer.close()
     return written
@@ -121,6 +123,7 @@ def child(kind: str, source: str, out: str, store: str, base_url: str) -> dict[s
 
     from airflow_batch.api import BatchesApi
     from airflow_batch.manifest import JobIdentity
+    from airflow_batch.reuse.fingerprint import answer_scope
     from airflow_batch.reuse.store import load_index
     from airflow_batch.submit.round import SubmitSettings, submit_round
     from airflow_batch.submit.routing import AnswerReuse, Routing
@@ -143,7 +146,7 @@ def child(kind: str, source: str, out: str, store: str, base_url: str) -> dict[s
         if reuse:
             index = load_index(store)
             index_seconds = time.perf_counter() - start
-            routing = Routing(job=out, round_number=0, index=index)
+            routing = Routing(job=out, round_number=0, index=index, scope=answer_scope(base_url, None))
         try:
             prepared = prepare_chunks(
                 iter_jsonl_lines(as_path(source)), staging=as_path(os.path.join(out, "chunks")),
@@ -168,12 +171,12 @@ def child(kind: str, source: str, out: str, store: str, base_url: str) -> dict[s
     }
 
 
-def measure(kind: str, source: Path, workdir: Path, store: str, emulator: Any = None) -> dict[str, Any]:
+def measure(kind: str, source: Path, workdir: Path, store: str, emulator: Any) -> dict[str, Any]:
     out = workdir / f"out-{kind}-{source.stem}-{time.monotonic_ns()}"
     out.mkdir()
-    if emulator is not None:
+    if kind.startswith("submit"):
         emulator.reset()
-    base_url = emulator.base_url if emulator is not None else ""
+    base_url = emulator.base_url  # the store's answers are scoped to it
     proc = subprocess.run(
         [sys.executable, __file__, "--child", kind, str(source), str(out), store, base_url],
         capture_output=True,
@@ -217,27 +220,27 @@ def main() -> None:
             for _ in range(SMALL):
                 out.write(full.readline())
         store = str(workdir / "store")
-        started = time.perf_counter()
-        answers = build_store(source, store)
-        size = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
-        print(
-            f"input: {N:,} requests, {source.stat().st_size / MB:.1f} MB; store: {answers:,} answers in "
-            f"{SEGMENTS} segments, {size / MB:.1f} MB (built in {time.perf_counter() - started:.1f} s)"
-        )
         from airflow_batch.emulator.process import FAST_CONFIG, EmulatorProcess
 
         with EmulatorProcess(workdir / "emulator", config=FAST_CONFIG) as emulator:
+            started = time.perf_counter()
+            answers = build_store(source, store, emulator.base_url)
+            size = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
+            print(
+                f"input: {N:,} requests, {source.stat().st_size / MB:.1f} MB; store: {answers:,} answers in "
+                f"{SEGMENTS} segments, {size / MB:.1f} MB (built in {time.perf_counter() - started:.1f} s)"
+            )
             submit = {
                 kind: measure(kind, source, workdir, store, emulator) for kind in ("submit-off", "submit-on")
             }
-        for kind, result in submit.items():
-            print(line(f"{kind} ({N:,} requests)", result), flush=True)
-        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-        for _ in range(2):
-            for kind in ("off", "on"):
-                runs[kind].append(measure(kind, source, workdir, store))
-                print(line(f"pass {kind} ({N:,} requests)", runs[kind][-1]), flush=True)
-        small_on = measure("on", small, workdir, store)
+            for kind, result in submit.items():
+                print(line(f"{kind} ({N:,} requests)", result), flush=True)
+            runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+            for _ in range(2):
+                for kind in ("off", "on"):
+                    runs[kind].append(measure(kind, source, workdir, store, emulator))
+                    print(line(f"pass {kind} ({N:,} requests)", runs[kind][-1]), flush=True)
+            small_on = measure("on", small, workdir, store, emulator)
         print(line(f"pass on ({SMALL:,} requests)", small_on))
         off = min(runs["off"], key=lambda r: r["wall"])
         on = min(runs["on"], key=lambda r: r["wall"])

@@ -99,6 +99,11 @@ class BatchesApi:
         """Release the client's connections."""
         self._owner.close()
 
+    @property
+    def base_url(self) -> str:
+        """Return the API's base URL (the emulator's, in tests and local runs)."""
+        return str(self.client.base_url)
+
     def __enter__(self) -> BatchesApi:
         return self
 

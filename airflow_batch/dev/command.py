@@ -3,11 +3,13 @@
 Starts, each as the leader of its own process group: the emulator (unless ``--emulator-url``
 or ``--real-api``), ``airflow db migrate``, then ``airflow api-server``, ``scheduler``,
 ``dag-processor`` and ``triggerer`` on an Airflow home in the workdir, configured as
-:mod:`airflow_batch.dev.deployment` describes. Once the api-server reports every component
-healthy it prints the UI address, the login and where the logs are, and waits. Ctrl-C,
-SIGTERM or SIGHUP (or a component exiting on its own) stops every group it started, Airflow
-first and the emulator last, with everything they spawned; while they run, the groups are
-listed in ``<workdir>/processes.json``.
+:mod:`airflow_batch.dev.deployment` describes, and the two log servers the scheduler and the
+triggerer would otherwise start on every interface and fixed ports, here on ``127.0.0.1`` and
+free ports (:mod:`airflow_batch.dev.log_server`): two deployments on one host do not collide.
+Once the api-server reports every component healthy it prints the UI address, the login and
+where the logs are, and waits. Ctrl-C, SIGTERM or SIGHUP (or a component exiting on its own)
+stops every group it started, Airflow first and the emulator last, with everything they
+spawned; while they run, the groups are listed in ``<workdir>/processes.json``.
 
 Signals only set a flag that the waits check, so a stop never lands between starting a
 process and recording it.
@@ -40,6 +42,8 @@ from airflow_batch.dev.deployment import (
     AIRFLOW_EXECUTABLE,
     COMPONENTS,
     DEFAULT_MODEL,
+    SKIP_SERVE_LOGS,
+    LogServers,
     admin_login,
     airflow_environment,
     deployment_environment,
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
     from airflow_batch.emulator.process import EmulatorProcess
 
 DEFAULT_PORT = 8080
+LOG_SERVER_MODULE = "airflow_batch.dev.log_server"
 DEFAULT_WORKDIR = ".dev"
 EMULATOR_CONFIG = {"throughput": 20.0, "start_delay_seconds": 2.0}
 """Batches start 2 s after creation and process 20 requests a second: slow enough to watch a
@@ -65,6 +70,13 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 REAL_API_PASSTHROUGH = ("AIRFLOW_CONN_ANTHROPIC_DEFAULT", "AIRFLOW__AIRFLOW_BATCH__POLL_INTERVAL")
 DEPLOYMENT_FILE = "deployment.json"
 """What ``airflow-batch dev airflow`` needs to rebuild a deployment's environment (no secret)."""
+
+
+def free_port() -> int:
+    """Return a TCP port of the loopback interface that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class DevStopRequested(Exception):
@@ -120,8 +132,9 @@ class DevDeployment:
         self._check_startable()
         self._stop_leftovers()
         anthropic_url = self._anthropic_url()
+        log_servers = LogServers(free_port(), free_port())
         env = deployment_environment(
-            self.home, port=self.port, dags_folder=self.dags_folder, login=self.login
+            self.home, port=self.port, dags_folder=self.dags_folder, login=self.login, log_servers=log_servers
         )
         recorded = record_deployment(
             self.workdir, dags_folder=self.dags_folder, anthropic_url=anthropic_url, real_api=self.real_api
@@ -137,9 +150,18 @@ class DevDeployment:
         del self.processes["migrate"]
         say(f"  done in {time.monotonic() - started:.0f} s")
 
-        say(f"starting {', '.join(COMPONENTS)} ...")
+        say(f"starting {', '.join(COMPONENTS)} and the log servers (127.0.0.1:{log_servers.worker_port}, "
+            f"127.0.0.1:{log_servers.trigger_port}) ...")  # fmt: skip
         for component in COMPONENTS:
-            self._start(component, [AIRFLOW_EXECUTABLE, component], env)
+            flags = ["--skip-serve-logs"] if component in SKIP_SERVE_LOGS else []
+            self._start(component, [AIRFLOW_EXECUTABLE, component, *flags], env)
+        for name, port in (
+            ("worker-log-server", log_servers.worker_port),
+            ("trigger-log-server", log_servers.trigger_port),
+        ):
+            self._start(
+                name, [sys.executable, "-m", "airflow_batch.dev.log_server", "--port", str(port)], env
+            )
         self._wait(lambda: deployment_healthy(self.base_url), READY_TIMEOUT, "every component healthy")
 
     def _check_startable(self) -> None:
@@ -272,7 +294,7 @@ class DevDeployment:
             f"  output             {self.output} ([airflow_batch] output_path)",
             f"  model              {DEFAULT_MODEL} ([airflow_batch] model, for jobs that name none)",
             f"  Airflow CLI        airflow-batch dev --workdir {self.workdir} airflow <command>",
-            f"  logs               {self.logs}/<name>.log ({', '.join(COMPONENTS)}, migrate)",
+            f"  logs               {self.logs}/<name>.log ({', '.join(COMPONENTS)}, migrate, *-log-server)",
             f"                     {emulator_log}task logs: in the UI, files under {self.home / 'logs'}",
             f"  processes          {self.process_groups.path}",
             "Ctrl-C stops everything.",

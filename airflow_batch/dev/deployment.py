@@ -27,6 +27,28 @@ import httpx
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 """The Airflow processes of a deployment, each started as ``airflow <component>``."""
 
+SKIP_SERVE_LOGS = ("scheduler", "triggerer")
+"""Components started with ``--skip-serve-logs``: their log servers run apart, on the loopback
+interface and free ports (:mod:`airflow_batch.dev.log_server`)."""
+
+
+@dataclass(frozen=True)
+class LogServers:
+    """The ports of a deployment's two log servers: the workers' (tasks) and the triggerer's."""
+
+    worker_port: int
+    trigger_port: int
+
+
+def loopback_hostname() -> str:
+    """Return the host name every component of a dev deployment reports (``[core] hostname_callable``).
+
+    The api-server fetches a running task's log from ``http://{hostname}:{port}``; the log
+    servers listen on the loopback interface only, so the name must be the loopback address.
+    """
+    return "127.0.0.1"
+
+
 AIRFLOW_EXECUTABLE = str(Path(sys.executable).with_name("airflow"))
 """The ``airflow`` command of this Python environment."""
 
@@ -114,14 +136,17 @@ def deployment_environment(
     port: int,
     dags_folder: Path,
     login: AdminLogin,
+    log_servers: LogServers,
     inherited: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Return the process environment of every component of a local deployment on ``home``.
 
     The api-server listens on ``127.0.0.1:port`` and also serves the execution API the task
     processes call; LocalExecutor runs tasks from a preloaded forkserver; ``login`` is the one
-    user of the simple auth manager. Secrets (API secret key, JWT secret) are new on each call,
-    so every component of one deployment must get the same environment.
+    user of the simple auth manager; the log servers listen on ``127.0.0.1`` and the ports of
+    ``log_servers``, and every component names its host ``127.0.0.1`` so the api-server reaches
+    them. Secrets (API secret key, JWT secret) are new on each call, so every component of one
+    deployment must get the same environment.
     """
     base_url = f"http://127.0.0.1:{port}"
     env = airflow_environment(home, dags_folder, inherited=inherited)
@@ -138,6 +163,9 @@ def deployment_environment(
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{login.username}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(login.passwords_file),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.loopback_hostname",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_servers.worker_port),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(log_servers.trigger_port),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": base_url,

@@ -242,6 +242,11 @@ class Emulator:
         """Count a stored create toward the create rate."""
         self.recent_creates.append(now)
 
+    @property
+    def messages_answered(self) -> int:
+        """Return how many ``POST /v1/messages`` calls were answered since start or reset (each one paid)."""
+        return self._messages_answered
+
     def answer_message(self, params: Params, workspace: str) -> dict[str, Any]:
         """Return the Message answering a ``POST /v1/messages`` body; raise the API's error otherwise."""
         config = self.faults.config
@@ -792,6 +797,7 @@ def admin_routes(emulator: Emulator) -> list[Route]:
             "creates_refused": emulator.creates_refused,
             "files_uploaded": emulator.files.uploads,
             "files_stored": emulator.files.count(),
+            "messages_answered": emulator.messages_answered,
         })  # fmt: skip
 
     def reset(request: Request) -> Response:

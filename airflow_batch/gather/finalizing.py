@@ -19,6 +19,7 @@ from airflow_batch.costs import sum_costs
 from airflow_batch.exceptions import FailureRateExceededError, IncompleteJobError
 from airflow_batch.gather.gathering import read_spec
 from airflow_batch.gather.merging import merge_rows
+from airflow_batch.gather.publishing import publish
 from airflow_batch.gather.tables import results_formats, write_tables
 from airflow_batch.history import record_run
 from airflow_batch.manifest import (
@@ -32,7 +33,7 @@ from airflow_batch.manifest import (
     round_started_at,
     sum_usages,
 )
-from airflow_batch.storage import as_path, atomic_writer, copy_file, iter_jsonl_lines, read_json, write_json
+from airflow_batch.storage import as_path, atomic_writer, iter_jsonl_lines, read_json, write_json
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -95,6 +96,7 @@ def finalize_job(
     max_failure_rate: float | None = None,
     results_format: str | Sequence[str] = "jsonl",
     publish_path: ObjectStoragePath | str | None = None,
+    publisher: str | None = None,
     retry_rounds: int | None = None,
     logger: logging.Logger | None = None,
 ) -> JobManifest:
@@ -103,7 +105,8 @@ def finalize_job(
     With ``"parquet"`` in ``results_format`` the merged files are also written as
     ``results.parquet`` and ``failures.parquet`` (:mod:`airflow_batch.gather.tables`); the
     JSONL files are what they are built from, so they are always there. ``publish_path``
-    gets a copy of every file, the manifest last (see :func:`publish`).
+    gets a copy of every file as a new version, switched to atomically as a whole, refused when
+    another ``publisher`` publishes there (see :mod:`airflow_batch.gather.publishing`).
     ``max_failure_rate`` is recorded in the manifest; enforcing it is up to the caller
     (:func:`check_failure_rate`), so that every file exists before a run fails. So is a round
     that was due but did not complete (``incomplete_rounds``; ``retry_rounds`` is how many
@@ -112,6 +115,8 @@ def finalize_job(
     formats = results_formats(results_format)
     logger = logger or log
     job = as_path(job)
+    if publish_path is not None and publisher is None:
+        raise ValueError("publish_path needs a publisher (publishing.publisher(dag_id, task_id))")
     rounds = read_rounds(job)
     if not rounds:
         raise FileNotFoundError(
@@ -186,7 +191,10 @@ def finalize_job(
         incomplete_rounds=incomplete_rounds(job, rounds, retry_rounds),
     )
     if publish_path is not None:
-        job_manifest["published_path"] = str(publish(job_manifest, as_path(publish_path)))
+        assert publisher is not None
+        target = as_path(publish_path)
+        job_manifest["published_version"] = publish(job_manifest, target, publisher)
+        job_manifest["published_path"] = str(target)
     write_json(layout.final_manifest_path(job), job_manifest)
     if spec.get("history_path"):
         record_run(as_path(spec["history_path"]), job_manifest)
@@ -219,32 +227,6 @@ def finalize_job(
         job_manifest["cost"]["standard_usd"],
     )
     return job_manifest
-
-
-def publish(job_manifest: JobManifest, target: ObjectStoragePath) -> ObjectStoragePath:
-    """Copy the job's final files into ``target`` (a stable, e.g. date-keyed, folder); return it.
-
-    Each file is copied atomically and ``manifest.json`` is written last, its paths pointing at
-    the copies, so a reader that finds the manifest finds every file complete. Publishing again
-    (a re-run of the same date) replaces the files.
-    """
-    copies: dict[str, Any] = {}
-    for key in ("results_path", "failures_path", "results_parquet_path", "failures_parquet_path"):
-        source = job_manifest.get(key)
-        if isinstance(source, str) and source:
-            copy = target / as_path(source).name
-            copy_file(as_path(source), copy)
-            copies[key] = str(copy)
-    write_json(
-        target / "manifest.json",
-        {
-            **job_manifest,
-            **copies,
-            "manifest_path": str(target / "manifest.json"),
-            "published_path": str(target),
-        },
-    )
-    return target
 
 
 def job_cost(job: ObjectStoragePath) -> CostFigures:

@@ -64,6 +64,7 @@ from airflow_batch.storage import (
     atomic_writer,
     iter_jsonl_blocks,
     line_blocks,
+    make_durable,
     read_json,
     write_json,
 )
@@ -299,7 +300,7 @@ def gather_batch(
         stats = api.download_results(batch_id, land)
         if sinks and config.answer_store is not None:
             segment = layout.answer_segment_name(batch_id)
-            stats.stored = sinks[0].segment.commit(config.answer_store, segment, written_at.timestamp())
+            stats.stored = sinks[0].segment.commit(config.answer_store, segment, job, written_at.timestamp())
     finally:
         for sink in sinks:
             sink.segment.close()
@@ -315,7 +316,11 @@ def gather_batch(
 def _delete_batch(
     api: BatchesApi, stats: BatchGatherStats, sidecar: ObjectStoragePath, logger: logging.Logger
 ) -> None:
-    """Delete a landed batch from the API and record when in its sidecar (a batch already gone is fine)."""
+    """Delete a landed batch from the API and record when in its sidecar (a batch already gone is fine).
+
+    Its rows are made durable first (fsynced on a local disk): the API's copy is the only other one.
+    """
+    make_durable([as_path(stats.results_path), as_path(stats.failures_path), sidecar])
     try:
         api.delete(stats.batch_id)
     except BatchesApiError as exc:

@@ -275,7 +275,9 @@ def finalized_lineage(manifest: Mapping[str, Any], table: PriceTable) -> Operato
             finals.append((kind, str(table_path)))
     published = manifest.get("published_path")
     if published:
-        finals += [(kind, f"{str(published).rstrip('/')}/{as_path(uri).name}") for kind, uri in list(finals)]
+        version = manifest.get("published_version")
+        folder = layout.published_version_dir(as_path(str(published)), version) if version else published
+        finals += [(kind, f"{str(folder).rstrip('/')}/{as_path(uri).name}") for kind, uri in list(finals)]
     outputs = [
         dataset(
             uri,

@@ -10,6 +10,7 @@ from airflow.sdk import Asset, BaseOperator
 from airflow_batch import layout
 from airflow_batch.exceptions import FailureRateExceededError, IncompleteJobError, NothingToFinalizeError
 from airflow_batch.gather.finalizing import check_complete, check_failure_rate, finalize_job
+from airflow_batch.gather.publishing import check_publish_path, publish_root, publisher
 from airflow_batch.gather.tables import require_pyarrow, results_formats
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, JobManifest
@@ -52,9 +53,12 @@ class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
     :param retry_rounds: How many retry rounds the job has (the factory sets it): a round that
         was due (retryable failures left) but did not complete fails the task, after every file
         is written, naming the round; one refused by the budget does not.
-    :param publish_path: Folder (URI) that gets a copy of the final files, the manifest last,
-        e.g. ``"s3://bucket/reviews/{{ ds }}/"``: a stable, date-keyed place for readers.
-        Templated.
+    :param publish_path: Folder (URI) that gets a copy of the final files, e.g.
+        ``"s3://bucket/reviews/{{ ds }}/"``: a stable, date-keyed place for readers. Each publish
+        is a new ``versions/{version}/`` folder, then ``manifest.json`` is switched to it in one
+        write, so a reader going through the manifest sees one whole job, the new or the previous.
+        Another DAG (or finalize task) publishing there is refused; rendered, it may not climb
+        out of the template's literal root with ``..``. Templated.
     """
 
     template_fields: Sequence[str] = ("manifest", "job_dir", "max_failure_rate", "publish_path")
@@ -90,6 +94,7 @@ class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
         self.job_dir = job_dir
         self.max_failure_rate = max_failure_rate
         self.publish_path = publish_path
+        self.publish_root = publish_root(publish_path)  # what the rendered path must stay under
         self.retry_rounds = retry_rounds
 
     def execute(self, context: Context) -> JobManifest:
@@ -106,11 +111,13 @@ class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
         )
         if self.publish_path:
             check_location(self.publish_path, f"{self.task_id}: publish_path", rendered=True)
+            check_publish_path(str(self.publish_path), self.publish_root, f"{self.task_id}: publish_path")
         job_manifest = finalize_job(
             job_dir,
             max_failure_rate=limit,
             results_format=self.results_format,
             publish_path=self.publish_path or None,
+            publisher=publisher(self.dag_id, self.task_id),
             retry_rounds=self.retry_rounds,
             logger=self.log,  # type: ignore[arg-type]
         )

@@ -68,7 +68,7 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
     def execute(self, context: Context) -> RoundManifest:
         """Submit the next round, or skip when no failure of the previous round is retryable."""
         from airflow_batch.gather.finalizing import job_cost
-        from airflow_batch.gather.gathering import read_spec
+        from airflow_batch.gather.gathering import job_validator, read_spec
         from airflow_batch.gather.retrying import original_requests
         from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.storage import as_path
@@ -119,6 +119,7 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
                     state_store=context.get("task_state_store"),
                     log=self.log,  # type: ignore[arg-type]
                     reuse=AnswerReuse(store, lookup=False) if store else None,
+                    validator=job_validator(job) if store else None,  # the scope of the answers it stores
                 )
             except QueueWaitNeeded as pause:
                 defer_for_room(

@@ -182,6 +182,9 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
     :param delete_files: ``"after_gather"`` (default): finalize deletes the job's uploads once the job
         has landed; ``"keep"``: keep them, and let later jobs under the same ``output_path`` reuse them.
     :param upload_concurrency: Files read and uploaded at once (default 8).
+    :param include_content: Rows answered without a batch (reused answers, the canary's) keep each
+        message's ``content`` blocks, as gather's ``include_content`` does for a batch's rows; a
+        stored answer without them is not reused. ``batch_job`` passes its own.
     """
 
     template_fields: Sequence[str] = (
@@ -237,6 +240,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         documents: Any = None,
         delete_files: str = "after_gather",
         upload_concurrency: int = 8,
+        include_content: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -316,6 +320,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         self.answer_store = answer_store
         self.max_age = _max_age_seconds(max_age, self.task_id)
         self.canary = CanarySettings(canary, canary_max_failure_rate) if canary else None
+        self.include_content = include_content
 
     def render_template(
         self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
@@ -449,6 +454,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
                     reuse=AnswerReuse(store, max_age=self.max_age) if store else None,
                     canary=self.canary,
                     validator=self.job_schema.validator if self.job_schema is not None else None,
+                    include_content=self.include_content,
                 )
             except QueueWaitNeeded as pause:
                 defer_for_room(

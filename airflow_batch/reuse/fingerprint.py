@@ -4,8 +4,11 @@ Two requests with the same fingerprint ask the model the same thing, so one's an
 the other. The fingerprint is a hash of the canonical JSON of the request's ``params`` as
 sent (model, system, messages, tools, tool choice, thinking, ``output_config`` with the
 schema, sampling parameters, ``max_tokens``, stop sequences, metadata, every beta parameter:
-everything that can change the answer) and of the job's ``anthropic-beta`` names, which can
-change it too. The ``custom_id`` is not part of it.
+everything that can change the answer), of the job's ``anthropic-beta`` names, which can
+change it too, and of the job's *scope* (:func:`answer_scope`): what an answer's validity
+depends on beyond the request (the API endpoint and workspace that answered it, and the
+output schema it is judged by, in full: keywords the API's grammar does not enforce are not
+in the request but are in the check). The ``custom_id`` is not part of it.
 
 Canonical: the params after the job's defaults are filled in, encoded as compact UTF-8 JSON
 with every object's keys in one fixed order and optional fields left out when absent or null.
@@ -38,20 +41,33 @@ canonical_params = msgspec.json.Encoder(order="deterministic").encode
 sha256 = hashlib.sha256
 
 
+def answer_scope(base_url: str, workspace_id: str | None, schema: Any = None) -> str:
+    """Return the scope of a job's answers: its endpoint, workspace and output schema's canonical hash.
+
+    An emulator's answers are not a real API's, one workspace's are not another's, and an answer
+    valid for one schema may be invalid for another that sends the same request (a keyword the
+    grammar does not enforce, such as ``pattern`` or ``minimum``, is checked locally only).
+    """
+    schema_hash = sha256(canonical_params(schema)).hexdigest() if schema is not None else "none"
+    return f"endpoint={base_url.rstrip('/')}\nworkspace={workspace_id or ''}\nschema={schema_hash}\n"
+
+
 def fingerprint_key(fingerprint: bytes) -> int:
     """Return the 64-bit key of a fingerprint (its first 16 hex digits): what a store indexes."""
     return int(fingerprint[:16], 16)
 
 
 class Fingerprints:
-    """Fingerprints of a job's requests: its betas, then the canonical params.
+    """Fingerprints of a job's requests: its scope and betas, then the canonical params.
 
     :param betas: the job's ``anthropic-beta`` names (order does not matter).
+    :param scope: the job's :func:`answer_scope` (empty: a request's identity alone).
     """
 
-    def __init__(self, betas: Sequence[str] = ()) -> None:
-        #: What is hashed before the params: the job's betas, sorted (empty without betas).
-        self.prefix = ("betas=" + ",".join(sorted(betas)) + "\n").encode() if betas else b""
+    def __init__(self, betas: Sequence[str] = (), scope: str = "") -> None:
+        #: What is hashed before the params: the scope, then the job's betas, sorted.
+        betas_line = "betas=" + ",".join(sorted(betas)) + "\n" if betas else ""
+        self.prefix = (scope + betas_line).encode()
 
     def of(self, params: Any) -> bytes:
         """Return the fingerprint of ``params`` (typed or decoded) as 32 ASCII hex digits."""

@@ -2,7 +2,8 @@
 
 A batch can take hours to come back; a wrong prompt or schema should fail in a minute. With
 ``canary=N`` the submit holds back the first N requests it would send (in input order: the same
-input always gives the same canary; requests answered from the answer store are not among them),
+input always gives the same canary; requests answered from the answer store are not among them,
+and a store hit found unusable after the pass fills a place left over),
 sends each through the Messages API (``POST /v1/messages``, through the job's one retry policy),
 and judges each answer exactly as gather judges a batch's (:func:`airflow_batch.gather.rows.answer_row`:
 schema-valid ``output`` with an output schema, no refusal or paused turn) and, beyond that, refuses
@@ -15,6 +16,13 @@ marked ``reused_from: {"canary": true, ...}``, not sent again in a batch), the u
 sent in the batch like the rest, and the canary's cost at standard prices is part of the round's
 cost and of the budget. Its answers' output length is the estimate's expected figure when the user
 gave none (``expected_basis`` ``"canary"``).
+
+Spent once. The budget check before the canary uses the round's own estimate (one calibration,
+kept on the tally), so a round is never refused after its canary was paid for on a figure the
+canary's check did not see. The round's ledger records the canary before its first request is
+sent (:func:`canary_intent`) and its outcome right after: a re-run over the same input never
+sends it again; it re-raises a failure that still fails, or sends the canary's requests in the
+batch when their answers were not kept.
 """
 
 from __future__ import annotations
@@ -38,13 +46,14 @@ from airflow_batch.gather.rows import (
     row_encoder,
     stored_answer,
 )
-from airflow_batch.manifest import CanaryRecord, CostFigures, Usage, sum_usages
+from airflow_batch.manifest import CanaryRecord, CostEstimate, CostFigures, Usage, empty_usage, sum_usages
 from airflow_batch.params import loads
 
 if TYPE_CHECKING:
     from airflow_batch.api import BatchesApi
     from airflow_batch.schema import Validator
     from airflow_batch.submit.estimate import TokenTally
+    from airflow_batch.submit.ledger import Ledger
 
 #: Failed examples quoted in the error and kept in the manifest.
 EXAMPLES = 5
@@ -182,13 +191,14 @@ def run_canary(
     validator: Validator | None,
     table: PriceTable,
     log: logging.Logger,
+    include_content: bool = False,
 ) -> CanaryOutcome:
     """Send every held request through the Messages API and judge its answer.
 
     A request the API refuses (a permanent error: 400, 404...) is an unusable answer quoting
     the error; a transient fault that outlasts the retry budget is raised (nothing is judged).
     """
-    settings = BlockSettings("", round_number, validator=validator)
+    settings = BlockSettings("", round_number, include_content=include_content, validator=validator)
     answers: list[CanaryAnswer] = []
     usage_by_key: dict[str, Usage] = {}
     for request in held:
@@ -246,6 +256,52 @@ def check_canary(outcome: CanaryOutcome, max_failure_rate: float) -> None:
     raise CanaryFailedError(
         "\n".join(lines), examples=outcome.examples(), cost_usd=outcome.cost["standard_usd"]
     )
+
+
+def canary_intent(requests: int, estimate: CostEstimate) -> CanaryRecord:
+    """Return the ledger's record of a canary about to be sent: its size and what it may cost.
+
+    Saved before the first request goes out, so a re-run (a retry, a worker that died mid-canary)
+    finds it and never sends the canary again; until the outcome replaces it, its cost counts
+    as its estimate at standard prices (an upper bound: every answer at its ``max_tokens``).
+    """
+    return CanaryRecord(
+        requests=requests,
+        answered=0,
+        failed=0,
+        examples=[],
+        usage=empty_usage(),
+        cost=CostFigures(
+            batch_usd=estimate["standard_usd"],
+            standard_usd=estimate["standard_usd"],
+            priced=estimate["priced"],
+            unpriced_models=estimate["unpriced_models"],
+        ),
+        output_tokens_per_answer=None,
+    )
+
+
+def canary_only(ledger: Ledger) -> bool:
+    """Return whether a round's ledger records a canary and nothing else (no chunk, batch or intent)."""
+    return ledger.canary is not None and not (ledger.chunks or ledger.batches or ledger.intents)
+
+
+def check_recorded_canary(record: CanaryRecord, max_failure_rate: float) -> None:
+    """Raise :class:`CanaryFailedError` again when an earlier attempt's canary failed and still would."""
+    judged = record["answered"] + record["failed"]
+    if not judged or record["failed"] / judged <= max_failure_rate:
+        return
+    lines = [
+        f"canary: an earlier attempt of this round sent the canary over the same input and found "
+        f"{record['failed']} of {judged} answer(s) unusable (above canary_max_failure_rate="
+        f"{max_failure_rate:.0%}); it is not sent again and no batch was created. Failed requests:"
+    ]
+    lines += [f"  - {example['custom_id']}: {example['problem']}" for example in record["examples"]]
+    lines.append(
+        "Fix the prompt, the output schema or max_tokens (a changed input runs a new canary), or raise "
+        "canary_max_failure_rate (or turn the canary off) to submit this input as it is."
+    )
+    raise CanaryFailedError("\n".join(lines), examples=record["examples"], cost_usd=0.0)
 
 
 def canary_answer_parts(answer: CanaryAnswer) -> tuple[bytes, bytes]:

@@ -61,7 +61,8 @@ BODY_SUFFIX = b"]}"
 _ENVELOPE = len(BODY_PREFIX) + len(BODY_SUFFIX) - 1
 _BUCKETS = 64
 _WRITE_BUFFER = 1 << 20
-_CACHE_CONTROL = b'"cache_control"'
+#: A request line that may ask for caching holds this (the cache walk is skipped otherwise).
+CACHE_CONTROL = b'"cache_control"'
 #: Folder of the staged ``inputs`` twins of the chunk files.
 INPUTS_DIR = "inputs"
 _encode_json = msgspec.json.Encoder().encode
@@ -96,8 +97,8 @@ class Diversion(Protocol):
     The pass asks :meth:`route` about each valid request in input order. A ``HOLD`` request is
     handed over with :meth:`hold` (its chunk line, inputs line, fingerprint and how to count it
     in an estimate); :meth:`finish`, called once the whole input is known to be valid, gives
-    back through ``send`` (chunk line, twin line) the held requests that must be sent after all,
-    counting them in ``tally`` itself. See :mod:`airflow_batch.submit.routing`.
+    back through ``send`` (chunk line, twin line) the held or taken requests that must be sent
+    after all, counting them in ``tally`` itself. See :mod:`airflow_batch.submit.routing`.
     """
 
     lenient: bool
@@ -109,8 +110,8 @@ class Diversion(Protocol):
         """
         ...
 
-    def take(self, key: int, fingerprint: bytes, inputs: bytes) -> None:
-        """Keep a request :meth:`route` answered TAKEN for, with its inputs line."""
+    def take(self, key: int, fingerprint: bytes, inputs: bytes, line: bytes) -> None:
+        """Keep a request :meth:`route` answered TAKEN for, with its inputs line and its chunk line."""
         ...
 
     def hold(
@@ -120,9 +121,16 @@ class Diversion(Protocol):
         ...
 
     def finish(
-        self, staging: ObjectStoragePath, tally: TokenTally, send: Callable[[bytes, bytes], None]
+        self,
+        staging: ObjectStoragePath,
+        tally: TokenTally,
+        send: Callable[[bytes, bytes], None],
+        fingerprint: str,
     ) -> None:
-        """Resolve what was taken and held (writing staged files); ``send`` what must be sent."""
+        """Resolve what was taken and held (writing staged files); ``send`` what must be sent.
+
+        ``fingerprint`` is the round's (every valid request), known once the input is.
+        """
         ...
 
 
@@ -348,7 +356,7 @@ def _plain_line(
         check_custom_id(request.custom_id) is not None  # the slow path names the rule
         or defaults.fills(params)
         or params.tools is not None
-        or _CACHE_CONTROL in line
+        or CACHE_CONTROL in line
         or check_params(params, lenient=lenient, max_output_tokens=max_output_tokens) is not None
     ):
         return None
@@ -470,7 +478,8 @@ def prepare_chunks(
                             writer.add(item, twin)
                             tally.add_plain(params.model, params.max_tokens, tokens, item)
                         elif verdict == TAKEN:
-                            diversion.take(key, fingerprint, inputs_line(typed.custom_id, source_row, fields))
+                            twin = inputs_line(typed.custom_id, source_row, fields)
+                            diversion.take(key, fingerprint, twin, item)
                         else:
                             held = _PlainCount(params.model, params.max_tokens, tokens, item)
                             twin = inputs_line(typed.custom_id, source_row, fields)
@@ -529,7 +538,7 @@ def prepare_chunks(
                 if report.total > failed and not skip_invalid:
                     continue  # nothing will be submitted: keep checking, stop writing
                 twin = inputs_line(request["custom_id"], source_row, fields)
-                may_cache = _CACHE_CONTROL in line
+                may_cache = CACHE_CONTROL in line
                 if diversion is not None:
                     assert typed_request is not None
                     every_line += line
@@ -541,7 +550,7 @@ def prepare_chunks(
                         params if fingerprint_plain else typed_request.params
                     )
                     if verdict == TAKEN:
-                        diversion.take(key, fingerprint, twin)
+                        diversion.take(key, fingerprint, twin, line)
                         continue
                     if verdict == HOLD:
                         diversion.hold(line, twin, fingerprint, _Count(request["params"], may_cache))
@@ -565,7 +574,7 @@ def prepare_chunks(
                 def send(line: bytes, twin: bytes) -> None:
                     writer.add(line, twin)
 
-                diversion.finish(staging, tally, send)
+                diversion.finish(staging, tally, send, digest.hexdigest())
         chunks = writer.finish()
     except BaseException:
         writer.abort()

@@ -91,6 +91,9 @@ class TokenTally:
     min_cacheable: Callable[[str], int | None] = _no_minimum
     models: dict[str, ModelTally] = field(default_factory=dict)
     sample: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+    #: The calibration once measured: every later estimate of the round uses the same ratio (the
+    #: canary's budget check and the round's agree, and count_tokens is asked once).
+    calibration: Calibration | None = None
     _seen_prefixes: set[bytes] = field(default_factory=set)
     _measured: tuple[Any, list[Segment] | None] | None = None
 
@@ -221,7 +224,8 @@ def estimate_cost(
     whether that is acceptable is the caller's decision.
     """
     log = log or logging.getLogger(__name__)
-    calibration = calibrate(count_tokens, tally.sample, log)
+    calibration = tally.calibration or calibrate(count_tokens, tally.sample, log)
+    tally.calibration = calibration
     ratio = calibration.ratio
     by_model = {model: _usage(one, ratio, upper_bound=True) for model, one in tally.models.items()}
     figures = table.cost(by_model)

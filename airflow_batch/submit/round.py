@@ -24,7 +24,9 @@
 6. Return the round manifest (small: paths, ids, counts, bytes, the estimate).
 
 A ledger with no batch and no intent binds nothing: a round refused for budget or invalid
-input can be re-run with a different input.
+input can be re-run with a different input. A ledger holding only a canary (recorded before it
+was sent) binds that canary to its input: a re-run over the same input never sends it again,
+one over another input archives it and starts over (see :mod:`airflow_batch.submit.canary`).
 """
 
 from __future__ import annotations
@@ -47,10 +49,21 @@ from airflow_batch.exceptions import (
     InputChangedError,
     InvalidRequestsError,
 )
+from airflow_batch.gather.rows import ReuseCheck
 from airflow_batch.manifest import CostEstimate, JobIdentity, RoundManifest
+from airflow_batch.reuse.fingerprint import answer_scope
 from airflow_batch.reuse.store import load_index
 from airflow_batch.storage import as_path, write_json
-from airflow_batch.submit.canary import CanaryOutcome, CanarySettings, HeldRequest, check_canary, run_canary
+from airflow_batch.submit.canary import (
+    CanaryOutcome,
+    CanarySettings,
+    HeldRequest,
+    canary_intent,
+    canary_only,
+    check_canary,
+    check_recorded_canary,
+    run_canary,
+)
 from airflow_batch.submit.chunking import (
     INPUTS_DIR,
     ModelLimits,
@@ -58,7 +71,7 @@ from airflow_batch.submit.chunking import (
     prepare_chunks,
 )
 from airflow_batch.submit.creating import chunk_infos, create_round
-from airflow_batch.submit.estimate import TokenTally, estimate_cost
+from airflow_batch.submit.estimate import TokenTally, calibrate, estimate_cost
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
 from airflow_batch.submit.records import RequestDefaults
 from airflow_batch.submit.refusals import check_budget, check_models
@@ -251,6 +264,8 @@ def _routing(
     reuse: AnswerReuse | None,
     canary: CanarySettings | None,
     validator: Validator | None,
+    include_content: bool,
+    ledgers: LedgerStore,
     log: logging.Logger,
 ) -> Routing | None:
     """Return the round's routing (answer reuse, canary), or None when it has neither."""
@@ -259,7 +274,7 @@ def _routing(
     index = None
     if reuse is not None and reuse.lookup:
         started = time.perf_counter()
-        index = load_index(reuse.store, max_age=reuse.max_age)
+        index = load_index(reuse.store, max_age=reuse.max_age, logger=log)
         log.info(
             "answer store %s: %d answer(s) in %d segment(s)%s, read in %.2f s",
             reuse.store,
@@ -269,16 +284,30 @@ def _routing(
             time.perf_counter() - started,
         )
 
-    def canary_step(held: list[HeldRequest], tally: TokenTally) -> CanaryOutcome:
+    def canary_step(held: list[HeldRequest], tally: TokenTally, fingerprint: str) -> CanaryOutcome | None:
+        assert canary is not None
+        spent = ledgers.load()
+        if spent is not None and spent.fingerprint == fingerprint and canary_only(spent):
+            assert spent.canary is not None
+            # An earlier attempt of this round, over the same input, sent its canary: never again.
+            check_recorded_canary(spent.canary, canary.max_failure_rate)
+            return None
         table = price_table(settings.prices)
+        sample = TokenTally(min_cacheable=tally.min_cacheable)
+        for request in held:
+            request.count(sample)
+        # One calibration for the canary's budget check and the round's estimate after it: the
+        # round is never refused on a figure the canary's check did not see.
+        del tally.sample[settings.count_tokens_sample :]
+        tally.sample_size = settings.count_tokens_sample
+        count_tokens = api.count_tokens if settings.count_tokens_sample > 0 else None
+        both = (tally.sample + sample.sample)[: settings.count_tokens_sample]
+        tally.calibration = sample.calibration = calibrate(count_tokens, both, log)
+        quiet = logging.getLogger(f"{__name__}.canary_budget")
+        main, extra = estimate_cost(tally, table, log=quiet), estimate_cost(sample, table, log=quiet)
         if settings.max_cost_usd is not None:
             # Before any spend: the batch, its canary at standard prices and the canary's requests
             # sent again in the batch if unusable must all fit what is left of the budget.
-            sample = TokenTally(min_cacheable=tally.min_cacheable)
-            for request in held:
-                request.count(sample)
-            quiet = logging.getLogger(f"{__name__}.canary_budget")
-            main, extra = estimate_cost(tally, table, log=quiet), estimate_cost(sample, table, log=quiet)
             combined = CostEstimate(**main)  # type: ignore[typeddict-item]
             more = extra["batch_usd"] + extra["standard_usd"]
             combined["batch_usd"] = main["batch_usd"] + more
@@ -286,8 +315,24 @@ def _routing(
                 combined["expected_batch_usd"] = main["expected_batch_usd"] + more
             note = f" with its canary of {len(held)} request(s) (up to ${extra['standard_usd']:.4f})"
             check_budget(combined, round_number, settings, 1, 1, canary=note)
-        outcome = run_canary(api, held, round_number=round_number, validator=validator, table=table, log=log)
-        check_canary(outcome, canary.max_failure_rate if canary is not None else 0.0)
+        # The intent, before the spend: a re-run that finds it never sends the canary again.
+        ledger = Ledger(
+            job_dir=str(job), round=round_number, fingerprint=fingerprint, conn_id=identity.conn_id
+        )
+        ledger.canary = canary_intent(len(held), extra)
+        ledgers.save(ledger)
+        outcome = run_canary(
+            api,
+            held,
+            round_number=round_number,
+            validator=validator,
+            include_content=include_content,
+            table=table,
+            log=log,
+        )
+        ledger.canary = outcome.record()
+        ledgers.save(ledger)
+        check_canary(outcome, canary.max_failure_rate)
         tokens = outcome.output_tokens_per_answer()
         given = settings.expected_output_tokens is not None and settings.expected_basis is None
         if tokens is not None and not given:
@@ -302,6 +347,8 @@ def _routing(
         canary_size=canary.size if canary is not None else 0,
         run_canary=canary_step if canary is not None else None,
         store=as_path(reuse.store) if reuse is not None else None,
+        scope=answer_scope(api.base_url, identity.workspace_id, validator.schema if validator else None),
+        check=ReuseCheck(validator, include_content),
         log=log,
     )
 
@@ -321,6 +368,7 @@ def submit_round(
     reuse: AnswerReuse | None = None,
     canary: CanarySettings | None = None,
     validator: Validator | None = None,
+    include_content: bool = False,
 ) -> RoundManifest:
     """Validate, chunk, persist, estimate and submit one round; return its manifest.
 
@@ -337,12 +385,17 @@ def submit_round(
     :param canary: send a few requests at once before any batch (see :mod:`airflow_batch.submit.canary`);
         ``validator`` judges their answers against the job's output schema. A round that already
         spent (batches, or a canary, recorded in its ledger) never runs its canary again.
+    :param validator: the job's output schema, also part of every fingerprint's scope and the
+        check every reused answer passes.
+    :param include_content: rows answered without a batch (reused, canary) keep content blocks.
     """
     log = log or logging.getLogger(__name__)
     started_at = utcnow()
     store = LedgerStore(job, round_number, state_store)
     recorded = store.load()
-    attached = recorded is not None and recorded.binding
+    # A ledger holding only a canary (no chunk recorded) bound nothing yet: the canary step decides
+    # whether it was this input's (never sent again) or another's.
+    attached = recorded is not None and recorded.binding and not canary_only(recorded)
     # A re-attached round does what its ledger recorded; what the store holds now (often this
     # round's own answers, stored by its gather) is said at debug, so the log does not contradict it.
     routing_log = cast(logging.Logger, _AtDebug(log)) if attached else log
@@ -355,6 +408,8 @@ def submit_round(
         reuse,
         None if attached else canary,
         validator,
+        include_content,
+        store,
         routing_log,
     )
     try:
@@ -368,7 +423,19 @@ def submit_round(
             routing.close()
     diverted = routing is not None and (routing.reused or routing.canary is not None)
     try:
-        ledger = recorded
+        ledger = store.load()  # the canary step may have recorded one
+        spent_canary = None
+        if ledger is not None and canary_only(ledger):
+            if ledger.fingerprint == prepared.fingerprint:
+                spent_canary = ledger.canary
+            else:
+                archived = store.archive()
+                log.info(
+                    "round %d: the canary of another input was recorded; archived as %s",
+                    round_number,
+                    archived,
+                )
+            ledger = None
         if ledger is not None and ledger.binding and ledger.fingerprint != prepared.fingerprint:
             if settings.on_input_change == "fail":
                 raise InputChangedError(
@@ -394,9 +461,19 @@ def submit_round(
             )
             if routing is not None:
                 ledger.reused = routing.reused
-                ledger.canary = routing.canary.record() if routing.canary is not None else None
                 if routing.reused_file is not None:
                     ledger.reused_path = str(layout.reused_path(job, round_number))
+            if routing is not None and routing.canary is not None:
+                ledger.canary = routing.canary.record()
+            elif spent_canary is not None:
+                ledger.canary = spent_canary
+                log.warning(
+                    "round %d: an earlier attempt sent the canary (%d request(s), $%.4f counted as spent); "
+                    "it is not sent again, and as its answers were not kept its requests go in the batch",
+                    round_number,
+                    spent_canary["requests"],
+                    spent_canary["cost"]["batch_usd"],
+                )
         elif diverted or ledger.reused or ledger.canary is not None:
             # The chunks were cut around what the store or the canary answered then: they cannot be
             # rebuilt from the input alone, so the recorded ones must be there.

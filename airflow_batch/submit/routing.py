@@ -6,15 +6,16 @@ valid request, in input order, the chunking pass gives it the request's fingerpr
 (gather keys the answer it stores by it) and looks up:
 
 - found in the answer store's index (``reuse_answers``): the request is *taken*, spilled to a
-  local bucket file and never written to a chunk;
+  local bucket file and not written to a chunk (unless the store cannot answer it after all);
 - else, while the canary has fewer than N requests: *held* (``canary=N``);
 - else: *sent*, written to its chunk as usual.
 
 Once the whole input is known to be valid, :meth:`Routing.finish` runs the canary (the callback
 given; it may refuse the round), gives the unusable canary requests back to the chunks, writes
 the rows of the reused and canary-answered requests to the staged ``reused.jsonl`` (store hits
-resolved one shard at a time: :func:`airflow_batch.reuse.store.resolve_hits`), and stores the
-canary's usable answers in the answer store. Nothing here calls the API itself.
+resolved one shard at a time: :func:`airflow_batch.reuse.store.resolve_hits`, each stored answer
+judged as a fresh one would be; a hit the store cannot answer is sent), and stores the canary's
+usable answers in the answer store. Nothing here calls the API itself.
 """
 
 from __future__ import annotations
@@ -27,15 +28,24 @@ from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_batch import layout
+from airflow_batch.gather.rows import ReuseCheck
+from airflow_batch.params import loads
 from airflow_batch.reuse.fingerprint import FINGERPRINT_CHARS, Fingerprints, canonical_params, sha256
-from airflow_batch.reuse.store import AnswerIndex, HitSpill, SegmentWriter, answered_row, resolve_hits
+from airflow_batch.reuse.store import (
+    AnswerIndex,
+    HitSpill,
+    SegmentWriter,
+    answered_row,
+    resolve_hits,
+    spilled_request,
+)
 from airflow_batch.submit.canary import (
     CanaryOutcome,
     HeldRequest,
     canary_answer_parts,
     canary_source,
 )
-from airflow_batch.submit.chunking import HOLD, SEND, TAKEN, with_fingerprint
+from airflow_batch.submit.chunking import CACHE_CONTROL, HOLD, SEND, TAKEN, with_fingerprint
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -44,7 +54,9 @@ if TYPE_CHECKING:
 
 _canonical = canonical_params
 _sha256 = sha256
-RunCanary = Callable[[list[HeldRequest], "TokenTally"], CanaryOutcome]
+#: Sends and judges the held requests given the tally and the round's fingerprint; None: the
+#: canary is not sent (an earlier attempt of the same round spent it) and the held requests are.
+RunCanary = Callable[[list[HeldRequest], "TokenTally", str], CanaryOutcome | None]
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,16 @@ class AnswerReuse:
             raise ValueError(f"max_age must be a positive number of seconds, got {self.max_age}")
 
 
+@dataclass(frozen=True, slots=True)
+class _DecodedCount:
+    """Counts a request known by its chunk line only in an estimate (a hit the store could not answer)."""
+
+    line: bytes
+
+    def __call__(self, tally: TokenTally) -> None:
+        tally.add(loads(self.line)["params"], CACHE_CONTROL in self.line)
+
+
 class Routing:
     """The diversion of one round's pass (see the module docstring).
 
@@ -71,6 +93,9 @@ class Routing:
     :param canary_size: how many requests the canary holds back (0: no canary).
     :param run_canary: sends and judges the held requests (and may raise to refuse the round).
     :param store: where to store the canary's usable answers (None: not stored).
+    :param scope: the job's :func:`~airflow_batch.reuse.fingerprint.answer_scope` (endpoint,
+        workspace, output schema), part of every fingerprint.
+    :param check: judges each answer read back from the store (the job's schema, content kept).
     """
 
     def __init__(
@@ -83,6 +108,8 @@ class Routing:
         canary_size: int = 0,
         run_canary: RunCanary | None = None,
         store: ObjectStoragePath | None = None,
+        scope: str = "",
+        check: ReuseCheck | None = None,
         log: logging.Logger | None = None,
     ) -> None:
         if canary_size and run_canary is None:
@@ -96,7 +123,8 @@ class Routing:
         self.run_canary = run_canary
         self.store = store
         self.log = log or logging.getLogger(__name__)
-        self._prefix = Fingerprints(betas).prefix
+        self._prefix = Fingerprints(betas, scope).prefix
+        self.check = check or ReuseCheck()
         self._hits = HitSpill()
         self._held: list[HeldRequest] = []
         #: Filled in by finish: how many requests were answered from the store, and the canary.
@@ -126,9 +154,9 @@ class Routing:
             return HOLD, fingerprint, key
         return SEND, fingerprint, key
 
-    def take(self, key: int, fingerprint: bytes, inputs: bytes) -> None:
+    def take(self, key: int, fingerprint: bytes, inputs: bytes, line: bytes) -> None:
         """Keep a request answered from the store out of the chunks: its row is written by :meth:`finish`."""
-        self._hits.add(key, fingerprint, inputs)
+        self._hits.add(key, fingerprint, inputs, line)
 
     def hold(
         self, line: bytes, inputs: bytes, fingerprint: bytes, count: Callable[[TokenTally], None]
@@ -137,27 +165,57 @@ class Routing:
         self._held.append(HeldRequest(line, inputs, fingerprint, count))
 
     def finish(
-        self, staging: ObjectStoragePath, tally: TokenTally, send: Callable[[bytes, bytes], None]
+        self,
+        staging: ObjectStoragePath,
+        tally: TokenTally,
+        send: Callable[[bytes, bytes], None],
+        fingerprint: str,
     ) -> None:
-        """Run the canary, send back what it could not answer, and write the rows answered without a batch."""
-        if self._held:
-            assert self.run_canary is not None
-            self.canary = self.run_canary(self._held, tally)
-            for answer in self.canary.failed:
-                held = answer.held
-                send(held.line, with_fingerprint(held.inputs, held.fingerprint))
-                held.count(tally)
-        answered = self.canary.answered if self.canary is not None else []
-        if not answered and not self._hits.count:
+        """Resolve the store's hits, run the canary, send what neither answered, and write the rows
+        answered without a batch.
+
+        A hit the store cannot answer after all (damaged, invalid for this job) is a request like any
+        other: held for the canary while it has room, else sent.
+        """
+        if not self._hits.count and not self._held:
             return
         self.reused_file = staging / layout.REUSED_FILE
         with self.reused_file.open("wb") as out:
             if self._hits.count:
-                assert self.index is not None
-                self.reused = resolve_hits(self.index, self._hits, out, self.round_number)
-                self.log.info("%d request(s) answered from the answer store: not sent, no cost", self.reused)
-            if answered:
-                self._write_canary_rows(out)
+                self._resolve_hits(out, tally, send)
+            if self._held:
+                assert self.run_canary is not None
+                self.canary = self.run_canary(self._held, tally, fingerprint)
+                unanswered = self._held if self.canary is None else [a.held for a in self.canary.failed]
+                for held in unanswered:
+                    send(held.line, with_fingerprint(held.inputs, held.fingerprint))
+                    held.count(tally)
+                if self.canary is not None and self.canary.answered:
+                    self._write_canary_rows(out)
+
+    def _resolve_hits(self, out: IO[bytes], tally: TokenTally, send: Callable[[bytes, bytes], None]) -> None:
+        """Write the rows of the hits the store answers; hold or send the others."""
+
+        def send_back(spilled: bytes) -> None:
+            fingerprint, inputs, line = spilled_request(spilled)
+            count = _DecodedCount(line)
+            if len(self._held) < self.canary_size:
+                self._held.append(HeldRequest(line, inputs, fingerprint, count))
+            else:
+                send(line, with_fingerprint(inputs, fingerprint))
+                count(tally)
+
+        assert self.index is not None
+        self.reused = resolve_hits(
+            self.index,
+            self._hits,
+            out,
+            self.round_number,
+            check=self.check,
+            send_back=send_back,
+            logger=self.log,
+        )
+        self.log.info("%d request(s) answered from the answer store: not sent, no cost", self.reused)
 
     def _write_canary_rows(self, out: IO[bytes]) -> None:
         """Write the canary's usable answers as rows, and store them when the job has a store."""
@@ -174,7 +232,7 @@ class Routing:
                     segment.add(answer.held.fingerprint, body, source[:-1] + b',"usage":' + usage + b"}")
             if segment is not None and self.store is not None:
                 name = layout.canary_segment_name(self.job, self.round_number)
-                segment.commit(self.store, name, written_at.timestamp())
+                segment.commit(self.store, name, self.job, written_at.timestamp())
         finally:
             if segment is not None:
                 segment.close()

@@ -38,7 +38,10 @@ AIRFLOW_BATCH = str(Path(sys.executable).with_name("airflow-batch"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 DAG_ID = "review_sentiment"
-STARTED_GROUPS = {"emulator", "migrate", "api-server", "scheduler", "dag-processor", "triggerer"}
+STARTED_GROUPS = {
+    "emulator", "migrate", "api-server", "scheduler", "dag-processor", "triggerer",
+    "worker-log-server", "trigger-log-server",
+}  # fmt: skip
 
 
 @dataclass

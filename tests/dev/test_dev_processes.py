@@ -21,6 +21,7 @@ import pytest
 
 from airflow_batch.dev.deployment import (
     SQLITE_CONNECT_ARGS,
+    LogServers,
     admin_login,
     deployment_environment,
     example_dags_environment,
@@ -98,8 +99,9 @@ def test_deployment_environment_drops_the_callers_airflow_settings_and_names_imp
     inherited = {"PATH": "/bin", "AIRFLOW_HOME": "/elsewhere", "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"}
 
     env = deployment_environment(
-        tmp_path / "home", port=8123, dags_folder=tmp_path / "dags", login=login, inherited=inherited
-    )
+        tmp_path / "home", port=8123, dags_folder=tmp_path / "dags", login=login,
+        log_servers=LogServers(40001, 40002), inherited=inherited,
+    )  # fmt: skip
 
     assert env["PATH"] == "/bin"
     assert env["AIRFLOW_HOME"] == str(tmp_path / "home")
@@ -107,6 +109,11 @@ def test_deployment_environment_drops_the_callers_airflow_settings_and_names_imp
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8123/execution/"
     module, _, name = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"].rpartition(".")
     assert getattr(importlib.import_module(module), name) is SQLITE_CONNECT_ARGS
+    # The log servers' ports, and a host name the api-server reaches them by on the loopback.
+    assert env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] == "40001"
+    assert env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] == "40002"
+    module, _, name = env["AIRFLOW__CORE__HOSTNAME_CALLABLE"].rpartition(".")
+    assert getattr(importlib.import_module(module), name)() == "127.0.0.1"
     # The same home keeps its login across restarts.
     assert admin_login(tmp_path / "home") == login
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pendulum
 import pytest
 from airflow.sdk import DAG
@@ -63,7 +64,10 @@ def test_keys_become_stable_ids_rows_join_back_in_order_and_the_output_is_publis
     assert custom_id_for("src/app/main.py:ja") != custom_id_for("src/app/main.py.orig:ja")
 
     day = tmp_path / "published" / "ds=2026-11-27"
-    assert sorted(p.name for p in day.iterdir()) == ["failures.jsonl", "manifest.json", "results.jsonl"]
+    current = msgspec.json.decode((day / "manifest.json").read_bytes())["published_version"]
+    assert sorted(p.name for p in (day / "versions" / current).iterdir()) == [
+        "failures.jsonl", "manifest.json", "results.jsonl",
+    ]  # fmt: skip
     assert list(read_results(str(day))) == rows  # the dated copy reads the same
 
 

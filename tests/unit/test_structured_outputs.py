@@ -273,15 +273,22 @@ def test_finalize_writes_parquet_publishes_manifest_last_and_the_readers_find_ev
     job = tmp_path / "job"
     _round_manifest(job)
     published = tmp_path / "published" / "ds=2026-11-27"
-    manifest = finalize_job(str(job), results_format=["jsonl", "parquet"], publish_path=str(published))
+    manifest = finalize_job(
+        str(job), results_format=["jsonl", "parquet"], publish_path=str(published), publisher="dag.finalize"
+    )
 
     assert manifest["results_parquet_path"] == f"file://{job}/results.parquet"
     assert manifest["published_path"] == f"file://{published}"
-    assert sorted(path.name for path in published.iterdir()) == [
+    assert sorted(path.name for path in published.iterdir()) == ["manifest.json", "versions"]
+    copy = msgspec.json.decode((published / "manifest.json").read_bytes())
+    version = published / "versions" / copy["published_version"]
+    assert sorted(path.name for path in version.iterdir()) == [
         "failures.jsonl", "failures.parquet", "manifest.json", "results.jsonl", "results.parquet",
     ]  # fmt: skip
-    copy = msgspec.json.decode((published / "manifest.json").read_bytes())
-    assert copy["results_path"] == f"file://{published}/results.jsonl"
+    assert (
+        copy["results_path"] == f"file://{version}/results.jsonl" and copy["published_by"] == "dag.finalize"
+    )
+    assert manifest["published_version"] == copy["published_version"]  # the job's own manifest says where
     # Rows are in input order, whatever order the batches returned them in.
     for source in (manifest, str(job), str(published), str(published / "manifest.json")):
         assert [row["row"] for row in read_results(source)] == [1, 2]
