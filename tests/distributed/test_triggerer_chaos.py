@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,8 @@ MAX_QUEUED = 1000
 CREATE_LATENCY_MS = 2500
 #: What Airflow's trigger runner logs when it cancels a trigger with the "user action" message.
 USER_ACTION_CANCEL = "Trigger cancelled by user action"
+#: What it logs once a trigger's coroutine has ended (after ``on_kill``, when it ran).
+TRIGGER_DONE = "trigger completed"
 
 DAG_TEMPLATE = """
 import pendulum
@@ -63,7 +66,7 @@ with DAG(
         requests="{requests}",
         output_path="{output}",
         poll_interval=1,
-        max_retry_rounds=1,
+        max_retry_rounds=0,
         deferrable=True,
         submit_kwargs={{"max_requests_per_batch": {per_batch}, "count_tokens_sample": 0}},
         {extra}
@@ -91,6 +94,8 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributedDeplo
         root, dags, emulator_config={"throughput": 0.0, "seed": 22}, celery=False, s3_server=False
     )
     started = time.monotonic()
+    # The SDK's per-request log lines would go to a capture pytest closed between tests.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     deployment.start()
     print(f"chaos deployment ready in {time.monotonic() - started:.0f}s {deployment.cluster.timings}")
     try:
@@ -139,9 +144,17 @@ class ChaosRun:
     def ledger_batches(self) -> list[str]:
         return [entry["batch_id"] for entry in self.ledger().get("batches", {}).values()]
 
-    def stall(self, task: str, *, running: str, inside: Callable[[], bool] | None = None) -> tuple[str, str]:
-        """SIGSTOP the triggerer running ``task``'s trigger until the other triggerer runs it, then
-        SIGCONT it, and wait until Airflow has cancelled the stopped copy; return (stopped, other).
+    def stall(
+        self,
+        task: str,
+        *,
+        running: str,
+        inside: Callable[[], bool] | None = None,
+        until: Callable[[], bool] | None = None,
+    ) -> tuple[str, str]:
+        """SIGSTOP the triggerer running ``task``'s trigger until the other triggerer runs it (and
+        ``until()`` holds), then SIGCONT it, and wait until Airflow has cancelled the stopped copy;
+        return (stopped triggerer, the other).
 
         The stop comes once the trigger really runs there (its log says ``running``: the trigger
         table names a triggerer before it has started the trigger) and ``inside()`` holds.
@@ -167,15 +180,18 @@ class ChaosRun:
                 what=f"{task}'s trigger taken over from {first}",
             )
             self.note(f"{second} runs {task}'s trigger")
+            if until is not None:
+                wait_for(until, timeout=120, interval=0.2, what=f"{second} done before {first} resumes")
+                self.note(f"{second} done what {first} was doing")
         finally:
             self.cluster.resume(first)
             self.note(f"SIGCONT {first}")
         wait_for(
-            lambda: USER_ACTION_CANCEL in self.trigger_log(first, task),
+            lambda: TRIGGER_DONE in self.trigger_log(first, task).partition(USER_ACTION_CANCEL)[2],
             timeout=60,
-            what=f"{first} cancelling its orphaned copy of {task}'s trigger",
+            what=f"{first} done cancelling its orphaned copy of {task}'s trigger (on_kill returned)",
         )
-        self.note(f"{first} cancelled its copy ('{USER_ACTION_CANCEL}')")
+        self.note(f"{first} cancelled its copy ('{USER_ACTION_CANCEL}'), on_kill returned")
         return first, second
 
     def trigger_log(self, name: str, task: str) -> str:
@@ -212,7 +228,7 @@ class ChaosRun:
                     f"succeeded={counts.succeeded} canceled={counts.canceled} errored={counts.errored}"
                 )
             for task_id, (state, try_number) in sorted(self.tries().items()):
-                print(f"  {task_id:<16} {state:<16} try {try_number}")
+                print(f"  {task_id:<16} {state!s:<16} try {try_number}")
 
 
 def _client(deployment: DistributedDeployment) -> anthropic.Anthropic:
@@ -270,7 +286,14 @@ def test_a_queue_wave_stalled_inside_a_create_makes_one_batch_per_chunk_and_pays
     run.note(f"first wave: {wave} batches")
     # The first wave ends; the queue trigger creates the second, each create taking 2.5 s.
     emulator.configure(throughput=1_000_000.0, latency_ms=CREATE_LATENCY_MS)
-    first, second = run.stall("submit", running="waits for queue room", inside=lambda: _creating(run))
+    # The other triggerer adopts the batch of the create in flight and creates the rest of the
+    # wave before the stopped one resumes (the order issue 22 saw).
+    first, second = run.stall(
+        "submit",
+        running="waits for queue room",
+        inside=lambda: _creating(run),
+        until=lambda: len(run.ledger_batches()) == REQUESTS[QUEUE_DAG] // PER_BATCH,
+    )
     emulator.configure(latency_ms=0)
     finished = run.finish()
 
