@@ -166,3 +166,11 @@ class IncompleteJobError(AfterSubmitError):
 
 class FailureRateExceededError(AfterSubmitError):
     """The final failure rate is above ``max_failure_rate``; every output was written first."""
+
+
+class LedgerFencedOutError(AirflowBatchError):
+    """Another writer saved a round's ledger since this one read it: this writer stops.
+
+    Raised by a copy of the queue trigger whose triggerer stalled and lost it to another, or by
+    a task's old process beside its retry. It creates nothing more; the other writer goes on.
+    """

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from airflow_batch.storage import read_json, write_json
+from airflow_batch.storage import FenceLost, read_json, replace_json_fenced
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -22,14 +24,17 @@ if TYPE_CHECKING:
 
 KEEP = 20
 RECENT = 5
+WRITE_ATTEMPTS = 20
 
 
-def read_history(path: ObjectStoragePath) -> list[dict[str, Any]]:
-    """Return the entries of a history file, oldest first (none when it is missing or unreadable)."""
-    with contextlib.suppress(FileNotFoundError, ValueError, OSError):
-        entries = read_json(path)
-        if isinstance(entries, list):
-            return [entry for entry in entries if isinstance(entry, dict)]
+def read_history(path: ObjectStoragePath, stored: Any = None) -> list[dict[str, Any]]:
+    """Return the entries of a history file, oldest first (none when it is missing or unreadable).
+
+    ``stored``: the file's document already read (by a writer that must compare it again).
+    """
+    entries = stored if stored is not None else _stored(path)
+    if isinstance(entries, list):
+        return [entry for entry in entries if isinstance(entry, dict)]
     return []
 
 
@@ -49,8 +54,22 @@ def record_run(path: ObjectStoragePath, job_manifest: JobManifest) -> None:
         "answered": answered,
         "output_tokens": job_manifest["usage"]["output_tokens"],
     }
-    entries = [old for old in read_history(path) if old.get("job_dir") != entry["job_dir"]]
-    write_json(path, [*entries, entry][-KEEP:])
+    for _ in range(WRITE_ATTEMPTS):  # the file is shared by the task's map indexes: a fenced append
+        stored = _stored(path)
+        entries = [old for old in read_history(path, stored) if old.get("job_dir") != entry["job_dir"]]
+        try:
+            replace_json_fenced(path, [*entries, entry][-KEEP:], partial(operator.eq, stored))
+            return
+        except FenceLost:
+            continue
+    raise FenceLost(f"{path}: {WRITE_ATTEMPTS} writers in a row changed the history first")
+
+
+def _stored(path: ObjectStoragePath) -> Any:
+    """Return the history file's document as stored (None when it is missing or unreadable)."""
+    with contextlib.suppress(FileNotFoundError, ValueError, OSError):
+        return read_json(path)
+    return None
 
 
 def observed_output_tokens(path: ObjectStoragePath) -> tuple[int, int] | None:

@@ -124,8 +124,9 @@ def anthropic_batch_job(
     :param poll_interval: Seconds between status polls while waiting (default
         ``[airflow_batch] poll_interval``, 60).
     :param timeout: Seconds each round may wait before its unfinished batches are canceled.
-    :param max_failure_rate: Share of failed requests (0-1) above which ``finalize`` fails,
-        after writing every file. ``None`` never fails for failed requests.
+    :param max_failure_rate: Share of failed requests (0-1) after every retry round above which
+        ``finalize`` fails, after writing every file. ``None``: ``[airflow_batch]
+        max_failure_rate`` (5% unless configured); ``1`` never fails for failed requests.
     :param max_cost_usd: Budget of the whole job at batch prices; each round checks its
         estimate against what is left.
     :param budget_basis: ``"upper_bound"`` (default) or ``"expected"``: which estimate the

@@ -147,6 +147,8 @@ class RoundManifest(TypedDict, total=False):
     budget: dict[str, Any]
     answers_stored: int  # answers written to the answer store
     deleted_batches: dict[str, str]  # batch id -> when deleted from the API (delete_batches)
+    #: Batches of the round outside its ledger (a lost race's duplicates), cancelled and priced.
+    strays: list[dict[str, Any]]
     gathered_at: str
 
 
@@ -162,6 +164,7 @@ class RoundSummary(TypedDict, total=False):
     reused: int
     canary: CanaryRecord | None
     deleted_batches: list[str]
+    strays: list[dict[str, Any]]
     usage: Usage
     cost: CostFigures
     submitted_at: str | None
@@ -196,6 +199,9 @@ class JobManifest(TypedDict, total=False):
     max_failure_rate: float | None
     failures_by_type: dict[str, int]
     failures_by_error_type: dict[str, int]
+    #: Requests whose final row is a cancel not made by this job's wait deadline (the Console,
+    #: another process): counted apart because nothing in the job asked for it.
+    canceled_outside: int
     retryable_left: int
     rounds: list[RoundSummary]
     usage: Usage

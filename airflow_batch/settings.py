@@ -53,6 +53,14 @@ OPTIONS: dict[str, Option] = {
         "Prompt-cache lifetime of the shared system prompt: 1h (recommended for batches, which can "
         "take longer than 5 minutes) or 5m.",
     ),
+    "max_failure_rate": Option(
+        "0.05",
+        "float",
+        "Share of a job's requests (0-1) that may still be failed after every retry round before "
+        "finalize fails the run; a job's own max_failure_rate wins. 1 never fails a run for failed "
+        "requests.",
+        "0.01",
+    ),
     "api_retry_budget_seconds": Option(
         "300",
         "float",
@@ -86,6 +94,14 @@ def get_float(option: str) -> float:
 def poll_interval() -> float:
     """Return the configured seconds between polls."""
     return get_float("poll_interval")
+
+
+def max_failure_rate() -> float:
+    """Return the configured share of failed requests above which finalize fails (0-1)."""
+    rate = get_float("max_failure_rate")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"[{SECTION}] max_failure_rate = {rate!r} must be between 0 and 1")
+    return rate
 
 
 def api_retry_policy() -> RetryPolicy:

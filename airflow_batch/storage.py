@@ -15,10 +15,12 @@ at a time, not s3fs's buffered file, which fetches the object whole into one buf
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import inspect
+import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 import msgspec
@@ -83,8 +85,95 @@ def write_json(path: ObjectStoragePath, obj: Any) -> None:
 
 
 def read_json(path: ObjectStoragePath) -> Any:
-    """Return the JSON document stored at ``path``."""
-    return _decoder.decode(path.read_bytes())
+    """Return the JSON document stored at ``path``.
+
+    One whole-object read (a single GET on object stores): a buffered file's ranged reads fail
+    (s3fs's ``FileExpired``) when another writer replaces the object between two of them.
+    """
+    return _decoder.decode(path.fs.cat_file(path.path))
+
+
+class FenceLost(Exception):
+    """A fenced write found the file changed by another writer since this one last read or wrote it."""
+
+
+def replace_json_fenced(path: ObjectStoragePath, obj: Any, holds: Callable[[Any | None], bool]) -> None:
+    """Write ``obj`` as JSON to ``path`` only if ``holds(current)`` is true of the stored document.
+
+    ``current`` is the document as stored at the moment of the write (None when there is none).
+    The read and the write are one step no other writer can come between: on a local disk
+    both run under an exclusive ``flock`` of a sibling lock file (every writer on the host takes
+    it; the write itself is the atomic rename); on S3 the write is a conditional put on what was
+    read (``If-Match`` its ETag, or ``If-None-Match: *`` when there was nothing), so another
+    writer's put in between makes it fail. Raises :class:`FenceLost` when ``holds`` is false or
+    the conditional put is refused. Stores without conditional writes (other fsspec
+    protocols) are read, checked and written without that guarantee.
+    """
+    protocol = path.protocol if isinstance(path.protocol, str) else path.protocol[0]
+    data = msgspec.json.format(_encoder.encode(obj), indent=2)
+    if protocol in ("file", "local"):
+        _replace_local(path, data, holds)
+    elif protocol in ("s3", "s3a"):
+        _replace_s3(path, data, holds)
+    else:
+        current = read_json(path) if path.exists() else None
+        if not holds(current):
+            raise FenceLost(f"{path} was written by another writer")
+        with atomic_writer(path) as handle:
+            handle.write(data)
+
+
+def _replace_local(path: ObjectStoragePath, data: bytes, holds: Callable[[Any | None], bool]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = os.path.join(os.path.dirname(path.path), f".{path.name}.lock")
+    with open(lock_path, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            current = read_json(path) if path.exists() else None
+            if not holds(current):
+                raise FenceLost(f"{path} was written by another writer")
+            with atomic_writer(path) as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _replace_s3(path: ObjectStoragePath, data: bytes, holds: Callable[[Any | None], bool]) -> None:
+    fs = path.fs
+    bucket, key, _ = fs.split_path(path.path)
+
+    async def get() -> tuple[bytes | None, str | None]:
+        try:
+            answer = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return None, None
+        async with answer["Body"] as body:
+            return await body.read(), answer["ETag"]
+
+    body, etag = sync(fs.loop, get)
+    if not holds(None if body is None else _decoder.decode(body)):
+        raise FenceLost(f"{path} was written by another writer")
+    condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+    try:
+        sync(fs.loop, fs._call_s3, "put_object", Bucket=bucket, Key=key, Body=data, **condition)
+    except Exception as error:  # 412 PreconditionFailed / 409 ConditionalRequestConflict
+        if _is_precondition_failure(error):
+            raise FenceLost(f"{path} was written by another writer during this write") from error
+        raise
+    fs.invalidate_cache(path.path)
+
+
+def _is_precondition_failure(error: BaseException) -> bool:
+    for cause in (error, error.__cause__, error.__context__):
+        response = getattr(cause, "response", None)
+        code = (response or {}).get("Error", {}).get("Code") if isinstance(response, dict) else None
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+            return True
+        if cause is not None and ("PreconditionFailed" in str(cause) or "Precondition" in repr(cause)):
+            return True
+    return False
 
 
 def line_blocks(chunks: Iterable[bytes], min_bytes: int = 0) -> Iterator[bytes]:

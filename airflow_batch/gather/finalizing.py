@@ -76,6 +76,7 @@ def _round_summary(manifest: RoundManifest) -> RoundSummary:
         reused=manifest.get("reused", 0),
         canary=manifest.get("canary"),
         deleted_batches=sorted(manifest.get("deleted_batches") or {}),
+        strays=list(manifest.get("strays") or []),
         usage=manifest.get("usage", empty_usage()),
         cost=manifest.get(
             "cost", CostFigures(batch_usd=0.0, standard_usd=0.0, priced=True, unpriced_models=[])
@@ -168,6 +169,7 @@ def finalize_job(
         failures_by_type=dict(sorted(counts.failures_by_type.items())),
         failures_by_error_type=dict(sorted(counts.failures_by_error_type.items())),
         retryable_left=counts.retryable_left,
+        canceled_outside=counts.canceled_outside,
         rounds=[_round_summary(m) for m in rounds],
         usage=sum_usages(m.get("usage", empty_usage()) for m in rounds),
         usage_by_model=usage_by_model,
@@ -185,6 +187,13 @@ def finalize_job(
     write_json(layout.final_manifest_path(job), job_manifest)
     if spec.get("history_path"):
         record_run(as_path(spec["history_path"]), job_manifest)
+    if counts.canceled_outside:
+        logger.warning(
+            "%d request(s) were canceled outside this job (not by its wait deadline: in the Console, by "
+            "another process or a trigger that cancelled its batches); see %s",
+            counts.canceled_outside,
+            failures_path,
+        )
     for incomplete in job_manifest["incomplete_rounds"]:
         logger.error("%s", incomplete["reason"])
     for refusal in job_manifest["refused_rounds"]:
@@ -310,10 +319,12 @@ def check_failure_rate(job_manifest: JobManifest | dict[str, Any]) -> None:
     rate = job_manifest.get("failure_rate", 0.0)
     if limit is not None and rate > limit:
         by_type = ", ".join(f"{n} {t}" for t, n in job_manifest.get("failures_by_error_type", {}).items())
+        outside = job_manifest.get("canceled_outside") or 0
         raise FailureRateExceededError(
             f"{job_manifest.get('failed')} of {job_manifest.get('requests')} requests failed "
             f"({rate:.2%}) which is above max_failure_rate={limit:.2%}"
             + (f" ({by_type})" if by_type else "")
+            + (f"; {outside} of them canceled outside this job (not by its deadline)" if outside else "")
             + f"; see {job_manifest.get('failures_path')}. Results and manifest are written; "
             "raise max_failure_rate or fix the failing requests and re-run."
         )

@@ -355,8 +355,11 @@ def gather_round(
         if max_cost_usd is not None
         else None
     )
+    from airflow_batch.gather.strays import sweep_strays
+
+    strays = sweep_strays(api, job, round_number, config, logger)
     if watch is not None:
-        watch.check(round_cost(manifest, table.cost({}))["batch_usd"])
+        watch.check(round_cost(manifest, table.cost({}), strays)["batch_usd"])
     for record in manifest.get("batches", []):
         batch_id = record["batch_id"]
         stats = gather_batch(
@@ -377,8 +380,8 @@ def gather_round(
         )
         all_stats.append(stats)
         if watch is not None:
-            watch.check(round_cost(manifest, table.cost(_usage_by_model(all_stats)))["batch_usd"])
-    return round_manifest(manifest, all_stats, table=table, job=job, watch=watch)
+            watch.check(round_cost(manifest, table.cost(_usage_by_model(all_stats)), strays)["batch_usd"])
+    return round_manifest(manifest, all_stats, table=table, job=job, watch=watch, strays=strays)
 
 
 class SpendWatch:
@@ -484,10 +487,16 @@ def _usage_by_model(all_stats: Iterable[BatchGatherStats]) -> dict[str, Usage]:
     return total.usage_by_model
 
 
-def round_cost(manifest: Mapping[str, Any], batches: CostFigures) -> CostFigures:
-    """Return what a round paid: its batches (at batch prices) and its canary (at standard prices)."""
+def round_cost(
+    manifest: Mapping[str, Any], batches: CostFigures, strays: Iterable[Mapping[str, Any]] = ()
+) -> CostFigures:
+    """Return what a round paid: its batches and any stray batches (at batch prices), and its
+    canary (at standard prices)."""
     canary = manifest.get("canary") or {}
-    return sum_costs([batches, canary["cost"]]) if canary.get("cost") else batches
+    extra = [stray["cost"] for stray in strays if stray.get("cost")]
+    if canary.get("cost"):
+        extra.append(canary["cost"])
+    return sum_costs([batches, *extra]) if extra else batches
 
 
 def round_manifest(
@@ -497,8 +506,13 @@ def round_manifest(
     table: PriceTable,
     job: ObjectStoragePath,
     watch: SpendWatch | None = None,
+    strays: list[dict[str, Any]] | None = None,
 ) -> RoundManifest:
-    """Return ``manifest`` with the gathered figures of ``all_stats`` added, and store it."""
+    """Return ``manifest`` with the gathered figures of ``all_stats`` added, and store it.
+
+    ``strays``: the round's batches outside its ledger (:mod:`airflow_batch.gather.strays`):
+    listed, and their cost added to the round's.
+    """
     total = BatchGatherStats(
         batch_id="",
         results_path="",
@@ -516,7 +530,9 @@ def round_manifest(
     out["retryable"] = total.retryable
     out["usage"] = sum_usages(total.usage_by_model.values())
     out["usage_by_model"] = total.usage_by_model
-    out["cost"] = round_cost(manifest, table.cost(total.usage_by_model))
+    out["cost"] = round_cost(manifest, table.cost(total.usage_by_model), strays or ())
+    if strays:
+        out["strays"] = strays
     out["answers_stored"] = sum(s.stored for s in all_stats)
     deleted = {s.batch_id: s.deleted_at for s in all_stats if s.deleted_at is not None}
     if deleted:

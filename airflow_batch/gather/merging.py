@@ -22,6 +22,7 @@ from typing import IO, BinaryIO
 
 import msgspec
 
+from airflow_batch.gather.rows import CANCELED_BY_TIMEOUT
 from airflow_batch.memory import paused_gc
 
 #: Requests merged in memory at a time (~30 MB of rows); a 10 M job spills 200 partition files.
@@ -54,6 +55,8 @@ class MergeCounts:
     failures_by_type: dict[str, int] = field(default_factory=dict)
     failures_by_error_type: dict[str, int] = field(default_factory=dict)
     retryable_left: int = 0
+    #: Requests whose final row is a cancel this job did not make (not its wait deadline's).
+    canceled_outside: int = 0
 
     @property
     def failed(self) -> int:
@@ -156,3 +159,5 @@ def _merge_partition(
             by_error = counts.failures_by_error_type
             by_error[failure.error_type] = by_error.get(failure.error_type, 0) + 1
         counts.retryable_left += failure.retryable
+        if failure.result_type == "canceled" and failure.error_type != CANCELED_BY_TIMEOUT:
+            counts.canceled_outside += 1

@@ -81,6 +81,9 @@ FAILED_STOPS = {
     "refusal": "refused",
     "model_context_window_exceeded": "context_window_exceeded",
 }
+#: The ``error_type`` of a request our own wait deadline cancelled; any other ``canceled`` row was
+#: cancelled outside this job (in the Console, by another process).
+CANCELED_BY_TIMEOUT = "canceled_by_timeout"
 _FAILURE_MESSAGES = {
     "expired": "the batch expired before this request was processed",
     "canceled": "the batch was canceled before this request was processed",
@@ -655,6 +658,8 @@ def to_failure_row(line: ResultLine[Any], settings: BlockSettings, meta: InputMe
     else:
         message = _FAILURE_MESSAGES.get(result_type, f"unexpected result type {result_type!r}")
         if result_type == "canceled" and settings.canceled_by_timeout:
+            # Our own cancel: marked so that cancels by anyone else can be counted apart.
+            error_type = CANCELED_BY_TIMEOUT
             message = "canceled by the wait deadline before this request was processed"
     return FailureRow(
         custom_id=line.custom_id,

@@ -38,8 +38,10 @@ class FinalizeBatchJobOperator(BaseOperator):
     :param manifest: Any round manifest of the job (e.g. ``submit.output``), for its
         ``job_dir``; or give ``job_dir``.
     :param job_dir: The job folder URI, instead of ``manifest``.
-    :param max_failure_rate: Highest acceptable share of failed requests (0-1); ``None``
-        never fails the task for failed requests.
+    :param max_failure_rate: Highest acceptable share of failed requests (0-1) after every
+        retry round. ``None`` (default): ``[airflow_batch] max_failure_rate``, 5% unless
+        configured, so a run that lost requests (to a cancel outside the job, say) is not green;
+        ``1`` never fails the task for failed requests.
     :param asset: The Asset (or URI) to emit for the results; ``None`` emits nothing.
     :param results_format: ``"jsonl"`` (default), ``"parquet"`` or ``["jsonl", "parquet"]``:
         with Parquet, ``results.parquet`` and ``failures.parquet`` are written too, with typed
@@ -94,7 +96,13 @@ class FinalizeBatchJobOperator(BaseOperator):
                 "round-0/refusal.json say why), so nothing was gathered and there is nothing to merge"
             )
         job_dir = self.job_dir or self.manifest["job_dir"]
-        limit = None if self.max_failure_rate in (None, "", "None") else float(self.max_failure_rate)
+        from airflow_batch import settings
+
+        limit = (
+            settings.max_failure_rate()
+            if self.max_failure_rate in (None, "", "None")
+            else float(self.max_failure_rate)
+        )
         if self.publish_path:
             check_location(self.publish_path, f"{self.task_id}: publish_path", rendered=True)
         job_manifest = finalize_job(

@@ -11,7 +11,6 @@ resumes, creates the next wave, and defers again.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -83,6 +82,7 @@ def resume_round(
     start_over: Callable[[], RoundManifest],
 ) -> RoundManifest:
     """Create the round's next wave after a queue wait; defer again while more chunks wait."""
+    from airflow_batch.submit.creating import create_wave
     from airflow_batch.submit.ledger import LedgerStore
 
     state_store = context.get("task_state_store")
@@ -113,35 +113,6 @@ def resume_round(
             submit_settings=settings,
         )
         raise
-
-
-def create_wave(
-    identity: JobIdentity,
-    job: ObjectStoragePath,
-    round_number: int,
-    settings: SubmitSettings,
-    queued: int | None,
-    *,
-    state_store: Any | None = None,
-    log: logging.Logger | None = None,
-) -> RoundManifest:
-    """Create the round's next wave with a client of the job's connection: the one path of the
-    task's resume and the queue trigger (QueueWaitNeeded while more chunks wait)."""
-    from airflow_batch.hooks.batches import BatchesHook
-    from airflow_batch.submit.creating import continue_round
-
-    hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
-    with hook.batches_api() as api:
-        return continue_round(
-            api,
-            job=job,
-            round_number=round_number,
-            identity=identity,
-            settings=settings,
-            queued=queued,
-            state_store=state_store,
-            log=log,
-        )
 
 
 def next_wave(

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_batch import layout
-from airflow_batch.exceptions import QueueFullError
+from airflow_batch.exceptions import LedgerFencedOutError, QueueFullError
 from airflow_batch.manifest import MANIFEST_VERSION, BatchRecord, JobIdentity, RoundManifest
 from airflow_batch.submit.chunking import ChunkBody, ChunkInfo
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
@@ -38,6 +39,23 @@ CREATE_WINDOW = timedelta(hours=1)
 LOST_RESPONSE_SETTLE_SECONDS = 2.0
 #: How long a queue limit learned from a refusal holds before one more chunk probes the API.
 RELEARN_AFTER = timedelta(minutes=10)
+
+
+#: How long a chunk's intent belongs to the writer that made it: another writer waits for that
+#: writer's batch this long before it takes the chunk over (a create of a 256 MB chunk takes seconds
+#: to a minute; a writer silent for longer has stalled or died).
+INTENT_LEASE = timedelta(seconds=60)
+INTENT_POLL_SECONDS = 2.0
+#: Fence conflicts a wave tolerates beyond one per chunk before it gives up.
+FENCE_RETRIES = 5
+
+
+class CreatesStopped(Exception):
+    """The caller asked creating to stop (its trigger was cancelled) before the next create."""
+
+
+class IntentHeld(Exception):
+    """Another live writer holds the intent of the next chunk: wait for its batch."""
 
 
 def find_orphan(
@@ -116,6 +134,7 @@ def continue_round(
     queued: int | None,
     state_store: Any | None = None,
     log: logging.Logger | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RoundManifest:
     """Create the next wave of a round whose earlier creates paused for queue room; return its manifest.
 
@@ -133,7 +152,39 @@ def continue_round(
         path = layout.chunk_path(job, round_number, chunk.index)
         if ledger.batch_id(chunk.index) is None and not path.exists():
             raise FileNotFoundError(f"chunk file {path} is missing")
-    return create_round(api, job, ledger, store, identity, settings, log, queued=queued)
+    return create_round(
+        api, job, ledger, store, identity, settings, log, queued=queued, should_stop=should_stop
+    )
+
+
+def create_wave(
+    identity: JobIdentity,
+    job: ObjectStoragePath,
+    round_number: int,
+    settings: SubmitSettings,
+    queued: int | None,
+    *,
+    state_store: Any | None = None,
+    log: logging.Logger | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RoundManifest:
+    """Create the round's next wave with a client of the job's connection: the one path of the
+    task's resume and the queue trigger (QueueWaitNeeded while more chunks wait)."""
+    from airflow_batch.hooks.batches import BatchesHook
+
+    hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
+    with hook.batches_api() as api:
+        return continue_round(
+            api,
+            job=job,
+            round_number=round_number,
+            identity=identity,
+            settings=settings,
+            queued=queued,
+            state_store=state_store,
+            log=log,
+            should_stop=should_stop,
+        )
 
 
 def chunk_infos(ledger: Ledger) -> list[ChunkInfo]:
@@ -150,8 +201,65 @@ def create_round(
     log: logging.Logger,
     *,
     queued: int | None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RoundManifest:
-    """Create the pending chunks that fit the queue; raise QueueWaitNeeded for the rest, or return."""
+    """Create the pending chunks that fit the queue; raise QueueWaitNeeded for the rest, or return.
+
+    ``should_stop`` is asked before each create (a trigger's thread: true once its trigger was
+    cancelled); when it answers true, :class:`CreatesStopped` is raised and nothing more is created.
+
+    Another writer may hold the round at the same time (a copy of the queue trigger, a task's
+    old process): every save is fenced, and when one finds the ledger saved by the other, this
+    writer reads the ledger again and carries on from what it says now; a chunk whose intent
+    another writer made less than ``INTENT_LEASE`` ago is that writer's to create: this one
+    waits for its batch (adopting it when the API already lists it) instead of creating it too.
+    """
+    deadline = time.monotonic() + INTENT_LEASE.total_seconds() * 2 + 60
+    conflicts = 0
+    while True:
+        try:
+            return _create_fitting(
+                api, job, ledger, store, identity, settings, log, queued=queued, should_stop=should_stop
+            )
+        except (LedgerFencedOutError, IntentHeld) as moved:
+            if isinstance(moved, LedgerFencedOutError):
+                conflicts += 1
+                if conflicts > len(ledger.chunks) + FENCE_RETRIES:
+                    raise
+                log.warning("%s; reading the ledger again", moved)
+            else:
+                if time.monotonic() > deadline:
+                    raise
+                _pause_briefly(should_stop, ledger.round)
+            reloaded = store.load()
+            if reloaded is None:
+                raise
+            ledger = reloaded
+            limit = settings.max_queued_requests or ledger.learned_queue_limit
+            queued = _queued_now(api, ledger) if limit is not None else queued
+
+
+def _pause_briefly(should_stop: Callable[[], bool] | None, round_number: int) -> None:
+    """Wait one intent poll, or less when the caller is stopped (then raise CreatesStopped)."""
+    until = time.monotonic() + INTENT_POLL_SECONDS
+    while time.monotonic() < until:
+        if should_stop is not None and should_stop():
+            raise CreatesStopped(f"round {round_number}: creates stopped while another writer held a chunk")
+        time.sleep(0.1)
+
+
+def _create_fitting(
+    api: BatchesApi,
+    job: ObjectStoragePath,
+    ledger: Ledger,
+    store: LedgerStore,
+    identity: JobIdentity,
+    settings: SubmitSettings,
+    log: logging.Logger,
+    *,
+    queued: int | None,
+    should_stop: Callable[[], bool] | None,
+) -> RoundManifest:
     chunks = chunk_infos(ledger)
     pending = [chunk for chunk in chunks if ledger.batch_id(chunk.index) is None]
     limit = settings.max_queued_requests or ledger.learned_queue_limit
@@ -162,6 +270,8 @@ def create_round(
         fitting += 1  # a learned limit gets old: the queue may have room again (another job ended)
     created = 0
     for chunk in pending[:fitting]:
+        if should_stop is not None and should_stop():
+            raise CreatesStopped(f"round {ledger.round}: creates stopped before chunk {chunk.index}")
         try:
             _submit_chunk(api, job, ledger, store, chunk, settings, log)
         except QueueFullError as full:
@@ -170,16 +280,35 @@ def create_round(
             if held and settings.max_queued_requests is None:
                 ledger.learned_queue_limit = held  # what the queue let this job hold just now
                 ledger.learned_at = utcnow()
-            _pause(ledger, store, log, QueueWait(
-                "queue_full", chunk.requests, held, ledger.learned_queue_limit or limit, full.retry_after,
-                len(pending) - pending.index(chunk),
-            ))  # fmt: skip
+            _pause(
+                ledger,
+                store,
+                log,
+                QueueWait(
+                    "queue_full",
+                    chunk.requests,
+                    held,
+                    ledger.learned_queue_limit or limit,
+                    full.retry_after,
+                    len(pending) - pending.index(chunk),
+                ),
+            )
         created += chunk.requests
     if fitting < len(pending):
         reason = "max_queued_requests" if settings.max_queued_requests else "learned_queue_limit"
-        _pause(ledger, store, log, QueueWait(
-            reason, pending[fitting].requests, (queued or 0) + created, limit, None, len(pending) - fitting,
-        ))  # fmt: skip
+        _pause(
+            ledger,
+            store,
+            log,
+            QueueWait(
+                reason,
+                pending[fitting].requests,
+                (queued or 0) + created,
+                limit,
+                None,
+                len(pending) - fitting,
+            ),
+        )
     store.save(ledger)
     log.info(
         "round %d of %s: %d request(s) in %d batch(es): %s",
@@ -246,15 +375,32 @@ def _submit_chunk(
     settings: SubmitSettings,
     log: logging.Logger,
 ) -> None:
-    """Create the batch of ``chunk`` (or adopt the one an interrupted attempt made) and record it."""
+    """Create the batch of ``chunk`` (or adopt the one an interrupted attempt made) and record it.
+
+    The intent is saved (fenced) before the create: a writer that lost the ledger to another
+    stops here, before spending. An earlier intent without a batch whose batch cannot be found
+    is recorded as interrupted: its create may still land, and the sweep before gather looks
+    for it.
+    """
     intent = ledger.intents.get(chunk.index)
     if intent is not None and settings.adopt_orphans:
         orphan = find_orphan(api, chunk, intent["started_at"], ledger.claimed(), log)
         if orphan is not None:
             _record(ledger, store, chunk, orphan, None, adopted=True, log=log)
             return
+    if intent is not None and _held_by_another(intent, store.writer):
+        raise IntentHeld(
+            f"chunk {chunk.index}: writer {intent['writer']} is creating its batch (intent of "
+            f"{intent['started_at']}); waiting for it"
+        )
+    if intent is not None:
+        ledger.interrupted.append({"chunk": chunk.index, "replaced_at": utcnow(), **intent})
     started_at = utcnow()
-    ledger.intents[chunk.index] = {"started_at": started_at, "requests": chunk.requests}
+    ledger.intents[chunk.index] = {
+        "started_at": started_at,
+        "requests": chunk.requests,
+        "writer": store.writer,
+    }
     store.save(ledger)
 
     def lost_response() -> str | None:
@@ -268,7 +414,72 @@ def _submit_chunk(
         what=f"create the batch of chunk {chunk.index} of round {ledger.round}",
         find_orphan=lost_response if settings.adopt_orphans else None,
     )
-    _record(ledger, store, chunk, created.id, created.created_at, adopted=created.adopted, log=log)
+    try:
+        _record(ledger, store, chunk, created.id, created.created_at, adopted=created.adopted, log=log)
+    except LedgerFencedOutError:
+        _keep_created(api, store, chunk, created.id, created.created_at, log)
+        raise  # the caller reads the ledger again and carries on
+
+
+def _held_by_another(intent: dict[str, Any], writer: str) -> bool:
+    """Return whether ``intent`` is another writer's, made within the lease (its create may be in flight)."""
+    owner = intent.get("writer")
+    if owner is None or owner == writer:
+        return False
+    started = datetime.fromisoformat(intent["started_at"])
+    return datetime.now(UTC) - started < INTENT_LEASE
+
+
+def _keep_created(
+    api: BatchesApi,
+    store: LedgerStore,
+    chunk: ChunkInfo,
+    batch_id: str,
+    created_at: str | None,
+    log: logging.Logger,
+) -> None:
+    """Record the batch this writer just created in the ledger another writer saved meanwhile.
+
+    The batch is certainly this job's. When the ledger now gives its chunk another batch (the
+    other writer took the chunk over after this one's intent went stale), it is a duplicate and
+    is cancelled at once; otherwise it is recorded over the ledger as it is now.
+    """
+    for _ in range(FENCE_RETRIES):
+        ledger = store.load()
+        owner_batch = ledger.batch_id(chunk.index) if ledger is not None else None
+        if ledger is None or owner_batch == batch_id:
+            return
+        if owner_batch is not None:
+            try:
+                api.cancel(batch_id)
+            except Exception as error:
+                log.warning(
+                    "chunk %d: duplicate batch %s (the chunk's batch is %s) could not be cancelled (%s); "
+                    "the sweep before gather cancels it",
+                    chunk.index,
+                    batch_id,
+                    owner_batch,
+                    error,
+                )
+                return
+            log.warning(
+                "chunk %d: cancelled duplicate batch %s: another writer gave the chunk batch %s meanwhile",
+                chunk.index,
+                batch_id,
+                owner_batch,
+            )
+            return
+        try:
+            _record(ledger, store, chunk, batch_id, created_at, adopted=False, log=log)
+            return
+        except LedgerFencedOutError:
+            continue
+    log.warning(
+        "chunk %d: batch %s could not be recorded (the ledger kept changing); the sweep before gather "
+        "settles it",
+        chunk.index,
+        batch_id,
+    )
 
 
 def _record(

@@ -31,19 +31,36 @@ adopts the single one with the chunk's request count that no ledger entry claims
 metadata on batches, so this match is by time and size: if two candidates match, none is
 adopted, a warning names them, and the chunk is submitted again (one batch may then be paid
 twice; cancel the named one if it is ours).
+
+One writer at a time. Two processes can hold the same round at once: two copies of the queue
+trigger (a triggerer that stalled past its health threshold resumes beside the one that took
+its trigger over), or a retried task beside its old process. Every save is fenced: the file
+carries a ``generation`` that each save raises by one, and a save is a conditional write that
+succeeds only if the stored ledger is still the one this store last read or wrote
+(:func:`~airflow_batch.storage.replace_json_fenced`: a lock on a local disk, a conditional put
+on S3). A writer that lost ownership finds out at its next save, raises
+:class:`~airflow_batch.exceptions.LedgerFencedOutError` and stops, before its next create: an
+intent is saved (fenced) before every create. An intent also names its writer: a writer that
+finds another's intent without a batch looks for the batch it may have made (above) and, when
+it finds none, records the intent as ``interrupted`` before replacing it, so the sweep before
+gather (:mod:`airflow_batch.gather.strays`) knows which chunks may have a second batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_batch import layout
+from airflow_batch.exceptions import LedgerFencedOutError
 from airflow_batch.manifest import CanaryRecord, CostEstimate
-from airflow_batch.storage import read_json, write_json
+from airflow_batch.storage import FenceLost, read_json, replace_json_fenced
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -86,6 +103,13 @@ class Ledger:
     reused_path: str | None = None
     #: What the round's canary did and cost, when it had one.
     canary: CanaryRecord | None = None
+    #: Raised by one at every save; a save succeeds only over the generation its writer last saw.
+    generation: int = 0
+    #: Intents replaced without a batch recorded from them (their writer stalled or died
+    #: mid-create): the chunks a second batch may exist for.
+    interrupted: list[dict[str, Any]] = field(default_factory=list)
+    #: Batches of this job the API holds that no chunk records (found before gather), by id.
+    strays: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def binding(self) -> bool:
@@ -126,6 +150,9 @@ class Ledger:
             "reused": self.reused,
             "reused_path": self.reused_path,
             "canary": self.canary,
+            "generation": self.generation,
+            "interrupted": self.interrupted,
+            "strays": self.strays,
         }
 
     @classmethod
@@ -149,21 +176,45 @@ class Ledger:
             reused=int(data.get("reused", 0)),
             reused_path=data.get("reused_path"),
             canary=data.get("canary"),
+            generation=int(data.get("generation", 0)),
+            interrupted=list(data.get("interrupted", [])),
+            strays={str(k): dict(v) for k, v in data.get("strays", {}).items()},
         )
 
 
+def _fence_of(document: Any | None) -> tuple[str, int] | None:
+    """Return what identifies one saved version of a ledger: its creation and its generation."""
+    if not isinstance(document, dict):
+        return None
+    return str(document.get("created_at")), int(document.get("generation", 0))
+
+
+def writer_name() -> str:
+    """Return a name for this writer, unique across processes and hosts (for intents and logs)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class LedgerStore:
-    """Reads and writes the ledger of one round: the job-folder file, mirrored to the state store."""
+    """Reads and writes the ledger of one round: the job-folder file, mirrored to the state store.
+
+    Saves are fenced (see the module's docstring): a store saves only over the version it
+    loaded or last saved itself.
+    """
 
     def __init__(self, job: ObjectStoragePath, round_number: int, state_store: Any | None = None) -> None:
         self.job = job
         self.round = round_number
         self.path = layout.ledger_path(job, round_number)
         self.state_store = state_store
+        self.writer = writer_name()
+        #: The stored version this store may save over (None: no ledger file is expected).
+        self.fence: tuple[str, int] | None = None
 
     def load(self) -> Ledger | None:
         """Return the recorded ledger (file and state store merged), or None if there is none."""
-        ledger = Ledger.from_json(read_json(self.path)) if self.path.exists() else None
+        stored = read_json(self.path) if self.path.exists() else None
+        self.fence = _fence_of(stored)
+        ledger = Ledger.from_json(stored) if stored is not None else None
         mirrored = self._load_mirror()
         if mirrored is None:
             return ledger
@@ -193,8 +244,23 @@ class LedgerStore:
         return None
 
     def save(self, ledger: Ledger) -> None:
-        """Write the ledger file atomically, then its mirror."""
-        write_json(self.path, ledger.to_json())
+        """Write the ledger file atomically over the version this store holds, then its mirror.
+
+        Raises :class:`~airflow_batch.exceptions.LedgerFencedOutError` when another writer saved
+        the ledger since this store loaded or saved it: this writer must stop.
+        """
+        expected = self.fence
+        ledger.generation = (expected[1] if expected is not None else 0) + 1
+        document = ledger.to_json()
+        try:
+            replace_json_fenced(self.path, document, lambda current: _fence_of(current) == expected)
+        except FenceLost as lost:
+            raise LedgerFencedOutError(
+                f"round {self.round} of {self.job}: another writer saved the ledger since this one "
+                f"({self.writer}) read it at generation {expected[1] if expected else 0}; this writer stops "
+                "and creates nothing more (the other one carries the round on)"
+            ) from lost
+        self.fence = _fence_of(document)
         if self.state_store is None:
             return
         value = {
@@ -236,6 +302,7 @@ class LedgerStore:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             archived = self.path.parent / f"ledger.{stamp}.json"
             self.path.rename(archived)
+        self.fence = None
         if self.state_store is not None:
             with contextlib.suppress(Exception):
                 self.state_store.delete(state_key(self.round))

@@ -16,6 +16,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_batch.wait.kill import kill_verdict
 from airflow_batch.wait.loop import cancel_unfinished, connect, settle, triggerer_name, wait_for_round
 from airflow_batch.wait.policy import DEFAULT_CANCEL_GRACE, WaitState
 from airflow_batch.wait.progress import ProgressWriter
@@ -75,6 +76,8 @@ class BatchesTrigger(BaseTrigger):
         self.round_number = round_number
         self.betas = list(betas)
         self.workspace_id = workspace_id
+        #: Seconds the event was held back (the stale-event guard), apart from the polls themselves.
+        self.settle_held = 0.0
         self.state = WaitState.from_kwargs(
             batch_ids=list(batch_ids),
             end_time=float(end_time),
@@ -123,14 +126,21 @@ class BatchesTrigger(BaseTrigger):
             event = await wait_for_round(api, self.state, log=self.log, on_poll=writer.write)
         finally:
             await api.close()
-        await settle(started, self.state.poll_interval)
+        self.settle_held = await settle(started, self.state.poll_interval)
         yield TriggerEvent(event)
 
     async def on_kill(self) -> None:
-        """Cancel the unfinished batches when a user kills the deferred task (Airflow 3.3+).
+        """Cancel the unfinished batches when a user killed the deferred task (Airflow 3.3+).
 
-        Not called when the triggerer restarts or moves the trigger: those keep the batches.
+        Airflow 3.3 also calls this on a copy of the trigger that another triggerer took over
+        (a triggerer that stalled, then resumed): the task instance's state tells the two apart
+        (:mod:`airflow_batch.wait.kill`), and only a user's kill cancels anything.
         """
+        verdict = await kill_verdict(getattr(self, "task_instance", None))
+        if not verdict.cancel:
+            self.log.warning("on_kill on %s: cancelling nothing: %s.", triggerer_name(self), verdict.reason)
+            return
+        self.log.info("on_kill: %s; cancelling the round's unfinished batches.", verdict.reason)
         await cancel_unfinished(
             self.conn_id,
             self.state,

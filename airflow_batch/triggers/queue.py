@@ -16,6 +16,7 @@ Like ``BatchesTrigger`` this module imports nothing heavy; the client is built i
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -76,6 +77,9 @@ class QueueRoomTrigger(BaseTrigger):
         self.workspace_id = workspace_id
         self.job = job
         self.wave_settings = dict(wave_settings or {})
+        #: Set when run() is cancelled: the create thread (which cancellation does not stop)
+        #: checks it before each create.
+        self._stopped = threading.Event()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the class path and kwargs."""
@@ -102,6 +106,13 @@ class QueueRoomTrigger(BaseTrigger):
             triggerer_name(self),
             len(self.batch_ids),
         )
+        try:
+            async for event in self._watch():
+                yield event
+        finally:  # cancelled (a user's kill, a move to another triggerer) or done: no create after this
+            self._stopped.set()
+
+    async def _watch(self) -> AsyncIterator[TriggerEvent]:
         started = time.time()
         waves = 0
         if self.job:  # a restarted trigger carries the batches of its deferral, not of its own waves
@@ -168,10 +179,14 @@ class QueueRoomTrigger(BaseTrigger):
 
     def _create_wave(self, queued: int) -> QueueWaitNeeded | dict[str, Any] | str:
         """Create the next wave (in a thread); return the next wait, the round's manifest when
-        every chunk has its batch, or ``HAND_BACK``: the task creates the wave."""
+        every chunk has its batch, or ``HAND_BACK`` (the task creates the wave).
+
+        The thread checks before each create whether this trigger was cancelled (cancelling
+        the coroutine does not stop a thread), and its ledger saves are fenced: beside another
+        copy of this trigger it creates no chunk twice (see ``submit.creating.create_round``)."""
         from airflow_batch.manifest import JobIdentity
-        from airflow_batch.operators.queueing import create_wave
         from airflow_batch.storage import as_path
+        from airflow_batch.submit.creating import CreatesStopped, create_wave
         from airflow_batch.submit.round import SubmitSettings
 
         assert self.job is not None
@@ -183,9 +198,13 @@ class QueueRoomTrigger(BaseTrigger):
                 SubmitSettings(**self.wave_settings),
                 queued,
                 log=self.log,  # type: ignore[arg-type]
+                should_stop=self._stopped.is_set,
             )
         except QueueWaitNeeded as pause:
             return pause
+        except CreatesStopped as stop:  # this copy was cancelled: nobody reads what it returns
+            self.log.info("Creating the next wave here stopped: %s", stop)
+            return HAND_BACK
         except FileNotFoundError as missing:
             self.log.info("The task creates the next wave: %s is not readable from this triggerer.", missing)
             return HAND_BACK

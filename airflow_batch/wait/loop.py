@@ -87,8 +87,8 @@ def import_without_collections(module: str, *warm_ups: str) -> None:
 SETTLE_SECONDS = 15.0
 
 
-async def settle(started: float, poll_interval: float) -> bool:
-    """Hold a trigger's event until ``min(15 s, 4 polls)`` after the trigger started; return if it held.
+async def settle(started: float, poll_interval: float) -> float:
+    """Hold a trigger's event until ``min(15 s, 4 polls)`` after the trigger started; return the seconds held.
 
     Airflow 3 has a race (apache/airflow#66374, #67287, #72716): when a trigger fires before
     the scheduler has processed the executor's "success" for the process that deferred, the
@@ -100,7 +100,7 @@ async def settle(started: float, poll_interval: float) -> bool:
     remaining = started + min(SETTLE_SECONDS, 4 * poll_interval) - time.time()
     if remaining > 0:
         await asyncio.sleep(remaining)
-    return remaining > 0
+    return max(remaining, 0.0)
 
 
 def triggerer_name(trigger: object) -> str:

@@ -107,3 +107,51 @@ def test_s3_empty_object_yields_no_line(s3: MotoS3, s3_conn: str) -> None:
 def test_s3_missing_object_raises_file_not_found(s3: MotoS3, s3_conn: str) -> None:
     with pytest.raises(FileNotFoundError):
         list(iter_jsonl_lines(as_path(f"{s3_conn}/in/missing.jsonl")))
+
+
+def test_s3_ledger_saves_are_fenced_by_conditional_puts(s3: MotoS3, s3_conn: str) -> None:
+    from airflow_batch.exceptions import LedgerFencedOutError
+    from airflow_batch.submit.ledger import Ledger, LedgerStore
+
+    job = as_path(f"{s3_conn}/fenced/job")
+    first, second = LedgerStore(job, 0), LedgerStore(job, 0)
+    assert first.load() is None and second.load() is None
+    second.save(Ledger(job_dir=str(job), round=0, fingerprint="f", conn_id="c"))
+    with pytest.raises(LedgerFencedOutError):  # If-None-Match: * refused: the ledger exists now
+        first.save(Ledger(job_dir=str(job), round=0, fingerprint="f", conn_id="c"))
+    mine, theirs = first.load(), second.load()
+    assert mine is not None and theirs is not None
+    theirs.batches[0] = {"batch_id": "msgbatch_theirs"}
+    second.save(theirs)
+    mine.batches[0] = {"batch_id": "msgbatch_mine"}
+    with pytest.raises(LedgerFencedOutError):  # a stale writer overwrites nothing
+        first.save(mine)
+    stored = LedgerStore(job, 0).load()
+    assert stored is not None and stored.batch_id(0) == "msgbatch_theirs" and stored.generation == 2
+
+
+def test_s3_conditional_put_refuses_a_write_between_read_and_put(s3: MotoS3, s3_conn: str) -> None:
+    import threading
+
+    from airflow_batch.storage import FenceLost, read_json, replace_json_fenced
+
+    target = as_path(f"{s3_conn}/fenced/counter.json")
+    replace_json_fenced(target, {"count": 0}, lambda stored: stored is None)
+    lost = [0]
+
+    def add(times: int) -> None:
+        done = 0
+        while done < times:
+            seen = read_json(target)
+            try:
+                replace_json_fenced(target, {"count": seen["count"] + 1}, lambda stored, s=seen: stored == s)
+                done += 1
+            except FenceLost:
+                lost[0] += 1
+
+    writers = [threading.Thread(target=add, args=(15,)) for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert read_json(target)["count"] == 60, f"no increment lost ({lost[0]} retries)"

@@ -304,6 +304,7 @@ def test_a_retry_round_over_the_budget_is_refused_and_finalize_still_merges_what
             max_retry_rounds=1,
             poll_interval=0.5,
             max_cost_usd=budget,
+            max_failure_rate=1.0,  # the 10% left failed by the refused round would fail it (default 5%)
             submit_kwargs={"expected_output_tokens": 1, "count_tokens_sample": 0},
         )
     run = run_dag(dag)

@@ -8,6 +8,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 import anthropic
 import pytest
@@ -19,6 +20,7 @@ from wait_support import first_event
 from airflow_batch import layout, storage
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.triggers.batches import BatchesTrigger
+from airflow_batch.wait import kill
 
 CreateBatches = Callable[[Sequence[int]], list[str]]
 
@@ -173,27 +175,77 @@ async def test_deadline_with_leave_policy_keeps_batches_running(
     assert statuses_on_server(sync_client, ids) == {ids[0]: "in_progress"}
 
 
+def _a_task_instance() -> SimpleNamespace:
+    return SimpleNamespace(dag_id="job", run_id="manual__1", task_id="wait", map_index=-1)
+
+
+async def _cancelled_with_user_action(watcher: BatchesTrigger) -> None:
+    task = asyncio.create_task(first_event(watcher))
+    await until(lambda: len(watcher.state.statuses) == len(watcher.state.batch_ids))
+    task.cancel()  # what the triggerer does first on a "user action" cancel, before it awaits on_kill()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await watcher.on_kill()
+
+
 async def test_user_kill_cancels_the_unfinished_batches(
     emulator: EmulatorProcess,
     anthropic_conn: str,
     create_batches: CreateBatches,
     sync_client: anthropic.Anthropic,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     emulator.configure(throughput=1000)
     done = create_batches([1])
     emulator.configure(start_delay_seconds=600)
     slow = create_batches([4, 6])
     watcher = trigger(anthropic_conn, done + slow)
-    task = asyncio.create_task(first_event(watcher))
-    await until(lambda: len(watcher.state.statuses) == 3)
-    task.cancel()  # what the triggerer does first on a user kill, before it awaits on_kill()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await watcher.on_kill()
+    watcher.task_instance = _a_task_instance()
+    # The API server's answer to the trigger runner's GetTaskStates after a user marked the task failed.
+    monkeypatch.setattr(kill, "read_task_state", lambda ti: "failed")
+    await _cancelled_with_user_action(watcher)
 
     assert set(statuses_on_server(sync_client, slow).values()) <= {"canceling", "ended"}
     assert all(sync_client.messages.batches.retrieve(b).cancel_initiated_at is not None for b in slow)
     assert sync_client.messages.batches.retrieve(done[0]).cancel_initiated_at is None
+
+
+@pytest.mark.parametrize(
+    ("state_answer", "why"),
+    [
+        ("deferred", "still deferred"),  # another triggerer took the trigger over (Airflow 3.3 on_kill)
+        (LookupError("task instance wait of run manual__1 not found"), "could not be read"),
+        (None, "no task instance"),
+    ],
+)
+async def test_on_kill_of_a_trigger_moved_to_another_triggerer_cancels_nothing(
+    emulator: EmulatorProcess,
+    anthropic_conn: str,
+    create_batches: CreateBatches,
+    sync_client: anthropic.Anthropic,
+    monkeypatch: pytest.MonkeyPatch,
+    state_answer: object,
+    why: str,
+) -> None:
+    emulator.configure(start_delay_seconds=600)
+    slow = create_batches([4, 6])
+    watcher = trigger(anthropic_conn, slow)
+    if state_answer is not None:
+        watcher.task_instance = _a_task_instance()
+
+    def answer(ti: object) -> object:
+        if isinstance(state_answer, Exception):
+            raise state_answer
+        return state_answer
+
+    monkeypatch.setattr(kill, "read_task_state", answer)
+    with structlog.testing.capture_logs() as logs:
+        await _cancelled_with_user_action(watcher)
+
+    assert statuses_on_server(sync_client, slow) == {b: "in_progress" for b in slow}
+    assert all(sync_client.messages.batches.retrieve(b).cancel_initiated_at is None for b in slow)
+    said = [str(log["event"]) for log in logs if "cancelling nothing" in str(log["event"])]
+    assert len(said) == 1 and why in said[0], said
 
 
 async def test_triggerer_restart_resumes_from_serialized_kwargs_without_canceling(
