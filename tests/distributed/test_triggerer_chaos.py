@@ -192,6 +192,8 @@ class ChaosRun:
             what=f"{first} done cancelling its orphaned copy of {task}'s trigger (on_kill returned)",
         )
         self.note(f"{first} cancelled its copy ('{USER_ACTION_CANCEL}'), on_kill returned")
+        for said in _events(self.trigger_log(first, task), "on_kill", "writer", "adopted", "created"):
+            self.note(f"  {first}: {said}")
         return first, second
 
     def trigger_log(self, name: str, task: str) -> str:
@@ -229,6 +231,20 @@ class ChaosRun:
                 )
             for task_id, (state, try_number) in sorted(self.tries().items()):
                 print(f"  {task_id:<16} {state!s:<16} try {try_number}")
+
+
+def _events(log: str, *words: str) -> list[str]:
+    """Return the messages of a JSON-lines trigger log that contain one of ``words``."""
+    events = []
+    for line in log.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        event = str(record.get("event", "")) if isinstance(record, dict) else ""
+        if any(word in event for word in words) and "HTTP Request" not in event:
+            events.append(event[:300])
+    return events
 
 
 def _client(deployment: DistributedDeployment) -> anthropic.Anthropic:
