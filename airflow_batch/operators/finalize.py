@@ -10,6 +10,7 @@ from airflow.sdk import Asset, BaseOperator
 from airflow_batch.exceptions import AirflowBatchError, FailureRateExceededError, IncompleteJobError
 from airflow_batch.gather.finalizing import check_complete, check_failure_rate, finalize_job
 from airflow_batch.gather.tables import require_pyarrow, results_formats
+from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobManifest
 from airflow_batch.submit.inputs import check_location
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class FinalizeBatchJobOperator(BaseOperator):
+class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
     """
     Merge all rounds of a job into ``results.jsonl``, ``failures.jsonl`` and ``manifest.json``.
 

@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow_batch import layout, settings
 from airflow_batch.exceptions import BeforeSubmitError
 from airflow_batch.history import observed_output_tokens
+from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, RoundManifest, refused_manifest
 from airflow_batch.operators.queueing import defer_for_room, resume_round
 from airflow_batch.schema import job_schema
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class SubmitBatchesOperator(BaseOperator):
+class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
     """Submit requests to the Message Batches API as batches within the API's limits; return a manifest.
 
     Validates every request before any API call, splits them into batches by count and bytes
