@@ -95,13 +95,16 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributedDeplo
     )
     started = time.monotonic()
     # The SDK's per-request log lines would go to a capture pytest closed between tests.
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    http_log = logging.getLogger("httpx2")
+    level = http_log.level
+    http_log.setLevel(logging.WARNING)
     deployment.start()
     print(f"chaos deployment ready in {time.monotonic() - started:.0f}s {deployment.cluster.timings}")
     try:
         yield deployment
     finally:
         deployment.stop()
+        http_log.setLevel(level)
 
 
 def _write_requests(path: Path, dag_id: str, count: int) -> None:
