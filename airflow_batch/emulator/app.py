@@ -769,7 +769,7 @@ def _cut(body: bytes) -> Iterator[bytes]:
 
 
 def admin_routes(emulator: Emulator) -> list[Route]:
-    """Return the ``/_emulator`` routes: health, config, stats, reset (no auth, no faults)."""
+    """Return the ``/_emulator`` routes: health, config, stats, billing, reset (no auth, no faults)."""
 
     async def health(request: Request) -> Response:
         return _json({"status": "ok"})
@@ -800,6 +800,9 @@ def admin_routes(emulator: Emulator) -> list[Route]:
             "messages_answered": emulator.messages_answered,
         })  # fmt: skip
 
+    async def billing(request: Request) -> Response:
+        return _json(await run_in_threadpool(emulator.store.billing, time.time()))
+
     def reset(request: Request) -> Response:
         emulator.reset()
         return _json(emulator.store.stats(time.time()))
@@ -809,6 +812,7 @@ def admin_routes(emulator: Emulator) -> list[Route]:
         Route("/_emulator/config", get_config, methods=["GET"]),
         Route("/_emulator/config", post_config, methods=["POST"]),
         Route("/_emulator/stats", stats, methods=["GET"]),
+        Route("/_emulator/billing", billing, methods=["GET"]),
         Route("/_emulator/reset", reset, methods=["POST"]),
     ]
 

@@ -148,6 +148,14 @@ class EmulatorProcess:
         stats: dict[str, int] = response.json()
         return stats
 
+    def billing(self) -> dict[str, Any]:
+        """Return ``/_emulator/billing``: the succeeded requests billed so far (canceled batches'
+        processed ones too) and their usage per model, in the job manifest's usage keys."""
+        response = self._http.get("/_emulator/billing")
+        response.raise_for_status()
+        billing: dict[str, Any] = response.json()
+        return billing
+
     def batch_count(self) -> int:
         """Return the number of batches created since start of the store or the last reset.
 

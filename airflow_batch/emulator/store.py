@@ -25,6 +25,7 @@ added; their old cache entries count as expired).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -32,8 +33,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from airflow_batch.emulator.processing import BatchState, Schedule, batch_state, ends_at, processed_at
+from airflow_batch.emulator.processing import (
+    BatchState,
+    Schedule,
+    batch_state,
+    done_by,
+    ends_at,
+    processed_at,
+)
 from airflow_batch.emulator.prompt_cache import CacheEntry, TimedCacheLedger
 from airflow_batch.emulator.responses import (
     ERRORED,
@@ -47,6 +56,16 @@ from airflow_batch.emulator.responses import (
 from airflow_batch.emulator.validation import BatchRequest
 
 DB_NAME = "emulator.sqlite3"
+#: The token counts :meth:`BatchStore.billing` sums per model.
+BILLED_USAGE_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation_1h_input_tokens",
+    "cache_read_input_tokens",
+    "web_search_requests",
+    "web_fetch_requests",
+)
 RESULT_CHUNK = 4_096
 
 _SCHEMA = """
@@ -452,6 +471,35 @@ class BatchStore:
             "peak_requests_queued": peak,
         }
 
+    def billing(self, now: float) -> dict[str, object]:
+        """Return what the batches stored have been billed by ``now``: the succeeded requests
+        processed so far (canceled batches' too) and their token usage per model.
+
+        The usage keys are the job manifest's (``cache_creation_1h_input_tokens``,
+        ``web_search_requests``...), summed from each billed result line's own ``usage``: an
+        account kept apart from any client's, for checking that a job's reported cost covers
+        every batch it paid for.
+        """
+        conn = self._conn()
+        requests = 0
+        usage_by_model: dict[str, dict[str, int]] = {}
+        for row in conn.execute(f"SELECT {_BATCH_COLUMNS} FROM batches").fetchall():
+            record = self._record(row, now)
+            ended = record.state.status == "ended"
+            done = record.state.done_at_end if ended else done_by(record.schedule, now)
+            chunks = conn.execute(
+                "SELECT chunk, lines, outcomes FROM result_chunks WHERE batch_seq = ? AND chunk * ? < ? "
+                "ORDER BY chunk",
+                (record.seq, RESULT_CHUNK, done),
+            )
+            for chunk, lines, outcomes in chunks:
+                billed = outcomes[: done - chunk * RESULT_CHUNK]
+                for line, outcome in zip(lines.split(b"\n"), billed, strict=False):
+                    if outcome == SUCCEEDED[0]:
+                        requests += 1
+                        _add_billed_usage(usage_by_model, json.loads(line)["result"]["message"])
+        return {"requests": requests, "usage_by_model": usage_by_model}
+
     def reset(self) -> None:
         """Forget every batch, result and cache entry, and restart the sequence numbers."""
         with self._write() as conn:
@@ -468,3 +516,19 @@ def _save_cache_entries(conn: sqlite3.Connection, ledger: TimedCacheLedger) -> N
         _UPSERT_CACHE_ENTRY,
         [(key, e.written_at, e.last_used_at, e.ttl_seconds) for key, e in ledger.changed.items()],
     )
+
+
+def _add_billed_usage(usage_by_model: dict[str, dict[str, int]], message: dict[str, Any]) -> None:
+    """Add the usage of one billed answer to its model's totals."""
+    usage = message["usage"]
+    tools = usage.get("server_tool_use") or {}
+    total = usage_by_model.setdefault(message["model"], dict.fromkeys(BILLED_USAGE_KEYS, 0))
+    total["input_tokens"] += usage["input_tokens"]
+    total["output_tokens"] += usage["output_tokens"]
+    total["cache_creation_input_tokens"] += usage.get("cache_creation_input_tokens") or 0
+    total["cache_creation_1h_input_tokens"] += (usage.get("cache_creation") or {}).get(
+        "ephemeral_1h_input_tokens", 0
+    )
+    total["cache_read_input_tokens"] += usage.get("cache_read_input_tokens") or 0
+    total["web_search_requests"] += tools.get("web_search_requests", 0)
+    total["web_fetch_requests"] += tools.get("web_fetch_requests", 0)

@@ -1,11 +1,13 @@
-"""A production-shaped Airflow on one machine: CeleryExecutor, PostgreSQL, Redis, S3, many workers.
+"""A production-shaped Airflow on one machine: PostgreSQL, several triggerers, Celery or local tasks.
 
 :class:`DistributedCluster` is an :class:`airflow_cluster.AirflowCluster` (same isolated home,
 environment-only configuration, process groups, REST helpers) whose metadata DB is a
-PostgreSQL server, whose executor is Celery with a Redis broker, and which runs two Celery
-workers and two triggerers as separate processes beside the api-server, scheduler and
-dag-processor. :class:`DistributedDeployment` starts every server it needs (PostgreSQL,
-Redis, moto S3, the emulator) and stops exactly those, in reverse order.
+PostgreSQL server and which runs two triggerers as separate processes beside the api-server,
+scheduler and dag-processor. With a Redis broker its executor is Celery and it runs two Celery
+workers too; without one it keeps the LocalExecutor (tasks run under the scheduler), which is
+all a test of the triggerers needs. :class:`DistributedDeployment` starts every server it needs
+(PostgreSQL, then Redis and moto S3 when asked, the emulator) and stops exactly those, in
+reverse order.
 
 The settings that make a dead worker or triggerer recoverable within a test's minutes are
 the ones a production deployment tunes the same way (see the README's "Production
@@ -41,14 +43,15 @@ TRIGGERER_HEALTH_THRESHOLD = 10
 
 
 class DistributedCluster(AirflowCluster):
-    """api-server, scheduler, dag-processor, ``workers`` Celery workers and ``triggerers`` triggerers."""
+    """api-server, scheduler, dag-processor, ``triggerers`` triggerers and, with ``redis``,
+    ``workers`` Celery workers (without it, the LocalExecutor)."""
 
     def __init__(
         self,
         home: Path,
         *,
         postgres: PostgresServer,
-        redis: RedisServer,
+        redis: RedisServer | None,
         dags_folder: Path,
         extra_env: Mapping[str, str] | None = None,
         workers: int = 2,
@@ -56,15 +59,18 @@ class DistributedCluster(AirflowCluster):
         worker_concurrency: int = 2,
     ) -> None:
         self.postgres = postgres
-        self.worker_names = [f"worker-{n}" for n in range(1, workers + 1)]
+        self.worker_names = [f"worker-{n}" for n in range(1, workers + 1)] if redis else []
         self.triggerer_names = [f"triggerer-{n}" for n in range(1, triggerers + 1)]
         self.worker_concurrency = worker_concurrency
-        env = {
+        celery = {
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url,
             "AIRFLOW__CELERY__BROKER_URL": redis.url,
             "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + postgres.url.replace("+psycopg2", ""),
             "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+        } if redis else {}  # fmt: skip
+        env = {
+            **celery,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url,
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(TASK_HEARTBEAT_TIMEOUT),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(TRIGGERER_HEALTH_THRESHOLD),
@@ -102,7 +108,8 @@ class DistributedCluster(AirflowCluster):
             job_id = wait_for(self._new_triggerer_job, timeout=timeout, what=f"{name}'s triggerer job")
             self.triggerer_jobs[job_id] = name
         wait_for(self._healthy, timeout=timeout, interval=0.5, what="api-server, scheduler, dag-processor")
-        wait_for(self._workers_ready, timeout=timeout, interval=0.5, what="Celery workers ready")
+        if self.worker_names:
+            wait_for(self._workers_ready, timeout=timeout, interval=0.5, what="Celery workers ready")
         self.timings["ready_s"] = time.monotonic() - started
         return self
 
@@ -137,6 +144,27 @@ class DistributedCluster(AirflowCluster):
             signal_group(pgid, signal.SIGKILL)
         process.wait(timeout=30)
 
+    def pause(self, name: str) -> None:
+        """SIGSTOP component ``name`` and every descendant, as a long GC pause or a VM freeze would."""
+        for pgid in _tree_groups(self.processes[name].pid):
+            signal_group(pgid, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        """SIGCONT component ``name`` and every descendant (after :meth:`pause`)."""
+        for pgid in _tree_groups(self.processes[name].pid):
+            signal_group(pgid, signal.SIGCONT)
+
+    def trigger_owner(self, dag_id: str, run_id: str, task_id: str) -> str | None:
+        """Return the triggerer now running the trigger of task ``task_id``, or None (not deferred)."""
+        rows = self.postgres.query(
+            "SELECT t.triggerer_id FROM task_instance ti JOIN trigger t ON t.id = ti.trigger_id "
+            "WHERE ti.dag_id = %s AND ti.run_id = %s AND ti.task_id = %s",
+            (dag_id, run_id, task_id),
+        )
+        if not rows or rows[0][0] is None:
+            return None
+        return self.triggerer_jobs.get(rows[0][0], f"job {rows[0][0]}")
+
     def component_of_pid(self, pid: int) -> str | None:
         """Return the component whose process is ``pid`` or one of its ancestors, if any."""
         try:
@@ -164,27 +192,32 @@ class DistributedDeployment:
     dags_folder: Path
     emulator_config: Mapping[str, Any]
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: Celery workers with a Redis broker (else the LocalExecutor), and a moto S3 server.
+    celery: bool = True
+    s3_server: bool = True
     postgres: PostgresServer = field(init=False)
-    redis: RedisServer = field(init=False)
+    redis: RedisServer | None = field(init=False, default=None)
     s3: MotoS3 = field(init=False)
     emulator: EmulatorProcess = field(init=False)
     cluster: DistributedCluster = field(init=False)
     _started: list[Any] = field(default_factory=list, init=False)
 
     def start(self) -> DistributedDeployment:
-        """Start PostgreSQL, Redis, moto S3, the emulator, then the Airflow cluster."""
+        """Start PostgreSQL, Redis and moto S3 (when asked), the emulator, then the Airflow cluster."""
         from airflow_batch.emulator.process import EmulatorProcess
 
         try:
             self.postgres = self._start(PostgresServer(self.root / "postgres"))
-            self.redis = self._start(RedisServer(self.root / "redis"))
-            self.s3 = self._start(MotoS3(self.root / "moto"))
+            if self.celery:
+                self.redis = self._start(RedisServer(self.root / "redis"))
+            if self.s3_server:
+                self.s3 = self._start(MotoS3(self.root / "moto"))
             self.emulator = self._start(EmulatorProcess(self.root / "emulator", config=self.emulator_config))
             env = {
                 "AIRFLOW_CONN_ANTHROPIC_DEFAULT": json.dumps(
                     {"conn_type": "anthropic", "password": "test-key", "host": self.emulator.base_url}
                 ),
-                **self.s3.connection_env("aws_default"),
+                **(self.s3.connection_env("aws_default") if self.s3_server else {}),
                 **self.extra_env,
             }
             self.cluster = DistributedCluster(
@@ -217,7 +250,7 @@ class DistributedDeployment:
     def log_tails(self) -> str:
         """Return the end of every log: Airflow components and servers."""
         parts = [self.cluster.log_tails(2000)]
-        for server in (self.postgres, self.redis, self.s3):
+        for server in self._started:
             if isinstance(server, ServerProcess):
                 parts.append(f"--- {server.log_path} ---\n{server.log_tail(1000)}")
         return "\n".join(parts)

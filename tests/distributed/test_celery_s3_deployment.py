@@ -129,14 +129,9 @@ class RunObserver:
 
     def trigger_owner(self, task_id: str) -> str | None:
         """Return the triggerer now running ``task_id``'s trigger (and remember it), or None."""
-        rows = self.deployment.postgres.query(
-            "SELECT t.triggerer_id FROM task_instance ti JOIN trigger t ON t.id = ti.trigger_id "
-            "WHERE ti.dag_id = %s AND ti.run_id = %s AND ti.task_id = %s",
-            (DAG_ID, self.run_id, f"{GROUP}.{task_id}"),
-        )
-        if not rows or rows[0][0] is None:
+        owner = self.cluster.trigger_owner(DAG_ID, self.run_id, f"{GROUP}.{task_id}")
+        if owner is None:
             return None
-        owner = self.cluster.triggerer_jobs.get(rows[0][0], f"job {rows[0][0]}")
         seen = self.triggerers[task_id]
         if not seen or seen[-1] != owner:
             seen.append(owner)

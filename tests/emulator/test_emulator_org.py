@@ -229,3 +229,34 @@ def test_limit_settings_come_from_config_env_and_reject_bad_values(emu: Emulator
     for bad in ({"queue_limit": 0}, {"spend_limit_reached": "maybe"}, {"invalid_output_rate": 2}):
         response = httpx.post(f"{emu.base_url}/_emulator/config", json=bad)
         assert response.status_code == 400 and next(iter(bad)) in response.json()["error"]["message"]
+
+
+# ---- billing -----------------------------------------------------------------------------------
+
+
+def test_billing_counts_the_succeeded_requests_processed_and_their_usage_per_model(
+    client: anthropic.Anthropic, emu: EmulatorProcess
+) -> None:
+    emu.configure(error_types={"overloaded_error": 0.3}, seed=3)
+    results = create_and_wait(client, requests(20, "bill"))
+    emu.configure(throughput=0)
+    unprocessed = client.messages.batches.create(requests=requests(5, "unbilled"))  # type: ignore[arg-type]
+    client.messages.batches.cancel(unprocessed.id)
+    wait_ended(client, unprocessed.id)
+
+    succeeded = [result.message for result in results.values() if result.type == "succeeded"]
+    assert 0 < len(succeeded) < 20
+    assert emu.billing() == {
+        "requests": len(succeeded),
+        "usage_by_model": {
+            "claude-haiku-4-5": {
+                "input_tokens": sum(m.usage.input_tokens for m in succeeded),
+                "output_tokens": sum(m.usage.output_tokens for m in succeeded),
+                "cache_creation_input_tokens": 0,
+                "cache_creation_1h_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "web_search_requests": 0,
+                "web_fetch_requests": 0,
+            }
+        },
+    }
