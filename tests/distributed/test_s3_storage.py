@@ -20,11 +20,20 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
 
 
 @pytest.fixture
-def s3_conn(s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> str:
+def s3_conn(s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Define ``aws_default`` (endpoint_url at moto) for this test; return the URI prefix."""
+    from airflow.sdk.io import store
+    from s3fs import S3FileSystem
+
     for name, value in s3.connection_env("aws_default").items():
         monkeypatch.setenv(name, value)
-    return f"s3://aws_default@{BUCKET}"
+    # Airflow and s3fs cache the aws_default filesystem with the endpoint it was first built with
+    # (another module's moto server, when tests run together): build it again for this one.
+    store._STORE_CACHE.clear()
+    S3FileSystem.clear_instance_cache()
+    yield f"s3://aws_default@{BUCKET}"
+    store._STORE_CACHE.clear()  # and again after, for the next module's server
+    S3FileSystem.clear_instance_cache()
 
 
 def test_s3_jsonl_is_one_streamed_get_read_in_blocks_with_lines_spanning_them(
