@@ -353,7 +353,7 @@ class ResultBuilder:
         output_tokens = tokenizer.text_tokens(text)
         stop_reason = b"end_turn"
         if output_tokens > params.max_tokens:
-            text = text[: tokenizer.chars_within(params.max_tokens)]
+            text = tokenizer.within(text, params.max_tokens)
             output_tokens = params.max_tokens
             stop_reason = b"max_tokens"
         return _SUCCEEDED_LINE % (
