@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ _ENVELOPE = len(BODY_PREFIX) + len(BODY_SUFFIX) - 1
 _BUCKETS = 64
 #: Ids held before they are spilled to their buckets: one write per bucket, not one per id.
 _IDS_HELD = 1 << 16
+_ID_LINE = "{}\t{}\n".format
+_ID_FIELD = re.compile(r"^[^\t\n]*", re.MULTILINE)
 _WRITE_BUFFER = 1 << 20
 _CACHE_CONTROL = b'"cache_control"'
 #: Folder of the staged ``inputs`` twins of the chunk files.
@@ -199,28 +202,40 @@ class PreparedRound:
 
 
 class UniqueIds:
-    """Finds custom_ids used twice across a whole job without holding every id in memory."""
+    """Finds custom_ids used twice across a whole job without holding every id in memory.
+
+    Ids are held a while, then spilled to their hash bucket's file as ``id<TAB>row`` lines. A
+    bucket is checked at once: a set of its ids as long as their list means no duplicate (C
+    passes only); only a bucket that has one is read row by row to name them.
+    """
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="airflow-batch-ids-")
         self._files: list[IO[str]] = [
-            open(os.path.join(self._dir.name, f"{n:02d}"), "w", encoding="ascii", buffering=1 << 16)  # noqa: SIM115
+            open(self._path(n), "w", encoding="ascii", buffering=1 << 16)  # noqa: SIM115
             for n in range(_BUCKETS)
         ]
-        self._held: list[list[str]] = [[] for _ in range(_BUCKETS)]
+        self._ids: list[list[str]] = [[] for _ in range(_BUCKETS)]
+        self._rows: list[list[int]] = [[] for _ in range(_BUCKETS)]
         self._room = _IDS_HELD
+
+    def _path(self, bucket: int) -> str:
+        return os.path.join(self._dir.name, f"{bucket:02d}")
 
     def add(self, custom_id: str, row: int) -> None:
         """Note that ``row`` uses ``custom_id`` (a valid id: no tab, no newline)."""
-        self._held[hash(custom_id) & (_BUCKETS - 1)].append(f"{custom_id}\t{row}\n")
+        bucket = hash(custom_id) & (_BUCKETS - 1)
+        self._ids[bucket].append(custom_id)
+        self._rows[bucket].append(row)
         self._room -= 1
         if not self._room:
             self._spill()
 
     def _spill(self) -> None:
-        for handle, held in zip(self._files, self._held, strict=True):
-            handle.write("".join(held))
-            held.clear()
+        for handle, ids, rows in zip(self._files, self._ids, self._rows, strict=True):
+            handle.write("".join(map(_ID_LINE, ids, rows)))
+            ids.clear()
+            rows.clear()
         self._room = _IDS_HELD
 
     def duplicates(self, label: str = "row") -> list[Problem]:
@@ -234,23 +249,27 @@ class UniqueIds:
             handle.close()
         found: list[Problem] = []
         for n in range(_BUCKETS):
+            with open(self._path(n), encoding="ascii") as handle:
+                lines = handle.read()
+            ids = _ID_FIELD.findall(lines)
+            if len(set(ids)) == len(ids):
+                continue
             first: dict[str, int] = {}
-            with open(os.path.join(self._dir.name, f"{n:02d}"), encoding="ascii") as handle:
-                for line in handle:
-                    custom_id, _, raw = line.rstrip("\n").partition("\t")
-                    row = int(raw)
-                    earlier = first.setdefault(custom_id, row)
-                    if earlier != row:
-                        found.append(
-                            Problem(
-                                row,
-                                custom_id,
-                                f"custom_id is already used by {label} {earlier}; custom_id must be unique "
-                                "across the whole job",
-                                hint="give each record a unique id, or pass custom_id_from= to build one",
-                                label=label,
-                            )
+            for line in lines.splitlines():
+                custom_id, _, raw = line.partition("\t")
+                row = int(raw)
+                earlier = first.setdefault(custom_id, row)
+                if earlier != row:
+                    found.append(
+                        Problem(
+                            row,
+                            custom_id,
+                            f"custom_id is already used by {label} {earlier}; custom_id must be unique "
+                            "across the whole job",
+                            hint="give each record a unique id, or pass custom_id_from= to build one",
+                            label=label,
                         )
+                    )
         return sorted(found, key=lambda problem: problem.row)
 
     def close(self) -> None:
