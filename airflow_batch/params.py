@@ -262,6 +262,11 @@ class ThinkingBetweenTools(_Thinking, tag="between_tools"):
 Thinking = ThinkingEnabled | ThinkingAdaptive | ThinkingDisabled | ThinkingBetweenTools
 
 
+def thinking_type(thinking: Thinking | None) -> str | None:
+    """Return the ``type`` of a typed ``thinking`` configuration, None without one."""
+    return None if thinking is None else str(type(thinking).__struct_config__.tag)
+
+
 class JsonSchemaFormat(msgspec.Struct, tag_field="type", tag="json_schema", forbid_unknown_fields=True):
     """``output_config.format``: structured outputs."""
 
@@ -375,6 +380,7 @@ def decode_plain(line: bytes) -> PlainRequest | None:
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # ValidationError is a DecodeError
         return None
     return request if _full_match_custom_id(request.custom_id) else None
+
 
 # ---- tools ---------------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ character sits between the published ``count_tokens`` figures (500 Korean charac
 tokens; 1,000 Chinese characters: 1,500-2,000 tokens); calibration corrects the rest. Texts
 are the system prompt (a string or each text block), each message's string content or text
 block, tool_result contents; every other block (tool definitions, tool_use, ...) counts as its
-compact JSON text; images and documents count a flat ``MEDIA_TOKENS``. No per-message overhead. The estimate calibrates this against the
-API's ``count_tokens``; the emulator's own tokenizer scales it per model family.
+compact JSON text; images and documents count a flat ``MEDIA_TOKENS``. No per-message
+overhead. The estimate calibrates this against the API's ``count_tokens``; the emulator's own
+tokenizer scales it per model family.
 
 Prompt caching: the prompt is read in API order (tools, system, messages). A block with
 ``cache_control`` is a breakpoint; the prefix up to it is identified by a hash of the model

@@ -1,11 +1,12 @@
 """How the emulated models count tokens: the shared local approximation, scaled per model family.
 
 The API's tokenizers do not count like :mod:`airflow_batch.tokens` (script-aware: a CJK
-character one token, other text ``ceil(characters / 4)``): the newest families (Claude 4.7 and later) count about 30% more tokens for the same
-text. The factor is the model table's ``token_ratio`` (one home: ``data/prices.json``). The
-emulator answers ``count_tokens`` and reports result usage (input, cache and output tokens)
-with the same scaled counts, so the two agree with each other and differ from the local
-approximation as the API's do, and the submit estimate's calibration has a real ratio to find.
+character one token, other text ``ceil(characters / 4)``): the newest families (Claude 4.7 and
+later) count about 30% more tokens for the same text. The factor is the model table's
+``token_ratio`` (one home: ``data/prices.json``). The emulator answers ``count_tokens`` and
+reports result usage (input, cache and output tokens) with the same scaled counts, so the two
+agree with each other and differ from the local approximation as the API's do, and the submit
+estimate's calibration has a real ratio to find.
 
 Each piece of a prompt (each segment of :func:`airflow_batch.tokens.prompt_segments`) and each
 generated text counts ``ceil(local * ratio)``, computed in integers (the ratio in thousandths),

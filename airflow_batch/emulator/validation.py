@@ -54,6 +54,9 @@ class Params(msgspec.Struct, gc=False):
     stop_sequences: list[str] | None = None
     inference_geo: str | None = None
     stream: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
 
 
 class BatchRequest(msgspec.Struct, gc=False):

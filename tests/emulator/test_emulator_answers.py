@@ -123,8 +123,9 @@ def test_invalid_output_rate_breaks_that_share_of_answers_reproducibly(
 def test_thinking_comes_first_and_counts_in_output_tokens(client: anthropic.Anthropic) -> None:
     requests = [
         request("enabled", thinking={"type": "enabled", "budget_tokens": 1024}, max_tokens=2000),
-        request("low", thinking={"type": "adaptive"}, output_config={"effort": "low"}),
-        request("omitted", thinking={"type": "adaptive", "display": "omitted"}),
+        # Adaptive thinking came with the 4.6 models (data/model_rules.json).
+        request("low", model="claude-sonnet-4-6", thinking={"type": "adaptive"}, output_config={"effort": "low"}),
+        request("omitted", model="claude-sonnet-4-6", thinking={"type": "adaptive", "display": "omitted"}),
         request("default-new", model="claude-opus-4-7", thinking={"type": "adaptive"}, max_tokens=2000),
         request("disabled", thinking={"type": "disabled"}),
         request("between", model="claude-sonnet-5-5", thinking={"type": "between_tools"}),
@@ -149,7 +150,7 @@ def test_thinking_comes_first_and_counts_in_output_tokens(client: anthropic.Anth
 
 
 def test_thinking_is_cut_at_max_tokens_before_any_text(client: anthropic.Anthropic) -> None:
-    message = only(create_and_wait(client, [request("t", thinking={"type": "adaptive"}, max_tokens=50)]))
+    message = only(create_and_wait(client, [request("t", model="claude-sonnet-4-6", thinking={"type": "adaptive"}, max_tokens=50)]))
 
     assert message.stop_reason == "max_tokens"
     assert [block.type for block in message.content] == ["thinking"]
@@ -163,7 +164,11 @@ def test_forced_tool_choice_answers_with_a_tool_use_block(client: anthropic.Anth
         request("named", tools=[other, RATE_TOOL], tool_choice={"type": "tool", "name": "record_rating"}),
         request("auto", tools=[RATE_TOOL], tool_choice={"type": "auto"}),
         request(
-            "forced-thinking", tools=[RATE_TOOL], tool_choice={"type": "any"}, thinking={"type": "adaptive"}
+            "forced-thinking",
+            model="claude-sonnet-4-6",
+            tools=[RATE_TOOL],
+            tool_choice={"type": "any"},
+            thinking={"type": "adaptive"},
         ),
     ]
     results = create_and_wait(client, requests)
