@@ -305,14 +305,10 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     container: str | dict[str, Any] | None = None
     stream: bool | None = None
     speed: str | None = None
-    # Parameters of betas: their shape is the beta's business.
-    context_management: Any = None
-    mcp_servers: Any = None
-    compaction: Any = None
-    billing_policy: Any = None
-    fallbacks: Any = None
-    thread: Any = None
     diagnostics: Any = None
+    # Parameters of betas (context_management, mcp_servers, compaction, ...) are not fields:
+    # the SDK's non-beta request type has none of them, and a job with betas lets unknown
+    # parameters pass (LenientParams), their shape being the beta's business.
 
 
 class LenientParams(Params, forbid_unknown_fields=False):
