@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -60,8 +60,6 @@ _ENVELOPE = len(BODY_PREFIX) + len(BODY_SUFFIX) - 1
 _BUCKETS = 64
 #: Ids held before they are spilled to their buckets: one write per bucket, not one per id.
 _IDS_HELD = 1 << 16
-_ID_LINE = "{}\t{}\n".format
-_ID_FIELD = re.compile(r"^[^\t\n]*", re.MULTILINE)
 _WRITE_BUFFER = 1 << 20
 _CACHE_CONTROL = b'"cache_control"'
 #: Folder of the staged ``inputs`` twins of the chunk files.
@@ -204,26 +202,27 @@ class PreparedRound:
 class UniqueIds:
     """Finds custom_ids used twice across a whole job without holding every id in memory.
 
-    Ids are held a while, then spilled to their hash bucket's file as ``id<TAB>row`` lines. A
-    bucket is checked at once: a set of its ids as long as their list means no duplicate (C
-    passes only); only a bucket that has one is read row by row to name them.
+    Ids are held a while, then spilled to their hash bucket's file, one a line; their rows go
+    to one shared file of 8-byte integers, each bucket's run of them noted by offset. A bucket
+    is checked at once: a set of its ids as long as their list means no duplicate (C passes
+    only); only a bucket that has one reads its rows back, to name them.
     """
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="airflow-batch-ids-")
         self._files: list[IO[str]] = [
-            open(self._path(n), "w", encoding="ascii", buffering=1 << 16)  # noqa: SIM115
+            open(os.path.join(self._dir.name, f"{n:02d}"), "w", encoding="ascii", buffering=1 << 16)  # noqa: SIM115
             for n in range(_BUCKETS)
         ]
+        self._rows_file: IO[bytes] = open(os.path.join(self._dir.name, "rows"), "w+b")  # noqa: SIM115
+        #: Per bucket, where its rows are in the rows file: (byte offset, how many), in input order.
+        self._runs: list[list[tuple[int, int]]] = [[] for _ in range(_BUCKETS)]
         self._ids: list[list[str]] = [[] for _ in range(_BUCKETS)]
         self._rows: list[list[int]] = [[] for _ in range(_BUCKETS)]
         self._room = _IDS_HELD
 
-    def _path(self, bucket: int) -> str:
-        return os.path.join(self._dir.name, f"{bucket:02d}")
-
     def add(self, custom_id: str, row: int) -> None:
-        """Note that ``row`` uses ``custom_id`` (a valid id: no tab, no newline)."""
+        """Note that ``row`` uses ``custom_id`` (a valid id: no newline)."""
         bucket = hash(custom_id) & (_BUCKETS - 1)
         self._ids[bucket].append(custom_id)
         self._rows[bucket].append(row)
@@ -232,11 +231,21 @@ class UniqueIds:
             self._spill()
 
     def _spill(self) -> None:
-        for handle, ids, rows in zip(self._files, self._ids, self._rows, strict=True):
-            handle.write("".join(map(_ID_LINE, ids, rows)))
-            ids.clear()
-            rows.clear()
+        for handle, ids, rows, runs in zip(self._files, self._ids, self._rows, self._runs, strict=True):
+            if ids:
+                handle.write("\n".join(ids) + "\n")
+                runs.append((self._rows_file.tell(), len(rows)))
+                self._rows_file.write(array("q", rows).tobytes())
+                ids.clear()
+                rows.clear()
         self._room = _IDS_HELD
+
+    def _bucket_rows(self, bucket: int) -> list[int]:
+        rows = array("q")
+        for offset, count in self._runs[bucket]:
+            self._rows_file.seek(offset)
+            rows.frombytes(self._rows_file.read(8 * count))
+        return rows.tolist()
 
     def duplicates(self, label: str = "row") -> list[Problem]:
         """Return every row whose custom_id an earlier row already used, in input order.
@@ -249,15 +258,12 @@ class UniqueIds:
             handle.close()
         found: list[Problem] = []
         for n in range(_BUCKETS):
-            with open(self._path(n), encoding="ascii") as handle:
-                lines = handle.read()
-            ids = _ID_FIELD.findall(lines)
+            with open(os.path.join(self._dir.name, f"{n:02d}"), encoding="ascii") as handle:
+                ids = handle.read().split("\n")[:-1]
             if len(set(ids)) == len(ids):
                 continue
             first: dict[str, int] = {}
-            for line in lines.splitlines():
-                custom_id, _, raw = line.partition("\t")
-                row = int(raw)
+            for custom_id, row in zip(ids, self._bucket_rows(n), strict=True):
                 earlier = first.setdefault(custom_id, row)
                 if earlier != row:
                     found.append(
@@ -276,6 +282,7 @@ class UniqueIds:
         """Remove the temporary bucket files."""
         for handle in self._files:
             handle.close()
+        self._rows_file.close()
         self._dir.cleanup()
 
 
