@@ -262,6 +262,11 @@ class ThinkingBetweenTools(_Thinking, tag="between_tools"):
 Thinking = ThinkingEnabled | ThinkingAdaptive | ThinkingDisabled | ThinkingBetweenTools
 
 
+def thinking_type(thinking: Thinking | None) -> str | None:
+    """Return the ``type`` of a typed ``thinking`` configuration, None without one."""
+    return None if thinking is None else str(type(thinking).__struct_config__.tag)
+
+
 class JsonSchemaFormat(msgspec.Struct, tag_field="type", tag="json_schema", forbid_unknown_fields=True):
     """``output_config.format``: structured outputs."""
 
@@ -300,14 +305,10 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     container: str | dict[str, Any] | None = None
     stream: bool | None = None
     speed: str | None = None
-    # Parameters of betas: their shape is the beta's business.
-    context_management: Any = None
-    mcp_servers: Any = None
-    compaction: Any = None
-    billing_policy: Any = None
-    fallbacks: Any = None
-    thread: Any = None
     diagnostics: Any = None
+    # Parameters of betas (context_management, mcp_servers, compaction, ...) are not fields:
+    # the SDK's non-beta request type has none of them, and a job with betas lets unknown
+    # parameters pass (LenientParams), their shape being the beta's business.
 
 
 class LenientParams(Params, forbid_unknown_fields=False):
@@ -327,6 +328,55 @@ class LenientRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 KNOWN_PARAMS = frozenset(Params.__struct_fields__)
+
+
+# ---- the plain request: the common row, checked by its type alone ---------------------------------
+
+
+class PlainMessage(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A :class:`Message` of a plain request: a user or assistant turn of non-empty text."""
+
+    role: Literal["user", "assistant"]
+    content: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class PlainParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
+    """:class:`Params` of the common request, whose every rule its type states.
+
+    A model, ``max_tokens >= 1``, non-empty text messages, an optional string system prompt and
+    nothing else: no field a rule of :func:`batch_rules` (or a model's rules) reads beyond the
+    model's limits. Its fields are the first of :class:`Params`, in the same order, so both encode
+    a request alike (its fingerprint does not depend on which type decoded it).
+    """
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)]
+    messages: Annotated[list[PlainMessage], msgspec.Meta(min_length=1)]
+    system: str | None = None
+
+
+class PlainRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A batch request a plain line decodes to: valid as soon as it decodes (see :func:`decode_plain`)."""
+
+    custom_id: str  # checked by decode_plain: a pattern in the type costs twice the call
+    params: PlainParams
+
+
+_plain_line = msgspec.json.Decoder(PlainRequest).decode
+
+
+def decode_plain(line: bytes) -> PlainRequest | None:
+    """Return a JSONL line as a :class:`PlainRequest`, or None when it is not one.
+
+    The submit pass's fast path (one typed decode instead of decode + rules): a line it returns
+    breaks none of :func:`batch_rules`; None says nothing (the line may be valid, or not).
+    """
+    try:
+        request: PlainRequest = _plain_line(line)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+    return request if _full_match_custom_id(request.custom_id) else None
+
 
 # ---- tools ---------------------------------------------------------------------------------
 

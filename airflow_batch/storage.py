@@ -296,18 +296,24 @@ def iter_lines(path: ObjectStoragePath, block_size: int = READ_BLOCK_BYTES) -> I
     so every other line keeps its number).
     """
     for block in iter_jsonl_blocks(path, block_size):
-        lines = block.split(b"\n")
-        if block.endswith(b"\n"):
-            lines.pop()  # the empty piece after the block's final newline
-        for line in lines:
-            yield line.rstrip(b"\r")
+        yield from _block_lines(block)
+
+
+def _block_lines(block: bytes) -> list[bytes]:
+    """Return a block's lines without their line ends (``\r`` stripped only where a block has one)."""
+    lines = block.split(b"\n")
+    if block.endswith(b"\n"):
+        lines.pop()  # the empty piece after the block's final newline
+    if b"\r" in block:
+        return [line.rstrip(b"\r") for line in lines]
+    return lines
 
 
 def iter_jsonl_lines(path: ObjectStoragePath, block_size: int = READ_BLOCK_BYTES) -> Iterator[bytes]:
     """Yield the non-empty lines of a JSONL file without their line ends, in constant memory."""
-    for line in iter_lines(path, block_size):
-        if line.strip():
-            yield line
+    for block in iter_jsonl_blocks(path, block_size):
+        # Blank lines (only whitespace) are left out in C: a million lines cost one call a block.
+        yield from filter(bytes.strip, _block_lines(block))
 
 
 def iter_jsonl(path: ObjectStoragePath) -> Iterator[Any]:

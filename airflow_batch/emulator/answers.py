@@ -274,8 +274,8 @@ def _think(params: Params, turn: Turn, answer: Answer, budget: _Budget, code: in
     text = ""
     if display != "omitted":
         sentence = f"Emulated thinking {code:08x}: the request asks about {_echo(params)!r}. "
-        chars = budget.tokenizer.chars_within(granted)
-        text = (sentence * (chars // max(len(sentence), 1) + 1))[:chars]
+        repeats = 8 * granted // max(len(sentence), 1) + 1  # more than enough at any token ratio >= 0.5
+        text = budget.tokenizer.within(sentence * repeats, granted)
     digest = hashlib.blake2b(f"{turn.message_id}:{code}:{granted}".encode(), digest_size=48).digest()
     answer.content.append(
         {"type": "thinking", "thinking": text, "signature": base64.b64encode(digest).decode()}
@@ -287,7 +287,7 @@ def _text(answer: Answer, budget: _Budget, text: str) -> None:
     tokens = budget.tokenizer.text_tokens(text)
     granted = budget.take(tokens)
     if granted < tokens:
-        text = text[: budget.tokenizer.chars_within(granted)]
+        text = budget.tokenizer.within(text, granted)
     answer.content.append({"type": "text", "text": text})
 
 

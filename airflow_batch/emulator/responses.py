@@ -45,10 +45,11 @@ import msgspec
 
 from airflow_batch.emulator.answers import Turn, compose, needs_full_answer, semantic_problem, synthetic_text
 from airflow_batch.emulator.files import scoped_file_problem
-from airflow_batch.emulator.models import model_entry
+from airflow_batch.emulator.models import model_entry, refusal
 from airflow_batch.emulator.prompt_cache import TimedCacheLedger
 from airflow_batch.emulator.tokenizer import Tokenizer, tokenizer_for
 from airflow_batch.emulator.validation import BatchRequest, Params
+from airflow_batch.model_rules import SAMPLING_PARAMETERS
 from airflow_batch.tokens import NO_CACHE, CacheUsage, cache_breakpoints
 
 SUCCEEDED = b"s"
@@ -240,7 +241,15 @@ def request_problem(params: Params, facts: ModelFacts | None) -> str | None:
     """Return the ``invalid_request_error`` a well-formed request gets before its prompt is counted."""
     if facts is None:
         return f"model: {params.model!r} is not a model this API serves"
-    return semantic_problem(params) or scoped_file_problem(params.messages)
+    values = (params.temperature, params.top_p, params.top_k)
+    sampling = {
+        name: value for name, value in zip(SAMPLING_PARAMETERS, values, strict=True) if value is not None
+    }
+    return (
+        refusal(params.model, sampling, params.thinking)
+        or semantic_problem(params)
+        or scoped_file_problem(params.messages)
+    )
 
 
 def prompt_problem(prompt: Prompt, facts: ModelFacts) -> str | None:
@@ -354,7 +363,7 @@ class ResultBuilder:
         output_tokens = tokenizer.text_tokens(text)
         stop_reason = b"end_turn"
         if output_tokens > params.max_tokens:
-            text = text[: tokenizer.chars_within(params.max_tokens)]
+            text = tokenizer.within(text, params.max_tokens)
             output_tokens = params.max_tokens
             stop_reason = b"max_tokens"
         return _SUCCEEDED_LINE % (

@@ -1,15 +1,18 @@
 """How the emulated models count tokens: the shared local approximation, scaled per model family.
 
-The API's tokenizers do not count like :mod:`airflow_batch.tokens` (``ceil(characters / 4)``
-per text): the newest families (Claude 4.7 and later) count about 30% more tokens for the same
-text. The factor is the model table's ``token_ratio`` (one home: ``data/prices.json``). The
-emulator answers ``count_tokens`` and reports result usage (input, cache and output tokens)
-with the same scaled counts, so the two agree with each other and differ from the local
-approximation as the API's do, and the submit estimate's calibration has a real ratio to find.
+The API's tokenizers do not count like :mod:`airflow_batch.tokens` (script-aware: a CJK
+character one token, other text ``ceil(characters / 4)``): the newest families (Claude 4.7 and
+later) count about 30% more tokens for the same text. The factor is the model table's
+``token_ratio`` (one home: ``data/prices.json``). The emulator answers ``count_tokens`` and
+reports result usage (input, cache and output tokens) with the same scaled counts, so the two
+agree with each other and differ from the local approximation as the API's do, and the submit
+estimate's calibration has a real ratio to find.
 
 Each piece of a prompt (each segment of :func:`airflow_batch.tokens.prompt_segments`) and each
 generated text counts ``ceil(local * ratio)``, computed in integers (the ratio in thousandths),
-so a count is exact and a prompt's total is the sum of its pieces.
+so a count is exact and a prompt's total is the sum of its pieces. A text cut to a token
+budget (an answer at ``max_tokens``) is cut by that same count, so a Chinese echo is cut shorter
+than an English one.
 """
 
 from __future__ import annotations
@@ -41,9 +44,19 @@ class Tokenizer:
         """Return the tokens of one generated or prompt text."""
         return self.scale(approx_tokens(text))
 
-    def chars_within(self, tokens: int) -> int:
-        """Return the most characters a text may have to count at most ``tokens`` tokens."""
-        return 4 * (max(tokens, 0) * _UNIT // self.per_mille)
+    def within(self, text: str, tokens: int) -> str:
+        """Return the longest start of ``text`` that counts at most ``tokens`` tokens."""
+        local = max(tokens, 0) * _UNIT // self.per_mille  # the local tokens that scale to <= tokens
+        if text.isascii():
+            return text[: 4 * local]
+        low, high = 0, min(len(text), 4 * local)  # the count only grows with the length
+        while low < high:
+            middle = (low + high + 1) // 2
+            if approx_tokens(text[:middle]) <= local:
+                low = middle
+            else:
+                high = middle - 1
+        return text[:low]
 
     def segments(self, system: Any, messages: Sequence[Any], tools: Sequence[Any] | None) -> list[Segment]:
         """Return the prompt's segments (tools, system, messages) with this model's token counts."""

@@ -4,7 +4,10 @@ A body is checked against :mod:`airflow_batch.params` (the rules the submit vali
 too, so the two cannot drift): any problem raises ``InvalidBatch`` whose message names the
 request index, e.g. ``requests.17: custom_id 'a b' must match ^[a-zA-Z0-9_-]{1,64}$`` or
 ``requests.3.params.system: Expected `str | array | null`, got `int```. A request with
-``anthropic-beta`` headers may carry parameters the rules do not know. The body is then
+``anthropic-beta`` headers may carry parameters the rules do not know. The first requests of
+each create are then checked again, independently, against the SDK's own request types
+(:mod:`airflow_batch.emulator.sdk_types`), so a request our rules accept and the API's types
+refuse is refused here too, and a test comparing the two can fail. The body is then
 decoded again into small working structs (lighter than dicts for 100,000 requests). Semantic
 problems a real API reports per request (a model it does not serve) are not checked here:
 those requests come back ``errored`` (see ``responses``).
@@ -21,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from airflow_batch.emulator.sdk_types import sdk_problem
 from airflow_batch.params import (
     LenientParams,
     LenientRequest,
@@ -54,6 +58,9 @@ class Params(msgspec.Struct, gc=False):
     stop_sequences: list[str] | None = None
     inference_geo: str | None = None
     stream: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
 
 
 class BatchRequest(msgspec.Struct, gc=False):
@@ -84,6 +91,14 @@ class CountTokensBody(msgspec.Struct, gc=False):
     messages: list[Message]
     system: str | list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
+
+
+class _RawBody(msgspec.Struct):
+    requests: list[msgspec.Raw]
+
+
+#: Requests of each create checked against the SDK's types as well (see :func:`sdk_check`).
+SDK_CHECKED = 1_000
 
 
 class InvalidBatch(ValueError):
@@ -132,8 +147,22 @@ def parse_create_body(
             )
         seen.add(custom_id)
     del checked
+    sdk_check(body, beta=lenient)
     requests: list[BatchRequest] = decode_body(body, CreateBody).requests
     return requests
+
+
+def sdk_check(body: bytes | bytearray, *, beta: bool) -> None:
+    """Raise InvalidBatch if the SDK's request types refuse one of the first requests of a create body.
+
+    The independent check (:mod:`airflow_batch.emulator.sdk_types`), on the first
+    ``SDK_CHECKED`` requests: every request of a job is built by one code path, so a
+    disagreement shows in the first ones, and a 100,000-request create stays fast.
+    """
+    for index, raw in enumerate(decode_body(body, _RawBody).requests[:SDK_CHECKED]):
+        problem = sdk_problem(msgspec.json.decode(raw), beta=beta, index=index)
+        if problem:
+            raise InvalidBatch(problem)
 
 
 def parse_message_body(body: bytes | bytearray, *, lenient: bool = False) -> Params:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -36,21 +37,18 @@ import msgspec
 
 from airflow_batch.layout import INVALID_INPUT_FILE, chunk_file_name
 from airflow_batch.memory import paused_gc
-from airflow_batch.params import decode_line, loads
+from airflow_batch.params import decode_plain, loads
 from airflow_batch.submit.estimate import TokenTally
 from airflow_batch.submit.records import BLANK, Carried, RequestDefaults
 from airflow_batch.submit.validation import (
     InvalidRow,
-    MaxOutputTokens,
     Problem,
     ProblemReport,
-    check_custom_id,
-    check_params,
     checked_request,
     custom_id_of,
     hint_for,
 )
-from airflow_batch.tokens import plain_prompt_tokens
+from airflow_batch.tokens import plain_text_tokens
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -60,6 +58,8 @@ BODY_SUFFIX = b"]}"
 #: Bytes of a create body beyond its request lines: prefix, suffix, and n-1 commas for n lines.
 _ENVELOPE = len(BODY_PREFIX) + len(BODY_SUFFIX) - 1
 _BUCKETS = 64
+#: Ids held before they are spilled to their buckets: one write per bucket, not one per id.
+_IDS_HELD = 1 << 16
 _WRITE_BUFFER = 1 << 20
 #: A request line that may ask for caching holds this (the cache walk is skipped otherwise).
 CACHE_CONTROL = b'"cache_control"'
@@ -151,7 +151,8 @@ class ModelLimits:
     betas: tuple[str, ...] = ()
     _known: dict[str, tuple[int | None, int | None, int | None]] = field(default_factory=dict, compare=False)
 
-    def _limits(self, model: str) -> tuple[int | None, int | None, int | None]:
+    def limits(self, model: str) -> tuple[int | None, int | None, int | None]:
+        """Return the model's context window, batch output maximum and cache minimum (None: not known)."""
         limits = self._known.get(model)
         if limits is None:  # once per model: the lookup matches the model id to its family
             entry = self.table.price_for(model) if self.table is not None else None
@@ -165,15 +166,15 @@ class ModelLimits:
 
     def context_window(self, model: str) -> int | None:
         """Return the model's context window in tokens, or None when not known."""
-        return self._limits(model)[0]
+        return self.limits(model)[0]
 
     def max_output_tokens(self, model: str) -> int | None:
         """Return the most ``max_tokens`` the model takes in a batch, or None when not known."""
-        return self._limits(model)[1]
+        return self.limits(model)[1]
 
     def min_cacheable_tokens(self, model: str) -> int | None:
         """Return the model's shortest cacheable prompt prefix in tokens, or None when not known."""
-        return self._limits(model)[2]
+        return self.limits(model)[2]
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,13 @@ class PreparedRound:
 
 
 class UniqueIds:
-    """Finds custom_ids used twice across a whole job without holding every id in memory."""
+    """Finds custom_ids used twice across a whole job without holding every id in memory.
+
+    Ids are held a while, then spilled to their hash bucket's file, one a line; their rows go
+    to one shared file of 8-byte integers, each bucket's run of them noted by offset. A bucket
+    is checked at once: a set of its ids as long as their list means no duplicate (C passes
+    only); only a bucket that has one reads its rows back, to name them.
+    """
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="airflow-batch-ids-")
@@ -215,10 +222,38 @@ class UniqueIds:
             open(os.path.join(self._dir.name, f"{n:02d}"), "w", encoding="ascii", buffering=1 << 16)  # noqa: SIM115
             for n in range(_BUCKETS)
         ]
+        self._rows_file: IO[bytes] = open(os.path.join(self._dir.name, "rows"), "w+b")  # noqa: SIM115
+        #: Per bucket, where its rows are in the rows file: (byte offset, how many), in input order.
+        self._runs: list[list[tuple[int, int]]] = [[] for _ in range(_BUCKETS)]
+        self._ids: list[list[str]] = [[] for _ in range(_BUCKETS)]
+        self._rows: list[list[int]] = [[] for _ in range(_BUCKETS)]
+        self._room = _IDS_HELD
 
     def add(self, custom_id: str, row: int) -> None:
-        """Note that ``row`` uses ``custom_id`` (a valid id: no tab, no newline)."""
-        self._files[hash(custom_id) & (_BUCKETS - 1)].write(f"{custom_id}\t{row}\n")
+        """Note that ``row`` uses ``custom_id`` (a valid id: no newline)."""
+        bucket = hash(custom_id) & (_BUCKETS - 1)
+        self._ids[bucket].append(custom_id)
+        self._rows[bucket].append(row)
+        self._room -= 1
+        if not self._room:
+            self._spill()
+
+    def _spill(self) -> None:
+        for handle, ids, rows, runs in zip(self._files, self._ids, self._rows, self._runs, strict=True):
+            if ids:
+                handle.write("\n".join(ids) + "\n")
+                runs.append((self._rows_file.tell(), len(rows)))
+                self._rows_file.write(array("q", rows).tobytes())
+                ids.clear()
+                rows.clear()
+        self._room = _IDS_HELD
+
+    def _bucket_rows(self, bucket: int) -> list[int]:
+        rows = array("q")
+        for offset, count in self._runs[bucket]:
+            self._rows_file.seek(offset)
+            rows.frombytes(self._rows_file.read(8 * count))
+        return rows.tolist()
 
     def duplicates(self, label: str = "row") -> list[Problem]:
         """Return every row whose custom_id an earlier row already used, in input order.
@@ -226,33 +261,36 @@ class UniqueIds:
         One bucket is in memory at a time; the duplicates themselves are few in any input a
         user would submit (each is an error), so they are returned whole.
         """
+        self._spill()
         for handle in self._files:
             handle.close()
         found: list[Problem] = []
         for n in range(_BUCKETS):
-            first: dict[str, int] = {}
             with open(os.path.join(self._dir.name, f"{n:02d}"), encoding="ascii") as handle:
-                for line in handle:
-                    custom_id, _, raw = line.rstrip("\n").partition("\t")
-                    row = int(raw)
-                    earlier = first.setdefault(custom_id, row)
-                    if earlier != row:
-                        found.append(
-                            Problem(
-                                row,
-                                custom_id,
-                                f"custom_id is already used by {label} {earlier}; custom_id must be unique "
-                                "across the whole job",
-                                hint="give each record a unique id, or pass custom_id_from= to build one",
-                                label=label,
-                            )
+                ids = handle.read().split("\n")[:-1]
+            if len(set(ids)) == len(ids):
+                continue
+            first: dict[str, int] = {}
+            for custom_id, row in zip(ids, self._bucket_rows(n), strict=True):
+                earlier = first.setdefault(custom_id, row)
+                if earlier != row:
+                    found.append(
+                        Problem(
+                            row,
+                            custom_id,
+                            f"custom_id is already used by {label} {earlier}; custom_id must be unique "
+                            "across the whole job",
+                            hint="give each record a unique id, or pass custom_id_from= to build one",
+                            label=label,
                         )
+                    )
         return sorted(found, key=lambda problem: problem.row)
 
     def close(self) -> None:
         """Remove the temporary bucket files."""
         for handle in self._files:
             handle.close()
+        self._rows_file.close()
         self._dir.cleanup()
 
 
@@ -274,8 +312,10 @@ class _ChunkWriter:
         self.chunks: list[ChunkInfo] = []
         self._handle: IO[bytes] | None = None
         self._inputs: IO[bytes] | None = None
-        self._buffer = bytearray()
-        self._inputs_buffer = bytearray()
+        # Lines wait in lists, joined once a flush: one append a line instead of two copies.
+        self._lines: list[bytes] = []
+        self._twins: list[bytes] = []
+        self._held_bytes = 0
         self._count = 0
         self._line_bytes = 0
 
@@ -288,14 +328,12 @@ class _ChunkWriter:
             self._close()
             self._open()
             count, line_bytes = 1, len(line)
-        buffer = self._buffer
-        buffer += line
-        buffer += b"\n"
-        self._inputs_buffer += inputs_line
-        self._inputs_buffer += b"\n"
+        self._lines.append(line)
+        self._twins.append(inputs_line)
         self._count = count
         self._line_bytes = line_bytes
-        if len(buffer) >= _WRITE_BUFFER:
+        self._held_bytes += len(line)
+        if self._held_bytes >= _WRITE_BUFFER:
             self._flush()
 
     def _open(self) -> None:
@@ -306,12 +344,16 @@ class _ChunkWriter:
 
     def _flush(self) -> None:
         assert self._handle is not None and self._inputs is not None
+        if not self._lines:
+            return
+        lines = b"\n".join(self._lines) + b"\n"
         if self.digest is not None:
-            self.digest.update(self._buffer)
-        self._handle.write(self._buffer)
-        self._buffer.clear()
-        self._inputs.write(self._inputs_buffer)
-        self._inputs_buffer.clear()
+            self.digest.update(lines)
+        self._handle.write(lines)
+        self._inputs.write(b"\n".join(self._twins) + b"\n")
+        self._lines.clear()
+        self._twins.clear()
+        self._held_bytes = 0
 
     def _close(self) -> None:
         assert self._handle is not None and self._inputs is not None
@@ -335,33 +377,6 @@ class _ChunkWriter:
             if handle is not None:
                 handle.close()
         self._handle = self._inputs = None
-
-
-def _plain_line(
-    line: bytes, defaults: RequestDefaults, lenient: bool, max_output_tokens: MaxOutputTokens | None
-) -> tuple[Any, int] | None:
-    """Return a JSON line's typed request and input tokens if it is valid and plain, else None.
-
-    Plain: valid as it is (nothing for the defaults to fill in) and a prompt of strings only,
-    without tools or ``cache_control``. Such a line is written to its chunk unchanged; anything
-    else takes the general path (decode, apply defaults, check, encode), which also produces the
-    error message of an invalid row.
-    """
-    try:
-        request = decode_line(line, lenient=lenient)
-    except ValueError:
-        return None
-    params = request.params
-    if (
-        check_custom_id(request.custom_id) is not None  # the slow path names the rule
-        or defaults.fills(params)
-        or params.tools is not None
-        or CACHE_CONTROL in line
-        or check_params(params, lenient=lenient, max_output_tokens=max_output_tokens) is not None
-    ):
-        return None
-    tokens = plain_prompt_tokens(params.system, params.messages)
-    return None if tokens is None else (request, tokens)
 
 
 def _invalid_row(problem: Problem, round_number: int) -> dict[str, Any]:
@@ -434,7 +449,14 @@ def prepare_chunks(
     row = 0
     single_limit = max_bytes - _ENVELOPE - 1
     max_output = limits.max_output_tokens
+    model_limits = limits.limits
     fingerprint_plain = diversion is not None and diversion.lenient
+    # A plain line (see decode_plain) is written as read unless the defaults would change it.
+    plain_lines = defaults.output_format is None
+    fills_system = defaults.system is not None
+    add_id = ids.add
+    add_line = writer.add
+    add_plain = tally.add_plain
 
     def problem_at(custom_id: str | None, rule: str, hint: str = "") -> Problem:
         return Problem(row, custom_id, rule, hint or hint_for(rule), row_label)
@@ -450,19 +472,26 @@ def prepare_chunks(
                     continue
                 problem: Problem | None = None
                 request: Any = item
-                plain = _plain_line(item, defaults, lenient, max_output) if type(item) is bytes else None
-                if plain is not None and len(item) <= single_limit:
-                    typed, tokens = plain
+                # The fast path: a plain line breaks no rule but the model's limits, checked here;
+                # anything else (or a plain line past a limit) takes the general path below,
+                # which also words the problem.
+                typed = decode_plain(item) if plain_lines and type(item) is bytes else None
+                if (
+                    typed is not None
+                    and len(item) <= single_limit
+                    and not (fills_system and typed.params.system is None)
+                ):
                     params = typed.params
-                    window = limits.context_window(params.model)
-                    if window is None or tokens <= window:
-                        ids.add(typed.custom_id, row)
+                    tokens = plain_text_tokens(params.system, params.messages)
+                    window, most, _ = model_limits(params.model)
+                    if (window is None or tokens <= window) and (most is None or params.max_tokens <= most):
+                        add_id(typed.custom_id, row)
                         valid += 1
                         if report.total > failed and not skip_invalid:
                             continue
                         if diversion is None:
-                            writer.add(item, inputs_line(typed.custom_id, source_row, fields))
-                            tally.add_plain(params.model, params.max_tokens, tokens, item)
+                            add_line(item, inputs_line(typed.custom_id, source_row, fields))
+                            add_plain(params.model, params.max_tokens, tokens, item)
                             continue
                         every_line += item
                         every_line += b"\n"

@@ -55,26 +55,46 @@ def _no_minimum(model: str) -> int | None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class ModelTally:
-    """Expected tokens of the requests of one model."""
+    """Expected tokens of the requests of one model.
 
-    requests: int = 0
+    Requests and output tokens derive from ``max_tokens_counts`` (one count per request, the
+    submit pass's only per-request work here), so the expected output can be priced again for
+    a new length.
+    """
+
     input_tokens: int = 0
     cache_write_5m: int = 0
     cache_write_1h: int = 0
     cache_read: int = 0
-    output_tokens: int = 0  # expected: min(max_tokens, expected per request), else max_tokens
-    max_output_tokens: int = 0  # the upper bound: every request's max_tokens
-    #: ``max_tokens -> requests``: so the expected output can be priced again for a new length.
+    #: Expected output tokens per request, capped at each request's max_tokens (None: max_tokens).
+    expected: int | None = None
+    #: ``max_tokens -> requests``.
     max_tokens_counts: dict[int, int] = field(default_factory=dict)
 
-    def expect(self, expected: int | None) -> None:
-        """Set ``output_tokens`` for ``expected`` output tokens per request (None: max_tokens)."""
-        self.output_tokens = sum(
+    @property
+    def requests(self) -> int:
+        """Return how many requests were counted."""
+        return sum(self.max_tokens_counts.values())
+
+    @property
+    def max_output_tokens(self) -> int:
+        """Return the upper bound of the output: every request's max_tokens."""
+        return sum(max_tokens * requests for max_tokens, requests in self.max_tokens_counts.items())
+
+    @property
+    def output_tokens(self) -> int:
+        """Return the expected output: min(max_tokens, expected) per request, else max_tokens."""
+        expected = self.expected
+        return sum(
             (min(expected, max_tokens) if expected is not None else max_tokens) * requests
             for max_tokens, requests in self.max_tokens_counts.items()
         )
+
+    def expect(self, expected: int | None) -> None:
+        """Price ``output_tokens`` at ``expected`` output tokens per request (None: max_tokens)."""
+        self.expected = expected
 
 
 @dataclass
@@ -100,11 +120,7 @@ class TokenTally:
     def _model(self, model: str, max_tokens: int) -> ModelTally:
         tally = self.models.get(model)
         if tally is None:
-            tally = self.models[model] = ModelTally()
-        tally.requests += 1
-        expected = self.expected_output_tokens
-        tally.output_tokens += min(expected, max_tokens) if expected is not None else max_tokens
-        tally.max_output_tokens += max_tokens
+            tally = self.models[model] = ModelTally(expected=self.expected_output_tokens)
         counts = tally.max_tokens_counts
         counts[max_tokens] = counts.get(max_tokens, 0) + 1
         return tally

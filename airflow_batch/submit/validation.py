@@ -3,8 +3,9 @@
 A request is ``{"custom_id": str, "params": {...Messages API body...}}``. :func:`check_request`
 returns the first rule a request breaks (or None): the structure the API accepts
 (:mod:`airflow_batch.params`, shared with the emulator's create validation), what a batch
-refuses, and the model's limits where the model table knows them (``max_tokens`` above the
-model's batch maximum). A bad row fails the task before anything is spent.
+refuses, the model's limits where the model table knows them (``max_tokens`` above the
+model's batch maximum), and the model's rules (:mod:`airflow_batch.model_rules`: sampling
+parameters and thinking forms). A bad row fails the task before anything is spent.
 
 A :class:`ProblemReport` collects the invalid rows in bounded memory and reads as one line
 per distinct rule: how many rows break it, the first few (``line 4`` of a JSONL file, blank
@@ -18,7 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_batch.params import batch_rules, check_custom_id, convert_request
+from airflow_batch.model_rules import SAMPLING_PARAMETERS, model_problem
+from airflow_batch.params import batch_rules, check_custom_id, convert_request, thinking_type
 
 if TYPE_CHECKING:
     from airflow_batch.params import Params, Request
@@ -172,7 +174,11 @@ def check_params(
 ) -> str | None:
     """Return the first batch rule typed ``params`` break, with the model's limits when known."""
     limit = max_output_tokens(params.model) if max_output_tokens is not None else None
-    return batch_rules(params, lenient=lenient, max_output_tokens=limit)
+    return batch_rules(params, lenient=lenient, max_output_tokens=limit) or model_problem(
+        params.model,
+        {name: value for name in SAMPLING_PARAMETERS if (value := getattr(params, name)) is not None},
+        thinking_type(params.thinking),
+    )
 
 
 def check_request(

@@ -25,6 +25,7 @@ from anthropic.types.messages import MessageBatchIndividualResponse
 from emulator_helpers import create_and_wait, raw_result_lines, request, tokens, wait_ended
 
 from airflow_batch.emulator.process import EmulatorProcess
+from airflow_batch.submit.validation import check_request
 
 REVIEW_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -63,6 +64,10 @@ RATE_TOOL = {
     },
 }
 validator = jsonschema.Draft202012Validator(REVIEW_SCHEMA)
+
+
+#: A model that takes adaptive thinking (it came with the 4.6 models: data/model_rules.json).
+ADAPTIVE = "claude-sonnet-4-6"
 
 
 def only(results: dict[str, Any]) -> Message:
@@ -123,8 +128,8 @@ def test_invalid_output_rate_breaks_that_share_of_answers_reproducibly(
 def test_thinking_comes_first_and_counts_in_output_tokens(client: anthropic.Anthropic) -> None:
     requests = [
         request("enabled", thinking={"type": "enabled", "budget_tokens": 1024}, max_tokens=2000),
-        request("low", thinking={"type": "adaptive"}, output_config={"effort": "low"}),
-        request("omitted", thinking={"type": "adaptive", "display": "omitted"}),
+        request("low", model=ADAPTIVE, thinking={"type": "adaptive"}, output_config={"effort": "low"}),
+        request("omitted", model=ADAPTIVE, thinking={"type": "adaptive", "display": "omitted"}),
         request("default-new", model="claude-opus-4-7", thinking={"type": "adaptive"}, max_tokens=2000),
         request("disabled", thinking={"type": "disabled"}),
         request("between", model="claude-sonnet-5-5", thinking={"type": "between_tools"}),
@@ -149,7 +154,8 @@ def test_thinking_comes_first_and_counts_in_output_tokens(client: anthropic.Anth
 
 
 def test_thinking_is_cut_at_max_tokens_before_any_text(client: anthropic.Anthropic) -> None:
-    message = only(create_and_wait(client, [request("t", thinking={"type": "adaptive"}, max_tokens=50)]))
+    adaptive = request("t", model=ADAPTIVE, thinking={"type": "adaptive"}, max_tokens=50)
+    message = only(create_and_wait(client, [adaptive]))
 
     assert message.stop_reason == "max_tokens"
     assert [block.type for block in message.content] == ["thinking"]
@@ -163,7 +169,11 @@ def test_forced_tool_choice_answers_with_a_tool_use_block(client: anthropic.Anth
         request("named", tools=[other, RATE_TOOL], tool_choice={"type": "tool", "name": "record_rating"}),
         request("auto", tools=[RATE_TOOL], tool_choice={"type": "auto"}),
         request(
-            "forced-thinking", tools=[RATE_TOOL], tool_choice={"type": "any"}, thinking={"type": "adaptive"}
+            "forced-thinking",
+            model=ADAPTIVE,
+            tools=[RATE_TOOL],
+            tool_choice={"type": "any"},
+            thinking={"type": "adaptive"},
         ),
     ]
     results = create_and_wait(client, requests)
@@ -317,3 +327,53 @@ async def test_async_client_reads_every_block_type(aclient: anthropic.AsyncAnthr
         TextBlock,
     ]
     validator.validate(json.loads(results["structured"].message.content[0].text))  # type: ignore[union-attr]
+
+
+def test_a_request_its_model_refuses_comes_back_errored_in_the_apis_words(
+    client: anthropic.Anthropic,
+) -> None:
+    # Sent straight to the emulator, past submit: the emulator's own reading of data/model_rules.json.
+    results = create_and_wait(
+        client,
+        [
+            request("sampling-new", model="claude-opus-4-7", temperature=0.2),
+            request("both-samplers", model="claude-sonnet-4-5", temperature=0.2, top_p=0.9),
+            request(
+                "budget-new",
+                model="claude-opus-4-7",
+                max_tokens=4000,
+                thinking={"type": "enabled", "budget_tokens": 2048},
+            ),
+            request("sampling-old", temperature=0.2),
+        ],
+    )
+    messages = {
+        custom_id: result.error.error.message
+        for custom_id, result in results.items()
+        if result.type == "errored"
+    }
+    assert messages == {
+        "sampling-new": "`temperature` is deprecated for this model.",
+        "both-samplers": "`temperature` and `top_p` cannot both be specified for this model. "
+        "Please use only one.",
+        "budget-new": '"thinking.type.enabled" is not supported for this model. Use "thinking.type.adaptive" '
+        'and "output_config.effort" to control thinking behavior.',
+    }
+    assert results["sampling-old"].type == "succeeded"
+    assert {r.error.error.type for r in results.values() if r.type == "errored"} == {"invalid_request_error"}
+
+
+def test_the_emulator_refuses_what_the_sdk_types_refuse_even_where_our_rules_accept(
+    emu: EmulatorProcess, client: anthropic.Anthropic
+) -> None:
+    # A job with betas lets a beta parameter pass whatever its shape (our rules); the SDK's beta
+    # type says billing_policy needs a type. The emulator checks against the SDK's types too.
+    bad = request("beta", billing_policy={})
+    assert check_request(bad, lenient=True) is None
+    before = emu.batch_count()
+    with pytest.raises(anthropic.BadRequestError) as raised:
+        client.beta.messages.batches.create(requests=[bad], betas=["mcp-client-2025-11-20"])  # type: ignore[list-item]
+    assert "requests.0.params.billing_policy.type: Field required (the SDK's request types)" in str(
+        raised.value
+    )
+    assert emu.batch_count() == before

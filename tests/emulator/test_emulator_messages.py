@@ -57,7 +57,8 @@ async def test_async_client_gets_structured_output_thinking_and_tool_calls(
         **PARAMS, output_config={"format": {"type": "json_schema", "schema": SCHEMA}}
     )
     jsonschema.validate(json.loads(structured.content[0].text), SCHEMA)  # type: ignore[union-attr]
-    thinking = await aclient.messages.create(**{**PARAMS, "max_tokens": 2000}, thinking={"type": "adaptive"})
+    adaptive = {**PARAMS, "model": "claude-sonnet-4-6", "max_tokens": 2000}  # adaptive came with 4.6
+    thinking = await aclient.messages.create(**adaptive, thinking={"type": "adaptive"})
     assert [type(b) for b in thinking.content] == [ThinkingBlock, TextBlock]
     assert thinking.usage.output_tokens_details.thinking_tokens == 192  # type: ignore[union-attr]
     tool = {"name": "classify", "input_schema": SCHEMA}
