@@ -47,6 +47,11 @@ class BatchJobGroup(TaskGroup):
         return self.finalize.output
 
 
+def _results_gone(round_number: int, max_retry_rounds: int) -> dict[str, str]:
+    """Return the gather's ``on_results_gone``: resubmit in the next round while one is left, else fail."""
+    return {"on_results_gone": "retry" if round_number < max_retry_rounds else "fail"}
+
+
 def default_asset(dag_id: str, group_id: str) -> Asset:
     """Return the Asset a job emits when none is given: ``airflow-batch://{dag_id}/{group_id}``."""
     return Asset(uri=f"airflow-batch://{dag_id}/{group_id}")
@@ -166,7 +171,9 @@ def anthropic_batch_job(
         ``expected_output_tokens``, ``on_input_change``, ``skip_invalid``...); the batch
         settings among them apply to retry rounds too.
     :param sensor_kwargs: Further ``BatchesSensor`` arguments (``timeout_policy``...).
-    :param gather_kwargs: Further ``GatherResultsOperator`` arguments.
+    :param gather_kwargs: Further ``GatherResultsOperator`` arguments. ``on_results_gone`` is
+        ``"retry"`` for every gather but the last round's (``"fail"``): the requests of a batch
+        whose results the API no longer holds go to the next retry round.
     :param tooltip: Tooltip of the group in the UI.
     """
     if (requests is None) == (records is None):
@@ -232,7 +239,9 @@ def anthropic_batch_job(
         )
         # Every later task reads the connection (and betas, workspace) from the round manifest.
         wait = BatchesSensor(task_id="wait", manifest=submit.output, **sensor_args)
-        gather = GatherResultsOperator(task_id="gather", manifest=wait.output, **gather_args)
+        gather = GatherResultsOperator(
+            task_id="gather", manifest=wait.output, **{**_results_gone(0, max_retry_rounds), **gather_args}
+        )
         last = gather
         for number in range(1, max_retry_rounds + 1):
             retry = RetryFailedOperator(
@@ -243,7 +252,11 @@ def anthropic_batch_job(
                 poll_interval=poll_interval,
             )
             wait_r = BatchesSensor(task_id=f"wait_{number}", manifest=retry.output, **sensor_args)
-            last = GatherResultsOperator(task_id=f"gather_{number}", manifest=wait_r.output, **gather_args)
+            last = GatherResultsOperator(
+                task_id=f"gather_{number}",
+                manifest=wait_r.output,
+                **{**_results_gone(number, max_retry_rounds), **gather_args},
+            )
         if asset is None:
             dag = group.dag
             asset = default_asset(dag.dag_id, group.group_id or group_id) if dag is not None else False
