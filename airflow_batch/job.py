@@ -96,6 +96,7 @@ def anthropic_batch_job(
     canary: int = 0,
     canary_max_failure_rate: float = 0.0,
     delete_batches: str | None = None,
+    land_interval: float | None = None,
     submit_kwargs: Mapping[str, Any] | None = None,
     sensor_kwargs: Mapping[str, Any] | None = None,
     gather_kwargs: Mapping[str, Any] | None = None,
@@ -167,6 +168,10 @@ def anthropic_batch_job(
     :param canary_max_failure_rate: Share of canary answers that may be unusable (default 0).
     :param delete_batches: ``"after_gather"``: delete each batch from the API once its rows are
         landed (see ``GatherResultsOperator``); default ``None`` keeps them.
+    :param land_interval: Land each round's ended batches while its other batches still run, at
+        most every ``land_interval`` seconds (or as soon as a tenth of them wait): their rows are
+        readable with ``read_results(job_folder)`` before the round ends (see ``BatchesSensor``).
+        ``None`` (default): a round lands when its last batch has ended.
     :param submit_kwargs: Further ``SubmitBatchesOperator`` arguments (batch limits,
         ``expected_output_tokens``, ``on_input_change``, ``skip_invalid``...); the batch
         settings among them apply to retry rounds too.
@@ -209,6 +214,11 @@ def anthropic_batch_job(
         "delete_batches": delete_batches,
         **(gather_kwargs or {}),
     }
+    if land_interval is not None:
+        # A batch landed by the wait lands exactly as the gather would land it.
+        landing_keys = ("include_content", "retryable_error_types", "prices", "delete_batches")
+        sensor_args["land_interval"] = land_interval
+        sensor_args["gather_settings"] = {key: gather_args[key] for key in landing_keys}
 
     group = BatchJobGroup(group_id, tooltip=tooltip)
     with group:

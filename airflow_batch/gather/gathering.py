@@ -431,6 +431,33 @@ class SpendWatch:
         return {"max_cost_usd": self.budget, "spent_usd": self.spent, "exceeded": self.exceeded}
 
 
+def gather_config(
+    job: ObjectStoragePath,
+    *,
+    include_content: bool = False,
+    retryable_error_types: Iterable[str] | None = None,
+    prices: Mapping[str, Mapping[str, Any]] | None = None,
+    delete_batches: str | None = None,
+    on_results_gone: str = "fail",
+) -> GatherConfig:
+    """Return how a job's batches become rows, from the gather's arguments and the job's spec.
+
+    The gather task and the wait's landing (batches landed as they end) build it here, so a batch
+    lands the same whichever of them lands it.
+    """
+    return GatherConfig(
+        include_content=include_content,
+        retryable_types=(
+            frozenset(retryable_error_types) if retryable_error_types is not None else DEFAULT_RETRYABLE
+        ),
+        validator=job_validator(job),
+        table=price_table(prices),
+        answer_store=job_answer_store(job),
+        delete_batches=delete_batches == "after_gather",
+        on_results_gone=on_results_gone,
+    )
+
+
 def job_validator(job: ObjectStoragePath) -> Validator | None:
     """Return the compiled validator of the job's output schema, when the job has one."""
     schema = read_spec(job).get("output_schema")

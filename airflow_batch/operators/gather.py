@@ -98,21 +98,19 @@ class GatherResultsOperator(BaseOperator):
 
     def execute(self, context: Context) -> RoundManifest:
         """Gather the round and return its manifest."""
-        from airflow_batch.costs import price_table
-        from airflow_batch.gather.gathering import GatherConfig, gather_round, job_answer_store, job_validator
+        from airflow_batch.gather.gathering import gather_config, gather_round
         from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.storage import as_path
 
         manifest: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
         identity = JobIdentity.of(manifest, self.conn_id, self.task_id)
         job = as_path(manifest["job_dir"])
-        config = GatherConfig(
+        config = gather_config(
+            job,
             include_content=self.include_content,
-            retryable_types=self.retryable_error_types,
-            validator=job_validator(job),
-            table=price_table(self.prices),
-            answer_store=job_answer_store(job),
-            delete_batches=self.delete_batches == "after_gather",
+            retryable_error_types=self.retryable_error_types,
+            prices=self.prices,
+            delete_batches=self.delete_batches,
             on_results_gone=self.on_results_gone,
         )
         hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
