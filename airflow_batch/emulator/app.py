@@ -207,6 +207,7 @@ class Emulator:
         self.admission = threading.Lock()
         self.recent_creates: deque[float] = deque()
         self.creates_refused = 0  # creates answered 429 by the queue or create-rate limit since reset
+        self.creates = 0  # batches created since reset (each later one starts later: start_stagger_seconds)
         self._messages_lock = threading.Lock()
         self._messages_answered = 0
 
@@ -221,6 +222,7 @@ class Emulator:
             self.recent_creates.clear()
             self._messages_answered = 0
             self.creates_refused = 0
+            self.creates = 0
 
     def admit(self, requests: int, now: float) -> int:
         """Return the requests queued once a batch of ``requests`` is stored; raise the 429 of a limit.
@@ -241,6 +243,7 @@ class Emulator:
     def admitted(self, now: float) -> None:
         """Count a stored create toward the create rate."""
         self.recent_creates.append(now)
+        self.creates += 1
 
     def answer_message(self, params: Params, workspace: str) -> dict[str, Any]:
         """Return the Message answering a ``POST /v1/messages`` body; raise the API's error otherwise."""
@@ -433,7 +436,8 @@ def api_routes(emulator: Emulator) -> list[Route]:
                         num_requests=len(requests),
                         created_at=now,
                         ttl_seconds=config.ttl_seconds,
-                        start_delay_seconds=config.start_delay_seconds,
+                        start_delay_seconds=config.start_delay_seconds
+                        + config.start_stagger_seconds * emulator.creates,
                         rate=config.throughput,
                     )
                     record = emulator.store.create_batch(

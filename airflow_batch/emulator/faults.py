@@ -65,6 +65,9 @@ class EmulatorConfig:
     """Delay added to every API call."""
     start_delay_seconds: float = 0.0
     """Time from creation until a batch's first request completes."""
+    start_stagger_seconds: float = 0.0
+    """Each batch created after a reset starts this much later than the one before it (added to
+    ``start_delay_seconds``): a round's batches then end that far apart."""
     cancel_delay_seconds: float = 0.0
     """Time a batch stays ``canceling`` after a cancel before it ends."""
     ttl_seconds: float = 86_400.0
@@ -247,6 +250,7 @@ _PARSERS: dict[str, Any] = {
     "throughput": _non_negative_float,
     "latency_ms": _non_negative_float,
     "start_delay_seconds": _non_negative_float,
+    "start_stagger_seconds": _non_negative_float,
     "cancel_delay_seconds": _non_negative_float,
     "ttl_seconds": _non_negative_float,
     "clock_offset_seconds": _non_negative_float,

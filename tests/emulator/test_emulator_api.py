@@ -411,3 +411,14 @@ def test_results_are_archived_29_days_after_creation_on_the_emulator_clock(
         list(client.messages.batches.results(batch.id))
     fresh = client.messages.batches.create(requests=[request("new")])
     assert wait_ended(client, fresh.id).archived_at is None
+
+
+def test_start_stagger_makes_each_later_batch_start_later(
+    client: anthropic.Anthropic, emu: EmulatorProcess
+) -> None:
+    emu.configure(start_stagger_seconds=600)
+    first = client.messages.batches.create(requests=[request("first")])
+    second = client.messages.batches.create(requests=[request("second")])
+
+    assert wait_ended(client, first.id).request_counts.succeeded == 1
+    assert client.messages.batches.retrieve(second.id).processing_status == "in_progress"
