@@ -11,7 +11,7 @@ UV = $(if $(shell command -v uv 2>/dev/null),uv,$(PYTHON) -m uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo up test lint typecheck pytest venv browser services redis postgres bench clean
+.PHONY: demo up test check lint typecheck pytest venv browser services redis postgres bench clean
 
 venv: $(VENV)/.synced
 
@@ -65,6 +65,10 @@ pytest: venv browser services
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The fast tier: lint, types and every test that starts no Airflow deployment, browser or cluster.
+check: lint typecheck
+	$(BIN)/pytest -q -m "not e2e and not browser and not distributed and not wheel"
 
 bench: venv
 	$(BIN)/python bench/run_all.py

@@ -31,6 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev_command.add_dev_arguments(dev)
     dev.set_defaults(handler=dev_command.run_from_args)
+    under_dev = dev.add_subparsers(dest="dev_command", metavar="airflow ...")
+    airflow_cli = under_dev.add_parser(
+        "airflow",
+        help="run the Airflow CLI on this workdir's deployment (its home, SQLite settings, DAGs)",
+        description=(
+            "Run `airflow <args>` with the environment of the deployment `airflow-batch dev` runs on "
+            "--workdir, e.g. `airflow-batch dev airflow backfill create --dag-id daily_review_sentiment "
+            "--from-date 2026-11-01 --to-date 2026-11-03`."
+        ),
+    )
+    airflow_cli.add_argument(
+        "airflow_args", nargs=argparse.REMAINDER, help="arguments of the airflow command"
+    )
+    airflow_cli.set_defaults(handler=dev_command.run_airflow_cli)
     return parser
 
 

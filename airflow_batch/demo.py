@@ -30,16 +30,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from airflow_batch.dev.deployment import AIRFLOW_EXECUTABLE, airflow_environment, example_dags_environment
+from airflow_batch.dev.deployment import (
+    AIRFLOW_EXECUTABLE,
+    airflow_environment,
+    example_dags_environment,
+    example_dags_folder,
+)
 
 DAG_ID = "review_sentiment"
-REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = AIRFLOW_EXECUTABLE
 
 
 def demo_environment(workdir: Path, emulator_url: str) -> dict[str, str]:
     """Return the environment of the demo's Airflow: its own home, DB, DAGs and connection."""
-    env = airflow_environment(workdir / "airflow-home", REPO / "dags")
+    env = airflow_environment(workdir / "airflow-home", example_dags_folder())
     env.update(example_dags_environment(workdir / "output", anthropic_url=emulator_url, poll_interval=2))
     return env
 
@@ -153,7 +157,7 @@ def _run(command: list[str], env: Mapping[str, str], log: Path, what: str, echo:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; return the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m airflow_batch.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default=str(REPO / ".demo"), help="where the demo keeps its state")
+    parser.add_argument("--workdir", default=".demo", help="where the demo keeps its state (default ./.demo)")
     parser.add_argument("--error-rate", type=float, default=0.05, help="share of requests that error")
     parser.add_argument(
         "--invalid-output-rate", type=float, default=0.03, help="share of answers that break the schema"

@@ -4,6 +4,10 @@ Errors found before any batch is created (bad input, budget, changed input) deri
 :class:`BeforeSubmitError`: nothing was submitted, fix the cause and re-run. Errors found
 after submission (timeouts, permanent API faults while waiting, too many failed requests)
 derive from :class:`AfterSubmitError`: batches exist and outputs written so far are kept.
+
+A refusal that the same input meets again on every try (invalid rows, the budget, an unknown
+model, a failed canary, a changed input) is also a :class:`RetryCannotFix`: Airflow fails the
+task at once instead of spending its retries (and ``retry_delay``) on the same answer.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from functools import partial
 from typing import Any
 
 from airflow.providers.anthropic.exceptions import AnthropicError
+from airflow.sdk.exceptions import AirflowFailException
 
 
 class AirflowBatchError(AnthropicError):
@@ -26,11 +31,22 @@ class BeforeSubmitError(AirflowBatchError):
         return {"round": round_number, "reason": str(self), "kind": type(self).__name__}
 
 
-class InvalidRequestsError(BeforeSubmitError):
+class RetryCannotFix(AirflowFailException):
+    """Mixin of refusals a retry meets again: the task fails without retrying (fix, then clear)."""
+
+
+class InvalidRequestsError(BeforeSubmitError, RetryCannotFix):
     """One or more input rows are not valid Message Batches requests."""
 
 
-class BudgetExceededError(BeforeSubmitError):
+class MissingInputError(BeforeSubmitError, FileNotFoundError):
+    """The input file named when the task ran does not exist (yet): nothing was read or sent.
+
+    Retried (an upstream writer may still be late); listed on the batch jobs page with the path.
+    """
+
+
+class BudgetExceededError(BeforeSubmitError, RetryCannotFix):
     """The cost estimate is above what is left of ``max_cost_usd``.
 
     ``estimate_usd`` is the round's guarded estimate at batch prices, ``budget_usd`` the job's
@@ -75,15 +91,15 @@ class BudgetExceededError(BeforeSubmitError):
         }
 
 
-class UnknownModelError(BeforeSubmitError):
+class UnknownModelError(BeforeSubmitError, RetryCannotFix):
     """A request names a model the API does not serve (every request of it would fail)."""
 
 
-class UnknownModelPriceError(BeforeSubmitError):
+class UnknownModelPriceError(BeforeSubmitError, RetryCannotFix):
     """The price table has no entry for a model, so cost cannot be estimated."""
 
 
-class InputChangedError(BeforeSubmitError):
+class InputChangedError(BeforeSubmitError, RetryCannotFix):
     """The input of a task instance differs from the one its recorded batches were built from."""
 
 
@@ -91,7 +107,7 @@ class AnswerStoreError(BeforeSubmitError):
     """The answer store changed under a submit (an answer its index listed is gone): nothing was sent."""
 
 
-class CanaryFailedError(BeforeSubmitError):
+class CanaryFailedError(BeforeSubmitError, RetryCannotFix):
     """Too many canary answers were unusable (invalid for the schema, empty, cut at max_tokens).
 
     ``examples`` are the failed canary requests (custom_id and why); ``cost_usd`` what the canary
@@ -109,6 +125,14 @@ class CanaryFailedError(BeforeSubmitError):
     def record(self, round_number: int) -> dict[str, Any]:
         """Return the refusal with the failed examples and the canary's cost (USD, standard prices)."""
         return {**super().record(round_number), "examples": self.examples, "canary_cost_usd": self.cost_usd}
+
+
+class NothingToFinalizeError(AirflowBatchError, RetryCannotFix):
+    """Round 0 left no manifest (its submit was refused or failed): finalize has nothing to merge.
+
+    Finalize still fails (without retries) rather than being skipped: Airflow judges a run by its
+    last tasks, so a skipped finalize would mark a run whose submit was refused a success.
+    """
 
 
 class BatchesApiError(AirflowBatchError):

@@ -46,6 +46,9 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_batch.triggers.batches", "airflow_batch.triggers.queue"],
             }
         ],
+        "task-decorators": [
+            {"name": "anthropic_batch", "class-name": "airflow_batch.decorators.batch.anthropic_batch_task"}
+        ],
         "extra-links": ["airflow_batch.links.console.BatchConsoleLink"],
         "config": provider_config(),
         "plugins": [

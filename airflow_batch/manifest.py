@@ -125,6 +125,8 @@ class RoundManifest(TypedDict, total=False):
     batches: list[BatchRecord]
     estimate: CostEstimate | None
     submitted_at: str
+    # when the try of the submit that re-attached to the recorded batches began (a retry or a clear)
+    reattached_at: str
     # answered without a batch (reuse_answers, canary): rows in reused_path
     reused: int  # answers taken from the answer store (zero cost)
     reused_path: str | None
@@ -238,6 +240,12 @@ class RefusedManifest(TypedDict, total=False):
 def refused_manifest(job_dir: str, record: Mapping[str, Any]) -> RefusedManifest:
     """Return the manifest of a refused round from its refusal record (``round``, ``reason``, figures)."""
     return RefusedManifest(version=MANIFEST_VERSION, stage="refused", job_dir=job_dir, **record)  # type: ignore[typeddict-item]
+
+
+def round_started_at(manifest: Mapping[str, Any]) -> str | None:
+    """Return when the round's latest try began: its re-attach after a retry or a clear, else its
+    submit. Durations count from it, so a cleared run shows how long its latest try took."""
+    return manifest.get("reattached_at") or manifest.get("submitted_at")
 
 
 def empty_counts() -> RequestCounts:

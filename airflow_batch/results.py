@@ -110,13 +110,14 @@ def landed_rows(job: ObjectStoragePath, *, which: Which = "results") -> ResultRo
 def read_table(job: Mapping[str, Any] | str, *, which: Which = "results") -> pyarrow.Table:
     """Return the job's merged results (or failures) as a pyarrow Table (``airflow-batch[parquet]``).
 
-    Reads ``results.parquet`` when finalize wrote it (typed columns, see the README); otherwise
-    builds the table from the JSONL rows, nested fields as structs.
+    One shape whatever the job's ``results_format``: ``results.parquet`` when finalize wrote it
+    (typed columns, see the README), else the same columns built from the JSONL rows (output
+    properties and passthrough fields flat, not nested under ``output`` / ``input``).
     """
-    from airflow_batch.gather.tables import require_pyarrow
+    from airflow_batch.gather.gathering import read_spec
+    from airflow_batch.gather.tables import read_flat_table, require_pyarrow
 
     require_pyarrow()
-    import pyarrow
     import pyarrow.parquet
 
     manifest = job_manifest(job)
@@ -124,4 +125,10 @@ def read_table(job: Mapping[str, Any] | str, *, which: Which = "results") -> pya
     if parquet:
         with as_path(str(parquet)).open("rb") as handle:
             return pyarrow.parquet.read_table(handle)
-    return pyarrow.Table.from_pylist(list(read_results(manifest, which=which)))
+    spec = read_spec(as_path(manifest["job_dir"]))
+    return read_flat_table(
+        as_path(manifest[f"{which}_path"]),  # type: ignore[literal-required]
+        which=which,
+        output_schema=spec.get("output_schema"),
+        passthrough=spec.get("passthrough_fields") or (),
+    )

@@ -11,12 +11,18 @@ listed in ``<workdir>/processes.json``.
 
 Signals only set a flag that the waits check, so a stop never lands between starting a
 process and recording it.
+
+``airflow-batch dev airflow <args>`` runs the Airflow CLI on the deployment of a workdir (its
+home, SQLite settings, DAG folder, ``[airflow_batch]`` defaults and connection), read from the
+``deployment.json`` the last ``dev`` start wrote: ``backfill create``, ``tasks clear`` and
+``dags test`` then reach the same database as the UI.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -26,24 +32,26 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from airflow_batch.dev.deployment import (
     AIRFLOW_EXECUTABLE,
     COMPONENTS,
+    DEFAULT_MODEL,
     admin_login,
+    airflow_environment,
     deployment_environment,
     deployment_healthy,
     example_dags_environment,
+    example_dags_folder,
 )
 from airflow_batch.dev.processes import ProcessGroupsFile, start_in_own_group, stop_process_groups
 
 if TYPE_CHECKING:
     from airflow_batch.emulator.process import EmulatorProcess
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = 8080
 DEFAULT_WORKDIR = ".dev"
 EMULATOR_CONFIG = {"throughput": 20.0, "start_delay_seconds": 2.0}
@@ -55,6 +63,8 @@ STOP_GRACE = 10.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Variables of the caller's shell a real-API deployment keeps: the connection and poll interval.
 REAL_API_PASSTHROUGH = ("AIRFLOW_CONN_ANTHROPIC_DEFAULT", "AIRFLOW__AIRFLOW_BATCH__POLL_INTERVAL")
+DEPLOYMENT_FILE = "deployment.json"
+"""What ``airflow-batch dev airflow`` needs to rebuild a deployment's environment (no secret)."""
 
 
 class DevStopRequested(Exception):
@@ -78,19 +88,21 @@ class DevDeployment:
         workdir: Path,
         *,
         port: int = DEFAULT_PORT,
-        dags_folder: Path = REPO / "dags",
+        dags_folder: Path | None = None,
         emulator_url: str | None = None,
         real_api: bool = False,
+        emulator_config: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
-        self.dags_folder = dags_folder.resolve()
+        self.dags_folder = (dags_folder or example_dags_folder()).resolve()
         self.emulator_url = emulator_url.rstrip("/") if emulator_url else None
         self.real_api = real_api
+        self.emulator_config = {**EMULATOR_CONFIG, **(emulator_config or {})}
         self.home = self.workdir / "airflow-home"
         self.logs = self.workdir / "logs"
-        self.output = self.workdir / "output"
+        self.output = output_folder(self.workdir)
         self.login = admin_login(self.home)
         self.process_groups = ProcessGroupsFile(self.workdir / "processes.json")
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -111,15 +123,10 @@ class DevDeployment:
         env = deployment_environment(
             self.home, port=self.port, dags_folder=self.dags_folder, login=self.login
         )
-        env.update(
-            example_dags_environment(
-                self.output,
-                anthropic_url=anthropic_url,
-                poll_interval=None if self.real_api else EMULATOR_POLL_INTERVAL,
-            )
+        recorded = record_deployment(
+            self.workdir, dags_folder=self.dags_folder, anthropic_url=anthropic_url, real_api=self.real_api
         )
-        if self.real_api:
-            env.update({name: os.environ[name] for name in REAL_API_PASSTHROUGH if name in os.environ})
+        env.update(jobs_environment(self.workdir, recorded))
 
         say(f"migrating the Airflow database in {self.home} ...")
         started = time.monotonic()
@@ -171,7 +178,9 @@ class DevDeployment:
             return self.emulator_url
         from airflow_batch.emulator.process import EmulatorProcess
 
-        emulator = EmulatorProcess(self.workdir / "emulator", config=EMULATOR_CONFIG, own_process_group=True)
+        emulator = EmulatorProcess(
+            self.workdir / "emulator", config=self.emulator_config, own_process_group=True
+        )
         self.emulator = emulator.start()
         self.process_groups.add("emulator", emulator.pid or 0)
         say(f"emulator started at {emulator.base_url}")
@@ -260,7 +269,9 @@ class DevDeployment:
             f"  Batch jobs page    {self.base_url}/airflow-batch/jobs (Browse > Batch jobs in the UI)",
             f"  DAGs               {self.dags_folder} (paused: unpause one, then trigger it)",
             f"  anthropic_default  {connection}",
-            f"  output             {self.output}",
+            f"  output             {self.output} ([airflow_batch] output_path)",
+            f"  model              {DEFAULT_MODEL} ([airflow_batch] model, for jobs that name none)",
+            f"  Airflow CLI        airflow-batch dev --workdir {self.workdir} airflow <command>",
             f"  logs               {self.logs}/<name>.log ({', '.join(COMPONENTS)}, migrate)",
             f"                     {emulator_log}task logs: in the UI, files under {self.home / 'logs'}",
             f"  processes          {self.process_groups.path}",
@@ -271,6 +282,78 @@ class DevDeployment:
 def say(line: str) -> None:
     """Print one line of the command's progress at once (the output may be a pipe)."""
     print(line, flush=True)
+
+
+def output_folder(workdir: Path) -> Path:
+    """Return where the jobs of the deployment in ``workdir`` write their folders."""
+    return workdir / "output"
+
+
+def jobs_environment(workdir: Path, recorded: dict[str, Any]) -> dict[str, str]:
+    """Return what the jobs of the deployment in ``workdir`` read: output folder, model, connection,
+    poll interval (a real-API deployment keeps the caller's connection and poll interval)."""
+    real_api = bool(recorded.get("real_api"))
+    env = example_dags_environment(
+        output_folder(workdir),
+        anthropic_url=recorded.get("anthropic_url"),
+        poll_interval=None if real_api else EMULATOR_POLL_INTERVAL,
+    )
+    if real_api:
+        env.update({name: os.environ[name] for name in REAL_API_PASSTHROUGH if name in os.environ})
+    return env
+
+
+def record_deployment(
+    workdir: Path, *, dags_folder: Path, anthropic_url: str | None, real_api: bool
+) -> dict[str, Any]:
+    """Write ``workdir/deployment.json`` (what ``dev airflow`` rebuilds the environment from); return it."""
+    recorded = {"dags_folder": str(dags_folder), "anthropic_url": anthropic_url, "real_api": real_api}
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / DEPLOYMENT_FILE).write_text(json.dumps(recorded))
+    return recorded
+
+
+def cli_environment(workdir: Path) -> dict[str, str]:
+    """Return the environment of an ``airflow`` command on the deployment ``dev`` last started in
+    ``workdir``: its home and SQLite settings, DAG folder and the variables its jobs read."""
+    workdir = workdir.resolve()
+    recorded_file = workdir / DEPLOYMENT_FILE
+    if not recorded_file.exists():
+        raise DevFailed(
+            f"no deployment in {workdir} ({DEPLOYMENT_FILE} is missing): start `airflow-batch dev` "
+            "there first, or pass the --workdir it runs on"
+        )
+    recorded = json.loads(recorded_file.read_text())
+    env = airflow_environment(workdir / "airflow-home", Path(recorded["dags_folder"]))
+    env.update(jobs_environment(workdir, recorded))
+    return env
+
+
+def run_airflow_cli(args: argparse.Namespace) -> int:
+    """Run ``airflow <args>`` on the dev deployment of ``--workdir``; return its exit code."""
+    try:
+        env = cli_environment(Path(args.workdir))
+    except DevFailed as failure:
+        print(f"airflow-batch dev airflow: {failure}", file=sys.stderr, flush=True)
+        return 1
+    arguments = args.airflow_args[1:] if args.airflow_args[:1] == ["--"] else args.airflow_args
+    return subprocess.run([AIRFLOW_EXECUTABLE, *arguments], env=env, check=False).returncode
+
+
+def emulator_config_argument(value: str) -> dict[str, Any]:
+    """Parse ``--emulator-config``: a JSON object or the path of a JSON file, checked by the emulator's
+    own rules so a bad setting fails before anything starts."""
+    from airflow_batch.emulator.faults import EmulatorConfig
+
+    text = Path(value).read_text() if not value.lstrip().startswith("{") else value
+    try:
+        changes = json.loads(text)
+        if not isinstance(changes, dict):
+            raise ValueError("not a JSON object")
+        EmulatorConfig().updated(changes)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return changes
 
 
 def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
@@ -284,13 +367,22 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"where the Airflow home, emulator store, logs and outputs live (default ./{DEFAULT_WORKDIR})",
     )
     parser.add_argument(
-        "--dags", default=str(REPO / "dags"), help="DAG folder to load (default: this repository's dags/)"
+        "--dags",
+        default=None,
+        help="DAG folder to load (default: the example DAGs: the clone's dags/, or those the package ships)",
     )
     target = parser.add_mutually_exclusive_group()
     target.add_argument(
         "--emulator-url",
         default=None,
         help="use the emulator already running at this URL instead of starting one",
+    )
+    parser.add_argument(
+        "--emulator-config",
+        type=emulator_config_argument,
+        default=None,
+        help="emulator settings at start, over the defaults: a JSON object or a JSON file, e.g. "
+        '\'{"error_rate": 0.05, "error_types": ["overloaded_error"]}\' (faults, throughput...)',
     )
     target.add_argument(
         "--real-api",
@@ -302,12 +394,20 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run ``airflow-batch dev`` with parsed flags until it is stopped; return the exit code."""
+    if args.emulator_config is not None and (args.emulator_url or args.real_api):
+        print(
+            "airflow-batch dev: --emulator-config configures the emulator dev starts; with --emulator-url "
+            "configure yours, with --real-api there is none",
+            file=sys.stderr,
+        )
+        return 1
     deployment = DevDeployment(
         Path(args.workdir),
         port=args.port,
-        dags_folder=Path(args.dags),
+        dags_folder=Path(args.dags) if args.dags else None,
         emulator_url=args.emulator_url,
         real_api=args.real_api,
+        emulator_config=args.emulator_config,
     )
     for signum in STOP_SIGNALS:
         signal.signal(signum, deployment.request_stop)

@@ -30,6 +30,15 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 AIRFLOW_EXECUTABLE = str(Path(sys.executable).with_name("airflow"))
 """The ``airflow`` command of this Python environment."""
 
+
+def example_dags_folder() -> Path:
+    """Return the example DAGs: the copy a wheel ships (``airflow_batch/example_dags``), else the
+    clone's ``dags/`` (an editable install, where the package sits in the clone)."""
+    package = Path(__file__).resolve().parents[1]
+    shipped = package / "example_dags"
+    return shipped if shipped.is_dir() else package.parent / "dags"
+
+
 SQLITE_CONNECT_ARGS: dict[str, Any] = {"timeout": 60}
 """SQLite connect arguments (``[database] sql_alchemy_connect_args``).
 
@@ -42,6 +51,8 @@ FORKSERVER_PRELOAD = "airflow,airflow.executors.local_executor,airflow_batch.job
 (Airflow, the providers, this package) and parses its DAG in ~0.3 s on a loaded machine."""
 
 PASSWORDS_FILE = "simple_auth_manager_passwords.json"
+DEFAULT_MODEL = "claude-haiku-4-5"
+"""``[airflow_batch] model`` of a local deployment: the model of a job that names none."""
 _HEALTH_KEYS = {"scheduler": "scheduler", "triggerer": "triggerer", "dag-processor": "dag_processor"}
 
 
@@ -150,14 +161,20 @@ def deployment_environment(
 def example_dags_environment(
     output: Path, *, anthropic_url: str | None, poll_interval: float | None
 ) -> dict[str, str]:
-    """Return the variables the example DAGs read: output folder, connection, and the poll interval.
+    """Return the variables the DAGs of a deployment read: output folder, model, connection, poll interval.
 
-    ``anthropic_url`` points ``anthropic_default`` at an emulator (with a dummy key); None
-    leaves the connection to the user (a real key in the UI or their own
-    ``AIRFLOW_CONN_ANTHROPIC_DEFAULT``). ``poll_interval`` sets ``[airflow_batch] poll_interval``
-    for every job of the deployment; None keeps the default (60 s).
+    ``[airflow_batch] output_path`` is ``output`` and ``[airflow_batch] model`` is
+    :data:`DEFAULT_MODEL`, so a DAG that sets neither parses and runs. ``anthropic_url`` points
+    ``anthropic_default`` at an emulator (with a dummy key); None leaves the connection to the
+    user (a real key in the UI or their own ``AIRFLOW_CONN_ANTHROPIC_DEFAULT``).
+    ``poll_interval`` sets ``[airflow_batch] poll_interval`` for every job of the deployment;
+    None keeps the default (60 s).
     """
-    env = {"AIRFLOW_VAR_AIRFLOW_BATCH_OUTPUT": str(output)}
+    env = {
+        "AIRFLOW_VAR_AIRFLOW_BATCH_OUTPUT": str(output),
+        "AIRFLOW__AIRFLOW_BATCH__OUTPUT_PATH": str(output),
+        "AIRFLOW__AIRFLOW_BATCH__MODEL": DEFAULT_MODEL,
+    }
     if poll_interval is not None:
         env["AIRFLOW__AIRFLOW_BATCH__POLL_INTERVAL"] = f"{poll_interval:g}"
     if anthropic_url is not None:

@@ -29,6 +29,7 @@ from airflow_batch.manifest import (
     RoundSummary,
     Usage,
     empty_usage,
+    round_started_at,
     sum_usages,
 )
 from airflow_batch.storage import as_path, atomic_writer, copy_file, iter_jsonl_lines, read_json, write_json
@@ -84,7 +85,7 @@ def _round_summary(manifest: RoundManifest) -> RoundSummary:
         submitted_at=manifest.get("submitted_at"),
         waited_at=manifest.get("waited_at"),
         gathered_at=manifest.get("gathered_at"),
-        duration_seconds=_seconds_between(manifest.get("submitted_at"), manifest.get("gathered_at")),
+        duration_seconds=_seconds_between(round_started_at(manifest), manifest.get("gathered_at")),
     )
 
 
@@ -144,7 +145,7 @@ def finalize_job(
         for model, usage in (manifest.get("usage_by_model") or {}).items():
             usage_by_model[model] = sum_usages([usage_by_model.get(model, {}), usage])
     finalized_at = datetime.now(UTC).isoformat()
-    started_at = rounds[0].get("submitted_at")
+    started_at = round_started_at(rounds[0])
     job_manifest = JobManifest(
         version=MANIFEST_VERSION,
         stage="finalized",

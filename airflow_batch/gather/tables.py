@@ -13,6 +13,9 @@ properties, an array -> a list of its items, ``anyOf`` of one type and null -> t
 ``failures.parquet``: ``custom_id``, ``row``, the passthrough fields, ``result_type``,
 ``error_type``, ``message``, ``request_id``, ``retryable``, ``round``, ``batch_id``.
 
+``read_table`` builds the same columns from the JSONL files when finalize wrote no Parquet
+(:func:`read_flat_table`), so a reader sees one shape whatever the job's ``results_format``.
+
 Tables are written from the merged JSONL files a row group at a time, so memory holds one row
 group whatever the job's size. Passthrough columns take the types of their values in the
 first row group; a later value of another type fails the write naming the field and the row.
@@ -141,7 +144,7 @@ class _Writer:
 
     def __init__(
         self,
-        path: ObjectStoragePath,
+        path: ObjectStoragePath | None,
         fixed: list[tuple[str, Any]],
         passthrough: list[str],
         *,
@@ -159,9 +162,21 @@ class _Writer:
         self.derived = dict(derived or {})
         self.schema: Any = None
 
+    def empty_schema(self, pa: Any) -> Any:
+        """Return the schema of a table without rows: the columns known up front."""
+        passthrough = [(name, pa.string()) for name in self.passthrough]
+        return pa.schema(self.fixed[:_HEAD_COLUMNS] + passthrough + self.fixed[_HEAD_COLUMNS:])
+
+    def table(self, groups: Iterable[list[dict[str, Any]]]) -> Any:
+        """Return the rows of ``groups`` as one in-memory table with the columns the file would have."""
+        pa = _pyarrow()
+        tables = [self._table(group, pa) for group in groups]
+        return pa.concat_tables(tables) if tables else self.empty_schema(pa).empty_table()
+
     def write(self, groups: Iterable[list[dict[str, Any]]]) -> int:
         pa = _pyarrow()
         written = 0
+        assert self.path is not None, "a writer built for reading has no file"
         with atomic_writer(self.path) as out:
             writer = None
             try:
@@ -172,9 +187,7 @@ class _Writer:
                     writer.write_table(table)
                     written += len(group)
                 if writer is None:  # no rows: an empty table with the columns known up front
-                    passthrough = [(name, pa.string()) for name in self.passthrough]
-                    fields = self.fixed[:_HEAD_COLUMNS] + passthrough + self.fixed[_HEAD_COLUMNS:]
-                    writer = pa.parquet.ParquetWriter(out, pa.schema(fields))
+                    writer = pa.parquet.ParquetWriter(out, self.empty_schema(pa))
             finally:
                 if writer is not None:
                     writer.close()
@@ -283,6 +296,34 @@ def write_tables(
     passthrough: Sequence[str],
 ) -> None:
     """Write the Parquet tables of the merged JSONL files (see the module docstring)."""
+    results, failures = table_layouts(
+        results_parquet, failures_parquet, output_schema=output_schema, passthrough=passthrough
+    )
+    results.write(_groups(results_jsonl))
+    failures.write(_groups(failures_jsonl))
+
+
+def read_flat_table(
+    jsonl: ObjectStoragePath,
+    *,
+    which: str,
+    output_schema: Mapping[str, Any] | None,
+    passthrough: Sequence[str],
+) -> Any:
+    """Return the rows of a merged JSONL file (``which``: results or failures) as the Parquet
+    table of the same name would hold them: one shape whatever the job's results format."""
+    results, failures = table_layouts(None, None, output_schema=output_schema, passthrough=passthrough)
+    return (results if which == "results" else failures).table(_groups(jsonl))
+
+
+def table_layouts(
+    results_parquet: ObjectStoragePath | None,
+    failures_parquet: ObjectStoragePath | None,
+    *,
+    output_schema: Mapping[str, Any] | None,
+    passthrough: Sequence[str],
+) -> tuple[_Writer, _Writer]:
+    """Return the writers of the results and failures tables (columns as the module docstring says)."""
     pa = _pyarrow()
     clash = sorted(set(passthrough) & (_RESULT_COLUMNS | set(_FAILURE_COLUMNS)))
     if clash:
@@ -313,7 +354,7 @@ def write_tables(
     ]
     body = list(outputs.items()) if outputs else [("text", pa.string())]
 
-    _Writer(
+    results = _Writer(
         results_parquet,
         head + body + tail,
         list(passthrough),
@@ -321,7 +362,7 @@ def write_tables(
         outputs=list(outputs),
         as_text=sorted(as_text),
         derived={"reused_from": _reused_label},
-    ).write(_groups(results_jsonl))
+    )
     failure_fixed = [
         *head,
         ("result_type", pa.string()),
@@ -332,4 +373,4 @@ def write_tables(
         ("round", pa.int64()),
         ("batch_id", pa.string()),
     ]
-    _Writer(failures_parquet, failure_fixed, list(passthrough)).write(_groups(failures_jsonl))
+    return results, _Writer(failures_parquet, failure_fixed, list(passthrough))

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from airflow_batch.exceptions import AirflowBatchError, FailureRateExceededError, IncompleteJobError
+from airflow_batch.exceptions import FailureRateExceededError, IncompleteJobError, NothingToFinalizeError
 from airflow_batch.gather.finalizing import check_complete, check_failure_rate, finalize_job
 from airflow_batch.gather.tables import require_pyarrow, results_formats
+from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobManifest
 from airflow_batch.submit.inputs import check_location
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class FinalizeBatchJobOperator(BaseOperator):
+class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
     """
     Merge all rounds of a job into ``results.jsonl``, ``failures.jsonl`` and ``manifest.json``.
 
@@ -81,6 +82,9 @@ class FinalizeBatchJobOperator(BaseOperator):
             kwargs["outlets"] = [*kwargs.get("outlets", []), self.asset]
         super().__init__(trigger_rule=trigger_rule, **kwargs)
         self.manifest = manifest
+        # The task whose output is the manifest (submit, in the factory): where a refusal is read.
+        operator = getattr(manifest, "operator", None)
+        self.manifest_task_id: str | None = getattr(operator, "task_id", None)
         self.job_dir = job_dir
         self.max_failure_rate = max_failure_rate
         self.publish_path = publish_path
@@ -89,12 +93,7 @@ class FinalizeBatchJobOperator(BaseOperator):
     def execute(self, context: Context) -> JobManifest:
         """Merge the rounds, write the job files, emit the asset event, apply the failure policy."""
         if not self.job_dir and not self.manifest:
-            # Round 0 never returned a manifest: refused before any spend, or failed. Nothing
-            # was gathered, so there is nothing to merge; the submit task says why.
-            raise AirflowBatchError(
-                "round 0 has no manifest: its submit was refused before any spend or failed (its log and "
-                "round-0/refusal.json say why), so nothing was gathered and there is nothing to merge"
-            )
+            raise NothingToFinalizeError(self.nothing_to_merge(context))
         job_dir = self.job_dir or self.manifest["job_dir"]
         from airflow_batch import settings
 
@@ -123,6 +122,28 @@ class FinalizeBatchJobOperator(BaseOperator):
             context["ti"].xcom_push(FAILED_MANIFEST_KEY, job_manifest)
             raise
         return job_manifest
+
+    def nothing_to_merge(self, context: Context) -> str:
+        """Return why there is nothing to merge: the submit's refusal when it left one in XCom."""
+        refused = None
+        if self.manifest_task_id is not None:
+            refused = context["ti"].xcom_pull(task_ids=self.manifest_task_id, key=FAILED_MANIFEST_KEY)
+        if refused:
+            return (
+                f"nothing to merge: {self.manifest_task_id} was refused before any spend "
+                f"({refused.get('kind')}: {first_line(str(refused.get('reason')))}); fix that, then clear "
+                f"{self.manifest_task_id}"
+            )
+        return (
+            "nothing to merge: round 0 has no manifest (its submit failed before returning one; its log "
+            "says why); fix that, then clear the submit task"
+        )
+
+
+def first_line(text: str, limit: int = 300) -> str:
+    """Return the first line of ``text``, cut to ``limit`` characters."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def asset_extra(job_manifest: JobManifest) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_batch.gather.rows import DEFAULT_RETRYABLE
+from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import JobIdentity, RoundManifest
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 DELETE_BATCHES = (None, "after_gather")
 
 
-class GatherResultsOperator(BaseOperator):
+class GatherResultsOperator(BatchJobLineage, BaseOperator):
     """
     Stream every batch of a round into result and failure part files, and price the round.
 

@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_batch.exceptions import BeforeSubmitError
+from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.operators.queueing import defer_for_room, resume_round
 from airflow_batch.operators.submit import push_refusal
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class RetryFailedOperator(BaseOperator):
+class RetryFailedOperator(BatchJobLineage, BaseOperator):
     """
     Resubmit the retryable failures of a gathered round as new batches: the next round.
 

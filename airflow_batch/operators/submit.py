@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow_batch import layout, settings
 from airflow_batch.exceptions import BeforeSubmitError
 from airflow_batch.history import observed_output_tokens
+from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, RoundManifest, refused_manifest
 from airflow_batch.operators.queueing import defer_for_room, resume_round
 from airflow_batch.schema import job_schema
@@ -20,6 +21,7 @@ from airflow_batch.submit.canary import CanarySettings
 from airflow_batch.submit.inputs import check_location
 from airflow_batch.submit.queue import QueueWaitNeeded
 from airflow_batch.submit.records import CustomIdFrom, RequestBuilder, RequestDefaults, records_to_requests
+from airflow_batch.submit.required import require_local_input, require_model, require_output_path
 from airflow_batch.submit.round import SubmitSettings
 from airflow_batch.submit.routing import AnswerReuse
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class SubmitBatchesOperator(BaseOperator):
+class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
     """Submit requests to the Message Batches API as batches within the API's limits; return a manifest.
 
     Validates every request before any API call, splits them into batches by count and bytes
@@ -205,6 +207,16 @@ class SubmitBatchesOperator(BaseOperator):
             check_location(location, f"{self.task_id}: {name}")
         # Checked now, so a schema structured outputs refuse fails when the DAG is parsed.
         self.job_schema = job_schema(output_schema) if output_schema is not None else None
+        require_output_path(self.task_id, output_path)
+        require_model(
+            self.task_id,
+            model=model,
+            records=records,
+            requests=requests,
+            builds_requests=request_builder is not None,
+        )
+        for name, source in (("records", records), ("requests", requests)):
+            require_local_input(self.task_id, name, source)
         self.output_schema = output_schema
         self.custom_id_from = custom_id_from
         self.passthrough_fields = list(passthrough_fields)

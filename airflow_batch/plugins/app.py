@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from airflow_batch.manifest import FAILED_MANIFEST_KEY
-from airflow_batch.plugins.rendering import render_page
+from airflow_batch.plugins.rendering import render_job_page, render_page
 from airflow_batch.plugins.views import ManifestRecord, build_jobs, is_batch_manifest, manifest_paths
 
 if TYPE_CHECKING:
@@ -150,6 +150,23 @@ def jobs_page(
         show_rounds=run_id is not None,
     )
     return HTMLResponse(page)
+
+
+@app.get("/job", response_class=HTMLResponse)
+def job_page(request: Request, user: CurrentUser, dag_id: str, run_id: str, job_dir: str) -> HTMLResponse:
+    """Return one job's charts: its progress, failures and cost, and the DAG's trend of its runs."""
+    from airflow_batch.plugins.job_view import cost_by_model, job_charts
+
+    _require_dag(user, dag_id)
+    runs = [j for j in build_jobs(load_records({dag_id}, dag_id), read_progress) if j.dag_id == dag_id]
+    job = next((j for j in runs if j.job_dir == job_dir and j.run_id == run_id), None)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no batch job {job_dir!r} in run {run_id!r}")
+    same_job = [j for j in runs if j.name == job.name]
+    charts = job_charts(job, same_job, cost_by_model(job))
+    return HTMLResponse(
+        render_job_page(charts, base=str(request.scope.get("root_path", URL_PREFIX)).rstrip("/"))
+    )
 
 
 @app.get("/files")

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from airflow_batch.plugins import listener
 from airflow_batch.plugins.app import URL_PREFIX, app
 
 
 class AirflowBatchPlugin(AirflowPlugin):
-    """Registers the batch jobs page with the Airflow UI."""
+    """Registers the batch jobs page with the Airflow UI, and the metrics listener."""
 
     name = "airflow_batch"
+    # Emits each job task's metrics (airflow_batch.metrics) where the task ran.
+    listeners = [listener]
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Batch jobs"}]
     external_views = [
         {

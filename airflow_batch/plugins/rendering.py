@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from typing import TYPE_CHECKING
 
 import jinja2
 
+from airflow_batch.plugins.job_view import job_href
 from airflow_batch.plugins.views import JobView, bar_segments, console_links, duration, file_href, is_live
+
+if TYPE_CHECKING:
+    from airflow_batch.plugins.job_view import JobCharts
 
 
 @cache
@@ -22,6 +27,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     environment.globals.update(bar_segments=bar_segments, console_links=console_links, file_href=file_href)
+    environment.globals["job_href"] = job_href
     environment.filters["duration"] = duration
     return environment
 
@@ -49,3 +55,8 @@ def render_page(
             live=is_live(jobs),
         )
     )
+
+
+def render_job_page(charts: JobCharts, *, base: str) -> str:
+    """Return the HTML page of one job's charts (``templates/job.html``)."""
+    return _environment().get_template("job.html").render(charts=charts, base=base)

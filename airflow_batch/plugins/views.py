@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 
 from airflow_batch.layout import FINAL_MANIFEST_FILE
 from airflow_batch.links.urls import batch_console_url
-from airflow_batch.manifest import STAGE_ORDER, Usage, empty_usage, sum_usages
+from airflow_batch.manifest import STAGE_ORDER, Usage, empty_usage, round_started_at, sum_usages
 
 #: The kinds of a progress bar, in order: the API's request counts, and ``reused`` (answered
 #: from the answer store: no batch, no cost) after ``succeeded``.
@@ -157,6 +157,21 @@ class CanaryView:
         )
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The job's budget (``max_cost_usd``) and what it had spent once a round landed (USD, batch prices)."""
+
+    budget_usd: float
+    spent_usd: float
+
+    @classmethod
+    def of(cls, figures: Any) -> Budget | None:
+        """Return the budget line of a gathered round manifest (``budget``), None without a budget."""
+        if not isinstance(figures, Mapping) or figures.get("max_cost_usd") is None:
+            return None
+        return cls(float(figures["max_cost_usd"]), float(figures.get("spent_usd") or 0.0))
+
+
 @dataclass
 class RoundView:
     """One round of a job as the page shows it.
@@ -187,6 +202,7 @@ class RoundView:
     reused: int = 0
     canary: CanaryView | None = None
     deleted: int = 0
+    budget: Budget | None = None
 
     @property
     def files(self) -> list[FileLink]:
@@ -225,6 +241,11 @@ class JobView:
     def latest(self) -> RoundView | None:
         """Return the highest-numbered round."""
         return self.rounds[-1] if self.rounds else None
+
+    @property
+    def budget(self) -> Budget | None:
+        """Return the budget and the spend as of the latest round that landed under one."""
+        return next((r.budget for r in reversed(self.rounds) if r.budget is not None), None)
 
     @property
     def batch_count(self) -> int:
@@ -509,7 +530,7 @@ def _wait_progress(
     if eta is not None and since_written is not None:
         eta = max(eta - since_written, 0.0)
     return WaitProgress(
-        elapsed_seconds=_seconds_between(value.get("submitted_at"), now),
+        elapsed_seconds=_seconds_between(round_started_at(value), now),
         last_poll_at=last_poll if isinstance(last_poll, str) else None,
         last_poll_seconds_ago=_seconds_between(last_poll, now),
         eta_seconds=eta,
@@ -584,11 +605,12 @@ def _round_view(record: ManifestRecord, progress: Mapping[str, Any] | None, now:
         invalid_path=invalid_path if isinstance(invalid_path, str) and value.get("invalid") else None,
         source=record,
         failures=_round_failures(value) if stage == "gathered" else None,
-        duration_seconds=_seconds_between(value.get("submitted_at"), ended_at),
+        duration_seconds=_seconds_between(round_started_at(value), ended_at),
         wait=_wait_progress(value, progress, now) if stage in ("submitted", "waiting") else None,
         reused=reused,
         canary=canary,
         deleted=len(value.get("deleted_batches") or {}),
+        budget=Budget.of(value.get("budget")) if stage == "gathered" else None,
     )
 
 

@@ -29,6 +29,7 @@ from airflow.sdk import BaseSensorOperator
 
 from airflow_batch import settings
 from airflow_batch.exceptions import BatchPollError, BatchWaitTimeoutError
+from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.links.console import BatchConsoleLink, push_console_links
 from airflow_batch.manifest import RoundManifest, job_conn_id
 from airflow_batch.triggers.batches import ON_KILL_BUDGET, BatchesTrigger
@@ -73,7 +74,7 @@ def default_deferrable() -> bool:
     return True
 
 
-class BatchesSensor(BaseSensorOperator):
+class BatchesSensor(BatchJobLineage, BaseSensorOperator):
     """Wait until every batch of a submitted round has ``processing_status == "ended"``.
 
     Returns (XCom) the manifest plus ``batch_status``, ``counts``, ``timed_out``,

@@ -310,15 +310,31 @@ def _create_fitting(
             ),
         )
     store.save(ledger)
+    log_created(log, job, ledger, chunks)
+    return round_manifest(job, ledger, identity)
+
+
+def log_created(log: logging.Logger, job: ObjectStoragePath, ledger: Ledger, chunks: list[ChunkInfo]) -> None:
+    """Log what the round sent: its batches, or that every request was answered without one."""
+    if chunks:
+        log.info(
+            "round %d of %s: %d request(s) in %d batch(es): %s",
+            ledger.round,
+            job,
+            sum(chunk.requests for chunk in chunks),
+            len(chunks),
+            ", ".join(ledger.batches[c.index]["batch_id"] for c in chunks),
+        )
+        return
+    canary = ledger.canary["answered"] if ledger.canary is not None else 0
     log.info(
-        "round %d of %s: %d request(s) in %d batch(es): %s",
+        "round %d of %s: no batch: every request was answered without one (%d from the answer store, "
+        "%d by the canary)",
         ledger.round,
         job,
-        sum(chunk.requests for chunk in chunks),
-        len(chunks),
-        ", ".join(ledger.batches[c.index]["batch_id"] for c in chunks),
+        ledger.reused,
+        canary,
     )
-    return round_manifest(job, ledger, identity)
 
 
 def _relearn(ledger: Ledger) -> bool:

@@ -256,21 +256,36 @@ def estimate_cost(
             f"; expected ${expected['batch_usd']:.4f} with {tally.expected_output_tokens} output tokens per "
             f"request ({estimate['expected_basis']})"
         )
+    requests = sum(model_tally.requests for model_tally in tally.models.values())
+    if requests:  # a round answered without a batch (reuse, canary) has nothing to estimate
+        log_estimate(log, estimate, requests, expected_line, calibration, table)
+    return estimate
+
+
+def log_estimate(
+    log: logging.Logger,
+    estimate: CostEstimate,
+    requests: int,
+    expected_line: str,
+    calibration: Calibration,
+    table: PriceTable,
+) -> None:
+    """Log the estimate in two short lines: the money, then the tokens and where the figures come from."""
+    total = estimate["usage"]
     log.info(
-        "Cost estimate: up to $%.4f at batch prices ($%.4f on the standard API) for %d requests, "
-        "every request using its max_tokens%s; input %d, cache write %d (%s), cache read %d tokens, "
-        "input by %s (%s); prices: %s, %s",
+        "Cost estimate: up to $%.4f at batch prices ($%.4f standard) for %d requests at their max_tokens%s",
         estimate["batch_usd"],
         estimate["standard_usd"],
-        sum(model_tally.requests for model_tally in tally.models.values()),
+        requests,
         expected_line,
+    )
+    log.info(
+        "  tokens: input %d, cache write %d (%s), cache read %d; input by %s; prices as of %s",
         total["input_tokens"],
         total["cache_creation_input_tokens"],
-        f"priced at the {ttl} cache TTL" if ttl else "no prompt cached",
+        f"priced at the {estimate['cache_ttl']} cache TTL" if estimate["cache_ttl"] else "no prompt cached",
         total["cache_read_input_tokens"],
         calibration.method,
-        calibration.detail,
-        table.source,
         table.as_of,
     )
-    return estimate
+    log.debug("estimate calibration: %s; price table: %s", calibration.detail, table.source)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from airflow_batch.exceptions import MissingInputError
 from airflow_batch.params import loads
 from airflow_batch.storage import as_path, iter_lines
 from airflow_batch.submit.records import BLANK
@@ -65,7 +66,7 @@ def input_rows(source: Any, name: str) -> Iterable[Any]:
             check_location(source, name, rendered=True)
         path = as_path(source)
         if not path.exists():
-            raise FileNotFoundError(f"{name}: no file at {path}; give a JSONL file's URI or a list")
+            raise MissingInputError(f"{name}: no file at {path}; give a JSONL file's URI or a list")
         lines = iter_lines(path)
         return lines if name == "requests" else _decoded(lines)
     if isinstance(source, Mapping):

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow_batch import layout
 from airflow_batch.costs import price_table
@@ -59,7 +59,7 @@ from airflow_batch.submit.chunking import (
 )
 from airflow_batch.submit.creating import chunk_infos, create_round
 from airflow_batch.submit.estimate import TokenTally, estimate_cost
-from airflow_batch.submit.ledger import Ledger, LedgerStore
+from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
 from airflow_batch.submit.records import RequestDefaults
 from airflow_batch.submit.refusals import check_budget, check_models
 from airflow_batch.submit.routing import AnswerReuse, Routing
@@ -229,6 +229,19 @@ def _prepare(
     return prepared
 
 
+class _AtDebug:
+    """Wraps a task's logger (stdlib or structlog): info lines become debug lines, the rest pass."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log.debug(msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+
 def _routing(
     api: BatchesApi,
     job: ObjectStoragePath,
@@ -326,11 +339,23 @@ def submit_round(
         spent (batches, or a canary, recorded in its ledger) never runs its canary again.
     """
     log = log or logging.getLogger(__name__)
+    started_at = utcnow()
     store = LedgerStore(job, round_number, state_store)
     recorded = store.load()
     attached = recorded is not None and recorded.binding
+    # A re-attached round does what its ledger recorded; what the store holds now (often this
+    # round's own answers, stored by its gather) is said at debug, so the log does not contradict it.
+    routing_log = cast(logging.Logger, _AtDebug(log)) if attached else log
     routing = _routing(
-        api, job, round_number, identity, settings, reuse, None if attached else canary, validator, log
+        api,
+        job,
+        round_number,
+        identity,
+        settings,
+        reuse,
+        None if attached else canary,
+        validator,
+        routing_log,
     )
     try:
         try:
@@ -391,10 +416,12 @@ def submit_round(
             _restore_missing_chunks(prepared, job, round_number)
         if ledger.batches:
             log.info(
-                "re-attaching to %d recorded batch(es) of %s round %d",
+                "re-attaching to %d recorded batch(es) of %s round %d (%d request(s) were answered from the "
+                "answer store when it was submitted)",
                 len(ledger.batches),
                 job,
                 round_number,
+                ledger.reused,
             )
     finally:
         _remove_tree(prepared.staging)
@@ -424,4 +451,7 @@ def submit_round(
         raise
     ledger.invalid, ledger.invalid_path = prepared.invalid, invalid_path
     store.save(ledger)
-    return create_round(api, job, ledger, store, identity, settings, log, queued=None)
+    manifest = create_round(api, job, ledger, store, identity, settings, log, queued=None)
+    if attached:
+        manifest["reattached_at"] = started_at
+    return manifest

@@ -23,6 +23,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_batch.metrics import queue_gauge
 from airflow_batch.submit.queue import QueueWait, QueueWaitNeeded, queued_requests, room_ready
 from airflow_batch.wait.loop import connect, read_statuses, settle, triggerer_name
 
@@ -126,6 +127,7 @@ class QueueRoomTrigger(BaseTrigger):
                     yield TriggerEvent({"status": "error", "message": f"batch {batch_id}: {cause}"})
                     return
                 queued = queued_requests(outcome.statuses)
+                queue_gauge(self, queued)
                 waited = time.time() - self.started_at
                 if room_ready(self.wait, queued, waited):
                     if await settle(started, self.poll_interval):

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from airflow_batch.manifest import BatchStatus, RequestCounts
-from airflow_batch.wait.progress import Progress, progress_line, summarize
+from airflow_batch.wait.progress import Progress, eta_text, log_key, progress_line, summarize
 
 ENDED = "ended"
 TIMEOUT_POLICIES = ("cancel", "leave")
@@ -37,6 +37,8 @@ DEFAULT_CANCEL_GRACE = 3600.0
 MIN_POLL_INTERVAL = 1.0
 #: Consecutive cycles in which no batch could be read, each after the retry budget, that end the wait.
 MAX_FAILED_CYCLES = 3
+#: Seconds after which an unchanged progress line is logged again (it is logged at each change).
+PROGRESS_LOG_EVERY = 300.0
 #: More unfinished batches than this are read from list pages, not one retrieve each.
 LIST_THRESHOLD = 10
 #: List pages read per cycle beyond the round's own size, for batches other jobs created meanwhile.
@@ -218,6 +220,10 @@ class WaitState:
     phase: str = "waiting"  # then the final event's status
     started_at: float | None = None  # wall clock of the wait's first poll, for elapsed time and ETA
     last_poll: float | None = None
+    # The progress last logged, and when: a poll that changed nothing logs again only after
+    # PROGRESS_LOG_EVERY seconds (a day-long wait polled each minute is not 1,440 identical lines).
+    logged_key: tuple[int, ...] | None = None
+    logged_at: float = 0.0
 
     def pending(self) -> list[str]:
         """Return the batches to poll next (not yet ``ended``)."""
@@ -276,7 +282,7 @@ class WaitState:
             self.started_at = now
         self.last_poll = now
         progress = self.progress()
-        info = [progress_line(progress)]
+        info = self._progress_info(progress, now)
         warnings = self._expiry_warnings(now)
         if outcome.transient:
             warnings.append(_transient_warning(outcome))
@@ -317,6 +323,15 @@ class WaitState:
             )
             return Decision("finish", event=self.event("timeout", message), info=info, warnings=warnings)
         return Decision("sleep", sleep=self._next_sleep(now), info=info, warnings=warnings)
+
+    def _progress_info(self, progress: Progress, now: float) -> list[str]:
+        """Return the progress line (with the ETA) when it changed or was last logged long ago."""
+        key = log_key(progress)
+        if key == self.logged_key and now - self.logged_at < PROGRESS_LOG_EVERY:
+            return []
+        self.logged_key, self.logged_at = key, now
+        elapsed = now - self.started_at if self.started_at is not None else 0.0
+        return [f"{progress_line(progress)}; {eta_text(progress, elapsed)}"]
 
     def record_cancel(self, outcome: CallOutcome, now: float) -> Decision:
         """Fold the answers of the deadline's cancel calls in and return what to do next."""

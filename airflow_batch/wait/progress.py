@@ -77,6 +77,40 @@ def eta_seconds(progress: Progress, elapsed: float) -> float | None:
     return round((total - done) * elapsed / done, 1)
 
 
+def eta_text(progress: Progress, elapsed: float) -> str:
+    """Return what the log says of the time left: ``ETA ~4 min`` once requests have ended (in
+    ended batches, or in a batch the API reports progress of), else why there is none yet."""
+    eta = eta_seconds(progress, elapsed)
+    if eta is not None:
+        return f"ETA ~{_duration(eta)} at the rate so far ({_duration(elapsed)} elapsed)"
+    if progress["requests_done"] >= progress["requests_total"]:
+        return f"{_duration(elapsed)} elapsed"
+    return f"{_duration(elapsed)} elapsed; an ETA once a batch ends (requests count as processing until then)"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def log_key(progress: Progress) -> tuple[int, ...]:
+    """Return what a progress line is logged again for when it changes: the counts and batch states."""
+    counts = progress["counts"]
+    return (
+        progress["batches_ended"],
+        progress["batches_canceling"],
+        progress["batches_unknown"],
+        counts["processing"],
+        counts["succeeded"],
+        counts["errored"],
+        counts["canceled"],
+        counts["expired"],
+    )
+
+
 def _iso(epoch: float | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
 

@@ -115,7 +115,10 @@ def test_example_dags_environment_leaves_the_connection_alone_for_the_real_api(t
     real = example_dags_environment(tmp_path, anthropic_url=None, poll_interval=None)
     emulated = example_dags_environment(tmp_path, anthropic_url="http://127.0.0.1:9", poll_interval=2)
 
-    assert real == {"AIRFLOW_VAR_AIRFLOW_BATCH_OUTPUT": str(tmp_path)}
+    assert "AIRFLOW_CONN_ANTHROPIC_DEFAULT" not in real
+    # The defaults dev prints are the deployment's config: a DAG that sets neither parses.
+    assert real["AIRFLOW__AIRFLOW_BATCH__OUTPUT_PATH"] == str(tmp_path)
+    assert real["AIRFLOW__AIRFLOW_BATCH__MODEL"] == "claude-haiku-4-5"
     assert '"host": "http://127.0.0.1:9"' in emulated["AIRFLOW_CONN_ANTHROPIC_DEFAULT"]
     assert emulated["AIRFLOW__AIRFLOW_BATCH__POLL_INTERVAL"] == "2"
 
@@ -133,6 +136,7 @@ def busy_port() -> Iterator[int]:
     [
         (["--emulator-url", "http://127.0.0.1:9"], "no emulator answers at http://127.0.0.1:9"),
         (["--dags", "/nonexistent/dags"], "no DAG folder at /nonexistent/dags"),
+        (["--emulator-config", "{}", "--real-api"], "--emulator-config configures the emulator dev starts"),
     ],
 )
 def test_dev_refuses_before_starting_anything(tmp_path: Path, flags: list[str], message: str) -> None:
@@ -147,6 +151,19 @@ def test_dev_refuses_before_starting_anything(tmp_path: Path, flags: list[str], 
     assert message in result.stderr
     assert not (tmp_path / "dev" / "processes.json").exists()
     assert not (tmp_path / "dev" / "logs").exists()
+
+
+def test_a_bad_emulator_config_is_refused_with_the_emulators_own_rule(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [AIRFLOW_BATCH, "dev", "--workdir", str(tmp_path / "dev"), "--emulator-config", '{"error_rate": 2}'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2  # a usage error, before anything starts
+    assert "argument --emulator-config: setting error_rate: 2 is not valid" in result.stderr
+    assert not (tmp_path / "dev").exists()
 
 
 def test_dev_refuses_a_port_in_use(tmp_path: Path, busy_port: int) -> None:

@@ -124,6 +124,7 @@ def test_each_block_type_lands_as_its_row_and_each_stop_as_its_failure_kind(
             include_content=True,
             max_retry_rounds=1,
             poll_interval=0.5,
+            max_failure_rate=1.0,  # a fifth refused on purpose: above the default 5%
             submit_kwargs={"count_tokens_sample": 0},
         )
     run = run_dag(dag)

@@ -82,7 +82,7 @@ def _manifest(job: Path) -> dict[str, Any]:
 
 @pytest.mark.usefixtures("airflow_db")
 def test_a_second_run_over_the_same_records_creates_no_batch_and_lands_the_same_outputs(
-    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     records = _write_records(tmp_path / "reviews.jsonl", 5_000)
     output = str(tmp_path / "out")
@@ -91,8 +91,13 @@ def test_a_second_run_over_the_same_records_creates_no_batch_and_lands_the_same_
     created = emulator.batch_count()
     assert created == 5
     assert _manifest(first_job)["answers_stored"] == 5_000
+    capfd.readouterr()
 
     second, second_job = _run("reuse_twice", records, output, anthropic_conn, reuse_answers=True)
+    log = "".join(capfd.readouterr())
+    # The log says what happened, and nothing about batches or costs that do not exist.
+    assert "no batch: every request was answered without one (5000 from the answer store, 0 by" in log
+    assert "0 request(s) in 0 batch(es)" not in log and "Cost estimate" not in log
     assert second.state == "success", [(ti.task_id, ti.state) for ti in second.get_task_instances()]
     assert emulator.batch_count() == created, "the second run created a batch"
     assert second_job != first_job

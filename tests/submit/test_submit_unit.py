@@ -209,7 +209,7 @@ def test_a_records_file_line_that_is_not_json_is_an_invalid_row_with_its_index(t
     source = tmp_path / "records.jsonl"
     source.write_text('{"custom_id": "a", "t": "x"}\n{oops\n{"custom_id": "b", "t": "y"}\n')
     operator = SubmitBatchesOperator(
-        task_id="s", output_path=str(tmp_path), records=str(source), prompt_template="{t}"
+        task_id="s", output_path=str(tmp_path), records=str(source), prompt_template="{t}", model=MODEL
     )
     prepared = prepare(tmp_path, operator.input_rows(), defaults=RequestDefaults(model=MODEL, max_tokens=5))
     [problem] = prepared.report.first()

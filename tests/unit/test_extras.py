@@ -22,7 +22,7 @@ EXTRAS = {
 WITHOUT_EXTRAS = """
 import importlib.abc, sys
 BLOCKED = ("boto3", "botocore", "aiobotocore", "s3fs", "gcsfs", "celery", "kombu", "redis",
-           "psycopg2")
+           "psycopg2", "openlineage")
 
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):

@@ -20,6 +20,10 @@ PURE_MODULES = [
     "airflow_batch.gather.rows",
     "airflow_batch.reuse.fingerprint",
     "airflow_batch.plugins.views",
+    "airflow_batch.plugins.charts",
+    "airflow_batch.plugins.job_view",
+    "airflow_batch.lineage.figures",
+    "airflow_batch.metrics",
 ]
 
 # Any attempt to import Airflow fails loudly, so a pure module that needs it cannot load.

@@ -341,3 +341,19 @@ def test_gather_validates_against_the_schema_a_pydantic_job_recorded(tmp_path: P
     assert validator is not None
     assert validator.check(b'{"sentiment": "positive", "keywords": ["a"], "stars": 5}') is None
     assert validator.check(b'{"sentiment": "positive", "keywords": ["a"], "stars": 9}') is not None
+
+
+def test_read_table_has_one_shape_whether_finalize_wrote_parquet_or_jsonl_only(tmp_path: Path) -> None:
+    tables = {}
+    for results_format in ("jsonl", "parquet"):
+        job = tmp_path / results_format
+        _round_manifest(job)
+        manifest = finalize_job(str(job), results_format=["jsonl", results_format])
+        assert bool(manifest.get("results_parquet_path")) == (results_format == "parquet")
+        tables[results_format] = (read_table(manifest), read_table(manifest, which="failures"))
+
+    (jsonl_results, jsonl_failures), (parquet_results, parquet_failures) = tables["jsonl"], tables["parquet"]
+    assert jsonl_results.schema == parquet_results.schema  # flat: output properties and inputs as columns
+    assert jsonl_results.to_pylist() == parquet_results.to_pylist()
+    assert "sentiment" in jsonl_results.column_names and "output" not in jsonl_results.column_names
+    assert jsonl_failures.schema == parquet_failures.schema

@@ -1,0 +1,1 @@
+"""TaskFlow decorators, registered through ``get_provider_info()["task-decorators"]``."""
