@@ -188,6 +188,21 @@ class BatchPollError(AfterSubmitError):
     """Polling a batch failed permanently (401, 403, 404) or the trigger event was malformed."""
 
 
+class ResultsGoneError(AfterSubmitError):
+    """Batches of a round ended, but the API no longer holds their results (archived 29 days after
+    creation, or deleted) and no retry round is left to resubmit their requests.
+
+    ``batches`` maps each such batch id to why its results are gone.
+    """
+
+    def __init__(self, message: str, *, batches: dict[str, str]) -> None:
+        super().__init__(message)
+        self.batches = batches
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (partial(type(self), batches=self.batches), (str(self),))
+
+
 class IncompleteJobError(AfterSubmitError):
     """A round of the job that was due did not complete; finalize merged what landed first."""
 

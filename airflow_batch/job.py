@@ -47,6 +47,11 @@ class BatchJobGroup(TaskGroup):
         return self.finalize.output
 
 
+def _results_gone(round_number: int, max_retry_rounds: int) -> dict[str, str]:
+    """Return the gather's ``on_results_gone``: resubmit in the next round while one is left, else fail."""
+    return {"on_results_gone": "retry" if round_number < max_retry_rounds else "fail"}
+
+
 def default_asset(dag_id: str, group_id: str) -> Asset:
     """Return the Asset a job emits when none is given: ``airflow-batch://{dag_id}/{group_id}``."""
     return Asset(uri=f"airflow-batch://{dag_id}/{group_id}")
@@ -93,6 +98,7 @@ def anthropic_batch_job(
     canary: int = 0,
     canary_max_failure_rate: float = 0.0,
     delete_batches: str | None = None,
+    land_interval: float | None = None,
     submit_kwargs: Mapping[str, Any] | None = None,
     sensor_kwargs: Mapping[str, Any] | None = None,
     gather_kwargs: Mapping[str, Any] | None = None,
@@ -169,11 +175,17 @@ def anthropic_batch_job(
     :param canary_max_failure_rate: Share of canary answers that may be unusable (default 0).
     :param delete_batches: ``"after_gather"``: delete each batch from the API once its rows are
         landed (see ``GatherResultsOperator``); default ``None`` keeps them.
+    :param land_interval: Land each round's ended batches while its other batches still run, at
+        most every ``land_interval`` seconds (or as soon as a tenth of them wait): their rows are
+        readable with ``read_results(job_folder)`` before the round ends (see ``BatchesSensor``).
+        ``None`` (default): a round lands when its last batch has ended.
     :param submit_kwargs: Further ``SubmitBatchesOperator`` arguments (batch limits,
         ``expected_output_tokens``, ``on_input_change``, ``skip_invalid``...); the batch
         settings among them apply to retry rounds too.
     :param sensor_kwargs: Further ``BatchesSensor`` arguments (``timeout_policy``...).
-    :param gather_kwargs: Further ``GatherResultsOperator`` arguments.
+    :param gather_kwargs: Further ``GatherResultsOperator`` arguments. ``on_results_gone`` is
+        ``"retry"`` for every gather but the last round's (``"fail"``): the requests of a batch
+        whose results the API no longer holds go to the next retry round.
     :param tooltip: Tooltip of the group in the UI.
     """
     if sum(source is not None for source in (requests, records, documents)) != 1:
@@ -213,6 +225,11 @@ def anthropic_batch_job(
         "delete_batches": delete_batches,
         **(gather_kwargs or {}),
     }
+    if land_interval is not None:
+        # A batch landed by the wait lands exactly as the gather would land it.
+        landing_keys = ("include_content", "retryable_error_types", "prices", "delete_batches")
+        sensor_args["land_interval"] = land_interval
+        sensor_args["gather_settings"] = {key: gather_args[key] for key in landing_keys}
 
     group = BatchJobGroup(group_id, tooltip=tooltip)
     with group:
@@ -244,7 +261,9 @@ def anthropic_batch_job(
         )
         # Every later task reads the connection (and betas, workspace) from the round manifest.
         wait = BatchesSensor(task_id="wait", manifest=submit.output, **sensor_args)
-        gather = GatherResultsOperator(task_id="gather", manifest=wait.output, **gather_args)
+        gather = GatherResultsOperator(
+            task_id="gather", manifest=wait.output, **{**_results_gone(0, max_retry_rounds), **gather_args}
+        )
         last = gather
         for number in range(1, max_retry_rounds + 1):
             retry = RetryFailedOperator(
@@ -255,7 +274,11 @@ def anthropic_batch_job(
                 poll_interval=poll_interval,
             )
             wait_r = BatchesSensor(task_id=f"wait_{number}", manifest=retry.output, **sensor_args)
-            last = GatherResultsOperator(task_id=f"gather_{number}", manifest=wait_r.output, **gather_args)
+            last = GatherResultsOperator(
+                task_id=f"gather_{number}",
+                manifest=wait_r.output,
+                **{**_results_gone(number, max_retry_rounds), **gather_args},
+            )
         if asset is None:
             dag = group.dag
             asset = default_asset(dag.dag_id, group.group_id or group_id) if dag is not None else False

@@ -151,6 +151,9 @@ class RoundManifest(TypedDict, total=False):
     deleted_batches: dict[str, str]  # batch id -> when deleted from the API (delete_batches)
     #: Batches of the round outside its ledger (a lost race's duplicates), cancelled and priced.
     strays: list[dict[str, Any]]
+    #: Batches whose results the API no longer held at gather (archived, deleted): batch id -> why;
+    #: their requests are ``missing`` failures (resubmitted by the next retry round).
+    results_gone: dict[str, str]
     gathered_at: str
 
 

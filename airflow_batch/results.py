@@ -1,4 +1,4 @@
-"""Read a finished job's results: rows one at a time, or a pyarrow table.
+"""Read a job's results: rows one at a time, or a pyarrow table; a running job's rows landed so far.
 
 A job is named by what a downstream task has at hand: the job manifest (``job.output`` of
 ``anthropic_batch_job``, the return value of ``FinalizeBatchJobOperator``), the URI of a job
@@ -16,6 +16,7 @@ from airflow_batch.storage import as_path, iter_jsonl, read_json
 
 if TYPE_CHECKING:
     import pyarrow
+    from airflow.sdk import ObjectStoragePath
 
     from airflow_batch.manifest import JobManifest
 
@@ -44,13 +45,66 @@ def job_manifest(job: Mapping[str, Any] | str) -> JobManifest:
     return read_json(path)  # type: ignore[no-any-return]
 
 
-def read_results(job: Mapping[str, Any] | str, *, which: Which = "results") -> Iterator[dict[str, Any]]:
-    """Yield the job's merged result rows (or, with ``which="failures"``, its failure rows).
+class ResultRows(Iterator[dict[str, Any]]):
+    """Rows streamed from part files in constant memory; ``partial`` says whether the job is still running.
 
-    Rows are streamed from ``results.jsonl`` / ``failures.jsonl`` in constant memory.
+    A running job's rows are those landed so far (each batch's rows once it is landed, by its
+    round's gather or, with ``land_interval``, by the wait as it ends), round by round: not
+    merged, not in input order. ``batches_landed`` counts the batches they come from.
     """
+
+    def __init__(self, paths: list[ObjectStoragePath], *, partial: bool, batches_landed: int | None = None):
+        self.paths = paths
+        self.partial = partial
+        self.batches_landed = batches_landed
+        self._rows = (row for path in paths for row in iter_jsonl(path))
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._rows)
+
+
+def read_results(job: Mapping[str, Any] | str, *, which: Which = "results") -> ResultRows:
+    """Return the job's merged result rows (or, with ``which="failures"``, its failure rows).
+
+    Rows are streamed from ``results.jsonl`` / ``failures.jsonl`` in constant memory. A job
+    folder without a job manifest yet (the job still runs) gives the rows landed so far, with
+    ``partial=True`` (see :class:`ResultRows`).
+    """
+    if isinstance(job, str) and _running(folder := as_path(job)):
+        return landed_rows(folder, which=which)
     manifest = job_manifest(job)
-    yield from iter_jsonl(as_path(manifest[f"{which}_path"]))  # type: ignore[literal-required]
+    return ResultRows([as_path(manifest[f"{which}_path"])], partial=False)  # type: ignore[literal-required]
+
+
+def _running(folder: ObjectStoragePath) -> bool:
+    """Return whether ``folder`` is a job folder whose job has not written its manifest yet."""
+    from airflow_batch import layout
+
+    if folder.name == layout.FINAL_MANIFEST_FILE or layout.final_manifest_path(folder).exists():
+        return False
+    return layout.round_dir(folder, 0).exists()
+
+
+def landed_rows(job: ObjectStoragePath, *, which: Which = "results") -> ResultRows:
+    """Return the rows a running job has landed so far: each landed batch's part, round by round."""
+    from airflow_batch import layout
+    from airflow_batch.gather.gathering import BatchGatherStats
+
+    paths: list[ObjectStoragePath] = []
+    batches = 0
+    round_number = 0
+    while layout.round_dir(job, round_number).exists():
+        reused = layout.reused_path(job, round_number)
+        if which == "results" and reused.exists():
+            paths.append(reused)
+        folder = layout.round_dir(job, round_number) / "results"
+        sidecars = sorted(folder.glob("*.stats.json")) if folder.exists() else []
+        for sidecar in sidecars:
+            stats = BatchGatherStats.from_json(read_json(sidecar))
+            paths.append(as_path(stats.results_path if which == "results" else stats.failures_path))
+        batches += len(sidecars)
+        round_number += 1
+    return ResultRows(paths, partial=True, batches_landed=batches)
 
 
 def read_table(job: Mapping[str, Any] | str, *, which: Which = "results") -> pyarrow.Table:

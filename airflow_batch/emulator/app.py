@@ -55,7 +55,7 @@ from airflow_batch.emulator.betas import beta_names, unsupported_beta
 from airflow_batch.emulator.faults import DROP, LOST, ConfigError, EmulatorConfig, FaultInjector
 from airflow_batch.emulator.files import FileStore, files_scope, metadata
 from airflow_batch.emulator.limits import Refusal, queue_refusal, rate_refusal, spend_limit_refusal
-from airflow_batch.emulator.processing import canceled, new_schedule, repaced, restarted
+from airflow_batch.emulator.processing import archived_at, canceled, new_schedule, repaced, restarted
 from airflow_batch.emulator.responses import (
     Answerer,
     Behaviours,
@@ -210,8 +210,13 @@ class Emulator:
         self.admission = threading.Lock()
         self.recent_creates: deque[float] = deque()
         self.creates_refused = 0  # creates answered 429 by the queue or create-rate limit since reset
+        self.creates = 0  # batches created since reset (each later one starts later: start_stagger_seconds)
         self._messages_lock = threading.Lock()
         self._messages_answered = 0
+
+    def now(self) -> float:
+        """Return the emulator's clock: the wall clock plus ``clock_offset_seconds``."""
+        return time.time() + self.faults.config.clock_offset_seconds
 
     def reset(self) -> None:
         """Forget every batch, cache entry, recent create and answered message."""
@@ -221,6 +226,7 @@ class Emulator:
             self.recent_creates.clear()
             self._messages_answered = 0
             self.creates_refused = 0
+            self.creates = 0
 
     def admit(self, requests: int, now: float) -> int:
         """Return the requests queued once a batch of ``requests`` is stored; raise the 429 of a limit.
@@ -241,6 +247,7 @@ class Emulator:
     def admitted(self, now: float) -> None:
         """Count a stored create toward the create rate."""
         self.recent_creates.append(now)
+        self.creates += 1
 
     @property
     def messages_answered(self) -> int:
@@ -253,7 +260,7 @@ class Emulator:
         with self._messages_lock:
             self._messages_answered += 1
             call_id = f"message-{self._messages_answered}"
-        now = time.time()
+        now = self.now()
         with self.store.prompt_cache(workspace) as cache, files_scope(self.files, workspace):
             answerer = Answerer(cache, _behaviours(config))
             facts = answerer.facts(params.model)
@@ -285,7 +292,7 @@ class Emulator:
         new = old.updated(changes)
         self.faults.replace_config(new)
         if new.throughput != old.throughput or new.start_delay_seconds != old.start_delay_seconds:
-            now = time.time()
+            now = self.now()
             for record in self.store.unfinished(now):
                 schedule = restarted(record.schedule, now, new.start_delay_seconds)
                 if new.throughput != record.schedule.rate:
@@ -294,8 +301,8 @@ class Emulator:
                     self.store.save_schedule(record.seq, schedule)
         return new
 
-    def batch_json(self, record: BatchRecord, base_url: str) -> dict[str, Any]:
-        """Return the MessageBatch object of a record."""
+    def batch_json(self, record: BatchRecord, base_url: str, now: float) -> dict[str, Any]:
+        """Return the MessageBatch object of a record read at ``now``."""
         counts = record.counts
         schedule = record.schedule
         ended = record.state.status == "ended"
@@ -313,7 +320,7 @@ class Emulator:
             "ended_at": rfc3339(record.state.ended_at),
             "created_at": rfc3339(schedule.created_at),
             "expires_at": rfc3339(schedule.expires_at),
-            "archived_at": None,
+            "archived_at": rfc3339(archived_at(schedule, now)),
             "cancel_initiated_at": rfc3339(schedule.cancel_initiated_at),
             "results_url": f"{base_url}/v1/messages/batches/{record.id}/results" if ended else None,
         }
@@ -412,7 +419,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
     async def create_batch(request: Request, fault: str | None) -> Response:
         config = emulator.faults.config
         if config.spend_limit_reached:
-            raise ApiError.from_refusal(spend_limit_refusal(time.time()))
+            raise ApiError.from_refusal(spend_limit_refusal(emulator.now()))
         started = time.perf_counter()
         holder = [await _read_body(request, config.max_body_bytes)]
         lenient = bool(request.headers.get("anthropic-beta"))  # betas may add parameters
@@ -432,13 +439,14 @@ def api_routes(emulator: Emulator) -> list[Route]:
                 timings["parse"] = time.perf_counter() - started
                 with emulator.admission:
                     # Whole microseconds, so created_at + ttl prints exactly ttl after created_at.
-                    now = round(time.time(), 6)
+                    now = round(emulator.now(), 6)
                     queued_after = emulator.admit(len(requests), now)
                     schedule = new_schedule(
                         num_requests=len(requests),
                         created_at=now,
                         ttl_seconds=config.ttl_seconds,
-                        start_delay_seconds=config.start_delay_seconds,
+                        start_delay_seconds=config.start_delay_seconds
+                        + config.start_stagger_seconds * emulator.creates,
                         rate=config.throughput,
                     )
                     record = emulator.store.create_batch(
@@ -457,7 +465,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
                 return record
 
         record = await run_in_threadpool(create)
-        body = _encode(emulator.batch_json(record, _base_url(request)))
+        body = _encode(emulator.batch_json(record, _base_url(request), record.schedule.created_at))
         if fault == LOST:  # the batch is stored; the client never hears of it
             return StreamingResponse(_cut(body), media_type="application/json")
         # Where the time of a create went (read body, parse+validate, build+store), for benchmarks.
@@ -482,17 +490,18 @@ def api_routes(emulator: Emulator) -> list[Route]:
                 cursors[name] = emulator.store.seq_of(value, workspace)
                 if cursors[name] is None:
                     raise ApiError(400, f"{name}: no batch with id {value!r}")
+        now = emulator.now()
         records, has_more = emulator.store.list_page(
             limit=limit,
             after_seq=cursors["after_id"],
             before_seq=cursors["before_id"],
-            now=time.time(),
+            now=now,
             workspace=workspace,
         )
         base_url = _base_url(request)
         return _json(
             {
-                "data": [emulator.batch_json(r, base_url) for r in records],
+                "data": [emulator.batch_json(r, base_url, now) for r in records],
                 "has_more": has_more,
                 "first_id": records[0].id if records else None,
                 "last_id": records[-1].id if records else None,
@@ -500,23 +509,24 @@ def api_routes(emulator: Emulator) -> list[Route]:
         )
 
     def retrieve_batch(request: Request, _fault: str | None) -> Response:
-        record = emulator.require(request.path_params["batch_id"], time.time(), _workspace(request))
-        return _json(emulator.batch_json(record, _base_url(request)))
+        now = emulator.now()
+        record = emulator.require(request.path_params["batch_id"], now, _workspace(request))
+        return _json(emulator.batch_json(record, _base_url(request), now))
 
     def cancel_batch(request: Request, _fault: str | None) -> Response:
         batch_id = request.path_params["batch_id"]
-        now = time.time()
+        now = emulator.now()
         workspace = _workspace(request)
         record = emulator.require(batch_id, now, workspace)
         if record.state.status == "in_progress":
             schedule = canceled(record.schedule, now, emulator.faults.config.cancel_delay_seconds)
             emulator.store.save_schedule(record.seq, schedule)
             record = emulator.require(batch_id, now, workspace)
-        return _json(emulator.batch_json(record, _base_url(request)))
+        return _json(emulator.batch_json(record, _base_url(request), now))
 
     def delete_batch(request: Request, _fault: str | None) -> Response:
         batch_id = request.path_params["batch_id"]
-        record = emulator.require(batch_id, time.time(), _workspace(request))
+        record = emulator.require(batch_id, emulator.now(), _workspace(request))
         if record.state.status != "ended":
             raise ApiError(
                 400,
@@ -528,11 +538,22 @@ def api_routes(emulator: Emulator) -> list[Route]:
 
     def batch_results(request: Request, fault: str | None) -> Response:
         batch_id = request.path_params["batch_id"]
-        record = emulator.require(batch_id, time.time(), _workspace(request))
+        now = emulator.now()
+        record = emulator.require(batch_id, now, _workspace(request))
         if record.state.status != "ended":
             raise ApiError(
                 400,
                 f"Batch {batch_id} is still {record.state.status}; results are available once it has ended",
+            )
+        archived = archived_at(record.schedule, now)
+        if archived is not None:
+            # The API keeps results 29 days after creation; its docs give the archived batch's
+            # ``archived_at`` but not the download's answer: a 404, as for a batch that is gone.
+            raise ApiError(
+                404,
+                f"The results of batch {batch_id} are no longer available: it was archived at "
+                f"{rfc3339(archived)}",
+                error_type="not_found_error",
             )
         lines = _result_lines(emulator.store, record)
         if fault == DROP:
@@ -553,7 +574,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
     async def create_message(request: Request, _fault: str | None) -> Response:
         config = emulator.faults.config
         if config.spend_limit_reached:
-            raise ApiError.from_refusal(spend_limit_refusal(time.time()))
+            raise ApiError.from_refusal(spend_limit_refusal(emulator.now()))
         body = await _read_body(request, min(config.max_body_bytes, MESSAGES_MAX_BODY_BYTES))
         lenient = bool(request.headers.get("anthropic-beta"))
         workspace = _workspace(request)
@@ -792,7 +813,7 @@ def admin_routes(emulator: Emulator) -> list[Route]:
 
     def stats(request: Request) -> Response:
         return _json({
-            **emulator.store.stats(time.time()),
+            **emulator.store.stats(emulator.now()),
             "http_faults_injected": emulator.faults.injected,
             "creates_refused": emulator.creates_refused,
             "files_uploaded": emulator.files.uploads,
@@ -805,7 +826,7 @@ def admin_routes(emulator: Emulator) -> list[Route]:
 
     def reset(request: Request) -> Response:
         emulator.reset()
-        return _json(emulator.store.stats(time.time()))
+        return _json(emulator.store.stats(emulator.now()))
 
     return [
         Route("/_emulator/health", health, methods=["GET"]),

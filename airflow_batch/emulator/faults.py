@@ -14,6 +14,8 @@ When settings take effect:
   ``invalid_output_rate``/``seed``/``ttl_seconds`` are read when a batch is created: its
   per-request outcomes are fixed then, so they are reproducible. ``POST /v1/messages`` reads
   them at each call.
+- ``clock_offset_seconds`` moves the emulator's clock at once, for every batch: advance it past
+  29 days to see a batch's results archived (``archived_at`` set, results answered 404).
 - HTTP faults (``http_fault_*``, ``batch_http_faults``) and ``latency_ms`` apply to
   every later API call (``/v1/...``), never to ``/_emulator/*``.
 - The organisation's limits (``queue_limit``, ``create_rate_per_minute``,
@@ -63,10 +65,16 @@ class EmulatorConfig:
     """Delay added to every API call."""
     start_delay_seconds: float = 0.0
     """Time from creation until a batch's first request completes."""
+    start_stagger_seconds: float = 0.0
+    """Each batch created after a reset starts this much later than the one before it (added to
+    ``start_delay_seconds``): a round's batches then end that far apart."""
     cancel_delay_seconds: float = 0.0
     """Time a batch stays ``canceling`` after a cancel before it ends."""
     ttl_seconds: float = 86_400.0
     """Batches not finished this long after creation end with the rest ``expired``."""
+    clock_offset_seconds: float = 0.0
+    """Seconds the emulator's clock runs ahead of the wall clock: batches progress, expire and
+    are archived (results gone 29 days after creation) as if that much time had passed."""
     error_rate: float = 0.0
     """Fraction of requests that come back ``errored``, split evenly over ``error_types``."""
     error_types: tuple[str, ...] | dict[str, float] = ("overloaded_error",)
@@ -244,8 +252,10 @@ _PARSERS: dict[str, Any] = {
     "throughput": _non_negative_float,
     "latency_ms": _non_negative_float,
     "start_delay_seconds": _non_negative_float,
+    "start_stagger_seconds": _non_negative_float,
     "cancel_delay_seconds": _non_negative_float,
     "ttl_seconds": _non_negative_float,
+    "clock_offset_seconds": _non_negative_float,
     "error_rate": _rate,
     "error_types": _error_types,
     "expire_rate": _rate,

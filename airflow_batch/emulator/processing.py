@@ -21,6 +21,8 @@ from typing import Literal
 ProcessingStatus = Literal["in_progress", "canceling", "ended"]
 EndReason = Literal["completed", "canceled", "expired"]
 
+#: How long a batch's results stay downloadable after its creation; then ``archived_at`` is set.
+RESULTS_RETENTION_SECONDS = 29 * 86_400.0
 # A batch is never ended in the response that creates it.
 _MIN_DURATION = 1e-6
 
@@ -114,6 +116,12 @@ def batch_state(schedule: Schedule, now: float) -> BatchState:
         return BatchState("ended", end, schedule.num_requests, "completed")
     reason: EndReason = "canceled" if end == schedule.cancel_end else "expired"
     return BatchState("ended", end, done_by(schedule, end), reason)
+
+
+def archived_at(schedule: Schedule, now: float) -> float | None:
+    """Return when the batch was archived (its results gone), or None while they are kept."""
+    archived = schedule.created_at + RESULTS_RETENTION_SECONDS
+    return archived if now >= archived else None
 
 
 def repaced(schedule: Schedule, now: float, rate: float) -> Schedule:

@@ -37,6 +37,7 @@ import msgspec
 from airflow_batch import layout
 from airflow_batch.costs import PriceTable, price_table, sum_costs
 from airflow_batch.exceptions import BatchesApiError
+from airflow_batch.gather.retention import find_gone, gone_error, land_gone, log_gone
 from airflow_batch.gather.rows import (
     DEFAULT_RETRYABLE,
     RESULT_TYPES,
@@ -97,6 +98,9 @@ class BatchGatherStats:
     stored: int = 0
     #: When the batch was deleted from the API after landing (``delete_batches``), else None.
     deleted_at: str | None = None
+    #: Why the API no longer held the batch's results when it was gathered (archived, deleted),
+    #: else None: its requests were landed as ``missing`` failures.
+    results_gone: str | None = None
 
     def add(self, rows: BlockRows | BatchGatherStats) -> None:
         """Add the counts and usage of a block's rows, or of another batch."""
@@ -155,6 +159,9 @@ class GatherConfig:
     answer_store: ObjectStoragePath | None = None
     #: Delete each batch from the API once its rows are landed and counted.
     delete_batches: bool = False
+    #: A batch whose results the API no longer holds: ``"fail"`` the gather naming it, or
+    #: ``"retry"``: land its requests as retryable failures (see :mod:`airflow_batch.gather.retention`).
+    on_results_gone: str = "fail"
 
     def block_settings(
         self,
@@ -365,17 +372,25 @@ def gather_round(
     strays = sweep_strays(api, job, round_number, config, logger)
     if watch is not None:
         watch.check(round_cost(manifest, table.cost({}), strays)["batch_usd"])
-    for record in manifest.get("batches", []):
+    records = manifest.get("batches", [])
+    gone = find_gone(api, job, round_number, records)
+    if gone and config.on_results_gone == "fail":
+        raise gone_error(job, round_number, records, gone)
+    log_gone(logger, round_number, gone)
+    for record in records:
         batch_id = record["batch_id"]
-        stats = gather_batch(
-            api,
-            record,
-            job=job,
-            round_number=round_number,
-            config=config,
-            canceled_by_timeout=batch_id in canceled,
-            logger=logger,
-        )
+        if batch_id in gone:
+            stats = land_gone(job, round_number, record, gone[batch_id], config)
+        else:
+            stats = gather_batch(
+                api,
+                record,
+                job=job,
+                round_number=round_number,
+                config=config,
+                canceled_by_timeout=batch_id in canceled,
+                logger=logger,
+            )
         logger.info(
             "round %d batch %s: %s, %d retryable",
             round_number,
@@ -419,6 +434,33 @@ class SpendWatch:
     def figures(self) -> dict[str, Any]:
         """Return the budget line of the round manifest."""
         return {"max_cost_usd": self.budget, "spent_usd": self.spent, "exceeded": self.exceeded}
+
+
+def gather_config(
+    job: ObjectStoragePath,
+    *,
+    include_content: bool = False,
+    retryable_error_types: Iterable[str] | None = None,
+    prices: Mapping[str, Mapping[str, Any]] | None = None,
+    delete_batches: str | None = None,
+    on_results_gone: str = "fail",
+) -> GatherConfig:
+    """Return how a job's batches become rows, from the gather's arguments and the job's spec.
+
+    The gather task and the wait's landing (batches landed as they end) build it here, so a batch
+    lands the same whichever of them lands it.
+    """
+    return GatherConfig(
+        include_content=include_content,
+        retryable_types=(
+            frozenset(retryable_error_types) if retryable_error_types is not None else DEFAULT_RETRYABLE
+        ),
+        validator=job_validator(job),
+        table=price_table(prices),
+        answer_store=job_answer_store(job),
+        delete_batches=delete_batches == "after_gather",
+        on_results_gone=on_results_gone,
+    )
 
 
 def job_validator(job: ObjectStoragePath) -> Validator | None:
@@ -542,6 +584,9 @@ def round_manifest(
     deleted = {s.batch_id: s.deleted_at for s in all_stats if s.deleted_at is not None}
     if deleted:
         out["deleted_batches"] = deleted
+    gone = {s.batch_id: s.results_gone for s in all_stats if s.results_gone is not None}
+    if gone:
+        out["results_gone"] = gone
     if watch is not None:
         out["budget"] = watch.figures()
     out["gathered_at"] = datetime.now(UTC).isoformat()

@@ -812,8 +812,17 @@ def to_failure_row(line: ResultLine[Any], settings: BlockSettings, meta: InputMe
     )
 
 
-def missing_rows(custom_ids: Iterable[str], settings: BlockSettings) -> BlockRows:
-    """Return the failure rows of requests whose batch returned no line for them."""
+def missing_rows(
+    custom_ids: Iterable[str],
+    settings: BlockSettings,
+    *,
+    error_type: str | None = None,
+    message: str = _FAILURE_MESSAGES["missing"],
+) -> BlockRows:
+    """Return the failure rows of requests whose batch returned no line for them.
+
+    ``error_type`` and ``message`` say why when the whole batch has none (its results are gone).
+    """
     retryable = classify_failure(
         "missing", None, canceled_by_timeout=False, retryable_types=settings.retryable_types
     )
@@ -824,8 +833,8 @@ def missing_rows(custom_ids: Iterable[str], settings: BlockSettings) -> BlockRow
             settings.batch_id,
             settings.round_number,
             "missing",
-            None,
-            _FAILURE_MESSAGES["missing"],
+            error_type,
+            message,
             None,
             retryable,
             input=meta.input or msgspec.UNSET,

@@ -50,6 +50,13 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
         eligible for zero data retention and otherwise stay 29 days. The round manifest's
         ``deleted_batches`` records when; a re-run finds the batch gathered and does not ask the API
         for it again. Default ``None``: batches are left on the API.
+    :param on_results_gone: What to do when the API no longer holds a batch's results (archived
+        29 days after creation, or deleted), found before anything is landed: ``"fail"``
+        (default) fails with ``ResultsGoneError`` naming each such batch and its requests;
+        ``"retry"`` lands its requests as retryable ``missing`` failures (``error_type``
+        ``results_archived`` / ``batch_deleted``) so the next retry round resubmits exactly those
+        (the manifest's ``results_gone`` names the batches). ``anthropic_batch_job`` uses
+        ``"retry"`` while a retry round is left.
 
     With ``reuse_answers`` on the job's submit, the round's succeeded, schema-valid answers are
     also written to the answer store (``answers_stored`` in the manifest), and the rows the submit
@@ -69,9 +76,13 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
         prices: Mapping[str, Mapping[str, Any]] | None = None,
         max_cost_usd: float | None = None,
         delete_batches: str | None = None,
+        on_results_gone: str = "fail",
         **kwargs: Any,
     ) -> None:
+        from airflow_batch.gather.retention import validate_results_gone
+
         super().__init__(**kwargs)
+        self.on_results_gone = validate_results_gone(on_results_gone)
         if delete_batches not in DELETE_BATCHES:
             raise ValueError(
                 f"{self.task_id}: delete_batches must be None or 'after_gather', got {delete_batches!r}"
@@ -88,21 +99,20 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
 
     def execute(self, context: Context) -> RoundManifest:
         """Gather the round and return its manifest."""
-        from airflow_batch.costs import price_table
-        from airflow_batch.gather.gathering import GatherConfig, gather_round, job_answer_store, job_validator
+        from airflow_batch.gather.gathering import gather_config, gather_round
         from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.storage import as_path
 
         manifest: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
         identity = JobIdentity.of(manifest, self.conn_id, self.task_id)
         job = as_path(manifest["job_dir"])
-        config = GatherConfig(
+        config = gather_config(
+            job,
             include_content=self.include_content,
-            retryable_types=self.retryable_error_types,
-            validator=job_validator(job),
-            table=price_table(self.prices),
-            answer_store=job_answer_store(job),
-            delete_batches=self.delete_batches == "after_gather",
+            retryable_error_types=self.retryable_error_types,
+            prices=self.prices,
+            delete_batches=self.delete_batches,
+            on_results_gone=self.on_results_gone,
         )
         hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
         with hook.batches_api() as api:
@@ -124,6 +134,12 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
         )
         if out.get("answers_stored"):
             self.log.info("%d answer(s) written to the answer store", out["answers_stored"])
+        if out.get("results_gone"):
+            self.log.warning(
+                "%d batch(es) had no results left on the API; their requests go to the next round: %s",
+                len(out["results_gone"]),
+                ", ".join(out["results_gone"]),
+            )
         if out.get("deleted_batches"):
             self.log.info("%d batch(es) deleted from the API", len(out["deleted_batches"]))
         return out

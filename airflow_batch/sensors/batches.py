@@ -34,6 +34,7 @@ from airflow_batch.links.console import BatchConsoleLink, push_console_links
 from airflow_batch.manifest import RoundManifest, job_conn_id
 from airflow_batch.triggers.batches import ON_KILL_BUDGET, BatchesTrigger
 from airflow_batch.wait.events import batch_ids_of, validate_event, waited_manifest
+from airflow_batch.wait.landing import LANDING, validate_landing
 from airflow_batch.wait.loop import (
     cancel_unfinished,
     connect,
@@ -90,6 +91,16 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         False (and policy ``cancel``), wait for the canceled batches to end and return the
         manifest with ``timed_out=True`` so the round is gathered and retried.
     :param cancel_grace: Seconds to wait for canceled batches to reach ``ended`` (default 1 h).
+    :param land_interval: Land ended batches while the round's others still run (deferrable mode
+        only): the trigger hands them to a worker at most every ``land_interval`` seconds (or as
+        soon as ``land_min_batches`` wait), the sensor lands them there with the gather's own
+        per-batch function and defers again; the gather then lands only what is left. ``None``
+        (default): nothing lands before the round has ended. See :mod:`airflow_batch.wait.landing`.
+    :param land_min_batches: Ended batches that are landed at once, without waiting for
+        ``land_interval`` (default: a tenth of the round's batches, at least 1).
+    :param gather_settings: The round's gather arguments (``include_content``,
+        ``retryable_error_types``, ``prices``, ``delete_batches``), so a batch landed here lands
+        exactly as the gather would land it.
     :param deferrable: Wait in the triggerer (default True; ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``
         in the environment overrides the default); False polls in the worker (``mode="poke"``
         only). Either way the first poll runs in the worker: a round whose batches have all
@@ -112,8 +123,18 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         fail_on_timeout: bool = True,
         cancel_grace: float = DEFAULT_CANCEL_GRACE,
         deferrable: bool | None = None,
+        land_interval: float | None = None,
+        land_min_batches: int | None = None,
+        gather_settings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if land_interval is not None and land_interval <= 0:
+            raise ValueError(
+                f"land_interval={land_interval!r}: give seconds > 0, or None to land nothing early."
+            )
+        self.land_interval = land_interval
+        self.land_min_batches = land_min_batches
+        self.gather_settings = dict(gather_settings or {})
         if poll_interval is not None:
             poll_interval = validate_poll_interval(poll_interval)
         super().__init__(poke_interval=poll_interval or 60.0, timeout=timeout, **kwargs)
@@ -153,13 +174,7 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
             batch_ids = [batch_id for batch_id in batch_ids if batch_id not in landed]
             if not batch_ids:
                 return waited_manifest(manifest, {"batch_status": landed}, time.time())
-        identity = {
-            "conn_id": job_conn_id(manifest, self.conn_id, self.task_id),
-            "job_dir": manifest.get("job_dir"),
-            "round_number": int(manifest.get("round", 0)),
-            "betas": list(manifest.get("betas") or ()),
-            "workspace_id": manifest.get("workspace_id"),
-        }
+        identity = self._identity(manifest)
         state = WaitState(
             batch_ids=batch_ids,
             end_time=time.time() + self.timeout,
@@ -181,11 +196,30 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
                 self.timeout_policy,
             )
             self.defer(
-                trigger=BatchesTrigger.for_state(state, **identity),
+                trigger=BatchesTrigger.for_state(
+                    state, **identity, **self._landing(len(batch_ids), list(landed))
+                ),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout + self.cancel_grace + DEFER_MARGIN),
             )
         return self._finish(manifest, event)
+
+    def _identity(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Return what the trigger needs to reach the round's batches and write its progress."""
+        return {
+            "conn_id": job_conn_id(manifest, self.conn_id, self.task_id),
+            "job_dir": manifest.get("job_dir"),
+            "round_number": int(manifest.get("round", 0)),
+            "betas": list(manifest.get("betas") or ()),
+            "workspace_id": manifest.get("workspace_id"),
+        }
+
+    def _landing(self, batches: int, landed: list[str]) -> dict[str, Any]:
+        """Return the trigger's landing arguments (none when ``land_interval`` is off)."""
+        if self.land_interval is None:
+            return {}
+        min_batches = self.land_min_batches or max(1, -(-batches // 10))
+        return {"land_interval": self.land_interval, "land_min_batches": min_batches, "landed": landed}
 
     async def _watch(self, identity: Mapping[str, Any], state: WaitState) -> dict[str, Any] | None:
         """Return the wait's final event, or None when a deferrable wait should defer after one poll."""
@@ -213,8 +247,67 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
             await api.close()
 
     def execute_complete(self, context: Context, event: Any = None) -> RoundManifest:
-        """Validate the trigger's event and return the manifest with the final counts."""
+        """Validate the trigger's event and return the manifest with the final counts.
+
+        A ``landing`` event lands the ended batches it names, then defers again.
+        """
+        if isinstance(event, Mapping) and event.get("status") == LANDING:
+            self._land(event)
         return self._finish(self._round(), event)
+
+    def _land(self, event: Mapping[str, Any]) -> None:
+        """Land the ended batches a ``landing`` event names (here, in the worker), then defer again."""
+        from airflow_batch.gather.gathering import gather_batch, gather_config
+        from airflow_batch.hooks.batches import BatchesHook
+        from airflow_batch.storage import as_path
+
+        try:
+            landing = validate_landing(event)
+        except ValueError as exc:
+            raise BatchPollError(f"{self.task_id}: {exc}") from exc
+        manifest = self._round()
+        identity = self._identity(manifest)
+        job = as_path(str(manifest["job_dir"]))
+        round_number = identity["round_number"]
+        records = {str(record["batch_id"]): record for record in manifest["batches"]}
+        config = gather_config(job, **self.gather_settings)
+        started = time.monotonic()
+        rows = 0
+        hook = BatchesHook(
+            identity["conn_id"], betas=identity["betas"], workspace_id=identity["workspace_id"]
+        )
+        with hook.batches_api() as api:
+            for batch_id in landing["to_land"]:
+                stats = gather_batch(
+                    api,
+                    records[batch_id],
+                    job=job,
+                    round_number=round_number,
+                    config=config,
+                    logger=self.log,  # type: ignore[arg-type]
+                )
+                rows += sum(stats.result_counts.values())
+        state = WaitState.from_kwargs(**landing["state"])
+        self.log.info(
+            "Landed %d ended batch(es) (%d rows) in %.1fs while %d of %d still run; waiting again.",
+            len(landing["to_land"]),
+            rows,
+            time.monotonic() - started,
+            len(state.pending()),
+            len(state.batch_ids),
+        )
+        ProgressWriter(identity["job_dir"], round_number, self.log, landed=landing["landed"]).write(
+            state, time.time()
+        )
+        self.defer(
+            trigger=BatchesTrigger.for_state(
+                state, **identity, **self._landing(len(state.batch_ids), list(landing["landed"]))
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(
+                seconds=max(state.end_time - time.time(), 0.0) + self.cancel_grace + DEFER_MARGIN
+            ),
+        )
 
     @staticmethod
     def _landed(manifest: Mapping[str, Any], batch_ids: Sequence[str]) -> dict[str, Any]:

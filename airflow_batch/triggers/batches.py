@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_batch.wait.kill import StallWatch, kill_verdict
+from airflow_batch.wait.landing import LandingPolicy, landing_event
 from airflow_batch.wait.loop import cancel_unfinished, connect, settle, triggerer_name, wait_for_round
 from airflow_batch.wait.policy import DEFAULT_CANCEL_GRACE, WaitState
 from airflow_batch.wait.progress import ProgressWriter
@@ -31,7 +32,10 @@ class BatchesTrigger(BaseTrigger):
 
     Yields one event: ``{"status": "success" | "timeout" | "error", "message": str,
     "batch_status": {batch_id: BatchStatus}, "timed_out": bool, "canceled_by_timeout": [...]}``
-    (plus ``batch_id`` on an error).
+    (plus ``batch_id`` on an error). With ``land_interval`` it may instead yield
+    ``{"status": "landing", "message", "batch_status", "to_land": [...], "landed": [...],
+    "state": {...}}`` (see :mod:`airflow_batch.wait.landing`): the sensor lands ``to_land`` and
+    defers again with ``state``.
 
     :param conn_id: The Anthropic connection (API key and base URL); never the key itself.
     :param batch_ids: Every batch of the round.
@@ -50,6 +54,11 @@ class BatchesTrigger(BaseTrigger):
     :param started_at: When the wait began (epoch seconds), for the elapsed time and ETA shown.
     :param betas: The job's ``anthropic-beta`` names, sent on every call.
     :param workspace_id: The job's workspace, sent as ``anthropic-workspace-id``.
+    :param land_interval: When set, ended batches are handed to the worker to land while the
+        others run (:mod:`airflow_batch.wait.landing`): a ``landing`` event at most every
+        ``land_interval`` seconds, or as soon as ``land_min_batches`` wait.
+    :param land_min_batches: Ended batches that trigger a landing at once.
+    :param landed: Batches landed already (by earlier landings of this wait).
     """
 
     def __init__(
@@ -70,8 +79,13 @@ class BatchesTrigger(BaseTrigger):
         started_at: float | None = None,
         betas: Sequence[str] = (),
         workspace_id: str | None = None,
+        land_interval: float | None = None,
+        land_min_batches: int = 1,
+        landed: Sequence[str] = (),
     ) -> None:
         super().__init__()
+        self.landing = LandingPolicy(float(land_interval), int(land_min_batches)) if land_interval else None
+        self.landed = list(landed)
         self.conn_id = conn_id
         self.job_dir = job_dir
         self.round_number = round_number
@@ -96,13 +110,20 @@ class BatchesTrigger(BaseTrigger):
         )
 
     def _identity(self) -> dict[str, Any]:
-        return {
+        identity: dict[str, Any] = {
             "conn_id": self.conn_id,
             "job_dir": self.job_dir,
             "round_number": self.round_number,
             "betas": self.betas,
             "workspace_id": self.workspace_id,
         }
+        if self.landing is not None:
+            identity.update(
+                land_interval=self.landing.interval,
+                land_min_batches=self.landing.min_batches,
+                landed=self.landed,
+            )
+        return identity
 
     @classmethod
     def for_state(cls, state: WaitState, **identity: Any) -> BatchesTrigger:
@@ -127,13 +148,27 @@ class BatchesTrigger(BaseTrigger):
         ticker = asyncio.create_task(self.stall.run())
         api = await connect(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
         try:
-            writer = ProgressWriter(self.job_dir, self.round_number, self.log)
-            event = await wait_for_round(api, self.state, log=self.log, on_poll=writer.write)
+            writer = ProgressWriter(self.job_dir, self.round_number, self.log, landed=self.landed)
+            event = await wait_for_round(
+                api, self.state, log=self.log, on_poll=writer.write, interrupt=self._landing_due(started)
+            )
         finally:
             ticker.cancel()
             await api.close()
         self.settle_held = await settle(started, self.state.poll_interval)
         yield TriggerEvent(event)
+
+    def _landing_due(self, started: float) -> Callable[[WaitState, float], dict[str, Any] | None] | None:
+        """Return the check that ends this trigger with a ``landing`` event, or None when landing is off."""
+        landing = self.landing
+        if landing is None:
+            return None
+
+        def due(state: WaitState, now: float) -> dict[str, Any] | None:
+            batch_ids = landing.to_land(state, self.landed, started, now)
+            return landing_event(state, batch_ids, self.landed) if batch_ids else None
+
+        return due
 
     async def on_kill(self) -> None:
         """Cancel the unfinished batches when a user killed the deferred task (Airflow 3.3+).

@@ -205,14 +205,22 @@ async def wait_for_round(
     *,
     log: logging.Logger | Any,
     on_poll: Callable[[WaitState, float], None] | None = None,
+    interrupt: Callable[[WaitState, float], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """Poll until the wait ends; return its final event. ``on_poll`` (blocking) runs in a thread."""
+    """Poll until the wait ends; return its final event. ``on_poll`` (blocking) runs in a thread.
+
+    ``interrupt`` (pure, on the loop) may end the wait early with an event of its own after a
+    poll (the trigger's ``landing`` event); the state then carries on in the next trigger.
+    """
     while True:
         decision = await poll_once(api, state, log)
         if on_poll is not None:
             await asyncio.to_thread(on_poll, state, time.time())
         if decision.event is not None:
             return decision.event
+        early = interrupt(state, time.time()) if interrupt is not None else None
+        if early is not None:
+            return early
         await asyncio.sleep(decision.sleep)
 
 

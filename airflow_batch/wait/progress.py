@@ -142,10 +142,19 @@ def progress_document(state: WaitState, round_number: int, now: float) -> dict[s
 class ProgressWriter:
     """Rewrites a round's ``progress.json`` after each poll; a failed write is logged, never fatal."""
 
-    def __init__(self, job_dir: str | None, round_number: int, log: logging.Logger | Any) -> None:
+    def __init__(
+        self,
+        job_dir: str | None,
+        round_number: int,
+        log: logging.Logger | Any,
+        *,
+        landed: Sequence[str] | None = None,
+    ) -> None:
         self.job_dir = job_dir
         self.round_number = round_number
         self.log = log
+        #: Batches whose rows are landed already (landing as they end), shown as ``batches_landed``.
+        self.landed = landed
 
     def write(self, state: WaitState, now: float) -> None:
         """Write the document of ``state`` (blocking: call it in a thread from an event loop)."""
@@ -155,6 +164,9 @@ class ProgressWriter:
 
         try:
             path = layout.progress_path(storage.as_path(self.job_dir), self.round_number)
-            storage.write_json(path, progress_document(state, self.round_number, now))
+            document = progress_document(state, self.round_number, now)
+            if self.landed is not None:
+                document["batches_landed"] = len(self.landed)
+            storage.write_json(path, document)
         except Exception as exc:  # progress is informational; the wait goes on
             self.log.warning("Could not write the progress file of round %s: %s", self.round_number, exc)

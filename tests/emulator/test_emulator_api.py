@@ -388,3 +388,37 @@ def test_start_delay_holds_the_batch(client: anthropic.Anthropic, emu: EmulatorP
     ended = wait_ended(client, batch.id)
     assert ended.ended_at - ended.created_at >= timedelta(seconds=0.3)  # type: ignore[operator]
     assert datetime.now(UTC) >= ended.ended_at  # type: ignore[operator]
+
+
+def test_results_are_archived_29_days_after_creation_on_the_emulator_clock(
+    client: anthropic.Anthropic, emu: EmulatorProcess
+) -> None:
+    batch = client.messages.batches.create(requests=[request("kept")])
+    ended = wait_ended(client, batch.id)
+    assert ended.archived_at is None
+
+    emu.configure(clock_offset_seconds=29 * 86_400 - 60)
+    assert client.messages.batches.retrieve(batch.id).archived_at is None
+    assert [r.custom_id for r in client.messages.batches.results(batch.id)] == ["kept"]
+
+    emu.configure(clock_offset_seconds=29 * 86_400 + 1)
+    archived = client.messages.batches.retrieve(batch.id)
+    assert archived.processing_status == "ended"
+    assert archived.archived_at == archived.created_at + timedelta(days=29)
+    listed = next(b for b in client.messages.batches.list(limit=10).data if b.id == batch.id)
+    assert listed.archived_at == archived.archived_at
+    with pytest.raises(anthropic.NotFoundError, match="no longer available: it was archived"):
+        list(client.messages.batches.results(batch.id))
+    fresh = client.messages.batches.create(requests=[request("new")])
+    assert wait_ended(client, fresh.id).archived_at is None
+
+
+def test_start_stagger_makes_each_later_batch_start_later(
+    client: anthropic.Anthropic, emu: EmulatorProcess
+) -> None:
+    emu.configure(start_stagger_seconds=600)
+    first = client.messages.batches.create(requests=[request("first")])
+    second = client.messages.batches.create(requests=[request("second")])
+
+    assert wait_ended(client, first.id).request_counts.succeeded == 1
+    assert client.messages.batches.retrieve(second.id).processing_status == "in_progress"

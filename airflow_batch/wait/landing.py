@@ -1,0 +1,69 @@
+"""When the wait hands ended batches to the worker to land, while the round's others still run.
+
+The trigger only decides (no landing on the triggerer's event loop: turning a results stream
+into rows is CPU work). When the decision says so, it ends with a ``landing`` event naming the
+ended batches not landed yet; the sensor resumes in a worker, lands them with the gather's own
+per-batch function (:func:`airflow_batch.gather.gathering.gather_batch`: part files, then a
+sidecar, so a batch is never landed twice), and defers again with the same wait state.
+
+Each resume costs a task start, so ended batches are grouped: the trigger fires when
+``min_batches`` ended batches wait to be landed, or when any waits and ``interval`` seconds
+have passed since the trigger started (the last landing). A batch's rows are thus readable
+within ``interval`` plus one poll and its landing time. Once every batch has ended the wait
+ends as before, and the gather lands what is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_batch.wait.policy import WaitState, is_ended
+
+#: The status of the event that hands ended batches to the worker (the wait goes on after).
+LANDING = "landing"
+
+
+@dataclass(frozen=True)
+class LandingPolicy:
+    """How ended batches are grouped into landings: every ``interval`` s, or ``min_batches`` at once."""
+
+    interval: float
+    min_batches: int = 1
+
+    def to_land(self, state: WaitState, landed: Collection[str], since: float, now: float) -> list[str]:
+        """Return the ended batches to land now (empty: keep waiting).
+
+        Nothing is landed mid-way once the deadline passed (the gather lands a timed-out round)
+        or when every batch has ended (the wait's own event comes next).
+        """
+        if state.timed_out or not state.pending():
+            return []
+        waiting = [
+            batch_id
+            for batch_id in state.batch_ids
+            if batch_id not in landed and batch_id in state.statuses and is_ended(state.statuses[batch_id])
+        ]
+        if len(waiting) >= self.min_batches or (waiting and now - since >= self.interval):
+            return waiting
+        return []
+
+
+def landing_event(state: WaitState, batch_ids: list[str], landed: Collection[str]) -> dict[str, Any]:
+    """Return the event that hands ``batch_ids`` to the worker, with what re-deferring needs."""
+    return {
+        "status": LANDING,
+        "message": f"{len(batch_ids)} ended batch(es) to land while {len(state.pending())} still run.",
+        "batch_status": dict(state.statuses),
+        "to_land": list(batch_ids),
+        "landed": sorted({*landed, *batch_ids}),
+        "state": state.to_kwargs(),
+    }
+
+
+def validate_landing(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a landing event if well formed, else raise ``ValueError`` naming what is wrong."""
+    if not isinstance(event.get("to_land"), list) or not isinstance(event.get("state"), Mapping):
+        raise ValueError(f"landing event without 'to_land' list and 'state' mapping: {dict(event)!r}")
+    return dict(event)

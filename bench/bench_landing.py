@@ -1,0 +1,161 @@
+"""Benchmark: results as they land, on a round whose batches end minutes apart (issue 25).
+
+Run: ``.venv/bin/python bench/bench_landing.py [--batches 10] [--per-batch 100] [--stagger 20]``
+
+An emulator starts each batch of the round ``--stagger`` seconds after the one before
+(``start_stagger_seconds``), so 10 batches end over ~3 minutes. The same job runs twice through
+``dag.test()``: without landing (the round lands after its last batch ended), and with
+``land_interval`` (the wait hands ended batches to the worker as they end). For each:
+
+- wall time of the run, and the time the worker held: every operator's ``execute`` and the
+  sensor's ``execute_complete`` timed in this process (``dag.test()`` runs tasks and triggers
+  in-process, so a real worker's task start, seconds per resume, is not in it: the resumes are
+  counted so it can be added);
+- per batch, from its ``ended_at`` (the API's) to its sidecar (its rows readable): median and max;
+- the tail: from the last batch's end to the job manifest.
+
+Small on purpose (1,000 requests): the 10 M benchmark takes hours and is not run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+HOME = tempfile.mkdtemp(prefix="airflow-batch-landing-")
+os.environ.update(
+    AIRFLOW_HOME=HOME,
+    AIRFLOW__CORE__LOAD_EXAMPLES="False",
+    AIRFLOW__CORE__DAGS_FOLDER=os.path.join(HOME, "dags"),
+    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{HOME}/airflow.db",
+    AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
+    AIRFLOW__API_AUTH__JWT_SECRET=os.urandom(64).hex(),
+    AIRFLOW__CORE__DEFAULT_TASK_RETRIES="0",
+)
+os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"], exist_ok=True)
+sys.path[:0] = [str(REPO / "tests")]
+
+HELD: dict[str, float] = {}
+CALLS: dict[str, int] = {}
+
+
+def timed(cls: type, name: str) -> None:
+    """Wrap ``cls.name`` so that the time spent in it is added to ``HELD``."""
+    original = getattr(cls, name)
+
+    @functools.wraps(original)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        key = f"{cls.__name__}.{name}"
+        started = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            HELD[key] = HELD.get(key, 0.0) + time.perf_counter() - started
+            CALLS[key] = CALLS.get(key, 0) + 1
+
+    setattr(cls, name, wrapper)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--per-batch", type=int, default=100)
+    parser.add_argument("--stagger", type=float, default=20.0)
+    parser.add_argument("--land-interval", type=float, default=10.0)
+    parser.add_argument("--poll-interval", type=float, default=2.0)
+    args = parser.parse_args()
+
+    import anthropic
+    import msgspec
+    import pendulum
+    from airflow.sdk import DAG
+    from airflow.utils import db
+    from dag_runner import run_dag
+
+    from airflow_batch import anthropic_batch_job, layout
+    from airflow_batch.emulator.process import FAST_CONFIG, EmulatorProcess
+    from airflow_batch.operators.finalize import FinalizeBatchJobOperator
+    from airflow_batch.operators.gather import GatherResultsOperator
+    from airflow_batch.operators.submit import SubmitBatchesOperator
+    from airflow_batch.sensors.batches import BatchesSensor
+    from airflow_batch.storage import read_json
+
+    for cls, names in (
+        (SubmitBatchesOperator, ("execute",)),
+        (BatchesSensor, ("execute", "execute_complete")),
+        (GatherResultsOperator, ("execute",)),
+        (FinalizeBatchJobOperator, ("execute",)),
+    ):
+        for name in names:
+            timed(cls, name)
+    db.initdb()
+    requests = Path(HOME) / "requests.jsonl"
+    with requests.open("wb") as out:
+        for i in range(args.batches * args.per_batch):
+            params = {
+                "model": "claude-haiku-4-5",
+                "max_tokens": 64,
+                "messages": [{"role": "user", "content": f"Item {i}"}],
+            }
+            out.write(msgspec.json.encode({"custom_id": f"r{i:06d}", "params": params}) + b"\n")
+    with EmulatorProcess(Path(HOME) / "emulator", config=FAST_CONFIG) as emulator:
+        os.environ["AIRFLOW_CONN_ANTHROPIC_DEFAULT"] = msgspec.json.encode(
+            {"conn_type": "anthropic", "password": "bench-key", "host": emulator.base_url}
+        ).decode()
+        client = anthropic.Anthropic(base_url=emulator.base_url, api_key="bench-key")
+        for label, land_interval in (("at the end (today)", None), ("as they land", args.land_interval)):
+            emulator.reset()
+            emulator.configure(start_stagger_seconds=args.stagger)
+            HELD.clear()
+            CALLS.clear()
+            dag_id = "landing_" + ("off" if land_interval is None else "on")
+            output = os.path.join(HOME, "out")
+            with DAG(dag_id, schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+                anthropic_batch_job(
+                    "job", requests=str(requests), output_path=output, conn_id="anthropic_default",
+                    max_retry_rounds=0, poll_interval=args.poll_interval, land_interval=land_interval,
+                    submit_kwargs={"max_requests_per_batch": args.per_batch, "count_tokens_sample": 0},
+                )  # fmt: skip
+            started = time.time()
+            run = run_dag(dag)
+            wall = time.time() - started
+            job = layout.job_dir(output, dag.dag_id, run.run_id, "job.submit")
+            manifest = read_json(layout.round_manifest_path(job, 0))
+            lags = []
+            ends = []
+            for record in manifest["batches"]:
+                ended = client.messages.batches.retrieve(record["batch_id"]).ended_at
+                assert ended is not None
+                sidecar = Path(
+                    str(layout.gather_stats_path(job, 0, record["batch_id"])).removeprefix("file://")
+                )
+                lags.append(sidecar.stat().st_mtime - ended.timestamp())
+                ends.append(ended.timestamp())
+            final = Path(str(layout.final_manifest_path(job)).removeprefix("file://")).stat().st_mtime
+            held = sum(HELD.values())
+            resumes = CALLS.get("BatchesSensor.execute_complete", 0)
+            print(f"\n== landing {label}: run {run.state}")
+            print(f"wall {wall:.1f} s; batches ended over {max(ends) - min(ends):.0f} s")
+            print(f"worker held {held:.1f} s = {100 * held / wall:.1f}% of wall ({resumes} sensor resume(s))")
+            for key, seconds in sorted(HELD.items()):
+                print(f"  {key}: {seconds:.2f} s in {CALLS[key]} call(s)")
+            first_readable = min(ends) + lags[ends.index(min(ends))] - started
+            print(
+                f"batch end -> rows readable: median {statistics.median(lags):.1f} s, max {max(lags):.1f} s; "
+                f"first batch's rows readable {first_readable:.1f} s into the run"
+            )
+            print(f"tail: last batch end -> job manifest {final - max(ends):.1f} s")
+            print(f"ended at {datetime.fromtimestamp(max(ends)).isoformat()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Each batch's rows land soon after it ends, while the round's other batches still run.
+
+The emulator processes 1 request/s per batch; round 0 has batches of 40, 40 and 3 requests,
+so the small one ends ~40 s before the others. The wait hands it to the worker (``land_interval``)
+and its rows are readable with ``read_results(job_folder)`` while the others are in progress.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import msgspec
+import pendulum
+import pytest
+from airflow.sdk import DAG
+from airflow_test_env import run_dag
+from deadlines import until_sync
+
+from airflow_batch import anthropic_batch_job, layout, read_results
+from airflow_batch.api import BatchesApi
+from airflow_batch.emulator.process import EmulatorProcess
+from airflow_batch.gather.gathering import GatherConfig, gather_round
+from airflow_batch.manifest import JobIdentity
+from airflow_batch.storage import as_path
+from airflow_batch.submit.ledger import LedgerStore
+from airflow_batch.submit.round import SubmitSettings, submit_round
+
+
+def _write_requests(path: Path, n: int) -> list[str]:
+    ids = [f"req-{i:03d}" for i in range(n)]
+    with path.open("wb") as out:
+        for custom_id in ids:
+            params = {
+                "model": "claude-haiku-4-5",
+                "max_tokens": 32,
+                "messages": [{"role": "user", "content": f"Say {custom_id}."}],
+            }
+            out.write(msgspec.json.encode({"custom_id": custom_id, "params": params}) + b"\n")
+    return ids
+
+
+def _read(path: Any) -> list[dict[str, Any]]:
+    return [msgspec.json.decode(line) for line in as_path(str(path)).read_bytes().splitlines() if line]
+
+
+class EarlyRows:
+    """Watches a running job folder: what ``read_results`` gave while round 0's first batch still ran."""
+
+    def __init__(self, output: Path, client: anthropic.Anthropic) -> None:
+        self.output = output
+        self.client = client
+        self.seen: dict[str, Any] | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+        self.thread.start()
+
+    def watch(self) -> None:
+        while not self.stop.is_set() and self.seen is None:
+            for job in self.output.glob("*/*/job.submit"):
+                ledger = LedgerStore(as_path(str(job)), 0).load()
+                if ledger is None or ledger.batch_id(0) is None:
+                    continue
+                rows = read_results(str(job))
+                ids = sorted(row["custom_id"] for row in rows)
+                if ids:
+                    first = self.client.messages.batches.retrieve(str(ledger.batch_id(0)))
+                    self.seen = {
+                        "ids": ids,
+                        "partial": rows.partial,
+                        "batches_landed": rows.batches_landed,
+                        "first_batch": first.processing_status,
+                    }
+            time.sleep(0.2)
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_batch_that_ends_early_is_readable_while_the_others_run(
+    emulator: EmulatorProcess,
+    anthropic_conn: str,
+    sync_client: anthropic.Anthropic,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    emulator.configure(throughput=1)
+    ids = _write_requests(tmp_path / "requests.jsonl", 83)
+    output = tmp_path / "out"
+    with DAG("land_as_they_end", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
+        anthropic_batch_job(
+            "job",
+            requests=str(tmp_path / "requests.jsonl"),
+            output_path=str(output),
+            conn_id=anthropic_conn,
+            max_retry_rounds=0,
+            poll_interval=1,
+            land_interval=1,
+            submit_kwargs={"max_requests_per_batch": 40, "count_tokens_sample": 0},
+        )
+    watcher = EarlyRows(output, sync_client)
+    try:
+        run = run_dag(dag)
+    finally:
+        watcher.stop.set()
+        watcher.thread.join(timeout=10)
+
+    assert run.state == "success"
+    assert watcher.seen is not None, "no row was readable before the job ended"
+    assert watcher.seen == {
+        "ids": ids[80:],
+        "partial": True,
+        "batches_landed": 1,
+        "first_batch": "in_progress",
+    }
+    logs = capfd.readouterr()
+    assert "Landed 1 ended batch(es) (3 rows)" in logs.out + logs.err
+    job = layout.job_dir(str(output), dag.dag_id, run.run_id, "job.submit")
+    # The gather landed only what was left; every row is in the results exactly once.
+    results = read_results(str(job))
+    assert results.partial is False
+    assert sorted(row["custom_id"] for row in results) == ids
+    progress = msgspec.json.decode(layout.progress_path(job, 0).read_bytes())
+    assert progress["batches_landed"] == 1
+
+
+_LAND_ONE = textwrap.dedent(
+    """
+    import sys
+    import anthropic
+    from airflow_batch.api import BatchesApi
+    from airflow_batch.gather.gathering import GatherConfig, gather_batch
+    from airflow_batch.storage import as_path, read_json
+    from airflow_batch import layout
+
+    base_url, job, batch_id = sys.argv[1:]
+    manifest = read_json(as_path(job) / "submitted.json")
+    record = next(r for r in manifest["batches"] if r["batch_id"] == batch_id)
+    with BatchesApi(anthropic.Anthropic(base_url=base_url, api_key="test-key")) as api:
+        gather_batch(api, record, job=as_path(job), round_number=0, config=GatherConfig(include_content=True))
+    """
+)
+
+
+def test_a_landing_killed_mid_batch_and_run_again_lands_every_row_once(
+    emulator: EmulatorProcess, sync_client: anthropic.Anthropic, tmp_path: Path
+) -> None:
+    ids = _write_requests(tmp_path / "requests.jsonl", 30_000)
+    job = as_path(str(tmp_path / "job"))
+    with BatchesApi(anthropic.Anthropic(base_url=emulator.base_url, api_key="test-key")) as api:
+        manifest: Any = submit_round(
+            api,
+            _read(tmp_path / "requests.jsonl"),
+            job=job,
+            round_number=0,
+            identity=JobIdentity("anthropic_default"),
+            settings=SubmitSettings(max_requests_per_batch=15_000, count_tokens_sample=0),
+        )
+        (tmp_path / "job" / "submitted.json").write_bytes(msgspec.json.encode(manifest))
+        batch_ids = [record["batch_id"] for record in manifest["batches"]]
+        for batch_id in batch_ids:
+            until_sync(
+                lambda batch_id=batch_id: (
+                    sync_client.messages.batches.retrieve(batch_id).processing_status == "ended"
+                ),
+                deadline=60,
+            )
+        # Land the first batch in another process and kill it while it writes the part file.
+        parts = tmp_path / "job" / "round-0" / "results"
+        landing = subprocess.Popen(
+            [sys.executable, "-c", _LAND_ONE, emulator.base_url, str(tmp_path / "job"), batch_ids[0]],
+            env={**os.environ},
+        )
+        try:
+            until_sync(
+                lambda: any(parts.glob(f".{batch_ids[0]}.jsonl.*.tmp")) or landing.poll() is not None,
+                deadline=180,
+                step=0.005,
+            )
+            os.kill(landing.pid, signal.SIGKILL)
+        finally:
+            landing.wait(timeout=30)
+        assert landing.returncode == -signal.SIGKILL, "the landing ended before it could be killed"
+        assert not layout.gather_stats_path(job, 0, batch_ids[0]).exists()
+
+        gathered = gather_round(api, manifest, config=GatherConfig(include_content=True))
+
+    assert gathered["result_counts"]["succeeded"] == 30_000
+    rows = [row["custom_id"] for path in gathered["results_paths"] for row in _read(path)]
+    assert sorted(rows) == sorted(ids)
+    assert not list(parts.glob(".*.tmp"))
