@@ -131,5 +131,6 @@ def test_names_that_clash_with_result_columns_fail_when_the_dag_is_parsed_and_no
             prompt_template="{text}",
             output_schema=schema,
             output_path="/tmp/never",
+            model="claude-haiku-4-5",
         )
     assert emulator.batch_count() == 0
