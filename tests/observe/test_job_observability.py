@@ -28,9 +28,11 @@ import jsonschema
 import pyarrow.parquet as pq
 import pytest
 
+from airflow_batch import layout
 from airflow_batch.emulator.process import FAST_CONFIG, EmulatorProcess
 from airflow_batch.lineage.figures import FACET_NAME, FACET_SCHEMA_URL, token_kinds
 from airflow_batch.metrics import METRICS, PREFIX
+from airflow_batch.storage import as_path
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -53,7 +55,7 @@ with DAG("observed_job", schedule=None, start_date=start) as dag:
     anthropic_batch_job(
         "job", requests=args["requests"], output_path=args["output"], max_retry_rounds=1,
         poll_interval=0.5, results_format=["jsonl", "parquet"], publish_path=args["publish"],
-        max_queued_requests=20,
+        max_queued_requests=20, max_failure_rate=1.0,  # a quarter fails at first: some may stay failed
         submit_kwargs={"count_tokens_sample": 0, "max_requests_per_batch": 10},
     )
 print("run", run_dag(dag).state, flush=True)
@@ -229,7 +231,10 @@ def test_finalize_lineage_carries_the_manifests_figures_and_the_parquet_schema(o
     }
     outputs = _outputs(finalize)
     finals = ["results.jsonl", "failures.jsonl", "results.parquet", "failures.parquet"]
-    assert set(outputs) == {str(job / f) for f in finals} | {str(observed.publish / f) for f in finals}
+    published = layout.published_version_dir(as_path(str(observed.publish)), manifest["published_version"])
+    assert set(outputs) == {str(job / f) for f in finals} | {
+        str(published.path).rstrip("/") + "/" + f for f in finals
+    }
     assert all(Path(name).exists() for name in outputs)
     results = outputs[str(job / "results.jsonl")]["outputFacets"]["outputStatistics"]
     assert (results["rowCount"], results["size"]) == (
