@@ -28,7 +28,9 @@ def submit(**kwargs: Any) -> SubmitBatchesOperator:
     kwargs.setdefault("records", RECORDS)
     kwargs.setdefault("prompt_template", "{text}")
     kwargs.setdefault("custom_id_field", "id")
-    return SubmitBatchesOperator(task_id="submit", output_path="/tmp/never", **kwargs)
+    return SubmitBatchesOperator(
+        task_id="submit", output_path="/tmp/never", **{"model": "claude-haiku-4-5", **kwargs}
+    )
 
 
 @pytest.mark.parametrize("max_age", [math.nan, "1h", -5, 0, True, -math.inf, timedelta(0)])
