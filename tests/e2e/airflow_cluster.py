@@ -23,6 +23,7 @@ import pytest
 from airflow_batch.dev.deployment import (
     AIRFLOW_EXECUTABLE,
     COMPONENTS,
+    LogServers,
     admin_login,
     deployment_environment,
     deployment_healthy,
@@ -86,7 +87,13 @@ class AirflowCluster:
     def _environment(self, dags_folder: Path, extra_env: Mapping[str, str]) -> dict[str, str]:
         # The deployment's settings live in the package (``airflow-batch dev`` uses the same);
         # nothing comes from the test process's AIRFLOW* variables.
-        env = deployment_environment(self.home, port=self.port, dags_folder=dags_folder, login=self._login)
+        env = deployment_environment(
+            self.home,
+            port=self.port,
+            dags_folder=dags_folder,
+            login=self._login,
+            log_servers=LogServers(worker_port=free_port(), trigger_port=free_port()),
+        )
         env.update(extra_env)
         return env
 

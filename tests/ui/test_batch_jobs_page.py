@@ -297,7 +297,9 @@ def test_page_shows_refused_failed_and_finished_jobs_in_headless_chromium(
         status = rows["page_refused"].find_element(By.CSS_SELECTOR, "td.status").text
         assert status.startswith("refused"), status
         assert f"estimate ${refusal['estimate_usd']:.4f} > budget $0.0010, spent so far $0.0000" in status
-        assert "above the budget max_cost_usd=$0.0010" in status
+        # The whole reason is there, collapsed under its first line (a <details> element).
+        reason = rows["page_refused"].find_element(By.CSS_SELECTOR, "td.status").get_attribute("textContent")
+        assert "above the budget max_cost_usd=$0.0010" in reason
         assert _links(rows["page_refused"]) == {}
 
         # Failed on max_failure_rate: rate against limit, failures by type, retryability, merged files.

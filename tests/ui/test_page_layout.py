@@ -113,4 +113,6 @@ def test_the_table_fits_1400_px_and_a_refused_row_stays_short(browser: Any, tmp_
 
     assert page_width <= viewport, f"the page scrolls sideways: {page_width} px in a {viewport} px window"
     assert table_right <= viewport
-    assert refused_height < 120, f"the refused job's row is {refused_height:.0f} px tall"
+    # ~300 px when the whole reason showed; the run cell (name and its charts link) and the cost cell
+    # (its budget line) take a few lines of their own.
+    assert refused_height < 150, f"the refused job's row is {refused_height:.0f} px tall"
