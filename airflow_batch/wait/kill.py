@@ -91,26 +91,34 @@ class KillVerdict:
     reason: str
 
 
-def read_task_state(task_instance: Any) -> str | None:
-    """Return the current state of ``task_instance`` as the API server has it (blocking call).
+async def read_task_state(task_instance: Any) -> str | None:
+    """Return the current state of ``task_instance`` as the API server has it.
 
-    Raises when the trigger runner cannot ask (no Task SDK channel in this process) or the
-    task instance is not found.
+    Sent on the trigger runner's own event loop (``asend``, as its state syncs are), not from a
+    thread through the blocking ``send``. Raises when this process has no Task SDK channel (not a
+    triggerer) or the task instance is not found.
     """
-    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+    from airflow.sdk.execution_time import task_runner
+    from airflow.sdk.execution_time.comms import GetTaskStates
 
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if comms is None:
+        raise RuntimeError("no Task SDK channel to the triggerer's supervisor in this process")
     map_index = getattr(task_instance, "map_index", -1)
     map_index = -1 if map_index is None else int(map_index)
-    states = RuntimeTaskInstance.get_task_states(
-        dag_id=task_instance.dag_id,
-        task_ids=[task_instance.task_id],
-        run_ids=[task_instance.run_id],
-        map_index=map_index if map_index >= 0 else None,
+    response = await comms.asend(
+        GetTaskStates(
+            dag_id=task_instance.dag_id,
+            task_ids=[task_instance.task_id],
+            run_ids=[task_instance.run_id],
+            map_index=map_index if map_index >= 0 else None,
+        )
     )
+    states = getattr(response, "task_states", None) or {}
     run_states = states.get(task_instance.run_id) or {}
     key = task_instance.task_id if map_index < 0 else f"{task_instance.task_id}_{map_index}"
     if key not in run_states:
-        raise LookupError(f"task instance {key} of run {task_instance.run_id} not found")
+        raise LookupError(f"task instance {key} of run {task_instance.run_id} not found ({response!r:.200})")
     state = run_states[key]
     return None if state is None else str(state)
 
@@ -134,7 +142,7 @@ async def kill_verdict(
             "told from a move to another triggerer",
         )
     try:
-        state = await asyncio.wait_for(asyncio.to_thread(read_task_state, task_instance), timeout)
+        state = await asyncio.wait_for(read_task_state(task_instance), timeout)
     except Exception as error:  # unreadable: keep the batches, the next attempt re-attaches
         return KillVerdict(
             False,

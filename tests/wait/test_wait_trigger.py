@@ -202,8 +202,12 @@ async def test_user_kill_cancels_the_unfinished_batches(
     slow = create_batches([4, 6])
     watcher = trigger(anthropic_conn, done + slow)
     watcher.task_instance = _a_task_instance()
+
     # The API server's answer to the trigger runner's GetTaskStates after a user marked the task failed.
-    monkeypatch.setattr(kill, "read_task_state", lambda ti: "failed")
+    async def failed(ti: object) -> str:
+        return "failed"
+
+    monkeypatch.setattr(kill, "read_task_state", failed)
     await _cancelled_with_user_action(watcher)
 
     assert set(statuses_on_server(sync_client, slow).values()) <= {"canceling", "ended"}
@@ -234,7 +238,7 @@ async def test_on_kill_of_a_trigger_moved_to_another_triggerer_cancels_nothing(
     if state_answer is not None:
         watcher.task_instance = _a_task_instance()
 
-    def answer(ti: object) -> object:
+    async def answer(ti: object) -> object:
         if isinstance(state_answer, Exception):
             raise state_answer
         return state_answer
@@ -261,7 +265,7 @@ async def test_on_kill_right_after_the_triggerers_loop_stood_still_cancels_nothi
     watcher = trigger(anthropic_conn, slow)
     watcher.task_instance = _a_task_instance()
 
-    def no_question(ti: object) -> str:
+    async def no_question(ti: object) -> str:
         raise AssertionError("a resumed triggerer must not ask the API server (its answer stalls)")
 
     monkeypatch.setattr(kill, "read_task_state", no_question)
