@@ -68,6 +68,7 @@ def test_a_job_writes_every_row_it_accepted_with_untypable_columns_as_json_text_
             conn_id=anthropic_conn,
             max_retry_rounds=0,
             poll_interval=0.2,
+            max_failure_rate=1.0,  # its one invalid row on purpose is 9% of the job (default 5%)
             submit_kwargs={"count_tokens_sample": 0, "skip_invalid": True},
         )
     run = run_dag(dag)
