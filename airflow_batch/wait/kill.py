@@ -22,9 +22,11 @@ Two signals tell them apart, the cheap one first:
   it ``deferred``. The trigger runner asks the API server for it through the Task SDK
   (``GetTaskStates``, the same channel a trigger uses for connections).
 
-When neither can tell (no task instance, the API server unreachable, a slow answer), nothing is
-cancelled and the log says why: a batch left running is recovered by the next attempt, which
-re-attaches to it; a batch cancelled by mistake is lost work.
+When the state cannot be read in time (measured on a deployment: the triggerer's supervisor
+often answers ``GetTaskStates`` too late for ``on_kill``), the stall decides alone: no stall
+means no reassignment, so the kill is a user's. Residual risk, said in the README: a supervisor
+that alone stopped heartbeating (its runner's loop kept running) loses its triggers without a
+stall this watch can see. Without a task instance (not in a triggerer) nothing is cancelled.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 #: The state a task instance keeps while a trigger (any copy of it) waits for it.
 DEFERRED = "deferred"
 #: How long to wait for the task instance's state before giving up (and cancelling nothing).
-STATE_TIMEOUT_SECONDS = 5.0
+STATE_TIMEOUT_SECONDS = 3.0
 
 
 #: How long after a stall a cancel is still taken for the reassignment it caused.
@@ -143,12 +145,23 @@ async def kill_verdict(
         )
     try:
         state = await asyncio.wait_for(read_task_state(task_instance), timeout)
-    except Exception as error:  # unreadable: keep the batches, the next attempt re-attaches
+    except Exception as error:
+        # Measured on a deployment: the supervisor often answers GetTaskStates too late for
+        # on_kill. The stall is then the signal: Airflow 3.3 sends the reassignment cancel only
+        # to a copy whose triggerer missed its heartbeats for the health threshold, which this
+        # loop would have seen. No watch (outside a trigger's run): keep the batches.
+        if stall is None:
+            return KillVerdict(
+                False,
+                f"the task instance's state could not be read ({type(error).__name__}: "
+                f"{error}) and no stall watch ran, so a user's kill cannot be told from a "
+                "move to another triggerer",
+            )
         return KillVerdict(
-            False,
-            f"the task instance's state could not be read ({type(error).__name__}: "
-            f"{error}), so a user's kill cannot be told from a move to another "
-            "triggerer",
+            True,
+            f"the task instance's state could not be read in {timeout:.0f} s "
+            f"({type(error).__name__}), and this triggerer did not stand still, as one whose "
+            "trigger was moved to another triggerer has: a user acted on it",
         )
     if state == DEFERRED:
         return KillVerdict(

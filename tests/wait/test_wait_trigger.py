@@ -219,7 +219,6 @@ async def test_user_kill_cancels_the_unfinished_batches(
     ("state_answer", "why"),
     [
         ("deferred", "still deferred"),  # another triggerer took the trigger over (Airflow 3.3 on_kill)
-        (LookupError("task instance wait of run manual__1 not found"), "could not be read"),
         (None, "no task instance"),
     ],
 )
@@ -251,6 +250,31 @@ async def test_on_kill_of_a_trigger_moved_to_another_triggerer_cancels_nothing(
     assert all(sync_client.messages.batches.retrieve(b).cancel_initiated_at is None for b in slow)
     said = [str(log["event"]) for log in logs if "cancelling nothing" in str(log["event"])]
     assert len(said) == 1 and why in said[0], said
+
+
+async def test_on_kill_without_a_stall_cancels_when_the_state_cannot_be_read_and_says_why(
+    emulator: EmulatorProcess,
+    anthropic_conn: str,
+    create_batches: CreateBatches,
+    sync_client: anthropic.Anthropic,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    emulator.configure(start_delay_seconds=600)
+    slow = create_batches([4, 6])
+    watcher = trigger(anthropic_conn, slow)
+    watcher.task_instance = _a_task_instance()
+
+    async def unanswered(ti: object) -> str:
+        await asyncio.sleep(60)  # the supervisor's answer comes too late
+        return "failed"
+
+    monkeypatch.setattr(kill, "read_task_state", unanswered)
+    with structlog.testing.capture_logs() as logs:
+        await _cancelled_with_user_action(watcher)
+
+    assert all(sync_client.messages.batches.retrieve(b).cancel_initiated_at is not None for b in slow)
+    said = [str(log["event"]) for log in logs if "could not be read" in str(log["event"])]
+    assert len(said) == 1 and "did not stand still" in said[0], said
 
 
 async def test_on_kill_right_after_the_triggerers_loop_stood_still_cancels_nothing_and_asks_nobody(
