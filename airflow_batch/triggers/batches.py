@@ -24,6 +24,8 @@ from airflow_batch.wait.policy import DEFAULT_CANCEL_GRACE, WaitState
 from airflow_batch.wait.progress import ProgressWriter
 
 CLASSPATH = "airflow_batch.triggers.batches.BatchesTrigger"
+#: on_kill work still running after its on_kill was interrupted (a reference keeps it alive).
+_KILLS: set[asyncio.Future[None]] = set()
 ON_KILL_BUDGET = 20.0  # seconds; the triggerer allows on_kill 30 s ([triggerer] on_kill_timeout)
 
 
@@ -177,6 +179,15 @@ class BatchesTrigger(BaseTrigger):
         (a triggerer that stalled, then resumed): the stall itself, and else the task instance's
         state, tell the two apart (:mod:`airflow_batch.wait.kill`); only a user's kill cancels.
         """
+        # Airflow 3.3.2 cancels the trigger again at every sync (about once a second) while
+        # on_kill runs, and a second cancel cuts on_kill short: the work runs as a task of its
+        # own, shielded, so the cancels are sent even when on_kill itself is interrupted.
+        work = asyncio.ensure_future(self._kill())
+        _KILLS.add(work)
+        work.add_done_callback(_KILLS.discard)
+        await asyncio.shield(work)
+
+    async def _kill(self) -> None:
         verdict = await kill_verdict(getattr(self, "task_instance", None), self.stall)
         if not verdict.cancel:
             self.log.warning("on_kill on %s: cancelling nothing: %s.", triggerer_name(self), verdict.reason)
