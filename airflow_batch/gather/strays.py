@@ -23,10 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_batch.submit.creating import CLOCK_SKEW, CREATE_WINDOW
+from airflow_batch.submit.creating import CLOCK_SKEW, CREATE_WINDOW, batch_requests, created_utc
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
 from airflow_batch.wait.policy import batch_status
 
@@ -64,13 +64,12 @@ def find_strays(api: BatchesApi, ledger: Ledger) -> dict[str, int]:
     claimed = ledger.claimed() | set(ledger.strays)
     found: dict[str, int] = {}
     for batch in api.recent_batches():
-        created = batch.created_at if batch.created_at.tzinfo else batch.created_at.replace(tzinfo=UTC)
+        created = created_utc(batch)
         if created < earliest:
             break  # newest first: everything further is older
         if batch.id in claimed:
             continue
-        counts = batch.request_counts
-        total = counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
+        total = batch_requests(batch)
         for chunk, requests, started in windows:
             if total == requests and started - CLOCK_SKEW <= created <= started + CREATE_WINDOW:
                 found[batch.id] = chunk

@@ -50,6 +50,18 @@ INTENT_POLL_SECONDS = 2.0
 FENCE_RETRIES = 5
 
 
+def created_utc(batch: Any) -> datetime:
+    """Return when a listed batch was created, as an aware UTC time."""
+    created: datetime = batch.created_at
+    return created if created.tzinfo else created.replace(tzinfo=UTC)
+
+
+def batch_requests(batch: Any) -> int:
+    """Return how many requests a listed batch holds (its counts always sum to them)."""
+    counts = batch.request_counts
+    return int(counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired)
+
+
 class CreatesStopped(Exception):
     """The caller asked creating to stop (its trigger was cancelled) before the next create."""
 
@@ -70,12 +82,10 @@ def find_orphan(
     earliest, latest = start - CLOCK_SKEW, start + CREATE_WINDOW
     matches: list[str] = []
     for batch in api.recent_batches():
-        created = batch.created_at if batch.created_at.tzinfo else batch.created_at.replace(tzinfo=UTC)
+        created = created_utc(batch)
         if created < earliest:
             break  # newest first: everything further is older
-        counts = batch.request_counts
-        total = counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
-        if created <= latest and total == chunk.requests and batch.id not in claimed:
+        if created <= latest and batch_requests(batch) == chunk.requests and batch.id not in claimed:
             matches.append(batch.id)
     if len(matches) == 1:
         return matches[0]
