@@ -185,6 +185,10 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
     :param include_content: Rows answered without a batch (reused answers, the canary's) keep each
         message's ``content`` blocks, as gather's ``include_content`` does for a batch's rows; a
         stored answer without them is not reused. ``batch_job`` passes its own.
+    :param keep_chunks: Keep each round's chunk files (``round-N/chunks/``, every request in full)
+        after the round has landed. Default ``False``: the gather removes them once the round's
+        rows and manifest are written, keeping only the requests of its retryable failures
+        (``round-N/retry_requests.jsonl``) for the next round.
     """
 
     template_fields: Sequence[str] = (
@@ -241,6 +245,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         delete_files: str = "after_gather",
         upload_concurrency: int = 8,
         include_content: bool = False,
+        keep_chunks: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -321,6 +326,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         self.max_age = _max_age_seconds(max_age, self.task_id)
         self.canary = CanarySettings(canary, canary_max_failure_rate) if canary else None
         self.include_content = include_content
+        self.keep_chunks = keep_chunks
 
     def render_template(
         self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
@@ -404,12 +410,14 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
 
     def job_spec(self) -> dict[str, Any]:
         """Return what gather, retries and finalize need to know of the job: output schema,
-        passthrough fields, where earlier runs' output lengths and the answer store are."""
+        passthrough fields, where earlier runs' output lengths and the answer store are, whether
+        landed chunk files are kept."""
         return {
             "output_schema": self.job_schema.schema if self.job_schema is not None else None,
             "passthrough_fields": self.carried_fields,
             "history_path": str(self.history_path()),
             "answer_store": self.answer_store_uri(),
+            "keep_chunks": self.keep_chunks,
             **({"delete_files": self.delete_files} if self.documents is not None else {}),
         }
 
