@@ -241,6 +241,10 @@ class RefusedManifest(TypedDict, total=False):
     estimate_usd: float
     budget_usd: float
     spent_usd: float
+    kind: str  # the exception's class name
+    # True: not a refusal but an error the submit met before the round was submitted (no
+    # output_path, the API refusing the create...); ``reason`` is the error.
+    failed: bool
 
 
 def refused_manifest(job_dir: str, record: Mapping[str, Any]) -> RefusedManifest:

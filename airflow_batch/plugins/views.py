@@ -66,13 +66,17 @@ class ManifestRecord:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A round refused before any spend: why, and when the budget refused it, its figures (USD)."""
+    """A round refused before any spend: why, and when the budget refused it, its figures (USD).
+
+    ``failed``: not a refusal but an error the submit met before the round was submitted.
+    """
 
     round: int
     reason: str
     estimate_usd: float | None = None
     budget_usd: float | None = None
     spent_usd: float | None = None
+    failed: bool = False
 
     @property
     def left_usd(self) -> float | None:
@@ -90,6 +94,7 @@ class Refusal:
             estimate_usd=_optional_float(record.get("estimate_usd")),
             budget_usd=_optional_float(record.get("budget_usd")),
             spent_usd=_optional_float(record.get("spent_usd")),
+            failed=bool(record.get("failed")),
         )
 
 
@@ -542,7 +547,7 @@ def _refused_round_view(record: ManifestRecord) -> RoundView:
     return RoundView(
         number=refusal.round,
         stage="refused",
-        status="refused",
+        status="submit failed" if refusal.failed else "refused",
         batch_ids=[],
         requests=0,
         counts=empty_counts(),
