@@ -13,8 +13,9 @@ from markupsafe import escape
 
 from airflow_batch import anthropic_batch_job
 from airflow_batch.emulator.process import EmulatorProcess
+from airflow_batch.plugins.manifests import ManifestRecord
 from airflow_batch.plugins.rendering import render_page
-from airflow_batch.plugins.views import JobView, ManifestRecord, build_jobs
+from airflow_batch.plugins.views import JobView, build_jobs
 
 
 def _page_jobs(dag_id: str) -> list[JobView]:
