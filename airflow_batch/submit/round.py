@@ -458,6 +458,7 @@ def submit_round(
                 chunks=[
                     {"chunk": c.index, "requests": c.requests, "bytes": c.bytes} for c in prepared.chunks
                 ],
+                requests_by_model={model: t.requests for model, t in sorted(prepared.tally.models.items())},
             )
             if routing is not None:
                 ledger.reused = routing.reused
