@@ -8,7 +8,7 @@ from typing import Any
 import pendulum
 import pytest
 from airflow.sdk import DAG
-from airflow_test_env import run_dag
+from airflow_test_env import ANTHROPIC_TEST_KEY, run_dag
 from markupsafe import escape
 
 from airflow_batch import anthropic_batch_job
@@ -79,6 +79,7 @@ def test_runs_that_failed_before_submitting_are_listed_with_their_error(
     assert no_conn.failed and "no_such_conn" in no_conn.reason
     [budget] = jobs["over_budget.submit"].refusals
     assert not budget.failed and budget.budget_usd == pytest.approx(1e-6)
+    assert all(ANTHROPIC_TEST_KEY not in str(job.rounds[0].source.value) for job in jobs.values())
 
     page = render_page(list(jobs.values()), base="/airflow-batch", title="Batch jobs", subtitle="")
     # Each error is on the page; a long one collapsed to its first line, the whole text one click away.
