@@ -135,6 +135,42 @@ def test_every_setting_the_docs_name_exists() -> None:
     assert named and named <= set(OPTIONS), named - set(OPTIONS)
 
 
+def test_every_emulator_setting_is_in_the_docs_table() -> None:
+    from airflow_batch.emulator.server import config_names
+
+    documented = {
+        name
+        for cells in table_rows(DOCS / "emulator.md", "setting")
+        for name in re.findall(r"`(\w+)`", cells[0])
+    }
+    assert documented == set(config_names())
+
+
+def test_every_flag_of_the_command_line_is_documented() -> None:
+    from airflow_batch.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    flags = {
+        option
+        for command in commands.values()
+        for action in command._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    everything = "\n".join(page.read_text() for page in pages())
+    emulator_settings = {"--" + name.replace("_", "-") for name in _emulator_setting_names()}
+    # Each emulator setting is also a flag; the settings table documents those.
+    undocumented = {flag for flag in flags - emulator_settings if flag not in everything}
+    assert not undocumented, f"flags no page names: {sorted(undocumented)}"
+
+
+def _emulator_setting_names() -> list[str]:
+    from airflow_batch.emulator.server import config_names
+
+    return list(config_names())
+
+
 def test_benchmarks_page_speaks_of_the_product() -> None:
     text = (DOCS / "benchmarks.md").read_text()
     assert "bench/" in text
