@@ -175,3 +175,32 @@ def test_benchmarks_page_speaks_of_the_product() -> None:
     text = (DOCS / "benchmarks.md").read_text()
     assert "bench/" in text
     assert not re.search(r"\bissues?\b", text, flags=re.I)
+
+
+def test_every_parameter_of_the_factory_and_operators_is_in_the_reference() -> None:
+    import airflow_batch
+
+    reference = (DOCS / "reference" / "parameters.md").read_text()
+    documented = set(re.findall(r"`(\w+)`", reference))
+    callables = {
+        "anthropic_batch_job": airflow_batch.anthropic_batch_job,
+        **{
+            name: getattr(airflow_batch, name).__init__
+            for name in (
+                "SubmitBatchesOperator",
+                "BatchesSensor",
+                "GatherResultsOperator",
+                "RetryFailedOperator",
+                "FinalizeBatchJobOperator",
+            )
+        },
+    }
+    missing = {
+        f"{name}({parameter})"
+        for name, function in callables.items()
+        for parameter, spec in inspect.signature(function).parameters.items()
+        if parameter not in {"self", "kwargs", "group_id", "task_id"}
+        and spec.kind is not spec.VAR_KEYWORD
+        and parameter not in documented
+    }
+    assert not missing, f"parameters the reference does not document: {sorted(missing)}"
