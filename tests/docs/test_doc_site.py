@@ -40,6 +40,17 @@ def test_site_builds_with_strict_link_checking(tmp_path: Path) -> None:
     assert (site / "lineage" / "AirflowBatchRunFacet.json").read_bytes() == schema
     published = FACET_SCHEMA_URL.split("#")[0].removeprefix("https://airflow-batch.readthedocs.io/")
     assert (site / published).read_bytes() == schema
+    # Python-Markdown's lists want 4-space indents: a list item's paragraph or fence indented by
+    # 2 after a blank line renders as a code block, and swallows the items after it.
+    for page in sorted(DOCS.rglob("*.md")):
+        fences = len(re.findall(r"^\s*```[\w+-]*\s*$", page.read_text(), flags=re.M)) // 2
+        name = page.relative_to(DOCS).with_suffix("")
+        html = site / (f"{name}.html" if name.name == "index" else f"{name}/index.html")
+        rendered = html.read_text()
+        assert rendered.count("<pre") == fences, f"{page.name}: a code block no fence opened"
+        text = re.sub(r"(?s)<(pre|script).*?</\1>", "", rendered)
+        swallowed = re.findall(r"\n[ \t]*(?:[-*]|\d+\.) \S.{0,40}", text)
+        assert not swallowed, f"{page.name}: list items rendered as text: {swallowed}"
 
 
 def test_strict_build_fails_on_a_broken_anchor(tmp_path: Path) -> None:
