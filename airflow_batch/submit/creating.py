@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_batch import layout
 from airflow_batch.exceptions import LedgerFencedOutError, QueueFullError
 from airflow_batch.manifest import MANIFEST_VERSION, BatchRecord, JobIdentity, RoundManifest
-from airflow_batch.submit.chunking import ChunkBody, ChunkInfo
+from airflow_batch.submit.chunk_files import ChunkBody, ChunkInfo
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
 from airflow_batch.submit.queue import QueueWait, QueueWaitNeeded, queued_requests, wave
 

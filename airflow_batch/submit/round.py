@@ -64,15 +64,12 @@ from airflow_batch.submit.canary import (
     check_recorded_canary,
     run_canary,
 )
-from airflow_batch.submit.chunking import (
-    INPUTS_DIR,
-    ModelLimits,
-    PreparedRound,
-    prepare_chunks,
-)
+from airflow_batch.submit.chunk_files import INPUTS_DIR
+from airflow_batch.submit.chunking import PreparedRound, prepare_chunks
 from airflow_batch.submit.creating import chunk_infos, create_round
 from airflow_batch.submit.estimate import TokenTally, calibrate, estimate_cost
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
+from airflow_batch.submit.model_limits import ModelLimits
 from airflow_batch.submit.records import RequestDefaults
 from airflow_batch.submit.refusals import check_budget, check_models
 from airflow_batch.submit.routing import AnswerReuse, Routing

@@ -11,6 +11,8 @@ PURE_MODULES = [
     "airflow_batch.manifest",
     "airflow_batch.tokens",
     "airflow_batch.submit.chunking",
+    "airflow_batch.submit.chunk_files",
+    "airflow_batch.submit.unique_ids",
     "airflow_batch.submit.estimate",
     "airflow_batch.submit.records",
     "airflow_batch.submit.validation",
