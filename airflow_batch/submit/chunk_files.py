@@ -110,6 +110,32 @@ class ChunkWriter:
         if self._held_bytes >= WRITE_BUFFER:
             self._flush()
 
+    def add_many(self, lines: list[bytes], inputs_lines: list[bytes]) -> None:
+        """Add lines in input order, as :meth:`add` would one at a time.
+
+        The submit pass's hot path: a run of lines that fits the current chunk is added with one
+        length sum and one join instead of a call per line; only a run that crosses a chunk
+        boundary goes line by line.
+        """
+        count = self._count + len(lines)
+        line_bytes = self._line_bytes + sum(map(len, lines))
+        if (
+            self._handle is None
+            or count > self.max_requests
+            or line_bytes + count > self._max_lines_and_commas
+        ):
+            for line, twin in zip(lines, inputs_lines, strict=True):
+                self.add(line, twin)
+            return
+        # Joined once here; _flush joins these runs with the same separator.
+        self._lines.append(b"\n".join(lines))
+        self._twins.append(b"\n".join(inputs_lines))
+        self._held_bytes += line_bytes - self._line_bytes
+        self._count = count
+        self._line_bytes = line_bytes
+        if self._held_bytes >= WRITE_BUFFER:
+            self._flush()
+
     def _open(self) -> None:
         name = chunk_file_name(len(self.chunks))
         self._handle = (self.staging / name).open("wb")

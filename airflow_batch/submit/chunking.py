@@ -56,6 +56,8 @@ from airflow_batch.tokens import plain_text_tokens
 
 #: A request line that may ask for caching holds this (the cache walk is skipped otherwise).
 CACHE_CONTROL = b'"cache_control"'
+#: Ids of valid rows gathered before they go to the uniqueness check, when no line is written.
+IDS_PER_SETTLE = 1 << 14
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -157,9 +159,46 @@ def prepare_chunks(
     # A plain line (see decode_plain) is written as read unless the defaults would change it.
     plain_lines = defaults.output_format is None
     fills_system = defaults.system is not None
-    add_id = ids.add
-    add_line = writer.add
     add_plain = tally.add_plain
+    writing = True  # False once a row will refuse the round: keep checking, stop writing
+    # The rows' ids and lines wait in these lists and are handed over a run at a time
+    # (settle): one call per run instead of two per request.
+    id_list: list[str] = []
+    id_rows: list[int] = []
+    lines: list[bytes] = []
+    twins: list[bytes] = []
+    add_id, add_id_row = id_list.append, id_rows.append
+    add_line, add_twin = lines.append, twins.append
+    held_bytes = 0
+    limits_of = ""  # the model whose limits are window and most (rows of one model are the rule)
+    window: int | None = None
+    most: int | None = None
+
+    # Plain requests of one model and max_tokens in a row are counted as one run (run_* below).
+    run_model = ""
+    run_max_tokens = run_requests = run_tokens = 0
+
+    def settle() -> None:
+        nonlocal valid
+        valid += len(id_list)
+        ids.add_many(id_list, id_rows)
+        writer.add_many(lines, twins)
+        for pending in (id_list, id_rows, lines, twins):
+            pending.clear()
+
+    def end_run() -> None:
+        if run_requests:
+            tally.add_plain_run(run_model, run_max_tokens, run_requests, run_tokens)
+
+    def count_run(model: str, max_tokens: int, tokens: int, line: bytes) -> None:
+        """Count the run so far and start another with this request (or sample it)."""
+        nonlocal run_model, run_max_tokens, run_requests, run_tokens
+        end_run()
+        if tally.sampling:
+            add_plain(model, max_tokens, tokens, line)
+            run_model, run_requests = "", 0
+        else:
+            run_model, run_max_tokens, run_requests, run_tokens = model, max_tokens, 1, tokens
 
     def problem_at(custom_id: str | None, rule: str, hint: str = "") -> Problem:
         return Problem(row, custom_id, rule, hint or hint_for(rule), row_label)
@@ -171,10 +210,11 @@ def prepare_chunks(
                 source_row = row
                 if type(item) is Carried:
                     fields, source_row, item = item.input, item.row or row, item.request
-                if item is BLANK or (type(item) is bytes and not item.strip()):
+                if item is BLANK or (type(item) is bytes and item[:1] != b"{" and not item.strip()):
                     continue
-                problem: Problem | None = None
-                request: Any = item
+                if held_bytes >= WRITE_BUFFER or len(id_list) >= IDS_PER_SETTLE:
+                    settle()
+                    held_bytes = 0
                 # The fast path: a plain line breaks no rule but the model's limits, checked here;
                 # anything else (or a plain line past a limit) takes the general path below,
                 # which also words the problem.
@@ -186,15 +226,27 @@ def prepare_chunks(
                 ):
                     params = typed.params
                     tokens = plain_text_tokens(params.system, params.messages)
-                    window, most, _ = model_limits(params.model)
+                    if params.model != limits_of:
+                        limits_of = params.model
+                        window, most, _ = model_limits(limits_of)
                     if (window is None or tokens <= window) and (most is None or params.max_tokens <= most):
-                        add_id(typed.custom_id, row)
-                        valid += 1
-                        if report.total > failed and not skip_invalid:
+                        add_id(typed.custom_id)
+                        add_id_row(row)
+                        if not writing:
                             continue
                         if diversion is None:
-                            add_line(item, inputs_line(typed.custom_id, source_row, fields))
-                            add_plain(params.model, params.max_tokens, tokens, item)
+                            add_line(item)
+                            add_twin(
+                                b'{"custom_id":"%s","row":%d}' % (typed.custom_id.encode(), source_row)
+                                if fields is None
+                                else inputs_line(typed.custom_id, source_row, fields)
+                            )
+                            held_bytes += len(item)
+                            if params.max_tokens == run_max_tokens and params.model == run_model:
+                                run_requests += 1
+                                run_tokens += tokens
+                            else:
+                                count_run(params.model, params.max_tokens, tokens, item)
                             continue
                         every_line += item
                         every_line += b"\n"
@@ -207,8 +259,10 @@ def prepare_chunks(
                             twin = inputs_line_with_fingerprint(
                                 typed.custom_id, source_row, fields, fingerprint
                             )
-                            writer.add(item, twin)
-                            tally.add_plain(params.model, params.max_tokens, tokens, item)
+                            add_line(item)
+                            add_twin(twin)
+                            held_bytes += len(item)
+                            add_plain(params.model, params.max_tokens, tokens, item)
                         elif verdict == TAKEN:
                             twin = inputs_line(typed.custom_id, source_row, fields)
                             diversion.take(key, fingerprint, twin, item)
@@ -217,6 +271,8 @@ def prepare_chunks(
                             twin = inputs_line(typed.custom_id, source_row, fields)
                             diversion.hold(item, twin, fingerprint, held)
                         continue
+                problem: Problem | None = None
+                request: Any = item
                 if isinstance(item, (bytes, bytearray, memoryview)):
                     try:
                         request = loads(item)
@@ -260,15 +316,16 @@ def prepare_chunks(
                     report.add(problem)
                     gone = isinstance(request, InvalidRow) and request.failed
                     failed += gone
+                    writing = skip_invalid or report.total <= failed
                     if skip_invalid or gone:
                         if invalid_out is None:
                             invalid_out = (staging / INVALID_INPUT_FILE).open("wb")
                         invalid_out.write(encode(_invalid_row(problem, round_number)) + b"\n")
                     continue
-                ids.add(request["custom_id"], row)
-                valid += 1
-                if report.total > failed and not skip_invalid:
-                    continue  # nothing will be submitted: keep checking, stop writing
+                add_id(request["custom_id"])
+                add_id_row(row)
+                if not writing:
+                    continue
                 twin = inputs_line(request["custom_id"], source_row, fields)
                 may_cache = CACHE_CONTROL in line
                 if diversion is not None:
@@ -288,8 +345,12 @@ def prepare_chunks(
                         diversion.hold(line, twin, fingerprint, HeldCount(request["params"], may_cache))
                         continue
                     twin = with_fingerprint(twin, fingerprint)
-                writer.add(line, twin)
+                add_line(line)
+                add_twin(twin)
+                held_bytes += len(line)
                 tally.add(request["params"], may_cache)
+        settle()
+        end_run()
         duplicates = ids.duplicates(row_label)
         for duplicate in duplicates:
             report.add(duplicate)

@@ -48,7 +48,18 @@ class UniqueIds:
         self._ids[bucket].append(custom_id)
         self._rows[bucket].append(row)
         self._room -= 1
-        if not self._room:
+        if self._room <= 0:
+            self._spill()
+
+    def add_many(self, custom_ids: list[str], rows: list[int]) -> None:
+        """Note that each of ``rows`` uses the custom_id at the same position (the pass's hot path)."""
+        bucket_ids, bucket_rows = self._ids, self._rows
+        for custom_id, row in zip(custom_ids, rows, strict=True):
+            bucket = hash(custom_id) & (_BUCKETS - 1)
+            bucket_ids[bucket].append(custom_id)
+            bucket_rows[bucket].append(row)
+        self._room -= len(custom_ids)
+        if self._room <= 0:
             self._spill()
 
     def _spill(self) -> None:
