@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from airflow_batch.layout import chunk_file_name
+from airflow_batch.submit.shared_prompts import MIN_SHARED_BYTES, SharedPrompts, expand_line, load_shared
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -66,6 +67,8 @@ class ChunkInfo:
     index: int
     requests: int
     bytes: int
+    #: Digests of the shared prompts its lines reference (see :mod:`airflow_batch.submit.shared_prompts`).
+    shared: tuple[str, ...] = ()
 
 
 class ChunkWriter:
@@ -73,8 +76,9 @@ class ChunkWriter:
 
     Each chunk file has a twin under ``inputs/``, written in lockstep: one line per request
     with its input row and passthrough fields (see :func:`airflow_batch.layout.chunk_inputs_path`).
-    Every byte of the chunk files also feeds ``digest`` (when given), so the fingerprint covers
-    exactly what is sent.
+    Every byte sent also feeds ``digest`` (when given), so the fingerprint covers exactly what
+    is sent. Long lines are stored compacted (:class:`SharedPrompts`); their sizes and digest are
+    those of the full lines.
     """
 
     def __init__(self, staging: ObjectStoragePath, max_requests: int, max_bytes: int, digest: Any) -> None:
@@ -92,6 +96,8 @@ class ChunkWriter:
         self._held_bytes = 0
         self._count = 0
         self._line_bytes = 0
+        self._shared = SharedPrompts(staging)
+        self._referenced: set[str] = set()  # by the lines of the open chunk
 
     def add(self, line: bytes, inputs_line: bytes) -> None:
         count = self._count + 1
@@ -102,6 +108,11 @@ class ChunkWriter:
             self._close()
             self._open()
             count, line_bytes = 1, len(line)
+        if self.digest is not None:
+            self.digest.update(line + b"\n")
+        if len(line) >= MIN_SHARED_BYTES:
+            line, digests = self._shared.compact(line)
+            self._referenced.update(digests)
         self._lines.append(line)
         self._twins.append(inputs_line)
         self._count = count
@@ -119,16 +130,17 @@ class ChunkWriter:
         """
         count = self._count + len(lines)
         line_bytes = self._line_bytes + sum(map(len, lines))
-        if (
-            self._handle is None
-            or count > self.max_requests
-            or line_bytes + count > self._max_lines_and_commas
-        ):
+        fits = count <= self.max_requests and line_bytes + count <= self._max_lines_and_commas
+        # A long line may share a prompt (see SharedPrompts): it goes through add.
+        if self._handle is None or not fits or max(map(len, lines), default=0) >= MIN_SHARED_BYTES:
             for line, twin in zip(lines, inputs_lines, strict=True):
                 self.add(line, twin)
             return
         # Joined once here; _flush joins these runs with the same separator.
-        self._lines.append(b"\n".join(lines))
+        run = b"\n".join(lines)
+        if self.digest is not None:
+            self.digest.update(run + b"\n")
+        self._lines.append(run)
         self._twins.append(b"\n".join(inputs_lines))
         self._held_bytes += line_bytes - self._line_bytes
         self._count = count
@@ -146,10 +158,7 @@ class ChunkWriter:
         assert self._handle is not None and self._inputs is not None
         if not self._lines:
             return
-        lines = b"\n".join(self._lines) + b"\n"
-        if self.digest is not None:
-            self.digest.update(lines)
-        self._handle.write(lines)
+        self._handle.write(b"\n".join(self._lines) + b"\n")
         self._inputs.write(b"\n".join(self._twins) + b"\n")
         self._lines.clear()
         self._twins.clear()
@@ -161,9 +170,11 @@ class ChunkWriter:
         self._handle.close()
         self._inputs.close()
         self._handle = self._inputs = None
+        shared = tuple(sorted(self._referenced))
         self.chunks.append(
-            ChunkInfo(len(self.chunks), self._count, body_bytes(self._count, self._line_bytes))
+            ChunkInfo(len(self.chunks), self._count, body_bytes(self._count, self._line_bytes), shared)
         )
+        self._referenced = set()
         self._count = 0
         self._line_bytes = 0
 
@@ -182,15 +193,18 @@ class ChunkWriter:
 class ChunkBody:
     """A chunk file as the body of a batch create, streamed from storage in blocks.
 
-    Iterating yields ``{"requests":[`` + the lines joined by ``,`` + ``]}``. Each iteration
-    reopens the file, so the SDK can send it again on a retry; memory is one block.
+    Iterating yields ``{"requests":[`` + the lines joined by ``,`` + ``]}``, each line expanded
+    (its shared prompts put back). Each iteration reopens the file, so the SDK can send it again
+    on a retry; memory is one block and the chunk's shared prompts, which are read and checked
+    when the body is made (:func:`load_shared`), so a missing or damaged one fails before the create.
     """
 
     block_size = 1 << 20
 
-    def __init__(self, path: ObjectStoragePath, size: int) -> None:
+    def __init__(self, path: ObjectStoragePath, size: int, shared: tuple[str, ...] = ()) -> None:
         self.path = path
         self.size = size
+        self._values = load_shared(path, shared)
 
     def __iter__(self) -> Iterator[bytes]:
         yield BODY_PREFIX
@@ -200,6 +214,8 @@ class ChunkBody:
                 block = handle.read(self.block_size)
                 if not block:
                     break
+                if self._values:
+                    block = self._expanded(handle, block)
                 # Compact JSON never holds a raw newline, so every newline separates two requests.
                 block = (pending + block).replace(b"\n", b",")
                 pending = b""
@@ -208,3 +224,12 @@ class ChunkBody:
                     block, pending = block[:-1], b","
                 yield block
         yield BODY_SUFFIX
+
+    def _expanded(self, handle: IO[bytes], block: bytes) -> bytes:
+        """Return ``block`` completed to a whole line (read on from ``handle``), each line expanded."""
+        while not block.endswith(b"\n"):
+            more = handle.read(self.block_size)
+            if not more:
+                break
+            block += more
+        return b"\n".join(expand_line(line, self._values) for line in block.split(b"\n"))
