@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from array import array
+from collections.abc import Iterator
 from typing import IO
 
 from airflow_batch.submit.validation import Problem
@@ -23,61 +24,49 @@ _IDS_HELD = 1 << 16
 class UniqueIds:
     """Finds custom_ids used twice across a whole job without holding every id in memory.
 
-    Ids are held a while, then spilled to their hash bucket's file, one a line; their rows go
-    to one shared file of 8-byte integers, each bucket's run of them noted by offset. A bucket
-    is checked at once: a set of its ids as long as their list means no duplicate (C passes
-    only); only a bucket that has one reads its rows back, to name them.
+    Ids are held a while, then spilled to their hash bucket's file, one a line, and, in input
+    order with their rows, to one more file (rows as 8-byte integers). A bucket is checked at
+    once: a set of its ids as long as their list means no duplicate (C passes only). Only when a
+    bucket has one is the input-order file read back, to name the rows: the hot path sorts each
+    id into its bucket and nothing more.
     """
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="airflow-batch-ids-")
         self._files: list[IO[str]] = [
-            open(os.path.join(self._dir.name, f"{n:02d}"), "w", encoding="ascii", buffering=1 << 16)  # noqa: SIM115
+            open(self._path(f"{n:02d}"), "w", encoding="ascii", buffering=1 << 16)  # noqa: SIM115
             for n in range(_BUCKETS)
         ]
-        self._rows_file: IO[bytes] = open(os.path.join(self._dir.name, "rows"), "w+b")  # noqa: SIM115
-        #: Per bucket, where its rows are in the rows file: (byte offset, how many), in input order.
-        self._runs: list[list[tuple[int, int]]] = [[] for _ in range(_BUCKETS)]
+        self._in_order: IO[str] = open(self._path("ids"), "w", encoding="ascii", buffering=1 << 16)  # noqa: SIM115
+        self._rows_file: IO[bytes] = open(self._path("rows"), "wb")  # noqa: SIM115
         self._ids: list[list[str]] = [[] for _ in range(_BUCKETS)]
-        self._rows: list[list[int]] = [[] for _ in range(_BUCKETS)]
-        self._room = _IDS_HELD
+        self._to_bucket = [ids.append for ids in self._ids]
+        self._order: list[str] = []
+        self._rows: array[int] = array("q")
 
-    def add(self, custom_id: str, row: int) -> None:
-        """Note that ``row`` uses ``custom_id`` (a valid id: no newline)."""
-        bucket = hash(custom_id) & (_BUCKETS - 1)
-        self._ids[bucket].append(custom_id)
-        self._rows[bucket].append(row)
-        self._room -= 1
-        if self._room <= 0:
-            self._spill()
+    def _path(self, name: str) -> str:
+        return os.path.join(self._dir.name, name)
 
     def add_many(self, custom_ids: list[str], rows: list[int]) -> None:
-        """Note that each of ``rows`` uses the custom_id at the same position (the pass's hot path)."""
-        bucket_ids, bucket_rows = self._ids, self._rows
-        for custom_id, row in zip(custom_ids, rows, strict=True):
-            bucket = hash(custom_id) & (_BUCKETS - 1)
-            bucket_ids[bucket].append(custom_id)
-            bucket_rows[bucket].append(row)
-        self._room -= len(custom_ids)
-        if self._room <= 0:
+        """Note that each of ``rows`` uses the custom_id at the same position (valid ids: no newline)."""
+        to_bucket = self._to_bucket
+        for custom_id in custom_ids:
+            to_bucket[hash(custom_id) & (_BUCKETS - 1)](custom_id)
+        self._order += custom_ids
+        self._rows.extend(rows)
+        if len(self._order) >= _IDS_HELD:
             self._spill()
 
     def _spill(self) -> None:
-        for handle, ids, rows, runs in zip(self._files, self._ids, self._rows, self._runs, strict=True):
+        for handle, ids in zip(self._files, self._ids, strict=True):
             if ids:
                 handle.write("\n".join(ids) + "\n")
-                runs.append((self._rows_file.tell(), len(rows)))
-                self._rows_file.write(array("q", rows).tobytes())
                 ids.clear()
-                rows.clear()
-        self._room = _IDS_HELD
-
-    def _bucket_rows(self, bucket: int) -> list[int]:
-        rows = array("q")
-        for offset, count in self._runs[bucket]:
-            self._rows_file.seek(offset)
-            rows.frombytes(self._rows_file.read(8 * count))
-        return rows.tolist()
+        if self._order:
+            self._in_order.write("\n".join(self._order) + "\n")
+            self._rows_file.write(self._rows.tobytes())
+            self._order.clear()
+            del self._rows[:]
 
     def duplicates(self, label: str = "row") -> list[Problem]:
         """Return every row whose custom_id an earlier row already used, in input order.
@@ -86,33 +75,57 @@ class UniqueIds:
         user would submit (each is an error), so they are returned whole.
         """
         self._spill()
+        self._close_files()
+        used_twice: set[str] = set()
+        for n in range(_BUCKETS):
+            with open(self._path(f"{n:02d}"), encoding="ascii") as handle:
+                ids = handle.read().split("\n")[:-1]
+            if len(set(ids)) != len(ids):
+                seen: set[str] = set()
+                for custom_id in ids:
+                    if custom_id in seen:
+                        used_twice.add(custom_id)
+                    seen.add(custom_id)
+        if not used_twice:
+            return []
+        found: list[Problem] = []
+        first: dict[str, int] = {}
+        for custom_id, row in self._rows_in_order():
+            if custom_id not in used_twice:
+                continue
+            earlier = first.setdefault(custom_id, row)
+            if earlier != row:
+                found.append(
+                    Problem(
+                        row,
+                        custom_id,
+                        f"custom_id is already used by {label} {earlier}; custom_id must be unique "
+                        "across the whole job",
+                        hint="give each record a unique id, or pass custom_id_from= to build one",
+                        label=label,
+                    )
+                )
+        return found
+
+    def _rows_in_order(self) -> Iterator[tuple[str, int]]:
+        """Yield every (custom_id, row) noted, in input order, a block of rows at a time."""
+        with open(self._path("ids"), encoding="ascii") as ids, open(self._path("rows"), "rb") as rows:
+            block = array("q")
+            at = 0
+            for line in ids:
+                if at == len(block):
+                    block = array("q", rows.read(8 * _IDS_HELD))
+                    at = 0
+                yield line[:-1], block[at]
+                at += 1
+
+    def _close_files(self) -> None:
         for handle in self._files:
             handle.close()
-        found: list[Problem] = []
-        for n in range(_BUCKETS):
-            with open(os.path.join(self._dir.name, f"{n:02d}"), encoding="ascii") as handle:
-                ids = handle.read().split("\n")[:-1]
-            if len(set(ids)) == len(ids):
-                continue
-            first: dict[str, int] = {}
-            for custom_id, row in zip(ids, self._bucket_rows(n), strict=True):
-                earlier = first.setdefault(custom_id, row)
-                if earlier != row:
-                    found.append(
-                        Problem(
-                            row,
-                            custom_id,
-                            f"custom_id is already used by {label} {earlier}; custom_id must be unique "
-                            "across the whole job",
-                            hint="give each record a unique id, or pass custom_id_from= to build one",
-                            label=label,
-                        )
-                    )
-        return sorted(found, key=lambda problem: problem.row)
+        self._in_order.close()
+        self._rows_file.close()
 
     def close(self) -> None:
         """Remove the temporary bucket files."""
-        for handle in self._files:
-            handle.close()
-        self._rows_file.close()
+        self._close_files()
         self._dir.cleanup()
