@@ -109,7 +109,8 @@ class ChunkWriter:
             self._open()
             count, line_bytes = 1, len(line)
         if self.digest is not None:
-            self.digest.update(line + b"\n")
+            self.digest.update(line)
+            self.digest.update(b"\n")
         if len(line) >= MIN_SHARED_BYTES:
             line, digests = self._shared.compact(line)
             self._referenced.update(digests)

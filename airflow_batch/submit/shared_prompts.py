@@ -80,6 +80,19 @@ def _candidates(line: bytes) -> list[bytes]:
     return [value for value in found if len(value) >= MIN_SHARED_BYTES]
 
 
+def _locate(line: bytes, value: bytes) -> int:
+    """Return where ``value`` first is in ``line``, or -1.
+
+    Looks for its first bytes, then compares the rest in place: a search for a 47 KB needle
+    costs a millisecond, this a few microseconds.
+    """
+    head = value[:64]
+    at = line.find(head)
+    while at >= 0 and not line.startswith(value, at):
+        at = line.find(head, at + 1)
+    return at
+
+
 class SharedPrompts:
     """Compacts the request lines of one round's chunk files, writing each shared value once."""
 
@@ -94,7 +107,7 @@ class SharedPrompts:
             return line, []
         used = []
         for value in list(reversed(self._shared))[:_TRIED]:
-            at = line.find(value)
+            at = _locate(line, value)
             if at >= 0:
                 used.append((at, value))
         if not used:
@@ -102,7 +115,7 @@ class SharedPrompts:
                 seen = hash(value)
                 if seen in self._seen and len(self._shared) < MAX_SHARED:
                     self._write(hashlib.sha256(value).hexdigest(), value)
-                    used.append((line.find(value), value))
+                    used.append((_locate(line, value), value))
                 elif len(self._seen) < MAX_SEEN:
                     self._seen.add(seen)
         if not used:
