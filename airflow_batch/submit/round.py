@@ -73,7 +73,6 @@ from airflow_batch.submit.model_limits import ModelLimits
 from airflow_batch.submit.records import RequestDefaults
 from airflow_batch.submit.refusals import check_budget, check_models
 from airflow_batch.submit.routing import AnswerReuse, Routing
-from airflow_batch.submit.shared_prompts import shared_path
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
 
 if TYPE_CHECKING:
@@ -195,7 +194,10 @@ def _move_shared(prepared: PreparedRound, job: ObjectStoragePath, round_number: 
     """Move the staged shared prompts a chunk references into the round, where they are missing."""
     chunks = layout.chunks_dir(job, round_number)
     for digest in prepared.chunks[index].shared:
-        staged, target = shared_path(prepared.staging, digest), shared_path(chunks, digest)
+        staged, target = (
+            layout.shared_prompt_path(prepared.staging, digest),
+            layout.shared_prompt_path(chunks, digest),
+        )
         if staged.exists() and not target.exists():  # a prompt shared by several chunks moves once
             target.parent.mkdir(parents=True, exist_ok=True)
             staged.rename(target)

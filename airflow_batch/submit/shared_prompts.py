@@ -15,8 +15,8 @@ bytes is never compacted, so every reference in a marked line is one of ours and
 round's fingerprint and the requests' fingerprints are those of the expanded lines.
 
 Which values are shared is decided in the pass, in order, in bounded memory: at most
-``MAX_SHARED`` values a round and ``MAX_SEEN`` candidates remembered by their hash. A value is written
-once, beside its first reference; the request that first held it keeps it inline.
+``MAX_SHARED`` values a round and ``MAX_SEEN`` candidates remembered by their hash. A value is
+written once, beside its first reference; the request that first held it keeps it inline.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from airflow_batch.layout import shared_prompt_path
+
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-#: Folder of the shared values, beside the chunk files (staging, then ``round-N/chunks/``).
-SHARED_DIR = "shared"
 #: The shortest value worth a file of its own (a reference is 78 bytes).
 MIN_SHARED_BYTES = 1024
 #: Most values shared in one round, and most candidates remembered (32 bytes each).
@@ -60,11 +60,6 @@ class _Request(msgspec.Struct):
 
 _request_values = msgspec.json.Decoder(_Request).decode
 _blocks = msgspec.json.Decoder(list[msgspec.Raw]).decode
-
-
-def shared_path(chunks: ObjectStoragePath, digest: str) -> ObjectStoragePath:
-    """Return the file of a shared value in a folder of chunk files."""
-    return chunks / SHARED_DIR / f"{digest}.json"
 
 
 def _candidates(line: bytes) -> list[bytes]:
@@ -135,7 +130,7 @@ class SharedPrompts:
         return b"".join(pieces), digests
 
     def _write(self, digest: str, value: bytes) -> None:
-        path = shared_path(self.folder, digest)
+        path = shared_prompt_path(self.folder, digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as handle:
             handle.write(value)
@@ -152,7 +147,7 @@ def load_shared(chunk: ObjectStoragePath, digests: tuple[str, ...] | list[str]) 
 
     values: dict[bytes, bytes] = {}
     for digest in digests:
-        path = shared_path(chunk.parent, digest)
+        path = shared_prompt_path(chunk.parent, digest)
         try:
             with path.open("rb") as handle:
                 value = handle.read()

@@ -10,6 +10,7 @@ import anthropic
 import msgspec
 import pytest
 
+from airflow_batch import layout
 from airflow_batch.api import BatchesApi
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.exceptions import ChunkFileError
@@ -21,7 +22,7 @@ from airflow_batch.submit.chunking import PreparedRound, prepare_chunks
 from airflow_batch.submit.creating import continue_round
 from airflow_batch.submit.queue import QueueWaitNeeded
 from airflow_batch.submit.round import SubmitSettings, submit_round
-from airflow_batch.submit.shared_prompts import SHARED_DIR, iter_sent_lines, shared_path
+from airflow_batch.submit.shared_prompts import iter_sent_lines
 
 MODEL = "claude-haiku-4-5"
 #: About 47 KB, as in the job that kept 1.4 GB of chunk files.
@@ -75,7 +76,7 @@ def test_a_shared_long_prompt_is_stored_once_and_every_body_is_the_requests_as_g
 
     stored = sum(Path(str(chunk_file(prepared, c.index))[7:]).stat().st_size for c in prepared.chunks)
     assert stored < sum(len(line) + 1 for line in rows) / 20
-    shared = sorted(p.name for p in (tmp_path / "staging" / SHARED_DIR).iterdir())
+    shared = sorted(p.name for p in (tmp_path / "staging" / layout.SHARED_PROMPTS_DIR).iterdir())
     assert len(shared) == (2 if cached_document else 1)
     assert [c.requests for c in prepared.chunks] == [20, 20, 10]
     for chunk in prepared.chunks:
@@ -120,7 +121,7 @@ def test_a_missing_or_damaged_shared_prompt_fails_the_body_naming_the_file(
 ) -> None:
     prepared = prepare(lines(5), tmp_path / "staging")
     chunk = prepared.chunks[0]
-    path = shared_path(prepared.staging, chunk.shared[0])
+    path = layout.shared_prompt_path(prepared.staging, chunk.shared[0])
     if damage == "missing":
         path.unlink()
     else:
@@ -173,11 +174,11 @@ def test_the_emulator_answers_requests_sent_from_shared_prompts_as_it_answers_th
     rows = lines(12, cached_document=True)
     before = emulator.batch_count()
     shared = submit(sync_client, rows, tmp_path / "shared", max_requests_per_batch=5)
-    assert any((tmp_path / "shared" / "round-0" / "chunks" / SHARED_DIR).iterdir())
+    assert any((tmp_path / "shared" / "round-0" / "chunks" / layout.SHARED_PROMPTS_DIR).iterdir())
     with monkeypatch.context() as whole_lines:
         whole_lines.setattr(chunk_files, "MIN_SHARED_BYTES", 1 << 40)
         whole = submit(sync_client, rows, tmp_path / "whole", max_requests_per_batch=5)
-    assert not (tmp_path / "whole" / "round-0" / "chunks" / SHARED_DIR).exists()
+    assert not (tmp_path / "whole" / "round-0" / "chunks" / layout.SHARED_PROMPTS_DIR).exists()
     assert emulator.batch_count() - before == 6
 
     # The emulator's answer and usage derive from the request it parsed (model, system, messages).
@@ -202,7 +203,7 @@ def test_a_damaged_shared_prompt_stops_the_next_wave_before_any_create_naming_th
             identity=JobIdentity("anthropic_default"), settings=settings,
         )  # fmt: skip
     assert emulator.batch_count() == 1
-    (damaged,) = (job / "round-0" / "chunks" / SHARED_DIR).iterdir()
+    (damaged,) = (job / "round-0" / "chunks" / layout.SHARED_PROMPTS_DIR).iterdir()
     damaged.write_bytes(b'"not the prompt"')
 
     with pytest.raises(ChunkFileError, match=f"{damaged.name}.*damaged"):
