@@ -212,3 +212,34 @@ def test_a_damaged_shared_prompt_stops_the_next_wave_before_any_create_naming_th
             identity=JobIdentity("anthropic_default"), settings=settings, queued=0,
         )  # fmt: skip
     assert emulator.batch_count() == 1
+
+
+def test_a_retry_round_resends_the_original_requests_whole(tmp_path: Path) -> None:
+    from airflow_batch.gather.retrying import original_requests
+
+    rows = lines(6)
+    prepared = prepare(rows, tmp_path / "staging")
+    job = as_path(str(tmp_path / "job"))
+    chunk = layout.chunk_path(job, 0, 0)
+    chunk.parent.mkdir(parents=True)
+    chunk_file(prepared, 0).rename(chunk)
+    (prepared.staging / layout.SHARED_PROMPTS_DIR).rename(chunk.parent / layout.SHARED_PROMPTS_DIR)
+    failures = layout.failures_part(job, 0, "batch-1")
+    failures.parent.mkdir(parents=True)
+    row = {"row": 0, "batch_id": "batch-1", "round": 0, "result_type": "expired", "error_type": None}
+    failures.write_bytes(
+        b"".join(
+            msgspec.json.encode(
+                {**row, "custom_id": f"p-{i}", "message": "x", "request_id": None, "retryable": True}
+            )
+            + b"\n"
+            for i in (1, 4)
+        )
+    )
+    manifest = {
+        "job_dir": str(job),
+        "round": 0,
+        "batches": [{"batch_id": "batch-1", "chunk": 0, "chunk_path": str(chunk)}],
+    }
+
+    assert [c.request for c in original_requests(manifest)] == [rows[1], rows[4]]
