@@ -104,6 +104,13 @@ class InputChangedError(BeforeSubmitError, RetryCannotFix):
     """The input of a task instance differs from the one its recorded batches were built from."""
 
 
+class ChunkFileError(AirflowBatchError):
+    """A chunk file, or a shared prompt it references, is missing or damaged: nothing more is created.
+
+    Raised before the create of any chunk of the wave; the message names the file.
+    """
+
+
 class AnswerStoreError(BeforeSubmitError):
     """A segment of the answer store is damaged or not one; the message names the file.
 

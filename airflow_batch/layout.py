@@ -7,6 +7,7 @@ instances never collide, and a retry or a clear of the same task instance finds 
     {output_path}/{dag_id}/{run_id}/{task_id}[/map-{i}]/
         round-0/chunks/chunk-00000.jsonl     prepared requests, as submitted (removed once the
                                              round has landed, unless keep_chunks=True)
+        round-0/chunks/shared/{sha256}.json  a long prompt the round's requests share, stored once
         round-0/inputs/chunk-00000.jsonl     each request's input row and passthrough fields
         round-0/ledger.json                  chunk -> batch id, written as each batch is created
         round-0/invalid_input.jsonl          rows skipped as invalid (skip_invalid=True)
@@ -42,6 +43,8 @@ INVALID_INPUT_FILE = "invalid_input.jsonl"
 REUSED_FILE = "reused.jsonl"
 #: The job manifest finalize writes in the job folder, next to the merged results.
 FINAL_MANIFEST_FILE = "manifest.json"
+#: Folder of the prompts a round's chunk files share, beside them (see submit.shared_prompts).
+SHARED_PROMPTS_DIR = "shared"
 #: Folder of the answer store under ``output_path`` when ``answer_store`` is not given.
 DEFAULT_ANSWER_STORE = "_answers"
 #: Folder under ``output_path`` recording the uploads kept for later jobs (``delete_files="keep"``).
@@ -95,6 +98,11 @@ def chunks_dir(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
 def chunk_path(job: ObjectStoragePath, round_number: int, chunk: int) -> ObjectStoragePath:
     """Return the prepared-requests file of one chunk."""
     return chunks_dir(job, round_number) / chunk_file_name(chunk)
+
+
+def shared_prompt_path(chunks: ObjectStoragePath, digest: str) -> ObjectStoragePath:
+    """Return the file of a prompt shared by chunk files in ``chunks`` (a round's, or staging), by sha256."""
+    return chunks / SHARED_PROMPTS_DIR / f"{digest}.json"
 
 
 def inputs_dir(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:

@@ -26,6 +26,7 @@ from airflow_batch import layout
 from airflow_batch.gather.rows import failure_row_decoder
 from airflow_batch.storage import as_path, atomic_writer, iter_jsonl_lines
 from airflow_batch.submit.records import Carried
+from airflow_batch.submit.shared_prompts import iter_sent_lines
 
 
 class _Request(msgspec.Struct, gc=False):
@@ -120,7 +121,7 @@ def _from_chunks(manifest: Mapping[str, Any]) -> Iterator[Carried]:
             continue
         inputs_path = layout.chunk_inputs_path(job, round_number, int(record["chunk"]))
         inputs = iter_jsonl_lines(inputs_path) if inputs_path.exists() else None
-        for line in iter_jsonl_lines(as_path(record["chunk_path"])):
+        for line in iter_sent_lines(as_path(record["chunk_path"])):
             meta = _input_decoder.decode(next(inputs)) if inputs is not None else None
             custom_id = _request_decoder.decode(line).custom_id
             if custom_id not in retry:
