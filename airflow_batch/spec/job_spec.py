@@ -7,8 +7,9 @@ triggerer use the settings the job was submitted with, not a copy re-threaded th
 
 Written once: a second submit of the same job folder writes the same spec again (a retry, a
 clear) or, while no batch has been created, a changed one; once the job may have spent under a
-spec, a different one is refused (:class:`~airflow_batch.exceptions.JobSpecConflictError`,
-naming both), never silently replaced. The write is fenced
+spec, one that changes what is sent is refused
+(:class:`~airflow_batch.exceptions.JobSpecConflictError`, naming both), never silently replaced;
+a changed guard (the budget...) replaces it, logged. The write is fenced
 (:func:`~airflow_batch.storage.replace_json_fenced`): two writers cannot both win.
 
 Read back as a stranger's file: a missing, unreadable or damaged file, or another
@@ -18,6 +19,7 @@ Read back as a stranger's file: a missing, unreadable or damaged file, or anothe
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -117,14 +119,14 @@ class JobSpec:
             **({"delete_files": self.delete_files} if self.delete_files is not None else {}),
         }
 
-    def differences(self, other: JobSpec) -> list[str]:
-        """Return ``name: this != other`` for each setting that differs (settings' fields by name)."""
+    def differences(self, other: JobSpec) -> dict[str, str]:
+        """Return ``{name: "this != other"}`` for each setting that differs (settings' fields by name)."""
         mine, theirs = _flat(self.to_json()), _flat(other.to_json())
-        return [
-            f"{name}: {mine.get(name)!r} != {theirs.get(name)!r}"
+        return {
+            name: f"{mine.get(name)!r} != {theirs.get(name)!r}"
             for name in sorted(mine.keys() | theirs.keys())
             if mine.get(name) != theirs.get(name)
-        ]
+        }
 
 
 def callable_name(value: Any) -> str | None:
@@ -140,28 +142,45 @@ def _flat(document: Mapping[str, Any]) -> dict[str, Any]:
     return {**flat, **document["identity"], **document["settings"]}
 
 
-def write_job_spec(job: ObjectStoragePath, spec: JobSpec, *, bound: bool) -> None:
+#: Settings that guard or pace the job rather than decide what was sent: a re-run may change them
+#: (a budget raised for a refused retry round, a longer poll interval) under batches already created.
+GUARDS = frozenset(
+    {"max_cost_usd", "budget_basis", "expected_output_tokens", "count_tokens_sample", "poll_interval"}
+    | {"max_queued_requests", "adopt_orphans", "canary_max_failure_rate", "upload_concurrency"}
+)
+
+
+def write_job_spec(
+    job: ObjectStoragePath, spec: JobSpec, *, bound: bool, log: logging.Logger | None = None
+) -> None:
     """Write ``spec`` as the job folder's ``spec.json``.
 
     ``bound``: the job may have spent under the recorded spec (a batch, an intent or a canary is
-    recorded); then a different recorded spec raises :class:`JobSpecConflictError` naming both,
-    and stays. Before that, nothing was spent under it, and the new one replaces it.
+    recorded). Then a recorded spec that differs in more than :data:`GUARDS` raises
+    :class:`JobSpecConflictError` naming both, and stays, unless ``on_input_change="resubmit"``
+    (the user asked for the round to start over on a change). Before that, nothing was spent under
+    the recorded spec and the new one replaces it; every replacement of a different spec is logged.
     """
     path = layout.spec_path(job)
     document = spec.to_json()
 
     def holds(current: Any) -> bool:
-        if current is None or current == document or not bound:
+        if current is None or current == document:
             return True
         try:
             recorded = JobSpec.from_json(current, str(path))
         except JobSpecError:
             return True  # damaged: nothing a stranger's file can bind
-        raise JobSpecConflictError(
-            f"{path} records the spec this job submitted its batches with; the task now has another "
-            f"({'; '.join(recorded.differences(spec))}, recorded != now). Nothing was replaced or sent: "
-            "restore the job's settings, or run the new ones as a new DAG run"
-        )
+        changed = recorded.differences(spec)
+        said = "; ".join(f"{name}: {values}" for name, values in changed.items())
+        if bound and changed.keys() - GUARDS and spec.settings.on_input_change == "fail":
+            raise JobSpecConflictError(
+                f"{path} records the spec this job created batches under, and the task now has another "
+                f"({said}; recorded != now). Nothing was replaced or sent: restore the job's settings, "
+                "run the new ones as a new DAG run, or set on_input_change='resubmit' to start the round over"
+            )
+        (log or logging.getLogger(__name__)).warning("%s: the job's spec changes: %s", path, said)
+        return True
 
     try:
         replace_json_fenced(path, document, holds)

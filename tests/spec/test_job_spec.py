@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -110,3 +111,26 @@ def test_a_stranger_spec_is_refused_naming_the_file(tmp_path: Path, content: byt
     with pytest.raises(JobSpecError, match=expected) as refused:
         read_job_spec(job)
     assert str(layout.spec_path(job)) in str(refused.value)
+
+
+def test_a_raised_budget_replaces_the_spec_of_a_job_that_spent_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A retry round refused by the budget: the DAG's budget is raised and the job cleared.
+    job = as_path(str(tmp_path / "job"))
+    write_job_spec(job, SPEC, bound=False)
+    raised = dataclasses.replace(SPEC, settings=dataclasses.replace(SPEC.settings, max_cost_usd=10.0))
+    with caplog.at_level("WARNING"):
+        write_job_spec(job, raised, bound=True)
+    assert read_job_spec(job).settings.max_cost_usd == 10.0
+    assert "the job's spec changes: max_cost_usd: 2.5 != 10.0" in caplog.text
+
+
+def test_on_input_change_resubmit_lets_a_changed_spec_start_the_job_over(tmp_path: Path) -> None:
+    job = as_path(str(tmp_path / "job"))
+    write_job_spec(job, SPEC, bound=False)
+    resubmit = dataclasses.replace(
+        SPEC, model="claude-x", settings=dataclasses.replace(SPEC.settings, on_input_change="resubmit")
+    )
+    write_job_spec(job, resubmit, bound=True)
+    assert read_job_spec(job).model == "claude-x"
