@@ -10,13 +10,13 @@ from airflow.sdk import BaseOperator
 from airflow_batch.gather.rows import DEFAULT_RETRYABLE
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import JobIdentity, RoundManifest
-from airflow_batch.spec.parameters import documented
+from airflow_batch.spec.parameters import documented, parameters_of
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 #: What ``delete_batches`` accepts: off, or delete each batch once its rows are landed.
-DELETE_BATCHES = (None, "after_gather")
+DELETE_BATCHES = parameters_of("gather")["delete_batches"].choices
 
 
 @documented("gather")

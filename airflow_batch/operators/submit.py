@@ -26,6 +26,7 @@ from airflow_batch.submit.canary import CanarySettings
 from airflow_batch.submit.inputs import check_location
 from airflow_batch.submit.queue import QueueWaitNeeded
 from airflow_batch.submit.records import (
+    CACHE_TTLS,
     CustomIdFrom,
     RequestBuilder,
     RequestDefaults,
@@ -194,6 +195,10 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         self.output_schema = output_schema
         self.custom_id_from = custom_id_from
         self.passthrough_fields = list(passthrough_fields)
+        if cache_ttl is not None and cache_ttl not in CACHE_TTLS:  # else found only when the task runs
+            raise ValueError(
+                f"{self.task_id}: cache_ttl={cache_ttl!r}: must be one of {', '.join(CACHE_TTLS)}"
+            )
         self.cache_ttl = cache_ttl
         self.requests = requests
         self.records = records

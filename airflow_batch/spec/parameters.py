@@ -16,8 +16,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from airflow_batch.gather.retention import RESULTS_GONE_POLICIES
+from airflow_batch.submit.documents import DELETE_FILES
+from airflow_batch.submit.records import CACHE_TTLS
+from airflow_batch.submit.round import BUDGET_BASES, ON_INPUT_CHANGE
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
-from airflow_batch.wait.policy import DEFAULT_CANCEL_GRACE, DEFAULT_TIMEOUT
+from airflow_batch.wait.policy import DEFAULT_CANCEL_GRACE, DEFAULT_TIMEOUT, TIMEOUT_POLICIES
 
 Task = Literal["job", "submit", "wait", "gather", "retry", "finalize"]
 
@@ -56,6 +60,8 @@ class Parameter:
     defaults: Mapping[Task, Any] = field(default_factory=dict)
     #: The annotation in a task that writes it otherwise.
     types: Mapping[Task, str] = field(default_factory=dict)
+    #: The values accepted, when they are few: the check's own constant, refused at parse time.
+    choices: tuple[Any, ...] = ()
 
     def default_in(self, task: Task) -> Any:
         """Return the default ``task`` gives this parameter."""
@@ -75,6 +81,7 @@ def _p(
     *,
     defaults: Mapping[Task, Any] | None = None,
     types: Mapping[Task, str] | None = None,
+    choices: tuple[Any, ...] = (),
 ) -> Parameter:
     return Parameter(
         name=name,
@@ -85,6 +92,7 @@ def _p(
         default=default,
         defaults=dict(defaults or {}),
         types=dict(types or {}),
+        choices=choices,
     )
 
 
@@ -160,6 +168,7 @@ _INPUT = [
         requests and batch limits) does: ``"fail"`` (default) raises ``InputChangedError``;
         ``"resubmit"`` cancels the recorded batches that have not ended, archives the ledger as
         ``ledger.<timestamp>.json`` and submits the new input.""",
+        choices=ON_INPUT_CHANGE,
     ),
 ]
 
@@ -175,6 +184,7 @@ _DOCUMENTS = [
     _p("delete_files", "str", "after_gather", "job submit",
         """``"after_gather"`` (default): finalize deletes the job's uploads once the job has landed;
         ``"keep"``: keep them, and let later jobs under the same ``output_path`` reuse them.""",
+        choices=DELETE_FILES,
     ),
     _p("upload_concurrency", "int", 8, "submit", "Files read and uploaded at once (default 8)."),
 ]
@@ -196,6 +206,7 @@ _REQUESTS = [
     _p("cache_ttl", "str | None", None, "job submit",
         """Lifetime of that cache entry, ``"1h"`` (default ``[airflow_batch] cache_ttl``: a batch can
         take longer than 5 minutes) or ``"5m"``.""",
+        choices=(None, *CACHE_TTLS),
     ),
     _p("output_schema", "Any", None, "job submit",
         """Structured outputs: a JSON Schema dict or a Pydantic model class. Requests that set no
@@ -278,6 +289,7 @@ _BUDGET = [
         more) or ``"expected"`` (the expected figure; the upper bound when no expected output length is
         known). When ``expected_output_tokens`` is given and ``budget_basis`` is not, the expected
         figure is guarded.""",
+        choices=BUDGET_BASES,
     ),
     _p("count_tokens_sample", "int", 20, "submit",
         "Requests sent to ``count_tokens`` to calibrate the estimate (0: local approximation only).",
@@ -318,6 +330,7 @@ _WAIT = [
     _p("timeout_policy", "str", "cancel", "wait",
         """``cancel`` (default): cancel unfinished batches at the deadline; ``leave``: leave them running
         for a later attempt to re-attach.""",
+        choices=TIMEOUT_POLICIES,
     ),
     _p("fail_on_timeout", "bool", True, "wait",
         """Fail with ``BatchWaitTimeoutError`` at the deadline (default). When False (and policy
@@ -364,6 +377,7 @@ _GATHER = [
         retention and otherwise stay 29 days. The round manifest's ``deleted_batches`` records when; a
         re-run finds the batch gathered and does not ask the API for it again. Default ``None``:
         batches are left on the API.""",
+        choices=(None, "after_gather"),
     ),
     _p("on_results_gone", "str", "fail", "gather",
         """What to do when the API no longer holds a batch's results (archived 29 days after creation,
@@ -372,6 +386,7 @@ _GATHER = [
         retryable ``missing`` failures (``error_type`` ``results_archived`` / ``batch_deleted``) so the
         next retry round resubmits exactly those (the manifest's ``results_gone`` names the batches).
         ``anthropic_batch_job`` uses ``"retry"`` while a retry round is left.""",
+        choices=RESULTS_GONE_POLICIES,
     ),
 ]
 

@@ -35,9 +35,10 @@ def _default(parameter: Parameter) -> str:
 
 def _entry(parameter: Parameter) -> str:
     tasks = ", ".join(f"`{TASKS[task]}`" for task in parameter.tasks)
+    choices = ", ".join(f"`{choice!r}`" for choice in parameter.choices)
     return (
         f"- **`{parameter.name}`** (`{parameter.type}`, {_default(parameter)}; {tasks}): "
-        f"{_markdown(parameter.doc)}"
+        f"{_markdown(parameter.doc)}" + (f" One of {choices}." if choices else "")
     )
 
 

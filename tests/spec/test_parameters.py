@@ -114,3 +114,40 @@ def test_reference_page_lists_every_declaration_once() -> None:
         for name in parameters_of(task):
             assert f"- **`{name}`** (" in page
     assert page.count("- **`conn_id`** (") == 2  # given (submit) and inherited (later tasks): two meanings
+
+
+#: The smallest valid arguments of each operator, to which one declared choice is added.
+VALID: dict[Task, dict[str, Any]] = {
+    "submit": {"output_path": "/tmp/out", "requests": [], "model": "claude-haiku-4-5"},
+    "wait": {"manifest": {}},
+    "gather": {"manifest": {}},
+    "finalize": {"job_dir": "/tmp/out/job"},
+}
+DOCUMENTS = {
+    **VALID["submit"],
+    "requests": None,
+    "documents": "/tmp/docs/*.pdf",
+    "prompt_template": "Summarize.",
+}
+CHOICES = [
+    (task, parameter.name)
+    for task in VALID
+    for parameter in parameters_of(task).values()
+    if parameter.choices
+]
+
+
+@pytest.mark.parametrize(("task", "name"), CHOICES, ids=[f"{task}-{name}" for task, name in CHOICES])
+def test_each_declared_choice_is_accepted_and_anything_else_refused_at_parse(task: Task, name: str) -> None:
+    valid = DOCUMENTS if name == "delete_files" else VALID[task]
+    for choice in parameters_of(task)[name].choices:
+        TARGETS[task](task_id="t", **valid, **{name: choice})
+    with pytest.raises(ValueError, match=name):
+        TARGETS[task](task_id="t", **valid, **{name: "not-a-choice"})
+
+
+def test_every_enumerated_setting_has_its_choices_declared() -> None:
+    assert {name for _, name in CHOICES} == {
+        "on_input_change", "delete_files", "cache_ttl", "budget_basis", "timeout_policy", "delete_batches",
+        "on_results_gone",
+    }  # fmt: skip
