@@ -62,6 +62,8 @@ class Parameter:
     types: Mapping[Task, str] = field(default_factory=dict)
     #: The values accepted, when they are few: the check's own constant, refused at parse time.
     choices: tuple[Any, ...] = ()
+    #: The page of the documentation site that tells more (``"cost.md#prompt-caching-and-its-ttl"``).
+    see: str | None = None
 
     def default_in(self, task: Task) -> Any:
         """Return the default ``task`` gives this parameter."""
@@ -82,6 +84,7 @@ def _p(
     defaults: Mapping[Task, Any] | None = None,
     types: Mapping[Task, str] | None = None,
     choices: tuple[Any, ...] = (),
+    see: str | None = None,
 ) -> Parameter:
     return Parameter(
         name=name,
@@ -93,6 +96,7 @@ def _p(
         defaults=dict(defaults or {}),
         types=dict(types or {}),
         choices=choices,
+        see=see,
     )
 
 
@@ -103,7 +107,9 @@ _JOB = [
     _p("output_path", "str | None", None, "job submit",
         """Base URI of job folders: an absolute path or a URI (``file://``, ``s3://``, ``gs://``...);
         default ``[airflow_batch] output_path``. Each job's files land in
-        ``{output_path}/{dag_id}/{run_id}/{task_id}[/map-{i}]/``. Templated.""",
+        ``{output_path}/{dag_id}/{run_id}/{task_id}[/map-{i}]/``. A relative path, or neither this nor
+        the setting, is a DAG import error naming the fix (a relative path would resolve against
+        whichever worker runs the task). Templated.""",
     ),
     _p("max_retry_rounds", "int", 2, "job",
         """How many retry rounds to build (0 for none): each resubmits the retryable failures of the
@@ -130,8 +136,9 @@ _INPUT = [
     _p("requests", "Any", None, "job submit",
         """Complete Message Batches requests (``{"custom_id", "params"}``): a list, the URI of a JSONL
         file of them (any ``ObjectStoragePath``; a bare path means ``file://``), or an upstream task's
-        output that is either. A URI is templated; data never is. Give this, ``records`` or
-        ``documents``.""",
+        output that is either. A URI is templated; data never is: a request containing
+        ``{{ var.value.x }}`` stays that text. A local file that does not exist (and is not a template)
+        is a DAG import error. Give this, ``records`` or ``documents``.""",
     ),
     _p("records", "Any", None, "job submit",
         """Records (dicts) turned into requests with ``prompt_template`` and/or ``request_builder``: a
@@ -152,12 +159,15 @@ _INPUT = [
     _p("custom_id_from", "CustomIdFrom | None", None, "job submit",
         """Instead of ``custom_id_field``: a ``str.format`` template over the record
         (``"{product_id}-{lang}"``) or a callable ``record -> key``. The key becomes a valid, unique,
-        stable id (itself when valid, else a readable slug and a short hash of the key), and is kept as
-        ``input.key`` of the result rows.""",
+        stable id (itself when valid, else a readable slug and a 12-hex hash of the whole key, e.g.
+        ``src/app/main.py`` becomes ``src-app-main-py-59077b8e7f0b``), and is kept as ``input.key`` of
+        every row; a record whose key would be null or empty is an invalid row.""",
     ),
     _p("passthrough_fields", "Sequence[str]", (), "job submit",
-        """Record fields copied into every result and failure row (under ``input``; as columns in
-        Parquet), so the output table carries the input's keys.""",
+        """Record fields copied into every result and failure row (under ``input``; as their own
+        columns in Parquet), so the output joins back to the input by itself. A field named like a
+        row's own column (``model``, ``text``, ``round``, ``retryable``...), or ``key`` with
+        ``custom_id_from``, fails when the DAG is parsed: rename it in the records.""",
     ),
     _p("skip_invalid", "bool", False, "submit",
         """Skip invalid rows instead of failing; they are written to ``round-0/invalid_input.jsonl`` as
@@ -180,6 +190,7 @@ _DOCUMENTS = [
         whose ``path`` field names each file. Each distinct file is uploaded once with the Files API and
         referenced by ``file_id``; ``prompt_template`` may use ``{path}``, ``{name}``, ``{size}``,
         ``{modified}`` and the records' fields; ``custom_id_from`` defaults to the path. Templated.""",
+        see="files-api.md",
     ),
     _p("delete_files", "str", "after_gather", "job submit",
         """``"after_gather"`` (default): finalize deletes the job's uploads once the job has landed;
@@ -191,7 +202,11 @@ _DOCUMENTS = [
 
 _topic = "Requests"
 _REQUESTS = [
-    _p("model", "str | None", None, "job submit", "Default ``model`` for requests that set none. Templated."),
+    _p("model", "str | None", None, "job submit",
+        """Default ``model`` for requests that set none (default ``[airflow_batch] model``). With
+        neither, records (without a ``request_builder``) or an inline request without
+        ``params.model`` are a DAG import error naming the request. Templated.""",
+    ),
     _p("max_tokens", "int | None", None, "job submit", "Default ``max_tokens`` for requests that set none."),
     _p("system", "str | list[Any] | None", None, "job submit",
         "Default system prompt for requests that set none. Templated.",
@@ -207,22 +222,28 @@ _REQUESTS = [
         """Lifetime of that cache entry, ``"1h"`` (default ``[airflow_batch] cache_ttl``: a batch can
         take longer than 5 minutes) or ``"5m"``.""",
         choices=(None, *CACHE_TTLS),
+        see="cost.md#prompt-caching-and-its-ttl",
     ),
     _p("output_schema", "Any", None, "job submit",
         """Structured outputs: a JSON Schema dict or a Pydantic model class. Requests that set no
         ``output_config.format`` get it; answers are validated against it (``output`` of a result row,
         or an ``invalid_output`` failure, retried). Checked when the DAG is parsed: a schema structured
         outputs refuse fails then, naming the part.""",
+        see="output-schemas.md",
     ),
     _p("betas", "Sequence[str]", (), "job submit",
         """Beta names sent as ``anthropic-beta`` on every call of the job (create, wait, results,
-        cancel, count_tokens); recorded in the manifest.""",
+        cancel, count_tokens); recorded in every manifest. With betas, parameters and tool types this
+        package does not know yet pass validation.""",
     ),
     _p("workspace_id", "str | None", None, "job submit",
-        "Sent as ``anthropic-workspace-id`` on every call of the job.",
+        """Sent as ``anthropic-workspace-id`` on every call of the job; recorded in every manifest. The
+        job's batches live in that workspace: no other workspace (nor the default one) lists or
+        retrieves them.""",
     ),
     _p("conn_id", "str", "anthropic_default", "job submit",
-        "The ``anthropic`` connection (official provider). Templated.",
+        """The ``anthropic`` connection of ``apache-airflow-providers-anthropic``; every later task of
+        the job reads it (and ``betas``, ``workspace_id``) from the round manifest. Templated.""",
     ),
     _p("conn_id", "str | None", None, "wait gather retry",
         """Anthropic connection; default (and the only one accepted): the one the round manifest
@@ -240,13 +261,15 @@ _REUSE = [
         ``reused`` in the manifests and on the batch jobs page. Gather stores this job's succeeded,
         schema-valid answers for later runs. A run whose every request is found creates no batch at
         all.""",
+        see="reuse.md",
     ),
     _p("answer_store", "str | None", None, "job submit",
         """URI of the answer store (any ``ObjectStoragePath``; default ``{output_path}/_answers``).
         Share one between DAGs to reuse each other's answers. Templated.""",
     ),
     _p("max_age", "float | timedelta | None", None, "job submit",
-        "How old a reused answer may be: seconds or a ``timedelta`` (default: any age).",
+        """How old a reused answer may be: positive seconds or a ``timedelta`` (default: any age);
+        anything else, ``nan`` or ``"1h"`` included, fails when the DAG is parsed.""",
     ),
     _p("canary", "int", 0, "job submit",
         """Before creating any batch, send this many requests (the first ones to be sent, in input
@@ -256,6 +279,7 @@ _REUSE = [
         and nothing is created. Usable answers are kept as results (not sent again); the canary's
         cost counts in the budget and the manifests; its output length becomes the estimate's expected
         figure when ``expected_output_tokens`` is not given. 0 for none.""",
+        see="reuse.md",
     ),
     _p("canary_max_failure_rate", "float", 0.0, "job submit",
         "Share of canary answers (0-1) that may be unusable (default 0).",
@@ -278,6 +302,7 @@ _BUDGET = [
     _p("prices", "Mapping[str, Mapping[str, Any]] | None", None, "job submit gather",
         """Price-table overrides ``{model or family: {"input": .., "output": ..}}`` (USD per million
         tokens), for the estimates and the costs.""",
+        see="cost.md",
     ),
     _p("expected_output_tokens", "int | None", None, "submit",
         """Output tokens per request of the *expected* estimate (default: the output length observed in
@@ -290,6 +315,7 @@ _BUDGET = [
         known). When ``expected_output_tokens`` is given and ``budget_basis`` is not, the expected
         figure is guarded.""",
         choices=BUDGET_BASES,
+        see="cost.md#the-estimate-before-submitting",
     ),
     _p("count_tokens_sample", "int", 20, "submit",
         "Requests sent to ``count_tokens`` to calibrate the estimate (0: local approximation only).",
@@ -310,6 +336,7 @@ _BATCHES = [
         enough have been processed, then creates the next wave, until every chunk has its batch; retry
         rounds too. Default: no share; a create refused because the queue is full leads to the same
         deferral, never to a failure.""",
+        see="deployment.md#running-at-scale",
     ),
     _p("adopt_orphans", "bool", True, "submit",
         "Adopt a batch created by an attempt that died before recording it.",
@@ -370,6 +397,7 @@ _GATHER = [
         """Failure kinds to classify as retryable: error types such as ``overloaded_error`` plus
         ``expired``, ``missing``, ``canceled_by_timeout`` and ``canceled``. Default:
         ``airflow_batch.gather.rows.DEFAULT_RETRYABLE``.""",
+        see="failures.md",
     ),
     _p("delete_batches", "str | None", None, "job gather",
         """``"after_gather"``: delete each batch (and its results) from the API once its result and

@@ -36,9 +36,12 @@ def _default(parameter: Parameter) -> str:
 def _entry(parameter: Parameter) -> str:
     tasks = ", ".join(f"`{TASKS[task]}`" for task in parameter.tasks)
     choices = ", ".join(f"`{choice!r}`" for choice in parameter.choices)
+    see = parameter.see
     return (
         f"- **`{parameter.name}`** (`{parameter.type}`, {_default(parameter)}; {tasks}): "
-        f"{_markdown(parameter.doc)}" + (f" One of {choices}." if choices else "")
+        f"{_markdown(parameter.doc)}"
+        + (f" One of {choices}." if choices else "")
+        + (f" See [{see.split('.')[0].replace('-', ' ')}](../{see})." if see else "")
     )
 
 
@@ -49,7 +52,12 @@ def render() -> str:
         "",
         "Every parameter of `anthropic_batch_job` and of the operators, declared once in",
         "`airflow_batch/spec/parameters.py`. This page is generated from those declarations by",
-        "`python -m airflow_batch.spec.reference`; edit the declarations, not this page.",
+        "`python -m airflow_batch.spec.reference`; edit the declarations, not this page. How the",
+        "pieces fit: [The factory and the operators](../operators.md).",
+        "",
+        "Each entry gives the type, the default and the callables taking the parameter. The factory,",
+        "`anthropic_batch_job`, passes its arguments to the operators; `submit_kwargs`,",
+        "`sensor_kwargs` and `gather_kwargs` reach every other argument of theirs.",
         "",
     ]
     for topic, parameters in groupby(PARAMETERS, key=lambda parameter: parameter.topic):
