@@ -103,6 +103,7 @@ def anthropic_batch_job(
     canary_max_failure_rate: float = 0.0,
     delete_batches: str | None = None,
     land_interval: float | None = None,
+    keep_chunks: bool = False,
     submit_kwargs: Mapping[str, Any] | None = None,
     sensor_kwargs: Mapping[str, Any] | None = None,
     gather_kwargs: Mapping[str, Any] | None = None,
@@ -181,6 +182,7 @@ def anthropic_batch_job(
             canary=canary,
             canary_max_failure_rate=canary_max_failure_rate,
             include_content=include_content,
+            keep_chunks=keep_chunks,
             **submit_extra,
         )
         # Every later task reads the connection (and betas, workspace) from the round manifest.

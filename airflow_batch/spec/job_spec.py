@@ -75,6 +75,8 @@ class JobSpec:
     upload_concurrency: int = 8
     #: Where the task's earlier runs' output lengths are kept.
     history_path: str | None = None
+    #: Keep each round's chunk files after it has landed (else the gather removes them).
+    keep_chunks: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Return the spec as the JSON document of ``spec.json``."""
@@ -110,12 +112,14 @@ class JobSpec:
 
     def job_file(self) -> dict[str, Any]:
         """Return what ``job.json`` holds for the gather, the finalize and ``read_table``: the
-        output schema, passthrough fields, history and answer store (and ``delete_files``)."""
+        output schema, passthrough fields, history, answer store, ``keep_chunks`` (and
+        ``delete_files``)."""
         return {
             "output_schema": self.output_schema,
             "passthrough_fields": list(self.passthrough_fields),
             "history_path": self.history_path,
             "answer_store": self.answer_store,
+            "keep_chunks": self.keep_chunks,
             **({"delete_files": self.delete_files} if self.delete_files is not None else {}),
         }
 

@@ -341,6 +341,12 @@ _BATCHES = [
     _p("adopt_orphans", "bool", True, "submit",
         "Adopt a batch created by an attempt that died before recording it.",
     ),
+    _p("keep_chunks", "bool", False, "job submit",
+        """Keep each round's chunk files (``round-N/chunks/``, every request in full) after the round
+        has landed. Default ``False``: the gather removes them once the round's rows and manifest are
+        written, keeping only the requests of its retryable failures (``round-N/retry_requests.jsonl``)
+        for the next round.""",
+    ),
 ]
 
 _topic = "Waiting"
