@@ -232,3 +232,17 @@ class LedgerFencedOutError(AirflowBatchError):
     Raised by a copy of the queue trigger whose triggerer stalled and lost it to another, or by
     a task's old process beside its retry. It creates nothing more; the other writer goes on.
     """
+
+
+class JobSpecError(AirflowBatchError, RetryCannotFix):
+    """A job folder's ``spec.json`` is missing, unreadable, damaged or of another ``spec_version``.
+
+    The message names the file and the fix; nothing is sent on its behalf.
+    """
+
+
+class JobSpecConflictError(JobSpecError):
+    """A job folder already holds a different spec from a submit that created batches under it.
+
+    Nothing was replaced: the message names the file and both values of each setting that differs.
+    """

@@ -172,6 +172,11 @@ def round_manifest_path(job: ObjectStoragePath, round_number: int) -> ObjectStor
     return round_dir(job, round_number) / "manifest.json"
 
 
+def spec_path(job: ObjectStoragePath) -> ObjectStoragePath:
+    """Return the job's :class:`~airflow_batch.spec.job_spec.JobSpec`, written once by submit."""
+    return job / "spec.json"
+
+
 def job_spec_path(job: ObjectStoragePath) -> ObjectStoragePath:
     """Return the job's spec: ``{"output_schema", "passthrough_fields"}``, written by submit.
 

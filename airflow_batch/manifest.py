@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+if TYPE_CHECKING:
+    from airflow_batch.hooks.batches import BatchesHook
 
 MANIFEST_VERSION = 1
 
@@ -319,6 +322,21 @@ class JobIdentity:
             tuple(manifest.get("betas") or ()),
             manifest.get("workspace_id"),
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the identity as JSON (a trigger's kwargs, the job's spec): names only, never a key."""
+        return {"conn_id": self.conn_id, "betas": list(self.betas), "workspace_id": self.workspace_id}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobIdentity:
+        """Return the identity :meth:`to_json` wrote."""
+        return cls(str(data["conn_id"]), tuple(data.get("betas") or ()), data.get("workspace_id"))
+
+    def hook(self) -> BatchesHook:
+        """Return the hook every call of the job goes through (its connection, betas and workspace)."""
+        from airflow_batch.hooks.batches import BatchesHook
+
+        return BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
 
 
 def job_conn_id(manifest: Mapping[str, Any], conn_id: str | None, task_id: str) -> str:

@@ -182,10 +182,7 @@ def create_wave(
 ) -> RoundManifest:
     """Create the round's next wave with a client of the job's connection: the one path of the
     task's resume and the queue trigger (QueueWaitNeeded while more chunks wait)."""
-    from airflow_batch.hooks.batches import BatchesHook
-
-    hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
-    with hook.batches_api() as api:
+    with identity.hook().batches_api() as api:
         return continue_round(
             api,
             job=job,
