@@ -44,7 +44,8 @@ class _FailureKind(msgspec.Struct, gc=False):
 
 
 #: The request, input row and round of a result or failure line.
-decode_key = msgspec.json.Decoder(_Key).decode
+key_decoder = msgspec.json.Decoder(_Key)
+decode_key = key_decoder.decode
 _decode_failure = msgspec.json.Decoder(_FailureKind).decode
 
 

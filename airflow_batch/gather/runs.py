@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 import io
+import itertools
 import logging
 from array import array
 from bisect import bisect_left, bisect_right
@@ -36,12 +37,13 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from airflow_batch import layout
-from airflow_batch.gather.merging import MergeCounts, count_failure, decode_key, merge_rows
+from airflow_batch.gather.merging import MergeCounts, count_failure, key_decoder, merge_rows
 from airflow_batch.storage import (
     as_path,
     atomic_writer,
     iter_jsonl_blocks,
     iter_jsonl_lines,
+    open_unhooked,
     read_json,
     write_json,
 )
@@ -58,6 +60,7 @@ Kind = Literal["results", "failures"]
 #: Bytes copied from a run to the merged file at a time.
 COPY_BYTES = 8 << 20
 _NO_ROW = -1
+_decode_keys = key_decoder.decode_lines
 
 
 @dataclass
@@ -88,14 +91,14 @@ class Run:
         data = as_path(self.index_path).read_bytes()
         self.rows.frombytes(data[: 8 * self.lines])
         self.offsets.frombytes(data[8 * self.lines :])
-        self._handle = as_path(self.path).open("rb")
+        self._handle = open_unhooked(as_path(self.path))  # many ranged reads: no per-call lineage hook
 
     @property
     def row(self) -> int:
         """Return the row of the next line (the first row before the index is read)."""
         return self.rows[self.position] if self._handle is not None else self.first_row
 
-    def copy(self, count: int, out: IO[bytes], counts: MergeCounts) -> None:
+    def copy(self, count: int, out: _Gathered, counts: MergeCounts) -> None:
         """Copy the next ``count`` lines to ``out`` and count them."""
         assert self._handle is not None
         end = self.position + count
@@ -194,23 +197,32 @@ def _index(path: ObjectStoragePath) -> tuple[array[int], array[int], bool]:
     A line without a row number gives ``rows == [-1]``; a file without a final newline or with
     blank lines counts as out of order (its sorted copy has neither).
     """
-    rows, offsets = array("q"), array("q")
-    offset, last, ordered = 0, 0, True
+    rows, offsets = array("q"), array("q", [0])
+    ordered = True
     for block in iter_jsonl_blocks(path):
-        for line in block.split(b"\n"):
-            if not line:
-                continue
-            row = decode_key(line).row
-            if row is None:
-                return array("q", [_NO_ROW]), array("q"), False
-            ordered = ordered and row > last
-            rows.append(row)
-            offsets.append(offset)
-            offset += len(line) + 1
-            last = row
-        ordered = ordered and block.endswith(b"\n") and b"\n\n" not in block
-    offsets.append(offset)
+        lines = block.split(b"\n")
+        if block.endswith(b"\n"):
+            lines.pop()
+        else:
+            ordered = False
+        if not all(lines):
+            ordered = False
+            lines = [line for line in lines if line]
+            block = b"\n".join(lines)
+        if not lines:
+            continue
+        keys = _decode_keys(block)
+        block_rows = [key.row for key in keys if key.row is not None]
+        if len(block_rows) < len(keys):
+            return array("q", [_NO_ROW]), array("q"), False
+        ordered = ordered and (not rows or rows[-1] < block_rows[0]) and _ascending(block_rows)
+        rows.extend(block_rows)
+        offsets.extend(itertools.accumulate([len(line) + 1 for line in lines], initial=offsets.pop()))
     return rows, offsets, ordered
+
+
+def _ascending(rows: list[int]) -> bool:
+    return all(low < high for low, high in itertools.pairwise(rows))
 
 
 def round_runs(job: ObjectStoragePath, manifest: RoundManifest) -> list[Run] | None:
@@ -239,7 +251,7 @@ def merge_runs(runs: Iterable[Run], results_out: IO[bytes], failures_out: IO[byt
     about one at a time, plus the retry rounds' runs), not the job.
     """
     counts = MergeCounts()
-    outs = {"results": results_out, "failures": failures_out}
+    outs = {"results": _Gathered(results_out), "failures": _Gathered(failures_out)}
     heap = [(run.first_row, number, run) for number, run in enumerate(runs)]
     heapq.heapify(heap)
     while heap:
@@ -261,7 +273,32 @@ def merge_runs(runs: Iterable[Run], results_out: IO[bytes], failures_out: IO[byt
         for held_number, held in at_row:
             if not held.done:
                 heapq.heappush(heap, (held.row, held_number, held))
+    for out in outs.values():
+        out.flush()
     return counts
+
+
+class _Gathered:
+    """Writes to ``out`` in blocks of ``COPY_BYTES``: a retry round's rows make many small copies, and
+    a job file's every write call costs (its lineage hook, a request on an object store)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.pending: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.pending.append(data)
+        self.size += len(data)
+        if self.size >= COPY_BYTES:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.out.write(b"".join(self.pending))
+        self.pending.clear()
+        self.size = 0
 
 
 def job_runs(job: ObjectStoragePath, rounds: Iterable[RoundManifest]) -> list[Run] | None:

@@ -178,7 +178,7 @@ def test_finalize_of_a_landed_job_copies_rows_without_decoding_a_result(
     def no_decoding(line: bytes) -> Any:
         raise AssertionError(f"finalize decoded a landed line: {line[:60]!r}")
 
-    monkeypatch.setattr(runs, "decode_key", no_decoding)
+    monkeypatch.setattr(runs, "_decode_keys", no_decoding)
     monkeypatch.setattr(merging, "decode_key", no_decoding)
     manifest = finalize_job(job, max_failure_rate=1)
 
