@@ -171,6 +171,11 @@ def progress_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePat
     return round_dir(job, round_number) / "progress.json"
 
 
+def landed_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the file the wait's landing rewrites with the rows of the round landed so far."""
+    return round_dir(job, round_number) / "landed.json"
+
+
 def round_manifest_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
     """Return the manifest file a gather writes for its round."""
     return round_dir(job, round_number) / "manifest.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 
 from airflow_batch.gather.rows import DEFAULT_RETRYABLE
 from airflow_batch.lineage import BatchJobLineage
@@ -58,6 +58,13 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
         (the manifest's ``results_gone`` names the batches). ``anthropic_batch_job`` uses
         ``"retry"`` while a retry round is left.
 
+    :param round_asset: An Asset (or URI) this task emits an event on once its round has landed, so
+        a downstream DAG can start on each round's rows before the job is finalized (for
+        ``anthropic_batch_job``: ``gather_kwargs={"round_asset": ...}``, an event per round). Its
+        ``extra`` has the ``job_dir`` (``read_results(job_dir)`` gives the rows landed so far,
+        ``partial``), the ``round``, its ``results_paths`` / ``failures_paths`` and
+        ``result_counts``. Default ``None``: no event.
+
     With ``reuse_answers`` on the job's submit, the round's succeeded, schema-valid answers are
     also written to the answer store (``answers_stored`` in the manifest), and the rows the submit
     answered without a batch (``round-N/reused.jsonl``) are the first of ``results_paths``.
@@ -77,10 +84,14 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
         max_cost_usd: float | None = None,
         delete_batches: str | None = None,
         on_results_gone: str = "fail",
+        round_asset: Asset | str | None = None,
         **kwargs: Any,
     ) -> None:
         from airflow_batch.gather.retention import validate_results_gone
 
+        self.round_asset = Asset(uri=round_asset) if isinstance(round_asset, str) else round_asset
+        if self.round_asset is not None:
+            kwargs["outlets"] = [*kwargs.get("outlets", []), self.round_asset]
         super().__init__(**kwargs)
         self.on_results_gone = validate_results_gone(on_results_gone)
         if delete_batches not in DELETE_BATCHES:
@@ -142,4 +153,18 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
             )
         if out.get("deleted_batches"):
             self.log.info("%d batch(es) deleted from the API", len(out["deleted_batches"]))
+        if self.round_asset is not None:
+            context["outlet_events"][self.round_asset].extra = round_asset_extra(out)
         return out
+
+
+def round_asset_extra(gathered: RoundManifest) -> dict[str, Any]:
+    """Return the asset event ``extra`` of a landed round: where its rows are and their counts."""
+    return {
+        "job_dir": gathered["job_dir"],
+        "round": gathered["round"],
+        "partial": True,  # the job's merged files come with finalize's own asset event
+        "results_paths": list(gathered.get("results_paths", [])),
+        "failures_paths": list(gathered.get("failures_paths", [])),
+        "result_counts": dict(gathered.get("result_counts", {})),
+    }

@@ -122,6 +122,8 @@ class WaitProgress:
     last_poll_seconds_ago: float | None
     #: Left at the rate requests ended so far; None until some did (counts move when a batch ends).
     eta_seconds: float | None
+    #: Rows of the batches landed so far (readable with ``read_results``, partial), when it lands early.
+    landed: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -534,6 +536,7 @@ def _wait_progress(
         last_poll_at=last_poll if isinstance(last_poll, str) else None,
         last_poll_seconds_ago=_seconds_between(last_poll, now),
         eta_seconds=eta,
+        landed=progress.get("landed") if isinstance(progress.get("landed"), Mapping) else None,
     )
 
 

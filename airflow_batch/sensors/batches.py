@@ -34,7 +34,7 @@ from airflow_batch.links.console import BatchConsoleLink, push_console_links
 from airflow_batch.manifest import RoundManifest, job_conn_id
 from airflow_batch.triggers.batches import ON_KILL_BUDGET, BatchesTrigger
 from airflow_batch.wait.events import batch_ids_of, validate_event, waited_manifest
-from airflow_batch.wait.landing import LANDING, validate_landing
+from airflow_batch.wait.landing import LANDING, record_landed, validate_landing
 from airflow_batch.wait.loop import (
     cancel_unfinished,
     connect,
@@ -299,6 +299,7 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         ProgressWriter(identity["job_dir"], round_number, self.log, landed=landing["landed"]).write(
             state, time.time()
         )
+        record_landed(job, round_number, landing["landed"])
         self.defer(
             trigger=BatchesTrigger.for_state(
                 state, **identity, **self._landing(len(state.batch_ids), list(landing["landed"]))
