@@ -24,6 +24,7 @@ from airflow_batch.operators.retry import RetryFailedOperator
 from airflow_batch.operators.submit import SubmitBatchesOperator
 from airflow_batch.sensors.batches import BatchesSensor
 from airflow_batch.submit.round import SubmitSettings
+from airflow_batch.wait.landing import DEFAULT_LAND_INTERVAL
 
 
 class BatchJobGroup(TaskGroup):
@@ -98,7 +99,7 @@ def anthropic_batch_job(
     canary: int = 0,
     canary_max_failure_rate: float = 0.0,
     delete_batches: str | None = None,
-    land_interval: float | None = None,
+    land_interval: float | None = DEFAULT_LAND_INTERVAL,
     submit_kwargs: Mapping[str, Any] | None = None,
     sensor_kwargs: Mapping[str, Any] | None = None,
     gather_kwargs: Mapping[str, Any] | None = None,
@@ -177,8 +178,10 @@ def anthropic_batch_job(
         landed (see ``GatherResultsOperator``); default ``None`` keeps them.
     :param land_interval: Land each round's ended batches while its other batches still run, at
         most every ``land_interval`` seconds (or as soon as a tenth of them wait): their rows are
-        readable with ``read_results(job_folder)`` before the round ends (see ``BatchesSensor``).
-        ``None`` (default): a round lands when its last batch has ended.
+        readable with ``read_results(job_folder)`` before the round ends (see ``BatchesSensor``),
+        and the round's merge is done as they land, so the tail after its last batch is seconds.
+        Default 300 s (each landing costs a task start: at most 288 a day); ``None``: a round
+        lands when its last batch has ended.
     :param submit_kwargs: Further ``SubmitBatchesOperator`` arguments (batch limits,
         ``expected_output_tokens``, ``on_input_change``, ``skip_invalid``...); the batch
         settings among them apply to retry rounds too.

@@ -258,6 +258,7 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
     def _land(self, event: Mapping[str, Any]) -> None:
         """Land the ended batches a ``landing`` event names (here, in the worker), then defer again."""
         from airflow_batch.gather.gathering import gather_batch, gather_config
+        from airflow_batch.gather.retention import find_gone
         from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.storage import as_path
 
@@ -277,7 +278,14 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
             identity["conn_id"], betas=identity["betas"], workspace_id=identity["workspace_id"]
         )
         with hook.batches_api() as api:
+            # Results the API no longer holds are left to the gather, whose on_results_gone decides.
+            gone = find_gone(api, job, round_number, [records[batch_id] for batch_id in landing["to_land"]])
             for batch_id in landing["to_land"]:
+                if batch_id in gone:
+                    self.log.warning(
+                        "Not landing batch %s: %s; the gather decides", batch_id, gone[batch_id].reason
+                    )
+                    continue
                 stats = gather_batch(
                     api,
                     records[batch_id],

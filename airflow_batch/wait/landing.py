@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 #: The status of the event that hands ended batches to the worker (the wait goes on after).
 LANDING = "landing"
+#: ``anthropic_batch_job``'s ``land_interval``: a landing every 5 minutes at most, so a 24-hour round
+#: resumes its wait at most 288 times (a task start each), while its rows are readable within minutes.
+DEFAULT_LAND_INTERVAL = 300.0
 
 
 @dataclass(frozen=True)
