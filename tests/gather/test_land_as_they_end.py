@@ -29,6 +29,7 @@ from deadlines import until_sync
 from airflow_batch import anthropic_batch_job, layout, read_results
 from airflow_batch.api import BatchesApi
 from airflow_batch.emulator.process import EmulatorProcess
+from airflow_batch.gather.finalizing import finalize_job
 from airflow_batch.gather.gathering import GatherConfig, gather_round
 from airflow_batch.manifest import JobIdentity
 from airflow_batch.plugins.app import read_progress
@@ -226,3 +227,7 @@ def test_a_landing_killed_mid_batch_and_run_again_lands_every_row_once(
     rows = [row["custom_id"] for path in gathered["results_paths"] for row in _read(path)]
     assert sorted(rows) == sorted(ids)
     assert not list(parts.glob(".*.tmp"))
+    # Finalize merges the runs made as the batches landed: every row once, in input order.
+    finalize_job(job)
+    merged = [row["custom_id"] for row in _read(layout.final_results_path(job))]
+    assert merged == ids
