@@ -138,7 +138,7 @@ def land_run(job: ObjectStoragePath, round_number: int, source: ObjectStoragePat
     Idempotent: a run whose marker records the file's current size is returned as it is.
     """
     marker = layout.run_marker_path(job, round_number, source)
-    size = source.stat()["size"] if source.exists() else 0
+    size = source.stat().st_size if source.exists() else 0
     if marker.exists():
         made = read_json(marker)
         if made.get("source_size") == size:
