@@ -82,11 +82,11 @@ def _write_round(
     )
 
 
-def _job(tmp_path: Path, seed: int, shuffled: bool) -> Any:
+def _job(tmp_path: Path | str, seed: int, shuffled: bool) -> Any:
     """Round 0: three batches of contiguous rows (one landed out of order), a reused file and an
     invalid row; round 1: the retryable failures again, half succeeding; round 2: one of them again."""
     rng = random.Random(seed)
-    job = as_path(str(tmp_path / f"job-{seed}"))
+    job = as_path(f"{tmp_path}/job-{seed}")
     reused_rows = {5, 77}
     invalid_row = 150
     failed = set(rng.sample([r for r in range(1, 301) if r not in reused_rows | {invalid_row}], 40))
@@ -221,3 +221,14 @@ def test_rows_without_a_row_number_are_merged_the_old_way(tmp_path: Path) -> Non
         msgspec.json.decode(line)["custom_id"]
         for line in layout.final_results_path(job).read_bytes().splitlines()
     ] == ["a", "b"]
+
+
+def test_runs_on_an_object_store_merge_as_on_a_local_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto_s3 import bucket_behind_connection, moto_endpoint
+
+    with bucket_behind_connection(moto_endpoint(), "landed-runs", monkeypatch):
+        job = _job("s3://aws_default@landed-runs", 6, shuffled=True)
+        expected_results, expected_failures, _ = _merged_whole(job)
+        finalize_job(job, max_failure_rate=1)
+        assert layout.final_results_path(job).read_bytes() == expected_results
+        assert layout.final_failures_path(job).read_bytes() == expected_failures
