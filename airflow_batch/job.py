@@ -100,6 +100,7 @@ def anthropic_batch_job(
     canary_max_failure_rate: float = 0.0,
     delete_batches: str | None = None,
     land_interval: float | None = DEFAULT_LAND_INTERVAL,
+    keep_chunks: bool = False,
     submit_kwargs: Mapping[str, Any] | None = None,
     sensor_kwargs: Mapping[str, Any] | None = None,
     gather_kwargs: Mapping[str, Any] | None = None,
@@ -182,6 +183,8 @@ def anthropic_batch_job(
         and the round's merge is done as they land, so the tail after its last batch is seconds.
         Default 300 s (each landing costs a task start: at most 288 a day); ``None``: a round
         lands when its last batch has ended.
+    :param keep_chunks: Keep each round's chunk files after it has landed (default ``False``:
+        removed, see ``SubmitBatchesOperator``).
     :param submit_kwargs: Further ``SubmitBatchesOperator`` arguments (batch limits,
         ``expected_output_tokens``, ``on_input_change``, ``skip_invalid``...); the batch
         settings among them apply to retry rounds too.
@@ -260,6 +263,7 @@ def anthropic_batch_job(
             canary=canary,
             canary_max_failure_rate=canary_max_failure_rate,
             include_content=include_content,
+            keep_chunks=keep_chunks,
             **submit_extra,
         )
         # Every later task reads the connection (and betas, workspace) from the round manifest.

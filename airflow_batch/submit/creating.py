@@ -131,6 +131,7 @@ def round_manifest(job: ObjectStoragePath, ledger: Ledger, identity: JobIdentity
         reused=ledger.reused,
         reused_path=ledger.reused_path,
         canary=ledger.canary,
+        requests_by_model=dict(ledger.requests_by_model),
     )
 
 

@@ -458,6 +458,7 @@ def submit_round(
                 chunks=[
                     {"chunk": c.index, "requests": c.requests, "bytes": c.bytes} for c in prepared.chunks
                 ],
+                requests_by_model={model: t.requests for model, t in sorted(prepared.tally.models.items())},
             )
             if routing is not None:
                 ledger.reused = routing.reused
@@ -489,7 +490,8 @@ def submit_round(
                     "with reuse_answers or a canary they cannot be rebuilt from the input. Keep job "
                     "folders on shared storage (output_path on s3://, gs://...) so every worker sees them."
                 )
-        else:
+        elif not layout.round_manifest_path(job, round_number).exists():
+            # A gathered round's chunk files were removed on purpose (gather.pruning): nothing reads them.
             _restore_missing_chunks(prepared, job, round_number)
         if ledger.batches:
             log.info(
