@@ -27,6 +27,7 @@ from airflow_batch.wait.policy import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from airflow_batch.submit.records import CustomIdFrom
+from airflow_batch.wait.landing import DEFAULT_LAND_INTERVAL
 
 
 class BatchJobGroup(TaskGroup):
@@ -102,7 +103,7 @@ def anthropic_batch_job(
     canary: int = 0,
     canary_max_failure_rate: float = 0.0,
     delete_batches: str | None = None,
-    land_interval: float | None = None,
+    land_interval: float | None = DEFAULT_LAND_INTERVAL,
     keep_chunks: bool = False,
     submit_kwargs: Mapping[str, Any] | None = None,
     sensor_kwargs: Mapping[str, Any] | None = None,

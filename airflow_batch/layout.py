@@ -157,6 +157,29 @@ def gather_stats_path(job: ObjectStoragePath, round_number: int, batch_id: str) 
     return round_dir(job, round_number) / "results" / f"{batch_id}.stats.json"
 
 
+def _run_name(source: ObjectStoragePath) -> str:
+    return path_segment(f"{source.parent.name}-{source.stem}")
+
+
+def run_marker_path(
+    job: ObjectStoragePath, round_number: int, source: ObjectStoragePath
+) -> ObjectStoragePath:
+    """Return the marker of a landed file's sorted run (:mod:`airflow_batch.gather.runs`), written last."""
+    return round_dir(job, round_number) / "runs" / f"{_run_name(source)}.run.json"
+
+
+def run_index_path(job: ObjectStoragePath, round_number: int, source: ObjectStoragePath) -> ObjectStoragePath:
+    """Return the index of a landed file's sorted run: each line's input row, then its byte offset."""
+    return round_dir(job, round_number) / "runs" / f"{_run_name(source)}.index"
+
+
+def sorted_run_path(
+    job: ObjectStoragePath, round_number: int, source: ObjectStoragePath
+) -> ObjectStoragePath:
+    """Return the copy of a landed file in input-row order, for a file whose rows came out of order."""
+    return round_dir(job, round_number) / "runs" / f"{_run_name(source)}.jsonl"
+
+
 def refusal_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
     """Return the file recording why a round was refused before any spend (budget, unknown model)."""
     return round_dir(job, round_number) / "refusal.json"
@@ -165,6 +188,11 @@ def refusal_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath
 def progress_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
     """Return the file the wait rewrites on each poll with the round's latest counts."""
     return round_dir(job, round_number) / "progress.json"
+
+
+def landed_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the file the wait's landing rewrites with the rows of the round landed so far."""
+    return round_dir(job, round_number) / "landed.json"
 
 
 def round_manifest_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:

@@ -70,7 +70,7 @@ with DAG("{dag_id}", schedule=None, start_date=pendulum.datetime(2026, 1, 1), ca
         max_retry_rounds=1,
         max_failure_rate=0.05,
         timeout=6 * 3600,
-        {share}
+        {share}{land}
         submit_kwargs={{"max_requests_per_batch": 100_000, "count_tokens_sample": 0}},
     )
 """
@@ -188,8 +188,11 @@ def run_job(args: argparse.Namespace, work: Path, base_url: str) -> dict[str, An
     dags = work / "dags"
     dags.mkdir()
     share = f"max_queued_requests={args.share}," if args.share else ""
+    land = "" if args.land_interval is None else f"land_interval={args.land_interval or None},"
     (dags / f"{DAG_ID}.py").write_text(
-        DAG_FILE.format(dag_id=DAG_ID, requests=str(requests), output=str(work / "out"), share=share)
+        DAG_FILE.format(
+            dag_id=DAG_ID, requests=str(requests), output=str(work / "out"), share=share, land=land
+        )
     )
     env = {
         "AIRFLOW_CONN_ANTHROPIC_DEFAULT": json.dumps(
@@ -220,6 +223,7 @@ def run_job(args: argparse.Namespace, work: Path, base_url: str) -> dict[str, An
         cluster.stop()
     job = next((work / "out" / DAG_ID).glob("*/job.submit"))
     manifest = json.loads((job / "manifest.json").read_text())
+    landing = landing_times(job, manifest, base_url)
     rows = sorted(
         check_rows(job / "results.jsonl", "results") + check_rows(job / "failures.jsonl", "failures")
     )
@@ -239,6 +243,29 @@ def run_job(args: argparse.Namespace, work: Path, base_url: str) -> dict[str, An
         "worker_seconds": sum(p.last_seen - p.started for p in tasks),
         "peak_task_rss_mb": max((p.peak_rss for p in tasks), default=0) / 2**20,
         "stages": stages,
+        "landing": landing,
+    }
+
+
+def landing_times(job: Path, manifest: dict[str, Any], base_url: str) -> dict[str, float]:
+    """Return, in seconds: the first batch's end to its rows readable (its sidecar written), and the
+    last batch's end (of any round) to the job manifest; the API's ``ended_at`` against file times."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=base_url, api_key="bench-key")
+    ends: list[tuple[float, Path]] = []
+    for summary in manifest["rounds"]:
+        for batch_id in summary["batches"]:
+            ended = client.messages.batches.retrieve(batch_id).ended_at
+            assert ended is not None
+            sidecar = job / f"round-{summary['round']}" / "results" / f"{batch_id}.stats.json"
+            ends.append((ended.timestamp(), sidecar))
+    first_end, first_sidecar = min(ends, key=lambda item: item[0])
+    last_end = max(end for end, _ in ends)
+    return {
+        "first_readable": first_sidecar.stat().st_mtime - first_end,
+        "tail": (job / "manifest.json").stat().st_mtime - last_end,
+        "batches": float(len(ends)),
     }
 
 
@@ -298,6 +325,12 @@ def main() -> None:
     parser.add_argument("--error-rate", type=float, default=0.01)
     parser.add_argument("--share", type=int, default=0, help="max_queued_requests (0: learn from 429s)")
     parser.add_argument("--poll-interval", type=float, default=5.0)
+    parser.add_argument(
+        "--land-interval",
+        type=float,
+        default=None,
+        help="the job's land_interval (0: off; default: anthropic_batch_job's default)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, job files)")
     parser.add_argument("--guide-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -350,6 +383,9 @@ def report(args: argparse.Namespace, ours: dict[str, Any], stats: dict[str, int]
     print(f"worker-seconds held     {ours['worker_seconds']:.0f} s = {ratio:.1%} of the wall time "
           f"(target < 25%; {ours['task_processes']} task processes)")  # fmt: skip
     print(f"peak task RSS           {ours['peak_task_rss_mb']:.0f} MB (target <= 400 MB)")
+    landing = ours["landing"]
+    print(f"first batch end -> rows {landing['first_readable']:.1f} s (its rows readable: sidecar written)")
+    print(f"last batch end -> manifest {landing['tail']:.1f} s (the tail; {landing['batches']:.0f} batches)")
     print("stages (start, end, try, state, worker-seconds held):")
     for task_id, stage in sorted(ours["stages"].items(), key=lambda item: item[1][0] or ""):
         held = ours["held_by_task"].get(task_id, 0.0)

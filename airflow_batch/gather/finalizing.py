@@ -2,9 +2,11 @@
 
 Rounds are read from the job folder (``round-0/manifest.json``, ``round-1/...`` until the
 first missing one), so retry rounds that were skipped need no special case. The rows of
-every round are merged by :mod:`airflow_batch.gather.merging`: one row per request, a
-success from any round winning over failures and a request's latest failure reported, in the
-order of the input, with memory bounded by a partition of rows (not by the job).
+every round are merged into one row per request, a success from any round winning over
+failures and a request's latest failure reported, in the order of the input: from the sorted
+runs each file got when it landed (:mod:`airflow_batch.gather.runs`: byte ranges copied, so
+the tail after the last batch is seconds), or for a job of an older version, whose rows have no
+row number, by :mod:`airflow_batch.gather.merging` with memory bounded by a partition of rows.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from airflow_batch.exceptions import FailureRateExceededError, IncompleteJobErro
 from airflow_batch.gather.gathering import read_spec
 from airflow_batch.gather.merging import merge_rows
 from airflow_batch.gather.publishing import publish
+from airflow_batch.gather.runs import job_runs, merge_runs
 from airflow_batch.gather.tables import results_formats, write_tables
 from airflow_batch.history import record_run
 from airflow_batch.manifest import (
@@ -125,10 +128,14 @@ def finalize_job(
         )
     results_path = layout.final_results_path(job)
     failures_path = layout.final_failures_path(job)
+    runs = job_runs(job, rounds)
     with atomic_writer(results_path) as results_out, atomic_writer(failures_path) as failures_out:
-        counts = merge_rows(
-            _lines(rounds, "results_paths"), _failure_lines(rounds), results_out, failures_out
-        )
+        if runs is not None:
+            counts = merge_runs(runs, results_out, failures_out)
+        else:  # rows without a row number (a job of an older version): merged whole
+            counts = merge_rows(
+                _lines(rounds, "results_paths"), _failure_lines(rounds), results_out, failures_out
+            )
     succeeded, failed = counts.succeeded, counts.failed
     total = succeeded + failed
     spec = read_spec(job)

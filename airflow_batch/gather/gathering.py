@@ -51,6 +51,7 @@ from airflow_batch.gather.rows import (
     row_encoder,
     stored_answer,
 )
+from airflow_batch.gather.runs import land_batch_runs, round_runs
 from airflow_batch.manifest import (
     BatchStatus,
     CostFigures,
@@ -349,6 +350,7 @@ def gather_batch(
     stats.failures_path = str(failures_path)
     stats.attempts = attempts
     write_json(sidecar, stats.to_json())
+    land_batch_runs(job, round_number, stats)
     if config.delete_batches:
         _delete_batch(api, stats, sidecar, logger)
     return stats
@@ -435,7 +437,9 @@ def gather_round(
         all_stats.append(stats)
         if watch is not None:
             watch.check(round_cost(manifest, table.cost(_usage_by_model(all_stats)), strays)["batch_usd"])
-    return round_manifest(manifest, all_stats, table=table, job=job, watch=watch, strays=strays)
+    gathered = round_manifest(manifest, all_stats, table=table, job=job, watch=watch, strays=strays)
+    round_runs(job, gathered)  # the reused and invalid rows' runs: finalize finds every run made
+    return gathered
 
 
 class SpendWatch:

@@ -43,7 +43,9 @@ class _FailureKind(msgspec.Struct, gc=False):
     retryable: bool = False
 
 
-_decode_key = msgspec.json.Decoder(_Key).decode
+#: The request, input row and round of a result or failure line.
+key_decoder = msgspec.json.Decoder(_Key)
+decode_key = key_decoder.decode
 _decode_failure = msgspec.json.Decoder(_FailureKind).decode
 
 
@@ -111,7 +113,7 @@ def merge_rows(
     try:
         for kind, lines in ((_RESULT, result_lines), (_FAILURE, failure_lines)):
             for line in lines:
-                spill.add(kind, line, _decode_key(line).row)
+                spill.add(kind, line, decode_key(line).row)
         counts = MergeCounts()
         for partition, data in spill.partitions():
             with paused_gc():  # a partition's dicts of rows hold no cycles
@@ -129,7 +131,7 @@ def _merge_partition(
     anonymous: list[tuple[int, bytes]] = []
     for tagged in data.splitlines():
         kind, line = tagged[:1], tagged[1:]
-        key = _decode_key(line)
+        key = decode_key(line)
         order = key.row if key.row is not None else 0
         if kind == _RESULT:
             results.setdefault(key.custom_id or "", (order, line))
@@ -153,11 +155,16 @@ def _merge_partition(
     counts.succeeded += len(result_lines)
     for _, _, line in chosen_failures:
         failures_out.write(line + b"\n")
-        failure = _decode_failure(line)
-        counts.failures_by_type[failure.result_type] = counts.failures_by_type.get(failure.result_type, 0) + 1
-        if failure.error_type is not None:
-            by_error = counts.failures_by_error_type
-            by_error[failure.error_type] = by_error.get(failure.error_type, 0) + 1
-        counts.retryable_left += failure.retryable
-        if failure.result_type == "canceled" and failure.error_type != CANCELED_BY_TIMEOUT:
-            counts.canceled_outside += 1
+        count_failure(line, counts)
+
+
+def count_failure(line: bytes, counts: MergeCounts) -> None:
+    """Add a final failure row to the counts: by result type, by error type, retryable, canceled outside."""
+    failure = _decode_failure(line)
+    counts.failures_by_type[failure.result_type] = counts.failures_by_type.get(failure.result_type, 0) + 1
+    if failure.error_type is not None:
+        by_error = counts.failures_by_error_type
+        by_error[failure.error_type] = by_error.get(failure.error_type, 0) + 1
+    counts.retryable_left += failure.retryable
+    if failure.result_type == "canceled" and failure.error_type != CANCELED_BY_TIMEOUT:
+        counts.canceled_outside += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 
 from airflow_batch.gather.rows import DEFAULT_RETRYABLE
 from airflow_batch.lineage import BatchJobLineage
@@ -54,10 +54,14 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
         max_cost_usd: float | None = None,
         delete_batches: str | None = None,
         on_results_gone: str = "fail",
+        round_asset: Asset | str | None = None,
         **kwargs: Any,
     ) -> None:
         from airflow_batch.gather.retention import validate_results_gone
 
+        self.round_asset = Asset(uri=round_asset) if isinstance(round_asset, str) else round_asset
+        if self.round_asset is not None:
+            kwargs["outlets"] = [*kwargs.get("outlets", []), self.round_asset]
         super().__init__(**kwargs)
         self.on_results_gone = validate_results_gone(on_results_gone)
         if delete_batches not in DELETE_BATCHES:
@@ -119,4 +123,18 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
             )
         if out.get("deleted_batches"):
             self.log.info("%d batch(es) deleted from the API", len(out["deleted_batches"]))
+        if self.round_asset is not None:
+            context["outlet_events"][self.round_asset].extra = round_asset_extra(out)
         return out
+
+
+def round_asset_extra(gathered: RoundManifest) -> dict[str, Any]:
+    """Return the asset event ``extra`` of a landed round: where its rows are and their counts."""
+    return {
+        "job_dir": gathered["job_dir"],
+        "round": gathered["round"],
+        "partial": True,  # the job's merged files come with finalize's own asset event
+        "results_paths": list(gathered.get("results_paths", [])),
+        "failures_paths": list(gathered.get("failures_paths", [])),
+        "result_counts": dict(gathered.get("result_counts", {})),
+    }

@@ -104,12 +104,19 @@ def load_records(
 
 
 def read_progress(job_dir: str, round_number: int) -> Mapping[str, Any] | None:
-    """Return the wait's latest ``progress.json`` of a round, or None if there is none yet."""
-    from airflow_batch.layout import progress_path
+    """Return the wait's latest ``progress.json`` of a round, or None if there is none yet.
+
+    With the rows the round landed so far (``landed``, from ``landed.json``) when it lands as
+    batches end.
+    """
+    from airflow_batch.layout import landed_path, progress_path
     from airflow_batch.storage import as_path, read_json
 
     try:
         progress = read_json(progress_path(as_path(job_dir), round_number))
+        landed = landed_path(as_path(job_dir), round_number)
+        if isinstance(progress, Mapping) and landed.exists():
+            progress = {**progress, "landed": read_json(landed)}
     except Exception:  # missing file, unreachable store: the page shows what XCom knows
         return None
     return progress if isinstance(progress, Mapping) else None

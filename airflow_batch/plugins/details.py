@@ -83,6 +83,8 @@ class WaitProgress:
     last_poll_seconds_ago: float | None
     #: Left at the rate requests ended so far; None until some did (counts move when a batch ends).
     eta_seconds: float | None
+    #: Rows of the batches landed so far (readable with ``read_results``, partial), when it lands early.
+    landed: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -181,4 +183,5 @@ def wait_progress(
         last_poll_at=last_poll if isinstance(last_poll, str) else None,
         last_poll_seconds_ago=seconds_between(last_poll, now),
         eta_seconds=eta,
+        landed=progress.get("landed") if isinstance(progress.get("landed"), Mapping) else None,
     )

@@ -35,7 +35,7 @@ from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.spec.parameters import documented
 from airflow_batch.triggers.batches import ON_KILL_BUDGET, BatchesTrigger
 from airflow_batch.wait.events import batch_ids_of, validate_event, waited_manifest
-from airflow_batch.wait.landing import LANDING, validate_landing
+from airflow_batch.wait.landing import LANDING, record_landed, validate_landing
 from airflow_batch.wait.loop import (
     cancel_unfinished,
     connect,
@@ -235,6 +235,7 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
     def _land(self, event: Mapping[str, Any]) -> None:
         """Land the ended batches a ``landing`` event names (here, in the worker), then defer again."""
         from airflow_batch.gather.gathering import gather_batch, gather_config
+        from airflow_batch.gather.retention import find_gone
         from airflow_batch.storage import as_path
 
         try:
@@ -250,7 +251,14 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         started = time.monotonic()
         rows = 0
         with identity.hook().batches_api() as api:
+            # Results the API no longer holds are left to the gather, whose on_results_gone decides.
+            gone = find_gone(api, job, round_number, [records[batch_id] for batch_id in landing["to_land"]])
             for batch_id in landing["to_land"]:
+                if batch_id in gone:
+                    self.log.warning(
+                        "Not landing batch %s: %s; the gather decides", batch_id, gone[batch_id].reason
+                    )
+                    continue
                 stats = gather_batch(
                     api,
                     records[batch_id],
@@ -272,6 +280,7 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         ProgressWriter(str(manifest["job_dir"]), round_number, self.log, landed=landing["landed"]).write(
             state, time.time()
         )
+        record_landed(job, round_number, landing["landed"])
         self.defer(
             trigger=BatchesTrigger.for_state(
                 state,

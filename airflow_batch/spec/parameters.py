@@ -21,6 +21,7 @@ from airflow_batch.submit.documents import DELETE_FILES
 from airflow_batch.submit.records import CACHE_TTLS
 from airflow_batch.submit.round import BUDGET_BASES, ON_INPUT_CHANGE
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
+from airflow_batch.wait.landing import DEFAULT_LAND_INTERVAL
 from airflow_batch.wait.policy import DEFAULT_CANCEL_GRACE, DEFAULT_TIMEOUT, TIMEOUT_POLICIES
 
 Task = Literal["job", "submit", "wait", "gather", "retry", "finalize"]
@@ -383,8 +384,11 @@ _WAIT = [
         """Land each round's ended batches while its other batches still run (deferrable mode only), at
         most every ``land_interval`` seconds (or as soon as ``land_min_batches`` wait): the sensor lands
         them with the gather's own per-batch function and defers again; their rows are readable with
-        ``read_results(job_folder)`` before the round ends, and the gather lands only what is left.
-        ``None`` (default): a round lands when its last batch has ended.""",
+        ``read_results(job_folder)`` before the round ends, the round's merge is prepared as they land
+        (so the tail after its last batch is seconds), and the gather lands only what is left. Each
+        landing costs a task start (at most 288 a day at 300 s). ``None``: a round lands when its last
+        batch has ended (the sensor's default; the factory's is 300 s).""",
+        defaults={"job": DEFAULT_LAND_INTERVAL},
     ),
     _p("land_min_batches", "int | None", None, "wait",
         """Ended batches that are landed at once, without waiting for ``land_interval`` (default: a
@@ -412,6 +416,13 @@ _GATHER = [
         re-run finds the batch gathered and does not ask the API for it again. Default ``None``:
         batches are left on the API.""",
         choices=(None, "after_gather"),
+    ),
+    _p("round_asset", "Asset | str | None", None, "gather",
+        """An Asset (or URI) this task emits an event on once its round has landed, so a downstream DAG
+        can start on each round's rows before the job is finalized (for ``anthropic_batch_job``:
+        ``gather_kwargs={"round_asset": ...}``, an event per round). Its ``extra`` has the ``job_dir``
+        (``read_results(job_dir)`` gives the rows landed so far, ``partial``), the ``round``, its
+        ``results_paths`` / ``failures_paths`` and ``result_counts``. Default ``None``: no event.""",
     ),
     _p("on_results_gone", "str", "fail", "gather",
         """What to do when the API no longer holds a batch's results (archived 29 days after creation,

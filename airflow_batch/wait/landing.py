@@ -15,14 +15,20 @@ ends as before, and the gather lands what is left.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_batch.wait.policy import WaitState, is_ended
 
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
 #: The status of the event that hands ended batches to the worker (the wait goes on after).
 LANDING = "landing"
+#: ``anthropic_batch_job``'s ``land_interval``: a landing every 5 minutes at most, so a 24-hour round
+#: resumes its wait at most 288 times (a task start each), while its rows are readable within minutes.
+DEFAULT_LAND_INTERVAL = 300.0
 
 
 @dataclass(frozen=True)
@@ -67,3 +73,35 @@ def validate_landing(event: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(event.get("to_land"), list) or not isinstance(event.get("state"), Mapping):
         raise ValueError(f"landing event without 'to_land' list and 'state' mapping: {dict(event)!r}")
     return dict(event)
+
+
+def record_landed(job: ObjectStoragePath, round_number: int, landed: Iterable[str]) -> dict[str, Any]:
+    """Write and return what the round has landed so far: batches, result rows and failure rows.
+
+    Read back from the landed batches' sidecars (each batch's own record), so a landing run
+    again writes the same figures. The batch jobs page shows them while the round still runs.
+    """
+    from datetime import UTC, datetime
+
+    from airflow_batch import layout
+    from airflow_batch.gather.gathering import BatchGatherStats
+    from airflow_batch.storage import read_json, write_json
+
+    batches = results = failures = 0
+    for batch_id in landed:
+        sidecar = layout.gather_stats_path(job, round_number, batch_id)
+        if not sidecar.exists():
+            continue
+        counts = BatchGatherStats.from_json(read_json(sidecar)).result_counts
+        batches += 1
+        results += counts.get("succeeded", 0)
+        failures += sum(counts.values()) - counts.get("succeeded", 0)
+    document = {
+        "round": round_number,
+        "batches": batches,
+        "results": results,
+        "failures": failures,
+        "updated_at": datetime.now(UTC).isoformat(),
+    }
+    write_json(layout.landed_path(job, round_number), document)
+    return document
