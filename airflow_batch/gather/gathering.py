@@ -35,22 +35,13 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from airflow_batch import layout
+from airflow_batch.api.lines import custom_id_decoder
 from airflow_batch.costs import PriceTable, price_table, sum_costs
 from airflow_batch.exceptions import BatchesApiError
+from airflow_batch.gather.block import BlockRows, BlockSettings, InputMeta
+from airflow_batch.gather.failure_rows import missing_rows
 from airflow_batch.gather.retention import find_gone, gone_error, land_gone, log_gone
-from airflow_batch.gather.rows import (
-    DEFAULT_RETRYABLE,
-    RESULT_TYPES,
-    BlockRows,
-    BlockSettings,
-    InputMeta,
-    ResultRow,
-    block_rows,
-    custom_id_decoder,
-    missing_rows,
-    row_encoder,
-    stored_answer,
-)
+from airflow_batch.gather.rows import block_rows
 from airflow_batch.manifest import (
     BatchStatus,
     CostFigures,
@@ -60,6 +51,8 @@ from airflow_batch.manifest import (
     sum_usages,
 )
 from airflow_batch.reuse.store import SegmentWriter
+from airflow_batch.rows.contract import ResultRow, row_encoder, stored_answer
+from airflow_batch.rows.failures import DEFAULT_RETRYABLE, RESULT_TYPES
 from airflow_batch.storage import (
     as_path,
     atomic_writer,

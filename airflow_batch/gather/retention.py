@@ -92,8 +92,8 @@ def land_gone(
     config: GatherConfig,
 ) -> BatchGatherStats:
     """Write the batch's requests as ``missing`` failure rows and an empty results part; return its stats."""
+    from airflow_batch.gather.failure_rows import missing_rows
     from airflow_batch.gather.gathering import BatchGatherStats, chunk_inputs
-    from airflow_batch.gather.rows import missing_rows
     from airflow_batch.storage import atomic_writer, write_json
 
     batch_id = str(record["batch_id"])

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_batch.gather.rows import DEFAULT_RETRYABLE
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import JobIdentity, RoundManifest
+from airflow_batch.rows.failures import DEFAULT_RETRYABLE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -39,7 +39,7 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
     :param include_content: Also keep each message's full ``content`` blocks in the rows.
     :param retryable_error_types: Failure kinds to classify as retryable: error types such
         as ``overloaded_error`` plus ``expired``, ``missing``, ``canceled_by_timeout`` and
-        ``canceled``. Defaults to :data:`airflow_batch.gather.rows.DEFAULT_RETRYABLE`.
+        ``canceled``. Defaults to :data:`airflow_batch.rows.failures.DEFAULT_RETRYABLE`.
     :param prices: Price table overrides (model id or family key -> prices per million
         tokens) for the round's cost.
     :param max_cost_usd: Budget of the whole job at batch prices: as results land, the job's

@@ -35,19 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from airflow_batch.api.lines import LineUsage, line_with_content_decoder
 from airflow_batch.costs import PriceTable, usage_key
 from airflow_batch.exceptions import BatchesApiError, CanaryFailedError
-from airflow_batch.gather.rows import (
-    BlockSettings,
-    FailureRow,
-    ResultRow,
-    answer_row,
-    line_with_content_decoder,
-    row_encoder,
-    stored_answer,
-)
+from airflow_batch.gather.block import BlockSettings
+from airflow_batch.gather.rows import answer_row
 from airflow_batch.manifest import CanaryRecord, CostEstimate, CostFigures, Usage, empty_usage, sum_usages
 from airflow_batch.params import loads
+from airflow_batch.rows.contract import FailureRow, ResultRow, row_encoder, stored_answer, to_usage
 
 if TYPE_CHECKING:
     from airflow_batch.api import BatchesApi
@@ -324,8 +319,6 @@ def canary_source(answer: CanaryAnswer, job: str, round_number: int, written_at:
 
 
 def _usage(message: Mapping[str, Any]) -> Usage:
-    from airflow_batch.gather.rows import LineUsage, to_usage
-
     try:
         line_usage = msgspec.convert(message.get("usage") or {}, LineUsage)
     except msgspec.ValidationError:

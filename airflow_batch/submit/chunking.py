@@ -38,6 +38,7 @@ import msgspec
 from airflow_batch.layout import INVALID_INPUT_FILE, chunk_file_name
 from airflow_batch.memory import paused_gc
 from airflow_batch.params import decode_plain, loads
+from airflow_batch.rows.contract import invalid_input_row
 from airflow_batch.submit.estimate import TokenTally
 from airflow_batch.submit.records import BLANK, Carried, RequestDefaults
 from airflow_batch.submit.validation import (
@@ -379,18 +380,9 @@ class _ChunkWriter:
         self._handle = self._inputs = None
 
 
-def _invalid_row(problem: Problem, round_number: int) -> dict[str, Any]:
-    return {
-        "custom_id": problem.custom_id,
-        "batch_id": None,
-        "round": round_number,
-        "result_type": "invalid_input",
-        "error_type": "invalid_input",
-        "message": f"{problem.label} {problem.row}: {problem.rule}",
-        "request_id": None,
-        "retryable": False,
-        "row": problem.row,
-    }
+def _invalid_row(problem: Problem, round_number: int) -> bytes:
+    message = f"{problem.label} {problem.row}: {problem.rule}"
+    return invalid_input_row(problem.custom_id, problem.row, round_number, message)
 
 
 def prepare_chunks(
@@ -560,7 +552,7 @@ def prepare_chunks(
                     if skip_invalid or gone:
                         if invalid_out is None:
                             invalid_out = (staging / INVALID_INPUT_FILE).open("wb")
-                        invalid_out.write(encode(_invalid_row(problem, round_number)) + b"\n")
+                        invalid_out.write(_invalid_row(problem, round_number) + b"\n")
                     continue
                 ids.add(request["custom_id"], row)
                 valid += 1
