@@ -26,6 +26,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from airflow_batch.gather.batch_parts import write_rows
 from airflow_batch.submit.creating import CLOCK_SKEW, CREATE_WINDOW, batch_requests, created_utc
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
 from airflow_batch.wait.policy import batch_status
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_batch.api import BatchesApi
-    from airflow_batch.gather.gathering import GatherConfig
+    from airflow_batch.gather.batch_parts import GatherConfig
 
 #: Longest the sweep waits for a cancelled stray to reach ``ended`` before counting it.
 STRAY_END_SECONDS = 300.0
@@ -126,8 +127,6 @@ def _price(
     api: BatchesApi, entry: dict[str, Any], batch_id: str, round_number: int, config: GatherConfig
 ) -> None:
     """Wait for a stray to end, then add its result counts and usage to ``entry``."""
-    from airflow_batch.gather.gathering import write_rows
-
     deadline = time.monotonic() + STRAY_END_SECONDS
     while batch_status(api.retrieve(batch_id))["processing_status"] != "ended":
         if time.monotonic() > deadline:
