@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_batch import layout
-from airflow_batch.exceptions import BatchesApiError, ResultsGoneError
+from airflow_batch.exceptions import BatchNotFoundError, ResultsGoneError
 from airflow_batch.gather.batch_parts import BatchGatherStats, chunk_inputs
 from airflow_batch.gather.failure_rows import missing_rows
 from airflow_batch.storage import atomic_writer, write_json
@@ -75,9 +75,7 @@ def find_gone(
             continue
         try:
             batch = api.retrieve(batch_id)
-        except BatchesApiError as exc:
-            if exc.status_code != 404:
-                raise
+        except BatchNotFoundError:
             gone[batch_id] = GoneResults(DELETED, "the batch is no longer on the API (deleted)")
             continue
         if batch.archived_at is not None:
