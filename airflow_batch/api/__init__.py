@@ -1,6 +1,7 @@
 """The only code that talks to the API: the calls a job makes, the one retry policy they share, and
-the package's own types they return (:class:`BatchStatus`, result lines in :mod:`.lines`); no SDK
-type is read past this package."""
+the package's own types they return (:class:`BatchStatus`, :class:`BatchPage`); no SDK type is
+read past this package. A results stream is handed on as bytes, decoded into the package's own
+result lines (:mod:`airflow_batch.rows.lines`) a block at a time."""
 
 from __future__ import annotations
 

@@ -17,15 +17,15 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from airflow_batch import layout
-from airflow_batch.api.lines import custom_id_decoder
 from airflow_batch.costs import PriceTable, price_table
-from airflow_batch.gather.block import BlockRows, BlockSettings, InputMeta
-from airflow_batch.gather.failure_rows import missing_rows
-from airflow_batch.gather.rows import block_rows
 from airflow_batch.manifest import Usage, sum_usages
 from airflow_batch.reuse.store import SegmentWriter
+from airflow_batch.rows.block import BlockRows, BlockSettings, InputMeta
 from airflow_batch.rows.contract import ResultRow, row_encoder, stored_answer
+from airflow_batch.rows.failure_rows import missing_rows
 from airflow_batch.rows.failures import DEFAULT_RETRYABLE
+from airflow_batch.rows.gathered import block_rows
+from airflow_batch.rows.lines import custom_id_decoder
 from airflow_batch.storage import as_path, iter_jsonl_blocks, line_blocks
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
 For each batch: the raw JSONL stream is downloaded through the API seam
 (:meth:`airflow_batch.api.BatchesApi.download_results`: auth, base URL, and the one retry
 policy) in large chunks, cut at line ends here and turned into rows by
-:func:`airflow_batch.gather.rows.block_rows` (msgspec, a slice of lines at a time), never by
+:func:`airflow_batch.rows.gathered.block_rows` (msgspec, a slice of lines at a time), never by
 the SDK's per-line pydantic models. Succeeded lines become result rows, the others failure
 rows; a request of the batch with no line at all becomes a ``missing`` failure.
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_batch import layout
 from airflow_batch.exceptions import BatchNotFoundError, ResultsGoneError
 from airflow_batch.gather.batch_parts import BatchGatherStats, chunk_inputs
-from airflow_batch.gather.failure_rows import missing_rows
+from airflow_batch.rows.failure_rows import missing_rows
 from airflow_batch.storage import atomic_writer, write_json
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 :mod:`~airflow_batch.rows.contract` declares the fields of a result row and a failure row
 (names, types, nullability) and the Parquet columns derived from them; every origin builds its
-rows through it: gathered answers (:mod:`airflow_batch.gather.rows`), reused answers
+rows through it: gathered answers (:mod:`airflow_batch.rows.gathered`), reused answers
 (:mod:`airflow_batch.reuse.hits`), invalid input (:mod:`airflow_batch.submit.chunking`) and the
 canary's answers (:mod:`airflow_batch.submit.canary`). :mod:`~airflow_batch.rows.failures` says
 which failures are worth paying for again.

@@ -1,7 +1,7 @@
 """The one declaration of a result row and a failure row, and the table columns derived from it.
 
 Every row a job writes is encoded through the Structs below, whatever its origin: a gathered
-answer (:mod:`airflow_batch.gather.rows`), an answer reused from the store or kept from the
+answer (:mod:`airflow_batch.rows.gathered`), an answer reused from the store or kept from the
 canary (:func:`answered_row`, spliced from JSON fragments for speed, with the keys of
 :class:`ResultRow`), a request refused before submission (:func:`invalid_input_row`). The
 Parquet columns (:mod:`airflow_batch.gather.tables`) take their names, types and nullability
@@ -39,7 +39,7 @@ import msgspec
 from airflow_batch.rows.failures import INVALID_INPUT
 
 if TYPE_CHECKING:
-    from airflow_batch.api.lines import LineUsage
+    from airflow_batch.rows.lines import LineUsage
 
 
 class RowUsage(msgspec.Struct, gc=False, omit_defaults=True):
@@ -73,7 +73,7 @@ class ResultRow(msgspec.Struct, gc=False, omit_defaults=True):
     round: int
     model: str
     stop_reason: str | None
-    text: msgspec.Raw  # a JSON string literal, copied from the answer (see api.lines.ContentBlock)
+    text: msgspec.Raw  # a JSON string literal, copied from the answer (see rows.lines.ContentBlock)
     usage: RowUsage
     output: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     tool_calls: list[ToolCall] | msgspec.UnsetType = msgspec.UNSET

@@ -7,7 +7,9 @@ never run and are not edges. What is forbidden:
 - a cycle among module-level imports (an import-order bug waiting for the next edit);
 - a cycle in the graph of both kinds together: moving an import into a function hides a cycle
   from the interpreter, not from a reader, who still climbs back up to follow one request;
-- a stage package (``api``, ``rows``, ``submit``, ``wait``, ``gather``, ``reuse``) importing the
+- a cycle among the stage packages (``api``, ``rows``, ``reuse``, ``submit``, ``wait``, ``gather``):
+  a later stage may read an earlier one's records, never the other way round;
+- a stage package importing the
   Airflow-facing shell (``operators``, ``sensors``, ``triggers``, ``plugins``, ``decorators``), and
   a trigger importing an operator or a sensor;
 - an SDK type (``anthropic.types...``, or any name of ``anthropic`` but the two clients the hook
@@ -89,8 +91,17 @@ GRAPH = _graph()
 
 
 def _cycles(levels: tuple[str, ...]) -> list[list[str]]:
-    """Return the strongly connected components of more than one module (Tarjan, iterative)."""
-    edges = {module: sorted(set().union(*(GRAPH[module][level] for level in levels))) for module in GRAPH}
+    """Return the import cycles among modules through imports of ``levels``."""
+    return _components({module: set().union(*(GRAPH[module][level] for level in levels)) for module in GRAPH})
+
+
+def _package(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def _components(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Return the strongly connected components of more than one node (Tarjan, iterative)."""
+    edges = {node: sorted(targets) for node, targets in graph.items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -148,12 +159,12 @@ def test_the_graph_is_read_from_the_whole_package() -> None:
 
 
 def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function() -> None:
-    GRAPH["airflow_batch.rows.failures"]["function"].add("airflow_batch.gather.rows")
+    GRAPH["airflow_batch.rows.failures"]["function"].add("airflow_batch.rows.gathered")
     try:
         assert any("airflow_batch.rows.failures" in c for c in _cycles(("module", "function")))
         assert not any("airflow_batch.rows.failures" in c for c in _cycles(("module",)))
     finally:
-        GRAPH["airflow_batch.rows.failures"]["function"].discard("airflow_batch.gather.rows")
+        GRAPH["airflow_batch.rows.failures"]["function"].discard("airflow_batch.rows.gathered")
 
 
 def test_no_import_cycle_among_module_level_imports() -> None:
@@ -164,6 +175,20 @@ def test_no_import_cycle_among_module_level_imports() -> None:
 def test_no_import_cycle_even_through_imports_inside_functions() -> None:
     cycles = _cycles(("module", "function"))
     assert not cycles, "\n".join(_explain(c, ("module", "function")) for c in cycles)
+
+
+def test_no_cycle_among_the_stage_packages() -> None:
+    packages: dict[str, set[str]] = {package: set() for package in STAGES}
+    for module, edges in GRAPH.items():
+        if _package(module) in STAGES:
+            packages[_package(module)] |= {
+                _package(target)
+                for target in edges["module"] | edges["function"]
+                if _package(target) in STAGES
+            } - {_package(module)}
+    assert "rows" in packages["gather"] and "rows" in packages["submit"]
+    cycles = _components(packages)
+    assert not cycles, cycles
 
 
 def test_stage_packages_never_import_the_airflow_shell_and_triggers_no_operator() -> None:

@@ -14,9 +14,8 @@ import msgspec
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_batch.gather.block import BlockSettings, InputMeta
-from airflow_batch.gather.rows import block_rows
 from airflow_batch.gather.tables import write_tables
+from airflow_batch.rows.block import BlockSettings, InputMeta
 from airflow_batch.rows.contract import (
     FAILURE_TAIL,
     RESULT_HEAD,
@@ -35,6 +34,7 @@ from airflow_batch.rows.contract import (
     stored_answer,
     table_columns,
 )
+from airflow_batch.rows.gathered import block_rows
 from airflow_batch.storage import as_path
 from airflow_batch.submit.chunking import _invalid_row, inputs_line
 from airflow_batch.submit.validation import Problem

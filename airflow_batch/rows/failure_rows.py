@@ -7,11 +7,11 @@ from typing import Any
 
 import msgspec
 
-from airflow_batch.api.lines import ErrorResponse, ResultLine
-from airflow_batch.gather.block import NO_META, BlockRows, BlockSettings, InputMeta
-from airflow_batch.gather.tally import count_failures
+from airflow_batch.rows.block import NO_META, BlockRows, BlockSettings, InputMeta
 from airflow_batch.rows.contract import FailureRow, ResultRow, row_encoder
 from airflow_batch.rows.failures import CANCELED_BY_TIMEOUT, FAILURE_MESSAGES, classify_failure
+from airflow_batch.rows.lines import ErrorResponse, ResultLine
+from airflow_batch.rows.tally import count_failures
 
 
 def unreadable_row(custom_id: str, message: str, settings: BlockSettings) -> FailureRow:

@@ -1,11 +1,11 @@
 """Result lines of a Message Batch turned into rows (:mod:`airflow_batch.rows.contract`).
 
-A block of a results stream (JSONL, one line per request; :mod:`airflow_batch.api.lines`) is
+A block of a results stream (JSONL, one line per request; :mod:`airflow_batch.rows.lines`) is
 decoded a slice at a time. The common answer (text blocks only, a normal stop) takes the fast
 path: its text block is copied as raw JSON, never decoded and re-encoded. Any other answer
 (tool calls, a paused or refused turn, several blocks) takes a slower path that reads the line
-again in full. Failure rows are built in :mod:`airflow_batch.gather.failure_rows`, counts and
-usage summed in :mod:`airflow_batch.gather.tally`.
+again in full. Failure rows are built in :mod:`airflow_batch.rows.failure_rows`, counts and
+usage summed in :mod:`airflow_batch.rows.tally`.
 
 One bad answer is one failure row, never a failed batch: a line that is not valid JSON or UTF-8
 (a lone surrogate escape, a stray byte) is an ``invalid_output`` failure of its ``custom_id``
@@ -23,7 +23,11 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from airflow_batch.api.lines import (
+from airflow_batch.rows.block import NO_META, BlockRows, BlockSettings
+from airflow_batch.rows.contract import FailureRow, ResultRow, ToolCall, row_encoder, to_usage
+from airflow_batch.rows.failure_rows import billed_failure, to_failure_row, unreadable_row
+from airflow_batch.rows.failures import FAILED_STOPS, FAILURE_MESSAGES, NORMAL_STOPS
+from airflow_batch.rows.lines import (
     ContentBlock,
     Message,
     MessageWithContent,
@@ -32,11 +36,7 @@ from airflow_batch.api.lines import (
     line_decoder,
     line_with_content_decoder,
 )
-from airflow_batch.gather.block import NO_META, BlockRows, BlockSettings
-from airflow_batch.gather.failure_rows import billed_failure, to_failure_row, unreadable_row
-from airflow_batch.gather.tally import count_failures, sum_usage
-from airflow_batch.rows.contract import FailureRow, ResultRow, ToolCall, row_encoder, to_usage
-from airflow_batch.rows.failures import FAILED_STOPS, FAILURE_MESSAGES, NORMAL_STOPS
+from airflow_batch.rows.tally import count_failures, sum_usage
 
 log = logging.getLogger(__name__)
 _blocks_decoder = msgspec.json.Decoder(list[dict[str, Any]])

@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 
 from airflow_batch.costs import usage_key
-from airflow_batch.gather.block import BlockRows, BlockSettings
 from airflow_batch.manifest import Usage, empty_usage
+from airflow_batch.rows.block import BlockRows, BlockSettings
 from airflow_batch.rows.contract import FailureRow, RowUsage
 
 #: Every count of a row's usage (the manifest's Usage has the same keys).

@@ -1,12 +1,13 @@
 """The lines of a batch's results stream, as the package's own frozen types.
 
-A results stream is JSONL, one ``MessageBatchIndividualResponse`` per line. The Structs below
-declare only the fields a row needs; msgspec skips every other field while decoding, which is
-what makes millions of lines cheap. Shapes follow the SDK models (``anthropic.types.messages``):
-``succeeded`` carries a Message, ``errored`` an ErrorResponse ``{"type": "error", "error":
-{"type", "message"}, "request_id"}``, ``canceled`` and ``expired`` nothing else. The stream's
-bytes are decoded by the gather a block at a time (:mod:`airflow_batch.gather.rows`), never
-through the SDK's models.
+A results stream is JSONL, one individual response per line. The Structs below declare only the
+fields a row needs; msgspec skips every other field while decoding, which is what makes millions
+of lines cheap. Shapes follow the API's wire format (the SDK's batch result models): ``succeeded``
+carries a Message, ``errored`` an ErrorResponse ``{"type": "error", "error": {"type", "message"},
+"request_id"}``, ``canceled`` and ``expired`` nothing else. The stream's bytes
+(:meth:`airflow_batch.api.BatchesApi.download_results`) are decoded a block at a time
+(:mod:`airflow_batch.rows.gathered`), never through the SDK's models; this module imports neither
+the SDK nor Airflow.
 """
 
 from __future__ import annotations
