@@ -258,22 +258,3 @@ def reserved_columns() -> set[str]:
         *table_columns(FailureRow, FAILURE_TAIL),
     ]
     return {column.name for column in [*fixed, *table_columns(ResultRow, ("text",))]}
-
-
-__all__ = [
-    "ZERO_USAGE",
-    "AnsweredSplice",
-    "Column",
-    "FailureRow",
-    "ResultRow",
-    "RowUsage",
-    "StoredAnswer",
-    "ToolCall",
-    "answered_row",
-    "invalid_input_row",
-    "reused_row",
-    "row_encoder",
-    "stored_answer",
-    "table_columns",
-    "to_usage",
-]
