@@ -13,6 +13,11 @@ properties, an array -> a list of its items, ``anyOf`` of one type and null -> t
 ``failures.parquet``: ``custom_id``, ``row``, the passthrough fields, ``result_type``,
 ``error_type``, ``message``, ``request_id``, ``retryable``, ``round``, ``batch_id``.
 
+The columns of a row's own fields take their names, types and nullability from the row
+contract (:mod:`airflow_batch.rows.contract`): a field it declares never null is a ``not null``
+column (a row read back that breaks it is written anyway, the column then nullable, with a
+warning naming the row).
+
 Whatever the job accepted is written: a column that cannot be typed holds the JSON text of its
 values (strings quoted, null as null) instead, and each such column is named with the reason in
 what :func:`write_tables` returns (the job manifest's ``json_text_columns``). That is a schema
