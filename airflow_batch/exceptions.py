@@ -168,6 +168,20 @@ class BatchesApiError(AirflowBatchError):
         self.error_code = error_code
 
 
+class BatchNotFoundError(BatchesApiError):
+    """The API has no such batch (404): deleted, in another workspace, or never created."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status_code=404)
+
+
+class UnreadableAnswerError(BatchesApiError):
+    """The API answered, but with a body that is not what was asked for (not a batch, not a list).
+
+    Not transient: the same body would be read the same way; it names what was asked.
+    """
+
+
 class QueueFullError(BatchesApiError):
     """A create was refused because the organisation's processing queue is full (a 429 to wait out).
 

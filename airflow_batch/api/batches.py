@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import msgspec
-
 from airflow_batch.api import retry
 from airflow_batch.api.retry import DEFAULT_POLICY, RetryPolicy
-from airflow_batch.exceptions import BatchesApiError
+from airflow_batch.api.status import BatchPage, BatchStatus, convert_status, decode_page, decode_status
+from airflow_batch.exceptions import BatchesApiError, BatchNotFoundError
 from airflow_batch.media import FILES_BETA
 
 if TYPE_CHECKING:
     import anthropic
-    from anthropic.types.messages import MessageBatch
 
 T = TypeVar("T")
 
@@ -39,8 +38,6 @@ T = TypeVar("T")
 STATUS_TIMEOUT = 30.0
 #: The API's largest page of the batch list.
 LIST_PAGE_SIZE = 1000
-
-_decode = msgspec.json.Decoder().decode
 
 
 def job_headers(betas: Sequence[str] = (), workspace_id: str | None = None) -> dict[str, str]:
@@ -68,6 +65,17 @@ def quiet_request_logs() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)
+
+
+@contextmanager
+def _not_found_apart(batch_id: str) -> Iterator[None]:
+    """Raise a 404 about ``batch_id`` as BatchNotFoundError: "not found" is an answer of its own."""
+    try:
+        yield
+    except BatchesApiError as exc:
+        if exc.status_code == 404 and not isinstance(exc, BatchNotFoundError):
+            raise BatchNotFoundError(f"{exc} (batch {batch_id} was not found)") from exc
+        raise
 
 
 @dataclass(frozen=True)
@@ -123,13 +131,12 @@ class BatchesApi:
     ) -> CreatedBatch:
         """Create a batch whose body is ``body`` (``size`` bytes, streamed); never create it twice."""
         import anthropic
-        from anthropic.types.messages import MessageBatch
 
-        def attempt() -> CreatedBatch:
+        def attempt() -> CreatedBatch | object:
             try:
-                batch = self.client.post(
+                created: object = self.client.post(
                     "/v1/messages/batches",
-                    cast_to=MessageBatch,
+                    cast_to=object,
                     content=body,
                     options={"headers": {"Content-Length": str(size), "Content-Type": "application/json"}},
                 )
@@ -139,29 +146,41 @@ class BatchesApi:
                 if orphan is not None:
                     return CreatedBatch(orphan, None, adopted=True)
                 raise
-            return CreatedBatch(batch.id, batch.created_at.isoformat())
+            return created
 
-        return self._call(attempt, what)
+        created = self._call(attempt, what)
+        if isinstance(created, CreatedBatch):
+            return created
+        batch = convert_status(created, what)
+        return CreatedBatch(batch.id, batch.created_at.isoformat() if batch.created_at else None)
 
-    def retrieve(self, batch_id: str) -> MessageBatch:
-        """Return the batch ``batch_id``."""
-        return self._call(
-            lambda: self.client.messages.batches.retrieve(batch_id), f"retrieve batch {batch_id}"
-        )
+    def retrieve(self, batch_id: str) -> BatchStatus:
+        """Return the batch ``batch_id``; raise BatchNotFoundError when the API has none."""
+        what = f"retrieve batch {batch_id}"
+        batches = self.client.messages.batches
+        with _not_found_apart(batch_id):
+            body = self._call(lambda: batches.with_raw_response.retrieve(batch_id).read(), what)
+        return decode_status(body, what)
 
-    def cancel(self, batch_id: str) -> MessageBatch:
+    def cancel(self, batch_id: str) -> BatchStatus:
         """Ask the API to cancel ``batch_id``; return the batch as the cancel left it."""
-        return self._call(lambda: self.client.messages.batches.cancel(batch_id), f"cancel batch {batch_id}")
+        what = f"cancel batch {batch_id}"
+        batches = self.client.messages.batches
+        with _not_found_apart(batch_id):
+            body = self._call(lambda: batches.with_raw_response.cancel(batch_id).read(), what)
+        return decode_status(body, what)
 
     def delete(self, batch_id: str) -> None:
         """Delete an ended batch and its results from the API."""
         self._call(lambda: self.client.messages.batches.delete(batch_id), f"delete batch {batch_id}")
 
-    def recent_batches(self, *, page_size: int = 100) -> Iterator[MessageBatch]:
+    def recent_batches(self, *, page_size: int = 100) -> Iterator[BatchStatus]:
         """Yield the workspace's batches newest first, a page at a time (stop iterating to stop paging)."""
         params: dict[str, Any] = {"limit": page_size}
+        batches = self.client.messages.batches
         while True:
-            page = self._call(partial(self.client.messages.batches.list, **params), "list batches")
+            body = self._call(lambda: batches.with_raw_response.list(**params).read(), "list batches")
+            page = decode_page(body, "list batches")
             yield from page.data
             if not page.has_more or not page.last_id:
                 return
@@ -284,37 +303,34 @@ class AsyncBatchesApi:
         """Release the client's connections."""
         await self._owner.close()
 
-    async def retrieve(self, batch_id: str) -> dict[str, Any]:
-        """Return the batch ``batch_id`` as decoded JSON."""
+    async def retrieve(self, batch_id: str) -> BatchStatus:
+        """Return the batch ``batch_id``; raise BatchNotFoundError when the API has none."""
+        what = f"retrieve batch {batch_id}"
         batches = self.client.messages.batches
-        return await self._decoded(
-            lambda: batches.with_raw_response.retrieve(batch_id), f"retrieve batch {batch_id}"
-        )
+        with _not_found_apart(batch_id):
+            body = await self._body(lambda: batches.with_raw_response.retrieve(batch_id), what)
+        return decode_status(body, what)
 
-    async def cancel(self, batch_id: str) -> dict[str, Any]:
-        """Ask the API to cancel ``batch_id``; return the batch as the cancel left it, as decoded JSON."""
+    async def cancel(self, batch_id: str) -> BatchStatus:
+        """Ask the API to cancel ``batch_id``; return the batch as the cancel left it."""
+        what = f"cancel batch {batch_id}"
         batches = self.client.messages.batches
-        return await self._decoded(
-            lambda: batches.with_raw_response.cancel(batch_id), f"cancel batch {batch_id}"
-        )
+        with _not_found_apart(batch_id):
+            body = await self._body(lambda: batches.with_raw_response.cancel(batch_id), what)
+        return decode_status(body, what)
 
-    async def _decoded(self, send: Callable[[], Awaitable[Any]], what: str) -> dict[str, Any]:
-        """Return the JSON body of ``send()``'s raw response, retried by the policy.
+    async def _body(self, send: Callable[[], Awaitable[Any]], what: str) -> bytes:
+        """Return the body of ``send()``'s raw response, retried by the policy (decoded by the caller)."""
 
-        Decoded with msgspec rather than into the SDK's pydantic models: the wait reads four
-        fields, and a first pydantic parse builds validators that block the loop for hundreds of
-        milliseconds on a cold triggerer (1,000 of them, ~150 ms a page, on a warm one).
-        """
-
-        async def attempt() -> dict[str, Any]:
+        async def attempt() -> bytes:
             raw = await send()
-            decoded: dict[str, Any] = _decode(await raw.read())
-            return decoded
+            return bytes(await raw.read())
 
         return await retry.acall(attempt, what, self.policy)
 
-    async def list_page(self, after_id: str | None) -> dict[str, Any]:
-        """Return one page of the batch list (newest first, 1,000 batches) as decoded JSON."""
+    async def list_page(self, after_id: str | None) -> BatchPage:
+        """Return one page of the batch list (newest first, 1,000 batches)."""
         params: dict[str, Any] = {"limit": LIST_PAGE_SIZE, **({"after_id": after_id} if after_id else {})}
         batches = self.client.messages.batches
-        return await self._decoded(lambda: batches.with_raw_response.list(**params), "list batches")
+        body = await self._body(lambda: batches.with_raw_response.list(**params), "list batches")
+        return decode_page(body, "list batches")

@@ -37,7 +37,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ from airflow_batch.emulator.betas import beta_names, unsupported_beta
 from airflow_batch.emulator.faults import DROP, LOST, ConfigError, EmulatorConfig, FaultInjector
 from airflow_batch.emulator.files import FileStore, files_scope, metadata
 from airflow_batch.emulator.limits import Refusal, queue_refusal, rate_refusal, spend_limit_refusal
-from airflow_batch.emulator.processing import archived_at, canceled, new_schedule, repaced, restarted
+from airflow_batch.emulator.processing import archived_at, canceled, new_schedule, repaced, restarted, rfc3339
 from airflow_batch.emulator.responses import (
     Answerer,
     Behaviours,
@@ -168,13 +167,6 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
-
-
-def rfc3339(timestamp: float | None) -> str | None:
-    """Return an epoch time as RFC 3339 UTC with microseconds and ``Z``, as the API does."""
-    if timestamp is None or math.isinf(timestamp):
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from airflow_batch.emulator.processing import rfc3339
 from airflow_batch.media import FILE_FACTS, MediaFacts, measure
 
 
@@ -114,8 +115,6 @@ class FileStore:
 
 def metadata(record: dict[str, Any]) -> dict[str, Any]:
     """Return the API's ``FileMetadata`` object of a record."""
-    from airflow_batch.emulator.app import rfc3339
-
     return {
         "id": record["id"],
         "type": "file",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Literal
 
 ProcessingStatus = Literal["in_progress", "canceling", "ended"]
@@ -142,3 +143,10 @@ def canceled(schedule: Schedule, now: float, cancel_delay_seconds: float) -> Sch
         return schedule
     # At least a moment of ``canceling``, so the cancel response itself never says ``ended``.
     return replace(schedule, cancel_initiated_at=now, cancel_end=now + max(cancel_delay_seconds, 0.001))
+
+
+def rfc3339(timestamp: float | None) -> str | None:
+    """Return an epoch time as RFC 3339 UTC with microseconds and ``Z``, as the API does."""
+    if timestamp is None or math.isinf(timestamp):
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_batch import layout
 from airflow_batch.costs import sum_costs
 from airflow_batch.exceptions import FailureRateExceededError, IncompleteJobError
-from airflow_batch.gather.gathering import read_spec
+from airflow_batch.gather.gathering import read_rounds, read_spec
 from airflow_batch.gather.merging import merge_rows
 from airflow_batch.gather.publishing import publish
 from airflow_batch.gather.runs import job_runs, merge_runs
@@ -42,16 +42,6 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
 log = logging.getLogger(__name__)
-
-
-def read_rounds(job: ObjectStoragePath) -> list[RoundManifest]:
-    """Return the manifests of the job's gathered rounds, round 0 first."""
-    rounds: list[RoundManifest] = []
-    while True:
-        path = layout.round_manifest_path(job, len(rounds))
-        if not path.exists():
-            return rounds
-        rounds.append(read_json(path))
 
 
 def _parse_time(value: str | None) -> datetime | None:

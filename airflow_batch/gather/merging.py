@@ -22,8 +22,8 @@ from typing import IO, BinaryIO
 
 import msgspec
 
-from airflow_batch.gather.rows import CANCELED_BY_TIMEOUT
 from airflow_batch.memory import paused_gc
+from airflow_batch.rows.failures import CANCELED_BY_TIMEOUT
 
 #: Requests merged in memory at a time (~30 MB of rows); a 10 M job spills 200 partition files.
 PARTITION_ROWS = 50_000

@@ -29,13 +29,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_batch import layout
-from airflow_batch.exceptions import BatchesApiError, ResultsGoneError
+from airflow_batch.exceptions import BatchNotFoundError, ResultsGoneError
+from airflow_batch.gather.batch_parts import BatchGatherStats, chunk_inputs
+from airflow_batch.rows.failure_rows import missing_rows
+from airflow_batch.storage import atomic_writer, write_json
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_batch.api import BatchesApi
-    from airflow_batch.gather.gathering import BatchGatherStats, GatherConfig
+    from airflow_batch.gather.batch_parts import GatherConfig
 
 #: What a gather does with a batch whose results are gone: fail naming it, or land its
 #: requests as retryable failures for the next round.
@@ -72,9 +75,7 @@ def find_gone(
             continue
         try:
             batch = api.retrieve(batch_id)
-        except BatchesApiError as exc:
-            if exc.status_code != 404:
-                raise
+        except BatchNotFoundError:
             gone[batch_id] = GoneResults(DELETED, "the batch is no longer on the API (deleted)")
             continue
         if batch.archived_at is not None:
@@ -92,10 +93,6 @@ def land_gone(
     config: GatherConfig,
 ) -> BatchGatherStats:
     """Write the batch's requests as ``missing`` failure rows and an empty results part; return its stats."""
-    from airflow_batch.gather.gathering import BatchGatherStats, chunk_inputs
-    from airflow_batch.gather.rows import missing_rows
-    from airflow_batch.storage import atomic_writer, write_json
-
     batch_id = str(record["batch_id"])
     settings = config.block_settings(batch_id, round_number, chunk_inputs(job, round_number, record))
     rows = missing_rows(
@@ -126,8 +123,6 @@ def gone_error(
     gone: Mapping[str, GoneResults],
 ) -> ResultsGoneError:
     """Return the error naming each batch whose results are gone, why, and its requests."""
-    from airflow_batch.gather.gathering import chunk_inputs
-
     lines = []
     total = 0
     for record in records:

@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from airflow_batch import layout
-from airflow_batch.gather.rows import failure_row_decoder
+from airflow_batch.rows.contract import failure_row_decoder
 from airflow_batch.storage import as_path, atomic_writer, iter_jsonl_lines
 from airflow_batch.submit.records import Carried
 from airflow_batch.submit.shared_prompts import iter_sent_lines
@@ -62,7 +62,7 @@ def retryable_failures(path: Any) -> dict[str, msgspec.Raw | None]:
         return retry
     for line in iter_jsonl_lines(part):
         row = failure_row_decoder.decode(line)
-        if row.retryable:
+        if row.retryable and row.custom_id is not None:  # only an invalid input row lacks one
             paused = row.result_type == "paused" and isinstance(row.content, msgspec.Raw)
             retry[row.custom_id] = row.content if paused else None  # type: ignore[assignment]
     return retry

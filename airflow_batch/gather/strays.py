@@ -26,15 +26,15 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from airflow_batch.gather.batch_parts import write_rows
 from airflow_batch.submit.creating import CLOCK_SKEW, CREATE_WINDOW, batch_requests, created_utc
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
-from airflow_batch.wait.policy import batch_status
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_batch.api import BatchesApi
-    from airflow_batch.gather.gathering import GatherConfig
+    from airflow_batch.gather.batch_parts import GatherConfig
 
 #: Longest the sweep waits for a cancelled stray to reach ``ended`` before counting it.
 STRAY_END_SECONDS = 300.0
@@ -91,9 +91,8 @@ def sweep_strays(
         return []
     found = find_strays(api, ledger)
     for batch_id, chunk in found.items():
-        status = batch_status(api.retrieve(batch_id))
         action = "ended before it was found"
-        if status["processing_status"] != "ended":
+        if not api.retrieve(batch_id).ended:
             api.cancel(batch_id)
             action = "canceled"
         ledger.strays[batch_id] = {
@@ -126,10 +125,8 @@ def _price(
     api: BatchesApi, entry: dict[str, Any], batch_id: str, round_number: int, config: GatherConfig
 ) -> None:
     """Wait for a stray to end, then add its result counts and usage to ``entry``."""
-    from airflow_batch.gather.gathering import write_rows
-
     deadline = time.monotonic() + STRAY_END_SECONDS
-    while batch_status(api.retrieve(batch_id))["processing_status"] != "ended":
+    while not api.retrieve(batch_id).ended:
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"stray batch {batch_id} did not end within {STRAY_END_SECONDS:.0f} s of its cancel; "

@@ -13,6 +13,11 @@ properties, an array -> a list of its items, ``anyOf`` of one type and null -> t
 ``failures.parquet``: ``custom_id``, ``row``, the passthrough fields, ``result_type``,
 ``error_type``, ``message``, ``request_id``, ``retryable``, ``round``, ``batch_id``.
 
+The columns of a row's own fields take their names, types and nullability from the row
+contract (:mod:`airflow_batch.rows.contract`): a field it declares never null is a ``not null``
+column (a row read back that breaks it is written anyway, the column then nullable, with a
+warning naming the row).
+
 Whatever the job accepted is written: a column that cannot be typed holds the JSON text of its
 values (strings quoted, null as null) instead, and each such column is named with the reason in
 what :func:`write_tables` returns (the job manifest's ``json_text_columns``). That is a schema
@@ -43,6 +48,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 
 from airflow_batch.memory import paused_gc
+from airflow_batch.rows.contract import (
+    FAILURE_TAIL,
+    RESULT_HEAD,
+    RESULT_TAIL,
+    FailureRow,
+    ResultRow,
+    reserved_columns,
+    table_columns,
+)
 from airflow_batch.storage import as_path, atomic_writer, iter_jsonl_lines
 
 if TYPE_CHECKING:
@@ -53,17 +67,8 @@ log = logging.getLogger(__name__)
 
 ROW_GROUP = 20_000
 FORMATS = ("jsonl", "parquet")
-TOKEN_COLUMNS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_creation_1h_input_tokens",
-    "cache_read_input_tokens",
-)
-_RESULT_COLUMNS = {
-    "custom_id", "row", "text", "model", "stop_reason", "round", "batch_id", "reused_from", *TOKEN_COLUMNS,
-}  # fmt: skip
-_FAILURE_COLUMNS = ("result_type", "error_type", "message", "request_id", "retryable")
+#: The columns of a result row's own fields (the rest are passthrough fields and answer properties).
+_RESULT_COLUMNS = {column.name for column in table_columns(ResultRow, (*RESULT_HEAD, "text", *RESULT_TAIL))}
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
@@ -191,6 +196,7 @@ class _Column(NamedTuple):
     name: str
     kind: pa.DataType | None
     source: str | Callable[[dict[str, Any]], Any] = "row"
+    nullable: bool = True
 
 
 class _Writer:
@@ -198,13 +204,16 @@ class _Writer:
 
     A column whose values do not fit its type is turned into a JSON-text column and the file is
     written again from the start (``groups`` is called once per pass); :attr:`as_text` names
-    every JSON-text column with the reason.
+    every JSON-text column with the reason. A column the row contract says is never null that
+    holds a null is written again as nullable, with a warning naming the row: the table is
+    written after the spend, so a row that breaks the contract is reported, never fatal.
     """
 
     def __init__(self, path: ObjectStoragePath, columns: list[_Column], as_text: Mapping[str, str]) -> None:
         self.path = path
         self.columns = columns
         self.as_text = dict(as_text)
+        self.nulls: set[str] = set()  # required columns found holding a null
         self.schema: Any = None
 
     def write(self, groups: Callable[[], Iterable[list[dict[str, Any]]]]) -> dict[str, str]:
@@ -215,6 +224,10 @@ class _Writer:
             except _Demoted as demoted:
                 log.warning("%s: %s; its values are written as JSON text", self.path.name, demoted)
                 self.as_text[demoted.column] = demoted.reason
+                self.schema = None
+            except _NullInRequired as null:
+                log.warning("%s: %s; the column is written as nullable", self.path.name, null)
+                self.nulls.add(null.column)
                 self.schema = None
             else:
                 return self.as_text
@@ -231,7 +244,11 @@ class _Writer:
                     writer.write_table(table)
                 if writer is None:  # no rows: an empty table with the columns known up front
                     fields = [
-                        (column.name, pa.string() if self._text(column) else column.kind)
+                        pa.field(
+                            column.name,
+                            pa.string() if self._text(column) else column.kind,
+                            nullable=self._nullable(column),
+                        )
                         for column in self.columns
                     ]
                     writer = pa.parquet.ParquetWriter(out, pa.schema(fields))
@@ -241,6 +258,9 @@ class _Writer:
 
     def _text(self, column: _Column) -> bool:
         return column.kind is None or column.name in self.as_text
+
+    def _nullable(self, column: _Column) -> bool:
+        return column.nullable or column.name in self.nulls
 
     def _table(self, rows: list[dict[str, Any]], pa: Any) -> Any:
         outputs = self._typed_outputs(rows, pa)
@@ -256,7 +276,14 @@ class _Writer:
                 get, name = _SOURCES[source], column.name
                 values = [get(row, name) for row in rows]
             columns[column.name] = self._array(column, values, rows, pa)
-        table = pa.table(columns)
+        fields = []
+        for column in self.columns:
+            array = columns[column.name]
+            nullable = self._nullable(column)
+            if not nullable and array.null_count:
+                raise _NullInRequired(column.name, rows[array.is_null().index(True).as_py()].get("row"))
+            fields.append(pa.field(column.name, array.type, nullable=nullable))
+        table = pa.Table.from_arrays(list(columns.values()), schema=pa.schema(fields))
         if self.schema is None:
             self.schema = table.schema
         return table
@@ -296,6 +323,14 @@ class _Writer:
         return array
 
 
+class _NullInRequired(Exception):
+    """A null in a column the row contract declares never null: written again as nullable."""
+
+    def __init__(self, column: str, row: Any) -> None:
+        super().__init__(f"column {column!r} is never null by the row contract, but row {row} holds a null")
+        self.column = column
+
+
 _ARROW_ERRORS: tuple[type[BaseException], ...] = (TypeError, ValueError, OverflowError, UnicodeError)
 """What pyarrow raises for a value that does not fit a type (ArrowInvalid and ArrowTypeError
 are ValueError and TypeError subclasses)."""
@@ -330,6 +365,10 @@ def _reused_label(row: Mapping[str, Any]) -> str | None:
     return "canary" if source.get("canary") else source.get("batch_id")
 
 
+#: Columns whose value is derived from the row rather than read from a field of the same name.
+_DERIVED: dict[str, Callable[[dict[str, Any]], Any]] = {"reused_from": _reused_label}
+
+
 def _groups(path: ObjectStoragePath) -> Iterator[list[dict[str, Any]]]:
     """Yield the rows of a JSONL file a row group at a time.
 
@@ -352,7 +391,7 @@ def column_clashes(passthrough: Sequence[str], properties: Iterable[str] = ()) -
     twice would make one of them vanish. Checked when the DAG is parsed (the submit operator) and
     again when the tables are written.
     """
-    reserved = _RESULT_COLUMNS | set(_FAILURE_COLUMNS)
+    reserved = reserved_columns()
     clash = sorted(set(passthrough) & reserved)
     if clash:
         return (
@@ -367,6 +406,15 @@ def column_clashes(passthrough: Sequence[str], properties: Iterable[str] = ()) -
             f"({', '.join(sorted(_RESULT_COLUMNS | set(passthrough)))}); rename them in the schema"
         )
     return None
+
+
+def _columns(pa: Any, struct: type[msgspec.Struct], names: tuple[str, ...]) -> list[_Column]:
+    """Return the table columns of row fields, typed by the row contract."""
+    arrow = {str: pa.string(), int: pa.int64(), bool: pa.bool_()}
+    return [
+        _Column(column.name, arrow[column.kind], _DERIVED.get(column.name, column.source), column.nullable)
+        for column in table_columns(struct, names)
+    ]
 
 
 def write_tables(
@@ -387,7 +435,7 @@ def write_tables(
     clash = column_clashes(passthrough, properties)
     if clash:
         raise ValueError(clash)
-    body: list[_Column] = [_Column("text", pa.string())]
+    body = _columns(pa, ResultRow, ("text",))
     as_text: dict[str, str] = {}
     if output_schema is not None:
         definitions = {**output_schema.get("definitions", {}), **output_schema.get("$defs", {})}
@@ -397,32 +445,17 @@ def write_tables(
             if reason is not None:
                 as_text[name] = f"the schema states no single type: {reason}"
     head = [
-        _Column("custom_id", pa.string()),
-        _Column("row", pa.int64()),
+        *_columns(pa, ResultRow, RESULT_HEAD),
         *[_Column(name, None, "input") for name in passthrough],
     ]
-    tail = [
-        _Column("model", pa.string()),
-        _Column("stop_reason", pa.string()),
-        *[_Column(name, pa.int64(), "usage") for name in TOKEN_COLUMNS],
-        _Column("round", pa.int64()),
-        _Column("batch_id", pa.string()),
-        _Column("reused_from", pa.string(), _reused_label),
-    ]
     failure_columns = [
-        *head,
-        _Column("result_type", pa.string()),
-        _Column("error_type", pa.string()),
-        _Column("message", pa.string()),
-        _Column("request_id", pa.string()),
-        _Column("retryable", pa.bool_()),
-        _Column("round", pa.int64()),
-        _Column("batch_id", pa.string()),
+        *_columns(pa, FailureRow, RESULT_HEAD),
+        *[_Column(name, None, "input") for name in passthrough],
+        *_columns(pa, FailureRow, FAILURE_TAIL),
     ]
+    result_columns = [*head, *body, *_columns(pa, ResultRow, RESULT_TAIL)]
     written = {
-        "results": _Writer(results_parquet, head + body + tail, as_text).write(
-            lambda: _groups(results_jsonl)
-        ),
+        "results": _Writer(results_parquet, result_columns, as_text).write(lambda: _groups(results_jsonl)),
         "failures": _Writer(failures_parquet, failure_columns, {}).write(lambda: _groups(failures_jsonl)),
     }
     return {table: columns for table, columns in written.items() if columns}

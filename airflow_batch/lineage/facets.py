@@ -248,7 +248,7 @@ def finalized_lineage(manifest: Mapping[str, Any], table: PriceTable) -> Operato
     """Return the lineage of a finalize: every round's parts in, the job's final files out."""
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    from airflow_batch.gather.finalizing import read_rounds
+    from airflow_batch.gather.gathering import read_rounds
     from airflow_batch.storage import as_path
 
     rounds = read_rounds(as_path(str(manifest["job_dir"])))

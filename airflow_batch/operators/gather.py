@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from airflow_batch.gather.rows import DEFAULT_RETRYABLE
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import JobIdentity, RoundManifest
+from airflow_batch.rows.failures import DEFAULT_RETRYABLE
 from airflow_batch.spec.parameters import documented, parameters_of
 
 if TYPE_CHECKING:

@@ -406,7 +406,7 @@ _GATHER = [
     _p("retryable_error_types", "Iterable[str] | None", None, "job gather",
         """Failure kinds to classify as retryable: error types such as ``overloaded_error`` plus
         ``expired``, ``missing``, ``canceled_by_timeout`` and ``canceled``. Default:
-        ``airflow_batch.gather.rows.DEFAULT_RETRYABLE``.""",
+        ``airflow_batch.rows.failures.DEFAULT_RETRYABLE``.""",
         see="failures.md",
     ),
     _p("delete_batches", "str | None", None, "job gather",

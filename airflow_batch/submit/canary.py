@@ -5,7 +5,7 @@ A batch can take hours to come back; a wrong prompt or schema should fail in a m
 input always gives the same canary; requests answered from the answer store are not among them,
 and a store hit found unusable after the pass fills a place left over),
 sends each through the Messages API (``POST /v1/messages``, through the job's one retry policy),
-and judges each answer exactly as gather judges a batch's (:func:`airflow_batch.gather.rows.answer_row`:
+and judges each answer exactly as gather judges a batch's (:func:`airflow_batch.rows.gathered.answer_row`:
 schema-valid ``output`` with an output schema, no refusal or paused turn) and, beyond that, refuses
 an answer cut at ``max_tokens`` or, without a schema, one with no text. When more than
 ``max_failure_rate`` of them are unusable the submit fails with :class:`CanaryFailedError`,
@@ -37,17 +37,12 @@ import msgspec
 
 from airflow_batch.costs import PriceTable, usage_key
 from airflow_batch.exceptions import BatchesApiError, CanaryFailedError
-from airflow_batch.gather.rows import (
-    BlockSettings,
-    FailureRow,
-    ResultRow,
-    answer_row,
-    line_with_content_decoder,
-    row_encoder,
-    stored_answer,
-)
 from airflow_batch.manifest import CanaryRecord, CostEstimate, CostFigures, Usage, empty_usage, sum_usages
 from airflow_batch.params import loads
+from airflow_batch.rows.block import BlockSettings
+from airflow_batch.rows.contract import FailureRow, ResultRow, row_encoder, stored_answer, to_usage
+from airflow_batch.rows.gathered import answer_row
+from airflow_batch.rows.lines import LineUsage, line_with_content_decoder
 
 if TYPE_CHECKING:
     from airflow_batch.api import BatchesApi
@@ -324,8 +319,6 @@ def canary_source(answer: CanaryAnswer, job: str, round_number: int, written_at:
 
 
 def _usage(message: Mapping[str, Any]) -> Usage:
-    from airflow_batch.gather.rows import LineUsage, to_usage
-
     try:
         line_usage = msgspec.convert(message.get("usage") or {}, LineUsage)
     except msgspec.ValidationError:

@@ -30,6 +30,7 @@ import msgspec
 from airflow_batch.layout import INVALID_INPUT_FILE
 from airflow_batch.memory import paused_gc
 from airflow_batch.params import decode_plain, loads
+from airflow_batch.rows.contract import invalid_input_row
 from airflow_batch.submit.chunk_files import (
     ENVELOPE,
     WRITE_BUFFER,
@@ -84,18 +85,9 @@ class PreparedRound:
         return self.report.total
 
 
-def _invalid_row(problem: Problem, round_number: int) -> dict[str, Any]:
-    return {
-        "custom_id": problem.custom_id,
-        "batch_id": None,
-        "round": round_number,
-        "result_type": "invalid_input",
-        "error_type": "invalid_input",
-        "message": f"{problem.label} {problem.row}: {problem.rule}",
-        "request_id": None,
-        "retryable": False,
-        "row": problem.row,
-    }
+def _invalid_row(problem: Problem, round_number: int) -> bytes:
+    message = f"{problem.label} {problem.row}: {problem.rule}"
+    return invalid_input_row(problem.custom_id, problem.row, round_number, message)
 
 
 def prepare_chunks(
@@ -320,7 +312,7 @@ def prepare_chunks(
                     if skip_invalid or gone:
                         if invalid_out is None:
                             invalid_out = (staging / INVALID_INPUT_FILE).open("wb")
-                        invalid_out.write(encode(_invalid_row(problem, round_number)) + b"\n")
+                        invalid_out.write(_invalid_row(problem, round_number) + b"\n")
                     continue
                 add_id(request["custom_id"])
                 add_id_row(row)

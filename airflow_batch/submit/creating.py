@@ -29,7 +29,7 @@ from airflow_batch.submit.shared_prompts import load_shared
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_batch.api import BatchesApi
+    from airflow_batch.api import BatchesApi, BatchStatus
     from airflow_batch.submit.round import SubmitSettings
 
 #: How far the API's clock may be from the worker's when matching an orphan batch to an intent.
@@ -51,16 +51,15 @@ INTENT_POLL_SECONDS = 2.0
 FENCE_RETRIES = 5
 
 
-def created_utc(batch: Any) -> datetime:
-    """Return when a listed batch was created, as an aware UTC time."""
-    created: datetime = batch.created_at
+def created_utc(batch: BatchStatus) -> datetime:
+    """Return when a listed batch was created, as an aware UTC time (the epoch if the API said not)."""
+    created = batch.created_at or datetime.fromtimestamp(0, UTC)
     return created if created.tzinfo else created.replace(tzinfo=UTC)
 
 
-def batch_requests(batch: Any) -> int:
+def batch_requests(batch: BatchStatus) -> int:
     """Return how many requests a listed batch holds (its counts always sum to them)."""
-    counts = batch.request_counts
-    return int(counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired)
+    return batch.request_counts.total
 
 
 class CreatesStopped(Exception):
@@ -361,10 +360,8 @@ def _relearn(ledger: Ledger) -> bool:
 
 def _queued_now(api: BatchesApi, ledger: Ledger) -> int:
     """Return the requests of the round's created batches not ended yet (one retrieve each)."""
-    from airflow_batch.wait.policy import batch_status
-
     batch_ids = [entry["batch_id"] for entry in ledger.batches.values()]
-    statuses = {batch_id: batch_status(api.retrieve(batch_id)) for batch_id in batch_ids}
+    statuses = {batch_id: api.retrieve(batch_id).record() for batch_id in batch_ids}
     return queued_requests(statuses)
 
 

@@ -49,8 +49,8 @@ from airflow_batch.exceptions import (
     InputChangedError,
     InvalidRequestsError,
 )
-from airflow_batch.gather.rows import ReuseCheck
 from airflow_batch.manifest import CostEstimate, JobIdentity, RoundManifest
+from airflow_batch.reuse.check import ReuseCheck
 from airflow_batch.reuse.fingerprint import answer_scope
 from airflow_batch.reuse.store import load_index
 from airflow_batch.storage import as_path, write_json

@@ -13,7 +13,7 @@ valid request, in input order, the chunking pass gives it the request's fingerpr
 Once the whole input is known to be valid, :meth:`Routing.finish` runs the canary (the callback
 given; it may refuse the round), gives the unusable canary requests back to the chunks, writes
 the rows of the reused and canary-answered requests to the staged ``reused.jsonl`` (store hits
-resolved one shard at a time: :func:`airflow_batch.reuse.store.resolve_hits`, each stored answer
+resolved one shard at a time: :func:`airflow_batch.reuse.hits.resolve_hits`, each stored answer
 judged as a fresh one would be; a hit the store cannot answer is sent), and stores the canary's
 usable answers in the answer store. Nothing here calls the API itself.
 """
@@ -28,17 +28,12 @@ from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_batch import layout
-from airflow_batch.gather.rows import ReuseCheck
 from airflow_batch.params import loads
+from airflow_batch.reuse.check import ReuseCheck
 from airflow_batch.reuse.fingerprint import FINGERPRINT_CHARS, Fingerprints, canonical_params, sha256
-from airflow_batch.reuse.store import (
-    AnswerIndex,
-    HitSpill,
-    SegmentWriter,
-    answered_row,
-    resolve_hits,
-    spilled_request,
-)
+from airflow_batch.reuse.hits import HitSpill, resolve_hits, spilled_request
+from airflow_batch.reuse.store import AnswerIndex, SegmentWriter
+from airflow_batch.rows.contract import answered_row
 from airflow_batch.submit.canary import (
     CanaryOutcome,
     HeldRequest,

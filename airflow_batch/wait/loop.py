@@ -35,7 +35,6 @@ from airflow_batch.wait.policy import (
     CallOutcome,
     Decision,
     WaitState,
-    batch_status,
     list_page_budget,
     statuses_in_page,
 )
@@ -141,7 +140,7 @@ async def call_each(
     async def one(batch_id: str) -> None:
         async with slots:
             try:
-                outcome.statuses[batch_id] = batch_status(await call(batch_id))
+                outcome.statuses[batch_id] = (await call(batch_id)).record()
             except BatchesApiError as exc:
                 (outcome.transient if exc.transient else outcome.permanent)[batch_id] = str(exc)
 
@@ -166,8 +165,8 @@ async def read_statuses(api: AsyncBatchesApi, pending: Sequence[str], *, round_b
                     )
                 return outcome
             outcome.statuses.update(statuses_in_page(page, wanted))
-            after = page.get("last_id")
-            if wanted <= outcome.statuses.keys() or not page.get("has_more") or not after:
+            after = page.last_id
+            if wanted <= outcome.statuses.keys() or not page.has_more or not after:
                 break
     unseen = [batch_id for batch_id in pending if batch_id not in outcome.statuses]
     return await call_each(api.retrieve, unseen, outcome)

@@ -23,10 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_batch.manifest import BatchStatus, RequestCounts
 from airflow_batch.wait.progress import Progress, eta_text, log_key, progress_line, summarize
+
+if TYPE_CHECKING:
+    from airflow_batch.api.status import BatchPage
 
 ENDED = "ended"
 TIMEOUT_POLICIES = ("cancel", "leave")
@@ -47,48 +50,26 @@ EXPIRY_WARNING_SECONDS = 3 * 3600.0
 IDS_IN_MESSAGES = 5
 
 
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
-def batch_status(batch: Any) -> BatchStatus:
-    """Return the plain :class:`BatchStatus` of an SDK ``MessageBatch`` or of its JSON object."""
-    if isinstance(batch, Mapping):
-        counts = batch["request_counts"]
-        return BatchStatus(
-            processing_status=str(batch["processing_status"]),
-            request_counts=RequestCounts(
-                processing=int(counts.get("processing", 0)),
-                succeeded=int(counts.get("succeeded", 0)),
-                errored=int(counts.get("errored", 0)),
-                canceled=int(counts.get("canceled", 0)),
-                expired=int(counts.get("expired", 0)),
-            ),
-            expires_at=_iso(batch.get("expires_at")),
-            ended_at=_iso(batch.get("ended_at")),
-        )
-    counts = batch.request_counts
+def status_record(record: Mapping[str, Any]) -> BatchStatus:
+    """Return a batch's state read back from a trigger's kwargs, checked (a stranger may have written it)."""
+    counts = record["request_counts"]
     return BatchStatus(
-        processing_status=str(batch.processing_status),
+        processing_status=str(record["processing_status"]),
         request_counts=RequestCounts(
-            processing=int(counts.processing),
-            succeeded=int(counts.succeeded),
-            errored=int(counts.errored),
-            canceled=int(counts.canceled),
-            expired=int(counts.expired),
+            processing=int(counts.get("processing", 0)),
+            succeeded=int(counts.get("succeeded", 0)),
+            errored=int(counts.get("errored", 0)),
+            canceled=int(counts.get("canceled", 0)),
+            expired=int(counts.get("expired", 0)),
         ),
-        expires_at=_iso(batch.expires_at),
-        ended_at=_iso(batch.ended_at),
+        expires_at=None if record.get("expires_at") is None else str(record["expires_at"]),
+        ended_at=None if record.get("ended_at") is None else str(record["ended_at"]),
     )
 
 
-def statuses_in_page(page: Mapping[str, Any], wanted: set[str]) -> dict[str, BatchStatus]:
-    """Return the statuses of the ``wanted`` batches found in one decoded list page."""
-    return {str(item["id"]): batch_status(item) for item in page.get("data", ()) if item.get("id") in wanted}
+def statuses_in_page(page: BatchPage, wanted: set[str]) -> dict[str, BatchStatus]:
+    """Return the statuses of the ``wanted`` batches found in one list page."""
+    return {batch.id: batch.record() for batch in page.data if batch.id in wanted}
 
 
 def list_page_budget(round_batches: int, page_size: int) -> int:
@@ -257,7 +238,7 @@ class WaitState:
         cls, *, ended: Mapping[str, Mapping[str, Any]] | None = None, **settings: Any
     ) -> WaitState:
         """Return the state :meth:`to_kwargs` described (what a trigger is rebuilt from)."""
-        statuses = {batch_id: batch_status(status) for batch_id, status in (ended or {}).items()}
+        statuses = {batch_id: status_record(status) for batch_id, status in (ended or {}).items()}
         state = cls(statuses=statuses, **settings)
         state.poll_interval = validate_poll_interval(state.poll_interval)
         validate_timeout_policy(state.timeout_policy)

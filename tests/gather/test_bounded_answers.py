@@ -15,7 +15,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from airflow_batch.gather.rows import BlockSettings, block_rows
+from airflow_batch.rows.block import BlockSettings
+from airflow_batch.rows.gathered import block_rows
 from airflow_batch.schema import SchemaError, job_schema
 
 BOUND_SECONDS = 5.0

@@ -27,9 +27,16 @@ from hypothesis import strategies as st
 
 from airflow_batch.emulator.schema_instance import schema_instance
 from airflow_batch.gather.finalizing import finalize_job
-from airflow_batch.gather.rows import FailureRow, ResultRow, RowUsage, row_encoder, stored_answer
 from airflow_batch.gather.tables import arrow_type
-from airflow_batch.reuse.store import answered_row, reused_row
+from airflow_batch.rows.contract import (
+    FailureRow,
+    ResultRow,
+    RowUsage,
+    answered_row,
+    reused_row,
+    row_encoder,
+    stored_answer,
+)
 from airflow_batch.schema import SchemaError, job_schema
 from airflow_batch.submit.chunk_files import inputs_line
 from airflow_batch.submit.chunking import _invalid_row
@@ -160,7 +167,7 @@ def jobs(draw: st.DrawFn) -> tuple[dict[str, Any], list[bytes], list[bytes], lis
             )
         elif origin in ("invalid", "invalid-no-id"):
             problem = Problem(row, custom_id if origin == "invalid" else None, "custom_id is missing")
-            invalid.append(row_encoder.encode(_invalid_row(problem, 0)))
+            invalid.append(_invalid_row(problem, 0))
         else:
             failure = FailureRow(
                 custom_id, row, "msgbatch_1", 0, "errored", "overloaded_error", "Overloaded", "req_1", True,

@@ -9,14 +9,9 @@ import msgspec
 import pytest
 
 from airflow_batch.gather.gathering import write_rows
-from airflow_batch.gather.rows import (
-    DEFAULT_RETRYABLE,
-    SLICE_BYTES,
-    BlockSettings,
-    InputMeta,
-    block_rows,
-    classify_failure,
-)
+from airflow_batch.rows.block import BlockSettings, InputMeta
+from airflow_batch.rows.failures import DEFAULT_RETRYABLE, classify_failure
+from airflow_batch.rows.gathered import SLICE_BYTES, block_rows
 from airflow_batch.schema import job_schema
 
 SUCCEEDED = (

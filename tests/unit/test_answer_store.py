@@ -11,10 +11,11 @@ import msgspec
 import pytest
 
 from airflow_batch import layout
-from airflow_batch.gather.rows import ReuseCheck
 from airflow_batch.params import convert_request, decode_line
+from airflow_batch.reuse.check import ReuseCheck
 from airflow_batch.reuse.fingerprint import Fingerprints, fingerprint_key
-from airflow_batch.reuse.store import SHARDS, HitSpill, SegmentWriter, load_index, read_segment, resolve_hits
+from airflow_batch.reuse.hits import HitSpill, resolve_hits
+from airflow_batch.reuse.store import SHARDS, SegmentWriter, load_index, read_segment
 from airflow_batch.storage import as_path
 from airflow_batch.submit.chunking import prepare_chunks
 from airflow_batch.submit.routing import Routing

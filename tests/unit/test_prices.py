@@ -134,7 +134,7 @@ def test_a_request_is_long_prompt_by_all_its_input_cache_reads_and_writes_includ
     """The gather sums a Haiku 5.5 answer of 60,000 input + 30,000 cache read + 20,000 write
     under the long-prompt key: 110,000 prompt tokens, above the threshold."""
     from airflow_batch.gather.gathering import GatherConfig
-    from airflow_batch.gather.rows import block_rows
+    from airflow_batch.rows.gathered import block_rows
 
     def line(custom_id: str, input_tokens: int, read: int, write: int) -> bytes:
         message = {

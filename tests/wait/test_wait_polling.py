@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
+from airflow_batch.api.status import decode_page
 from airflow_batch.manifest import BatchStatus, RequestCounts
 from airflow_batch.wait import events, policy
 from airflow_batch.wait import progress as wait_progress
@@ -239,14 +241,28 @@ def test_manifest_without_batches_is_refused_with_the_fix() -> None:
 
 
 def test_list_page_yields_only_the_wanted_batches_and_budget_grows_with_the_round() -> None:
-    page = {
-        "data": [
-            {"id": "a", "processing_status": "ended", "request_counts": {"succeeded": 2}, "expires_at": None},
-            {"id": "other-job", "processing_status": "in_progress", "request_counts": {"processing": 9}},
-            {"id": "b", "processing_status": "canceling", "request_counts": {"processing": 1}},
-        ],
-        "has_more": False,
-    }
+    page = decode_page(
+        msgspec.json.encode(
+            {
+                "data": [
+                    {
+                        "id": "a",
+                        "processing_status": "ended",
+                        "request_counts": {"succeeded": 2},
+                        "expires_at": None,
+                    },
+                    {
+                        "id": "other-job",
+                        "processing_status": "in_progress",
+                        "request_counts": {"processing": 9},
+                    },
+                    {"id": "b", "processing_status": "canceling", "request_counts": {"processing": 1}},
+                ],
+                "has_more": False,
+            }
+        ),
+        "list batches",
+    )
     found = policy.statuses_in_page(page, {"a", "b", "c"})
     assert set(found) == {"a", "b"}
     assert found["a"]["request_counts"] == {

@@ -1,0 +1,76 @@
+"""How the result lines of one batch become rows: the settings of a batch, and what a block gives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from airflow_batch.rows.contract import ResultRow
+from airflow_batch.rows.failures import DEFAULT_RETRYABLE
+
+if TYPE_CHECKING:
+    from airflow_batch.manifest import Usage
+    from airflow_batch.schema import Validator
+
+
+class InputMeta(msgspec.Struct, gc=False):
+    """What submit recorded of a request (a line of its chunk's inputs twin): its input row, its
+    passthrough fields (raw JSON) and, with an answer store, its fingerprint.
+
+    Decoded straight from the twin and kept as is: a gather looks one up per row."""
+
+    custom_id: str = ""
+    row: int | None = None
+    # Not ``Raw | None``: msgspec 0.22 decodes that union as null only. No passthrough fields
+    # is an empty (falsy) Raw.
+    input: msgspec.Raw = msgspec.Raw()
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class BlockSettings:
+    """How the lines of one batch become rows; the same for every block of the batch.
+
+    :param inputs: ``custom_id -> (input row, passthrough fields)`` of the batch's requests.
+    :param validator: the job's compiled output schema, when it has one.
+    :param long_prompt_above: ``model -> input tokens above which it is priced at its
+        long-prompt tier`` (None: no tier).
+    :param residency_geos: ``inference_geo`` values priced with the data-residency multiplier.
+    :param keep_rows: keep the result row objects in :attr:`BlockRows.result_rows` (answer store).
+    """
+
+    batch_id: str
+    round_number: int
+    canceled_by_timeout: bool = False
+    include_content: bool = False
+    retryable_types: frozenset[str] = DEFAULT_RETRYABLE
+    inputs: Mapping[str, InputMeta] = field(default_factory=dict)
+    validator: Validator | None = None
+    long_prompt_above: Callable[[str], int | None] = lambda model: None
+    residency_geos: frozenset[str] = frozenset()
+    keep_rows: bool = False
+
+
+@dataclass
+class BlockRows:
+    """The rows of a block of result lines, encoded as JSONL, with their counts and usage."""
+
+    results: bytes = b""
+    failures: bytes = b""
+    result_counts: dict[str, int] = field(default_factory=dict)
+    error_types: dict[str, int] = field(default_factory=dict)
+    retryable: int = 0
+    usage_by_model: dict[str, Usage] = field(default_factory=dict)
+    #: Per model: rows by result type, and the retryable failures by type. ``""``: a failure whose
+    #: result names no model (errored, expired, canceled, missing).
+    counts_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    retryable_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: The result rows themselves, for the answer store (kept only when asked: ``keep_rows``).
+    result_rows: list[ResultRow] = field(default_factory=list)
+
+
+#: The meta of a request submit recorded nothing of (a line whose custom_id is not the batch's).
+NO_META = InputMeta()
