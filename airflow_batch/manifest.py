@@ -12,10 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
-
-if TYPE_CHECKING:
-    from airflow_batch.hooks.batches import BatchesHook
+from typing import Any, Literal, TypedDict
 
 MANIFEST_VERSION = 1
 
@@ -331,12 +328,6 @@ class JobIdentity:
     def from_json(cls, data: Mapping[str, Any]) -> JobIdentity:
         """Return the identity :meth:`to_json` wrote."""
         return cls(str(data["conn_id"]), tuple(data.get("betas") or ()), data.get("workspace_id"))
-
-    def hook(self) -> BatchesHook:
-        """Return the hook every call of the job goes through (its connection, betas and workspace)."""
-        from airflow_batch.hooks.batches import BatchesHook
-
-        return BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
 
 
 def job_conn_id(manifest: Mapping[str, Any], conn_id: str | None, task_id: str) -> str:

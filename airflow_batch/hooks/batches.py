@@ -25,6 +25,8 @@ from airflow_batch.settings import api_retry_policy
 if TYPE_CHECKING:
     import anthropic
 
+    from airflow_batch.manifest import JobIdentity
+
 
 class BatchesHook(AnthropicHook):
     """The Message Batches clients of one job, for the ``anthropic`` connection ``conn_id``.
@@ -51,6 +53,11 @@ class BatchesHook(AnthropicHook):
         self.betas = tuple(betas)
         self.workspace_id = workspace_id
         self.retry_policy = retry_policy or api_retry_policy()
+
+    @classmethod
+    def of(cls, identity: JobIdentity) -> BatchesHook:
+        """Return the hook every call of a job goes through (its connection, betas and workspace)."""
+        return cls(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
 
     def _check_platform(self) -> None:
         if self.platform not in FIRST_PARTY_PLATFORMS:

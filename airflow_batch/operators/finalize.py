@@ -145,7 +145,9 @@ class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
         from airflow_batch.submit.documents import delete_uploads
 
         identity = JobIdentity.of(self.manifest, None, self.task_id)
-        with identity.hook().batches_api() as api:
+        from airflow_batch.hooks.batches import BatchesHook
+
+        with BatchesHook.of(identity).batches_api() as api:
             delete_uploads(api, job, self.log)  # type: ignore[arg-type]
 
 

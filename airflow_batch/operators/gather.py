@@ -95,7 +95,9 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
             delete_batches=self.delete_batches,
             on_results_gone=self.on_results_gone,
         )
-        with identity.hook().batches_api() as api:
+        from airflow_batch.hooks.batches import BatchesHook
+
+        with BatchesHook.of(identity).batches_api() as api:
             out = gather_round(
                 api,
                 manifest,

@@ -115,7 +115,9 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
             retryable,
             previous["round"],
         )
-        with identity.hook().batches_api() as api:
+        from airflow_batch.hooks.batches import BatchesHook
+
+        with BatchesHook.of(identity).batches_api() as api:
             try:
                 return submit_round(
                     api,

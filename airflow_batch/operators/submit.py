@@ -376,7 +376,9 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         source = self.records if self.records is not None else self.requests
         job = self.job_dir(context)
         recorded = LedgerStore(job, 0, context.get("task_state_store")).load()
-        with identity.hook().batches_api() as api, ExitStack() as scope:
+        from airflow_batch.hooks.batches import BatchesHook
+
+        with BatchesHook.of(identity).batches_api() as api, ExitStack() as scope:
             write_job_spec(job, spec, bound=recorded is not None and recorded.binding, log=self.log)  # type: ignore[arg-type]
             write_json(layout.job_spec_path(job), spec.job_file())
             rows: Iterable[Any] = self.input_rows()

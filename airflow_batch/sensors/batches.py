@@ -250,7 +250,9 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         config = gather_config(job, **self.gather_settings)
         started = time.monotonic()
         rows = 0
-        with identity.hook().batches_api() as api:
+        from airflow_batch.hooks.batches import BatchesHook
+
+        with BatchesHook.of(identity).batches_api() as api:
             # Results the API no longer holds are left to the gather, whose on_results_gone decides.
             gone = find_gone(api, job, round_number, [records[batch_id] for batch_id in landing["to_land"]])
             for batch_id in landing["to_land"]:

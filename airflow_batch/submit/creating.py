@@ -181,7 +181,9 @@ def create_wave(
 ) -> RoundManifest:
     """Create the round's next wave with a client of the job's connection: the one path of the
     task's resume and the queue trigger (QueueWaitNeeded while more chunks wait)."""
-    with identity.hook().batches_api() as api:
+    from airflow_batch.hooks.batches import BatchesHook
+
+    with BatchesHook.of(identity).batches_api() as api:
         return continue_round(
             api,
             job=job,

@@ -124,7 +124,9 @@ async def connect(identity: JobIdentity) -> AsyncBatchesApi:
 
     def hook() -> Any:
         import_without_collections(HOOK_MODULE, *FIRST_REQUEST_IMPORTS)
-        return identity.hook()
+        from airflow_batch.hooks.batches import BatchesHook
+
+        return BatchesHook.of(identity)
 
     batches_hook = await asyncio.to_thread(hook)
     api: AsyncBatchesApi = await batches_hook.async_batches_api()

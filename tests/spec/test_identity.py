@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from airflow_batch.hooks.batches import BatchesHook
 from airflow_batch.manifest import JobIdentity
 from airflow_batch.submit.queue import QueueWait
 from airflow_batch.triggers.batches import BatchesTrigger
@@ -43,6 +44,6 @@ def test_both_triggers_carry_the_identity_as_it_serializes_and_restore_it() -> N
 
 
 def test_the_hook_is_built_from_the_identity() -> None:
-    hook = IDENTITY.hook()
+    hook = BatchesHook.of(IDENTITY)
     assert hook.conn_id == "anthropic_default"
     assert list(hook.betas) == ["files-api-2025-04-14"] and hook.workspace_id == "wrkspc_1"
