@@ -224,3 +224,29 @@ class LedgerFencedOutError(AirflowBatchError):
     Raised by a copy of the queue trigger whose triggerer stalled and lost it to another, or by
     a task's old process beside its retry. It creates nothing more; the other writer goes on.
     """
+
+
+class JobFileError(AirflowBatchError):
+    """A file of a job folder could not be used; ``path`` names it and the message says what to do.
+
+    Raised by :class:`airflow_batch.folder.JobFolder`, as one of the three kinds below.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (partial(type(self), path=self.path), (str(self),))
+
+
+class JobFileMissingError(JobFileError, FileNotFoundError):
+    """The file is not in the job folder (not written yet, or deleted)."""
+
+
+class JobFileUnreadableError(JobFileError, OSError):
+    """The store would not give the file (I/O error, permissions, an unreachable store)."""
+
+
+class JobFileDamagedError(JobFileError, ValueError):
+    """The file is there but not what it should be: not JSON, another shape, an unknown version."""
