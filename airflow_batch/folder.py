@@ -219,6 +219,10 @@ class JobFolder:
         """Return whether a chunk's prepared-requests file is in the round folder."""
         return bool(self.chunk_path(round_number, chunk).exists())
 
+    def has_refusal(self, round_number: int) -> bool:
+        """Return whether the round was refused before any spend (it has a refusal record)."""
+        return bool(self.refusal_path(round_number).exists())
+
     def is_landed(self, round_number: int, batch_id: str) -> bool:
         """Return whether a batch's rows are landed (its stats sidecar exists)."""
         return bool(self.batch_stats_path(round_number, batch_id).exists())
@@ -378,6 +382,15 @@ class JobFolder:
         sidecars = sorted(folder.glob("*.stats.json")) if folder.exists() else []
         return [self._stats_at(sidecar) for sidecar in sidecars]
 
+    def remove_part_leftovers(self, round_number: int, batch_id: str) -> None:
+        """Delete the temporary files an interrupted write of a batch's parts left behind."""
+        for path in (self.results_part(round_number, batch_id), self.failures_part(round_number, batch_id)):
+            if not path.parent.exists():
+                continue
+            for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+                with contextlib.suppress(Exception):
+                    leftover.unlink()
+
     @contextlib.contextmanager
     def part_writers(self, round_number: int, batch_id: str) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
         """Yield (results, failures) part files of a batch that appear only if the block completes."""
@@ -387,7 +400,30 @@ class JobFolder:
         ):
             yield results, failures
 
+    # -- answer store receipts ----------------------------------------------------------------
+
+    def write_answer_receipt(self, segment: str, digest: str) -> None:
+        """Keep the receipt of an answer store segment this job wrote: its SHA-256 (hex)."""
+        with atomic_writer(self.answer_receipt_path(segment)) as out:
+            out.write(digest.encode())
+
+    def read_answer_receipt(self, segment: str) -> str | None:
+        """Return the digest this job vouches for a segment with, or None when it vouches for none.
+
+        A store is shared: a receipt that cannot be read vouches for nothing, whatever the reason.
+        """
+        try:
+            return str(self.answer_receipt_path(segment).read_bytes().strip().decode())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+
     # -- what finalize writes -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def final_writers(self) -> Iterator[tuple[IO[bytes], IO[bytes]]]:
+        """Yield the merged (results, failures) files, which appear only if the block completes."""
+        with atomic_writer(self.results_path) as results, atomic_writer(self.failures_path) as failures:
+            yield results, failures
 
     def read_job_manifest(self) -> JobManifest:
         """Return the job manifest finalize wrote."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from airflow_batch import layout
+from airflow_batch.folder import JobFolder
 from airflow_batch.gather.rows import failure_row_decoder
 from airflow_batch.storage import as_path, iter_jsonl_lines
 from airflow_batch.submit.records import Carried
@@ -65,13 +65,13 @@ def original_requests(manifest: Mapping[str, Any]) -> Iterator[Carried]:
 
     Each comes with its input row and passthrough fields; a paused turn comes continued.
     """
-    job = as_path(manifest["job_dir"])
+    folder = JobFolder(manifest["job_dir"])
     round_number = int(manifest["round"])
     for record in manifest.get("batches", []):
-        retry = retryable_failures(layout.failures_part(job, round_number, record["batch_id"]))
+        retry = retryable_failures(folder.failures_part(round_number, record["batch_id"]))
         if not retry:
             continue
-        inputs_path = layout.chunk_inputs_path(job, round_number, int(record["chunk"]))
+        inputs_path = folder.chunk_inputs_path(round_number, int(record["chunk"]))
         inputs = iter_jsonl_lines(inputs_path) if inputs_path.exists() else None
         for line in iter_jsonl_lines(as_path(record["chunk_path"])):
             meta = _input_decoder.decode(next(inputs)) if inputs is not None else None

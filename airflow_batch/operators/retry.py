@@ -67,8 +67,9 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
 
     def execute(self, context: Context) -> RoundManifest:
         """Submit the next round, or skip when no failure of the previous round is retryable."""
+        from airflow_batch.folder import JobFolder
         from airflow_batch.gather.finalizing import job_cost
-        from airflow_batch.gather.gathering import job_validator, read_spec
+        from airflow_batch.gather.gathering import job_validator
         from airflow_batch.gather.retrying import original_requests
         from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.storage import as_path
@@ -99,7 +100,7 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
         round_number = previous["round"] + 1
         # The retried requests were not in the answer store at round 0; they are fingerprinted so
         # that gather stores their answers for later runs, not looked up again.
-        store = read_spec(job).get("answer_store")
+        store = JobFolder(job).read_spec().get("answer_store")
         self.log.info(
             "round %d: resubmitting %d retryable failure(s) of round %d",
             round_number,

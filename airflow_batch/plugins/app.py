@@ -104,14 +104,12 @@ def load_records(
 
 def read_progress(job_dir: str, round_number: int) -> Mapping[str, Any] | None:
     """Return the wait's latest ``progress.json`` of a round, or None if there is none yet."""
-    from airflow_batch.layout import progress_path
-    from airflow_batch.storage import as_path, read_json
+    from airflow_batch.folder import JobFolder
 
     try:
-        progress = read_json(progress_path(as_path(job_dir), round_number))
-    except Exception:  # missing file, unreachable store: the page shows what XCom knows
+        return JobFolder(job_dir).read_progress(round_number)
+    except Exception:  # missing, unreadable, damaged, an unreachable store: the page shows what XCom knows
         return None
-    return progress if isinstance(progress, Mapping) else None
 
 
 def _ui_base() -> str:
