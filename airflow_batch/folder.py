@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any
@@ -204,6 +204,54 @@ class JobFolder:
     def answer_receipt_path(self, segment: str) -> ObjectStoragePath:
         """Return the receipt this job keeps of an answer store segment it wrote."""
         return layout.answer_receipt_path(self.root, segment)
+
+    # -- a round's prepared chunks ---------------------------------------------------------
+
+    def install_chunks(
+        self,
+        round_number: int,
+        staging: ObjectStoragePath,
+        chunks: Iterable[int],
+        invalid_file: ObjectStoragePath | None,
+    ) -> None:
+        """Move a submit's staged chunks, their inputs twins, invalid and reused rows into the round.
+
+        What an earlier preparation of the round installed is replaced: old chunk files go, and
+        an invalid or reused file the new preparation has none of is deleted.
+        """
+        for target in (self.chunks_dir(round_number), self.inputs_dir(round_number)):
+            remove_tree(target)
+            target.mkdir(parents=True, exist_ok=True)
+        for chunk in chunks:
+            self._move_chunk(round_number, staging, chunk)
+        invalid_path = self.invalid_input_path(round_number)
+        if invalid_file is not None:
+            invalid_file.rename(invalid_path)
+        elif invalid_path.exists():
+            invalid_path.unlink()
+        reused_path = self.reused_path(round_number)
+        staged_reused = staging / layout.REUSED_FILE
+        if staged_reused.exists():
+            staged_reused.rename(reused_path)
+        elif reused_path.exists():
+            reused_path.unlink()
+
+    def restore_chunks(self, round_number: int, staging: ObjectStoragePath, chunks: Iterable[int]) -> None:
+        """Put back staged chunk files missing from the round (e.g. a local job folder on a new worker)."""
+        for chunk in chunks:
+            if not self.has_chunk(round_number, chunk):
+                self._move_chunk(round_number, staging, chunk)
+
+    def _move_chunk(self, round_number: int, staging: ObjectStoragePath, chunk: int) -> None:
+        from airflow_batch.submit.chunking import INPUTS_DIR
+
+        name = layout.chunk_file_name(chunk)
+        for staged, target in (
+            (staging / name, self.chunk_path(round_number, chunk)),
+            (staging / INPUTS_DIR / name, self.chunk_inputs_path(round_number, chunk)),
+        ):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staged.rename(target)
 
     # -- states -----------------------------------------------------------------------------
 
@@ -468,6 +516,13 @@ class JobFolder:
             except FenceLost:
                 continue
         raise FenceLost(f"{path}: {HISTORY_WRITE_ATTEMPTS} writers in a row changed the history first")
+
+
+def remove_tree(path: ObjectStoragePath) -> None:
+    """Delete a folder and everything in it (nothing when it is not there)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.exists():
+            path.rmdir(recursive=True)
 
 
 def read_task_history(path: ObjectStoragePath) -> list[dict[str, Any]]:
