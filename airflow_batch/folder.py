@@ -43,6 +43,7 @@ from airflow_batch.storage import (
     FenceLost,
     as_path,
     atomic_writer,
+    iter_jsonl_lines,
     read_json,
     replace_json_fenced,
     write_json,
@@ -241,6 +242,16 @@ class JobFolder:
         for chunk in chunks:
             if not self.has_chunk(round_number, chunk):
                 self._move_chunk(round_number, staging, chunk)
+
+    def chunk_inputs_lines(self, round_number: int, chunk: int) -> Iterator[bytes] | None:
+        """Return the lines of a chunk's inputs twin, streamed; None for a chunk submitted without one."""
+        path = self.chunk_inputs_path(round_number, chunk)
+        return iter_jsonl_lines(path) if path.exists() else None
+
+    def read_chunk_inputs(self, round_number: int, chunk: int) -> bytes | None:
+        """Return a chunk's inputs twin whole (one decode call); None for a chunk submitted without one."""
+        path = self.chunk_inputs_path(round_number, chunk)
+        return bytes(path.read_bytes()) if path.exists() else None
 
     def _move_chunk(self, round_number: int, staging: ObjectStoragePath, chunk: int) -> None:
         from airflow_batch.submit.chunking import INPUTS_DIR

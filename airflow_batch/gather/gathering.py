@@ -130,9 +130,9 @@ def chunk_inputs(
     Read from the chunk's inputs twin; a chunk submitted without one (an older version) gives
     its ids from the chunk file, without row numbers.
     """
-    inputs = JobFolder(job).chunk_inputs_path(round_number, int(record["chunk"]))
-    if inputs.exists():
-        return {meta.custom_id: meta for meta in _input_line_decoder.decode_lines(inputs.read_bytes())}
+    inputs = JobFolder(job).read_chunk_inputs(round_number, int(record["chunk"]))
+    if inputs is not None:
+        return {meta.custom_id: meta for meta in _input_line_decoder.decode_lines(inputs)}
     return {custom_id: InputMeta(custom_id) for custom_id in chunk_ids(record["chunk_path"])}
 
 

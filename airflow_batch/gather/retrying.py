@@ -71,8 +71,7 @@ def original_requests(manifest: Mapping[str, Any]) -> Iterator[Carried]:
         retry = retryable_failures(folder.failures_part(round_number, record["batch_id"]))
         if not retry:
             continue
-        inputs_path = folder.chunk_inputs_path(round_number, int(record["chunk"]))
-        inputs = iter_jsonl_lines(inputs_path) if inputs_path.exists() else None
+        inputs = folder.chunk_inputs_lines(round_number, int(record["chunk"]))
         for line in iter_jsonl_lines(as_path(record["chunk_path"])):
             meta = _input_decoder.decode(next(inputs)) if inputs is not None else None
             custom_id = _request_decoder.decode(line).custom_id
