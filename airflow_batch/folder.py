@@ -83,7 +83,9 @@ def damaged(path: ObjectStoragePath | str, what: str, problem: str, fix: str) ->
     return JobFileDamagedError(f"{what} at {path} is damaged: {problem}. {fix}", path=str(path))
 
 
-def _expect_mapping(document: Any, path: ObjectStoragePath, what: str, fix: str) -> dict[str, Any]:
+def read_object(path: ObjectStoragePath, what: str, fix: str) -> dict[str, Any]:
+    """Return the JSON object at ``path`` (see :func:`read_document`); any other JSON value is damage."""
+    document = read_document(path, what, fix)
     if not isinstance(document, dict):
         raise damaged(path, what, f"expected a JSON object, found {type(document).__name__}", fix)
     return document
@@ -297,11 +299,12 @@ class JobFolder:
         path = self.ledger_path(round_number)
         what = f"the ledger of round {round_number} of {self.root}"
         fix = (
-            "It records which batch carries each chunk: look the round's batches up in the Console, "
-            "then move the file aside and run the submit again (it re-attaches to what the API holds)"
+            "It records which batch carries each chunk: restore it (a backup, or an archived "
+            "ledger.*.json beside it); moved aside, the next submit rebuilds it from Airflow's "
+            "task_state_store where that holds the round, else submits the round again"
         )
         try:
-            document = _expect_mapping(read_document(path, what, fix), path, what, fix)
+            document = read_object(path, what, fix)
         except JobFileMissingError:
             return None
         from airflow_batch.submit.ledger import LEDGER_VERSION
@@ -342,7 +345,7 @@ class JobFolder:
         fix = (
             f"Clear the gather of round {round_number} so it writes the manifest again from the landed parts"
         )
-        document = _expect_mapping(read_document(path, what, fix), path, what, fix)
+        document = read_object(path, what, fix)
         version = document.get("version", MANIFEST_VERSION)
         if version != MANIFEST_VERSION:
             raise damaged(path, what, f"version {version!r} is not {MANIFEST_VERSION}", fix)
@@ -371,7 +374,7 @@ class JobFolder:
         what = f"the spec of job {self.root}"
         fix = "Clear the job's submit task: it writes the spec again before it sends anything"
         try:
-            return _expect_mapping(read_document(path, what, fix), path, what, fix)
+            return read_object(path, what, fix)
         except JobFileMissingError:
             return {}
 
@@ -386,7 +389,7 @@ class JobFolder:
         path = self.progress_path(round_number)
         what = f"the progress of round {round_number} of {self.root}"
         fix = "The wait rewrites it at its next poll; nothing needs to be done"
-        return _expect_mapping(read_document(path, what, fix), path, what, fix)
+        return read_object(path, what, fix)
 
     def write_progress(self, round_number: int, document: Mapping[str, Any]) -> None:
         """Replace the progress document of a round."""
@@ -398,7 +401,7 @@ class JobFolder:
         what = f"the refusal of round {round_number} of {self.root}"
         fix = f"Delete it and clear the submit of round {round_number} (it records a new one if it refuses)"
         try:
-            document = _expect_mapping(read_document(path, what, fix), path, what, fix)
+            document = read_object(path, what, fix)
         except JobFileMissingError:
             return None
         if not isinstance(document.get("reason"), str):
@@ -425,7 +428,7 @@ class JobFolder:
 
         what = f"the stats of landed batch {path.name.removesuffix('.stats.json')} of {self.root}"
         fix = "Delete it (and the batch's parts beside it) and clear the round's gather: it lands them again"
-        document = _expect_mapping(read_document(path, what, fix), path, what, fix)
+        document = read_object(path, what, fix)
         try:
             return BatchGatherStats.from_json(document)
         except TypeError as error:  # a required field is missing
@@ -492,7 +495,7 @@ class JobFolder:
             "Give a finalized job's folder, its manifest.json or its publish_path (finalize writes the "
             "manifest last, so a job still running has none); else clear the job's finalize"
         )
-        document = _expect_mapping(read_document(path, what, fix), path, what, fix)
+        document = read_object(path, what, fix)
         if "results_path" not in document:
             raise damaged(path, what, "it has no results_path", fix)
         return document  # type: ignore[return-value]
