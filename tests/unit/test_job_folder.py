@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from airflow_batch import layout
 from airflow_batch.exceptions import JobFileDamagedError, JobFileMissingError, JobFileUnreadableError
 from airflow_batch.folder import JobFolder
 from airflow_batch.storage import FenceLost, read_json
@@ -140,3 +142,36 @@ def test_two_writers_of_one_ledger_the_second_loses_the_fence(tmp_path: Path) ->
     winner = next(name for name, outcome in outcomes.items() if outcome == "wrote")
     stored = read_json(first.ledger_path(0))
     assert (stored["writer"], stored["generation"]) == (winner, 2)
+
+
+#: The functions of :mod:`airflow_batch.layout` that name a file or folder of a job (or its task history).
+JOB_PATH_FUNCTIONS = {
+    "job_dir", "task_history_path", "round_dir", "chunks_dir", "chunk_path", "inputs_dir",
+    "chunk_inputs_path", "ledger_path", "invalid_input_path", "reused_path", "results_part",
+    "failures_part", "gather_stats_path", "refusal_path", "progress_path", "round_manifest_path",
+    "job_spec_path", "final_results_path", "final_failures_path", "final_table_path",
+    "final_manifest_path", "uploads_dir", "answer_receipt_path",
+}  # fmt: skip
+
+
+def _job_paths_built(source: Path) -> set[tuple[int, str]]:
+    """Return (line, function) of every job-folder path function of ``layout`` that ``source`` uses."""
+    used: set[tuple[int, str]] = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "layout":
+            used.add((node.lineno, node.attr))
+        elif isinstance(node, ast.ImportFrom) and node.module == "airflow_batch.layout":
+            used.update((node.lineno, alias.name) for alias in node.names)
+    return {(line, name) for line, name in used if name in JOB_PATH_FUNCTIONS}
+
+
+def test_no_module_but_job_folder_builds_a_job_folder_path() -> None:
+    assert set(vars(layout)) >= JOB_PATH_FUNCTIONS, "a function listed here is no longer in layout"
+    package = Path(layout.__file__).parent
+    offenders = [
+        f"{source.relative_to(package)}:{line} {name}"
+        for source in sorted(package.rglob("*.py"))
+        if source.name not in ("folder.py", "layout.py")
+        for line, name in sorted(_job_paths_built(source))
+    ]
+    assert offenders == [], "use JobFolder for these job-folder paths"
