@@ -6,7 +6,8 @@ after submission (timeouts, permanent API faults while waiting, too many failed 
 derive from :class:`AfterSubmitError`: batches exist and outputs written so far are kept.
 
 A refusal that the same input meets again on every try (invalid rows, the budget, an unknown
-model, a failed canary, a changed input) is also a :class:`RetryCannotFix`: Airflow fails the
+model, a failed canary, a changed input, another job's ``publish_path``, a failure rate above
+the limit) is also a :class:`RetryCannotFix`: Airflow fails the
 task at once instead of spending its retries (and ``retry_delay``) on the same answer.
 """
 
@@ -207,14 +208,14 @@ class IncompleteJobError(AfterSubmitError):
     """A round of the job that was due did not complete; finalize merged what landed first."""
 
 
-class PublishConflictError(AfterSubmitError):
+class PublishConflictError(AfterSubmitError, RetryCannotFix):
     """``publish_path`` is another job's (another DAG or task publishes there): nothing was replaced.
 
     The job's own files are written; publish to a folder of its own (e.g. with the DAG id in it).
     """
 
 
-class FailureRateExceededError(AfterSubmitError):
+class FailureRateExceededError(AfterSubmitError, RetryCannotFix):
     """The final failure rate is above ``max_failure_rate``; every output was written first."""
 
 

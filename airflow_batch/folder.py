@@ -143,6 +143,10 @@ class JobFolder:
         """Return the ledger file of a round."""
         return layout.ledger_path(self.root, round_number)
 
+    def retry_requests_path(self, round_number: int) -> ObjectStoragePath:
+        """Return the requests of a gathered round's retryable failures, as the next round sends them."""
+        return layout.retry_requests_path(self.root, round_number)
+
     def invalid_input_path(self, round_number: int) -> ObjectStoragePath:
         """Return the failures file of a round's rows skipped as invalid input."""
         return layout.invalid_input_path(self.root, round_number)

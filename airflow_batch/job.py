@@ -99,6 +99,7 @@ def anthropic_batch_job(
     canary_max_failure_rate: float = 0.0,
     delete_batches: str | None = None,
     land_interval: float | None = None,
+    keep_chunks: bool = False,
     submit_kwargs: Mapping[str, Any] | None = None,
     sensor_kwargs: Mapping[str, Any] | None = None,
     gather_kwargs: Mapping[str, Any] | None = None,
@@ -179,6 +180,8 @@ def anthropic_batch_job(
         most every ``land_interval`` seconds (or as soon as a tenth of them wait): their rows are
         readable with ``read_results(job_folder)`` before the round ends (see ``BatchesSensor``).
         ``None`` (default): a round lands when its last batch has ended.
+    :param keep_chunks: Keep each round's chunk files after it has landed (default ``False``:
+        removed, see ``SubmitBatchesOperator``).
     :param submit_kwargs: Further ``SubmitBatchesOperator`` arguments (batch limits,
         ``expected_output_tokens``, ``on_input_change``, ``skip_invalid``...); the batch
         settings among them apply to retry rounds too.
@@ -257,6 +260,7 @@ def anthropic_batch_job(
             canary=canary,
             canary_max_failure_rate=canary_max_failure_rate,
             include_content=include_content,
+            keep_chunks=keep_chunks,
             **submit_extra,
         )
         # Every later task reads the connection (and betas, workspace) from the round manifest.

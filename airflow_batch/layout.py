@@ -8,7 +8,8 @@ instances never collide, and a retry or a clear of the same task instance finds 
 (and the ledger) of its earlier attempts::
 
     {output_path}/{dag_id}/{run_id}/{task_id}[/map-{i}]/
-        round-0/chunks/chunk-00000.jsonl     prepared requests, as submitted
+        round-0/chunks/chunk-00000.jsonl     prepared requests, as submitted (removed once the
+                                             round has landed, unless keep_chunks=True)
         round-0/inputs/chunk-00000.jsonl     each request's input row and passthrough fields
         round-0/ledger.json                  chunk -> batch id, written as each batch is created
         round-0/invalid_input.jsonl          rows skipped as invalid (skip_invalid=True)
@@ -20,6 +21,8 @@ instances never collide, and a retry or a clear of the same task instance finds 
         round-0/progress.json                latest counts while waiting (written by the trigger)
         round-1/refusal.json                 why a round was refused before any spend (budget, model)
         round-0/manifest.json                the round's manifest after gather
+        round-0/retry_requests.jsonl         the requests of its retryable failures, kept by gather
+                                             for the next round before the chunks go
         round-1/...                          retry rounds, same shape
         job.json                             the job's output schema, passthrough fields, answer store
         files/uploads-*.jsonl                documents= jobs: each file uploaded (path, hash, file_id, bytes)
@@ -109,6 +112,14 @@ def chunk_inputs_path(job: ObjectStoragePath, round_number: int, chunk: int) -> 
     Gather joins it to the results, so rows keep their input order and the record's columns.
     """
     return inputs_dir(job, round_number) / chunk_file_name(chunk)
+
+
+def retry_requests_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the requests of a gathered round's retryable failures, as the next round sends them.
+
+    One JSON line per request: ``{"request": <the request line>, "row": n, "input": ...}``.
+    """
+    return round_dir(job, round_number) / "retry_requests.jsonl"
 
 
 def ledger_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:

@@ -131,6 +131,7 @@ class RoundManifest(TypedDict, total=False):
     reused: int  # answers taken from the answer store (zero cost)
     reused_path: str | None
     canary: CanaryRecord | None
+    requests_by_model: dict[str, int]  # requests sent in the round's batches, by model
     # wait
     batch_status: dict[str, BatchStatus]
     counts: RequestCounts
@@ -145,6 +146,11 @@ class RoundManifest(TypedDict, total=False):
     retryable: int
     usage: Usage
     usage_by_model: dict[str, Usage]
+    #: Per model: requests by result type (as ``result_counts``), and the retryable ones by type. A
+    #: failure whose result names no model (errored, expired...) counts for the round's one model,
+    #: or under ``"unknown"`` in a round of several models.
+    result_counts_by_model: dict[str, dict[str, int]]
+    retryable_by_model: dict[str, dict[str, int]]
     cost: CostFigures  # the batches at batch prices, plus the canary at standard prices
     budget: dict[str, Any]
     answers_stored: int  # answers written to the answer store
@@ -241,6 +247,10 @@ class RefusedManifest(TypedDict, total=False):
     estimate_usd: float
     budget_usd: float
     spent_usd: float
+    kind: str  # the exception's class name
+    # True: not a refusal but an error the submit met before the round was submitted (no
+    # output_path, the API refusing the create...); ``reason`` is the error.
+    failed: bool
 
 
 def refused_manifest(job_dir: str, record: Mapping[str, Any]) -> RefusedManifest:

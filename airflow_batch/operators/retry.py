@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
-from airflow_batch.exceptions import BeforeSubmitError
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.operators.queueing import defer_for_room, resume_round
-from airflow_batch.operators.submit import push_refusal
+from airflow_batch.operators.submit import failures_shown
 from airflow_batch.submit.queue import QueueWaitNeeded
 
 if TYPE_CHECKING:
@@ -66,6 +65,15 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
         self.poll_interval = poll_interval
 
     def execute(self, context: Context) -> RoundManifest:
+        """Submit the next round, or skip when no failure of the previous round is retryable.
+
+        A failure before the round is submitted is left for the batch jobs page (:func:`failures_shown`).
+        """
+        previous = dict(self.manifest)
+        with failures_shown(context, lambda: str(previous["job_dir"]), int(previous["round"]) + 1):
+            return self.resubmit(context)
+
+    def resubmit(self, context: Context) -> RoundManifest:
         """Submit the next round, or skip when no failure of the previous round is retryable."""
         from airflow_batch.folder import JobFolder
         from airflow_batch.gather.finalizing import job_cost
@@ -126,9 +134,6 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
                 defer_for_room(
                     self, pause, identity, round_number, self.poll_interval, job=job, submit_settings=settings
                 )
-                raise
-            except BeforeSubmitError as refusal:
-                push_refusal(context, job, round_number, refusal)
                 raise
 
     def resume_submit(self, context: Context, event: dict[str, Any] | None = None) -> RoundManifest:

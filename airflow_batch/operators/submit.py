@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_batch import layout, settings
 from airflow_batch.exceptions import BeforeSubmitError
@@ -186,6 +187,10 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
     :param include_content: Rows answered without a batch (reused answers, the canary's) keep each
         message's ``content`` blocks, as gather's ``include_content`` does for a batch's rows; a
         stored answer without them is not reused. ``batch_job`` passes its own.
+    :param keep_chunks: Keep each round's chunk files (``round-N/chunks/``, every request in full)
+        after the round has landed. Default ``False``: the gather removes them once the round's
+        rows and manifest are written, keeping only the requests of its retryable failures
+        (``round-N/retry_requests.jsonl``) for the next round.
     """
 
     template_fields: Sequence[str] = (
@@ -242,6 +247,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         delete_files: str = "after_gather",
         upload_concurrency: int = 8,
         include_content: bool = False,
+        keep_chunks: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -322,6 +328,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         self.max_age = _max_age_seconds(max_age, self.task_id)
         self.canary = CanarySettings(canary, canary_max_failure_rate) if canary else None
         self.include_content = include_content
+        self.keep_chunks = keep_chunks
 
     def render_template(
         self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
@@ -405,16 +412,26 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
 
     def job_spec(self) -> dict[str, Any]:
         """Return what gather, retries and finalize need to know of the job: output schema,
-        passthrough fields, where earlier runs' output lengths and the answer store are."""
+        passthrough fields, where earlier runs' output lengths and the answer store are, whether
+        landed chunk files are kept."""
         return {
             "output_schema": self.job_schema.schema if self.job_schema is not None else None,
             "passthrough_fields": self.carried_fields,
             "history_path": str(self.history_path()),
             "answer_store": self.answer_store_uri(),
+            "keep_chunks": self.keep_chunks,
             **({"delete_files": self.delete_files} if self.documents is not None else {}),
         }
 
     def execute(self, context: Context) -> RoundManifest:
+        """Submit round 0 of the job (or re-attach to it); return the manifest.
+
+        A failure before the round is submitted is left for the batch jobs page (:func:`failures_shown`).
+        """
+        with failures_shown(context, lambda: str(self.job_dir(context)), 0):
+            return self.submit(context)
+
+    def submit(self, context: Context) -> RoundManifest:
         """Submit round 0 of the job (or re-attach to it); return the manifest."""
         from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.submit.round import submit_round
@@ -468,9 +485,6 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
                     submit_settings=self.round_settings(),
                 )
                 raise  # unreachable: defer raises
-            except BeforeSubmitError as refusal:
-                push_refusal(context, job, 0, refusal)
-                raise
 
     def document_rows(
         self, api: BatchesApi, job: ObjectStoragePath, context: Context, scope: ExitStack
@@ -534,12 +548,41 @@ def check_documents(
     check_location(documents, f"{task_id}: documents")
 
 
-def push_refusal(
-    context: Context, job: ObjectStoragePath, round_number: int, refusal: BeforeSubmitError
-) -> None:
-    """Leave the refused round's manifest in XCom (``FAILED_MANIFEST_KEY``).
+@contextmanager
+def failures_shown(context: Context, job_dir: Callable[[], str], round_number: int) -> Iterator[None]:
+    """Leave the manifest of a round that failed before it was submitted in XCom (``FAILED_MANIFEST_KEY``).
 
-    The task fails without a return value; this is how the batch jobs page still lists the
-    job, refused, with the reason and the budget's figures.
+    The task fails without a return value; this is how the batch jobs page still lists the job:
+    refused (a :class:`~airflow_batch.exceptions.BeforeSubmitError`: the reason, and the budget's
+    figures), or failed with the error it met (no ``output_path``, the API refusing the create, a
+    template that renders wrong...). A skip or a deferral passes through.
     """
-    context["ti"].xcom_push(FAILED_MANIFEST_KEY, refused_manifest(str(job), refusal.record(round_number)))
+    try:
+        yield
+    except AirflowSkipException:
+        raise
+    except BeforeSubmitError as refusal:
+        context["ti"].xcom_push(
+            FAILED_MANIFEST_KEY, refused_manifest(_job_name(job_dir, context), refusal.record(round_number))
+        )
+        raise
+    except Exception as error:
+        record = {
+            "round": round_number,
+            "reason": str(error) or type(error).__name__,
+            "kind": type(error).__name__,
+        }
+        context["ti"].xcom_push(
+            FAILED_MANIFEST_KEY, refused_manifest(_job_name(job_dir, context), {**record, "failed": True})
+        )
+        raise
+
+
+def _job_name(job_dir: Callable[[], str], context: Context) -> str:
+    """Return the job folder, or, for a job that cannot have one (no ``output_path``), a name the page
+    shows it under (its last part is the task id, as a folder's)."""
+    try:
+        return job_dir()
+    except Exception:
+        ti = context["ti"]
+        return f"{ti.dag_id}/{ti.run_id}/{ti.task_id}"

@@ -133,6 +133,7 @@ def manifest_from_ledger(job: ObjectStoragePath, ledger: Ledger, identity: JobId
         reused=ledger.reused,
         reused_path=ledger.reused_path,
         canary=ledger.canary,
+        requests_by_model=dict(ledger.requests_by_model),
     )
 
 

@@ -415,6 +415,7 @@ def submit_round(
                 chunks=[
                     {"chunk": c.index, "requests": c.requests, "bytes": c.bytes} for c in prepared.chunks
                 ],
+                requests_by_model={model: t.requests for model, t in sorted(prepared.tally.models.items())},
             )
             if routing is not None:
                 ledger.reused = routing.reused
@@ -445,7 +446,8 @@ def submit_round(
                     "with reuse_answers or a canary they cannot be rebuilt from the input. Keep job "
                     "folders on shared storage (output_path on s3://, gs://...) so every worker sees them."
                 )
-        else:
+        elif not folder.round_manifest_path(round_number).exists():
+            # A gathered round's chunk files were removed on purpose (gather.pruning): nothing reads them.
             folder.restore_chunks(round_number, prepared.staging, [c.index for c in prepared.chunks])
         if ledger.batches:
             log.info(

@@ -40,6 +40,17 @@ def test_site_builds_with_strict_link_checking(tmp_path: Path) -> None:
     assert (site / "lineage" / "AirflowBatchRunFacet.json").read_bytes() == schema
     published = FACET_SCHEMA_URL.split("#")[0].removeprefix("https://airflow-batch.readthedocs.io/")
     assert (site / published).read_bytes() == schema
+    # Python-Markdown's lists want 4-space indents: a list item's paragraph or fence indented by
+    # 2 after a blank line renders as a code block, and swallows the items after it.
+    for page in sorted(DOCS.rglob("*.md")):
+        fences = len(re.findall(r"^\s*```[\w+-]*\s*$", page.read_text(), flags=re.M)) // 2
+        name = page.relative_to(DOCS).with_suffix("")
+        html = site / (f"{name}.html" if name.name == "index" else f"{name}/index.html")
+        rendered = html.read_text()
+        assert rendered.count("<pre") == fences, f"{page.name}: a code block no fence opened"
+        text = re.sub(r"(?s)<(pre|script).*?</\1>", "", rendered)
+        swallowed = re.findall(r"\n[ \t]*(?:[-*]|\d+\.) \S.{0,40}", text)
+        assert not swallowed, f"{page.name}: list items rendered as text: {swallowed}"
 
 
 def test_strict_build_fails_on_a_broken_anchor(tmp_path: Path) -> None:
@@ -135,7 +146,72 @@ def test_every_setting_the_docs_name_exists() -> None:
     assert named and named <= set(OPTIONS), named - set(OPTIONS)
 
 
+def test_every_emulator_setting_is_in_the_docs_table() -> None:
+    from airflow_batch.emulator.server import config_names
+
+    documented = {
+        name
+        for cells in table_rows(DOCS / "emulator.md", "setting")
+        for name in re.findall(r"`(\w+)`", cells[0])
+    }
+    assert documented == set(config_names())
+
+
+def test_every_flag_of_the_command_line_is_documented() -> None:
+    from airflow_batch.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    flags = {
+        option
+        for command in commands.values()
+        for action in command._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    everything = "\n".join(page.read_text() for page in pages())
+    emulator_settings = {"--" + name.replace("_", "-") for name in _emulator_setting_names()}
+    # Each emulator setting is also a flag; the settings table documents those.
+    undocumented = {flag for flag in flags - emulator_settings if flag not in everything}
+    assert not undocumented, f"flags no page names: {sorted(undocumented)}"
+
+
+def _emulator_setting_names() -> list[str]:
+    from airflow_batch.emulator.server import config_names
+
+    return list(config_names())
+
+
 def test_benchmarks_page_speaks_of_the_product() -> None:
     text = (DOCS / "benchmarks.md").read_text()
     assert "bench/" in text
     assert not re.search(r"\bissues?\b", text, flags=re.I)
+
+
+def test_every_parameter_of_the_factory_and_operators_is_in_the_reference() -> None:
+    import airflow_batch
+
+    reference = (DOCS / "reference" / "parameters.md").read_text()
+    documented = set(re.findall(r"`(\w+)`", reference))
+    callables = {
+        "anthropic_batch_job": airflow_batch.anthropic_batch_job,
+        **{
+            name: getattr(airflow_batch, name).__init__
+            for name in (
+                "SubmitBatchesOperator",
+                "BatchesSensor",
+                "GatherResultsOperator",
+                "RetryFailedOperator",
+                "FinalizeBatchJobOperator",
+            )
+        },
+    }
+    missing = {
+        f"{name}({parameter})"
+        for name, function in callables.items()
+        for parameter, spec in inspect.signature(function).parameters.items()
+        if parameter not in {"self", "kwargs", "group_id", "task_id"}
+        and spec.kind is not spec.VAR_KEYWORD
+        and parameter not in documented
+    }
+    assert not missing, f"parameters the reference does not document: {sorted(missing)}"

@@ -149,7 +149,7 @@ JOB_PATH_FUNCTIONS = {
     "job_dir", "task_history_path", "round_dir", "chunks_dir", "chunk_path", "inputs_dir",
     "chunk_inputs_path", "ledger_path", "invalid_input_path", "reused_path", "results_part",
     "failures_part", "gather_stats_path", "refusal_path", "progress_path", "round_manifest_path",
-    "job_spec_path", "final_results_path", "final_failures_path", "final_table_path",
+    "job_spec_path", "retry_requests_path", "final_results_path", "final_failures_path", "final_table_path",
     "final_manifest_path", "uploads_dir", "answer_receipt_path",
 }  # fmt: skip
 
