@@ -260,3 +260,29 @@ class JobSpecConflictError(JobSpecError):
 
     Nothing was replaced: the message names the file and both values of each setting that differs.
     """
+
+
+class JobFileError(AirflowBatchError):
+    """A file of a job folder could not be used; ``path`` names it and the message says what to do.
+
+    Raised by :class:`airflow_batch.folder.JobFolder`, as one of the three kinds below.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (partial(type(self), path=self.path), (str(self),))
+
+
+class JobFileMissingError(JobFileError, FileNotFoundError):
+    """The file is not in the job folder (not written yet, or deleted)."""
+
+
+class JobFileUnreadableError(JobFileError, OSError):
+    """The store would not give the file (I/O error, permissions, an unreachable store)."""
+
+
+class JobFileDamagedError(JobFileError, ValueError):
+    """The file is there but not what it should be: not JSON, another shape, an unknown version."""

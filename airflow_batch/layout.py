@@ -1,5 +1,8 @@
 """Where a batch job keeps its files: one folder per (dag, run, task, map index).
 
+The names and shape of the folder only: :class:`airflow_batch.folder.JobFolder` is the one
+reader and writer of its files, and the only module that calls the job-folder functions here.
+
 Everything a job writes lives under its job folder, so runs, backfills and mapped task
 instances never collide, and a retry or a clear of the same task instance finds the files
 (and the ledger) of its earlier attempts::

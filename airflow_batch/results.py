@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow_batch.storage import as_path, iter_jsonl, read_json
+from airflow_batch.folder import JobFolder
+from airflow_batch.layout import FINAL_MANIFEST_FILE
+from airflow_batch.storage import as_path, iter_jsonl
 
 if TYPE_CHECKING:
     import pyarrow
@@ -35,14 +37,7 @@ def job_manifest(job: Mapping[str, Any] | str) -> JobManifest:
             f"got a mapping with keys {sorted(job)[:8]}"
         )
     path = as_path(job)
-    if path.name != "manifest.json":
-        path = path / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no job manifest at {path}: give a finalized job's folder, its manifest.json or its "
-            "publish_path (finalize writes the manifest last, so a job still running has none)"
-        )
-    return read_json(path)  # type: ignore[no-any-return]
+    return JobFolder(path.parent if path.name == FINAL_MANIFEST_FILE else path).read_job_manifest()
 
 
 class ResultRows(Iterator[dict[str, Any]]):
@@ -78,31 +73,26 @@ def read_results(job: Mapping[str, Any] | str, *, which: Which = "results") -> R
 
 def _running(folder: ObjectStoragePath) -> bool:
     """Return whether ``folder`` is a job folder whose job has not written its manifest yet."""
-    from airflow_batch import layout
-
-    if folder.name == layout.FINAL_MANIFEST_FILE or layout.final_manifest_path(folder).exists():
+    if folder.name == FINAL_MANIFEST_FILE:
         return False
-    return layout.round_dir(folder, 0).exists()
+    job = JobFolder(folder)
+    return not job.is_finalized() and job.has_round(0)
 
 
 def landed_rows(job: ObjectStoragePath, *, which: Which = "results") -> ResultRows:
     """Return the rows a running job has landed so far: each landed batch's part, round by round."""
-    from airflow_batch import layout
-    from airflow_batch.gather.gathering import BatchGatherStats
-
+    folder = JobFolder(job)
     paths: list[ObjectStoragePath] = []
     batches = 0
     round_number = 0
-    while layout.round_dir(job, round_number).exists():
-        reused = layout.reused_path(job, round_number)
+    while folder.has_round(round_number):
+        reused = folder.reused_path(round_number)
         if which == "results" and reused.exists():
             paths.append(reused)
-        folder = layout.round_dir(job, round_number) / "results"
-        sidecars = sorted(folder.glob("*.stats.json")) if folder.exists() else []
-        for sidecar in sidecars:
-            stats = BatchGatherStats.from_json(read_json(sidecar))
+        landed = folder.landed_stats(round_number)
+        for stats in landed:
             paths.append(as_path(stats.results_path if which == "results" else stats.failures_path))
-        batches += len(sidecars)
+        batches += len(landed)
         round_number += 1
     return ResultRows(paths, partial=True, batches_landed=batches)
 
@@ -114,7 +104,6 @@ def read_table(job: Mapping[str, Any] | str, *, which: Which = "results") -> pya
     (typed columns, see the README), else the same columns built from the JSONL rows (output
     properties and passthrough fields flat, not nested under ``output`` / ``input``).
     """
-    from airflow_batch.gather.gathering import read_spec
     from airflow_batch.gather.tables import read_flat_table, require_pyarrow
 
     require_pyarrow()
@@ -125,7 +114,7 @@ def read_table(job: Mapping[str, Any] | str, *, which: Which = "results") -> pya
     if parquet:
         with as_path(str(parquet)).open("rb") as handle:
             return pyarrow.parquet.read_table(handle)
-    spec = read_spec(as_path(manifest["job_dir"]))
+    spec = JobFolder(str(manifest["job_dir"])).read_spec()
     return read_flat_table(
         as_path(manifest[f"{which}_path"]),  # type: ignore[literal-required]
         which=which,

@@ -17,8 +17,9 @@ import time
 import msgspec
 
 from airflow_batch import layout
+from airflow_batch.folder import JobFolder
 from airflow_batch.gather import finalizing
-from airflow_batch.gather.finalizing import finalize_job, read_rounds
+from airflow_batch.gather.finalizing import finalize_job
 from airflow_batch.gather.runs import job_runs
 from airflow_batch.storage import as_path, write_json
 
@@ -92,7 +93,7 @@ def main() -> None:
     write_round(job, 1, {retry: (b"".join(result(r, 1, retry) for r in failed if r % 200), again)})
 
     started = time.perf_counter()
-    assert job_runs(job, read_rounds(job)) is not None
+    assert job_runs(job, JobFolder(job).read_rounds()) is not None
     landing = time.perf_counter() - started
     started = time.perf_counter()
     manifest = finalize_job(job, max_failure_rate=1)

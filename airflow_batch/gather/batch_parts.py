@@ -16,8 +16,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
-from airflow_batch import layout
 from airflow_batch.costs import PriceTable, price_table
+from airflow_batch.folder import JobFolder
 from airflow_batch.manifest import Usage, sum_usages
 from airflow_batch.reuse.store import SegmentWriter
 from airflow_batch.rows.block import BlockRows, BlockSettings, InputMeta
@@ -103,9 +103,9 @@ def chunk_inputs(
     Read from the chunk's inputs twin; a chunk submitted without one (an older version) gives
     its ids from the chunk file, without row numbers.
     """
-    inputs = layout.chunk_inputs_path(job, round_number, int(record["chunk"]))
-    if inputs.exists():
-        return {meta.custom_id: meta for meta in _input_line_decoder.decode_lines(inputs.read_bytes())}
+    inputs = JobFolder(job).read_chunk_inputs(round_number, int(record["chunk"]))
+    if inputs is not None:
+        return {meta.custom_id: meta for meta in _input_line_decoder.decode_lines(inputs)}
     return {custom_id: InputMeta(custom_id) for custom_id in chunk_ids(record["chunk_path"])}
 
 

@@ -16,10 +16,9 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_batch import layout
 from airflow_batch.costs import sum_costs
 from airflow_batch.exceptions import FailureRateExceededError, IncompleteJobError
-from airflow_batch.gather.gathering import read_rounds, read_spec
+from airflow_batch.folder import JobFolder
 from airflow_batch.gather.merging import merge_rows
 from airflow_batch.gather.publishing import publish
 from airflow_batch.gather.runs import job_runs, merge_runs
@@ -36,7 +35,7 @@ from airflow_batch.manifest import (
     round_started_at,
     sum_usages,
 )
-from airflow_batch.storage import as_path, atomic_writer, iter_jsonl_lines, read_json, write_json
+from airflow_batch.storage import as_path, iter_jsonl_lines
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -108,18 +107,19 @@ def finalize_job(
     formats = results_formats(results_format)
     logger = logger or log
     job = as_path(job)
+    folder = JobFolder(job)
     if publish_path is not None and publisher is None:
         raise ValueError("publish_path needs a publisher (publishing.publisher(dag_id, task_id))")
-    rounds = read_rounds(job)
+    rounds = folder.read_rounds()
     if not rounds:
         raise FileNotFoundError(
-            f"no gathered round in {job} (missing {layout.round_manifest_path(job, 0)}): "
+            f"no gathered round in {job} (missing {folder.round_manifest_path(0)}): "
             "finalize runs after the gather of round 0"
         )
-    results_path = layout.final_results_path(job)
-    failures_path = layout.final_failures_path(job)
+    results_path = folder.results_path
+    failures_path = folder.failures_path
     runs = job_runs(job, rounds)
-    with atomic_writer(results_path) as results_out, atomic_writer(failures_path) as failures_out:
+    with folder.final_writers() as (results_out, failures_out):
         if runs is not None:
             counts = merge_runs(runs, results_out, failures_out)
         else:  # rows without a row number (a job of an older version): merged whole
@@ -128,17 +128,17 @@ def finalize_job(
             )
     succeeded, failed = counts.succeeded, counts.failed
     total = succeeded + failed
-    spec = read_spec(job)
+    spec = folder.read_spec()
     passthrough = list(spec.get("passthrough_fields") or [])
     tables: dict[str, str | None] = {"results": None, "failures": None}
     json_text_columns: dict[str, dict[str, str]] = {}
     if "parquet" in formats:
-        tables = {name: str(layout.final_table_path(job, name)) for name in tables}
+        tables = {name: str(folder.table_path(name)) for name in tables}
         json_text_columns = write_tables(
             results_path,
             failures_path,
-            layout.final_table_path(job, "results"),
-            layout.final_table_path(job, "failures"),
+            folder.table_path("results"),
+            folder.table_path("failures"),
             output_schema=spec.get("output_schema"),
             passthrough=passthrough,
         )
@@ -158,7 +158,7 @@ def finalize_job(
         workspace_id=rounds[0].get("workspace_id"),
         results_path=str(results_path),
         failures_path=str(failures_path),
-        manifest_path=str(layout.final_manifest_path(job)),
+        manifest_path=str(folder.job_manifest_path),
         results_parquet_path=tables["results"],
         failures_parquet_path=tables["failures"],
         published_path=None,
@@ -192,9 +192,8 @@ def finalize_job(
         target = as_path(publish_path)
         job_manifest["published_version"] = publish(job_manifest, target, publisher)
         job_manifest["published_path"] = str(target)
-    write_json(layout.final_manifest_path(job), job_manifest)
-    if spec.get("history_path"):
-        record_run(as_path(spec["history_path"]), job_manifest)
+    folder.write_job_manifest(job_manifest)
+    record_run(folder, job_manifest)
     if counts.canceled_outside:
         logger.warning(
             "%d request(s) were canceled outside this job (not by its wait deadline: in the Console, by "
@@ -228,7 +227,7 @@ def finalize_job(
 
 def job_cost(job: ObjectStoragePath) -> CostFigures:
     """Return what the job's gathered rounds cost so far."""
-    return sum_costs(manifest["cost"] for manifest in read_rounds(job) if "cost" in manifest)
+    return sum_costs(manifest["cost"] for manifest in JobFolder(job).read_rounds() if "cost" in manifest)
 
 
 def incomplete_rounds(
@@ -242,9 +241,10 @@ def incomplete_rounds(
     round; finalize still merges what landed, then fails the run so it does not pass unseen.
     """
     following = len(rounds)
-    if layout.refusal_path(job, following).exists():
+    folder = JobFolder(job)
+    if folder.has_refusal(following):
         return []
-    started = layout.ledger_path(job, following).exists()
+    started = folder.has_ledger(following)
     retryable = int(rounds[-1].get("retryable", 0) or 0)
     due = retry_rounds is not None and following <= retry_rounds and retryable > 0
     if not (started or due):
@@ -266,8 +266,8 @@ def incomplete_rounds(
 
 def refused_rounds(job: ObjectStoragePath, gathered: int) -> list[dict[str, Any]]:
     """Return the refusal of the round after the last gathered one, if it was refused (budget, model)."""
-    path = layout.refusal_path(job, gathered)
-    return [read_json(path)] if path.exists() else []
+    refusal = JobFolder(job).read_refusal(gathered)
+    return [refusal] if refusal is not None else []
 
 
 def _lines(rounds: list[RoundManifest], key: str) -> Iterator[bytes]:

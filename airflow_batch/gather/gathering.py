@@ -25,7 +25,6 @@ re-run finds the sidecar and never asks the API for a deleted batch.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_batch import layout
 from airflow_batch.costs import PriceTable, model_family, price_table, sum_costs
 from airflow_batch.exceptions import BatchesApiError
+from airflow_batch.folder import JobFolder
 from airflow_batch.gather.batch_parts import (
     AnswerSink,
     BatchGatherStats,
@@ -58,10 +58,7 @@ from airflow_batch.reuse.store import SegmentWriter
 from airflow_batch.rows.failures import DEFAULT_RETRYABLE, RESULT_TYPES
 from airflow_batch.storage import (
     as_path,
-    atomic_writer,
     make_durable,
-    read_json,
-    write_json,
 )
 
 if TYPE_CHECKING:
@@ -71,15 +68,6 @@ if TYPE_CHECKING:
     from airflow_batch.schema import Validator
 
 log = logging.getLogger(__name__)
-
-
-def _remove_leftovers(path: ObjectStoragePath) -> None:
-    """Delete temporary files an interrupted write of ``path`` left behind."""
-    if not path.parent.exists():
-        return
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
-        with contextlib.suppress(Exception):
-            leftover.unlink()
 
 
 def gather_batch(
@@ -99,17 +87,16 @@ def gather_batch(
     """
     logger = logger or log
     batch_id = str(record["batch_id"])
-    sidecar = layout.gather_stats_path(job, round_number, batch_id)
-    if sidecar.exists():
+    folder = JobFolder(job)
+    landed = folder.read_batch_stats(round_number, batch_id)
+    if landed is not None:
         logger.info("batch %s of round %d was gathered before; keeping its files", batch_id, round_number)
-        stats = BatchGatherStats.from_json(read_json(sidecar))
-        if config.delete_batches and stats.deleted_at is None:
-            _delete_batch(api, stats, sidecar, logger)
-        return stats
-    results_path = layout.results_part(job, round_number, batch_id)
-    failures_path = layout.failures_part(job, round_number, batch_id)
-    _remove_leftovers(results_path)
-    _remove_leftovers(failures_path)
+        if config.delete_batches and landed.deleted_at is None:
+            _delete_batch(api, landed, folder, round_number, logger)
+        return landed
+    results_path = folder.results_part(round_number, batch_id)
+    failures_path = folder.failures_part(round_number, batch_id)
+    folder.remove_part_leftovers(round_number, batch_id)
     settings = config.block_settings(
         batch_id, round_number, chunk_inputs(job, round_number, record), canceled_by_timeout
     )
@@ -126,7 +113,7 @@ def gather_batch(
         if config.answer_store is not None:
             prefix = answer_source_prefix(batch_id, str(job), round_number, written_at.isoformat())
             sinks.append(AnswerSink(SegmentWriter(), prefix))
-        with atomic_writer(results_path) as results_out, atomic_writer(failures_path) as failures_out:
+        with folder.part_writers(round_number, batch_id) as (results_out, failures_out):
             return write_rows(chunks, results_out, failures_out, settings, sinks[0] if sinks else None)
 
     try:
@@ -140,21 +127,27 @@ def gather_batch(
     stats.results_path = str(results_path)
     stats.failures_path = str(failures_path)
     stats.attempts = attempts
-    write_json(sidecar, stats.to_json())
+    folder.write_batch_stats(round_number, stats)
     land_batch_runs(job, round_number, stats)
     if config.delete_batches:
-        _delete_batch(api, stats, sidecar, logger)
+        _delete_batch(api, stats, folder, round_number, logger)
     return stats
 
 
 def _delete_batch(
-    api: BatchesApi, stats: BatchGatherStats, sidecar: ObjectStoragePath, logger: logging.Logger
+    api: BatchesApi, stats: BatchGatherStats, folder: JobFolder, round_number: int, logger: logging.Logger
 ) -> None:
     """Delete a landed batch from the API and record when in its sidecar (a batch already gone is fine).
 
     Its rows are made durable first (fsynced on a local disk): the API's copy is the only other one.
     """
-    make_durable([as_path(stats.results_path), as_path(stats.failures_path), sidecar])
+    make_durable(
+        [
+            as_path(stats.results_path),
+            as_path(stats.failures_path),
+            folder.batch_stats_path(round_number, stats.batch_id),
+        ]
+    )
     try:
         api.delete(stats.batch_id)
     except BatchesApiError as exc:
@@ -164,7 +157,7 @@ def _delete_batch(
     else:
         logger.info("batch %s deleted from the API: its rows are landed", stats.batch_id)
     stats.deleted_at = datetime.now(UTC).isoformat()
-    write_json(sidecar, stats.to_json())
+    folder.write_batch_stats(round_number, stats)
 
 
 def gather_round(
@@ -226,7 +219,7 @@ def gather_round(
         all_stats.append(stats)
         if watch is not None:
             watch.check(round_cost(manifest, table.cost(_usage_by_model(all_stats)), strays)["batch_usd"])
-    gathered = round_manifest(manifest, all_stats, table=table, job=job, watch=watch, strays=strays)
+    gathered = store_gathered_manifest(manifest, all_stats, table=table, job=job, watch=watch, strays=strays)
     round_runs(job, gathered)  # the reused and invalid rows' runs: finalize finds every run made
     return gathered
 
@@ -292,7 +285,7 @@ def gather_config(
 
 def job_validator(job: ObjectStoragePath) -> Validator | None:
     """Return the compiled validator of the job's output schema, when the job has one."""
-    schema = read_spec(job).get("output_schema")
+    schema = JobFolder(job).read_spec().get("output_schema")
     if schema is None:
         return None
     from airflow_batch.schema import recorded_validator
@@ -309,11 +302,12 @@ def landed_batches(
     again (a cleared DAG run) takes its status from here instead of asking for it.
     """
     landed: dict[str, BatchStatus] = {}
+    folder = JobFolder(job)
     for batch_id in batch_ids:
-        sidecar = layout.gather_stats_path(job, round_number, batch_id)
-        if not sidecar.exists():
+        stats = folder.read_batch_stats(round_number, batch_id)
+        if stats is None:
             continue
-        counts = BatchGatherStats.from_json(read_json(sidecar)).result_counts
+        counts = stats.result_counts
         answered = sum(counts.get(kind, 0) for kind in ANSWERED_KINDS)
         landed[batch_id] = BatchStatus(
             processing_status="ended",
@@ -336,29 +330,13 @@ ANSWERED_KINDS = ("succeeded", "invalid_output", "paused", "refused", "context_w
 
 def job_answer_store(job: ObjectStoragePath) -> ObjectStoragePath | None:
     """Return the answer store the job writes its answers to (``reuse_answers``), or None."""
-    store = read_spec(job).get("answer_store")
+    store = JobFolder(job).read_spec().get("answer_store")
     return as_path(store) if store else None
-
-
-def read_spec(job: ObjectStoragePath) -> dict[str, Any]:
-    """Return the job's spec (output schema, passthrough fields); empty for a job without one."""
-    path = layout.job_spec_path(job)
-    return read_json(path) if path.exists() else {}
-
-
-def read_rounds(job: ObjectStoragePath) -> list[RoundManifest]:
-    """Return the manifests of the job's gathered rounds, round 0 first."""
-    rounds: list[RoundManifest] = []
-    while True:
-        path = layout.round_manifest_path(job, len(rounds))
-        if not path.exists():
-            return rounds
-        rounds.append(read_json(path))
 
 
 def earlier_cost(job: ObjectStoragePath, round_number: int) -> float:
     """Return what the job's rounds before ``round_number`` cost at batch prices."""
-    rounds = read_rounds(job)[:round_number]
+    rounds = JobFolder(job).read_rounds()[:round_number]
     return sum_costs(m["cost"] for m in rounds if "cost" in m)["batch_usd"]
 
 
@@ -401,7 +379,7 @@ def by_named_model(counts_by_model: Mapping[str, Mapping[str, int]], owner: str)
     return out
 
 
-def round_manifest(
+def store_gathered_manifest(
     manifest: RoundManifest,
     all_stats: list[BatchGatherStats],
     *,
@@ -448,5 +426,5 @@ def round_manifest(
     if watch is not None:
         out["budget"] = watch.figures()
     out["gathered_at"] = datetime.now(UTC).isoformat()
-    write_json(layout.round_manifest_path(job, manifest["round"]), out)
+    JobFolder(job).write_round_manifest(out)
     return out

@@ -22,9 +22,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from airflow_batch import layout
+from airflow_batch.folder import JobFolder
 from airflow_batch.gather.retrying import keep_retry_requests
-from airflow_batch.storage import as_path
 
 
 def prune_chunks(manifest: Mapping[str, Any], *, keep: bool, log: logging.Logger) -> None:
@@ -33,9 +32,8 @@ def prune_chunks(manifest: Mapping[str, Any], *, keep: bool, log: logging.Logger
     ``keep``: the job's ``keep_chunks``; the retry requests are kept either way, so a retry round
     reads one file whatever the setting.
     """
-    job = as_path(str(manifest["job_dir"]))
     round_number = int(manifest["round"])
-    folder = layout.chunks_dir(job, round_number)
+    folder = JobFolder(str(manifest["job_dir"])).chunks_dir(round_number)
     if not folder.exists():  # removed by an earlier run of this gather
         return
     if manifest.get("retryable"):

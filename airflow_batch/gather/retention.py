@@ -28,11 +28,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_batch import layout
 from airflow_batch.exceptions import BatchNotFoundError, ResultsGoneError
+from airflow_batch.folder import JobFolder
 from airflow_batch.gather.batch_parts import BatchGatherStats, chunk_inputs
 from airflow_batch.rows.failure_rows import missing_rows
-from airflow_batch.storage import atomic_writer, write_json
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -69,9 +68,10 @@ def find_gone(
 ) -> dict[str, GoneResults]:
     """Return the batches of ``records`` not yet landed whose results the API no longer holds."""
     gone: dict[str, GoneResults] = {}
+    folder = JobFolder(job)
     for record in records:
         batch_id = str(record["batch_id"])
-        if layout.gather_stats_path(job, round_number, batch_id).exists():
+        if folder.is_landed(round_number, batch_id):
             continue
         try:
             batch = api.retrieve(batch_id)
@@ -101,18 +101,17 @@ def land_gone(
         error_type=gone.error_type,
         message=f"the results of batch {batch_id} are gone: {gone.reason}",
     )
-    results_path = layout.results_part(job, round_number, batch_id)
-    failures_path = layout.failures_part(job, round_number, batch_id)
-    with atomic_writer(results_path), atomic_writer(failures_path) as failures_out:
+    folder = JobFolder(job)
+    with folder.part_writers(round_number, batch_id) as (_, failures_out):
         failures_out.write(rows.failures)
     stats = BatchGatherStats(
         batch_id=batch_id,
-        results_path=str(results_path),
-        failures_path=str(failures_path),
+        results_path=str(folder.results_part(round_number, batch_id)),
+        failures_path=str(folder.failures_part(round_number, batch_id)),
         results_gone=gone.reason,
     )
     stats.add(rows)
-    write_json(layout.gather_stats_path(job, round_number, batch_id), stats.to_json())
+    folder.write_batch_stats(round_number, stats)
     return stats
 
 

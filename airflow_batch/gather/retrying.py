@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from airflow_batch import layout
+from airflow_batch.folder import JobFolder
 from airflow_batch.rows.contract import failure_row_decoder
 from airflow_batch.storage import as_path, atomic_writer, iter_jsonl_lines
 from airflow_batch.submit.records import Carried
@@ -81,7 +81,7 @@ def original_requests(manifest: Mapping[str, Any]) -> Iterator[Carried]:
     Each comes with its input row and passthrough fields; a paused turn comes continued. Read from
     what the gather kept (:func:`keep_retry_requests`), else from the round's chunk files.
     """
-    kept = layout.retry_requests_path(as_path(manifest["job_dir"]), int(manifest["round"]))
+    kept = JobFolder(manifest["job_dir"]).retry_requests_path(int(manifest["round"]))
     if not kept.exists():
         yield from _from_chunks(manifest)
         return
@@ -97,7 +97,7 @@ def keep_retry_requests(manifest: Mapping[str, Any]) -> int:
     Done before the round's chunk files are removed. A round whose file exists already (a gather
     run again after its chunks went) keeps it: its failures have not changed.
     """
-    path = layout.retry_requests_path(as_path(manifest["job_dir"]), int(manifest["round"]))
+    path = JobFolder(manifest["job_dir"]).retry_requests_path(int(manifest["round"]))
     if path.exists():
         return sum(1 for _ in iter_jsonl_lines(path))
     count = 0
@@ -113,14 +113,13 @@ def keep_retry_requests(manifest: Mapping[str, Any]) -> int:
 
 def _from_chunks(manifest: Mapping[str, Any]) -> Iterator[Carried]:
     """Yield the retryable failures of a gathered round matched against its chunk files."""
-    job = as_path(manifest["job_dir"])
+    folder = JobFolder(manifest["job_dir"])
     round_number = int(manifest["round"])
     for record in manifest.get("batches", []):
-        retry = retryable_failures(layout.failures_part(job, round_number, record["batch_id"]))
+        retry = retryable_failures(folder.failures_part(round_number, record["batch_id"]))
         if not retry:
             continue
-        inputs_path = layout.chunk_inputs_path(job, round_number, int(record["chunk"]))
-        inputs = iter_jsonl_lines(inputs_path) if inputs_path.exists() else None
+        inputs = folder.chunk_inputs_lines(round_number, int(record["chunk"]))
         for line in iter_sent_lines(as_path(record["chunk_path"])):
             meta = _input_decoder.decode(next(inputs)) if inputs is not None else None
             custom_id = _request_decoder.decode(line).custom_id

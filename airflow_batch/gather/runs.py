@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from airflow_batch import layout
+from airflow_batch.folder import JobFolder
 from airflow_batch.gather.merging import MergeCounts, count_failure, key_decoder, merge_rows
 from airflow_batch.storage import (
     as_path,
@@ -137,7 +137,7 @@ def land_run(job: ObjectStoragePath, round_number: int, source: ObjectStoragePat
 
     Idempotent: a run whose marker records the file's current size is returned as it is.
     """
-    marker = layout.run_marker_path(job, round_number, source)
+    marker = JobFolder(job).run_marker_path(round_number, source)
     size = source.stat().st_size if source.exists() else 0
     if marker.exists():
         made = read_json(marker)
@@ -164,14 +164,14 @@ def _make_run(
     job: ObjectStoragePath, round_number: int, source: ObjectStoragePath, kind: Kind, size: int
 ) -> dict[str, Any]:
     """Index ``source``, sorted into a copy first if its rows are out of order; return the marker."""
-    index_path = layout.run_index_path(job, round_number, source)
+    index_path = JobFolder(job).run_index_path(round_number, source)
     made: dict[str, Any] = {"source": str(source), "source_size": size, "index_path": str(index_path)}
     rows, offsets, ordered = _index(source) if size else (array("q"), array("q", [0]), True)
     path = source
     if rows and rows[0] == _NO_ROW:
         return {**made, "numbered": False}
     if not ordered:
-        path = layout.sorted_run_path(job, round_number, source)
+        path = JobFolder(job).sorted_run_path(round_number, source)
         with atomic_writer(path) as sorted_out:
             lines, none = iter_jsonl_lines(source), io.BytesIO()  # a run holds one kind of row
             if kind == "results":

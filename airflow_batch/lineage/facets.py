@@ -182,10 +182,10 @@ def gathered_lineage(manifest: Mapping[str, Any], table: PriceTable) -> Operator
     answered without a batch, ``reused.jsonl``) out."""
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    from airflow_batch.storage import as_path
+    from airflow_batch.folder import JobFolder
 
     chunks = [str(b["chunk_path"]) for b in manifest.get("batches") or ()]
-    round_dir = str(layout.round_dir(as_path(str(manifest["job_dir"])), int(manifest.get("round", 0))))
+    round_dir = str(JobFolder(str(manifest["job_dir"])).round_dir(int(manifest.get("round", 0))))
     reused_path = manifest.get("reused_path")
     results = [str(p) for p in manifest.get("results_paths") or () if p != reused_path]
     failures = [str(p) for p in manifest.get("failures_paths") or ()]
@@ -248,10 +248,10 @@ def finalized_lineage(manifest: Mapping[str, Any], table: PriceTable) -> Operato
     """Return the lineage of a finalize: every round's parts in, the job's final files out."""
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    from airflow_batch.gather.gathering import read_rounds
+    from airflow_batch.folder import JobFolder
     from airflow_batch.storage import as_path
 
-    rounds = read_rounds(as_path(str(manifest["job_dir"])))
+    rounds = JobFolder(str(manifest["job_dir"])).read_rounds()
     inputs: list[Any] = []
     for round_manifest in rounds:
         for key in ("results_paths", "failures_paths"):

@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from airflow_batch import layout
 from airflow_batch.exceptions import FailureRateExceededError, IncompleteJobError, NothingToFinalizeError
+from airflow_batch.folder import JobFolder
 from airflow_batch.gather.finalizing import check_complete, check_failure_rate, finalize_job
 from airflow_batch.gather.publishing import check_publish_path, publish_root, publisher
 from airflow_batch.gather.tables import require_pyarrow, results_formats
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, JobManifest
 from airflow_batch.spec.parameters import documented
-from airflow_batch.storage import as_path, read_json
+from airflow_batch.storage import as_path
 from airflow_batch.submit.inputs import check_location
 
 if TYPE_CHECKING:
@@ -134,8 +134,7 @@ class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
         """Delete a documents job's uploads from the Files API once it has landed whole
         (``delete_files="after_gather"``, see :mod:`airflow_batch.submit.documents`)."""
         job = as_path(job_dir)
-        spec_path = layout.job_spec_path(job)
-        if not spec_path.exists() or read_json(spec_path).get("delete_files") != "after_gather":
+        if JobFolder(job).read_spec().get("delete_files") != "after_gather":
             return
         if not self.manifest:
             self.log.warning(

@@ -80,7 +80,8 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
 
     def execute(self, context: Context) -> RoundManifest:
         """Gather the round and return its manifest."""
-        from airflow_batch.gather.gathering import gather_config, gather_round, read_spec
+        from airflow_batch.folder import JobFolder
+        from airflow_batch.gather.gathering import gather_config, gather_round
         from airflow_batch.gather.pruning import prune_chunks
         from airflow_batch.storage import as_path
 
@@ -105,7 +106,7 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
                 max_cost_usd=self.max_cost_usd,
                 logger=self.log,  # type: ignore[arg-type]
             )
-        prune_chunks(out, keep=bool(read_spec(job).get("keep_chunks")), log=self.log)  # type: ignore[arg-type]
+        prune_chunks(out, keep=bool(JobFolder(job).read_spec().get("keep_chunks")), log=self.log)  # type: ignore[arg-type]
         counts = out["result_counts"]
         self.log.info(
             "round %d gathered: %s; %d retryable; cost $%.4f at batch prices ($%.4f standard)",

@@ -13,6 +13,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_batch import layout, settings
 from airflow_batch.exceptions import BeforeSubmitError
+from airflow_batch.folder import JobFolder
 from airflow_batch.gather.tables import column_clashes
 from airflow_batch.history import observed_output_tokens
 from airflow_batch.lineage import BatchJobLineage
@@ -22,7 +23,7 @@ from airflow_batch.operators.queueing import defer_for_room, resume_round
 from airflow_batch.schema import job_schema
 from airflow_batch.spec.job_spec import JobSpec, callable_name, write_job_spec
 from airflow_batch.spec.parameters import documented
-from airflow_batch.storage import as_path, write_json
+from airflow_batch.storage import as_path
 from airflow_batch.submit.canary import CanarySettings
 from airflow_batch.submit.inputs import check_location
 from airflow_batch.submit.queue import QueueWaitNeeded
@@ -273,13 +274,13 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         """Return this task instance's job folder."""
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
-        return layout.job_dir(
+        return JobFolder.of_task(
             self.base_path(),
             self.dag_id,
             context["run_id"],
             self.task_id,
             map_index if map_index is not None else -1,
-        )
+        ).root
 
     def base_path(self) -> str:
         """Return the base URI of job folders: ``output_path`` or ``[airflow_batch] output_path``."""
@@ -294,7 +295,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
 
     def history_path(self) -> ObjectStoragePath:
         """Return the history of this task's finished jobs (observed output lengths)."""
-        return layout.task_history_path(self.base_path(), self.dag_id, self.task_id)
+        return JobFolder.task_history_path(self.base_path(), self.dag_id, self.task_id)
 
     def round_settings(self) -> SubmitSettings:
         """Return the settings of round 0: the expected output length observed in earlier runs when
@@ -380,7 +381,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
 
         with BatchesHook.of(identity).batches_api() as api, ExitStack() as scope:
             write_job_spec(job, spec, bound=recorded is not None and recorded.binding, log=self.log)  # type: ignore[arg-type]
-            write_json(layout.job_spec_path(job), spec.job_file())
+            JobFolder(job).write_spec(spec.job_file())
             rows: Iterable[Any] = self.input_rows()
             if self.documents is not None:
                 rows = self.document_rows(api, job, context, scope)

@@ -109,17 +109,17 @@ def read_progress(job_dir: str, round_number: int) -> Mapping[str, Any] | None:
     With the rows the round landed so far (``landed``, from ``landed.json``) when it lands as
     batches end.
     """
-    from airflow_batch.layout import landed_path, progress_path
-    from airflow_batch.storage import as_path, read_json
+    from airflow_batch.folder import JobFolder
 
     try:
-        progress = read_json(progress_path(as_path(job_dir), round_number))
-        landed = landed_path(as_path(job_dir), round_number)
-        if isinstance(progress, Mapping) and landed.exists():
-            progress = {**progress, "landed": read_json(landed)}
-    except Exception:  # missing file, unreachable store: the page shows what XCom knows
+        folder = JobFolder(job_dir)
+        progress = folder.read_progress(round_number)
+        landed = folder.read_landed(round_number)
+        if isinstance(progress, Mapping) and landed is not None:
+            progress = {**progress, "landed": landed}
+    except Exception:  # missing, unreadable, damaged, an unreachable store: the page shows what XCom knows
         return None
-    return progress if isinstance(progress, Mapping) else None
+    return progress
 
 
 def _ui_base() -> str:

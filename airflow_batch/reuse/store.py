@@ -18,7 +18,7 @@ Layout (:func:`airflow_batch.layout.answer_segment_paths`): the store is a set o
   after the answers: a segment exists once its keys do.
 
 The writer then records the digest in its own job folder (a *receipt*,
-:func:`airflow_batch.layout.answer_receipt_path`). What a reader trusts, since a store is shared
+:meth:`airflow_batch.folder.JobFolder.write_answer_receipt`). What a reader trusts, since a store is shared
 and read back as if a stranger wrote it: a keys file whose digest does not match, a shard whose
 checksum does not, a segment whose answers file is missing, and a segment that the job it names
 does not vouch for (no receipt, or another digest: a forged or replaced segment) are skipped and
@@ -61,6 +61,7 @@ from typing import IO, TYPE_CHECKING
 
 from airflow_batch import layout
 from airflow_batch.exceptions import AnswerStoreError
+from airflow_batch.folder import JobFolder
 from airflow_batch.storage import as_path, atomic_writer, open_unhooked
 
 if TYPE_CHECKING:
@@ -179,8 +180,7 @@ class SegmentWriter:
         with atomic_writer(keys_path) as out:
             out.write(data)
             out.write(digest)
-        with atomic_writer(layout.answer_receipt_path(as_path(job), segment)) as out:
-            out.write(digest.hex().encode())
+        JobFolder(job).write_answer_receipt(segment, digest.hex())
         self.close()
         return len(keys)
 
@@ -236,11 +236,7 @@ class Segment:
 
     def vouched(self) -> bool:
         """Return whether the job that wrote the segment keeps a receipt with its digest."""
-        receipt = layout.answer_receipt_path(as_path(self.job), self.name)
-        try:
-            return receipt.read_bytes().strip().decode() == self.digest
-        except (OSError, UnicodeDecodeError, ValueError):
-            return False
+        return JobFolder(self.job).read_answer_receipt(self.name) == self.digest
 
 
 def read_segment(keys_path: ObjectStoragePath) -> Segment:

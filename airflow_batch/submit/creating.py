@@ -18,8 +18,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_batch import layout
 from airflow_batch.exceptions import LedgerFencedOutError, QueueFullError
+from airflow_batch.folder import JobFolder
 from airflow_batch.manifest import MANIFEST_VERSION, BatchRecord, JobIdentity, RoundManifest
 from airflow_batch.submit.chunk_files import ChunkBody, ChunkInfo
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
@@ -100,7 +100,9 @@ def find_orphan(
     return None
 
 
-def round_manifest(job: ObjectStoragePath, ledger: Ledger, identity: JobIdentity) -> RoundManifest:
+def manifest_from_ledger(job: ObjectStoragePath, ledger: Ledger, identity: JobIdentity) -> RoundManifest:
+    """Return the manifest of a submitted round: its batches as its ledger records them."""
+    folder = JobFolder(job)
     chunks = chunk_infos(ledger)
     batches = [
         BatchRecord(
@@ -108,7 +110,7 @@ def round_manifest(job: ObjectStoragePath, ledger: Ledger, identity: JobIdentity
             batch_id=ledger.batches[chunk.index]["batch_id"],
             requests=chunk.requests,
             bytes=chunk.bytes,
-            chunk_path=str(layout.chunk_path(job, ledger.round, chunk.index)),
+            chunk_path=str(folder.chunk_path(ledger.round, chunk.index)),
         )
         for chunk in chunks
     ]
@@ -159,10 +161,10 @@ def continue_round(
     ledger = store.load()
     if ledger is None or not ledger.chunks:
         raise FileNotFoundError(f"no ledger of round {round_number} in {job}: nothing to continue")
+    folder = JobFolder(job)
     for chunk in chunk_infos(ledger):
-        path = layout.chunk_path(job, round_number, chunk.index)
-        if ledger.batch_id(chunk.index) is None and not path.exists():
-            raise FileNotFoundError(f"chunk file {path} is missing")
+        if ledger.batch_id(chunk.index) is None and not folder.has_chunk(round_number, chunk.index):
+            raise FileNotFoundError(f"chunk file {folder.chunk_path(round_number, chunk.index)} is missing")
     return create_round(
         api, job, ledger, store, identity, settings, log, queued=queued, should_stop=should_stop
     )
@@ -282,7 +284,7 @@ def _create_fitting(
     if fitting < len(pending) and settings.max_queued_requests is None and _relearn(ledger):
         fitting += 1  # a learned limit gets old: the queue may have room again (another job ended)
     for chunk in pending[:fitting]:  # a missing or damaged shared prompt fails before any create
-        load_shared(layout.chunk_path(job, ledger.round, chunk.index), chunk.shared)
+        load_shared(JobFolder(job).chunk_path(ledger.round, chunk.index), chunk.shared)
     created = 0
     for chunk in pending[:fitting]:
         if should_stop is not None and should_stop():
@@ -326,7 +328,7 @@ def _create_fitting(
         )
     store.save(ledger)
     log_created(log, job, ledger, chunks)
-    return round_manifest(job, ledger, identity)
+    return manifest_from_ledger(job, ledger, identity)
 
 
 def log_created(log: logging.Logger, job: ObjectStoragePath, ledger: Ledger, chunks: list[ChunkInfo]) -> None:
@@ -438,7 +440,7 @@ def _submit_chunk(
         return find_orphan(api, chunk, started_at, ledger.claimed(), log)
 
     created = api.create(
-        ChunkBody(layout.chunk_path(job, ledger.round, chunk.index), chunk.bytes, chunk.shared),
+        ChunkBody(JobFolder(job).chunk_path(ledger.round, chunk.index), chunk.bytes, chunk.shared),
         chunk.bytes,
         what=f"create the batch of chunk {chunk.index} of round {ledger.round}",
         find_orphan=lost_response if settings.adopt_orphans else None,

@@ -51,8 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from airflow_batch import layout
 from airflow_batch.exceptions import BatchesApiError
+from airflow_batch.folder import JobFolder
 from airflow_batch.media import FILE_FACTS, MediaFacts, limit_problem, measure
 from airflow_batch.storage import as_path, atomic_writer, iter_jsonl
 from airflow_batch.submit.records import BLANK, custom_id_for, records_to_requests
@@ -290,7 +290,7 @@ def prepare_documents(
     :param kept: the record of uploads kept for later jobs (``delete_files="keep"``), or None.
     """
     started = time.perf_counter()
-    record = UploadRecord(layout.uploads_dir(job))
+    record = UploadRecord(JobFolder(job).uploads_dir)
     known = record.uploads()
     if not bound:
         gone = record.deleted()
@@ -442,7 +442,7 @@ def delete_uploads(api: BatchesApi, job: ObjectStoragePath, log: logging.Logger)
 
     Idempotent: ids recorded as deleted are skipped, one already gone counts as deleted.
     """
-    record = UploadRecord(layout.uploads_dir(job))
+    record = UploadRecord(JobFolder(job).uploads_dir)
     done = record.deleted()
     pending = sorted({u.file_id for u in record.uploads().values()} - done)
     deleted: list[str] = []

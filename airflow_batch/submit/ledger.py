@@ -57,10 +57,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_batch import layout
 from airflow_batch.exceptions import LedgerFencedOutError
+from airflow_batch.folder import JobFolder
 from airflow_batch.manifest import CanaryRecord, CostEstimate
-from airflow_batch.storage import FenceLost, read_json, replace_json_fenced
+from airflow_batch.storage import FenceLost
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -208,7 +208,7 @@ class LedgerStore:
     def __init__(self, job: ObjectStoragePath, round_number: int, state_store: Any | None = None) -> None:
         self.job = job
         self.round = round_number
-        self.path = layout.ledger_path(job, round_number)
+        self.folder = JobFolder(job)
         self.state_store = state_store
         self.writer = writer_name()
         #: The stored version this store may save over (None: no ledger file is expected).
@@ -216,7 +216,7 @@ class LedgerStore:
 
     def load(self) -> Ledger | None:
         """Return the recorded ledger (file and state store merged), or None if there is none."""
-        stored = read_json(self.path) if self.path.exists() else None
+        stored = self.folder.read_ledger(self.round)
         self.fence = _fence_of(stored)
         ledger = Ledger.from_json(stored) if stored is not None else None
         mirrored = self._load_mirror()
@@ -257,7 +257,7 @@ class LedgerStore:
         ledger.generation = (expected[1] if expected is not None else 0) + 1
         document = ledger.to_json()
         try:
-            replace_json_fenced(self.path, document, lambda current: _fence_of(current) == expected)
+            self.folder.replace_ledger(self.round, document, lambda current: _fence_of(current) == expected)
         except FenceLost as lost:
             raise LedgerFencedOutError(
                 f"round {self.round} of {self.job}: another writer saved the ledger since this one "
@@ -301,11 +301,7 @@ class LedgerStore:
 
     def archive(self) -> ObjectStoragePath | None:
         """Rename the ledger file to ``ledger.<timestamp>.json`` and drop the mirror; return the new path."""
-        archived = None
-        if self.path.exists():
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-            archived = self.path.parent / f"ledger.{stamp}.json"
-            self.path.rename(archived)
+        archived = self.folder.archive_ledger(self.round)
         self.fence = None
         if self.state_store is not None:
             with contextlib.suppress(Exception):

@@ -31,7 +31,6 @@ one over another input archives it and starts over (see :mod:`airflow_batch.subm
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import uuid
@@ -39,7 +38,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
-from airflow_batch import layout
 from airflow_batch.costs import price_table
 from airflow_batch.exceptions import (
     BatchesApiError,
@@ -49,11 +47,12 @@ from airflow_batch.exceptions import (
     InputChangedError,
     InvalidRequestsError,
 )
+from airflow_batch.folder import JobFolder, remove_tree
 from airflow_batch.manifest import CostEstimate, JobIdentity, RoundManifest
 from airflow_batch.reuse.check import ReuseCheck
 from airflow_batch.reuse.fingerprint import answer_scope
 from airflow_batch.reuse.store import load_index
-from airflow_batch.storage import as_path, write_json
+from airflow_batch.storage import as_path
 from airflow_batch.submit.canary import (
     CanaryOutcome,
     CanarySettings,
@@ -64,7 +63,6 @@ from airflow_batch.submit.canary import (
     check_recorded_canary,
     run_canary,
 )
-from airflow_batch.submit.chunk_files import INPUTS_DIR
 from airflow_batch.submit.chunking import PreparedRound, prepare_chunks
 from airflow_batch.submit.creating import chunk_infos, create_round
 from airflow_batch.submit.estimate import TokenTally, calibrate, estimate_cost
@@ -143,66 +141,6 @@ class SubmitSettings:
         return "expected" if given else "upper_bound"
 
 
-def _remove_tree(path: ObjectStoragePath) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        if path.exists():
-            path.rmdir(recursive=True)
-
-
-def _install_chunks(prepared: PreparedRound, job: ObjectStoragePath, round_number: int) -> None:
-    """Move the staged chunk files (and invalid rows) into the round folder, replacing old ones."""
-    for target in (layout.chunks_dir(job, round_number), layout.inputs_dir(job, round_number)):
-        _remove_tree(target)
-        target.mkdir(parents=True, exist_ok=True)
-    for chunk in prepared.chunks:
-        _move_chunk(prepared, job, round_number, chunk.index)
-    invalid_path = layout.invalid_input_path(job, round_number)
-    if prepared.invalid_file is not None:
-        prepared.invalid_file.rename(invalid_path)
-    elif invalid_path.exists():
-        invalid_path.unlink()
-    reused_path = layout.reused_path(job, round_number)
-    staged_reused = prepared.staging / layout.REUSED_FILE
-    if staged_reused.exists():
-        staged_reused.rename(reused_path)
-    elif reused_path.exists():
-        reused_path.unlink()
-
-
-def _restore_missing_chunks(prepared: PreparedRound, job: ObjectStoragePath, round_number: int) -> None:
-    """Put back chunk files missing from the round folder (e.g. a local job folder on a new worker)."""
-    for chunk in prepared.chunks:
-        if not layout.chunk_path(job, round_number, chunk.index).exists():
-            _move_chunk(prepared, job, round_number, chunk.index)
-        else:
-            _move_shared(prepared, job, round_number, chunk.index)
-
-
-def _move_chunk(prepared: PreparedRound, job: ObjectStoragePath, round_number: int, index: int) -> None:
-    """Move one staged chunk file, its inputs twin and the shared prompts it references into the round."""
-    name = layout.chunk_file_name(index)
-    for staged, target in (
-        (prepared.staging / name, layout.chunk_path(job, round_number, index)),
-        (prepared.staging / INPUTS_DIR / name, layout.chunk_inputs_path(job, round_number, index)),
-    ):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staged.rename(target)
-    _move_shared(prepared, job, round_number, index)
-
-
-def _move_shared(prepared: PreparedRound, job: ObjectStoragePath, round_number: int, index: int) -> None:
-    """Move the staged shared prompts a chunk references into the round, where they are missing."""
-    chunks = layout.chunks_dir(job, round_number)
-    for digest in prepared.chunks[index].shared:
-        staged, target = (
-            layout.shared_prompt_path(prepared.staging, digest),
-            layout.shared_prompt_path(chunks, digest),
-        )
-        if staged.exists() and not target.exists():  # a prompt shared by several chunks moves once
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staged.rename(target)
-
-
 def _cancel_unended(api: BatchesApi, ledger: Ledger, log: logging.Logger) -> None:
     for chunk, entry in sorted(ledger.batches.items()):
         batch_id = entry["batch_id"]
@@ -226,7 +164,7 @@ def _prepare(
     row_label: str,
     routing: Routing | None,
 ) -> PreparedRound:
-    staging = layout.round_dir(job, round_number) / f".staging-{uuid.uuid4().hex}"
+    staging = JobFolder(job).staging_dir(round_number, uuid.uuid4().hex)
     try:
         prepared = prepare_chunks(
             requests,
@@ -243,10 +181,10 @@ def _prepare(
             diversion=routing,
         )
     except BaseException:
-        _remove_tree(staging)
+        remove_tree(staging)
         raise
     if prepared.fatal:
-        _remove_tree(staging)
+        remove_tree(staging)
         raise InvalidRequestsError(prepared.report.message(prepared.rows))
     prepared.tally.sample_size = settings.count_tokens_sample
     if prepared.tally.expected_basis is None:  # the canary may have set it
@@ -404,6 +342,7 @@ def submit_round(
     """
     log = log or logging.getLogger(__name__)
     started_at = utcnow()
+    folder = JobFolder(job)
     store = LedgerStore(job, round_number, state_store)
     recorded = store.load()
     # A ledger holding only a canary (no chunk recorded) bound nothing yet: the canary step decides
@@ -429,7 +368,7 @@ def submit_round(
         try:
             prepared = _prepare(requests, job, round_number, settings, defaults, identity, row_label, routing)
         except (BudgetExceededError, CanaryFailedError) as refusal:
-            write_json(layout.refusal_path(job, round_number), refusal.record(round_number))
+            folder.write_refusal(round_number, refusal.record(round_number))
             raise
     finally:
         if routing is not None:
@@ -462,7 +401,12 @@ def submit_round(
             log.warning("input changed: old ledger archived as %s; submitting the new input", archived)
             ledger = None
         if ledger is None or not ledger.binding:
-            _install_chunks(prepared, job, round_number)
+            folder.install_chunks(
+                round_number,
+                prepared.staging,
+                {c.index: c.shared for c in prepared.chunks},
+                prepared.invalid_file,
+            )
             ledger = Ledger(
                 job_dir=str(job),
                 round=round_number,
@@ -478,7 +422,7 @@ def submit_round(
             if routing is not None:
                 ledger.reused = routing.reused
                 if routing.reused_file is not None:
-                    ledger.reused_path = str(layout.reused_path(job, round_number))
+                    ledger.reused_path = str(folder.reused_path(round_number))
             if routing is not None and routing.canary is not None:
                 ledger.canary = routing.canary.record()
             elif spent_canary is not None:
@@ -494,10 +438,9 @@ def submit_round(
             # The chunks were cut around what the store or the canary answered then: they cannot be
             # rebuilt from the input alone, so the recorded ones must be there.
             missing = [
-                str(layout.chunk_path(job, round_number, chunk.index))
+                str(folder.chunk_path(round_number, chunk.index))
                 for chunk in chunk_infos(ledger)
-                if ledger.batch_id(chunk.index) is None
-                and not layout.chunk_path(job, round_number, chunk.index).exists()
+                if ledger.batch_id(chunk.index) is None and not folder.has_chunk(round_number, chunk.index)
             ]
             if missing:
                 raise FileNotFoundError(
@@ -505,9 +448,10 @@ def submit_round(
                     "with reuse_answers or a canary they cannot be rebuilt from the input. Keep job "
                     "folders on shared storage (output_path on s3://, gs://...) so every worker sees them."
                 )
-        elif not layout.round_manifest_path(job, round_number).exists():
+        elif not folder.round_manifest_path(round_number).exists():
             # A gathered round's chunk files were removed on purpose (gather.pruning): nothing reads them.
-            _restore_missing_chunks(prepared, job, round_number)
+            staged = {c.index: c.shared for c in prepared.chunks}
+            folder.restore_chunks(round_number, prepared.staging, staged)
         if ledger.batches:
             log.info(
                 "re-attaching to %d recorded batch(es) of %s round %d (%d request(s) were answered from the "
@@ -518,9 +462,9 @@ def submit_round(
                 ledger.reused,
             )
     finally:
-        _remove_tree(prepared.staging)
+        remove_tree(prepared.staging)
 
-    invalid_path = str(layout.invalid_input_path(job, round_number)) if prepared.invalid_file else None
+    invalid_path = str(folder.invalid_input_path(round_number)) if prepared.invalid_file else None
     if prepared.invalid_file:
         log.warning(
             "%d invalid row(s) skipped (skip_invalid=True, or a file gone), recorded in %s",
@@ -543,7 +487,7 @@ def submit_round(
         if pending and not ledger.batches:
             check_models(api, prepared.tally.models, price_table(settings.prices).known_models(), log)
     except BeforeSubmitError as refusal:
-        write_json(layout.refusal_path(job, round_number), refusal.record(round_number))
+        folder.write_refusal(round_number, refusal.record(round_number))
         raise
     ledger.invalid, ledger.invalid_path = prepared.invalid, invalid_path
     store.save(ledger)

@@ -83,16 +83,15 @@ def record_landed(job: ObjectStoragePath, round_number: int, landed: Iterable[st
     """
     from datetime import UTC, datetime
 
-    from airflow_batch import layout
-    from airflow_batch.gather.gathering import BatchGatherStats
-    from airflow_batch.storage import read_json, write_json
+    from airflow_batch.folder import JobFolder
 
+    folder = JobFolder(job)
     batches = results = failures = 0
     for batch_id in landed:
-        sidecar = layout.gather_stats_path(job, round_number, batch_id)
-        if not sidecar.exists():
+        stats = folder.read_batch_stats(round_number, batch_id)
+        if stats is None:
             continue
-        counts = BatchGatherStats.from_json(read_json(sidecar)).result_counts
+        counts = stats.result_counts
         batches += 1
         results += counts.get("succeeded", 0)
         failures += sum(counts.values()) - counts.get("succeeded", 0)
@@ -103,5 +102,5 @@ def record_landed(job: ObjectStoragePath, round_number: int, landed: Iterable[st
         "failures": failures,
         "updated_at": datetime.now(UTC).isoformat(),
     }
-    write_json(layout.landed_path(job, round_number), document)
+    folder.write_landed(round_number, document)
     return document

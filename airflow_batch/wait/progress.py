@@ -160,13 +160,12 @@ class ProgressWriter:
         """Write the document of ``state`` (blocking: call it in a thread from an event loop)."""
         if not self.job_dir:
             return
-        from airflow_batch import layout, storage
+        from airflow_batch.folder import JobFolder
 
         try:
-            path = layout.progress_path(storage.as_path(self.job_dir), self.round_number)
             document = progress_document(state, self.round_number, now)
             if self.landed is not None:
                 document["batches_landed"] = len(self.landed)
-            storage.write_json(path, document)
+            JobFolder(self.job_dir).write_progress(self.round_number, document)
         except Exception as exc:  # progress is informational; the wait goes on
             self.log.warning("Could not write the progress file of round %s: %s", self.round_number, exc)

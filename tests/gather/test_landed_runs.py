@@ -16,8 +16,9 @@ import msgspec
 import pytest
 
 from airflow_batch import layout
+from airflow_batch.folder import JobFolder
 from airflow_batch.gather import merging, runs
-from airflow_batch.gather.finalizing import finalize_job, read_rounds
+from airflow_batch.gather.finalizing import finalize_job
 from airflow_batch.gather.merging import merge_rows
 from airflow_batch.gather.runs import job_runs, land_run, merge_runs
 from airflow_batch.storage import as_path, iter_jsonl_lines, write_json
@@ -137,7 +138,7 @@ def _job(tmp_path: Path | str, seed: int, shuffled: bool) -> Any:
 
 
 def _merged_whole(job: Any) -> tuple[bytes, bytes, merging.MergeCounts]:
-    rounds = read_rounds(job)
+    rounds = JobFolder(job).read_rounds()
     result_lines = (line for m in rounds for p in m["results_paths"] for line in iter_jsonl_lines(as_path(p)))
     failure_lines = [
         line for m in rounds for p in m["failures_paths"] for line in iter_jsonl_lines(as_path(p))
@@ -154,7 +155,7 @@ def test_merging_the_landed_runs_writes_what_merging_the_whole_job_writes(
     tmp_path: Path, seed: int, shuffled: bool
 ) -> None:
     job = _job(tmp_path, seed, shuffled)
-    found = job_runs(job, read_rounds(job))
+    found = job_runs(job, JobFolder(job).read_rounds())
     assert found is not None
     results, failures = io.BytesIO(), io.BytesIO()
     counts = merge_runs(found, results, failures)
@@ -173,7 +174,7 @@ def test_finalize_of_a_landed_job_copies_rows_without_decoding_a_result(
 ) -> None:
     job = _job(tmp_path, 4, shuffled=True)
     expected_results, expected_failures, counts = _merged_whole(job)
-    assert job_runs(job, read_rounds(job)) is not None  # every file landed (as the gather does)
+    assert job_runs(job, JobFolder(job).read_rounds()) is not None  # every file landed (as the gather does)
 
     def no_decoding(line: bytes) -> Any:
         raise AssertionError(f"finalize decoded a landed line: {line[:60]!r}")
@@ -214,7 +215,7 @@ def test_rows_without_a_row_number_are_merged_the_old_way(tmp_path: Path) -> Non
     _write_round(
         job, 0, {"msgbatch_0": ([{"custom_id": "b", "round": 0}, {"custom_id": "a", "round": 0}], [])}
     )
-    assert job_runs(job, read_rounds(job)) is None
+    assert job_runs(job, JobFolder(job).read_rounds()) is None
     manifest = finalize_job(job)
     assert manifest["succeeded"] == 2
     assert [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -95,17 +96,22 @@ def test_fenced_writes_from_several_processes_lose_no_update(tmp_path: Path) -> 
 
 
 def _finish_jobs(path: str, first: int, count: int) -> None:
+    from airflow_batch.folder import JobFolder
     from airflow_batch.history import record_run
 
     for n in range(first, first + count):
-        manifest = {"job_dir": f"job-{n}", "finalized_at": "t", "succeeded": 1, "usage": {"output_tokens": 5}}
-        record_run(as_path(path), manifest)  # type: ignore[arg-type]
+        folder = JobFolder(f"{os.path.dirname(path)}/job-{n}")
+        folder.write_spec({"history_path": path})
+        usage = {"output_tokens": 5}
+        manifest = {"job_dir": str(folder), "finalized_at": "t", "succeeded": 1, "usage": usage}
+        record_run(folder, manifest)  # type: ignore[arg-type]
 
 
 def test_a_history_shared_by_mapped_finalizes_keeps_every_run(tmp_path: Path) -> None:
-    from airflow_batch.history import KEEP, read_history
+    from airflow_batch.folder import read_task_history
+    from airflow_batch.history import KEEP
 
     path = str(tmp_path / "history.json")
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         pool.starmap(_finish_jobs, [(path, 0, 5), (path, 5, 5), (path, 10, 5), (path, 15, 5)])
-    assert len({entry["job_dir"] for entry in read_history(as_path(path))}) == 20 == KEEP
+    assert len({entry["job_dir"] for entry in read_task_history(as_path(path))}) == 20 == KEEP

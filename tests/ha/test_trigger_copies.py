@@ -22,7 +22,7 @@ from airflow_batch.gather.gathering import GatherConfig, gather_round
 from airflow_batch.manifest import JobIdentity
 from airflow_batch.spec.job_spec import JobSpec, write_job_spec
 from airflow_batch.storage import as_path, iter_jsonl, iter_jsonl_lines
-from airflow_batch.submit.creating import round_manifest
+from airflow_batch.submit.creating import manifest_from_ledger
 from airflow_batch.submit.ledger import LedgerStore
 from airflow_batch.submit.queue import QueueWaitNeeded
 from airflow_batch.submit.round import SubmitSettings, submit_round
@@ -95,7 +95,7 @@ def test_two_copies_of_the_queue_trigger_create_one_batch_per_chunk(
         assert event["batches"] == recorded
 
     # Gathered: every request exactly once, no batch outside the ledger.
-    submitted = round_manifest(as_path(job), ledger, IDENTITY)
+    submitted = manifest_from_ledger(as_path(job), ledger, IDENTITY)
     with BatchesApi(anthropic.Anthropic(base_url=emulator.base_url, api_key="k")) as api:
         until_sync(
             lambda: all(

@@ -22,8 +22,8 @@ from airflow_batch import anthropic_batch_job, layout
 from airflow_batch.api import BatchesApi
 from airflow_batch.costs import price_table
 from airflow_batch.emulator.process import EmulatorProcess
+from airflow_batch.folder import JobFolder
 from airflow_batch.storage import as_path, read_json
-from airflow_batch.submit import round as submit_round_module
 from airflow_batch.submit.chunking import prepare_chunks
 from airflow_batch.submit.estimate import estimate_cost
 
@@ -126,7 +126,7 @@ def test_a_rerun_after_the_canary_was_paid_never_sends_it_again(
     emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _requests(tmp_path / "requests.jsonl", 40, "claude-haiku-4-5", words=20)
-    install = submit_round_module._install_chunks
+    install = JobFolder.install_chunks
     lost: list[int] = []
 
     def worker_lost_after_the_canary(*args: Any) -> None:
@@ -135,7 +135,7 @@ def test_a_rerun_after_the_canary_was_paid_never_sends_it_again(
             raise RuntimeError("worker lost after the canary was paid, before its round was recorded")
         install(*args)
 
-    monkeypatch.setattr(submit_round_module, "_install_chunks", worker_lost_after_the_canary)
+    monkeypatch.setattr(JobFolder, "install_chunks", worker_lost_after_the_canary)
     dag = _dag("canary_rerun", tmp_path / "requests.jsonl", str(tmp_path / "out"), anthropic_conn)
     run = run_dag(dag, logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE)
     assert run.state == "failed" and _messages(emulator) == CANARY and emulator.batch_count() == 0
