@@ -38,7 +38,7 @@ from airflow_batch.exceptions import (
     JobFileMissingError,
     JobFileUnreadableError,
 )
-from airflow_batch.manifest import MANIFEST_VERSION
+from airflow_batch.manifest import LEDGER_VERSION, MANIFEST_VERSION
 from airflow_batch.storage import (
     FenceLost,
     as_path,
@@ -52,7 +52,7 @@ from airflow_batch.storage import (
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_batch.gather.gathering import BatchGatherStats
+    from airflow_batch.gather.stats import BatchGatherStats
     from airflow_batch.manifest import JobManifest, RoundManifest
 
 #: Fenced appends to a task's history tried before giving up (the file is shared by map indexes).
@@ -352,7 +352,6 @@ class JobFolder:
             document = read_object(path, what, fix)
         except JobFileMissingError:
             return None
-        from airflow_batch.submit.ledger import LEDGER_VERSION
 
         version = document.get("version", LEDGER_VERSION)
         if version != LEDGER_VERSION:
@@ -481,7 +480,7 @@ class JobFolder:
             return None
 
     def _stats_at(self, path: ObjectStoragePath) -> BatchGatherStats:
-        from airflow_batch.gather.gathering import BatchGatherStats
+        from airflow_batch.gather.stats import BatchGatherStats
 
         what = f"the stats of landed batch {path.name.removesuffix('.stats.json')} of {self.root}"
         fix = "Delete it (and the batch's parts beside it) and clear the round's gather: it lands them again"

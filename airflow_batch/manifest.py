@@ -16,6 +16,9 @@ from typing import Any, Literal, TypedDict
 
 MANIFEST_VERSION = 1
 
+#: Version of a round's ``ledger.json`` (what was created, by whom, fenced by generation).
+LEDGER_VERSION = 1
+
 Stage = Literal["refused", "submitted", "waited", "gathered", "finalized"]
 #: How far each stage is along a job: a later stage's manifest supersedes an earlier one's.
 #: A refused round went no further than a submit that created nothing.

@@ -36,15 +36,14 @@ from airflow_batch.exceptions import BatchesApiError
 from airflow_batch.folder import JobFolder
 from airflow_batch.gather.batch_parts import (
     AnswerSink,
-    BatchGatherStats,
     GatherConfig,
-    add_counts,
     answer_source_prefix,
     chunk_inputs,
     write_rows,
 )
 from airflow_batch.gather.retention import find_gone, gone_error, land_gone, log_gone
 from airflow_batch.gather.runs import land_batch_runs, round_runs
+from airflow_batch.gather.stats import BatchGatherStats, add_counts
 from airflow_batch.gather.strays import sweep_strays
 from airflow_batch.manifest import (
     BatchStatus,

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_batch.exceptions import BatchNotFoundError, ResultsGoneError
 from airflow_batch.folder import JobFolder
-from airflow_batch.gather.batch_parts import BatchGatherStats, chunk_inputs
+from airflow_batch.gather.batch_parts import chunk_inputs
+from airflow_batch.gather.stats import BatchGatherStats
 from airflow_batch.rows.failure_rows import missing_rows
 
 if TYPE_CHECKING:

@@ -51,7 +51,7 @@ from airflow_batch.storage import (
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_batch.gather.gathering import BatchGatherStats
+    from airflow_batch.gather.stats import BatchGatherStats
     from airflow_batch.manifest import RoundManifest
 
 log = logging.getLogger(__name__)

@@ -59,13 +59,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_batch.exceptions import LedgerFencedOutError
 from airflow_batch.folder import JobFolder
-from airflow_batch.manifest import CanaryRecord, CostEstimate
+from airflow_batch.manifest import LEDGER_VERSION, CanaryRecord, CostEstimate
 from airflow_batch.storage import FenceLost
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
-
-LEDGER_VERSION = 1
 
 
 def utcnow() -> str:
