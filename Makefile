@@ -61,14 +61,21 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy airflow_batch
 
+# The tests that start no Airflow deployment, browser or cluster run on parallel workers (each
+# with its own Airflow home and database): most of their time is spent waiting on an emulator
+# or a poll, so more workers than cores pays. The deployments run after them, one at a time.
+FAST_TESTS := not e2e and not browser and not distributed and not wheel
+TEST_WORKERS ?= 4
+
 pytest: venv browser services
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "$(FAST_TESTS)"
+	$(BIN)/pytest -q -m "not ($(FAST_TESTS))"
 
 test: lint typecheck pytest
 
 # The fast tier: lint, types and every test that starts no Airflow deployment, browser or cluster.
 check: lint typecheck
-	$(BIN)/pytest -q -m "not e2e and not browser and not distributed and not wheel"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "$(FAST_TESTS)"
 
 bench: venv
 	$(BIN)/python bench/run_all.py
