@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + line)
     print()
     print("next: make up (or .venv/bin/airflow-batch dev) runs these DAGs in a local Airflow with its UI")
-    print("      and the Batch jobs page, against the emulator, until Ctrl-C (README: Run it locally)")
+    print("      and the Batch jobs page, against the emulator, until Ctrl-C (docs/dev.md)")
     return 0
 
 

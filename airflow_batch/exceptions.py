@@ -6,7 +6,8 @@ after submission (timeouts, permanent API faults while waiting, too many failed 
 derive from :class:`AfterSubmitError`: batches exist and outputs written so far are kept.
 
 A refusal that the same input meets again on every try (invalid rows, the budget, an unknown
-model, a failed canary, a changed input) is also a :class:`RetryCannotFix`: Airflow fails the
+model, a failed canary, a changed input, another job's ``publish_path``, a failure rate above
+the limit) is also a :class:`RetryCannotFix`: Airflow fails the
 task at once instead of spending its retries (and ``retry_delay``) on the same answer.
 """
 
@@ -101,6 +102,13 @@ class UnknownModelPriceError(BeforeSubmitError, RetryCannotFix):
 
 class InputChangedError(BeforeSubmitError, RetryCannotFix):
     """The input of a task instance differs from the one its recorded batches were built from."""
+
+
+class ChunkFileError(AirflowBatchError):
+    """A chunk file, or a shared prompt it references, is missing or damaged: nothing more is created.
+
+    Raised before the create of any chunk of the wave; the message names the file.
+    """
 
 
 class AnswerStoreError(BeforeSubmitError):
@@ -207,14 +215,14 @@ class IncompleteJobError(AfterSubmitError):
     """A round of the job that was due did not complete; finalize merged what landed first."""
 
 
-class PublishConflictError(AfterSubmitError):
+class PublishConflictError(AfterSubmitError, RetryCannotFix):
     """``publish_path`` is another job's (another DAG or task publishes there): nothing was replaced.
 
     The job's own files are written; publish to a folder of its own (e.g. with the DAG id in it).
     """
 
 
-class FailureRateExceededError(AfterSubmitError):
+class FailureRateExceededError(AfterSubmitError, RetryCannotFix):
     """The final failure rate is above ``max_failure_rate``; every output was written first."""
 
 
@@ -223,4 +231,18 @@ class LedgerFencedOutError(AirflowBatchError):
 
     Raised by a copy of the queue trigger whose triggerer stalled and lost it to another, or by
     a task's old process beside its retry. It creates nothing more; the other writer goes on.
+    """
+
+
+class JobSpecError(AirflowBatchError, RetryCannotFix):
+    """A job folder's ``spec.json`` is missing, unreadable, damaged or of another ``spec_version``.
+
+    The message names the file and the fix; nothing is sent on its behalf.
+    """
+
+
+class JobSpecConflictError(JobSpecError):
+    """A job folder already holds a different spec from a submit that created batches under it.
+
+    Nothing was replaced: the message names the file and both values of each setting that differs.
     """

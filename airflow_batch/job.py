@@ -12,9 +12,8 @@ be used alone; the factory only wires them with the arguments a DAG author usual
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import fields
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import Asset, TaskGroup, XComArg
 
@@ -23,7 +22,11 @@ from airflow_batch.operators.gather import GatherResultsOperator
 from airflow_batch.operators.retry import RetryFailedOperator
 from airflow_batch.operators.submit import SubmitBatchesOperator
 from airflow_batch.sensors.batches import BatchesSensor
-from airflow_batch.submit.round import SubmitSettings
+from airflow_batch.spec.parameters import documented
+from airflow_batch.wait.policy import DEFAULT_TIMEOUT
+
+if TYPE_CHECKING:
+    from airflow_batch.submit.records import CustomIdFrom
 
 
 class BatchJobGroup(TaskGroup):
@@ -57,6 +60,7 @@ def default_asset(dag_id: str, group_id: str) -> Asset:
     return Asset(uri=f"airflow-batch://{dag_id}/{group_id}")
 
 
+@documented("job")
 def anthropic_batch_job(
     group_id: str,
     *,
@@ -67,20 +71,20 @@ def anthropic_batch_job(
     delete_files: str = "after_gather",
     output_schema: Any = None,
     passthrough_fields: Sequence[str] = (),
-    custom_id_from: Any = None,
+    custom_id_from: CustomIdFrom | None = None,
     results_format: str | Sequence[str] = "jsonl",
     publish_path: str | None = None,
     conn_id: str = "anthropic_default",
     max_retry_rounds: int = 2,
     poll_interval: float | None = None,
-    timeout: float = 24 * 3600,
+    timeout: float = DEFAULT_TIMEOUT,
     max_failure_rate: float | None = None,
     max_cost_usd: float | None = None,
     budget_basis: str | None = None,
     max_queued_requests: int | None = None,
     model: str | None = None,
     max_tokens: int | None = None,
-    system: Any = None,
+    system: str | list[Any] | None = None,
     cache_system_prompt: bool | None = None,
     cache_ttl: str | None = None,
     prompt_template: str | None = None,
@@ -99,6 +103,7 @@ def anthropic_batch_job(
     canary_max_failure_rate: float = 0.0,
     delete_batches: str | None = None,
     land_interval: float | None = None,
+    keep_chunks: bool = False,
     submit_kwargs: Mapping[str, Any] | None = None,
     sensor_kwargs: Mapping[str, Any] | None = None,
     gather_kwargs: Mapping[str, Any] | None = None,
@@ -111,82 +116,6 @@ def anthropic_batch_job(
     ``extract >> anthropic_batch_job(...) >> load``. Files land in the job folder under
     ``output_path`` (see :mod:`airflow_batch.layout`); ``finalize`` returns the job manifest,
     which downstream tasks get as ``job.output`` (see :class:`BatchJobGroup`).
-
-    :param group_id: Id of the TaskGroup.
-    :param output_path: Where job folders are created: an absolute path or an ``s3://``,
-        ``gs://`` URI (default ``[airflow_batch] output_path``).
-    :param requests: Message Batches requests (``{"custom_id", "params"}``): a list, a JSONL
-        path/URI, or an upstream task's output. Give this or ``records``.
-    :param records: Plain records turned into requests with ``prompt_template`` and the
-        defaults below (see ``SubmitBatchesOperator``).
-    :param documents: Files to send, one request each: a glob, a list of paths or a ``.jsonl``
-        records file with a ``path`` field; each distinct file is uploaded once with the Files API
-        (see ``SubmitBatchesOperator``). Give this, ``requests`` or ``records``.
-    :param delete_files: ``"after_gather"`` (default): delete the job's uploads once it has landed;
-        ``"keep"``: keep them for later jobs under the same ``output_path``.
-    :param output_schema: Structured outputs: a JSON Schema dict or a Pydantic model class;
-        result rows carry the validated ``output``, an answer that is not valid is an
-        ``invalid_output`` failure (retried).
-    :param passthrough_fields: Record fields copied into result and failure rows (``input``).
-    :param custom_id_from: A template or callable making each record's key, turned into a
-        valid, stable ``custom_id`` (see ``SubmitBatchesOperator``).
-    :param results_format: ``"jsonl"``, ``"parquet"`` or both: what ``finalize`` writes.
-    :param publish_path: Folder (URI, templated) that gets a copy of the final files.
-    :param conn_id: The ``anthropic`` connection.
-    :param max_retry_rounds: How many retry rounds to build (0 for none).
-    :param poll_interval: Seconds between status polls while waiting (default
-        ``[airflow_batch] poll_interval``, 60).
-    :param timeout: Seconds each round may wait before its unfinished batches are canceled.
-    :param max_failure_rate: Share of failed requests (0-1) after every retry round above which
-        ``finalize`` fails, after writing every file. ``None``: ``[airflow_batch]
-        max_failure_rate`` (5% unless configured); ``1`` never fails for failed requests.
-    :param max_cost_usd: Budget of the whole job at batch prices; each round checks its
-        estimate against what is left.
-    :param budget_basis: ``"upper_bound"`` (default) or ``"expected"``: which estimate the
-        budget guards (see ``SubmitBatchesOperator``).
-    :param max_queued_requests: The job's share of the organisation's processing queue; every
-        round is created in waves that keep at most this many requests queued, deferring between
-        them (default: learn from the API's queue-full answers; see ``SubmitBatchesOperator``).
-    :param model: Default model for requests that set none.
-    :param max_tokens: Default ``max_tokens`` for requests that set none.
-    :param system: Default system prompt.
-    :param cache_system_prompt: Mark the system prompt for prompt caching (default: the
-        ``SubmitBatchesOperator`` default).
-    :param cache_ttl: ``"1h"`` or ``"5m"``: lifetime of that cache entry (default
-        ``[airflow_batch] cache_ttl``, 1h).
-    :param prompt_template: Template building the user message from each record.
-    :param custom_id_field: Record field holding the ``custom_id``.
-    :param include_content: Keep each message's full ``content`` blocks in result rows.
-    :param retryable_error_types: Failure kinds retried (see ``GatherResultsOperator``).
-    :param prices: Price table overrides for estimates and costs.
-    :param asset: Asset (or URI) emitted by ``finalize``; ``None`` uses
-        ``airflow-batch://{dag_id}/{group_id}``; ``False`` emits none.
-    :param deferrable: Run the waits deferred (default True, see ``BatchesSensor``).
-    :param betas: Beta names sent as ``anthropic-beta`` on every call of the job.
-    :param workspace_id: Sent as ``anthropic-workspace-id`` on every call of the job.
-    :param reuse_answers: Answer requests an earlier run (of any job sharing the answer store)
-        already answered from the store instead of sending them: no cost, rows marked
-        ``reused_from``; the job's own answers are stored for later runs (see
-        ``SubmitBatchesOperator``). A run whose every request is found creates no batch.
-    :param answer_store: URI of the answer store (default ``{output_path}/_answers``).
-    :param max_age: How old a reused answer may be: seconds or a ``timedelta``.
-    :param canary: Requests to send at standard price before any batch, checking their answers
-        (see ``SubmitBatchesOperator``); 0 for none.
-    :param canary_max_failure_rate: Share of canary answers that may be unusable (default 0).
-    :param delete_batches: ``"after_gather"``: delete each batch from the API once its rows are
-        landed (see ``GatherResultsOperator``); default ``None`` keeps them.
-    :param land_interval: Land each round's ended batches while its other batches still run, at
-        most every ``land_interval`` seconds (or as soon as a tenth of them wait): their rows are
-        readable with ``read_results(job_folder)`` before the round ends (see ``BatchesSensor``).
-        ``None`` (default): a round lands when its last batch has ended.
-    :param submit_kwargs: Further ``SubmitBatchesOperator`` arguments (batch limits,
-        ``expected_output_tokens``, ``on_input_change``, ``skip_invalid``...); the batch
-        settings among them apply to retry rounds too.
-    :param sensor_kwargs: Further ``BatchesSensor`` arguments (``timeout_policy``...).
-    :param gather_kwargs: Further ``GatherResultsOperator`` arguments. ``on_results_gone`` is
-        ``"retry"`` for every gather but the last round's (``"fail"``): the requests of a batch
-        whose results the API no longer holds go to the next retry round.
-    :param tooltip: Tooltip of the group in the UI.
     """
     if sum(source is not None for source in (requests, records, documents)) != 1:
         raise ValueError(
@@ -206,10 +135,6 @@ def anthropic_batch_job(
         submit_extra.setdefault("custom_id_from", custom_id_from)
     if documents is not None:
         submit_extra.update(documents=documents, delete_files=delete_files)
-    settings_names = {f.name for f in fields(SubmitSettings)} - {"max_cost_usd", "prices"}
-    retry_settings = {k: v for k, v in submit_extra.items() if k in settings_names}
-    if prices is not None:
-        retry_settings["prices"] = prices
     sensor_args: dict[str, Any] = {
         "poll_interval": poll_interval,
         "timeout": timeout,
@@ -257,6 +182,7 @@ def anthropic_batch_job(
             canary=canary,
             canary_max_failure_rate=canary_max_failure_rate,
             include_content=include_content,
+            keep_chunks=keep_chunks,
             **submit_extra,
         )
         # Every later task reads the connection (and betas, workspace) from the round manifest.
@@ -266,13 +192,8 @@ def anthropic_batch_job(
         )
         last = gather
         for number in range(1, max_retry_rounds + 1):
-            retry = RetryFailedOperator(
-                task_id=f"retry_{number}",
-                manifest=last.output,
-                max_cost_usd=max_cost_usd,
-                submit_settings=retry_settings,
-                poll_interval=poll_interval,
-            )
+            # Its settings are the job's, read from the spec the submit wrote.
+            retry = RetryFailedOperator(task_id=f"retry_{number}", manifest=last.output)
             wait_r = BatchesSensor(task_id=f"wait_{number}", manifest=retry.output, **sensor_args)
             last = GatherResultsOperator(
                 task_id=f"gather_{number}",

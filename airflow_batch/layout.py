@@ -5,7 +5,9 @@ instances never collide, and a retry or a clear of the same task instance finds 
 (and the ledger) of its earlier attempts::
 
     {output_path}/{dag_id}/{run_id}/{task_id}[/map-{i}]/
-        round-0/chunks/chunk-00000.jsonl     prepared requests, as submitted
+        round-0/chunks/chunk-00000.jsonl     prepared requests, as submitted (removed once the
+                                             round has landed, unless keep_chunks=True)
+        round-0/chunks/shared/{sha256}.json  a long prompt the round's requests share, stored once
         round-0/inputs/chunk-00000.jsonl     each request's input row and passthrough fields
         round-0/ledger.json                  chunk -> batch id, written as each batch is created
         round-0/invalid_input.jsonl          rows skipped as invalid (skip_invalid=True)
@@ -17,6 +19,8 @@ instances never collide, and a retry or a clear of the same task instance finds 
         round-0/progress.json                latest counts while waiting (written by the trigger)
         round-1/refusal.json                 why a round was refused before any spend (budget, model)
         round-0/manifest.json                the round's manifest after gather
+        round-0/retry_requests.jsonl         the requests of its retryable failures, kept by gather
+                                             for the next round before the chunks go
         round-1/...                          retry rounds, same shape
         job.json                             the job's output schema, passthrough fields, answer store
         files/uploads-*.jsonl                documents= jobs: each file uploaded (path, hash, file_id, bytes)
@@ -39,6 +43,8 @@ INVALID_INPUT_FILE = "invalid_input.jsonl"
 REUSED_FILE = "reused.jsonl"
 #: The job manifest finalize writes in the job folder, next to the merged results.
 FINAL_MANIFEST_FILE = "manifest.json"
+#: Folder of the prompts a round's chunk files share, beside them (see submit.shared_prompts).
+SHARED_PROMPTS_DIR = "shared"
 #: Folder of the answer store under ``output_path`` when ``answer_store`` is not given.
 DEFAULT_ANSWER_STORE = "_answers"
 #: Folder under ``output_path`` recording the uploads kept for later jobs (``delete_files="keep"``).
@@ -94,6 +100,11 @@ def chunk_path(job: ObjectStoragePath, round_number: int, chunk: int) -> ObjectS
     return chunks_dir(job, round_number) / chunk_file_name(chunk)
 
 
+def shared_prompt_path(chunks: ObjectStoragePath, digest: str) -> ObjectStoragePath:
+    """Return the file of a prompt shared by chunk files in ``chunks`` (a round's, or staging), by sha256."""
+    return chunks / SHARED_PROMPTS_DIR / f"{digest}.json"
+
+
 def inputs_dir(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
     """Return the folder of the inputs twins of a round's chunks."""
     return round_dir(job, round_number) / "inputs"
@@ -106,6 +117,14 @@ def chunk_inputs_path(job: ObjectStoragePath, round_number: int, chunk: int) -> 
     Gather joins it to the results, so rows keep their input order and the record's columns.
     """
     return inputs_dir(job, round_number) / chunk_file_name(chunk)
+
+
+def retry_requests_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
+    """Return the requests of a gathered round's retryable failures, as the next round sends them.
+
+    One JSON line per request: ``{"request": <the request line>, "row": n, "input": ...}``.
+    """
+    return round_dir(job, round_number) / "retry_requests.jsonl"
 
 
 def ledger_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
@@ -151,6 +170,11 @@ def progress_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePat
 def round_manifest_path(job: ObjectStoragePath, round_number: int) -> ObjectStoragePath:
     """Return the manifest file a gather writes for its round."""
     return round_dir(job, round_number) / "manifest.json"
+
+
+def spec_path(job: ObjectStoragePath) -> ObjectStoragePath:
+    """Return the job's :class:`~airflow_batch.spec.job_spec.JobSpec`, written once by submit."""
+    return job / "spec.json"
 
 
 def job_spec_path(job: ObjectStoragePath) -> ObjectStoragePath:

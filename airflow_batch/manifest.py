@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+if TYPE_CHECKING:
+    from airflow_batch.hooks.batches import BatchesHook
 
 MANIFEST_VERSION = 1
 
@@ -131,6 +134,7 @@ class RoundManifest(TypedDict, total=False):
     reused: int  # answers taken from the answer store (zero cost)
     reused_path: str | None
     canary: CanaryRecord | None
+    requests_by_model: dict[str, int]  # requests sent in the round's batches, by model
     # wait
     batch_status: dict[str, BatchStatus]
     counts: RequestCounts
@@ -145,6 +149,11 @@ class RoundManifest(TypedDict, total=False):
     retryable: int
     usage: Usage
     usage_by_model: dict[str, Usage]
+    #: Per model: requests by result type (as ``result_counts``), and the retryable ones by type. A
+    #: failure whose result names no model (errored, expired...) counts for the round's one model,
+    #: or under ``"unknown"`` in a round of several models.
+    result_counts_by_model: dict[str, dict[str, int]]
+    retryable_by_model: dict[str, dict[str, int]]
     cost: CostFigures  # the batches at batch prices, plus the canary at standard prices
     budget: dict[str, Any]
     answers_stored: int  # answers written to the answer store
@@ -241,6 +250,10 @@ class RefusedManifest(TypedDict, total=False):
     estimate_usd: float
     budget_usd: float
     spent_usd: float
+    kind: str  # the exception's class name
+    # True: not a refusal but an error the submit met before the round was submitted (no
+    # output_path, the API refusing the create...); ``reason`` is the error.
+    failed: bool
 
 
 def refused_manifest(job_dir: str, record: Mapping[str, Any]) -> RefusedManifest:
@@ -309,6 +322,21 @@ class JobIdentity:
             tuple(manifest.get("betas") or ()),
             manifest.get("workspace_id"),
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the identity as JSON (a trigger's kwargs, the job's spec): names only, never a key."""
+        return {"conn_id": self.conn_id, "betas": list(self.betas), "workspace_id": self.workspace_id}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobIdentity:
+        """Return the identity :meth:`to_json` wrote."""
+        return cls(str(data["conn_id"]), tuple(data.get("betas") or ()), data.get("workspace_id"))
+
+    def hook(self) -> BatchesHook:
+        """Return the hook every call of the job goes through (its connection, betas and workspace)."""
+        from airflow_batch.hooks.batches import BatchesHook
+
+        return BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
 
 
 def job_conn_id(manifest: Mapping[str, Any], conn_id: str | None, task_id: str) -> str:

@@ -9,8 +9,11 @@ with ``json.loads`` per line, slice it by count (100,000) and ``json.dump`` each
 file. No validation at all.
 
 Each measurement runs in a fresh process so peak RSS (``ru_maxrss``) is its own. Targets:
-ours >= 100,000 requests/s, and peak RSS <= largest chunk + 200 MB, flat from 100,000 to
-1,000,000 requests. Run: ``.venv/bin/python bench/bench_submit.py`` (about two minutes).
+ours >= 150,000 requests/s and >= 4x the guide, and peak RSS <= largest chunk + 200 MB, flat from
+100,000 to 1,000,000 requests. Run: ``.venv/bin/python bench/bench_submit.py`` (about two minutes).
+
+``--shared``: 30,000 requests sharing a 47 KB cached system prompt; the chunk bytes on disk and
+the speed of the pass with the prompt stored once (``shared/``) and with every line whole.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 SIZES = (100_000, 1_000_000)
 CHUNK = 100_000
 MB = 1024 * 1024
+SHARED_REQUESTS = 30_000
+SHARED_SYSTEM = "You are a meticulous analyst of customer reviews; follow the house rules below. " * 590
 WORDS = ("great lamp broke after week shipping slow colour lovely would buy again terrible support").split()  # noqa: SIM905
 
 
@@ -51,9 +56,32 @@ def write_input(path: Path, n: int) -> None:
             handle.write(encode(request) + b"\n")
 
 
-def child_ours(source: str, out: str) -> dict[str, Any]:
+def write_shared_input(path: Path, n: int) -> None:
+    """Write ``n`` requests sharing a 47 KB system prompt marked for caching (1 hour)."""
+    import msgspec
+
+    encode = msgspec.json.Encoder().encode
+    system = [{"type": "text", "text": SHARED_SYSTEM, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    with path.open("wb") as handle:
+        for i in range(n):
+            words = " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(20 + i % 50))
+            params = {"model": "claude-haiku-4-5", "max_tokens": 64, "system": system}
+            params["messages"] = [{"role": "user", "content": "Classify the sentiment: " + words}]
+            handle.write(encode({"custom_id": f"review-{i:07d}", "params": params}) + b"\n")
+
+
+def disk_bytes(folder: str) -> int:
+    """Return the bytes of every file under ``folder``."""
+    return sum(os.path.getsize(os.path.join(top, n)) for top, _, names in os.walk(folder) for n in names)
+
+
+def child_ours(source: str, out: str, whole_lines: bool = False) -> dict[str, Any]:
     from airflow_batch.storage import as_path, iter_jsonl_lines
+    from airflow_batch.submit import chunk_files
     from airflow_batch.submit.chunking import prepare_chunks
+
+    if whole_lines:  # every line stored whole, as before shared prompts were stored once
+        chunk_files.MIN_SHARED_BYTES = 1 << 40
 
     # Warm the storage layer (fsspec imports on first open) outside the timed region.
     with as_path(os.path.join(out, "warm")).open("wb") as handle:
@@ -66,7 +94,9 @@ def child_ours(source: str, out: str) -> dict[str, Any]:
     )  # fmt: skip
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert not prepared.fatal, prepared.problems
+    chunks = os.path.join(out, "chunks")
     return {
+        "disk": disk_bytes(chunks) - disk_bytes(os.path.join(chunks, "inputs")),
         "requests": prepared.requests,
         "chunks": len(prepared.chunks),
         "largest_chunk": max(c.bytes for c in prepared.chunks),
@@ -106,6 +136,22 @@ def child_guide(source: str, out: str) -> dict[str, Any]:
         "rss_after_import": imported,
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+
+
+def measure_shared() -> None:
+    """Print chunk bytes on disk and speed for 30,000 requests sharing a 47 KB system prompt."""
+    print(f"bench_submit --shared: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-submit-shared-"))
+    try:
+        source = workdir / "requests-shared.jsonl"
+        write_shared_input(source, SHARED_REQUESTS)
+        print(f"input: {SHARED_REQUESTS:,} requests, {source.stat().st_size / MB:.1f} MB")
+        for kind in ("ours-whole", "ours", "guide"):
+            r = measure(kind, source, workdir)
+            disk = r.get("disk", 0)
+            print(line(kind, r) + (f"  chunk files on disk {disk / MB:8.1f} MB" if disk else ""))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def measure(kind: str, source: Path, workdir: Path) -> dict[str, Any]:
@@ -167,6 +213,11 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         kind, source, out = sys.argv[2:5]
-        print(json.dumps(child_ours(source, out) if kind == "ours" else child_guide(source, out)))
+        if kind == "guide":
+            print(json.dumps(child_guide(source, out)))
+        else:
+            print(json.dumps(child_ours(source, out, whole_lines=kind == "ours-whole")))
+    elif "--shared" in sys.argv:
+        measure_shared()
     else:
         main()

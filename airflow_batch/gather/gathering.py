@@ -35,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from airflow_batch import layout
-from airflow_batch.costs import PriceTable, price_table, sum_costs
+from airflow_batch.costs import PriceTable, model_family, price_table, sum_costs
 from airflow_batch.exceptions import BatchesApiError
 from airflow_batch.gather.retention import find_gone, gone_error, land_gone, log_gone
 from airflow_batch.gather.rows import (
@@ -93,6 +93,9 @@ class BatchGatherStats:
     error_types: dict[str, int] = field(default_factory=dict)
     retryable: int = 0
     usage_by_model: dict[str, Usage] = field(default_factory=dict)
+    #: Per model (``""``: a failure naming none): rows by result type, retryable failures by type.
+    counts_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    retryable_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
     attempts: int = 0
     #: Answers written to the answer store (0 without one).
     stored: int = 0
@@ -111,6 +114,12 @@ class BatchGatherStats:
         self.retryable += rows.retryable
         for model, usage in rows.usage_by_model.items():
             self.usage_by_model[model] = sum_usages([self.usage_by_model.get(model, {}), usage])
+        for mine, theirs in (
+            (self.counts_by_model, rows.counts_by_model),
+            (self.retryable_by_model, rows.retryable_by_model),
+        ):
+            for model, by_type in theirs.items():
+                _add_counts(mine.setdefault(model, {}), by_type)
 
     def to_json(self) -> dict[str, Any]:
         """Return the stats as a JSON-ready dict."""
@@ -120,6 +129,31 @@ class BatchGatherStats:
     def from_json(cls, data: Mapping[str, Any]) -> BatchGatherStats:
         """Return stats read back from a sidecar."""
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def _add_counts(total: dict[str, int], counts: Mapping[str, int]) -> None:
+    for kind, count in counts.items():
+        total[kind] = total.get(kind, 0) + count
+
+
+def unnamed_owner(counts_by_model: Mapping[str, Mapping[str, int]], models: Iterable[str]) -> str:
+    """Return the model a failure naming none counts for (``""``: an errored, expired or missing
+    result carries none): the round's one model, or ``"unknown"`` among several.
+
+    ``models``: the models the round's requests named (an answer may name the dated id of an alias,
+    which is then the one named).
+    """
+    named = sorted(m for m in counts_by_model if m)
+    families = {model_family(m) or m for m in (*named, *models)}
+    return (named or sorted(models) or ["unknown"])[0] if len(families) == 1 else "unknown"
+
+
+def by_named_model(counts_by_model: Mapping[str, Mapping[str, int]], owner: str) -> dict[str, dict[str, int]]:
+    """Return per-model counts with those of failures naming no model given to ``owner``."""
+    out: dict[str, dict[str, int]] = {}
+    for model, counts in sorted(counts_by_model.items()):
+        _add_counts(out.setdefault(model or owner, {}), counts)
+    return out
 
 
 _input_line_decoder = msgspec.json.Decoder(InputMeta)
@@ -577,6 +611,9 @@ def round_manifest(
     out["retryable"] = total.retryable
     out["usage"] = sum_usages(total.usage_by_model.values())
     out["usage_by_model"] = total.usage_by_model
+    owner = unnamed_owner(total.counts_by_model, manifest.get("requests_by_model") or {})
+    out["result_counts_by_model"] = by_named_model(total.counts_by_model, owner)
+    out["retryable_by_model"] = by_named_model(total.retryable_by_model, owner)
     out["cost"] = round_cost(manifest, table.cost(total.usage_by_model), strays or ())
     if strays:
         out["strays"] = strays

@@ -5,6 +5,11 @@ requests of chunk ``i``, so its failures are read batch by batch and matched aga
 chunk's lines (and their inputs twin, which keeps each request's input row and passthrough
 fields for the next round's rows).
 
+The gather of a round does that match once, right after landing (:func:`keep_retry_requests`),
+and keeps the result in ``round-N/retry_requests.jsonl``: the chunk files can then go (they
+hold every request's full prompt) while a retry round, or a clear of one, still finds exactly
+the bytes first sent. A round gathered without that file is matched against its chunks then.
+
 A paused turn (``stop_reason: pause_turn``: a server tool's loop hit its limit) is continued,
 as the API documents: the request is sent again with the partial assistant content appended
 to its messages.
@@ -19,8 +24,9 @@ import msgspec
 
 from airflow_batch import layout
 from airflow_batch.gather.rows import failure_row_decoder
-from airflow_batch.storage import as_path, iter_jsonl_lines
+from airflow_batch.storage import as_path, atomic_writer, iter_jsonl_lines
 from airflow_batch.submit.records import Carried
+from airflow_batch.submit.shared_prompts import iter_sent_lines
 
 
 class _Request(msgspec.Struct, gc=False):
@@ -33,7 +39,16 @@ class _Input(msgspec.Struct, gc=False):
     input: msgspec.Raw = msgspec.Raw()  # absent: empty (see gathering._InputLine)
 
 
+class _Kept(msgspec.Struct, gc=False):
+    """A line of ``retry_requests.jsonl``: the request as the next round sends it, and what it carries."""
+
+    request: msgspec.Raw
+    row: int | None = None
+    input: msgspec.Raw = msgspec.Raw()  # absent: no passthrough fields (as in _Input)
+
+
 _request_decoder = msgspec.json.Decoder(_Request)
+_kept_decoder = msgspec.json.Decoder(_Kept)
 _input_decoder = msgspec.json.Decoder(_Input)
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -63,8 +78,41 @@ def continue_turn(line: bytes, content: msgspec.Raw) -> bytes:
 def original_requests(manifest: Mapping[str, Any]) -> Iterator[Carried]:
     """Yield the retryable failures of a gathered round as the requests first sent, batch by batch.
 
-    Each comes with its input row and passthrough fields; a paused turn comes continued.
+    Each comes with its input row and passthrough fields; a paused turn comes continued. Read from
+    what the gather kept (:func:`keep_retry_requests`), else from the round's chunk files.
     """
+    kept = layout.retry_requests_path(as_path(manifest["job_dir"]), int(manifest["round"]))
+    if not kept.exists():
+        yield from _from_chunks(manifest)
+        return
+    for line in iter_jsonl_lines(kept):
+        request = _kept_decoder.decode(line)
+        yield Carried(bytes(request.request), request.input or None, request.row)
+
+
+def keep_retry_requests(manifest: Mapping[str, Any]) -> int:
+    """Write the requests a retry of the gathered round would send to ``retry_requests.jsonl``;
+    return how many.
+
+    Done before the round's chunk files are removed. A round whose file exists already (a gather
+    run again after its chunks went) keeps it: its failures have not changed.
+    """
+    path = layout.retry_requests_path(as_path(manifest["job_dir"]), int(manifest["round"]))
+    if path.exists():
+        return sum(1 for _ in iter_jsonl_lines(path))
+    count = 0
+    with atomic_writer(path) as out:
+        for carried in _from_chunks(manifest):
+            kept = {"request": msgspec.Raw(carried.request), "row": carried.row}
+            if carried.input is not None:
+                kept["input"] = carried.input
+            out.write(_encode(kept) + b"\n")
+            count += 1
+    return count
+
+
+def _from_chunks(manifest: Mapping[str, Any]) -> Iterator[Carried]:
+    """Yield the retryable failures of a gathered round matched against its chunk files."""
     job = as_path(manifest["job_dir"])
     round_number = int(manifest["round"])
     for record in manifest.get("batches", []):
@@ -73,7 +121,7 @@ def original_requests(manifest: Mapping[str, Any]) -> Iterator[Carried]:
             continue
         inputs_path = layout.chunk_inputs_path(job, round_number, int(record["chunk"]))
         inputs = iter_jsonl_lines(inputs_path) if inputs_path.exists() else None
-        for line in iter_jsonl_lines(as_path(record["chunk_path"])):
+        for line in iter_sent_lines(as_path(record["chunk_path"])):
             meta = _input_decoder.decode(next(inputs)) if inputs is not None else None
             custom_id = _request_decoder.decode(line).custom_id
             if custom_id not in retry:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -449,6 +450,10 @@ class BlockRows:
     error_types: dict[str, int] = field(default_factory=dict)
     retryable: int = 0
     usage_by_model: dict[str, Usage] = field(default_factory=dict)
+    #: Per model: rows by result type, and the retryable failures by type. ``""``: a failure whose
+    #: result names no model (errored, expired, canceled, missing).
+    counts_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    retryable_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
     #: The result rows themselves, for the answer store (kept only when asked: ``keep_rows``).
     result_rows: list[ResultRow] = field(default_factory=list)
 
@@ -546,6 +551,9 @@ def _add_slice(
         if settings.keep_rows:
             out.result_rows.extend(rows)
         out.result_counts["succeeded"] = out.result_counts.get("succeeded", 0) + len(rows)
+        for model, count in Counter(map(_model_of, rows)).items():  # counted in C: the hot path
+            by_type = out.counts_by_model.setdefault(model, {})
+            by_type["succeeded"] = by_type.get("succeeded", 0) + count
         _sum_usage(out.usage_by_model, rows, settings)
         results.append(row_encoder.encode_lines(rows))
     if failure_rows:
@@ -910,8 +918,12 @@ def _count_failures(out: BlockRows, failures: list[FailureRow]) -> None:
         counts[failure.result_type] = counts.get(failure.result_type, 0) + 1
         if failure.error_type is not None:
             error_types[failure.error_type] = error_types.get(failure.error_type, 0) + 1
+        by_type = out.counts_by_model.setdefault(failure.model or "", {})
+        by_type[failure.result_type] = by_type.get(failure.result_type, 0) + 1
         if failure.retryable:
             out.retryable += 1
+            retried = out.retryable_by_model.setdefault(failure.model or "", {})
+            retried[failure.result_type] = retried.get(failure.result_type, 0) + 1
 
 
 _model_of = attrgetter("model")

@@ -295,7 +295,7 @@ def finalized_lineage(manifest: Mapping[str, Any], table: PriceTable) -> Operato
         outputs=outputs,
         run_facets={
             **query_facets(batch_ids(manifest)),
-            FACET_NAME: run_facet_class()(**run_figures(manifest, table, saved)),
+            FACET_NAME: run_facet_class()(**run_figures(manifest, table, saved, rounds)),
         },
     )
 

@@ -12,7 +12,7 @@ a job's final files are a dataset each.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -102,6 +102,46 @@ def model_figures(usage_by_key: Mapping[str, Mapping[str, Any]], table: PriceTab
     return figures
 
 
+def model_counts(rounds: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Return per model: requests sent, succeeded, and failed by type, from gathered round manifests.
+
+    One round: its own figures. A job's rounds (round 0 first): requests are round 0's, and a
+    failure counts once, where it ended: the retryable failures of a round the next round resent
+    are counted by that round instead.
+    """
+    counts: dict[str, dict[str, Any]] = {}
+
+    def entry(model: str) -> dict[str, Any]:
+        return counts.setdefault(model, {"requests": 0, "succeeded": 0, "failed": 0, "failedByType": {}})
+
+    named = {model for manifest in rounds for model in manifest.get("result_counts_by_model") or {}}
+    for model, requests in ((rounds[0].get("requests_by_model") or {}) if rounds else {}).items():
+        entry(_answered_as(model, named))["requests"] += int(requests)
+    for index, manifest in enumerate(rounds):
+        resent = (manifest.get("retryable_by_model") or {}) if index + 1 < len(rounds) else {}
+        for model, by_type in (manifest.get("result_counts_by_model") or {}).items():
+            figures = entry(model)
+            for kind, count in by_type.items():
+                if kind == "succeeded":
+                    figures["succeeded"] += int(count)
+                    continue
+                ended = int(count) - int((resent.get(model) or {}).get(kind, 0))
+                if ended:
+                    figures["failedByType"][kind] = figures["failedByType"].get(kind, 0) + ended
+                    figures["failed"] += ended
+    return counts
+
+
+def _answered_as(model: str, answered: set[str]) -> str:
+    """Return the id answers name for a requested model: itself, or the one answered id of its family
+    (the API answers an alias such as ``claude-haiku-4-5`` with its dated id)."""
+    from airflow_batch.costs import model_family
+
+    family = model_family(model)
+    same = [m for m in answered if family is not None and model_family(m) == family]
+    return model if model in answered or len(same) != 1 else same[0]
+
+
 def reuse_savings(rows: Iterable[Mapping[str, Any]], table: PriceTable) -> dict[str, Any]:
     """Return what reused answers saved: their count and the batch price of their original usage.
 
@@ -130,12 +170,17 @@ def failures_by_type(manifest: Mapping[str, Any]) -> dict[str, int]:
 
 
 def run_figures(
-    manifest: Mapping[str, Any], table: PriceTable, saved: Mapping[str, Any] | None = None
+    manifest: Mapping[str, Any],
+    table: PriceTable,
+    saved: Mapping[str, Any] | None = None,
+    rounds: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Return the custom run facet's fields for a gathered round or a finalized job.
 
     Counts and costs are the manifest's own; per-model tokens and costs price the manifest's
-    ``usage_by_model`` with ``table`` (the job's totals are the sum of the models').
+    ``usage_by_model`` with ``table`` (the job's totals are the sum of the models'); per-model
+    requests and outcomes are :func:`model_counts` of ``rounds`` (a job's gathered rounds; a
+    round's manifest alone by default).
     """
     by_type = failures_by_type(manifest)
     cost = manifest.get("cost") or {}
@@ -152,9 +197,22 @@ def run_figures(
         "tokens": token_kinds(manifest.get("usage") or {}),
         "batchUsd": float(cost.get("batch_usd", 0.0) or 0.0),
         "standardUsd": float(cost.get("standard_usd", 0.0) or 0.0),
-        "models": model_figures(manifest.get("usage_by_model") or {}, table),
+        "models": _models(
+            model_figures(manifest.get("usage_by_model") or {}, table), model_counts(rounds or [manifest])
+        ),
         "reuse": dict(saved) if saved is not None else None,
         "batchIds": batch_ids(manifest),
+    }
+
+
+def _models(priced: Mapping[str, dict[str, Any]], counted: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """Return each model's figures: its counts beside its tokens and cost (zero for a model that
+    only failed, unbilled)."""
+    unbilled = {"tokens": token_kinds({}), "batchUsd": 0.0, "standardUsd": 0.0, "priced": True}
+    none = {"requests": 0, "succeeded": 0, "failed": 0, "failedByType": {}}
+    return {
+        model: {**(priced.get(model) or unbilled), **(counted.get(model) or none)}
+        for model in sorted({*priced, *counted})
     }
 
 

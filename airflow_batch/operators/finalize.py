@@ -14,6 +14,7 @@ from airflow_batch.gather.publishing import check_publish_path, publish_root, pu
 from airflow_batch.gather.tables import require_pyarrow, results_formats
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, JobManifest
+from airflow_batch.spec.parameters import documented
 from airflow_batch.storage import as_path, read_json
 from airflow_batch.submit.inputs import check_location
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+@documented("finalize")
 class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
     """
     Merge all rounds of a job into ``results.jsonl``, ``failures.jsonl`` and ``manifest.json``.
@@ -38,27 +40,6 @@ class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
     scheduled on it. The failure policy is applied
     last: above ``max_failure_rate`` the task fails, after every file is written (and
     without an asset event), leaving the job manifest in XCom under ``failed_manifest``.
-
-    :param manifest: Any round manifest of the job (e.g. ``submit.output``), for its
-        ``job_dir``; or give ``job_dir``.
-    :param job_dir: The job folder URI, instead of ``manifest``.
-    :param max_failure_rate: Highest acceptable share of failed requests (0-1) after every
-        retry round. ``None`` (default): ``[airflow_batch] max_failure_rate``, 5% unless
-        configured, so a run that lost requests (to a cancel outside the job, say) is not green;
-        ``1`` never fails the task for failed requests.
-    :param asset: The Asset (or URI) to emit for the results; ``None`` emits nothing.
-    :param results_format: ``"jsonl"`` (default), ``"parquet"`` or ``["jsonl", "parquet"]``:
-        with Parquet, ``results.parquet`` and ``failures.parquet`` are written too, with typed
-        columns (needs ``airflow-batch[parquet]``; the JSONL files are always written).
-    :param retry_rounds: How many retry rounds the job has (the factory sets it): a round that
-        was due (retryable failures left) but did not complete fails the task, after every file
-        is written, naming the round; one refused by the budget does not.
-    :param publish_path: Folder (URI) that gets a copy of the final files, e.g.
-        ``"s3://bucket/reviews/{{ ds }}/"``: a stable, date-keyed place for readers. Each publish
-        is a new ``versions/{version}/`` folder, then ``manifest.json`` is switched to it in one
-        write, so a reader going through the manifest sees one whole job, the new or the previous.
-        Another DAG (or finalize task) publishing there is refused; rendered, it may not climb
-        out of the template's literal root with ``..``. Templated.
     """
 
     template_fields: Sequence[str] = ("manifest", "job_dir", "max_failure_rate", "publish_path")
@@ -161,12 +142,10 @@ class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
                 "documents: no round manifest, so no connection: the uploads of %s are kept", job
             )
             return
-        from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.submit.documents import delete_uploads
 
         identity = JobIdentity.of(self.manifest, None, self.task_id)
-        hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
-        with hook.batches_api() as api:
+        with identity.hook().batches_api() as api:
             delete_uploads(api, job, self.log)  # type: ignore[arg-type]
 
 

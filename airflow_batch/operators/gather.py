@@ -10,14 +10,16 @@ from airflow.sdk import BaseOperator
 from airflow_batch.gather.rows import DEFAULT_RETRYABLE
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import JobIdentity, RoundManifest
+from airflow_batch.spec.parameters import documented, parameters_of
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 #: What ``delete_batches`` accepts: off, or delete each batch once its rows are landed.
-DELETE_BATCHES = (None, "after_gather")
+DELETE_BATCHES = parameters_of("gather")["delete_batches"].choices
 
 
+@documented("gather")
 class GatherResultsOperator(BatchJobLineage, BaseOperator):
     """
     Stream every batch of a round into result and failure part files, and price the round.
@@ -32,31 +34,6 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
     with ``stage="gathered"`` and ``results_paths``, ``failures_paths``, ``result_counts``,
     ``error_types``, ``retryable``, ``usage``, ``usage_by_model``, ``cost`` and
     ``gathered_at`` added; the same manifest is written to ``round-{r}/manifest.json``.
-
-    :param manifest: The round manifest from the wait (``BatchesSensor``) of this round,
-        usually ``wait.output``; a dict also works.
-    :param conn_id: Anthropic connection id; default (and the only one accepted): the manifest's.
-    :param include_content: Also keep each message's full ``content`` blocks in the rows.
-    :param retryable_error_types: Failure kinds to classify as retryable: error types such
-        as ``overloaded_error`` plus ``expired``, ``missing``, ``canceled_by_timeout`` and
-        ``canceled``. Defaults to :data:`airflow_batch.gather.rows.DEFAULT_RETRYABLE`.
-    :param prices: Price table overrides (model id or family key -> prices per million
-        tokens) for the round's cost.
-    :param max_cost_usd: Budget of the whole job at batch prices: as results land, the job's
-        actual spend is compared with it and a warning says so when it is passed (the round
-        manifest's ``budget`` records it).
-    :param delete_batches: ``"after_gather"``: delete each batch (and its results) from the API
-        once its result and failure rows are written and counted, never before: batches are not
-        eligible for zero data retention and otherwise stay 29 days. The round manifest's
-        ``deleted_batches`` records when; a re-run finds the batch gathered and does not ask the API
-        for it again. Default ``None``: batches are left on the API.
-    :param on_results_gone: What to do when the API no longer holds a batch's results (archived
-        29 days after creation, or deleted), found before anything is landed: ``"fail"``
-        (default) fails with ``ResultsGoneError`` naming each such batch and its requests;
-        ``"retry"`` lands its requests as retryable ``missing`` failures (``error_type``
-        ``results_archived`` / ``batch_deleted``) so the next retry round resubmits exactly those
-        (the manifest's ``results_gone`` names the batches). ``anthropic_batch_job`` uses
-        ``"retry"`` while a retry round is left.
 
     With ``reuse_answers`` on the job's submit, the round's succeeded, schema-valid answers are
     also written to the answer store (``answers_stored`` in the manifest), and the rows the submit
@@ -99,8 +76,8 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
 
     def execute(self, context: Context) -> RoundManifest:
         """Gather the round and return its manifest."""
-        from airflow_batch.gather.gathering import gather_config, gather_round
-        from airflow_batch.hooks.batches import BatchesHook
+        from airflow_batch.gather.gathering import gather_config, gather_round, read_spec
+        from airflow_batch.gather.pruning import prune_chunks
         from airflow_batch.storage import as_path
 
         manifest: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
@@ -114,8 +91,7 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
             delete_batches=self.delete_batches,
             on_results_gone=self.on_results_gone,
         )
-        hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
-        with hook.batches_api() as api:
+        with identity.hook().batches_api() as api:
             out = gather_round(
                 api,
                 manifest,
@@ -123,6 +99,7 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
                 max_cost_usd=self.max_cost_usd,
                 logger=self.log,  # type: ignore[arg-type]
             )
+        prune_chunks(out, keep=bool(read_spec(job).get("keep_chunks")), log=self.log)  # type: ignore[arg-type]
         counts = out["result_counts"]
         self.log.info(
             "round %d gathered: %s; %d retryable; cost $%.4f at batch prices ($%.4f standard)",

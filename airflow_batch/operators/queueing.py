@@ -2,11 +2,11 @@
 
 Both submit operators create what fits the processing queue and then defer on
 :class:`~airflow_batch.triggers.queue.QueueRoomTrigger`; no worker slot is held while the
-queue drains. The trigger creates each later wave itself from the ledger and the installed
-chunk files (see :func:`airflow_batch.submit.creating.continue_round`) when it can read the
-job folder, so the task resumes once, when every chunk has its batch; when it cannot (a
-local job folder on another host) or a create fails, it hands the wave back: the task
-resumes, creates the next wave, and defers again.
+queue drains. The trigger creates each later wave itself from the job's spec, the ledger and
+the installed chunk files (see :func:`airflow_batch.submit.creating.continue_round`) when it
+can read the job folder, so the task resumes once, when every chunk has its batch; when it
+cannot (a local job folder on another host) or a create fails, it hands the wave back: the
+task resumes, creates the next wave, and defers again.
 """
 
 from __future__ import annotations
@@ -37,37 +37,24 @@ def defer_for_room(
     poll_interval: float | None,
     *,
     job: ObjectStoragePath,
-    submit_settings: SubmitSettings,
 ) -> None:
     """Defer ``operator`` until the round's remaining waves are created or it must create them
     itself (raises TaskDeferred). The trigger creates each wave that fits from the job folder's
-    ledger and chunk files when it can read them, so the task resumes once, at the end."""
+    spec, ledger and chunk files when it can read them, so the task resumes once, at the end."""
     from airflow_batch.triggers.queue import QueueRoomTrigger
 
     operator.defer(
         trigger=QueueRoomTrigger(
-            conn_id=identity.conn_id,
+            identity=identity.to_json(),
             batch_ids=pause.batch_ids,
             wait=pause.wait.to_json(),
             started_at=time.time(),
             poll_interval=poll_interval or settings.poll_interval(),
             round_number=round_number,
-            betas=identity.betas,
-            workspace_id=identity.workspace_id,
             job=str(job),
-            wave_settings=wave_settings(submit_settings),
         ),
         method_name=RESUME_METHOD,
     )
-
-
-def wave_settings(submit_settings: SubmitSettings) -> dict[str, Any]:
-    """Return what creating a wave needs of the submit's settings (JSON, for the trigger)."""
-    return {
-        "max_requests_per_batch": submit_settings.max_requests_per_batch,
-        "max_queued_requests": submit_settings.max_queued_requests,
-        "adopt_orphans": submit_settings.adopt_orphans,
-    }
 
 
 def resume_round(
@@ -79,6 +66,7 @@ def resume_round(
     job: ObjectStoragePath,
     round_number: int,
     settings: SubmitSettings,
+    poll_interval: float | None,
     start_over: Callable[[], RoundManifest],
 ) -> RoundManifest:
     """Create the round's next wave after a queue wait; defer again while more chunks wait."""
@@ -103,15 +91,7 @@ def resume_round(
             start_over,
         )
     except QueueWaitNeeded as pause:
-        defer_for_room(
-            operator,
-            pause,
-            identity,
-            round_number,
-            getattr(operator, "poll_interval", None),
-            job=job,
-            submit_settings=settings,
-        )
+        defer_for_room(operator, pause, identity, round_number, poll_interval, job=job)
         raise
 
 

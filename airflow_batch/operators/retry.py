@@ -9,17 +9,21 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
-from airflow_batch.exceptions import BeforeSubmitError
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.operators.queueing import defer_for_room, resume_round
-from airflow_batch.operators.submit import push_refusal
+from airflow_batch.operators.submit import failures_shown
+from airflow_batch.spec.parameters import documented
 from airflow_batch.submit.queue import QueueWaitNeeded
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_batch.spec.job_spec import JobSpec
+    from airflow_batch.submit.round import SubmitSettings
 
+
+@documented("retry")
 class RetryFailedOperator(BatchJobLineage, BaseOperator):
     """
     Resubmit the retryable failures of a gathered round as new batches: the next round.
@@ -28,21 +32,14 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
     their original requests (same ``custom_id``) from that round's prepared chunk files and
     submits them through the same path as the first submission
     (:func:`airflow_batch.submit.round.submit_round`): batch limits, ledger, idempotent
-    re-attach on a retry or clear, and the budget. With ``max_cost_usd`` the budget of the
-    round is what is left after the cost of the rounds gathered so far; a round refused
+    re-attach on a retry or clear, and the budget. Its settings are the job's, read from the
+    ``spec.json`` the submit wrote (:class:`~airflow_batch.spec.job_spec.JobSpec`): batch limits,
+    prices, ``max_queued_requests`` (a large retry round is created in waves too) and, with
+    ``max_cost_usd``, a budget of what is left after the rounds gathered so far; a round refused
     leaves its refusal in XCom for the batch jobs page, as the submit does. When nothing is
     retryable the task is skipped, and with it the round's wait and gather.
 
     Returns the new round's manifest (as the submit does), for the round's ``BatchesSensor``.
-
-    :param manifest: The gathered manifest of the previous round (the gather's ``output``).
-    :param conn_id: Anthropic connection id; default (and the only one accepted): the manifest's.
-    :param max_cost_usd: Budget of the whole job in USD at batch prices; ``None`` for none.
-    :param submit_settings: Other ``SubmitSettings`` fields (``max_requests_per_batch``,
-        ``max_bytes_per_batch``, ``prices``, ``expected_output_tokens``, ...), as given to
-        the submit of round 0 (``max_queued_requests`` among them: a large retry round is
-        created in waves too, deferring between them).
-    :param poll_interval: Seconds between polls while waiting for queue room.
     """
 
     template_fields: Sequence[str] = ("manifest", "conn_id")
@@ -53,37 +50,19 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
         *,
         manifest: RoundManifest | Mapping[str, Any] | Any,
         conn_id: str | None = None,
-        max_cost_usd: float | None = None,
-        submit_settings: Mapping[str, Any] | None = None,
-        poll_interval: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.manifest = manifest
         self.conn_id = conn_id
-        self.max_cost_usd = max_cost_usd
-        self.submit_settings = dict(submit_settings or {})
-        self.poll_interval = poll_interval
 
-    def execute(self, context: Context) -> RoundManifest:
-        """Submit the next round, or skip when no failure of the previous round is retryable."""
+    def round_settings(self, previous: RoundManifest, spec: JobSpec) -> SubmitSettings:
+        """Return the round's settings: the job's, with the output length observed in the previous
+        round as the expected one (unless the user gave one) and the budget less what was spent."""
         from airflow_batch.gather.finalizing import job_cost
-        from airflow_batch.gather.gathering import job_validator, read_spec
-        from airflow_batch.gather.retrying import original_requests
-        from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.storage import as_path
-        from airflow_batch.submit.round import SubmitSettings, submit_round
-        from airflow_batch.submit.routing import AnswerReuse
 
-        previous: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
-        identity = JobIdentity.of(previous, self.conn_id, self.task_id)
-        retryable = int(previous.get("retryable", 0) or 0)
-        if not retryable:
-            raise AirflowSkipException(
-                f"round {previous['round']} has no retryable failure: nothing to resubmit"
-            )
-        job = as_path(previous["job_dir"])
-        settings = SubmitSettings(**self.submit_settings)
+        settings = spec.settings
         counts: dict[str, int] = dict(previous.get("result_counts") or {})
         answered = counts.get("succeeded", 0)
         if settings.expected_output_tokens is None and answered:
@@ -94,20 +73,49 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
                 expected_output_tokens=max(1, -(-output // answered)),
                 expected_basis=f"observed in round {previous['round']} of this job",
             )
-        if self.max_cost_usd is not None:
-            settings = replace(settings, max_cost_usd=self.max_cost_usd, spent_usd=job_cost(job)["batch_usd"])
+        if settings.max_cost_usd is not None:
+            settings = replace(settings, spent_usd=job_cost(as_path(previous["job_dir"]))["batch_usd"])
+        return settings
+
+    def execute(self, context: Context) -> RoundManifest:
+        """Submit the next round, or skip when no failure of the previous round is retryable.
+
+        A failure before the round is submitted is left for the batch jobs page (:func:`failures_shown`).
+        """
+        previous = dict(self.manifest)
+        with failures_shown(context, lambda: str(previous["job_dir"]), int(previous["round"]) + 1):
+            return self.resubmit(context)
+
+    def resubmit(self, context: Context) -> RoundManifest:
+        """Submit the next round, or skip when no failure of the previous round is retryable."""
+        from airflow_batch.gather.gathering import job_validator
+        from airflow_batch.gather.retrying import original_requests
+        from airflow_batch.spec.job_spec import read_job_spec
+        from airflow_batch.storage import as_path
+        from airflow_batch.submit.round import submit_round
+        from airflow_batch.submit.routing import AnswerReuse
+
+        previous: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
+        identity = JobIdentity.of(previous, self.conn_id, self.task_id)
+        retryable = int(previous.get("retryable", 0) or 0)
+        if not retryable:
+            raise AirflowSkipException(
+                f"round {previous['round']} has no retryable failure: nothing to resubmit"
+            )
+        job = as_path(previous["job_dir"])
+        spec = read_job_spec(job)
+        settings = self.round_settings(previous, spec)
         round_number = previous["round"] + 1
         # The retried requests were not in the answer store at round 0; they are fingerprinted so
         # that gather stores their answers for later runs, not looked up again.
-        store = read_spec(job).get("answer_store")
+        store = spec.answer_store
         self.log.info(
             "round %d: resubmitting %d retryable failure(s) of round %d",
             round_number,
             retryable,
             previous["round"],
         )
-        hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
-        with hook.batches_api() as api:
+        with identity.hook().batches_api() as api:
             try:
                 return submit_round(
                     api,
@@ -122,27 +130,25 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
                     validator=job_validator(job) if store else None,  # the scope of the answers it stores
                 )
             except QueueWaitNeeded as pause:
-                defer_for_room(
-                    self, pause, identity, round_number, self.poll_interval, job=job, submit_settings=settings
-                )
-                raise
-            except BeforeSubmitError as refusal:
-                push_refusal(context, job, round_number, refusal)
+                defer_for_room(self, pause, identity, round_number, spec.poll_interval, job=job)
                 raise
 
     def resume_submit(self, context: Context, event: dict[str, Any] | None = None) -> RoundManifest:
         """Create the round's next wave once the queue has room; defer again or return its manifest."""
+        from airflow_batch.spec.job_spec import read_job_spec
         from airflow_batch.storage import as_path
-        from airflow_batch.submit.round import SubmitSettings
 
         previous: RoundManifest = dict(self.manifest)  # type: ignore[assignment]
+        job = as_path(previous["job_dir"])
+        spec = read_job_spec(job)
         return resume_round(
             self,
             context,
             event,
             identity=JobIdentity.of(previous, self.conn_id, self.task_id),
-            job=as_path(previous["job_dir"]),
+            job=job,
             round_number=previous["round"] + 1,
-            settings=SubmitSettings(**self.submit_settings),
+            settings=self.round_settings(previous, spec),
+            poll_interval=spec.poll_interval,
             start_over=lambda: self.execute(context),
         )

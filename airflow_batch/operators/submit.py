@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_batch import layout, settings
 from airflow_batch.exceptions import BeforeSubmitError
@@ -19,11 +20,14 @@ from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, RoundManife
 from airflow_batch.media import FILES_BETA
 from airflow_batch.operators.queueing import defer_for_room, resume_round
 from airflow_batch.schema import job_schema
+from airflow_batch.spec.job_spec import JobSpec, callable_name, write_job_spec
+from airflow_batch.spec.parameters import documented
 from airflow_batch.storage import as_path, write_json
 from airflow_batch.submit.canary import CanarySettings
 from airflow_batch.submit.inputs import check_location
 from airflow_batch.submit.queue import QueueWaitNeeded
 from airflow_batch.submit.records import (
+    CACHE_TTLS,
     CustomIdFrom,
     RequestBuilder,
     RequestDefaults,
@@ -60,6 +64,7 @@ def _max_age_seconds(max_age: Any, task_id: str) -> float | None:
     return seconds
 
 
+@documented("submit")
 class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
     """Submit requests to the Message Batches API as batches within the API's limits; return a manifest.
 
@@ -92,99 +97,6 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
     requests and batch limits) fails with ``InputChangedError`` by default; with
     ``on_input_change="resubmit"`` the recorded batches that have not ended are canceled,
     the ledger is archived as ``ledger.<timestamp>.json`` and the new input is submitted.
-
-    :param requests: Complete requests (``{"custom_id", "params"}``): a list, the URI of a
-        JSONL file of them (any ``ObjectStoragePath``; a bare path means ``file://``), or an
-        upstream task's output that is either. A URI is templated; data never is. Give this
-        or ``records``.
-    :param records: Records (dicts) to turn into requests with ``prompt_template`` and/or
-        ``request_builder``: a list, a JSONL URI, or an upstream task's output. A URI is
-        templated; data never is.
-    :param prompt_template: ``str.format`` template over a record's fields giving the user
-        message, e.g. ``"Classify: {text}"``. A record lacking a field is an invalid row. Templated.
-    :param request_builder: Callable ``record -> params dict | messages list | str``; with a
-        ``prompt_template`` it returns extra params merged over the templated message.
-    :param custom_id_field: Record field giving the ``custom_id`` (int values become strings).
-        An id that does not match ``^[a-zA-Z0-9_-]{1,64}$`` is an invalid row, never rewritten.
-    :param custom_id_from: Instead of ``custom_id_field``: a ``str.format`` template over the
-        record (``"{product_id}-{lang}"``) or a callable ``record -> key``. The key becomes a valid,
-        unique, stable id (itself when valid, else a readable slug and a short hash of the key),
-        and is kept as ``input.key`` of the result rows.
-    :param passthrough_fields: Record fields copied into every result and failure row (under
-        ``input``; as columns in Parquet), so the output table carries the input's keys.
-    :param output_schema: Structured outputs: a JSON Schema dict or a Pydantic model class.
-        Requests that set no ``output_config.format`` get it; answers are validated against it
-        (``output`` of a result row, or an ``invalid_output`` failure). Checked when the DAG is
-        parsed: a schema structured outputs refuse fails then, naming the part.
-    :param model: Default ``model`` for requests that set none. Templated.
-    :param max_tokens: Default ``max_tokens`` for requests that set none.
-    :param system: Default system prompt for requests that set none. Templated.
-    :param cache_system_prompt: Send the default system prompt marked ``cache_control``
-        (ephemeral), so requests after the first read it from the prompt cache.
-    :param cache_ttl: Lifetime of that cache entry, ``"1h"`` (default ``[airflow_batch]
-        cache_ttl``: a batch can take longer than 5 minutes) or ``"5m"``.
-    :param output_path: Base URI of job folders: an absolute path or a URI (``file://``,
-        ``s3://``...); default ``[airflow_batch] output_path``. Templated.
-    :param conn_id: The ``anthropic`` connection (official provider). Templated.
-    :param max_requests_per_batch: Requests per batch, at most the API's 100,000.
-    :param max_bytes_per_batch: Bytes of create-request body per batch, at most the API's
-        256 MB; measured on the exact bytes sent.
-    :param max_cost_usd: Budget at batch prices; above it the task fails before any batch.
-    :param prices: Price-table overrides ``{model or family: {"input": .., "output": ..}}``.
-    :param expected_output_tokens: Output tokens per request of the *expected* estimate
-        (default: the output length observed in the task's earlier runs, when there are any).
-        The upper bound (every request's ``max_tokens``) is always estimated too.
-    :param budget_basis: Which estimate ``max_cost_usd`` guards: ``"upper_bound"`` (the
-        default; no request can cost more) or ``"expected"`` (the expected figure; the upper
-        bound when no expected output length is known). When ``expected_output_tokens`` is
-        given and ``budget_basis`` is not, the expected figure is guarded.
-    :param max_queued_requests: The job's share of the organisation's processing queue: at
-        most this many of its requests are queued at once. The chunks that fit are created, the
-        task defers (no worker slot) until enough have been processed, then creates the next
-        wave, until every chunk has its batch. Default: no share; a create refused because the
-        queue is full leads to the same deferral, never to a failure.
-    :param poll_interval: Seconds between status polls while waiting for queue room (default
-        ``[airflow_batch] poll_interval``).
-    :param on_input_change: ``"fail"`` (default) or ``"resubmit"``, see above.
-    :param skip_invalid: Skip invalid rows instead of failing; they are written to
-        ``round-0/invalid_input.jsonl`` as failures of type ``invalid_input``. A duplicated
-        ``custom_id`` still fails the task.
-    :param count_tokens_sample: Requests sent to ``count_tokens`` to calibrate the estimate
-        (0: local approximation only).
-    :param adopt_orphans: Adopt a batch created by an attempt that died before recording it.
-    :param betas: Beta names sent as ``anthropic-beta`` on every call of the job (create, wait,
-        results, cancel, count_tokens); recorded in the manifest.
-    :param workspace_id: Sent as ``anthropic-workspace-id`` on every call of the job.
-    :param reuse_answers: Answer requests already answered by an earlier run instead of sending
-        them: every request is looked up by its fingerprint (its ``params`` as sent, without the
-        ``custom_id``) in the answer store before it is chunked; a hit is not sent, its result row
-        (``round-0/reused.jsonl``, marked ``reused_from``) costs nothing, and it counts as
-        ``reused`` in the manifests and on the batch jobs page. Gather stores this job's
-        succeeded, schema-valid answers for later runs. A run whose every request is found
-        creates no batch at all.
-    :param answer_store: URI of the answer store (any ``ObjectStoragePath``; default
-        ``{output_path}/_answers``). Share one between DAGs to reuse each other's answers. Templated.
-    :param max_age: How old a reused answer may be: seconds or a ``timedelta`` (default: any age).
-    :param canary: Before creating any batch, send this many requests (the first ones to be sent,
-        in input order) through the Messages API at standard price and check each answer
-        (schema-valid with an ``output_schema``, text otherwise, not cut at ``max_tokens``); above
-        ``canary_max_failure_rate`` unusable, the task fails with ``CanaryFailedError`` quoting
-        them and nothing is created. Usable answers are kept as results (not sent again); the
-        canary's cost counts in the budget and the manifests; its output length becomes the
-        estimate's expected figure when ``expected_output_tokens`` is not given.
-    :param canary_max_failure_rate: Share of canary answers (0-1) that may be unusable (default 0).
-    :param documents: Files to send, one request each (instead of ``requests``/``records``): a glob
-        or path in any object store (``s3://bucket/invoices/*.pdf``), a list of paths, or a
-        ``.jsonl`` records file whose ``path`` field names each file. Each distinct file is uploaded
-        once with the Files API and referenced by ``file_id``; ``prompt_template`` may use ``{path}``,
-        ``{name}``, ``{size}``, ``{modified}`` and the records' fields; ``custom_id_from`` defaults to
-        the path. See :mod:`airflow_batch.submit.documents`. Templated.
-    :param delete_files: ``"after_gather"`` (default): finalize deletes the job's uploads once the job
-        has landed; ``"keep"``: keep them, and let later jobs under the same ``output_path`` reuse them.
-    :param upload_concurrency: Files read and uploaded at once (default 8).
-    :param include_content: Rows answered without a batch (reused answers, the canary's) keep each
-        message's ``content`` blocks, as gather's ``include_content`` does for a batch's rows; a
-        stored answer without them is not reused. ``batch_job`` passes its own.
     """
 
     template_fields: Sequence[str] = (
@@ -241,6 +153,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         delete_files: str = "after_gather",
         upload_concurrency: int = 8,
         include_content: bool = False,
+        keep_chunks: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -284,6 +197,10 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         self.output_schema = output_schema
         self.custom_id_from = custom_id_from
         self.passthrough_fields = list(passthrough_fields)
+        if cache_ttl is not None and cache_ttl not in CACHE_TTLS:  # else found only when the task runs
+            raise ValueError(
+                f"{self.task_id}: cache_ttl={cache_ttl!r}: must be one of {', '.join(CACHE_TTLS)}"
+            )
         self.cache_ttl = cache_ttl
         self.requests = requests
         self.records = records
@@ -321,6 +238,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         self.max_age = _max_age_seconds(max_age, self.task_id)
         self.canary = CanarySettings(canary, canary_max_failure_rate) if canary else None
         self.include_content = include_content
+        self.keep_chunks = keep_chunks
 
     def render_template(
         self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
@@ -402,40 +320,65 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
             return str(self.answer_store)
         return layout.default_answer_store(self.base_path())
 
-    def job_spec(self) -> dict[str, Any]:
-        """Return what gather, retries and finalize need to know of the job: output schema,
-        passthrough fields, where earlier runs' output lengths and the answer store are."""
-        return {
-            "output_schema": self.job_schema.schema if self.job_schema is not None else None,
-            "passthrough_fields": self.carried_fields,
-            "history_path": str(self.history_path()),
-            "answer_store": self.answer_store_uri(),
-            **({"delete_files": self.delete_files} if self.documents is not None else {}),
-        }
-
-    def execute(self, context: Context) -> RoundManifest:
-        """Submit round 0 of the job (or re-attach to it); return the manifest."""
-        from airflow_batch.hooks.batches import BatchesHook
-        from airflow_batch.submit.round import submit_round
-
-        identity = JobIdentity(self.conn_id, tuple(self.betas), self.workspace_id)
-        defaults = RequestDefaults(
+    def job_spec(self) -> JobSpec:
+        """Return the job's spec: this task's arguments as rendered, defaults and answer store resolved."""
+        return JobSpec(
+            identity=JobIdentity(self.conn_id, tuple(self.betas), self.workspace_id),
+            settings=self.settings,
             model=self.model or settings.get("model") or None,
             max_tokens=self.max_tokens,
             system=self.system,
             cache_system_prompt=self.cache_system_prompt,
             cache_ttl=self.cache_ttl or settings.get("cache_ttl"),
+            prompt_template=self.prompt_template,
+            custom_id_field=self.custom_id_field,
+            custom_id_from=callable_name(self.custom_id_from),
+            request_builder=callable_name(self.request_builder),
+            output_schema=self.job_schema.schema if self.job_schema is not None else None,
+            passthrough_fields=tuple(self.carried_fields),
+            reuse_answers=self.reuse_answers,
+            answer_store=self.answer_store_uri(),
+            max_age=self.max_age,
+            canary=self.canary.size if self.canary is not None else 0,
+            canary_max_failure_rate=self.canary.max_failure_rate if self.canary is not None else 0.0,
+            include_content=self.include_content,
+            poll_interval=self.poll_interval,
+            delete_files=self.delete_files if self.documents is not None else None,
+            upload_concurrency=self.upload_concurrency,
+            history_path=str(self.history_path()),
+            keep_chunks=self.keep_chunks,
+        )
+
+    def execute(self, context: Context) -> RoundManifest:
+        """Submit round 0 of the job (or re-attach to it); return the manifest.
+
+        A failure before the round is submitted is left for the batch jobs page (:func:`failures_shown`).
+        """
+        with failures_shown(context, lambda: str(self.job_dir(context)), 0):
+            return self.submit(context)
+
+    def submit(self, context: Context) -> RoundManifest:
+        """Submit round 0 of the job (or re-attach to it); return the manifest."""
+        from airflow_batch.submit.inputs import is_file_input
+        from airflow_batch.submit.ledger import LedgerStore
+        from airflow_batch.submit.round import submit_round
+
+        spec = self.job_spec()
+        identity, store = spec.identity, spec.answer_store
+        defaults = RequestDefaults(
+            model=spec.model,
+            max_tokens=spec.max_tokens,
+            system=spec.system,
+            cache_system_prompt=spec.cache_system_prompt,
+            cache_ttl=spec.cache_ttl,  # type: ignore[arg-type]
             output_format=self.job_schema.output_format if self.job_schema else None,
         )
-        from airflow_batch.submit.inputs import is_file_input
-
         source = self.records if self.records is not None else self.requests
         job = self.job_dir(context)
-        hook = BatchesHook(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
-        spec = self.job_spec()
-        store = spec["answer_store"]
-        with hook.batches_api() as api, ExitStack() as scope:
-            write_json(layout.job_spec_path(job), spec)
+        recorded = LedgerStore(job, 0, context.get("task_state_store")).load()
+        with identity.hook().batches_api() as api, ExitStack() as scope:
+            write_job_spec(job, spec, bound=recorded is not None and recorded.binding, log=self.log)  # type: ignore[arg-type]
+            write_json(layout.job_spec_path(job), spec.job_file())
             rows: Iterable[Any] = self.input_rows()
             if self.documents is not None:
                 rows = self.document_rows(api, job, context, scope)
@@ -457,19 +400,8 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
                     include_content=self.include_content,
                 )
             except QueueWaitNeeded as pause:
-                defer_for_room(
-                    self,
-                    pause,
-                    identity,
-                    0,
-                    self.poll_interval,
-                    job=job,
-                    submit_settings=self.round_settings(),
-                )
+                defer_for_room(self, pause, identity, 0, self.poll_interval, job=job)
                 raise  # unreachable: defer raises
-            except BeforeSubmitError as refusal:
-                push_refusal(context, job, 0, refusal)
-                raise
 
     def document_rows(
         self, api: BatchesApi, job: ObjectStoragePath, context: Context, scope: ExitStack
@@ -511,6 +443,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
             job=self.job_dir(context),
             round_number=0,
             settings=self.round_settings(),
+            poll_interval=self.poll_interval,
             start_over=lambda: self.execute(context),
         )
 
@@ -533,12 +466,41 @@ def check_documents(
     check_location(documents, f"{task_id}: documents")
 
 
-def push_refusal(
-    context: Context, job: ObjectStoragePath, round_number: int, refusal: BeforeSubmitError
-) -> None:
-    """Leave the refused round's manifest in XCom (``FAILED_MANIFEST_KEY``).
+@contextmanager
+def failures_shown(context: Context, job_dir: Callable[[], str], round_number: int) -> Iterator[None]:
+    """Leave the manifest of a round that failed before it was submitted in XCom (``FAILED_MANIFEST_KEY``).
 
-    The task fails without a return value; this is how the batch jobs page still lists the
-    job, refused, with the reason and the budget's figures.
+    The task fails without a return value; this is how the batch jobs page still lists the job:
+    refused (a :class:`~airflow_batch.exceptions.BeforeSubmitError`: the reason, and the budget's
+    figures), or failed with the error it met (no ``output_path``, the API refusing the create, a
+    template that renders wrong...). A skip or a deferral passes through.
     """
-    context["ti"].xcom_push(FAILED_MANIFEST_KEY, refused_manifest(str(job), refusal.record(round_number)))
+    try:
+        yield
+    except AirflowSkipException:
+        raise
+    except BeforeSubmitError as refusal:
+        context["ti"].xcom_push(
+            FAILED_MANIFEST_KEY, refused_manifest(_job_name(job_dir, context), refusal.record(round_number))
+        )
+        raise
+    except Exception as error:
+        record = {
+            "round": round_number,
+            "reason": str(error) or type(error).__name__,
+            "kind": type(error).__name__,
+        }
+        context["ti"].xcom_push(
+            FAILED_MANIFEST_KEY, refused_manifest(_job_name(job_dir, context), {**record, "failed": True})
+        )
+        raise
+
+
+def _job_name(job_dir: Callable[[], str], context: Context) -> str:
+    """Return the job folder, or, for a job that cannot have one (no ``output_path``), a name the page
+    shows it under (its last part is the task id, as a folder's)."""
+    try:
+        return job_dir()
+    except Exception:
+        ti = context["ti"]
+        return f"{ti.dag_id}/{ti.run_id}/{ti.task_id}"

@@ -18,8 +18,9 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from airflow_batch.manifest import FAILED_MANIFEST_KEY
+from airflow_batch.plugins.manifests import ManifestRecord, is_batch_manifest, manifest_paths
 from airflow_batch.plugins.rendering import render_job_page, render_page
-from airflow_batch.plugins.views import ManifestRecord, build_jobs, is_batch_manifest, manifest_paths
+from airflow_batch.plugins.views import build_jobs
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import jinja2
 
+from airflow_batch.plugins.display import bar_segments, console_links, duration, file_href, is_live
 from airflow_batch.plugins.job_view import job_href
-from airflow_batch.plugins.views import JobView, bar_segments, console_links, duration, file_href, is_live
+from airflow_batch.plugins.views import JobView
 
 if TYPE_CHECKING:
     from airflow_batch.plugins.job_view import JobCharts

@@ -17,159 +17,43 @@ return value and leaves its manifest under ``FAILED_MANIFEST_KEY`` instead: a ro
 before any spend (stage ``refused``: the reason, and the estimate against the budget) and a
 job finalized above its failure-rate limit. The page reads manifests only, never a result
 file, so a page of many jobs stays quick.
+
+This module builds the rows (:func:`build_jobs`: a :class:`JobView` per job, a :class:`RoundView`
+per round). Which XCom values are manifests lives in :mod:`~airflow_batch.plugins.manifests`, the
+details under a status (refusal, failures, wait, canary, budget) in
+:mod:`~airflow_batch.plugins.details`, and how bars, durations and links are drawn in
+:mod:`~airflow_batch.plugins.display`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
 
-from airflow_batch.layout import FINAL_MANIFEST_FILE
-from airflow_batch.links.urls import batch_console_url
 from airflow_batch.manifest import STAGE_ORDER, Usage, empty_usage, round_started_at, sum_usages
-
-#: The kinds of a progress bar, in order: the API's request counts, and ``reused`` (answered
-#: from the answer store: no batch, no cost) after ``succeeded``.
-COUNT_KINDS: tuple[str, ...] = ("succeeded", "reused", "errored", "expired", "canceled", "processing")
-#: Request counts by kind (:data:`COUNT_KINDS`), as a bar shows them.
-BarCounts = dict[str, int]
-
-
-def empty_counts() -> BarCounts:
-    """Return all-zero bar counts."""
-    return dict.fromkeys(COUNT_KINDS, 0)
-
-
-#: The files finalize writes, by job-manifest key, in the order the page links them.
-FINAL_FILE_KEYS: tuple[tuple[str, str], ...] = (
-    ("results_path", "results"),
-    ("failures_path", "failures"),
-    ("manifest_path", "manifest"),
-    ("results_parquet_path", "results-parquet"),
-    ("failures_parquet_path", "failures-parquet"),
+from airflow_batch.plugins.details import (
+    Budget,
+    CanaryView,
+    Failures,
+    FileLink,
+    Refusal,
+    WaitProgress,
+    int_map,
+    optional_float,
+    round_failures,
+    seconds_between,
+    wait_progress,
 )
-
-
-@dataclass(frozen=True)
-class ManifestRecord:
-    """One manifest a task of a batch job left in XCom, with the task instance it came from."""
-
-    dag_id: str
-    run_id: str
-    task_id: str
-    map_index: int
-    value: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A round refused before any spend: why, and when the budget refused it, its figures (USD)."""
-
-    round: int
-    reason: str
-    estimate_usd: float | None = None
-    budget_usd: float | None = None
-    spent_usd: float | None = None
-
-    @property
-    def left_usd(self) -> float | None:
-        """Return what was left of the budget when the round was refused."""
-        if self.budget_usd is None:
-            return None
-        return max(self.budget_usd - (self.spent_usd or 0.0), 0.0)
-
-    @classmethod
-    def of(cls, record: Mapping[str, Any]) -> Refusal:
-        """Return the refusal a refused manifest or a ``refusal.json`` record describes."""
-        return cls(
-            round=int(record.get("round", 0) or 0),
-            reason=str(record.get("reason", "")),
-            estimate_usd=_optional_float(record.get("estimate_usd")),
-            budget_usd=_optional_float(record.get("budget_usd")),
-            spent_usd=_optional_float(record.get("spent_usd")),
-        )
-
-
-@dataclass(frozen=True)
-class Failures:
-    """What failed: counts by result type and by error type, and how many can be retried.
-
-    For a finalized job also the failure rate and its limit (``max_failure_rate``).
-    """
-
-    failed: int
-    by_type: dict[str, int]
-    by_error_type: dict[str, int]
-    retryable: int
-    rate: float | None = None
-    limit: float | None = None
-
-    @property
-    def over_limit(self) -> bool:
-        """Return whether the failure rate is above its limit (finalize then failed the task)."""
-        return self.rate is not None and self.limit is not None and self.rate > self.limit
-
-
-@dataclass(frozen=True)
-class WaitProgress:
-    """How a round's wait is going: time since submit, the last poll, and the time left."""
-
-    elapsed_seconds: float | None
-    last_poll_at: str | None
-    last_poll_seconds_ago: float | None
-    #: Left at the rate requests ended so far; None until some did (counts move when a batch ends).
-    eta_seconds: float | None
-
-
-@dataclass(frozen=True)
-class FileLink:
-    """A file the page links for download: its kind (the link's class), label and URI."""
-
-    kind: str
-    label: str
-    path: str
-
-
-@dataclass(frozen=True)
-class CanaryView:
-    """What a round's canary did: answers kept, answers unusable (sent in the batch), its cost."""
-
-    requests: int
-    answered: int
-    failed: int
-    cost_usd: float
-
-    @classmethod
-    def of(cls, record: Any) -> CanaryView | None:
-        """Return the canary a round manifest records, or None."""
-        if not isinstance(record, Mapping):
-            return None
-        cost = record.get("cost")
-        cost = cost if isinstance(cost, Mapping) else {}
-        return cls(
-            requests=int(record.get("requests", 0) or 0),
-            answered=int(record.get("answered", 0) or 0),
-            failed=int(record.get("failed", 0) or 0),
-            cost_usd=float(cost.get("standard_usd", 0.0) or 0.0),
-        )
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The job's budget (``max_cost_usd``) and what it had spent once a round landed (USD, batch prices)."""
-
-    budget_usd: float
-    spent_usd: float
-
-    @classmethod
-    def of(cls, figures: Any) -> Budget | None:
-        """Return the budget line of a gathered round manifest (``budget``), None without a budget."""
-        if not isinstance(figures, Mapping) or figures.get("max_cost_usd") is None:
-            return None
-        return cls(float(figures["max_cost_usd"]), float(figures.get("spent_usd") or 0.0))
+from airflow_batch.plugins.display import BarCounts, empty_counts
+from airflow_batch.plugins.manifests import (
+    ManifestRecord,
+    final_files,
+    is_batch_manifest,
+    is_final_manifest,
+    manifest_stage,
+)
 
 
 @dataclass
@@ -328,8 +212,8 @@ class JobView:
             limit = final.get("max_failure_rate")
             return Failures(
                 failed=int(final.get("failed", 0) or 0),
-                by_type=_int_map(final.get("failures_by_type")),
-                by_error_type=_int_map(final.get("failures_by_error_type")),
+                by_type=int_map(final.get("failures_by_type")),
+                by_error_type=int_map(final.get("failures_by_error_type")),
                 retryable=int(final.get("retryable_left", 0) or 0),
                 rate=float(final.get("failure_rate", 0.0) or 0.0),
                 limit=None if limit is None else float(limit),
@@ -393,7 +277,7 @@ class JobView:
     @property
     def duration_seconds(self) -> float | None:
         """Return the time from the first submit to finalize, once finalized."""
-        return _optional_float(self._final_value.get("duration_seconds"))
+        return optional_float(self._final_value.get("duration_seconds"))
 
     @property
     def wait(self) -> WaitProgress | None:
@@ -415,39 +299,8 @@ class JobView:
         return [(f"round {r.number} parts", r.files) for r in self.rounds if r.files]
 
 
-def manifest_stage(value: Mapping[str, Any]) -> str:
-    """Return the stage a manifest names (``refused``, ``submitted`` ... ``finalized``)."""
-    stage = value.get("stage")
-    return stage if stage in STAGE_ORDER else "submitted"
-
-
-def is_final_manifest(value: Mapping[str, Any]) -> bool:
-    """Return True for the job manifest finalize writes (it carries no single round)."""
-    return manifest_stage(value) == "finalized"
-
-
-def is_batch_manifest(value: Any) -> bool:
-    """Return True if an XCom value is one of this package's manifests."""
-    return isinstance(value, Mapping) and isinstance(value.get("job_dir"), str)
-
-
-def final_files(value: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Return (kind, URI) of each file a finalized job manifest names, the job manifest included."""
-    job_dir = str(value.get("job_dir", "")).rstrip("/")
-    paths = {**value, "manifest_path": f"{job_dir}/{FINAL_MANIFEST_FILE}"}
-    return [(kind, paths[key]) for key, kind in FINAL_FILE_KEYS if isinstance(paths.get(key), str)]
-
-
 def _file_name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _int_map(raw: Any) -> dict[str, int]:
-    return {str(k): int(v or 0) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
 
 
 def _usage(raw: Mapping[str, Any] | None) -> Usage:
@@ -490,59 +343,12 @@ def _gathered_counts(result_counts: Mapping[str, Any]) -> BarCounts:
     return counts
 
 
-def _round_failures(value: Mapping[str, Any]) -> Failures:
-    by_type = {k: n for k, n in _int_map(value.get("result_counts")).items() if k != "succeeded" and n}
-    return Failures(
-        failed=sum(by_type.values()),
-        by_type=by_type,
-        by_error_type=_int_map(value.get("error_types")),
-        retryable=int(value.get("retryable", 0) or 0),
-    )
-
-
-def _time(value: Any) -> datetime | None:
-    """Return an ISO timestamp (or a datetime) as an aware datetime; None when it is not one."""
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, str) and value:
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    else:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _seconds_between(start: Any, end: Any) -> float | None:
-    first, last = _time(start), _time(end)
-    return None if first is None or last is None else max((last - first).total_seconds(), 0.0)
-
-
-def _wait_progress(
-    value: Mapping[str, Any], progress: Mapping[str, Any] | None, now: datetime
-) -> WaitProgress:
-    """Return the wait's progress: ``progress.json`` figures taken forward from its poll to ``now``."""
-    progress = progress or {}
-    last_poll = progress.get("last_poll_at") or progress.get("updated_at")
-    eta = _optional_float(progress.get("eta_seconds"))
-    since_written = _seconds_between(progress.get("updated_at"), now)
-    if eta is not None and since_written is not None:
-        eta = max(eta - since_written, 0.0)
-    return WaitProgress(
-        elapsed_seconds=_seconds_between(round_started_at(value), now),
-        last_poll_at=last_poll if isinstance(last_poll, str) else None,
-        last_poll_seconds_ago=_seconds_between(last_poll, now),
-        eta_seconds=eta,
-    )
-
-
 def _refused_round_view(record: ManifestRecord) -> RoundView:
     refusal = Refusal.of(record.value)
     return RoundView(
         number=refusal.round,
         stage="refused",
-        status="refused",
+        status="submit failed" if refusal.failed else "refused",
         batch_ids=[],
         requests=0,
         counts=empty_counts(),
@@ -597,16 +403,16 @@ def _round_view(record: ManifestRecord, progress: Mapping[str, Any] | None, now:
         cost_batch_usd=float(cost["batch_usd"]) if isinstance(cost, Mapping) else None,
         cost_standard_usd=float(cost.get("standard_usd", 0.0)) if isinstance(cost, Mapping) else None,
         estimate_usd=float(estimate["batch_usd"]) if isinstance(estimate, Mapping) else None,
-        expected_usd=_optional_float(estimate.get("expected_batch_usd"))
+        expected_usd=optional_float(estimate.get("expected_batch_usd"))
         if isinstance(estimate, Mapping)
         else None,
         results_paths=[str(p) for p in value.get("results_paths", [])],
         failures_paths=[str(p) for p in value.get("failures_paths", [])],
         invalid_path=invalid_path if isinstance(invalid_path, str) and value.get("invalid") else None,
         source=record,
-        failures=_round_failures(value) if stage == "gathered" else None,
-        duration_seconds=_seconds_between(round_started_at(value), ended_at),
-        wait=_wait_progress(value, progress, now) if stage in ("submitted", "waiting") else None,
+        failures=round_failures(value) if stage == "gathered" else None,
+        duration_seconds=seconds_between(round_started_at(value), ended_at),
+        wait=wait_progress(value, progress, now) if stage in ("submitted", "waiting") else None,
         reused=reused,
         canary=canary,
         deleted=len(value.get("deleted_batches") or {}),
@@ -686,73 +492,3 @@ def build_jobs(
             )
         )
     return jobs
-
-
-# -- what the template shows ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BarSegment:
-    """One part of a stacked progress bar: a kind of outcome, its count and its share in percent."""
-
-    kind: str
-    count: int
-    share: float
-
-    @property
-    def label(self) -> str:
-        """Return the segment as the legend names it: ``"75 succeeded"``."""
-        return f"{self.count} {self.kind}"
-
-
-def bar_segments(counts: Mapping[str, Any]) -> list[BarSegment]:
-    """Return the stacked bar of request counts, one segment per kind, widths as shares of the total."""
-    total = sum(int(counts.get(kind, 0)) for kind in COUNT_KINDS)
-    return [
-        BarSegment(kind, n, round(100.0 * n / total, 1) if total else 0.0)
-        for kind in COUNT_KINDS
-        for n in (int(counts.get(kind, 0)),)
-    ]
-
-
-def duration(seconds: float) -> str:
-    """Return a duration as people read it: ``"42s"``, ``"3m 07s"``, ``"2h 05m"``."""
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
-
-
-def is_live(jobs: Sequence[JobView]) -> bool:
-    """Return whether any job is still running (the page then refreshes itself)."""
-    return any(j.outcome == "running" and (j.latest is None or j.latest.stage != "gathered") for j in jobs)
-
-
-def file_href(base: str, record: ManifestRecord | JobView, path: str) -> str:
-    """Return the download URL of ``path`` through the page's app (it checks access per DAG run)."""
-    query = urlencode({"dag_id": record.dag_id, "run_id": record.run_id, "path": path})
-    return f"{base}/files?{query}"
-
-
-def manifest_paths(value: Mapping[str, Any]) -> set[str]:
-    """Return every file a manifest names, which the page may serve for download.
-
-    A round's results, failures and invalid-input files; a finalized job's merged files,
-    its Parquet files and the job manifest itself.
-    """
-    paths = {str(p) for key in ("results_paths", "failures_paths") for p in value.get(key, []) or []}
-    for key in ("results_path", "failures_path", "invalid_path"):
-        if isinstance(value.get(key), str):
-            paths.add(value[key])
-    if is_final_manifest(value):
-        paths.update(path for _, path in final_files(value))
-    return paths
-
-
-def console_links(batch_ids: Sequence[str]) -> list[tuple[str, str]]:
-    """Return (short label, Anthropic Console URL) of each batch."""
-    return [(batch_id[-8:], batch_console_url(batch_id)) for batch_id in batch_ids]

@@ -31,7 +31,8 @@ from airflow_batch import settings
 from airflow_batch.exceptions import BatchPollError, BatchWaitTimeoutError
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.links.console import BatchConsoleLink, push_console_links
-from airflow_batch.manifest import RoundManifest, job_conn_id
+from airflow_batch.manifest import JobIdentity, RoundManifest
+from airflow_batch.spec.parameters import documented
 from airflow_batch.triggers.batches import ON_KILL_BUDGET, BatchesTrigger
 from airflow_batch.wait.events import batch_ids_of, validate_event, waited_manifest
 from airflow_batch.wait.landing import LANDING, validate_landing
@@ -74,37 +75,12 @@ def default_deferrable() -> bool:
     return True
 
 
+@documented("wait")
 class BatchesSensor(BatchJobLineage, BaseSensorOperator):
     """Wait until every batch of a submitted round has ``processing_status == "ended"``.
 
     Returns (XCom) the manifest plus ``batch_status``, ``counts``, ``timed_out``,
     ``canceled_by_timeout`` and ``waited_at``, with ``stage="waited"``, for the gather task.
-
-    :param manifest: The submit task's manifest (e.g. ``submit.output``).
-    :param conn_id: Anthropic connection; default (and the only one accepted): the manifest's.
-    :param poll_interval: Seconds between polls (default ``[airflow_batch] poll_interval``, 60;
-        at least 1 against the real API, less only against a local emulator).
-    :param timeout: Seconds before the wait deadline (default 24 h, the batches' own lifetime).
-    :param timeout_policy: ``cancel`` (default): cancel unfinished batches at the deadline;
-        ``leave``: leave them running for a later attempt to re-attach.
-    :param fail_on_timeout: Fail with ``BatchWaitTimeoutError`` at the deadline (default). When
-        False (and policy ``cancel``), wait for the canceled batches to end and return the
-        manifest with ``timed_out=True`` so the round is gathered and retried.
-    :param cancel_grace: Seconds to wait for canceled batches to reach ``ended`` (default 1 h).
-    :param land_interval: Land ended batches while the round's others still run (deferrable mode
-        only): the trigger hands them to a worker at most every ``land_interval`` seconds (or as
-        soon as ``land_min_batches`` wait), the sensor lands them there with the gather's own
-        per-batch function and defers again; the gather then lands only what is left. ``None``
-        (default): nothing lands before the round has ended. See :mod:`airflow_batch.wait.landing`.
-    :param land_min_batches: Ended batches that are landed at once, without waiting for
-        ``land_interval`` (default: a tenth of the round's batches, at least 1).
-    :param gather_settings: The round's gather arguments (``include_content``,
-        ``retryable_error_types``, ``prices``, ``delete_batches``), so a batch landed here lands
-        exactly as the gather would land it.
-    :param deferrable: Wait in the triggerer (default True; ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``
-        in the environment overrides the default); False polls in the worker (``mode="poke"``
-        only). Either way the first poll runs in the worker: a round whose batches have all
-        ended already (a cleared re-run, a quick round) returns without deferring.
     """
 
     template_fields: Sequence[str] = ("manifest", "conn_id")
@@ -145,7 +121,7 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         self.fail_on_timeout = fail_on_timeout
         self.cancel_grace = float(cancel_grace)
         self.deferrable = default_deferrable() if deferrable is None else deferrable
-        self._watching: tuple[dict[str, Any], WaitState] | None = None
+        self._watching: tuple[JobIdentity, WaitState] | None = None
 
     def _round(self) -> Mapping[str, Any]:
         if not isinstance(self.manifest, Mapping):
@@ -174,7 +150,7 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
             batch_ids = [batch_id for batch_id in batch_ids if batch_id not in landed]
             if not batch_ids:
                 return waited_manifest(manifest, {"batch_status": landed}, time.time())
-        identity = self._identity(manifest)
+        identity = JobIdentity.of(manifest, self.conn_id, self.task_id)
         state = WaitState(
             batch_ids=batch_ids,
             end_time=time.time() + self.timeout,
@@ -184,34 +160,35 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
             cancel_grace=self.cancel_grace,
         )
         self._watching = (identity, state)
-        event = asyncio.run(self._watch(identity, state))
+        event = asyncio.run(self._watch(identity, manifest, state))
         if event is None:
             self.log.info(
                 "Deferring to the triggerer: %d of %d batches of round %d not ended after the first poll; "
                 "deadline in %ss, policy %r.",
                 len(state.pending()),
                 len(batch_ids),
-                identity["round_number"],
+                int(manifest.get("round", 0)),
                 self.timeout,
                 self.timeout_policy,
             )
             self.defer(
                 trigger=BatchesTrigger.for_state(
-                    state, **identity, **self._landing(len(batch_ids), list(landed))
+                    state,
+                    **self._round_kwargs(identity, manifest),
+                    **self._landing(len(batch_ids), list(landed)),
                 ),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout + self.cancel_grace + DEFER_MARGIN),
             )
         return self._finish(manifest, event)
 
-    def _identity(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _round_kwargs(identity: JobIdentity, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Return what the trigger needs to reach the round's batches and write its progress."""
         return {
-            "conn_id": job_conn_id(manifest, self.conn_id, self.task_id),
+            "identity": identity.to_json(),
             "job_dir": manifest.get("job_dir"),
             "round_number": int(manifest.get("round", 0)),
-            "betas": list(manifest.get("betas") or ()),
-            "workspace_id": manifest.get("workspace_id"),
         }
 
     def _landing(self, batches: int, landed: list[str]) -> dict[str, Any]:
@@ -221,14 +198,14 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         min_batches = self.land_min_batches or max(1, -(-batches // 10))
         return {"land_interval": self.land_interval, "land_min_batches": min_batches, "landed": landed}
 
-    async def _watch(self, identity: Mapping[str, Any], state: WaitState) -> dict[str, Any] | None:
+    async def _watch(
+        self, identity: JobIdentity, manifest: Mapping[str, Any], state: WaitState
+    ) -> dict[str, Any] | None:
         """Return the wait's final event, or None when a deferrable wait should defer after one poll."""
-        api = await connect(
-            identity["conn_id"], betas=identity["betas"], workspace_id=identity["workspace_id"]
-        )
+        api = await connect(identity)
         try:
             validate_poll_interval(state.poll_interval, local=is_local(api.base_url))
-            writer = ProgressWriter(identity["job_dir"], identity["round_number"], self.log)
+            writer = ProgressWriter(manifest.get("job_dir"), int(manifest.get("round", 0)), self.log)
             if not self.deferrable:
                 self.log.info(
                     "Waiting for %d batches in the worker (deferrable=False).", len(state.batch_ids)
@@ -258,7 +235,6 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
     def _land(self, event: Mapping[str, Any]) -> None:
         """Land the ended batches a ``landing`` event names (here, in the worker), then defer again."""
         from airflow_batch.gather.gathering import gather_batch, gather_config
-        from airflow_batch.hooks.batches import BatchesHook
         from airflow_batch.storage import as_path
 
         try:
@@ -266,17 +242,14 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         except ValueError as exc:
             raise BatchPollError(f"{self.task_id}: {exc}") from exc
         manifest = self._round()
-        identity = self._identity(manifest)
+        identity = JobIdentity.of(manifest, self.conn_id, self.task_id)
         job = as_path(str(manifest["job_dir"]))
-        round_number = identity["round_number"]
+        round_number = int(manifest.get("round", 0))
         records = {str(record["batch_id"]): record for record in manifest["batches"]}
         config = gather_config(job, **self.gather_settings)
         started = time.monotonic()
         rows = 0
-        hook = BatchesHook(
-            identity["conn_id"], betas=identity["betas"], workspace_id=identity["workspace_id"]
-        )
-        with hook.batches_api() as api:
+        with identity.hook().batches_api() as api:
             for batch_id in landing["to_land"]:
                 stats = gather_batch(
                     api,
@@ -296,12 +269,14 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
             len(state.pending()),
             len(state.batch_ids),
         )
-        ProgressWriter(identity["job_dir"], round_number, self.log, landed=landing["landed"]).write(
+        ProgressWriter(str(manifest["job_dir"]), round_number, self.log, landed=landing["landed"]).write(
             state, time.time()
         )
         self.defer(
             trigger=BatchesTrigger.for_state(
-                state, **identity, **self._landing(len(state.batch_ids), list(landing["landed"]))
+                state,
+                **self._round_kwargs(identity, manifest),
+                **self._landing(len(state.batch_ids), list(landing["landed"])),
             ),
             method_name="execute_complete",
             timeout=timedelta(
@@ -350,13 +325,4 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         if self._watching is None:
             return
         identity, state = self._watching
-        run_in_new_loop(
-            cancel_unfinished(
-                identity["conn_id"],
-                state,
-                log=self.log,
-                within=ON_KILL_BUDGET,
-                betas=identity["betas"],
-                workspace_id=identity["workspace_id"],
-            )
-        )
+        run_in_new_loop(cancel_unfinished(identity, state, log=self.log, within=ON_KILL_BUDGET))

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from airflow_batch import layout
 from airflow_batch.exceptions import LedgerFencedOutError, QueueFullError
 from airflow_batch.manifest import MANIFEST_VERSION, BatchRecord, JobIdentity, RoundManifest
-from airflow_batch.submit.chunking import ChunkBody, ChunkInfo
+from airflow_batch.submit.chunk_files import ChunkBody, ChunkInfo
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
 from airflow_batch.submit.queue import QueueWait, QueueWaitNeeded, queued_requests, wave
+from airflow_batch.submit.shared_prompts import load_shared
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -131,6 +132,7 @@ def round_manifest(job: ObjectStoragePath, ledger: Ledger, identity: JobIdentity
         reused=ledger.reused,
         reused_path=ledger.reused_path,
         canary=ledger.canary,
+        requests_by_model=dict(ledger.requests_by_model),
     )
 
 
@@ -180,10 +182,7 @@ def create_wave(
 ) -> RoundManifest:
     """Create the round's next wave with a client of the job's connection: the one path of the
     task's resume and the queue trigger (QueueWaitNeeded while more chunks wait)."""
-    from airflow_batch.hooks.batches import BatchesHook
-
-    hook = BatchesHook(identity.conn_id, betas=identity.betas, workspace_id=identity.workspace_id)
-    with hook.batches_api() as api:
+    with identity.hook().batches_api() as api:
         return continue_round(
             api,
             job=job,
@@ -198,7 +197,10 @@ def create_wave(
 
 
 def chunk_infos(ledger: Ledger) -> list[ChunkInfo]:
-    return [ChunkInfo(int(c["chunk"]), int(c["requests"]), int(c["bytes"])) for c in ledger.chunks]
+    return [
+        ChunkInfo(int(c["chunk"]), int(c["requests"]), int(c["bytes"]), tuple(c.get("shared", ())))
+        for c in ledger.chunks
+    ]
 
 
 def create_round(
@@ -278,6 +280,8 @@ def _create_fitting(
     fitting = wave([chunk.requests for chunk in pending], queued or 0, limit)
     if fitting < len(pending) and settings.max_queued_requests is None and _relearn(ledger):
         fitting += 1  # a learned limit gets old: the queue may have room again (another job ended)
+    for chunk in pending[:fitting]:  # a missing or damaged shared prompt fails before any create
+        load_shared(layout.chunk_path(job, ledger.round, chunk.index), chunk.shared)
     created = 0
     for chunk in pending[:fitting]:
         if should_stop is not None and should_stop():
@@ -435,7 +439,7 @@ def _submit_chunk(
         return find_orphan(api, chunk, started_at, ledger.claimed(), log)
 
     created = api.create(
-        ChunkBody(layout.chunk_path(job, ledger.round, chunk.index), chunk.bytes),
+        ChunkBody(layout.chunk_path(job, ledger.round, chunk.index), chunk.bytes, chunk.shared),
         chunk.bytes,
         what=f"create the batch of chunk {chunk.index} of round {ledger.round}",
         find_orphan=lost_response if settings.adopt_orphans else None,

@@ -117,12 +117,12 @@ class TokenTally:
     _seen_prefixes: set[bytes] = field(default_factory=set)
     _measured: tuple[Any, list[Segment] | None] | None = None
 
-    def _model(self, model: str, max_tokens: int) -> ModelTally:
+    def _model(self, model: str, max_tokens: int, requests: int = 1) -> ModelTally:
         tally = self.models.get(model)
         if tally is None:
             tally = self.models[model] = ModelTally(expected=self.expected_output_tokens)
         counts = tally.max_tokens_counts
-        counts[max_tokens] = counts.get(max_tokens, 0) + 1
+        counts[max_tokens] = counts.get(max_tokens, 0) + requests
         return tally
 
     def expect(self, tokens: int, basis: str) -> None:
@@ -177,6 +177,18 @@ class TokenTally:
         self._model(model, max_tokens).input_tokens += tokens
         if len(self.sample) < self.sample_size:
             self.sample.append((msgspec.json.decode(line)["params"], tokens))
+
+    def add_plain_run(self, model: str, max_tokens: int, requests: int, tokens: int) -> None:
+        """Count ``requests`` plain requests of one model and ``max_tokens`` with ``tokens`` input in all.
+
+        The submit pass's hot path, once the calibration sample is full (see :meth:`sampling`).
+        """
+        self._model(model, max_tokens, requests).input_tokens += tokens
+
+    @property
+    def sampling(self) -> bool:
+        """Return whether the calibration sample still takes requests (:meth:`add_plain` fills it)."""
+        return len(self.sample) < self.sample_size
 
 
 @dataclass(frozen=True)

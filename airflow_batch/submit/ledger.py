@@ -103,6 +103,8 @@ class Ledger:
     reused_path: str | None = None
     #: What the round's canary did and cost, when it had one.
     canary: CanaryRecord | None = None
+    #: Requests sent in the round's batches, by model (lineage counts per model from it).
+    requests_by_model: dict[str, int] = field(default_factory=dict)
     #: Raised by one at every save; a save succeeds only over the generation its writer last saw.
     generation: int = 0
     #: Intents replaced without a batch recorded from them (their writer stalled or died
@@ -150,6 +152,7 @@ class Ledger:
             "reused": self.reused,
             "reused_path": self.reused_path,
             "canary": self.canary,
+            "requests_by_model": self.requests_by_model,
             "generation": self.generation,
             "interrupted": self.interrupted,
             "strays": self.strays,
@@ -176,6 +179,7 @@ class Ledger:
             reused=int(data.get("reused", 0)),
             reused_path=data.get("reused_path"),
             canary=data.get("canary"),
+            requests_by_model={str(k): int(v) for k, v in data.get("requests_by_model", {}).items()},
             generation=int(data.get("generation", 0)),
             interrupted=list(data.get("interrupted", [])),
             strays={str(k): dict(v) for k, v in data.get("strays", {}).items()},

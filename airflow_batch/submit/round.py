@@ -64,15 +64,12 @@ from airflow_batch.submit.canary import (
     check_recorded_canary,
     run_canary,
 )
-from airflow_batch.submit.chunking import (
-    INPUTS_DIR,
-    ModelLimits,
-    PreparedRound,
-    prepare_chunks,
-)
+from airflow_batch.submit.chunk_files import INPUTS_DIR
+from airflow_batch.submit.chunking import PreparedRound, prepare_chunks
 from airflow_batch.submit.creating import chunk_infos, create_round
 from airflow_batch.submit.estimate import TokenTally, calibrate, estimate_cost
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
+from airflow_batch.submit.model_limits import ModelLimits
 from airflow_batch.submit.records import RequestDefaults
 from airflow_batch.submit.refusals import check_budget, check_models
 from airflow_batch.submit.routing import AnswerReuse, Routing
@@ -177,10 +174,12 @@ def _restore_missing_chunks(prepared: PreparedRound, job: ObjectStoragePath, rou
     for chunk in prepared.chunks:
         if not layout.chunk_path(job, round_number, chunk.index).exists():
             _move_chunk(prepared, job, round_number, chunk.index)
+        else:
+            _move_shared(prepared, job, round_number, chunk.index)
 
 
 def _move_chunk(prepared: PreparedRound, job: ObjectStoragePath, round_number: int, index: int) -> None:
-    """Move one staged chunk file and its inputs twin into the round folder."""
+    """Move one staged chunk file, its inputs twin and the shared prompts it references into the round."""
     name = layout.chunk_file_name(index)
     for staged, target in (
         (prepared.staging / name, layout.chunk_path(job, round_number, index)),
@@ -188,6 +187,20 @@ def _move_chunk(prepared: PreparedRound, job: ObjectStoragePath, round_number: i
     ):
         target.parent.mkdir(parents=True, exist_ok=True)
         staged.rename(target)
+    _move_shared(prepared, job, round_number, index)
+
+
+def _move_shared(prepared: PreparedRound, job: ObjectStoragePath, round_number: int, index: int) -> None:
+    """Move the staged shared prompts a chunk references into the round, where they are missing."""
+    chunks = layout.chunks_dir(job, round_number)
+    for digest in prepared.chunks[index].shared:
+        staged, target = (
+            layout.shared_prompt_path(prepared.staging, digest),
+            layout.shared_prompt_path(chunks, digest),
+        )
+        if staged.exists() and not target.exists():  # a prompt shared by several chunks moves once
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staged.rename(target)
 
 
 def _cancel_unended(api: BatchesApi, ledger: Ledger, log: logging.Logger) -> None:
@@ -456,8 +469,11 @@ def submit_round(
                 fingerprint=prepared.fingerprint,
                 conn_id=identity.conn_id,
                 chunks=[
-                    {"chunk": c.index, "requests": c.requests, "bytes": c.bytes} for c in prepared.chunks
+                    {"chunk": c.index, "requests": c.requests, "bytes": c.bytes}
+                    | ({"shared": list(c.shared)} if c.shared else {})
+                    for c in prepared.chunks
                 ],
+                requests_by_model={model: t.requests for model, t in sorted(prepared.tally.models.items())},
             )
             if routing is not None:
                 ledger.reused = routing.reused
@@ -489,7 +505,8 @@ def submit_round(
                     "with reuse_answers or a canary they cannot be rebuilt from the input. Keep job "
                     "folders on shared storage (output_path on s3://, gs://...) so every worker sees them."
                 )
-        else:
+        elif not layout.round_manifest_path(job, round_number).exists():
+            # A gathered round's chunk files were removed on purpose (gather.pruning): nothing reads them.
             _restore_missing_chunks(prepared, job, round_number)
         if ledger.batches:
             log.info(

@@ -1,6 +1,6 @@
 """Which requests of a round go in a batch: answer reuse and the canary, decided during the pass.
 
-:class:`Routing` is the :class:`~airflow_batch.submit.chunking.Diversion` of a submit. For each
+:class:`Routing` is the :class:`~airflow_batch.submit.diversion.Diversion` of a submit. For each
 valid request, in input order, the chunking pass gives it the request's fingerprint
 (:mod:`airflow_batch.reuse.fingerprint`), which it records in the request's inputs twin line
 (gather keys the answer it stores by it) and looks up:
@@ -45,7 +45,9 @@ from airflow_batch.submit.canary import (
     canary_answer_parts,
     canary_source,
 )
-from airflow_batch.submit.chunking import CACHE_CONTROL, HOLD, SEND, TAKEN, with_fingerprint
+from airflow_batch.submit.chunk_files import with_fingerprint
+from airflow_batch.submit.chunking import CACHE_CONTROL
+from airflow_batch.submit.diversion import HOLD, SEND, TAKEN
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath

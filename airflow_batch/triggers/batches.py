@@ -17,6 +17,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_batch.manifest import JobIdentity
 from airflow_batch.wait.kill import StallWatch, kill_verdict
 from airflow_batch.wait.landing import LandingPolicy, landing_event
 from airflow_batch.wait.loop import cancel_unfinished, connect, settle, triggerer_name, wait_for_round
@@ -39,7 +40,8 @@ class BatchesTrigger(BaseTrigger):
     "state": {...}}`` (see :mod:`airflow_batch.wait.landing`): the sensor lands ``to_land`` and
     defers again with ``state``.
 
-    :param conn_id: The Anthropic connection (API key and base URL); never the key itself.
+    :param identity: Who the round's calls go to (``JobIdentity.to_json()``: the connection's id,
+        never its key; the job's ``anthropic-beta`` names; its workspace).
     :param batch_ids: Every batch of the round.
     :param end_time: Wall-clock deadline, epoch seconds (survives a triggerer restart).
     :param poll_interval: Seconds between polls.
@@ -54,8 +56,6 @@ class BatchesTrigger(BaseTrigger):
     :param timed_out: Whether the deadline already passed and its cancels were sent.
     :param canceled_by_timeout: Batches canceled by the deadline.
     :param started_at: When the wait began (epoch seconds), for the elapsed time and ETA shown.
-    :param betas: The job's ``anthropic-beta`` names, sent on every call.
-    :param workspace_id: The job's workspace, sent as ``anthropic-workspace-id``.
     :param land_interval: When set, ended batches are handed to the worker to land while the
         others run (:mod:`airflow_batch.wait.landing`): a ``landing`` event at most every
         ``land_interval`` seconds, or as soon as ``land_min_batches`` wait.
@@ -66,7 +66,7 @@ class BatchesTrigger(BaseTrigger):
     def __init__(
         self,
         *,
-        conn_id: str,
+        identity: Mapping[str, Any],
         batch_ids: Sequence[str],
         end_time: float,
         poll_interval: float = 60.0,
@@ -79,8 +79,6 @@ class BatchesTrigger(BaseTrigger):
         timed_out: bool = False,
         canceled_by_timeout: Sequence[str] = (),
         started_at: float | None = None,
-        betas: Sequence[str] = (),
-        workspace_id: str | None = None,
         land_interval: float | None = None,
         land_min_batches: int = 1,
         landed: Sequence[str] = (),
@@ -88,11 +86,9 @@ class BatchesTrigger(BaseTrigger):
         super().__init__()
         self.landing = LandingPolicy(float(land_interval), int(land_min_batches)) if land_interval else None
         self.landed = list(landed)
-        self.conn_id = conn_id
+        self.identity = JobIdentity.from_json(identity)
         self.job_dir = job_dir
         self.round_number = round_number
-        self.betas = list(betas)
-        self.workspace_id = workspace_id
         #: Seconds the event was held back (the stale-event guard), apart from the polls themselves.
         self.settle_held = 0.0
         #: When this copy's event loop last stood still: a copy frozen past the health threshold
@@ -111,30 +107,29 @@ class BatchesTrigger(BaseTrigger):
             started_at=started_at,
         )
 
-    def _identity(self) -> dict[str, Any]:
-        identity: dict[str, Any] = {
-            "conn_id": self.conn_id,
+    def _round(self) -> dict[str, Any]:
+        """Return the kwargs naming the round (who its calls go to, its folder) and its landing."""
+        kwargs: dict[str, Any] = {
+            "identity": self.identity.to_json(),
             "job_dir": self.job_dir,
             "round_number": self.round_number,
-            "betas": self.betas,
-            "workspace_id": self.workspace_id,
         }
         if self.landing is not None:
-            identity.update(
+            kwargs.update(
                 land_interval=self.landing.interval,
                 land_min_batches=self.landing.min_batches,
                 landed=self.landed,
             )
-        return identity
+        return kwargs
 
     @classmethod
-    def for_state(cls, state: WaitState, **identity: Any) -> BatchesTrigger:
+    def for_state(cls, state: WaitState, **round_kwargs: Any) -> BatchesTrigger:
         """Return a trigger that carries on ``state`` (what a wait in the worker learned so far)."""
-        return cls(**identity, **state.to_kwargs())
+        return cls(**round_kwargs, **state.to_kwargs())
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the class path and kwargs; ``ended`` carries what this run already learned."""
-        return CLASSPATH, {**self._identity(), **self.state.to_kwargs()}
+        return CLASSPATH, {**self._round(), **self.state.to_kwargs()}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the wait ends and yield its one event."""
@@ -148,7 +143,7 @@ class BatchesTrigger(BaseTrigger):
         )
         started = time.time()
         ticker = asyncio.create_task(self.stall.run())
-        api = await connect(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
+        api = await connect(self.identity)
         try:
             writer = ProgressWriter(self.job_dir, self.round_number, self.log, landed=self.landed)
             event = await wait_for_round(
@@ -193,11 +188,4 @@ class BatchesTrigger(BaseTrigger):
             self.log.warning("on_kill on %s: cancelling nothing: %s.", triggerer_name(self), verdict.reason)
             return
         self.log.info("on_kill: %s; cancelling the round's unfinished batches.", verdict.reason)
-        await cancel_unfinished(
-            self.conn_id,
-            self.state,
-            log=self.log,
-            within=ON_KILL_BUDGET,
-            betas=self.betas,
-            workspace_id=self.workspace_id,
-        )
+        await cancel_unfinished(self.identity, self.state, log=self.log, within=ON_KILL_BUDGET)

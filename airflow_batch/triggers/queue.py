@@ -23,6 +23,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_batch.manifest import JobIdentity
 from airflow_batch.metrics import queue_gauge
 from airflow_batch.submit.queue import QueueWait, QueueWaitNeeded, queued_requests, room_ready
 from airflow_batch.wait.loop import connect, read_statuses, settle, triggerer_name
@@ -40,44 +41,36 @@ class QueueRoomTrigger(BaseTrigger):
     ``{"status": "room", "queued": int, "waited": float}`` (the task creates the next wave) or
     ``{"status": "error", "message": str}`` (a batch could not be read: 401, 403, 404).
 
-    :param conn_id: The Anthropic connection (never the key itself).
+    :param identity: Who the job's calls go to (``JobIdentity.to_json()``: the connection's id,
+        never its key; betas; workspace).
     :param batch_ids: The round's batches created so far.
     :param wait: The recorded :class:`~airflow_batch.submit.queue.QueueWait` (``to_json``).
     :param started_at: When the wait began (epoch seconds; survives a triggerer restart).
     :param poll_interval: Seconds between polls.
     :param round_number: The round, for the log.
-    :param betas: The job's ``anthropic-beta`` names.
-    :param workspace_id: The job's workspace.
-    :param job: The job folder (its URL); None: never create here, fire ``room``.
-    :param wave_settings: What creating a wave needs of the submit's settings
-        (:func:`~airflow_batch.operators.queueing.wave_settings`).
+    :param job: The job folder (its URL), whose ``spec.json`` holds the batch settings of the
+        waves; None: never create here, fire ``room``.
     """
 
     def __init__(
         self,
         *,
-        conn_id: str,
+        identity: Mapping[str, Any],
         batch_ids: Sequence[str],
         wait: Mapping[str, Any],
         started_at: float,
         poll_interval: float = 60.0,
         round_number: int = 0,
-        betas: Sequence[str] = (),
-        workspace_id: str | None = None,
         job: str | None = None,
-        wave_settings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.conn_id = conn_id
+        self.identity = JobIdentity.from_json(identity)
         self.batch_ids = list(batch_ids)
         self.wait = QueueWait.from_json(wait)
         self.started_at = float(started_at)
         self.poll_interval = float(poll_interval)
         self.round_number = round_number
-        self.betas = list(betas)
-        self.workspace_id = workspace_id
         self.job = job
-        self.wave_settings = dict(wave_settings or {})
         #: Set when run() is cancelled: the create thread (which cancellation does not stop)
         #: checks it before each create.
         self._stopped = threading.Event()
@@ -85,16 +78,13 @@ class QueueRoomTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the class path and kwargs."""
         return CLASSPATH, {
-            "conn_id": self.conn_id,
+            "identity": self.identity.to_json(),
             "batch_ids": self.batch_ids,
             "wait": self.wait.to_json(),
             "started_at": self.started_at,
             "poll_interval": self.poll_interval,
             "round_number": self.round_number,
-            "betas": self.betas,
-            "workspace_id": self.workspace_id,
             "job": self.job,
-            "wave_settings": self.wave_settings,
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -118,7 +108,7 @@ class QueueRoomTrigger(BaseTrigger):
         waves = 0
         if self.job:  # a restarted trigger carries the batches of its deferral, not of its own waves
             self.batch_ids = await asyncio.to_thread(self._recorded_batches)
-        api = await connect(self.conn_id, betas=self.betas, workspace_id=self.workspace_id)
+        api = await connect(self.identity)
         try:
             while True:
                 outcome = await read_statuses(api, self.batch_ids, round_batches=len(self.batch_ids))
@@ -186,18 +176,18 @@ class QueueRoomTrigger(BaseTrigger):
         The thread checks before each create whether this trigger was cancelled (cancelling
         the coroutine does not stop a thread), and its ledger saves are fenced: beside another
         copy of this trigger it creates no chunk twice (see ``submit.creating.create_round``)."""
-        from airflow_batch.manifest import JobIdentity
+        from airflow_batch.spec.job_spec import read_job_spec
         from airflow_batch.storage import as_path
         from airflow_batch.submit.creating import CreatesStopped, create_wave
-        from airflow_batch.submit.round import SubmitSettings
 
         assert self.job is not None
         try:
+            job = as_path(self.job)
             manifest = create_wave(
-                JobIdentity(self.conn_id, tuple(self.betas), self.workspace_id),
-                as_path(self.job),
+                self.identity,
+                job,
                 self.round_number,
-                SubmitSettings(**self.wave_settings),
+                read_job_spec(job).settings,
                 queued,
                 log=self.log,  # type: ignore[arg-type]
                 should_stop=self._stopped.is_set,

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import logging
 
     from airflow_batch.api import AsyncBatchesApi
+    from airflow_batch.manifest import JobIdentity
 
 T = TypeVar("T")
 POLL_CONCURRENCY = 32  # status calls in flight at once
@@ -119,16 +120,12 @@ def is_local(base_url: str) -> bool:
     return (urlparse(str(base_url)).hostname or "") in LOCAL_HOSTS
 
 
-async def connect(
-    conn_id: str, *, betas: Sequence[str] = (), workspace_id: str | None = None
-) -> AsyncBatchesApi:
-    """Return the async API of ``conn_id``; imports and client construction run off the loop."""
+async def connect(identity: JobIdentity) -> AsyncBatchesApi:
+    """Return the async API of the job's connection; imports and client construction run off the loop."""
 
     def hook() -> Any:
         import_without_collections(HOOK_MODULE, *FIRST_REQUEST_IMPORTS)
-        from airflow_batch.hooks.batches import BatchesHook
-
-        return BatchesHook(conn_id, betas=betas, workspace_id=workspace_id)
+        return identity.hook()
 
     batches_hook = await asyncio.to_thread(hook)
     api: AsyncBatchesApi = await batches_hook.async_batches_api()
@@ -225,19 +222,17 @@ async def wait_for_round(
 
 
 async def cancel_unfinished(
-    conn_id: str,
+    identity: JobIdentity,
     state: WaitState,
     *,
     log: logging.Logger | Any,
     within: float,
-    betas: Sequence[str] = (),
-    workspace_id: str | None = None,
 ) -> None:
     """Cancel the round's batches not yet ended (a user killed the wait), in at most ``within`` seconds."""
     pending = state.pending()
     if not pending or state.phase != "waiting":
         return
-    api = await connect(conn_id, betas=betas, workspace_id=workspace_id)
+    api = await connect(identity)
     try:
         outcome = await asyncio.wait_for(cancel_batches(api, pending), timeout=within)
     finally:

@@ -1,5 +1,5 @@
 """What ``airflow backfill create --reprocess-behavior completed`` does to a date that already has a
-run, on the Airflow we pin: the README's claim about re-runs rests on it."""
+run, on the Airflow we pin: the docs' claim about re-runs (docs/backfills.md) rests on it."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ all a test of the triggerers needs. :class:`DistributedDeployment` starts every 
 reverse order.
 
 The settings that make a dead worker or triggerer recoverable within a test's minutes are
-the ones a production deployment tunes the same way (see the README's "Production
+the ones a production deployment tunes the same way (see docs/deployment.md, "Production
 deployment"): ``[scheduler] task_instance_heartbeat_timeout`` (a task whose worker died is
 failed, then retried, after this many seconds without a heartbeat) and ``[triggerer]
 triggerer_health_check_threshold`` (a trigger whose triggerer stopped heartbeating is taken

@@ -218,7 +218,7 @@ def test_job_on_s3_survives_a_killed_triggerer_and_a_killed_celery_worker(
     assert _object_lines(distributed, failures_key) == []
     manifest = json.loads(_object(distributed, results_key.replace("results.jsonl", "manifest.json")))
     assert manifest["requests"] == manifest["succeeded"] == REQUESTS
-    assert len(manifest["rounds"]) >= 2  # round 0's transient errors were resubmitted from S3 chunks
+    assert len(manifest["rounds"]) >= 2  # round 0's transient errors, resent from S3
 
     leftovers = [key for key in distributed.s3.keys(BUCKET) if TEMPORARY.search(key)]
     assert leftovers == []

@@ -119,6 +119,7 @@ def test_batch_job_retries_only_retryable_failures_and_keeps_every_other_request
             poll_interval=1,
             max_failure_rate=0.05,
             submit_kwargs={"max_requests_per_batch": 400, "count_tokens_sample": 0},
+            keep_chunks=True,  # the test reads what each round sent
         )
     release_when_deferred(emulator, output, dag.dag_id, "reviews.submit")
     with caplog.at_level("INFO"):

@@ -31,7 +31,8 @@ from airflow_batch.gather.rows import FailureRow, ResultRow, RowUsage, row_encod
 from airflow_batch.gather.tables import arrow_type
 from airflow_batch.reuse.store import answered_row, reused_row
 from airflow_batch.schema import SchemaError, job_schema
-from airflow_batch.submit.chunking import _invalid_row, inputs_line
+from airflow_batch.submit.chunk_files import inputs_line
+from airflow_batch.submit.chunking import _invalid_row
 from airflow_batch.submit.validation import Problem
 
 NAMES = st.sampled_from(["alpha", "beta", "gamma", "delta", "score", "tags", "where", "note"])

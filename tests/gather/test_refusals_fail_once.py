@@ -67,7 +67,8 @@ def test_a_missing_input_file_leaves_its_error_for_the_batch_jobs_page(
     from sqlalchemy import select
 
     from airflow_batch.manifest import FAILED_MANIFEST_KEY
-    from airflow_batch.plugins.views import ManifestRecord, build_jobs
+    from airflow_batch.plugins.manifests import ManifestRecord
+    from airflow_batch.plugins.views import build_jobs
 
     # A template passes the parse-time check; the file is still missing when the task runs.
     missing = str(tmp_path / "input-{{ ds }}.jsonl")

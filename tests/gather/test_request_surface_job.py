@@ -126,6 +126,7 @@ def test_each_block_type_lands_as_its_row_and_each_stop_as_its_failure_kind(
             poll_interval=0.5,
             max_failure_rate=1.0,  # a fifth refused on purpose: above the default 5%
             submit_kwargs={"count_tokens_sample": 0},
+            keep_chunks=True,  # the test reads what each round sent
         )
     run = run_dag(dag)
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]

@@ -58,6 +58,7 @@ def _job_dag(dag_id: str, requests: Path, output: str, conn_id: str, retry_round
             max_retry_rounds=retry_rounds,
             poll_interval=1,
             submit_kwargs={"max_requests_per_batch": N_REQUESTS // 2, "count_tokens_sample": 0},
+            keep_chunks=True,  # the test reads what each round sent
         )
     return dag
 

@@ -66,6 +66,7 @@ def test_a_structured_job_ends_every_record_once_with_a_valid_output_or_a_failur
             max_retry_rounds=2,
             poll_interval=0.5,
             submit_kwargs={"count_tokens_sample": 0, "max_requests_per_batch": 700},
+            keep_chunks=True,  # the test reads what each round sent
         )
     run = run_dag(dag)
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]

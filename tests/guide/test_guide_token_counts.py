@@ -19,8 +19,9 @@ import pytest
 from airflow_batch.costs import price_table
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.storage import as_path
-from airflow_batch.submit.chunking import ModelLimits, prepare_chunks
+from airflow_batch.submit.chunking import prepare_chunks
 from airflow_batch.submit.estimate import estimate_cost
+from airflow_batch.submit.model_limits import ModelLimits
 from airflow_batch.tokens import approx_tokens, input_tokens
 
 HAIKU = "claude-haiku-4-5-20251001"  # token_ratio 1.0: the emulator's count is the local count

@@ -20,7 +20,7 @@ from airflow_batch.api import BatchesApi
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.gather.gathering import GatherConfig, gather_round
 from airflow_batch.manifest import JobIdentity
-from airflow_batch.operators.queueing import wave_settings
+from airflow_batch.spec.job_spec import JobSpec, write_job_spec
 from airflow_batch.storage import as_path, iter_jsonl, iter_jsonl_lines
 from airflow_batch.submit.creating import round_manifest
 from airflow_batch.submit.ledger import LedgerStore
@@ -49,6 +49,8 @@ async def _first_event(trigger: QueueRoomTrigger) -> dict[str, Any]:
 
 
 def _first_wave(base_url: str, source: Path, job: str, settings: SubmitSettings) -> QueueWaitNeeded:
+    # What the submit does first: the spec it writes is where the trigger reads the wave settings.
+    write_job_spec(as_path(job), JobSpec(IDENTITY, settings), bound=False)
     with BatchesApi(anthropic.Anthropic(base_url=base_url, api_key="k")) as api:
         try:
             submit_round(
@@ -73,8 +75,8 @@ def test_two_copies_of_the_queue_trigger_create_one_batch_per_chunk(
     assert emulator.batch_count() == 3
 
     kwargs = {
-        "conn_id": anthropic_conn, "batch_ids": pause.batch_ids, "wait": pause.wait.to_json(),
-        "started_at": time.time(), "poll_interval": 0.2, "job": job, "wave_settings": wave_settings(settings),
+        "identity": {"conn_id": anthropic_conn}, "batch_ids": pause.batch_ids, "wait": pause.wait.to_json(),
+        "started_at": time.time(), "poll_interval": 0.2, "job": job,
     }  # fmt: skip
     copies = [QueueRoomTrigger(**kwargs), QueueRoomTrigger(**kwargs)]  # one deferral, two triggerers
 

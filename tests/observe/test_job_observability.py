@@ -189,9 +189,7 @@ def test_lineage_events_name_the_files_of_every_stage(observed: ObservedJob) -> 
     [chunks] = submit["outputs"]
     assert (chunks["namespace"], chunks["name"]) == ("file", str(job / "round-0" / "chunks"))
     assert chunks["outputFacets"]["outputStatistics"]["rowCount"] == rounds[0]["requests"] == 40
-    assert chunks["outputFacets"]["outputStatistics"]["fileCount"] == len(
-        list((job / "round-0" / "chunks").iterdir())
-    )
+    assert chunks["outputFacets"]["outputStatistics"]["fileCount"] == len(rounds[0]["batches"])
     batch_ids = [b["batch_id"] for b in rounds[0]["batches"]]
     queries = [
         f["externalQueryId"] for k, f in submit["run"]["facets"].items() if k.startswith("externalQuery")
@@ -213,6 +211,15 @@ def test_lineage_events_name_the_files_of_every_stage(observed: ObservedJob) -> 
         facet = gather["run"]["facets"][FACET_NAME]
         assert facet["round"] == number and facet["succeeded"] == rounds[number]["result_counts"]["succeeded"]
         assert facet["batchUsd"] == rounds[number]["cost"]["batch_usd"]
+        # Per model: the round's requests and outcomes as its manifest counted them (one model here).
+        jsonschema.validate(facet, OWN_FIELDS)
+        [(model, figures)] = facet["models"].items()
+        counts = rounds[number]["result_counts_by_model"][model]
+        assert figures["requests"] == rounds[number]["requests_by_model"][MODEL] == rounds[number]["requests"]
+        assert figures["succeeded"] == counts["succeeded"] == rounds[number]["result_counts"]["succeeded"]
+        assert figures["failedByType"] == {k: n for k, n in counts.items() if k != "succeeded" and n}
+        assert figures["failedByType"] == facet["failedByType"]  # every failure counted for its model
+        assert figures["failed"] == facet["failed"]
 
     retry = _completed(observed, "job.retry_1")
     assert [i["name"] for i in retry["inputs"]] == [str(job / "round-0" / "failures")]
@@ -261,6 +268,13 @@ def test_finalize_lineage_carries_the_manifests_figures_and_the_parquet_schema(o
     [(model, figures)] = facet["models"].items()
     assert model.startswith(MODEL)
     assert figures["tokens"] == token_kinds(manifest["usage"])
+    # Per model over the job: each failure counted once, where it ended (retried ones in round 1).
+    assert (figures["requests"], figures["succeeded"], figures["failed"]) == (
+        manifest["requests"],
+        manifest["succeeded"],
+        manifest["failed"],
+    )
+    assert figures["failedByType"] == manifest["failures_by_type"]
     assert figures["batchUsd"] == pytest.approx(manifest["cost"]["batch_usd"], abs=1e-6)
     assert figures["standardUsd"] == pytest.approx(manifest["cost"]["standard_usd"], abs=1e-6)
     every_batch = [b for r in manifest["rounds"] for b in r["batches"]]

@@ -62,3 +62,42 @@ def test_a_round_with_reused_answers_reports_their_file_and_what_they_saved(tmp_
         3 * price_table().cost({"claude-haiku-4-5": USAGE})["batch_usd"], abs=3e-6
     )
     assert lineage.run_facets["externalQuery"].externalQueryId == "msgbatch_a"
+
+
+def test_a_jobs_failures_per_model_count_once_where_they_ended() -> None:
+    from airflow_batch.gather.gathering import by_named_model, unnamed_owner
+    from airflow_batch.lineage.figures import model_counts
+
+    # Round 0 asked for the alias; the answers name the dated id; errored results name no model.
+    round_0_counts = {"claude-haiku-4-5-20251001": {"succeeded": 7, "invalid_output": 1}, "": {"errored": 2}}
+    owner = unnamed_owner(round_0_counts, ["claude-haiku-4-5"])
+    round_0 = {
+        "requests_by_model": {"claude-haiku-4-5": 10},
+        "result_counts_by_model": by_named_model(round_0_counts, owner),
+        "retryable_by_model": by_named_model({"": {"errored": 1}}, owner),
+    }
+    assert round_0["result_counts_by_model"] == {
+        "claude-haiku-4-5-20251001": {"succeeded": 7, "invalid_output": 1, "errored": 2}
+    }
+    round_1 = {
+        "requests_by_model": {"claude-haiku-4-5": 1},
+        "result_counts_by_model": {"claude-haiku-4-5-20251001": {"succeeded": 1}},
+        "retryable_by_model": {},
+    }
+    # The one retried errored request succeeded in round 1: the job has 1 errored, 1 invalid_output.
+    assert model_counts([round_0, round_1]) == {
+        "claude-haiku-4-5-20251001": {
+            "requests": 10,
+            "succeeded": 8,
+            "failed": 2,
+            "failedByType": {"invalid_output": 1, "errored": 1},
+        }
+    }
+    # Alone, round 0 reports its own failures.
+    assert model_counts([round_0])["claude-haiku-4-5-20251001"]["failedByType"] == {
+        "invalid_output": 1,
+        "errored": 2,
+    }
+    # Two models in a round: a failure that names none cannot be given to either.
+    two = {"claude-haiku-4-5": {"succeeded": 1}, "": {"expired": 1}}
+    assert unnamed_owner(two, ["claude-haiku-4-5", "claude-opus-4-5"]) == "unknown"

@@ -131,7 +131,7 @@ def _submit_until_done(base_url: str, source: str, job: str, max_queued_requests
             return _submit(base_url, source, job, queued, resume, max_queued_requests)
         except QueueWaitNeeded as pause:
             trigger = QueueRoomTrigger(
-                conn_id="anthropic_default",
+                identity={"conn_id": "anthropic_default"},
                 batch_ids=pause.batch_ids,
                 wait=pause.wait.to_json(),
                 started_at=time.time(),
@@ -167,7 +167,7 @@ def test_the_room_event_counts_what_ended_while_it_was_held(
         "max_queued_requests", need=400, queued=1400, limit=1400, retry_after=None, pending_chunks=1
     )
     trigger = QueueRoomTrigger(
-        conn_id="anthropic_default",
+        identity={"conn_id": "anthropic_default"},
         batch_ids=batch_ids,
         wait=wait.to_json(),
         started_at=time.time(),
@@ -193,13 +193,12 @@ def test_a_trigger_that_cannot_read_the_job_folder_hands_the_wave_to_the_task(
         "max_queued_requests", need=100, queued=100, limit=100, retry_after=None, pending_chunks=1
     )
     trigger = QueueRoomTrigger(
-        conn_id="anthropic_default",
+        identity={"conn_id": "anthropic_default"},
         batch_ids=[batch.id],
         wait=wait.to_json(),
         started_at=time.time(),
         poll_interval=0.2,
         job=str(tmp_path / "elsewhere" / "job.submit"),  # a local folder of another host
-        wave_settings={"max_requests_per_batch": 100, "max_queued_requests": 100},
     )
     event = asyncio.run(_first_event(trigger))
     assert event["status"] == "room" and event["queued"] == 0, event
@@ -221,7 +220,7 @@ def test_a_restarted_queue_trigger_watches_every_batch_its_ledger_records(tmp_pa
     LedgerStore(job, 0).save(ledger)
     wait = QueueWait("max_queued_requests", need=1, queued=1, limit=1, retry_after=None, pending_chunks=1)
     trigger = QueueRoomTrigger(
-        conn_id="anthropic_default",
+        identity={"conn_id": "anthropic_default"},
         batch_ids=["msgbatch_a"],
         wait=wait.to_json(),
         started_at=0.0,
@@ -229,7 +228,7 @@ def test_a_restarted_queue_trigger_watches_every_batch_its_ledger_records(tmp_pa
     )
     assert trigger._recorded_batches() == ["msgbatch_a", "msgbatch_b", "msgbatch_c"]
     elsewhere = QueueRoomTrigger(
-        conn_id="anthropic_default",
+        identity={"conn_id": "anthropic_default"},
         batch_ids=["msgbatch_a"],
         wait=wait.to_json(),
         started_at=0.0,

@@ -60,6 +60,7 @@ def _job(records: Path, output: str, conn_id: str, **kwargs: Any) -> None:
         max_retry_rounds=1,
         poll_interval=0.5,
         submit_kwargs={"max_requests_per_batch": 1000, "count_tokens_sample": 0},
+        keep_chunks=True,  # the tests read what each round sent
         **kwargs,
     )
 

@@ -70,6 +70,7 @@ def _run(
             poll_interval=0.5,
             reuse_answers=True,
             submit_kwargs={"max_requests_per_batch": 100, "count_tokens_sample": 0},
+            keep_chunks=True,  # the tests compare what was sent
             **kwargs,
         )
     run = run_dag(dag)

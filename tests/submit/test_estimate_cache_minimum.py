@@ -7,8 +7,9 @@ from typing import Any
 
 from airflow_batch.costs import price_table
 from airflow_batch.storage import as_path
-from airflow_batch.submit.chunking import ModelLimits, prepare_chunks
+from airflow_batch.submit.chunking import prepare_chunks
 from airflow_batch.submit.estimate import TokenTally, estimate_cost
+from airflow_batch.submit.model_limits import ModelLimits
 
 MODEL = "claude-haiku-4-5"  # minimum cacheable prompt: 4,096 tokens
 

@@ -23,6 +23,7 @@ from airflow_batch.manifest import JobIdentity
 from airflow_batch.storage import as_path, iter_jsonl_lines, read_json
 from airflow_batch.submit.records import RequestDefaults, records_to_requests
 from airflow_batch.submit.round import SubmitSettings, submit_round
+from airflow_batch.submit.shared_prompts import iter_sent_lines
 
 MODEL = "claude-haiku-4-5"
 
@@ -95,9 +96,8 @@ def test_records_with_a_prompt_template_and_defaults_become_cached_requests(
         settings=SubmitSettings(),
         defaults=RequestDefaults(model=MODEL, max_tokens=20, system="You write product copy. " * 40),
     )
-    chunk = [
-        json.loads(line) for line in Path(manifest["batches"][0]["chunk_path"][7:]).read_text().splitlines()
-    ]
+    # The shared system prompt is stored once beside the chunk: read the lines as they were sent.
+    chunk = [json.loads(line) for line in iter_sent_lines(as_path(manifest["batches"][0]["chunk_path"]))]
     assert chunk[3]["custom_id"] == "p3"
     assert chunk[3]["params"]["messages"] == [{"role": "user", "content": "Describe Lamp 3."}]
     assert chunk[3]["params"]["system"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}

@@ -15,7 +15,8 @@ from airflow_batch import layout
 from airflow_batch.costs import price_table
 from airflow_batch.exceptions import BudgetExceededError, UnknownModelError
 from airflow_batch.storage import as_path, iter_jsonl
-from airflow_batch.submit.chunking import ChunkBody, body_bytes, prepare_chunks
+from airflow_batch.submit.chunk_files import ChunkBody, body_bytes
+from airflow_batch.submit.chunking import prepare_chunks
 from airflow_batch.submit.estimate import TokenTally, estimate_cost
 from airflow_batch.submit.ledger import Ledger, LedgerStore
 from airflow_batch.submit.records import RequestDefaults, records_to_requests

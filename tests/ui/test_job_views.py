@@ -9,16 +9,11 @@ from typing import Any
 
 from airflow_batch.exceptions import BudgetExceededError, UnknownModelError
 from airflow_batch.manifest import BatchStatus, JobManifest, RequestCounts, refused_manifest
+from airflow_batch.plugins.details import Refusal
+from airflow_batch.plugins.display import bar_segments, duration, is_live
+from airflow_batch.plugins.manifests import ManifestRecord, manifest_paths
 from airflow_batch.plugins.rendering import render_page
-from airflow_batch.plugins.views import (
-    ManifestRecord,
-    Refusal,
-    bar_segments,
-    build_jobs,
-    duration,
-    is_live,
-    manifest_paths,
-)
+from airflow_batch.plugins.views import build_jobs
 from airflow_batch.wait.policy import WaitState
 from airflow_batch.wait.progress import progress_document
 

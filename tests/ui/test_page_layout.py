@@ -12,8 +12,10 @@ import pytest
 
 from airflow_batch.exceptions import InvalidRequestsError
 from airflow_batch.manifest import refused_manifest
+from airflow_batch.plugins.details import Budget
+from airflow_batch.plugins.manifests import ManifestRecord
 from airflow_batch.plugins.rendering import render_page
-from airflow_batch.plugins.views import Budget, ManifestRecord, build_jobs
+from airflow_batch.plugins.views import build_jobs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -51,7 +51,7 @@ def test_the_landing_event_carries_the_state_a_new_trigger_resumes_from() -> Non
 
     resumed = BatchesTrigger.for_state(
         WaitState.from_kwargs(**event["state"]),
-        conn_id="anthropic_default",
+        identity={"conn_id": "anthropic_default"},
         land_interval=60,
         land_min_batches=2,
         landed=event["landed"],
@@ -60,5 +60,7 @@ def test_the_landing_event_carries_the_state_a_new_trigger_resumes_from() -> Non
     assert kwargs["landed"] == ["a"] and kwargs["land_interval"] == 60 and kwargs["land_min_batches"] == 2
     assert list(kwargs["ended"]) == ["a"]
     assert BatchesTrigger(**kwargs).serialize() == resumed.serialize()
-    plain = BatchesTrigger.for_state(WaitState.from_kwargs(**event["state"]), conn_id="anthropic_default")
+    plain = BatchesTrigger.for_state(
+        WaitState.from_kwargs(**event["state"]), identity={"conn_id": "anthropic_default"}
+    )
     assert "land_interval" not in plain.serialize()[1]

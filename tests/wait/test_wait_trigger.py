@@ -28,7 +28,7 @@ CreateBatches = Callable[[Sequence[int]], list[str]]
 
 def trigger(conn_id: str, batch_ids: list[str], *, timeout: float = 60, **kwargs: object) -> BatchesTrigger:
     return BatchesTrigger(
-        conn_id=conn_id,
+        identity={"conn_id": conn_id},
         batch_ids=batch_ids,
         end_time=time.time() + timeout,
         poll_interval=kwargs.pop("poll_interval", 0.2),  # type: ignore[arg-type]
