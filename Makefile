@@ -61,8 +61,15 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy airflow_batch
 
+# The tests that start no Airflow deployment, browser or cluster run on parallel workers (each
+# with its own Airflow home and database): most of their time is spent waiting on an emulator
+# or a poll, so more workers than cores pays. The deployments run after them, one at a time.
+FAST_TESTS := not e2e and not browser and not distributed and not wheel
+TEST_WORKERS ?= 4
+
 pytest: venv browser services
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "$(FAST_TESTS)"
+	$(BIN)/pytest -q -m "not ($(FAST_TESTS))"
 
 # The documentation site (mkdocs.yml, docs/) into site/ (git-ignored); --strict fails on any
 # warning: a link to a missing page or anchor, a page left out of the nav.
@@ -73,7 +80,7 @@ test: lint typecheck docs pytest
 
 # The fast tier: lint, types and every test that starts no Airflow deployment, browser or cluster.
 check: lint typecheck docs
-	$(BIN)/pytest -q -m "not e2e and not browser and not distributed and not wheel"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "$(FAST_TESTS)"
 
 bench: venv
 	$(BIN)/python bench/run_all.py

@@ -36,8 +36,12 @@ def release_after_first_poll(emulator: Any, progress_file: Any, **config: Any) -
     """
 
     def release() -> None:
-        until_sync(progress_file.exists, deadline=120)
-        emulator.configure(**config)
+        # Released even when the poll is late: a thread's missed deadline is silent, and the
+        # batches would then sit out their whole start delay (10 minutes on a loaded machine).
+        try:
+            until_sync(progress_file.exists, deadline=120)
+        finally:
+            emulator.configure(**config)
 
     thread = threading.Thread(target=release, daemon=True)
     thread.start()

@@ -34,7 +34,7 @@ import re
 import secrets
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -205,6 +205,10 @@ class Emulator:
         self.creates = 0  # batches created since reset (each later one starts later: start_stagger_seconds)
         self._messages_lock = threading.Lock()
         self._messages_answered = 0
+        # Every API call by (workspace, route), whatever its answer: a test can then prove that a
+        # job called only its workspace, not only those of its calls that carried a beta header.
+        self._calls: Counter[tuple[str, str]] = Counter()
+        self._calls_lock = threading.Lock()
 
     def now(self) -> float:
         """Return the emulator's clock: the wall clock plus ``clock_offset_seconds``."""
@@ -219,6 +223,8 @@ class Emulator:
             self._messages_answered = 0
             self.creates_refused = 0
             self.creates = 0
+        with self._calls_lock:
+            self._calls.clear()
 
     def admit(self, requests: int, now: float) -> int:
         """Return the requests queued once a batch of ``requests`` is stored; raise the 429 of a limit.
@@ -240,6 +246,20 @@ class Emulator:
         """Count a stored create toward the create rate."""
         self.recent_creates.append(now)
         self.creates += 1
+
+    def count_call(self, workspace: str, route: str) -> None:
+        """Count one API call of ``workspace`` (``""``: the default) to ``route`` (method, path template)."""
+        with self._calls_lock:
+            self._calls[workspace, route] += 1
+
+    def calls_by_workspace(self) -> dict[str, dict[str, int]]:
+        """Return the API calls since start or reset: workspace -> ``"METHOD /path/{template}"`` -> count."""
+        with self._calls_lock:
+            calls = list(self._calls.items())
+        by_workspace: dict[str, dict[str, int]] = {}
+        for (workspace, route), count in sorted(calls):
+            by_workspace.setdefault(workspace, {})[route] = count
+        return by_workspace
 
     @property
     def messages_answered(self) -> int:
@@ -359,6 +379,7 @@ def _api_route(emulator: Emulator, path: str, method: str, handler: Handler) -> 
     """Return a route running ``api_guard`` before ``handler``; sync handlers run in a thread."""
 
     async def endpoint(request: Request) -> Response:
+        emulator.count_call(_workspace(request), f"{method} {path}")
         fault = await api_guard(emulator, request)
         if inspect.iscoroutinefunction(handler):
             response: Response = await handler(request, fault)
@@ -782,7 +803,7 @@ def _cut(body: bytes) -> Iterator[bytes]:
 
 
 def admin_routes(emulator: Emulator) -> list[Route]:
-    """Return the ``/_emulator`` routes: health, config, stats, billing, reset (no auth, no faults)."""
+    """Return the ``/_emulator`` routes: health, config, stats, calls, billing, reset (no auth, no faults)."""
 
     async def health(request: Request) -> Response:
         return _json({"status": "ok"})
@@ -813,6 +834,9 @@ def admin_routes(emulator: Emulator) -> list[Route]:
             "messages_answered": emulator.messages_answered,
         })  # fmt: skip
 
+    def calls(request: Request) -> Response:
+        return _json(emulator.calls_by_workspace())
+
     async def billing(request: Request) -> Response:
         return _json(await run_in_threadpool(emulator.store.billing, time.time()))
 
@@ -825,6 +849,7 @@ def admin_routes(emulator: Emulator) -> list[Route]:
         Route("/_emulator/config", get_config, methods=["GET"]),
         Route("/_emulator/config", post_config, methods=["POST"]),
         Route("/_emulator/stats", stats, methods=["GET"]),
+        Route("/_emulator/calls", calls, methods=["GET"]),
         Route("/_emulator/billing", billing, methods=["GET"]),
         Route("/_emulator/reset", reset, methods=["POST"]),
     ]

@@ -148,6 +148,14 @@ class EmulatorProcess:
         stats: dict[str, int] = response.json()
         return stats
 
+    def calls(self) -> dict[str, dict[str, int]]:
+        """Return ``/_emulator/calls``: every API call since start or reset, whatever its answer, by
+        workspace (``""``: the default) and route (``"GET /v1/messages/batches/{batch_id}"``)."""
+        response = self._http.get("/_emulator/calls")
+        response.raise_for_status()
+        calls: dict[str, dict[str, int]] = response.json()
+        return calls
+
     def billing(self) -> dict[str, Any]:
         """Return ``/_emulator/billing``: the succeeded requests billed so far (canceled batches'
         processed ones too) and their usage per model, in the job manifest's usage keys."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -153,12 +155,35 @@ def test_a_spend_limit_429_is_not_a_rate_limit() -> None:
 
 
 async def test_the_async_call_follows_the_same_policy() -> None:
-    faults = iter([api_error(529), api_error(429, {"retry-after-ms": "10"})])
+    faults = [api_error(529), api_error(429, {"retry-after-ms": "60"})]
+    started: list[float] = []
 
     async def call() -> str:
-        fault = next(faults, None)
-        if fault is not None:
-            raise fault
+        started.append(time.monotonic())
+        if len(started) <= len(faults):
+            raise faults[len(started) - 1]
         return "done"
 
-    assert await retry.acall(call, "list batches", RetryPolicy(base_seconds=0.01)) == "done"
+    policy = RetryPolicy(base_seconds=0.01, rng=lambda: 0.0)
+    assert await retry.acall(call, "list batches", policy) == "done"
+
+    # Two transient faults, so three tries; the waits are the policy's: its backoff, then the
+    # server's retry-after (60 ms, above the 10 ms backoff of the second wait).
+    assert len(started) == 3
+    waits = [later - earlier for earlier, later in itertools.pairwise(started)]
+    assert waits[0] >= policy.backoff(0) and waits[1] >= 0.06
+
+
+async def test_the_async_call_fails_a_permanent_fault_at_once_and_a_spend_limit_as_its_own_error() -> None:
+    tries = [0]
+
+    async def call(fault: BaseException) -> str:
+        tries[0] += 1
+        raise fault
+
+    with pytest.raises(BatchesApiError, match=r"HTTP 401 authentication_error: boom.*API key"):
+        await retry.acall(lambda: call(api_error(401, error_type="authentication_error")), "list batches")
+    spend = api_error(429, error_type="rate_limit_error", error_code="enforced_spend_limit_reached")
+    with pytest.raises(SpendLimitReachedError, match="spend limit, not a rate limit"):
+        await retry.acall(lambda: call(spend), "create the batch of chunk 0")
+    assert tries[0] == 2  # one try each: neither is retried

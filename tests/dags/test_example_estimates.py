@@ -42,8 +42,10 @@ def _release_after_first_poll(emulator: EmulatorProcess, output: Path, dag_id: s
     seen = set(output.glob(pattern))
 
     def release() -> None:
-        until_sync(lambda: bool(set(output.glob(pattern)) - seen), deadline=120)
-        emulator.configure(throughput=1_000_000_000, start_delay_seconds=0)
+        try:  # released even when the poll is late (a thread's missed deadline is silent)
+            until_sync(lambda: bool(set(output.glob(pattern)) - seen), deadline=120)
+        finally:
+            emulator.configure(throughput=1_000_000_000, start_delay_seconds=0)
 
     thread = threading.Thread(target=release, daemon=True)
     thread.start()

@@ -72,7 +72,11 @@ def dev(tmp_path: Path) -> Iterator[RunningDev]:
     """Start ``airflow-batch dev`` on free ports; after the test, make sure nothing it started runs."""
     workdir = tmp_path / "dev"
     output = tmp_path / "dev.out"
-    command = [AIRFLOW_BATCH, "dev", "--port", str(free_port()), "--workdir", str(workdir)]
+    # Batches start 10 minutes after their create: the run is surely still in flight at Ctrl-C.
+    held = '{"start_delay_seconds": 600}'
+    command = [
+        AIRFLOW_BATCH, "dev", "--port", str(free_port()), "--workdir", str(workdir), "--emulator-config", held
+    ]  # fmt: skip
     with output.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -205,7 +209,10 @@ def test_dev_command_serves_the_ui_runs_a_dag_and_leaves_no_process_after_ctrl_c
     assert row.get_attribute("data-dag-id") == DAG_ID
     phases["job on the page"] = time.monotonic() - started
 
-    # Ctrl-C while the run is in flight: every group listed, and every process seen, is gone.
+    # Ctrl-C while the run is in flight (checked: a run already over would prove nothing): every
+    # group listed, and every process seen, is gone.
+    state = _api(dev, token, "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+    assert state == "running", f"the run was {state} before Ctrl-C: nothing was in flight"
     seen = _process_tree(dev.process.pid)
     dev.process.send_signal(signal.SIGINT)
     assert dev.process.wait(timeout=60) == 0, dev.printed()

@@ -71,6 +71,23 @@ def test_errors_echo_the_workspace_header(no_retry: anthropic.Anthropic) -> None
     assert caught.value.workspace_id == WORKSPACE_A
 
 
+def test_every_api_call_is_counted_by_workspace_and_route_whatever_its_answer(
+    no_retry: anthropic.Anthropic, emu: EmulatorProcess
+) -> None:
+    created = no_retry.messages.batches.create(requests=[request("a")], workspace_id=WORKSPACE_A)
+    no_retry.messages.batches.retrieve(created.id, workspace_id=WORKSPACE_A)
+    with pytest.raises(anthropic.NotFoundError):
+        no_retry.messages.batches.retrieve(created.id)  # from the default workspace: a 404, counted
+    assert httpx.get(emu.base_url + "/v1/messages/batches").status_code == 401  # no key: counted too
+
+    assert emu.calls() == {
+        WORKSPACE_A: {"GET /v1/messages/batches/{batch_id}": 1, "POST /v1/messages/batches": 1},
+        "": {"GET /v1/messages/batches": 1, "GET /v1/messages/batches/{batch_id}": 1},
+    }
+    emu.reset()
+    assert emu.calls() == {}
+
+
 # ---- betas -------------------------------------------------------------------------------------
 
 

@@ -111,8 +111,13 @@ def test_a_job_writes_every_row_it_accepted_with_untypable_columns_as_json_text_
     ],
 )
 def test_names_that_clash_with_result_columns_fail_when_the_dag_is_parsed_and_nothing_is_created(
-    emulator: EmulatorProcess, passthrough: list[str], schema_property: str | None, named: str
+    emulator: EmulatorProcess,
+    anthropic_conn: str,
+    passthrough: list[str],
+    schema_property: str | None,
+    named: str,
 ) -> None:
+    # The job's connection points at this emulator: were anything sent, it would be counted here.
     schema = None
     if schema_property is not None:
         schema = {
@@ -132,6 +137,7 @@ def test_names_that_clash_with_result_columns_fail_when_the_dag_is_parsed_and_no
             prompt_template="{text}",
             output_schema=schema,
             output_path="/tmp/never",
+            conn_id=anthropic_conn,
             model="claude-haiku-4-5",
         )
-    assert emulator.batch_count() == 0
+    assert emulator.batch_count() == 0 and emulator.calls() == {}

@@ -16,9 +16,9 @@ import pendulum
 import pytest
 from airflow.sdk import DAG
 from airflow_test_env import run_dag
+from literal_prices import billed_rows, rows_cost, usage_by_model, without_zeros
 
 from airflow_batch import anthropic_batch_job, layout
-from airflow_batch.costs import price_table
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.storage import as_path
 
@@ -209,5 +209,11 @@ def test_each_block_type_lands_as_its_row_and_each_stop_as_its_failure_kind(
     assert manifest["usage"]["thinking_tokens"] >= sum(
         row["usage"]["thinking_tokens"] for row in thinking_rows
     )
+    # Its cost is that of every billed row of both rounds at the pricing page's prices, and those
+    # rows' usage is what the emulator billed, model by model.
+    billed = billed_rows(job, range(len(manifest["rounds"])))
+    assert usage_by_model(billed) == without_zeros(emulator.billing()["usage_by_model"])
+    standard, batch = rows_cost(billed)
     assert manifest["cost"]["priced"] is True
-    assert manifest["cost"] == price_table().cost(manifest["usage_by_model"])
+    assert manifest["cost"]["standard_usd"] == pytest.approx(standard, abs=2e-6)
+    assert manifest["cost"]["batch_usd"] == pytest.approx(batch, abs=2e-6)

@@ -11,10 +11,10 @@ import pendulum
 import pytest
 from airflow.sdk import DAG
 from airflow_test_env import run_dag
+from literal_prices import usage_cost
 
 from airflow_batch import anthropic_batch_job, layout
 from airflow_batch.api import BatchesApi
-from airflow_batch.costs import price_table
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.gather.gathering import GatherConfig, gather_round
 from airflow_batch.sensors.batches import BatchesSensor
@@ -131,8 +131,9 @@ def test_a_run_over_records_partly_answered_before_sends_only_the_new_ones(
     canary = round_0["canary"]
     assert (canary["requests"], canary["answered"], canary["failed"]) == (10, 10, 0)
     assert canary["cost"]["standard_usd"] == canary["cost"]["batch_usd"] > 0
-    # The round paid for its batches at batch prices and for its canary at standard prices.
-    batches_cost = price_table().cost(round_0["usage_by_model"])["batch_usd"]
+    # The round paid for its batches at batch prices (what the emulator billed them, priced by
+    # hand) and for its canary at standard prices.
+    _, batches_cost = usage_cost(emulator.billing()["usage_by_model"])
     assert round_0["cost"]["batch_usd"] == pytest.approx(batches_cost + canary["cost"]["batch_usd"], abs=1e-6)
     # The canary's output length is the estimate's expected figure.
     assert round_0["estimate"]["expected_basis"] == "canary (10 answer(s))"

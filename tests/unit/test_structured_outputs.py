@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
+import jsonschema
 import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pydantic import BaseModel, Field
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from airflow_batch import read_results, read_table
 from airflow_batch.gather.finalizing import finalize_job
@@ -370,3 +374,125 @@ def test_read_table_has_one_shape_whether_finalize_wrote_parquet_or_jsonl_only(t
     assert jsonl_results.to_pylist() == parquet_results.to_pylist()
     assert "sentiment" in jsonl_results.column_names and "output" not in jsonl_results.column_names
     assert jsonl_failures.schema == parquet_failures.schema
+
+
+class ClosedReview(Review):
+    """Review as the job's schema reads it: closed (a model's fields are all there is)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Address(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    city: str = Field(min_length=1)
+    postcode: str | None = None
+
+
+class Invoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    number: str = Field(max_length=8)
+    total: float = Field(ge=0)
+    currency: Literal["EUR", "USD"]
+    lines: list[ClosedReview] = Field(max_length=2)
+    billed_to: Address | None = None
+
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 7),
+    st.floats(-2, 7, allow_nan=False),
+    st.text(max_size=9),
+    st.sampled_from(["positive", "neutral", "negative", "EUR", "USD", ""]),
+)
+#: Any JSON value, small: what a wrong answer may put where the schema wants something else.
+_ANY = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _near(value: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly ``value`` (answers near the schema), sometimes anything else."""
+    return st.one_of(value, value, value, _ANY)
+
+
+def _obj(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
+    """Objects with each field present or not, sometimes with a property the schema does not list."""
+    return st.fixed_dictionaries({}, optional={**fields, "extra": _ANY})
+
+
+_REVIEWS = _obj(
+    {
+        "sentiment": _near(st.sampled_from(["positive", "neutral", "negative"])),
+        "keywords": _near(st.lists(st.text(max_size=5), max_size=4)),
+        "stars": _near(st.integers(0, 6)),
+    }
+)
+_INVOICES = _obj(
+    {
+        "number": _near(st.text(max_size=10)),
+        "total": _near(st.floats(-1, 1e6, allow_nan=False) | st.integers(-1, 10**6)),
+        "currency": _near(st.sampled_from(["EUR", "USD"])),
+        "lines": _near(st.lists(_REVIEWS, max_size=3)),
+        "billed_to": _near(
+            st.none() | _obj({"city": _near(st.text(max_size=4)), "postcode": _near(st.text() | st.none())})
+        ),
+    }
+)
+
+
+def _reference(schema: dict[str, Any]) -> Any:
+    """The ``jsonschema`` validator of ``schema``: the independent judge of the compiled one."""
+    checker = jsonschema.validators.validator_for(schema)
+    return checker(schema, format_checker=jsonschema.FormatChecker())
+
+
+@pytest.mark.parametrize(
+    ("model", "answers"), [(ClosedReview, _REVIEWS), (Invoice, _INVOICES)], ids=["review", "invoice"]
+)
+def test_the_compiled_validator_judges_every_answer_as_jsonschema_and_the_model_do(
+    model: type[BaseModel], answers: st.SearchStrategy[Any]
+) -> None:
+    validator = job_schema(model).validator
+    assert validator.compiled  # the fast path is the one under test, not the jsonschema fallback
+    reference = _reference(validator.schema)
+
+    @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(answers, _ANY))
+    def judged_alike(answer: Any) -> None:
+        text = json.dumps(answer)
+        verdict = validator.check(text) is None
+        assert verdict == reference.is_valid(answer), (answer, validator.check(text))
+        try:
+            model.model_validate_json(text, strict=True)
+        except ValidationError:
+            assert not verdict, answer
+        else:
+            assert verdict, answer
+
+    judged_alike()
+
+
+@pytest.mark.parametrize("model", [ClosedReview, Invoice], ids=["review", "invoice"])
+def test_the_compiled_validator_accepts_generated_instances_and_refuses_generated_violations(
+    model: type[BaseModel],
+) -> None:
+    from airflow_batch.emulator.schema_instance import schema_instance, schema_violation
+
+    schema = job_schema(model)
+    reference = _reference(schema.validator.schema)
+    kinds = set()
+    for seed in range(300):
+        valid = schema_instance(schema.validator.schema, seed)
+        assert reference.is_valid(valid) and schema.validator.check(json.dumps(valid)) is None, valid
+        broken = schema_violation(schema.validator.schema, seed)
+        assert broken is not None
+        value, why = broken
+        assert not reference.is_valid(value), (why, value)
+        assert schema.validator.check(json.dumps(value)) is not None, (why, value)
+        kinds.add(why.split(" ", 1)[1].split(" ")[0])
+    assert {"misses", "is", "has"} <= kinds  # missing required, wrong type/enum, extra property
