@@ -47,7 +47,7 @@ postgres:
 	fi
 
 demo: venv
-	$(BIN)/python -m airflow_batch.demo
+	$(BIN)/python -m airflow_batch.dev.demo
 
 # The emulator and a local Airflow (UI on http://127.0.0.1:8080) on dags/, until Ctrl-C.
 # Flags: make up ARGS="--port 8081", or run .venv/bin/airflow-batch dev --help.

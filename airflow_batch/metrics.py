@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow_batch.lineage.figures import token_kinds
 
 if TYPE_CHECKING:
-    from airflow_batch.costs import PriceTable
+    from airflow_batch.rules.costs import PriceTable
 
 PREFIX = "airflow_batch"
 
@@ -92,7 +92,7 @@ def points_of(
     Costs per model are priced with ``table`` (the task's price overrides; default: the shipped
     table).
     """
-    from airflow_batch.costs import price_table, split_usage_key
+    from airflow_batch.rules.costs import price_table, split_usage_key
 
     base = dict(tags)
     stage = manifest.get("stage")

@@ -56,7 +56,7 @@ def child_ours(
 ) -> dict[str, Any]:
     from airflow_batch.api import BatchesApi
     from airflow_batch.gather.gathering import GatherConfig, gather_batch
-    from airflow_batch.schema import job_schema
+    from airflow_batch.rules.schema import job_schema
     from airflow_batch.storage import as_path
 
     api = BatchesApi(_client(base_url))

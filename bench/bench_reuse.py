@@ -74,9 +74,9 @@ def build_store(source: Path, store: str, base_url: str) -> int:
     """Write 1,000,000 answers: every other request of the input, and as many it does not hold."""
     import msgspec
 
-    from airflow_batch.params import decode_line
     from airflow_batch.reuse.fingerprint import Fingerprints, answer_scope
     from airflow_batch.reuse.store import SegmentWriter
+    from airflow_batch.rules.params import decode_line
     from airflow_batch.storage import as_path
 
     fingerprints = Fingerprints(scope=answer_scope(base_url, None))  # a job without a schema

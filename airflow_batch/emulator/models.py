@@ -17,8 +17,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from airflow_batch.costs import ModelPrice, PriceTable, model_family
-from airflow_batch.model_rules import default_rules
+from airflow_batch.rules.costs import ModelPrice, PriceTable, model_family
+from airflow_batch.rules.models import default_rules
 
 _CREATED_AT = "2026-01-01T00:00:00Z"
 

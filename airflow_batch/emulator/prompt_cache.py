@@ -1,6 +1,6 @@
 """The emulator's prompt cache over time: which prefixes are cached when a request is processed.
 
-A cache entry (a prefix key of :mod:`airflow_batch.tokens`) lives ``ttl`` (5 minutes or 1 hour,
+A cache entry (a prefix key of :mod:`airflow_batch.rules.tokens`) lives ``ttl`` (5 minutes or 1 hour,
 from the breakpoint's ``cache_control.ttl``) from its last use, on the emulator's simulated
 processing clock: request ``i`` of a batch is processed when the batch's schedule says
 (:func:`~airflow_batch.emulator.processing.processed_at`), so a long batch whose requests are
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from airflow_batch.tokens import Breakpoint, CacheUsage, account_cache
+from airflow_batch.rules.tokens import Breakpoint, CacheUsage, account_cache
 
 TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 
@@ -75,7 +75,7 @@ class TimedCacheLedger:
             self._entries[scoped] = self._lookup(scoped)
         return self._entries[scoped]
 
-    # The CacheLedger protocol of airflow_batch.tokens, at the instant set by ``account``.
+    # The CacheLedger protocol of airflow_batch.rules.tokens, at the instant set by ``account``.
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, bytes):
             return False

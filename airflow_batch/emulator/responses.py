@@ -5,8 +5,8 @@ reasons) is :mod:`~airflow_batch.emulator.answers`; this module adds the prompt'
 prompt caching, the outcome draws and the wire form.
 
 Tokens are counted by the model's tokenizer (:mod:`~airflow_batch.emulator.tokenizer`: the
-local approximation of :mod:`airflow_batch.tokens`, scaled per model family), as
-``count_tokens`` counts them. Prompt caching follows :mod:`airflow_batch.tokens` with time
+local approximation of :mod:`airflow_batch.rules.tokens`, scaled per model family), as
+``count_tokens`` counts them. Prompt caching follows :mod:`airflow_batch.rules.tokens` with time
 (:mod:`~airflow_batch.emulator.prompt_cache`): the longest cached prefix still live when the
 request is processed is read (``cache_read_input_tokens``); the tokens between it and the
 last breakpoint are written (``cache_creation_input_tokens``), split into
@@ -49,8 +49,8 @@ from airflow_batch.emulator.models import model_entry, refusal
 from airflow_batch.emulator.prompt_cache import TimedCacheLedger
 from airflow_batch.emulator.tokenizer import Tokenizer, tokenizer_for
 from airflow_batch.emulator.validation import BatchRequest, Params
-from airflow_batch.model_rules import SAMPLING_PARAMETERS
-from airflow_batch.tokens import NO_CACHE, CacheUsage, cache_breakpoints
+from airflow_batch.rules.models import SAMPLING_PARAMETERS
+from airflow_batch.rules.tokens import NO_CACHE, CacheUsage, cache_breakpoints
 
 SUCCEEDED = b"s"
 ERRORED = b"e"

@@ -1,7 +1,7 @@
 """The emulator's independent check of a request: the request types the installed SDK generates from the API.
 
 The create validation (:mod:`airflow_batch.emulator.validation`) applies the package's own rules
-(:mod:`airflow_batch.params`), the ones submit applies; alone, the emulator would accept exactly
+(:mod:`airflow_batch.rules.params`), the ones submit applies; alone, the emulator would accept exactly
 what submit accepts, by construction, and neither could tell that the API disagrees. So each
 request is also checked against the SDK's generated TypedDicts
 (``anthropic.types.messages.batch_create_params.Request``, the beta one for a request sent with
@@ -33,7 +33,7 @@ from typing import Any, Literal, Union
 
 import typing_extensions
 
-from airflow_batch.model_rules import SAMPLING_PARAMETERS
+from airflow_batch.rules.models import SAMPLING_PARAMETERS
 
 _REQUIRED = (typing.Required, typing_extensions.Required)
 _NOT_REQUIRED = (typing.NotRequired, typing_extensions.NotRequired)

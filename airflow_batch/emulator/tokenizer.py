@@ -1,6 +1,6 @@
 """How the emulated models count tokens: the shared local approximation, scaled per model family.
 
-The API's tokenizers do not count like :mod:`airflow_batch.tokens` (script-aware: a CJK
+The API's tokenizers do not count like :mod:`airflow_batch.rules.tokens` (script-aware: a CJK
 character one token, other text ``ceil(characters / 4)``): the newest families (Claude 4.7 and
 later) count about 30% more tokens for the same text. The factor is the model table's
 ``token_ratio`` (one home: ``data/prices.json``). The emulator answers ``count_tokens`` and
@@ -8,7 +8,7 @@ reports result usage (input, cache and output tokens) with the same scaled count
 agree with each other and differ from the local approximation as the API's do, and the submit
 estimate's calibration has a real ratio to find.
 
-Each piece of a prompt (each segment of :func:`airflow_batch.tokens.prompt_segments`) and each
+Each piece of a prompt (each segment of :func:`airflow_batch.rules.tokens.prompt_segments`) and each
 generated text counts ``ceil(local * ratio)``, computed in integers (the ratio in thousandths),
 so a count is exact and a prompt's total is the sum of its pieces. A text cut to a token
 budget (an answer at ``max_tokens``) is cut by that same count, so a Chinese echo is cut shorter
@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from airflow_batch.emulator.models import model_entry
-from airflow_batch.tokens import Segment, approx_tokens, plain_prompt_tokens, prompt_segments
+from airflow_batch.rules.tokens import Segment, approx_tokens, plain_prompt_tokens, prompt_segments
 
 _UNIT = 1_000
 

@@ -1,6 +1,6 @@
 """Structural validation of a create body or a message body, with the package's one set of rules.
 
-A body is checked against :mod:`airflow_batch.params` (the rules the submit validation uses
+A body is checked against :mod:`airflow_batch.rules.params` (the rules the submit validation uses
 too, so the two cannot drift): any problem raises ``InvalidBatch`` whose message names the
 request index, e.g. ``requests.17: custom_id 'a b' must match ^[a-zA-Z0-9_-]{1,64}$`` or
 ``requests.3.params.system: Expected `str | array | null`, got `int```. A request with
@@ -13,7 +13,7 @@ problems a real API reports per request (a model it does not serve) are not chec
 those requests come back ``errored`` (see ``responses``).
 
 The body of ``POST /v1/messages`` is one request's params, checked by the same types and by
-:func:`airflow_batch.params.message_rules` (no batch refusals); its messages name the field
+:func:`airflow_batch.rules.params.message_rules` (no batch refusals); its messages name the field
 from the top (``max_tokens is missing``, ``messages.0.role: ...``).
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from airflow_batch.emulator.sdk_types import sdk_problem
-from airflow_batch.params import (
+from airflow_batch.rules.params import (
     LenientParams,
     LenientRequest,
     Request,
@@ -34,7 +34,7 @@ from airflow_batch.params import (
     located,
     message_rules,
 )
-from airflow_batch.params import Params as CheckedParams
+from airflow_batch.rules.params import Params as CheckedParams
 
 
 class Message(msgspec.Struct, gc=False):

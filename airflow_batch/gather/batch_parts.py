@@ -16,7 +16,6 @@ from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
-from airflow_batch.costs import PriceTable, price_table
 from airflow_batch.folder import JobFolder
 from airflow_batch.gather.stats import BatchGatherStats
 from airflow_batch.reuse.store import SegmentWriter
@@ -26,12 +25,13 @@ from airflow_batch.rows.failure_rows import missing_rows
 from airflow_batch.rows.failures import DEFAULT_RETRYABLE
 from airflow_batch.rows.gathered import block_rows
 from airflow_batch.rows.lines import custom_id_decoder
+from airflow_batch.rules.costs import PriceTable, price_table
 from airflow_batch.storage import as_path, iter_jsonl_blocks, line_blocks
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_batch.schema import Validator
+    from airflow_batch.rules.schema import Validator
 
 #: Bytes of a results stream turned into rows at a time (the reads of its body gathered).
 RESULT_BLOCK_BYTES = 1 << 20

@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_batch.costs import sum_costs
 from airflow_batch.exceptions import FailureRateExceededError, IncompleteJobError
 from airflow_batch.folder import JobFolder
 from airflow_batch.gather.merging import merge_rows
@@ -35,6 +34,7 @@ from airflow_batch.manifest import (
     round_started_at,
     sum_usages,
 )
+from airflow_batch.rules.costs import sum_costs
 from airflow_batch.storage import as_path, iter_jsonl_lines
 
 if TYPE_CHECKING:

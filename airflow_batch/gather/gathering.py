@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_batch import layout
-from airflow_batch.costs import PriceTable, model_family, price_table, sum_costs
 from airflow_batch.exceptions import BatchesApiError
 from airflow_batch.folder import JobFolder
 from airflow_batch.gather.batch_parts import (
@@ -55,6 +54,7 @@ from airflow_batch.manifest import (
 )
 from airflow_batch.reuse.store import SegmentWriter
 from airflow_batch.rows.failures import DEFAULT_RETRYABLE, RESULT_TYPES
+from airflow_batch.rules.costs import PriceTable, model_family, price_table, sum_costs
 from airflow_batch.storage import (
     as_path,
     make_durable,
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_batch.api import BatchesApi
-    from airflow_batch.schema import Validator
+    from airflow_batch.rules.schema import Validator
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def job_validator(job: ObjectStoragePath) -> Validator | None:
     schema = JobFolder(job).read_spec().get("output_schema")
     if schema is None:
         return None
-    from airflow_batch.schema import recorded_validator
+    from airflow_batch.rules.schema import recorded_validator
 
     return recorded_validator(schema)
 

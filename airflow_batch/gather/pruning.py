@@ -6,7 +6,7 @@ gathered (every batch landed, its manifest written) nothing needs them any more,
 reader keeps what it needs elsewhere:
 
 - a retry round reads ``retry_requests.jsonl`` (the retryable failures' requests, written here
-  first, see :func:`airflow_batch.gather.retrying.keep_retry_requests`);
+  first, see :func:`airflow_batch.submit.retrying.keep_retry_requests`);
 - re-attaching (a retry or clear of the submit) reads the ledger, which keeps each chunk's
   request count and bytes; a chunk file is put back only for a chunk without a batch;
 - the stray sweep reads the chunk sizes from the ledger too; gather reads the inputs twins
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_batch.folder import JobFolder
-from airflow_batch.gather.retrying import keep_retry_requests
+from airflow_batch.submit.retrying import keep_retry_requests
 
 
 def prune_chunks(manifest: Mapping[str, Any], *, keep: bool, log: logging.Logger) -> None:

@@ -44,8 +44,8 @@ class BatchJobLineage:
         return facets.failed_lineage(manifest)
 
     def _lineage_of(self, manifest: Mapping[str, Any]) -> OperatorLineage:
-        from airflow_batch.costs import price_table
         from airflow_batch.lineage import facets
+        from airflow_batch.rules.costs import price_table
 
         stage = manifest.get("stage")
         table = price_table(getattr(self, "prices", None))

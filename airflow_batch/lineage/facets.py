@@ -46,7 +46,7 @@ from airflow_batch.lineage.figures import (
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    from airflow_batch.costs import PriceTable
+    from airflow_batch.rules.costs import PriceTable
 
 
 @cache

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from airflow_batch.manifest import Usage, empty_usage, sum_usages
 
 if TYPE_CHECKING:
-    from airflow_batch.costs import PriceTable
+    from airflow_batch.rules.costs import PriceTable
 
 #: Where the custom run facet's JSON schema lives: the project's own namespace.
 FACET_SCHEMA_URL = (
@@ -74,7 +74,7 @@ def token_kinds(usage: Mapping[str, Any]) -> dict[str, int]:
 
 def usage_by_model(usage_by_key: Mapping[str, Mapping[str, Any]]) -> dict[str, Usage]:
     """Return usage summed per model id (the manifests key usage by model, prompt tier and geo)."""
-    from airflow_batch.costs import split_usage_key
+    from airflow_batch.rules.costs import split_usage_key
 
     models: dict[str, Usage] = {}
     for key, usage in usage_by_key.items():
@@ -85,7 +85,7 @@ def usage_by_model(usage_by_key: Mapping[str, Mapping[str, Any]]) -> dict[str, U
 
 def model_figures(usage_by_key: Mapping[str, Mapping[str, Any]], table: PriceTable) -> dict[str, Any]:
     """Return per model: tokens by kind, cost at batch prices and the standard-price equivalent."""
-    from airflow_batch.costs import split_usage_key
+    from airflow_batch.rules.costs import split_usage_key
 
     keys_of: dict[str, dict[str, Usage]] = {}
     for key, usage in usage_by_key.items():
@@ -135,7 +135,7 @@ def model_counts(rounds: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any
 def _answered_as(model: str, answered: set[str]) -> str:
     """Return the id answers name for a requested model: itself, or the one answered id of its family
     (the API answers an alias such as ``claude-haiku-4-5`` with its dated id)."""
-    from airflow_batch.costs import model_family
+    from airflow_batch.rules.costs import model_family
 
     family = model_family(model)
     same = [m for m in answered if family is not None and model_family(m) == family]

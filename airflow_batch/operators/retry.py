@@ -89,9 +89,9 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
     def resubmit(self, context: Context) -> RoundManifest:
         """Submit the next round, or skip when no failure of the previous round is retryable."""
         from airflow_batch.gather.gathering import job_validator
-        from airflow_batch.gather.retrying import original_requests
         from airflow_batch.spec.job_spec import read_job_spec
         from airflow_batch.storage import as_path
+        from airflow_batch.submit.retrying import original_requests
         from airflow_batch.submit.round import submit_round
         from airflow_batch.submit.routing import AnswerReuse
 

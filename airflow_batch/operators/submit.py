@@ -20,7 +20,7 @@ from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, RoundManifest, refused_manifest
 from airflow_batch.media import FILES_BETA
 from airflow_batch.operators.queueing import defer_for_room, resume_round
-from airflow_batch.schema import job_schema
+from airflow_batch.rules.schema import job_schema
 from airflow_batch.spec.job_spec import JobSpec, callable_name, write_job_spec
 from airflow_batch.spec.parameters import documented
 from airflow_batch.storage import as_path

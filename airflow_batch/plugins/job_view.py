@@ -155,8 +155,8 @@ def job_charts(
 
 def cost_by_model(job: JobView, prices: Any = None) -> dict[str, float]:
     """Return the job's cost per model at batch prices (its usage priced with the shipped table)."""
-    from airflow_batch.costs import price_table, split_usage_key
     from airflow_batch.manifest import sum_usages
+    from airflow_batch.rules.costs import price_table, split_usage_key
 
     table = price_table(prices)
     usage: dict[str, Any] = {}

@@ -29,8 +29,8 @@ def on_task_instance_success(previous_state: Any, task_instance: Any) -> None:
         return
     try:
         from airflow_batch import metrics
-        from airflow_batch.costs import price_table
         from airflow_batch.lineage import task_manifest
+        from airflow_batch.rules.costs import price_table
 
         manifest = task_manifest(task_instance)
         if manifest is None:

@@ -12,7 +12,7 @@ in the request but are in the check). The ``custom_id`` is not part of it.
 
 Canonical: the params after the job's defaults are filled in, encoded as compact UTF-8 JSON
 with every object's keys in one fixed order and optional fields left out when absent or null.
-In a job without betas the params are the validated types of :mod:`airflow_batch.params`
+In a job without betas the params are the validated types of :mod:`airflow_batch.rules.params`
 (their fields in the types' order, free-form objects such as a schema or a tool sorted by
 key), so a JSONL line and a record built into the same request give the same bytes (``1`` and
 ``1.0`` alike for ``temperature``, key order and whitespace ignored). A job with betas may send

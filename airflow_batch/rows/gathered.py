@@ -11,7 +11,7 @@ One bad answer is one failure row, never a failed batch: a line that is not vali
 (a lone surrogate escape, a stray byte) is an ``invalid_output`` failure of its ``custom_id``
 (a line without a readable id is left to be reported ``missing``), and an answer too deeply
 nested to check, or that cannot be decoded, is an ``invalid_output`` failure too. Checking
-takes bounded time (see :mod:`airflow_batch.schema`).
+takes bounded time (see :mod:`airflow_batch.rules.schema`).
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 
-from airflow_batch.costs import usage_key
 from airflow_batch.manifest import Usage, empty_usage
 from airflow_batch.rows.block import BlockRows, BlockSettings
 from airflow_batch.rows.contract import FailureRow, ResultRow, RowUsage
+from airflow_batch.rules.costs import usage_key
 
 #: Every count of a row's usage (the manifest's Usage has the same keys).
 _USAGE_KEYS = tuple(field.name for field in msgspec.structs.fields(RowUsage) if field.type is int)

@@ -35,18 +35,18 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from airflow_batch.costs import PriceTable, usage_key
 from airflow_batch.exceptions import BatchesApiError, CanaryFailedError
 from airflow_batch.manifest import CanaryRecord, CostEstimate, CostFigures, Usage, empty_usage, sum_usages
-from airflow_batch.params import loads
 from airflow_batch.rows.block import BlockSettings
 from airflow_batch.rows.contract import FailureRow, ResultRow, row_encoder, stored_answer, to_usage
 from airflow_batch.rows.gathered import answer_row
 from airflow_batch.rows.lines import LineUsage, line_with_content_decoder
+from airflow_batch.rules.costs import PriceTable, usage_key
+from airflow_batch.rules.params import loads
 
 if TYPE_CHECKING:
     from airflow_batch.api import BatchesApi
-    from airflow_batch.schema import Validator
+    from airflow_batch.rules.schema import Validator
     from airflow_batch.submit.estimate import TokenTally
     from airflow_batch.submit.ledger import Ledger
 

@@ -29,8 +29,9 @@ import msgspec
 
 from airflow_batch.layout import INVALID_INPUT_FILE
 from airflow_batch.memory import paused_gc
-from airflow_batch.params import decode_plain, loads
 from airflow_batch.rows.contract import invalid_input_row
+from airflow_batch.rules.params import decode_plain, loads
+from airflow_batch.rules.tokens import plain_text_tokens
 from airflow_batch.submit.chunk_files import (
     ENVELOPE,
     WRITE_BUFFER,
@@ -53,7 +54,6 @@ from airflow_batch.submit.validation import (
     custom_id_of,
     hint_for,
 )
-from airflow_batch.tokens import plain_text_tokens
 
 #: A request line that may ask for caching holds this (the cache walk is skipped otherwise).
 CACHE_CONTROL = b'"cache_control"'

@@ -1,6 +1,6 @@
 """What a round is expected to cost, computed before any batch is created.
 
-Input tokens: the local approximation of :mod:`airflow_batch.tokens` (the one the emulator
+Input tokens: the local approximation of :mod:`airflow_batch.rules.tokens` (the one the emulator
 uses too), accumulated one request at a time while the input streams by.
 
 Calibration: given a ``count_tokens`` callable (the API's ``POST /v1/messages/count_tokens``),
@@ -37,9 +37,9 @@ from typing import Any
 
 import msgspec
 
-from airflow_batch.costs import PriceTable
 from airflow_batch.manifest import CostEstimate, Usage, empty_usage, sum_usages
-from airflow_batch.tokens import (
+from airflow_batch.rules.costs import PriceTable
+from airflow_batch.rules.tokens import (
     Segment,
     account_cache,
     cache_breakpoints,

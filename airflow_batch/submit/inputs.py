@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from airflow_batch.exceptions import MissingInputError
-from airflow_batch.params import loads
+from airflow_batch.rules.params import loads
 from airflow_batch.storage import as_path, iter_lines
 from airflow_batch.submit.records import BLANK
 from airflow_batch.submit.validation import InvalidRow

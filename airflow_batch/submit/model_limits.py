@@ -10,7 +10,7 @@ from typing import Any
 class ModelLimits:
     """What the model table knows of each model's limits, for refusing rows that can only fail.
 
-    ``table`` is a :class:`~airflow_batch.costs.PriceTable` (or None: nothing is checked);
+    ``table`` is a :class:`~airflow_batch.rules.costs.PriceTable` (or None: nothing is checked);
     ``betas`` may raise the batch output maximum (``output-300k-...``). Looked up once per model.
     """
 

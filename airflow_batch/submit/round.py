@@ -38,7 +38,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
-from airflow_batch.costs import price_table
 from airflow_batch.exceptions import (
     BatchesApiError,
     BeforeSubmitError,
@@ -52,6 +51,7 @@ from airflow_batch.manifest import CostEstimate, JobIdentity, RoundManifest
 from airflow_batch.reuse.check import ReuseCheck
 from airflow_batch.reuse.fingerprint import answer_scope
 from airflow_batch.reuse.store import load_index
+from airflow_batch.rules.costs import price_table
 from airflow_batch.storage import as_path
 from airflow_batch.submit.canary import (
     CanaryOutcome,
@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_batch.api import BatchesApi
-    from airflow_batch.schema import Validator
+    from airflow_batch.rules.schema import Validator
 
 ON_INPUT_CHANGE = ("fail", "resubmit")
 BUDGET_BASES = (None, "upper_bound", "expected")

@@ -28,12 +28,12 @@ from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_batch import layout
-from airflow_batch.params import loads
 from airflow_batch.reuse.check import ReuseCheck
 from airflow_batch.reuse.fingerprint import FINGERPRINT_CHARS, Fingerprints, canonical_params, sha256
 from airflow_batch.reuse.hits import HitSpill, resolve_hits, spilled_request
 from airflow_batch.reuse.store import AnswerIndex, SegmentWriter
 from airflow_batch.rows.contract import answered_row
+from airflow_batch.rules.params import loads
 from airflow_batch.submit.canary import (
     CanaryOutcome,
     HeldRequest,

@@ -2,9 +2,9 @@
 
 A request is ``{"custom_id": str, "params": {...Messages API body...}}``. :func:`check_request`
 returns the first rule a request breaks (or None): the structure the API accepts
-(:mod:`airflow_batch.params`, shared with the emulator's create validation), what a batch
+(:mod:`airflow_batch.rules.params`, shared with the emulator's create validation), what a batch
 refuses, the model's limits where the model table knows them (``max_tokens`` above the
-model's batch maximum), and the model's rules (:mod:`airflow_batch.model_rules`: sampling
+model's batch maximum), and the model's rules (:mod:`airflow_batch.rules.models`: sampling
 parameters and thinking forms). A bad row fails the task before anything is spent.
 
 A :class:`ProblemReport` collects the invalid rows in bounded memory and reads as one line
@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_batch.model_rules import SAMPLING_PARAMETERS, model_problem
-from airflow_batch.params import batch_rules, check_custom_id, convert_request, thinking_type
+from airflow_batch.rules.models import SAMPLING_PARAMETERS, model_problem
+from airflow_batch.rules.params import batch_rules, check_custom_id, convert_request, thinking_type
 
 if TYPE_CHECKING:
-    from airflow_batch.params import Params, Request
+    from airflow_batch.rules.params import Params, Request
 
 __all__ = [
     "CUSTOM_ID_HINT",

@@ -29,7 +29,7 @@ from airflow_cluster import wait_for
 from distributed_cluster import TRIGGERER_HEALTH_THRESHOLD, DistributedCluster, DistributedDeployment
 
 from airflow_batch import layout
-from airflow_batch.costs import price_table
+from airflow_batch.rules.costs import price_table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed, pytest.mark.timeout(600)]
 

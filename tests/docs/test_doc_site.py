@@ -111,7 +111,7 @@ def test_every_metric_is_in_the_docs_table() -> None:
 
 def test_every_exception_is_documented() -> None:
     import airflow_batch.exceptions as exceptions
-    import airflow_batch.schema as schema
+    import airflow_batch.rules.schema as schema
 
     table = {_first_code(cells[0]) for cells in table_rows(DOCS / "failures.md", "error")}
     defined = {

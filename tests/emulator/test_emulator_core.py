@@ -24,7 +24,7 @@ from airflow_batch.emulator.processing import (
 from airflow_batch.emulator.responses import outcome_draw
 from airflow_batch.emulator.store import DB_NAME, BatchStore
 from airflow_batch.emulator.validation import InvalidBatch, parse_create_body
-from airflow_batch.tokens import Breakpoint, account_cache
+from airflow_batch.rules.tokens import Breakpoint, account_cache
 
 
 def _schedule(n: int = 100, rate: float = 10.0, delay: float = 0.0, ttl: float = 1_000.0):  # type: ignore[no-untyped-def]

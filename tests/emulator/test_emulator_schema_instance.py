@@ -148,7 +148,7 @@ def test_bounds_a_description_states_in_words_are_followed_as_a_model_would() ->
     from pydantic import BaseModel, Field
 
     from airflow_batch.emulator.schema_instance import described
-    from airflow_batch.schema import job_schema
+    from airflow_batch.rules.schema import job_schema
 
     class Review(BaseModel):
         stars: int = Field(ge=1, le=5)

@@ -10,9 +10,9 @@ import anthropic
 import pytest
 from emulator_helpers import create_and_wait, request, tokens, wait_ended
 
-from airflow_batch.costs import price_table
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.emulator.prompt_cache import CacheEntry
+from airflow_batch.rules.costs import price_table
 from airflow_batch.submit.estimate import calibrate
 
 NEWER = [

@@ -17,7 +17,7 @@ import pytest
 
 from airflow_batch.rows.block import BlockSettings
 from airflow_batch.rows.gathered import block_rows
-from airflow_batch.schema import SchemaError, job_schema
+from airflow_batch.rules.schema import SchemaError, job_schema
 
 BOUND_SECONDS = 5.0
 

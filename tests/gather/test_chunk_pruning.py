@@ -13,8 +13,8 @@ from airflow_test_env import run_dag
 
 from airflow_batch import anthropic_batch_job, layout
 from airflow_batch.emulator.process import EmulatorProcess
-from airflow_batch.gather.retrying import keep_retry_requests, original_requests
 from airflow_batch.storage import as_path
+from airflow_batch.submit.retrying import keep_retry_requests, original_requests
 
 DAY = pendulum.datetime(2026, 4, 1, tz="UTC")
 #: A long shared system prompt: what made the chunk files of a 30,000-request job weigh 1.4 GB.

@@ -37,7 +37,7 @@ from airflow_batch.rows.contract import (
     row_encoder,
     stored_answer,
 )
-from airflow_batch.schema import SchemaError, job_schema
+from airflow_batch.rules.schema import SchemaError, job_schema
 from airflow_batch.submit.chunk_files import inputs_line
 from airflow_batch.submit.chunking import _invalid_row
 from airflow_batch.submit.validation import Problem

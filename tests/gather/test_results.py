@@ -12,7 +12,7 @@ from airflow_batch.gather.gathering import write_rows
 from airflow_batch.rows.block import BlockSettings, InputMeta
 from airflow_batch.rows.failures import DEFAULT_RETRYABLE, classify_failure
 from airflow_batch.rows.gathered import SLICE_BYTES, block_rows
-from airflow_batch.schema import job_schema
+from airflow_batch.rules.schema import job_schema
 
 SUCCEEDED = (
     b'{"custom_id":"a","result":{"type":"succeeded","message":{"id":"msg_1","type":"message",'

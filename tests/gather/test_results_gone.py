@@ -22,10 +22,10 @@ from airflow_batch.api import BatchesApi
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.exceptions import ResultsGoneError
 from airflow_batch.gather.gathering import GatherConfig, gather_batch, gather_round
-from airflow_batch.gather.retrying import original_requests
 from airflow_batch.manifest import JobIdentity
 from airflow_batch.storage import as_path
 from airflow_batch.submit.ledger import LedgerStore
+from airflow_batch.submit.retrying import original_requests
 
 THIRTY_DAYS = 30 * 86_400
 N_REQUESTS = 40

@@ -1,6 +1,6 @@
 """The batch guide's own Chinese prompts are counted as the API's tokenizers count CJK text.
 
-A CJK character counts one token, other text ceil(characters / 4) (``airflow_batch.tokens``),
+A CJK character counts one token, other text ceil(characters / 4) (``airflow_batch.rules.tokens``),
 in the submit estimate and in the emulator alike, so the budget before calibration, the
 context-window refusal and the cache-minimum decision agree on the guide's prompts instead of
 counting them 2-4x short.
@@ -16,13 +16,13 @@ import anthropic
 import batch_guide as guide
 import pytest
 
-from airflow_batch.costs import price_table
 from airflow_batch.emulator.process import EmulatorProcess
+from airflow_batch.rules.costs import price_table
+from airflow_batch.rules.tokens import approx_tokens, input_tokens
 from airflow_batch.storage import as_path
 from airflow_batch.submit.chunking import prepare_chunks
 from airflow_batch.submit.estimate import estimate_cost
 from airflow_batch.submit.model_limits import ModelLimits
-from airflow_batch.tokens import approx_tokens, input_tokens
 
 HAIKU = "claude-haiku-4-5-20251001"  # token_ratio 1.0: the emulator's count is the local count
 #: Han ideographs, CJK punctuation, kana, Hangul syllables and fullwidth forms.

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from airflow_batch.costs import price_table
 from airflow_batch.lineage.facets import gathered_lineage
 from airflow_batch.lineage.figures import FACET_NAME
+from airflow_batch.rules.costs import price_table
 
 USAGE = {"input_tokens": 100, "output_tokens": 20}
 

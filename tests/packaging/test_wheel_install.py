@@ -71,7 +71,7 @@ def test_the_wheel_alone_runs_the_demo_and_dev_on_the_example_dags_it_ships(tmp_
 
     workdir = run / "w"
     demo = _run(
-        [str(venv / "bin" / "python"), "-m", "airflow_batch.demo", "--workdir", str(workdir)],
+        [str(venv / "bin" / "python"), "-m", "airflow_batch.dev.demo", "--workdir", str(workdir)],
         cwd=run,
         env=_clean_env(tmp_path),
     )

@@ -20,9 +20,9 @@ from airflow_test_env import run_dag
 
 from airflow_batch import anthropic_batch_job, layout
 from airflow_batch.api import BatchesApi
-from airflow_batch.costs import price_table
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.folder import JobFolder
+from airflow_batch.rules.costs import price_table
 from airflow_batch.storage import as_path, read_json
 from airflow_batch.submit.chunking import prepare_chunks
 from airflow_batch.submit.estimate import estimate_cost

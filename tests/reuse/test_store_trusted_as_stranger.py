@@ -24,7 +24,7 @@ from airflow_test_env import ANTHROPIC_TEST_KEY, run_dag
 from airflow_batch import anthropic_batch_job, layout
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.reuse.store import SegmentWriter, read_segment
-from airflow_batch.schema import recorded_validator
+from airflow_batch.rules.schema import recorded_validator
 from airflow_batch.storage import as_path, read_json
 
 SCHEMA: dict[str, Any] = {

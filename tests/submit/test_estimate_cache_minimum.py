@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from airflow_batch.costs import price_table
+from airflow_batch.rules.costs import price_table
 from airflow_batch.storage import as_path
 from airflow_batch.submit.chunking import prepare_chunks
 from airflow_batch.submit.estimate import TokenTally, estimate_cost

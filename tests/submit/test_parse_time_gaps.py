@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from airflow_batch.operators.submit import SubmitBatchesOperator
-from airflow_batch.schema import MAX_SCHEMA_DEPTH, SchemaError, job_schema
+from airflow_batch.rules.schema import MAX_SCHEMA_DEPTH, SchemaError, job_schema
 from airflow_batch.storage import as_path
 from airflow_batch.submit.chunking import prepare_chunks
 from airflow_batch.submit.records import records_to_requests

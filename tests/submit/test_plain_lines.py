@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from airflow_batch.params import decode_line, decode_plain
 from airflow_batch.reuse.fingerprint import Fingerprints
+from airflow_batch.rules.params import decode_line, decode_plain
 from airflow_batch.submit.validation import check_request
 
 

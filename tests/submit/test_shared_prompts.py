@@ -215,7 +215,7 @@ def test_a_damaged_shared_prompt_stops_the_next_wave_before_any_create_naming_th
 
 
 def test_a_retry_round_resends_the_original_requests_whole(tmp_path: Path) -> None:
-    from airflow_batch.gather.retrying import original_requests
+    from airflow_batch.submit.retrying import original_requests
 
     rows = lines(6)
     prepared = prepare(rows, tmp_path / "staging")

@@ -12,8 +12,9 @@ import msgspec
 import pytest
 
 from airflow_batch import layout
-from airflow_batch.costs import price_table
 from airflow_batch.exceptions import BudgetExceededError, UnknownModelError
+from airflow_batch.rules.costs import price_table
+from airflow_batch.rules.tokens import approx_tokens, input_tokens
 from airflow_batch.storage import as_path, iter_jsonl
 from airflow_batch.submit.chunk_files import ChunkBody, body_bytes
 from airflow_batch.submit.chunking import prepare_chunks
@@ -22,7 +23,6 @@ from airflow_batch.submit.ledger import Ledger, LedgerStore
 from airflow_batch.submit.records import RequestDefaults, records_to_requests
 from airflow_batch.submit.round import SubmitSettings
 from airflow_batch.submit.validation import InvalidRow, Problem, ProblemReport, check_request
-from airflow_batch.tokens import approx_tokens, input_tokens
 
 MODEL = "claude-haiku-4-5"
 

@@ -11,11 +11,11 @@ import msgspec
 import pytest
 
 from airflow_batch import layout
-from airflow_batch.params import convert_request, decode_line
 from airflow_batch.reuse.check import ReuseCheck
 from airflow_batch.reuse.fingerprint import Fingerprints, fingerprint_key
 from airflow_batch.reuse.hits import HitSpill, resolve_hits
 from airflow_batch.reuse.store import SHARDS, SegmentWriter, load_index, read_segment
+from airflow_batch.rules.params import convert_request, decode_line
 from airflow_batch.storage import as_path
 from airflow_batch.submit.chunking import prepare_chunks
 from airflow_batch.submit.routing import Routing
@@ -253,7 +253,7 @@ def _answer(text: str, **more: Any) -> bytes:
 
 
 def test_a_stored_answer_is_judged_as_a_fresh_one_and_its_output_derived_again() -> None:
-    from airflow_batch.schema import recorded_validator
+    from airflow_batch.rules.schema import recorded_validator
 
     with_schema = ReuseCheck(recorded_validator(SCHEMA))
     used = with_schema(_answer('{"label": "good"}', output={"label": "bad"}))
@@ -291,7 +291,7 @@ def test_the_scope_of_an_answer_is_its_endpoint_workspace_and_full_schema() -> N
 
 
 def test_an_answer_refused_in_the_newest_segment_is_taken_from_an_older_sound_one(tmp_path: Path) -> None:
-    from airflow_batch.schema import recorded_validator
+    from airflow_batch.rules.schema import recorded_validator
 
     store = as_path(str(tmp_path / "store"))
     fingerprints = _fingerprints(20)
@@ -338,7 +338,7 @@ def test_an_unreadable_keys_file_or_a_segment_from_the_future_is_skipped_and_nam
 
 
 def test_a_routing_sends_what_the_store_cannot_answer_and_counts_it_in_the_estimate(tmp_path: Path) -> None:
-    from airflow_batch.schema import recorded_validator
+    from airflow_batch.rules.schema import recorded_validator
 
     store = as_path(str(tmp_path / "store"))
     requests = [{"custom_id": f"r{i}", "params": {**PARAMS, "max_tokens": 10 + i}} for i in range(4)]

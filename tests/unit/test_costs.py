@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_batch.costs import model_family, price_table
 from airflow_batch.manifest import Usage, empty_usage
+from airflow_batch.rules.costs import model_family, price_table
 
 
 def usage(**tokens: int) -> Usage:

@@ -9,7 +9,7 @@ import pytest
 from media_files import pdf_bytes, png_bytes
 
 from airflow_batch import media
-from airflow_batch.tokens import block_tokens
+from airflow_batch.rules.tokens import block_tokens
 
 
 @pytest.mark.parametrize("pages", [1, 2, 7, 100])

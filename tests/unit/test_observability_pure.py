@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_batch.costs import price_table
 from airflow_batch.lineage.figures import dataset_name, reuse_savings, run_figures, token_kinds
 from airflow_batch.metrics import METRICS, points_of
 from airflow_batch.plugins.charts import HEIGHT, bar_chart, bin_minutes, line_chart
+from airflow_batch.rules.costs import price_table
 
 USAGE = {
     "input_tokens": 1000,

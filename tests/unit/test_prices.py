@@ -12,8 +12,8 @@ from importlib import resources
 
 import pytest
 
-from airflow_batch.costs import model_family, price_table, usage_key
 from airflow_batch.manifest import Usage, empty_usage
+from airflow_batch.rules.costs import model_family, price_table, usage_key
 
 MILLION = 1_000_000
 

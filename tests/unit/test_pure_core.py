@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 PURE_MODULES = [
-    "airflow_batch.costs",
+    "airflow_batch.rules.costs",
     "airflow_batch.layout",
     "airflow_batch.manifest",
-    "airflow_batch.tokens",
+    "airflow_batch.rules.tokens",
     "airflow_batch.submit.chunking",
     "airflow_batch.submit.chunk_files",
     "airflow_batch.submit.unique_ids",

@@ -1,6 +1,6 @@
 """Our request rules checked against an independent source: the request types the installed SDK generates.
 
-``airflow_batch.params`` is what submit and the emulator both apply; these tests compare it with
+``airflow_batch.rules.params`` is what submit and the emulator both apply; these tests compare it with
 ``anthropic.types.message_create_params.MessageCreateParamsNonStreaming`` (and the beta one),
 and the per-model rules with their data file, so a disagreement with the API's own types fails here.
 """
@@ -18,11 +18,11 @@ from anthropic.types.beta.message_create_params import (
 )
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 
-from airflow_batch.costs import PriceTable
 from airflow_batch.emulator.models import refusal
 from airflow_batch.emulator.sdk_types import sdk_problem
-from airflow_batch.model_rules import default_rules
-from airflow_batch.params import Params
+from airflow_batch.rules.costs import PriceTable
+from airflow_batch.rules.models import default_rules
+from airflow_batch.rules.params import Params
 from airflow_batch.submit.validation import check_request
 
 MODEL = "claude-haiku-4-5"

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from airflow_batch import read_results, read_table
 from airflow_batch.gather.finalizing import finalize_job
 from airflow_batch.gather.tables import arrow_type, results_formats, write_tables
-from airflow_batch.schema import SchemaError, job_schema
+from airflow_batch.rules.schema import SchemaError, job_schema
 from airflow_batch.storage import as_path
 
 
@@ -309,7 +309,7 @@ def test_finalize_writes_parquet_publishes_manifest_last_and_the_readers_find_ev
 def test_gather_and_retry_read_the_passthrough_fields_submit_recorded(tmp_path: Path) -> None:
     from airflow_batch import layout
     from airflow_batch.gather.gathering import chunk_inputs
-    from airflow_batch.gather.retrying import original_requests
+    from airflow_batch.submit.retrying import original_requests
 
     job = as_path(str(tmp_path / "job"))
     request = b'{"custom_id":"a","params":{"model":"m","max_tokens":5,"messages":[]}}'

@@ -86,7 +86,7 @@ def plain_text_tokens(system: str | None, messages: Sequence[Any]) -> int:
     """Return the input tokens of a prompt whose system and every message's ``.content`` are strings.
 
     :func:`plain_prompt_tokens` for a request already typed as plain
-    (:class:`airflow_batch.params.PlainRequest`): the submit pass's hot loop.
+    (:class:`airflow_batch.rules.params.PlainRequest`): the submit pass's hot loop.
     """
     total = 0 if system is None else (len(system) + 3) // 4 if system.isascii() else approx_tokens(system)
     for message in messages:

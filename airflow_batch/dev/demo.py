@@ -156,7 +156,9 @@ def _run(command: list[str], env: Mapping[str, str], log: Path, what: str, echo:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; return the process exit code."""
-    parser = argparse.ArgumentParser(prog="python -m airflow_batch.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_batch.dev.demo", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--workdir", default=".demo", help="where the demo keeps its state (default ./.demo)")
     parser.add_argument("--error-rate", type=float, default=0.05, help="share of requests that error")
     parser.add_argument(

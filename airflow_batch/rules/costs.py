@@ -7,7 +7,7 @@ Opus 5.5 and Sonnet 5.5, 0.025x on Fable 5.1 and Mythos 5.1), a long-prompt tier
 model has one (Haiku 5.5 above 100,000 input tokens: the whole request at the higher rates),
 the model's limits (context window, most output tokens, most in a batch, shortest
 cacheable prompt), and its ``token_ratio``: how many tokens the model's tokenizer counts for
-text the local approximation (:func:`airflow_batch.tokens.approx_tokens`) counts as one —
+text the local approximation (:func:`airflow_batch.rules.tokens.approx_tokens`) counts as one —
 about 1.3 on Claude 4.7 and later (a newer tokenizer, ~30% more tokens for the same text),
 1.0 before. The emulator's tokenizer applies it; the submit estimate measures it with
 ``count_tokens`` instead. ``thinking_display`` is what a thinking block shows when the request

@@ -26,7 +26,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from airflow_batch.costs import model_family
+from airflow_batch.rules.costs import model_family
 
 #: The sampling parameters whose acceptance depends on the model.
 SAMPLING_PARAMETERS = ("temperature", "top_p", "top_k")
