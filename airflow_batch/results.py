@@ -4,7 +4,7 @@ A job is named by what a downstream task has at hand: the job manifest (``job.ou
 ``anthropic_batch_job``, the return value of ``FinalizeBatchJobOperator``), the URI of a job
 folder or of a ``publish_path`` folder, or the URI of a ``manifest.json``; the asset event's
 ``extra`` works too (its ``manifest_uri``). Rows are the merged rows finalize wrote (see the
-README's "Output schemas"), in input order.
+docs/output-schemas.md), in input order.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def read_table(job: Mapping[str, Any] | str, *, which: Which = "results") -> pya
     """Return the job's merged results (or failures) as a pyarrow Table (``airflow-batch[parquet]``).
 
     One shape whatever the job's ``results_format``: ``results.parquet`` when finalize wrote it
-    (typed columns, see the README), else the same columns built from the JSONL rows (output
+    (typed columns, see docs/output-schemas.md), else the same columns built from the JSONL rows (output
     properties and passthrough fields flat, not nested under ``output`` / ``input``).
     """
     from airflow_batch.gather.tables import read_flat_table, require_pyarrow

@@ -10,7 +10,7 @@ Two ways to know the room:
 
 - ``max_queued_requests`` (the user's share of the queue): the job keeps at most that many of
   its own requests queued. Several jobs sharing an organisation each get a share whose sum
-  stays under the organisation's limit, so none of them is ever refused (see the README).
+  stays under the organisation's limit, so none of them is ever refused (see docs/deployment.md).
 - Learned from the API (no ``max_queued_requests``): chunks are created until a create is
   answered "queue full"; the job then waits until as many of its own queued requests as the
   refused chunk holds have been processed (or, with none of its own queued, until the

@@ -24,7 +24,7 @@ Two signals tell them apart, the cheap one first:
 
 When the state cannot be read in time (measured on a deployment: the triggerer's supervisor
 often answers ``GetTaskStates`` too late for ``on_kill``), the stall decides alone: no stall
-means no reassignment, so the kill is a user's. Residual risk, said in the README: a supervisor
+means no reassignment, so the kill is a user's. Residual risk, said in the docs (deployment): a supervisor
 that alone stopped heartbeating (its runner's loop kept running) loses its triggers without a
 stall this watch can see. Without a task instance (not in a triggerer) nothing is cancelled.
 """
