@@ -1,8 +1,8 @@
 """Metrics of batch jobs through Airflow's ``Stats`` (StatsD or OpenTelemetry, per ``[metrics]``).
 
 Every name is under :data:`PREFIX` and listed in :data:`METRICS` (the metrics table of
-docs/monitoring.md is that list). Tags are few and low-cardinality: ``dag_id``, ``task_id`` and, on tokens and cost,
-``model``; failed requests add ``failure_type``. StatsD drops tags unless
+docs/monitoring.md is that list). Tags are few and low-cardinality: ``dag_id``, ``task_id``
+and, on tokens and cost, ``model``; failed requests add ``failure_type``. StatsD drops tags unless
 ``[metrics] statsd_influxdb_enabled`` (or Datadog / OpenTelemetry) carries them.
 
 What a task counts comes from the manifest it returns (:func:`points_of`, pure), so a metric
