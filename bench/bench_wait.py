@@ -123,12 +123,13 @@ async def warm_up_process(base_url: str, batch_id: str) -> None:
 
 
 async def ours(batch_ids: list[str]) -> tuple[float, float, float, float, float, float, float]:
+    from airflow_batch.manifest import JobIdentity
     from airflow_batch.triggers.batches import BatchesTrigger
     from airflow_batch.wait.loop import call_each, connect, read_statuses
     from airflow_batch.wait.policy import CallOutcome
 
     trigger = BatchesTrigger(
-        conn_id="anthropic_default",
+        identity=JobIdentity("anthropic_default").to_json(),
         batch_ids=batch_ids,
         end_time=time.time() - 1,
         poll_interval=60,
@@ -145,7 +146,7 @@ async def ours(batch_ids: list[str]) -> tuple[float, float, float, float, float,
     assert all(s["processing_status"] == "in_progress" for s in event["batch_status"].values())
     held = trigger.settle_held  # the stale-event guard's hold: a sleep, not a poll
 
-    api = await connect("anthropic_default")
+    api = await connect(JobIdentity("anthropic_default"))
     await read_statuses(api, batch_ids[:10], round_batches=10)  # open the connections
 
     async def warm_cycle() -> CallOutcome:
@@ -195,7 +196,8 @@ async def cold_first_trigger(batch_ids: list[str]) -> tuple[float, float, float]
     async def first() -> dict[str, Any]:
         trigger_class = import_string("airflow_batch.triggers.batches.BatchesTrigger")
         trigger = trigger_class(
-            conn_id="anthropic_default",
+            # the identity as JobIdentity.to_json writes it: no package module imported before the trigger's
+            identity={"conn_id": "anthropic_default", "betas": [], "workspace_id": None},
             batch_ids=batch_ids,
             end_time=time.time() - 1,
             poll_interval=60,
