@@ -65,7 +65,7 @@ typecheck: venv
 # with its own Airflow home and database): most of their time is spent waiting on an emulator
 # or a poll, so more workers than cores pays. The deployments run after them, one at a time.
 FAST_TESTS := not e2e and not browser and not distributed and not wheel
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 2
 
 pytest: venv browser services
 	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "$(FAST_TESTS)"
