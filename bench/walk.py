@@ -49,7 +49,7 @@ def main() -> int:
                 {"conn_type": "anthropic", "password": "sk-ant-walk", "host": emulator.base_url}
             )
             with RequestWalk() as tracer:
-                dag = one_request_job("walk_of_one_request", os.path.join(HOME, "output"), "anthropic_default")
+                dag = one_request_job("walk", os.path.join(HOME, "output"), "anthropic_default")
                 run = run_dag(dag)
         if run.state != "success":
             print(f"the one-request job ended {run.state}: the walk is incomplete", file=sys.stderr)

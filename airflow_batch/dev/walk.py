@@ -60,8 +60,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("exceptions", "manifest", "media", "memory", "storage", "layout"),
     ("api",),
     ("rules",),
-    ("submit", "wait", "gather", "rows", "reuse", "folder", "spec", "settings", "history", "results")
-    + ("lineage", "metrics"),
+    (
+        *("submit", "wait", "gather", "rows", "reuse"),
+        *("folder", "spec", "settings", "history", "results", "lineage", "metrics"),
+    ),
     ("hooks",),
     ("triggers", "sensors", "operators", "links", "plugins"),
     ("job", "decorators"),
@@ -85,7 +87,7 @@ def layer_of(module: str) -> int:
     for rank, names in enumerate(LAYERS):
         if top in names:
             return rank
-    raise ValueError(f"module {module!r} is in no layer of airflow_batch.dev.walk.LAYERS: add its package there")
+    raise ValueError(f"module {module!r} is in no layer of airflow_batch.dev.walk.LAYERS: add it there")
 
 
 def short_name(module: str) -> str:
@@ -130,10 +132,10 @@ class Walk:
                 self.modules.append(module)
                 self.first_step[module] = step
             resumed = bool(frame.f_code.co_flags & _GENERATOR_FLAGS)
-            if previous is not None and called_directly and not resumed:
-                if layer_of(previous.module) < layer_of(module):
-                    kind = self.climbs if _imports(previous.module) & _packages_of(module) else self.callbacks
-                    kind[(previous, step)] = kind.get((previous, step), 0) + 1
+            upward = previous is not None and layer_of(previous.module) < layer_of(module)
+            if previous is not None and upward and called_directly and not resumed:
+                kind = self.climbs if _imports(previous.module) & _packages_of(module) else self.callbacks
+                kind[(previous, step)] = kind.get((previous, step), 0) + 1
             previous, called_directly = step, direct_to_inner
 
     def lines(self) -> list[str]:
@@ -204,7 +206,7 @@ class RequestWalk:
     def _traced(self, code: CodeType, frame: FrameType) -> str | None:
         if code not in self._module:
             name = frame.f_globals.get("__name__", "")
-            inside = isinstance(name, str) and name.startswith(f"{PACKAGE}.") and not name.startswith(NOT_TRACED)
+            inside = name.startswith(f"{PACKAGE}.") and not name.startswith(NOT_TRACED)
             self._module[code] = name if inside else None
         return self._module[code]
 
@@ -233,7 +235,7 @@ class RequestWalk:
     def _record(self, frame: FrameType, values: list[Any]) -> None:
         """Add the path down to ``frame`` to the walks whose data ``values`` carry."""
         if any(self._carries(value, self._request_markers, 0, set()) for value in values):
-            walks = (self.request, self.with_batch)
+            walks: tuple[Walk, ...] = (self.request, self.with_batch)
         elif self._batch_markers[0] and any(self._carries(v, self._batch_markers, 0, set()) for v in values):
             walks = (self.with_batch,)
         else:
