@@ -9,26 +9,31 @@ fails on a climb back or on a walk longer than its bound.
 Definitions (what the tool measures, so a count means the same thing next time):
 
 - **The request's data**: a value that is, or holds in plain data (``str``, ``bytes``, a
-  ``dict``, ``list``, ``tuple`` or ``set``, the fields of a dataclass or a ``msgspec.Struct``),
-  the request's ``custom_id`` -- or, once the API has it, the id of the batch holding it (the
-  request's handle while it is processed). An operator, a hook, an SDK object, an iterator or a
-  file path is a handle on the data, not the data: it is not looked into. A batch id joins the
-  request's data when a function on the request's path returns it (the create that sent the
-  request's bytes).
+  ``dict``, ``list``, ``tuple`` or ``set``, the fields of the package's own dataclasses and
+  ``msgspec.Struct`` records), the request's ``custom_id``: every shape of the request has it
+  (the input record, the chunk line, the result line, the row). An operator, a hook, an Airflow
+  or SDK object, an iterator or a file path is a handle on the data, not the data: it is not
+  looked into.
 - **A carrier**: a call of a function of ``airflow_batch`` (not :mod:`airflow_batch.emulator`,
   the API's other side, nor :mod:`airflow_batch.dev`) that receives the request's data in an
   argument or returns (or yields) it.
 - **The request's path**: for each carrier call, the package's frames on the stack, from the
-  outermost (the factory at parse time; a task's ``execute``/``execute_complete`` or a
+  outermost (the factory at parse time; a task's ``execute`` or ``execute_complete`` or a
   trigger's ``run`` when the job runs) down to the carrier. A module that only forwards -- a
   pass-through -- is on the path without carrying anything itself.
 - **The walk**: the distinct modules of the request's path, in the order they are first met.
   Its **hops** are its modules (the issue counted 31 by reading the code).
-- **A climb back**: a direct call on the request's path (the caller's frame right above the
-  callee's, with no frame of another library between them) from a module of a lower
-  :data:`LAYERS` rank into one of a higher rank: ``api`` calling into ``submit``, a stage
-  package calling an operator. A generator's resumption is its consumer pulling data, not a
-  call into the generator's module, so it is no climb.
+- **The walk with its batch**: the same, where the id of the batch holding the request is the
+  request's data too, from the moment a function on the request's path returns it (the create
+  that sent the request's bytes): it adds the wait (sensor, trigger, ``wait/``), which sees
+  only the batch, and whatever else reads a manifest (links, metrics, lineage).
+- **A climb back**: a direct call on a path (the caller's frame right above the callee's,
+  with no frame of another library between them) from a module of a lower :data:`LAYERS` rank
+  into a module of a higher rank that the caller's module imports: ``api`` importing
+  ``submit``, a stage package importing an operator. A lower module calling a function it was
+  handed (a callback: ``consume=`` of a download) depends on nothing above it: it is listed
+  apart, as a callback up. A generator's resumption is its consumer pulling data, not a call
+  into the generator's module: neither.
 
 Tracing uses ``sys.settrace`` (and ``threading.settrace`` for threads the job starts): a call
 event for every Python call, return events only for the package's frames (no line events).
@@ -48,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -290,14 +297,19 @@ class RequestWalk:
         elif isinstance(value, (list, tuple, set, frozenset)):
             seen.add(id(value))
             yield from list(value)
-        elif dataclasses.is_dataclass(value):
+        elif isinstance(value, msgspec.Struct) and _own(type(value)):
+            seen.add(id(value))
+            for name in value.__struct_fields__:
+                yield getattr(value, name, None)
+        elif dataclasses.is_dataclass(value) and all(_own(kind) for kind in type(value).mro()[:-1]):
+            # The package's own records only: an operator is a dataclass too, through Airflow's.
             seen.add(id(value))
             for each in dataclasses.fields(value):
                 yield getattr(value, each.name, None)
-        elif hasattr(type(value), "__struct_fields__"):  # a msgspec.Struct
-            seen.add(id(value))
-            for name in type(value).__struct_fields__:
-                yield getattr(value, name, None)
+
+
+def _own(kind: type) -> bool:
+    return kind.__module__.startswith(f"{PACKAGE}.")
 
 
 def one_request_request() -> dict[str, Any]:

@@ -1,0 +1,68 @@
+"""The walk of one request from the factory to a Parquet row: no climb back, and no longer than it is.
+
+One inline request through ``anthropic_batch_job`` and ``dag.test()`` against the emulator,
+traced by :class:`~airflow_batch.dev.walk.RequestWalk` (the definitions of a hop and a climb
+back are in :mod:`airflow_batch.dev.walk`; ``bench/walk.py`` prints the same walk).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from airflow_test_env import run_dag
+
+from airflow_batch import layout
+from airflow_batch.dev.walk import (
+    WALK_CUSTOM_ID,
+    WALK_EMULATOR_CONFIG,
+    RequestWalk,
+    layer_of,
+    one_request_job,
+    short_name,
+)
+from airflow_batch.emulator.process import EmulatorProcess
+
+MAX_HOPS = 24
+"""The request's own walk: 28 modules when the tool was written, 24 after the folds of issue 24."""
+
+MAX_HOPS_WITH_BATCH = 44
+"""The walk with its batch (the wait, the links, the metrics added): 48 before, 44 after."""
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_one_request_walks_to_its_parquet_row_without_climbing_back(
+    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
+) -> None:
+    emulator.configure(**WALK_EMULATOR_CONFIG)
+    output = str(tmp_path / "out")
+    with RequestWalk() as tracer:
+        dag = one_request_job("walk_of_one_request", output, anthropic_conn)
+        run = run_dag(dag)
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    job = layout.job_dir(output, dag.dag_id, run.run_id, "walk.submit")
+    rows = pq.read_table(str(job / "results.parquet")).to_pylist()
+    assert [row["custom_id"] for row in rows] == [WALK_CUSTOM_ID]  # the walk reached its row
+
+    walk, with_batch = tracer.request, tracer.with_batch
+    shown = "\n".join([*walk.lines(), "with its batch:", *with_batch.lines()])
+    # From the factory to the Parquet writer, through the API seam (the request's bytes).
+    assert short_name(walk.modules[0]) == "job", shown
+    assert {"api/batches", "submit/validation", "gather/tables"} <= {short_name(m) for m in walk.modules}, (
+        shown
+    )
+    # The wait sees only the batch: on the walk with its batch, not on the request's own.
+    assert "triggers/batches" in {short_name(m) for m in with_batch.modules}, shown
+    assert not {m for m in walk.modules if short_name(m).startswith(("wait/", "triggers/"))}, shown
+    assert not walk.climbs, shown
+    assert not with_batch.climbs, shown
+    assert walk.hops <= MAX_HOPS, shown
+    assert with_batch.hops <= MAX_HOPS_WITH_BATCH, shown
+
+
+def test_a_module_outside_every_layer_is_named() -> None:
+    assert layer_of("airflow_batch.api.batches") < layer_of("airflow_batch.submit.round")
+    assert layer_of("airflow_batch.submit.round") < layer_of("airflow_batch.operators.submit")
+    with pytest.raises(ValueError, match=r"'airflow_batch\.nowhere' is in no layer"):
+        layer_of("airflow_batch.nowhere")
