@@ -45,6 +45,7 @@ import ast
 import dataclasses
 import functools
 import importlib.util
+import inspect
 import re
 import sys
 import threading
@@ -301,7 +302,7 @@ class RequestWalk:
             seen.add(id(value))
             for name in value.__struct_fields__:
                 yield getattr(value, name, None)
-        elif dataclasses.is_dataclass(value) and all(_own(kind) for kind in type(value).mro()[:-1]):
+        elif all(_own(kind) for kind in inspect.getmro(type(value))[:-1]) and dataclasses.is_dataclass(value):
             # The package's own records only: an operator is a dataclass too, through Airflow's.
             seen.add(id(value))
             for each in dataclasses.fields(value):
