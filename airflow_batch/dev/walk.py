@@ -121,8 +121,8 @@ class Walk:
     modules: list[str] = field(default_factory=list)
     first_step: dict[str, Step] = field(default_factory=dict)
     carriers: set[str] = field(default_factory=set)
-    climbs: dict[tuple[Step, Step], int] = field(default_factory=dict)
-    callbacks: dict[tuple[Step, Step], int] = field(default_factory=dict)
+    climbs: list[tuple[Step, Step]] = field(default_factory=list)
+    callbacks: list[tuple[Step, Step]] = field(default_factory=list)
 
     @property
     def hops(self) -> int:
@@ -143,7 +143,8 @@ class Walk:
             upward = previous is not None and layer_of(previous.module) < layer_of(module)
             if previous is not None and upward and called_directly and not resumed:
                 kind = self.climbs if _imports(previous.module) & _packages_of(module) else self.callbacks
-                kind[(previous, step)] = kind.get((previous, step), 0) + 1
+                if (previous, step) not in kind:
+                    kind.append((previous, step))
             previous, called_directly = step, direct_to_inner
 
     def lines(self) -> list[str]:
@@ -159,17 +160,20 @@ class Walk:
         passing = self.hops - len(self.carriers & set(self.modules))
         out.append(f"hops: {self.hops} modules ({passing} only pass it on)")
         out.append(f"climbs back: {len(self.climbs)}")
-        out += [f"  {caller} -> {callee}  (x{count})" for (caller, callee), count in self.climbs.items()]
+        out += [f"  {caller} -> {callee}" for caller, callee in self.climbs]
         out.append(f"callbacks up (a function handed down, not imported): {len(self.callbacks)}")
-        out += [f"  {caller} -> {callee}  (x{count})" for (caller, callee), count in self.callbacks.items()]
+        out += [f"  {caller} -> {callee}" for caller, callee in self.callbacks]
         return out
 
 
 @functools.cache
 def _imports(module: str) -> frozenset[str]:
     """Return the modules and packages ``module``'s source imports (at any level, typing aside)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
+    try:
+        spec = importlib.util.find_spec(module)
+    except ValueError:  # in sys.modules without a spec: built in memory, no source to read
+        return frozenset()
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
         return frozenset()
     names: set[str] = set()
     for node in ast.walk(ast.parse(Path(spec.origin).read_text())):
