@@ -39,18 +39,16 @@ def main() -> int:
     from airflow.utils import db
     from dag_runner import run_dag
 
-    from airflow_batch.dev import walk
+    from airflow_batch.dev.walk import traced_job
     from airflow_batch.emulator.process import EmulatorProcess
 
     db.initdb()
     try:
-        with EmulatorProcess(Path(HOME) / "emulator", config=walk.WALK_EMULATOR_CONFIG) as emulator:
+        with EmulatorProcess(Path(HOME) / "emulator") as emulator:
             os.environ["AIRFLOW_CONN_ANTHROPIC_DEFAULT"] = json.dumps(
                 {"conn_type": "anthropic", "password": "sk-ant-walk", "host": emulator.base_url}
             )
-            with walk.RequestWalk() as tracer:
-                dag = walk.one_request_job("walk", os.path.join(HOME, "output"), "anthropic_default")
-                run = run_dag(dag)
+            tracer, _, run = traced_job(emulator, os.path.join(HOME, "output"), "anthropic_default", run_dag)
         if run.state != "success":
             print(f"the one-request job ended {run.state}: the walk is incomplete", file=sys.stderr)
             return 1

@@ -49,7 +49,8 @@ import inspect
 import re
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import CodeType, FrameType
@@ -58,7 +59,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 if TYPE_CHECKING:
+    from airflow.models.dagrun import DagRun
     from airflow.sdk import DAG
+
+    from airflow_batch.emulator.process import EmulatorProcess
 
 PACKAGE = "airflow_batch"
 NOT_TRACED = ("airflow_batch.emulator", "airflow_batch.dev")
@@ -353,6 +357,38 @@ def one_request_job(dag_id: str, output_path: str, conn_id: str) -> DAG:
     return dag
 
 
-WALK_EMULATOR_CONFIG: dict[str, Any] = {"throughput": 1_000_000_000, "start_delay_seconds": 3}
-"""The emulator's settings for the walk: the batch starts a few seconds after its create, so the
-wait's first poke finds it in progress and defers to the trigger, as a real job's wait does."""
+RETRIEVE_ROUTE = "GET /v1/messages/batches/{batch_id}"
+
+
+def traced_job(
+    emulator: EmulatorProcess, output_path: str, conn_id: str, run: Callable[[DAG], DagRun]
+) -> tuple[RequestWalk, DAG, DagRun]:
+    """Run :func:`one_request_job` with ``run`` (``dag.test()``) under a :class:`RequestWalk`;
+    return the tracer, the DAG and its run.
+
+    The batch is held on the emulator (a start delay) until the wait has retrieved it once, so
+    the wait finds it in progress and defers to the trigger, as a real job's wait does, however
+    slow the traced submit is on a loaded machine.
+    """
+    emulator.configure(throughput=1_000_000_000, start_delay_seconds=3600)
+    done = threading.Event()
+
+    def release_once_polled() -> None:
+        deadline = time.monotonic() + 600
+        try:
+            while not done.wait(0.05) and time.monotonic() < deadline:
+                if any(routes.get(RETRIEVE_ROUTE) for routes in emulator.calls().values()):
+                    return
+        finally:
+            emulator.configure(start_delay_seconds=0)
+
+    release = threading.Thread(target=release_once_polled, name="walk-release", daemon=True)
+    release.start()  # before tracing: the helper thread is not part of the walk
+    try:
+        with RequestWalk() as tracer:
+            dag = one_request_job("walk_of_one_request", output_path, conn_id)
+            dag_run = run(dag)
+    finally:
+        done.set()
+        release.join()
+    return tracer, dag, dag_run

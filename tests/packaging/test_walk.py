@@ -18,33 +18,23 @@ import pytest
 from airflow_test_env import run_dag
 
 from airflow_batch import layout
-from airflow_batch.dev.walk import (
-    WALK_CUSTOM_ID,
-    WALK_EMULATOR_CONFIG,
-    RequestWalk,
-    layer_of,
-    one_request_job,
-    short_name,
-)
+from airflow_batch.dev.walk import WALK_CUSTOM_ID, RequestWalk, layer_of, short_name, traced_job
 from airflow_batch.emulator.process import EmulatorProcess
 
 MAX_HOPS = 25
 """The request's own walk: 27 modules when the tool was written, 25 after the folds of issue 24
 (``submit/required`` into ``submit/inputs``, ``submit/unique_ids`` into ``submit/validation``)."""
 
-MAX_HOPS_WITH_BATCH = 46
-"""The walk with its batch (the wait, the links, the metrics added): 48 before, 46 after."""
+MAX_HOPS_WITH_BATCH = 45
+"""The walk with its batch (the wait, the links, the metrics added): 47 before, 45 after."""
 
 
 @pytest.mark.usefixtures("airflow_db")
 def test_one_request_walks_to_its_parquet_row_without_climbing_back(
     emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
 ) -> None:
-    emulator.configure(**WALK_EMULATOR_CONFIG)
     output = str(tmp_path / "out")
-    with RequestWalk() as tracer:
-        dag = one_request_job("walk_of_one_request", output, anthropic_conn)
-        run = run_dag(dag)
+    tracer, dag, run = traced_job(emulator, output, anthropic_conn, run_dag)
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
     job = layout.job_dir(output, dag.dag_id, run.run_id, "walk.submit")
     rows = pq.read_table(str(job / "results.parquet")).to_pylist()
