@@ -11,6 +11,10 @@ Each resume costs a task start, so ended batches are grouped: the trigger fires 
 have passed since the trigger started (the last landing). A batch's rows are thus readable
 within ``interval`` plus one poll and its landing time. Once every batch has ended the wait
 ends as before, and the gather lands what is left.
+
+The same rule serves a round created in queue waves before its wait starts: the queue trigger
+(:class:`~airflow_batch.triggers.queue.QueueRoomTrigger`) hands the ended batches to the submit,
+which lands them the same way (:mod:`airflow_batch.wait.landing_worker`).
 """
 
 from __future__ import annotations
