@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_batch import settings
 from airflow_batch.exceptions import BatchPollError
@@ -46,7 +46,7 @@ def defer_for_room(
     job: ObjectStoragePath,
     landed: list[str] | None = None,
     started_at: float | None = None,
-) -> None:
+) -> NoReturn:
     """Defer ``operator`` until the round's remaining waves are created or it must create them
     itself (raises TaskDeferred). The trigger creates each wave that fits from the job folder's
     spec, ledger and chunk files when it can read them, so the task resumes once, at the end
@@ -113,18 +113,7 @@ def resume_round(
     if event and event.get("batches"):  # created by the trigger: known to the mirror from now on
         LedgerStore(job, round_number, state_store).mirror_batches(event["batches"])
     if event and event.get("status") == LANDING:
-        wait, landed = land_while_queued(operator, event, identity, job, round_number, state_store)
-        started_at = float(event["started_at"])  # the queue wait goes on: room_ready counts from its start
-        defer_for_room(
-            operator,
-            wait,
-            identity,
-            round_number,
-            poll_interval,
-            job=job,
-            landed=landed,
-            started_at=started_at,
-        )
+        land_while_queued(operator, event, identity, job, round_number, poll_interval, state_store)
     try:
         return next_wave(
             event,
@@ -151,10 +140,11 @@ def land_while_queued(
     identity: JobIdentity,
     job: ObjectStoragePath,
     round_number: int,
+    poll_interval: float | None,
     state_store: Any | None,
-) -> tuple[QueueWaitNeeded, list[str]]:
-    """Land the ended batches a queue trigger's ``landing`` event names; return the queue wait to
-    defer on again and the round's batches landed so far."""
+) -> NoReturn:
+    """Land the ended batches a queue trigger's ``landing`` event names, then defer again on the
+    same queue wait with the round's batches landed so far (raises TaskDeferred)."""
     from airflow_batch.spec.job_spec import read_job_spec
     from airflow_batch.submit.ledger import LedgerStore
     from airflow_batch.wait.landing_worker import land_ended
@@ -162,7 +152,7 @@ def land_while_queued(
     try:
         pause = QueueWaitNeeded(QueueWait.from_json(event["wait"]), list(event["batch_ids"]))
         to_land, landed = list(event["to_land"]), list(event["landed"])
-        float(event["started_at"])
+        started_at = float(event["started_at"])  # the queue wait goes on: room_ready counts from its start
     except (KeyError, TypeError, ValueError) as exc:
         raise BatchPollError(
             f"{operator.task_id}: a malformed landing event ({exc!r}): {dict(event)!r}"
@@ -181,7 +171,9 @@ def land_while_queued(
         meanwhile=f"while {pause.wait.pending_chunks} chunk(s) of round {round_number} wait for queue room; "
         "waiting again",
     )
-    return pause, landed
+    defer_for_room(
+        operator, pause, identity, round_number, poll_interval, job=job, landed=landed, started_at=started_at
+    )
 
 
 def next_wave(

@@ -18,6 +18,7 @@ import msgspec
 import pendulum
 import pytest
 from airflow.sdk import DAG
+from airflow.sdk.exceptions import TaskDeferred
 from airflow_test_env import run_dag
 
 from airflow_batch import anthropic_batch_job, layout, read_results
@@ -112,8 +113,11 @@ def test_the_first_waves_rows_are_readable_before_the_last_wave_is_created_and_l
         "wait": QueueWait("max_queued_requests", 100, 100, 100, None, 2).to_json(),
         "started_at": 0.0,
     }
-    land_while_queued(submit, stale, JobIdentity(anthropic_conn), job, 0, None)  # type: ignore[arg-type]
+    with pytest.raises(TaskDeferred) as deferred:  # and it waits for queue room again
+        land_while_queued(submit, stale, JobIdentity(anthropic_conn), job, 0, 0.5, None)  # type: ignore[arg-type]
     assert _downloads(emulator) == 3 and part.stat().st_mtime_ns == written
+    _, kwargs = deferred.value.trigger.serialize()
+    assert kwargs["landed"] == [first] and kwargs["started_at"] == 0.0 and kwargs["land_interval"] == 1
 
     # A clear of the whole run re-attaches to the round and lands every row exactly once.
     again = run_dag(dag, logical_date=DAY, run_after=DAY)  # dag.test() clears the same run
