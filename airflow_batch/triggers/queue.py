@@ -141,18 +141,20 @@ class QueueRoomTrigger(BaseTrigger):
                 queue_gauge(self, queued)
                 waited = time.time() - self.started_at
                 if room_ready(self.wait, queued, waited):
-                    if await settle(started, self.poll_interval):
-                        queued = await self._fresher(api, queued)  # batches ended during the hold
+                    # A wave created here is no event: only an event is held (settle), so a wait
+                    # resumed after a landing fills the room at once instead of after the hold.
                     wave = await asyncio.to_thread(self._create_wave, queued) if self.job else HAND_BACK
                     if isinstance(wave, QueueWaitNeeded):  # created what fits; watch for the next
                         waves += 1
                         self.wait, self.batch_ids = wave.wait, list(wave.batch_ids)
                         self.started_at = time.time()
                         continue
+                    held = await settle(started, self.poll_interval)
                     if isinstance(wave, dict):  # every chunk has its batch
                         batches = {str(b["chunk"]): b["batch_id"] for b in wave["batches"]}
                         yield TriggerEvent({"status": "created", "waves": waves + 1, "batches": batches})
-                    else:  # the task creates it
+                    else:  # the task creates it, sized from the count after the hold
+                        queued = await self._fresher(api, queued) if held else queued
                         yield TriggerEvent(
                             {"status": "room", "queued": queued, "waited": waited, "landed": self.landed}
                         )
