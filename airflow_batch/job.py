@@ -156,6 +156,10 @@ def anthropic_batch_job(
         landing_keys = ("include_content", "retryable_error_types", "prices", "delete_batches")
         sensor_args["land_interval"] = land_interval
         sensor_args["gather_settings"] = {key: gather_args[key] for key in landing_keys}
+        # The submit lands the same way while a round's later waves wait for queue room (retry
+        # rounds read it from the job's spec).
+        landing_args = ("land_interval", "land_min_batches", "gather_settings")
+        submit_extra.update({key: sensor_args[key] for key in landing_args if key in sensor_args})
 
     group = BatchJobGroup(group_id, tooltip=tooltip)
     with group:

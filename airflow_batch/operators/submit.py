@@ -43,6 +43,7 @@ from airflow_batch.submit.records import (
 from airflow_batch.submit.round import SubmitSettings
 from airflow_batch.submit.routing import AnswerReuse
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
+from airflow_batch.wait.landing import validate_land_interval
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -159,6 +160,9 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         upload_concurrency: int = 8,
         include_content: bool = False,
         keep_chunks: bool = False,
+        land_interval: float | None = None,
+        land_min_batches: int | None = None,
+        gather_settings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -244,6 +248,12 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         self.canary = CanarySettings(canary, canary_max_failure_rate) if canary else None
         self.include_content = include_content
         self.keep_chunks = keep_chunks
+        # In the job's spec: ended batches land while the round's later waves wait for queue room.
+        self.landing: dict[str, Any] = {
+            "land_interval": validate_land_interval(land_interval),
+            "land_min_batches": land_min_batches,
+            "gather_settings": dict(gather_settings or {}),
+        }
 
     def render_template(
         self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
@@ -352,6 +362,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
             upload_concurrency=self.upload_concurrency,
             history_path=str(self.history_path()),
             keep_chunks=self.keep_chunks,
+            **self.landing,
         )
 
     def execute(self, context: Context) -> RoundManifest:

@@ -35,7 +35,7 @@ from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.spec.parameters import documented
 from airflow_batch.triggers.batches import ON_KILL_BUDGET, BatchesTrigger
 from airflow_batch.wait.events import batch_ids_of, validate_event, waited_manifest
-from airflow_batch.wait.landing import LANDING, record_landed, validate_landing
+from airflow_batch.wait.landing import LANDING, LandingPolicy, validate_land_interval, validate_landing
 from airflow_batch.wait.loop import (
     cancel_unfinished,
     connect,
@@ -104,11 +104,7 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         gather_settings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if land_interval is not None and land_interval <= 0:
-            raise ValueError(
-                f"land_interval={land_interval!r}: give seconds > 0, or None to land nothing early."
-            )
-        self.land_interval = land_interval
+        self.land_interval = validate_land_interval(land_interval)
         self.land_min_batches = land_min_batches
         self.gather_settings = dict(gather_settings or {})
         if poll_interval is not None:
@@ -195,8 +191,8 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         """Return the trigger's landing arguments (none when ``land_interval`` is off)."""
         if self.land_interval is None:
             return {}
-        min_batches = self.land_min_batches or max(1, -(-batches // 10))
-        return {"land_interval": self.land_interval, "land_min_batches": min_batches, "landed": landed}
+        policy = LandingPolicy.for_round(self.land_interval, self.land_min_batches, batches)
+        return {"land_interval": policy.interval, "land_min_batches": policy.min_batches, "landed": landed}
 
     async def _watch(
         self, identity: JobIdentity, manifest: Mapping[str, Any], state: WaitState
@@ -234,9 +230,8 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
 
     def _land(self, event: Mapping[str, Any]) -> None:
         """Land the ended batches a ``landing`` event names (here, in the worker), then defer again."""
-        from airflow_batch.gather.gathering import gather_batch, gather_config
-        from airflow_batch.gather.retention import find_gone
         from airflow_batch.storage import as_path
+        from airflow_batch.wait.landing_worker import land_ended
 
         try:
             landing = validate_landing(event)
@@ -244,45 +239,22 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
             raise BatchPollError(f"{self.task_id}: {exc}") from exc
         manifest = self._round()
         identity = JobIdentity.of(manifest, self.conn_id, self.task_id)
-        job = as_path(str(manifest["job_dir"]))
         round_number = int(manifest.get("round", 0))
-        records = {str(record["batch_id"]): record for record in manifest["batches"]}
-        config = gather_config(job, **self.gather_settings)
-        started = time.monotonic()
-        rows = 0
-        from airflow_batch.hooks.batches import BatchesHook
-
-        with BatchesHook.of(identity).batches_api() as api:
-            # Results the API no longer holds are left to the gather, whose on_results_gone decides.
-            gone = find_gone(api, job, round_number, [records[batch_id] for batch_id in landing["to_land"]])
-            for batch_id in landing["to_land"]:
-                if batch_id in gone:
-                    self.log.warning(
-                        "Not landing batch %s: %s; the gather decides", batch_id, gone[batch_id].reason
-                    )
-                    continue
-                stats = gather_batch(
-                    api,
-                    records[batch_id],
-                    job=job,
-                    round_number=round_number,
-                    config=config,
-                    logger=self.log,  # type: ignore[arg-type]
-                )
-                rows += sum(stats.result_counts.values())
         state = WaitState.from_kwargs(**landing["state"])
-        self.log.info(
-            "Landed %d ended batch(es) (%d rows) in %.1fs while %d of %d still run; waiting again.",
-            len(landing["to_land"]),
-            rows,
-            time.monotonic() - started,
-            len(state.pending()),
-            len(state.batch_ids),
+        land_ended(
+            identity,
+            as_path(str(manifest["job_dir"])),
+            round_number,
+            {str(record["batch_id"]): record for record in manifest["batches"]},
+            landing["to_land"],
+            landed=landing["landed"],
+            gather_settings=self.gather_settings,
+            log=self.log,  # type: ignore[arg-type]
+            meanwhile=f"while {len(state.pending())} of {len(state.batch_ids)} still run; waiting again",
         )
         ProgressWriter(str(manifest["job_dir"]), round_number, self.log, landed=landing["landed"]).write(
             state, time.time()
         )
-        record_landed(job, round_number, landing["landed"])
         self.defer(
             trigger=BatchesTrigger.for_state(
                 state,

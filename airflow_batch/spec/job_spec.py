@@ -77,6 +77,12 @@ class JobSpec:
     history_path: str | None = None
     #: Keep each round's chunk files after it has landed (else the gather removes them).
     keep_chunks: bool = False
+    #: Land ended batches while the round runs (the wait), and while its later waves wait for queue room
+    #: (the submit): at most every ``land_interval`` s, or ``land_min_batches`` at once; None: never early.
+    land_interval: float | None = None
+    land_min_batches: int | None = None
+    #: The gather's arguments a batch landed early is landed with (as the gather would land it).
+    gather_settings: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Return the spec as the JSON document of ``spec.json``."""
@@ -86,6 +92,8 @@ class JobSpec:
             identity=self.identity.to_json(),
             settings=settings,
             passthrough_fields=list(self.passthrough_fields),
+            # A set of retryable error types in a stable order: a re-run writes the same spec.
+            gather_settings=msgspec.to_builtins(self.gather_settings, order="sorted"),
         )
         return {"spec_version": SPEC_VERSION, **msgspec.to_builtins(values)}
 
@@ -151,6 +159,7 @@ def _flat(document: Mapping[str, Any]) -> dict[str, Any]:
 GUARDS = frozenset(
     {"max_cost_usd", "budget_basis", "expected_output_tokens", "count_tokens_sample", "poll_interval"}
     | {"max_queued_requests", "adopt_orphans", "canary_max_failure_rate", "upload_concurrency"}
+    | {"land_interval", "land_min_batches", "gather_settings"}
 )
 
 

@@ -380,24 +380,26 @@ _WAIT = [
         way the first poll runs in the worker: a round whose batches have all ended already (a cleared
         re-run, a quick round) returns without deferring.""",
     ),
-    _p("land_interval", "float | None", None, "job wait",
+    _p("land_interval", "float | None", None, "job submit wait",
         """Land each round's ended batches while its other batches still run (deferrable mode only), at
         most every ``land_interval`` seconds (or as soon as ``land_min_batches`` wait): the sensor lands
-        them with the gather's own per-batch function and defers again; their rows are readable with
+        them with the gather's own per-batch function and defers again; so does the submit while a
+        round too large for the processing queue waits for room for its next wave (the submit records
+        it in the job's spec, where retry rounds read it). Their rows are readable with
         ``read_results(job_folder)`` before the round ends, the round's merge is prepared as they land
         (so the tail after its last batch is seconds), and the gather lands only what is left. Each
         landing costs a task start (at most 288 a day at 300 s). ``None``: a round lands when its last
-        batch has ended (the sensor's default; the factory's is 300 s).""",
+        batch has ended (the operators' default; the factory's is 300 s).""",
         defaults={"job": DEFAULT_LAND_INTERVAL},
     ),
-    _p("land_min_batches", "int | None", None, "wait",
+    _p("land_min_batches", "int | None", None, "submit wait",
         """Ended batches that are landed at once, without waiting for ``land_interval`` (default: a
         tenth of the round's batches, at least 1).""",
     ),
-    _p("gather_settings", "Mapping[str, Any] | None", None, "wait",
+    _p("gather_settings", "Mapping[str, Any] | None", None, "submit wait",
         """The round's gather arguments (``include_content``, ``retryable_error_types``, ``prices``,
-        ``delete_batches``), so a batch landed by the wait lands exactly as the gather would land it;
-        the factory passes its own.""",
+        ``delete_batches``), so a batch landed by the wait (or the submit) lands exactly as the gather
+        would land it; the factory passes its own.""",
     ),
 ]
 

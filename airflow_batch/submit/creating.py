@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_batch.exceptions import LedgerFencedOutError, QueueFullError
 from airflow_batch.folder import JobFolder
-from airflow_batch.manifest import MANIFEST_VERSION, BatchRecord, JobIdentity, RoundManifest
+from airflow_batch.manifest import MANIFEST_VERSION, JobIdentity, RoundManifest
 from airflow_batch.submit.chunk_files import ChunkBody, ChunkInfo
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
 from airflow_batch.submit.queue import QueueWait, QueueWaitNeeded, queued_requests, wave
@@ -102,18 +102,8 @@ def find_orphan(
 
 def manifest_from_ledger(job: ObjectStoragePath, ledger: Ledger, identity: JobIdentity) -> RoundManifest:
     """Return the manifest of a submitted round: its batches as its ledger records them."""
-    folder = JobFolder(job)
     chunks = chunk_infos(ledger)
-    batches = [
-        BatchRecord(
-            chunk=chunk.index,
-            batch_id=ledger.batches[chunk.index]["batch_id"],
-            requests=chunk.requests,
-            bytes=chunk.bytes,
-            chunk_path=str(folder.chunk_path(ledger.round, chunk.index)),
-        )
-        for chunk in chunks
-    ]
+    batches = ledger.batch_records(job)
     return RoundManifest(
         version=MANIFEST_VERSION,
         stage="submitted",

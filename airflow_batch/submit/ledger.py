@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_batch.exceptions import LedgerFencedOutError
 from airflow_batch.folder import JobFolder
-from airflow_batch.manifest import LEDGER_VERSION, CanaryRecord, CostEstimate
+from airflow_batch.manifest import LEDGER_VERSION, BatchRecord, CanaryRecord, CostEstimate
 from airflow_batch.storage import FenceLost
 
 if TYPE_CHECKING:
@@ -127,6 +127,22 @@ class Ledger:
     def claimed(self) -> set[str]:
         """Return every batch id this ledger records."""
         return {entry["batch_id"] for entry in self.batches.values()}
+
+    def batch_records(self, job: ObjectStoragePath) -> list[BatchRecord]:
+        """Return the record of each chunk that has its batch (every chunk, once the round is
+        created; the waves so far while it waits for queue room), in chunk order."""
+        folder = JobFolder(job)
+        return [
+            BatchRecord(
+                chunk=int(chunk["chunk"]),
+                batch_id=self.batches[int(chunk["chunk"])]["batch_id"],
+                requests=int(chunk["requests"]),
+                bytes=int(chunk["bytes"]),
+                chunk_path=str(folder.chunk_path(self.round, int(chunk["chunk"]))),
+            )
+            for chunk in self.chunks
+            if int(chunk["chunk"]) in self.batches
+        ]
 
     def to_json(self) -> dict[str, Any]:
         """Return the ledger as a JSON document."""

@@ -10,6 +10,11 @@ watching; it fires once every chunk has its batch, so a job of a hundred waves r
 task once instead of a hundred times. It hands a wave back to the task (fires ``room``)
 when the job folder is not readable here (a local folder on another host) or creating
 fails in any way: the task then creates it, with its own error handling, and defers again.
+
+With ``land_interval`` it also hands the round's ended batches to the task while later waves
+wait (a ``landing`` event, grouped as the wait groups them: :mod:`airflow_batch.wait.landing`),
+so the first wave's rows are readable long before the last wave is created. The task lands them
+in the worker and defers again on this wait, with the landed batches, so none is handed back.
 Like ``BatchesTrigger`` this module imports nothing heavy; the client is built in a thread.
 """
 
@@ -26,7 +31,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_batch.manifest import JobIdentity
 from airflow_batch.metrics import queue_gauge
 from airflow_batch.submit.queue import QueueWait, QueueWaitNeeded, queued_requests, room_ready
+from airflow_batch.wait.landing import LANDING, LandingPolicy
 from airflow_batch.wait.loop import connect, read_statuses, settle, triggerer_name
+from airflow_batch.wait.policy import is_ended
 
 CLASSPATH = "airflow_batch.triggers.queue.QueueRoomTrigger"
 #: Creating a wave in the trigger ended in neither the next wait nor the round: the task creates it.
@@ -38,8 +45,10 @@ class QueueRoomTrigger(BaseTrigger):
 
     Events: ``{"status": "created", "waves": int, "batches": {chunk: batch_id}}`` (every chunk
     has its batch),
-    ``{"status": "room", "queued": int, "waited": float}`` (the task creates the next wave) or
-    ``{"status": "error", "message": str}`` (a batch could not be read: 401, 403, 404).
+    ``{"status": "room", "queued": int, "waited": float, "landed": [...]}`` (the task creates the
+    next wave), ``{"status": "landing", "to_land": [...], "landed": [...], "batch_ids": [...],
+    "wait": {...}, "started_at": float}`` (with ``land_interval``: the task lands ``to_land`` and
+    waits again) or ``{"status": "error", "message": str}`` (a batch could not be read: 401, 403, 404).
 
     :param identity: Who the job's calls go to (``JobIdentity.to_json()``: the connection's id,
         never its key; betas; workspace).
@@ -50,6 +59,10 @@ class QueueRoomTrigger(BaseTrigger):
     :param round_number: The round, for the log.
     :param job: The job folder (its URL), whose ``spec.json`` holds the batch settings of the
         waves; None: never create here, fire ``room``.
+    :param land_interval: When set, ended batches are handed to the task to land while the next
+        wave waits: at most every ``land_interval`` seconds, or as soon as ``land_min_batches`` wait.
+    :param land_min_batches: Ended batches that are handed over at once.
+    :param landed: Batches of the round landed already (never handed over again).
     """
 
     def __init__(
@@ -62,8 +75,13 @@ class QueueRoomTrigger(BaseTrigger):
         poll_interval: float = 60.0,
         round_number: int = 0,
         job: str | None = None,
+        land_interval: float | None = None,
+        land_min_batches: int = 1,
+        landed: Sequence[str] = (),
     ) -> None:
         super().__init__()
+        self.landing = LandingPolicy(float(land_interval), int(land_min_batches)) if land_interval else None
+        self.landed = list(landed)
         self.identity = JobIdentity.from_json(identity)
         self.batch_ids = list(batch_ids)
         self.wait = QueueWait.from_json(wait)
@@ -85,6 +103,9 @@ class QueueRoomTrigger(BaseTrigger):
             "poll_interval": self.poll_interval,
             "round_number": self.round_number,
             "job": self.job,
+            "land_interval": self.landing.interval if self.landing else None,
+            "land_min_batches": self.landing.min_batches if self.landing else 1,
+            "landed": self.landed,
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -120,19 +141,28 @@ class QueueRoomTrigger(BaseTrigger):
                 queue_gauge(self, queued)
                 waited = time.time() - self.started_at
                 if room_ready(self.wait, queued, waited):
-                    if await settle(started, self.poll_interval):
-                        queued = await self._fresher(api, queued)  # batches ended during the hold
+                    # A wave created here is no event: only an event is held (settle), so a wait
+                    # resumed after a landing fills the room at once instead of after the hold.
                     wave = await asyncio.to_thread(self._create_wave, queued) if self.job else HAND_BACK
                     if isinstance(wave, QueueWaitNeeded):  # created what fits; watch for the next
                         waves += 1
                         self.wait, self.batch_ids = wave.wait, list(wave.batch_ids)
                         self.started_at = time.time()
                         continue
+                    held = await settle(started, self.poll_interval)
                     if isinstance(wave, dict):  # every chunk has its batch
                         batches = {str(b["chunk"]): b["batch_id"] for b in wave["batches"]}
                         yield TriggerEvent({"status": "created", "waves": waves + 1, "batches": batches})
-                    else:  # the task creates it
-                        yield TriggerEvent({"status": "room", "queued": queued, "waited": waited})
+                    else:  # the task creates it, sized from the count after the hold
+                        queued = await self._fresher(api, queued) if held else queued
+                        yield TriggerEvent(
+                            {"status": "room", "queued": queued, "waited": waited, "landed": self.landed}
+                        )
+                    return
+                to_land = self._to_land(outcome.statuses, started)
+                if to_land:  # the task lands them (CPU work, not for this loop) and waits again
+                    await settle(started, self.poll_interval)
+                    yield TriggerEvent(self._landing_event(to_land))
                     return
                 self.log.info(
                     "queue: %d of the round's requests still processing; the next wave needs room for %d%s "
@@ -145,6 +175,26 @@ class QueueRoomTrigger(BaseTrigger):
                 await asyncio.sleep(self.poll_interval)
         finally:
             await api.close()
+
+    def _to_land(self, statuses: Mapping[str, Mapping[str, Any]], since: float) -> list[str]:
+        """Return the round's ended batches to hand to the task now (none when landing is off)."""
+        if self.landing is None:
+            return []
+        ended = [batch_id for batch_id in self.batch_ids if is_ended(statuses.get(batch_id))]
+        return self.landing.due(ended, self.landed, since, time.time())
+
+    def _landing_event(self, to_land: list[str]) -> dict[str, Any]:
+        """Return the event handing ``to_land`` to the task, with what its next deferral needs."""
+        return {
+            "status": LANDING,
+            "message": f"{len(to_land)} ended batch(es) to land while {self.wait.pending_chunks} chunk(s) "
+            "wait for queue room.",
+            "to_land": to_land,
+            "landed": sorted({*self.landed, *to_land}),
+            "batch_ids": self.batch_ids,
+            "wait": self.wait.to_json(),
+            "started_at": self.started_at,
+        }
 
     def _under(self) -> str:
         """Return the limit the next wave waits under, for the log."""

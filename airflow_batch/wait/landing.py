@@ -11,6 +11,10 @@ Each resume costs a task start, so ended batches are grouped: the trigger fires 
 have passed since the trigger started (the last landing). A batch's rows are thus readable
 within ``interval`` plus one poll and its landing time. Once every batch has ended the wait
 ends as before, and the gather lands what is left.
+
+The same rule serves a round created in queue waves before its wait starts: the queue trigger
+(:class:`~airflow_batch.triggers.queue.QueueRoomTrigger`) hands the ended batches to the submit,
+which lands them the same way (:mod:`airflow_batch.wait.landing_worker`).
 """
 
 from __future__ import annotations
@@ -31,12 +35,24 @@ LANDING = "landing"
 DEFAULT_LAND_INTERVAL = 300.0
 
 
+def validate_land_interval(land_interval: float | None) -> float | None:
+    """Return ``land_interval`` if it is seconds > 0 or None, else raise ``ValueError`` naming the fix."""
+    if land_interval is not None and land_interval <= 0:
+        raise ValueError(f"land_interval={land_interval!r}: give seconds > 0, or None to land nothing early.")
+    return land_interval
+
+
 @dataclass(frozen=True)
 class LandingPolicy:
     """How ended batches are grouped into landings: every ``interval`` s, or ``min_batches`` at once."""
 
     interval: float
     min_batches: int = 1
+
+    @classmethod
+    def for_round(cls, interval: float, min_batches: int | None, batches: int) -> LandingPolicy:
+        """Return the policy of a round of ``batches`` batches (``min_batches`` default: a tenth of them)."""
+        return cls(interval, min_batches or max(1, -(-batches // 10)))
 
     def to_land(self, state: WaitState, landed: Collection[str], since: float, now: float) -> list[str]:
         """Return the ended batches to land now (empty: keep waiting).
@@ -46,11 +62,17 @@ class LandingPolicy:
         """
         if state.timed_out or not state.pending():
             return []
-        waiting = [
+        ended = [
             batch_id
             for batch_id in state.batch_ids
-            if batch_id not in landed and batch_id in state.statuses and is_ended(state.statuses[batch_id])
+            if batch_id in state.statuses and is_ended(state.statuses[batch_id])
         ]
+        return self.due(ended, landed, since, now)
+
+    def due(self, ended: Iterable[str], landed: Collection[str], since: float, now: float) -> list[str]:
+        """Return the ``ended`` batches not ``landed`` when enough of them wait, or ``interval`` s
+        passed ``since`` the last landing with any waiting; else nothing (keep waiting)."""
+        waiting = [batch_id for batch_id in ended if batch_id not in landed]
         if len(waiting) >= self.min_batches or (waiting and now - since >= self.interval):
             return waiting
         return []

@@ -64,3 +64,38 @@ def test_the_landing_event_carries_the_state_a_new_trigger_resumes_from() -> Non
         WaitState.from_kwargs(**event["state"]), identity={"conn_id": "anthropic_default"}
     )
     assert "land_interval" not in plain.serialize()[1]
+
+
+def test_a_round_lands_a_tenth_of_its_batches_at_once_unless_told_otherwise() -> None:
+    assert LandingPolicy.for_round(300, None, batches=100).min_batches == 10
+    assert LandingPolicy.for_round(300, None, batches=3).min_batches == 1
+    assert LandingPolicy.for_round(300, 4, batches=100).min_batches == 4
+
+
+def test_the_queue_trigger_hands_over_ended_batches_not_landed_and_carries_its_wait() -> None:
+    from airflow_batch.submit.queue import QueueWait
+    from airflow_batch.triggers.queue import QueueRoomTrigger
+
+    wait = QueueWait(
+        "max_queued_requests", need=100, queued=100, limit=100, retry_after=None, pending_chunks=2
+    )
+    trigger = QueueRoomTrigger(
+        identity={"conn_id": "anthropic_default"},
+        batch_ids=["a", "b", "c"],
+        wait=wait.to_json(),
+        started_at=123.0,
+        land_interval=60,
+        land_min_batches=1,
+        landed=["a"],
+    )
+    statuses = {"a": _status("ended"), "b": _status("ended"), "c": _status("in_progress")}
+    to_land = trigger._to_land(statuses, since=0.0)
+    assert to_land == ["b"]  # "a" was landed by an earlier landing: never handed back
+    event = trigger._landing_event(to_land)
+    assert event["status"] == LANDING and event["landed"] == ["a", "b"] and event["started_at"] == 123.0
+    assert QueueWait.from_json(event["wait"]) == wait and event["batch_ids"] == ["a", "b", "c"]
+    _, kwargs = trigger.serialize()
+    assert QueueRoomTrigger(**kwargs).serialize() == trigger.serialize()
+    # Without land_interval nothing is handed over: the wait lands the round.
+    kwargs.update(land_interval=None)
+    assert QueueRoomTrigger(**kwargs)._to_land(statuses, since=0.0) == []
