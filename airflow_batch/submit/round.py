@@ -46,7 +46,8 @@ from airflow_batch.exceptions import (
     InputChangedError,
     InvalidRequestsError,
 )
-from airflow_batch.folder import JobFolder, remove_tree
+from airflow_batch.folder import JobFolder
+from airflow_batch.job_files import remove_tree
 from airflow_batch.manifest import CostEstimate, JobIdentity, RoundManifest
 from airflow_batch.reuse.check import ReuseCheck
 from airflow_batch.reuse.fingerprint import answer_scope
