@@ -13,7 +13,7 @@ from airflow_batch.rows.failures import DEFAULT_RETRYABLE
 
 if TYPE_CHECKING:
     from airflow_batch.manifest import Usage
-    from airflow_batch.rules.schema import Validator
+    from airflow_batch.rules.validator import Validator
 
 
 class InputMeta(msgspec.Struct, gc=False):

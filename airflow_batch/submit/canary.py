@@ -46,7 +46,7 @@ from airflow_batch.rules.params import loads
 
 if TYPE_CHECKING:
     from airflow_batch.api import BatchesApi
-    from airflow_batch.rules.schema import Validator
+    from airflow_batch.rules.validator import Validator
     from airflow_batch.submit.estimate import TokenTally
     from airflow_batch.submit.ledger import Ledger
 

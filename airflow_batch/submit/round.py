@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_batch.api import BatchesApi
-    from airflow_batch.rules.schema import Validator
+    from airflow_batch.rules.validator import Validator
 
 ON_INPUT_CHANGE = ("fail", "resubmit")
 BUDGET_BASES = (None, "upper_bound", "expected")
