@@ -14,7 +14,7 @@ from airflow_batch.gather.publishing import check_publish_path, publish_root, pu
 from airflow_batch.gather.tables import require_pyarrow, results_formats
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, JobManifest
-from airflow_batch.spec.parameters import documented
+from airflow_batch.spec.docstrings import documented
 from airflow_batch.storage import as_path
 from airflow_batch.submit.inputs import check_location
 

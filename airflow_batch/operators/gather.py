@@ -10,7 +10,7 @@ from airflow.sdk import Asset, BaseOperator
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.rows.failures import DEFAULT_RETRYABLE
-from airflow_batch.spec.parameters import documented, parameters_of
+from airflow_batch.spec.docstrings import documented, parameters_of
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -13,7 +13,7 @@ from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.operators.queueing import defer_for_room, resume_round
 from airflow_batch.operators.submit import failures_shown
-from airflow_batch.spec.parameters import documented
+from airflow_batch.spec.docstrings import documented
 from airflow_batch.submit.queue import QueueWaitNeeded
 
 if TYPE_CHECKING:

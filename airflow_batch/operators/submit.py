@@ -21,8 +21,8 @@ from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, RoundManife
 from airflow_batch.media import FILES_BETA
 from airflow_batch.operators.queueing import defer_for_room, resume_round
 from airflow_batch.rules.schema import job_schema
+from airflow_batch.spec.docstrings import documented
 from airflow_batch.spec.job_spec import JobSpec, callable_name, write_job_spec
-from airflow_batch.spec.parameters import documented
 from airflow_batch.storage import as_path
 from airflow_batch.submit.canary import CanarySettings
 from airflow_batch.submit.inputs import check_location
