@@ -29,6 +29,7 @@ from airflow.sdk import BaseSensorOperator
 
 from airflow_batch import settings
 from airflow_batch.exceptions import BatchPollError, BatchWaitTimeoutError
+from airflow_batch.hooks import job_api
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.links.console import BatchConsoleLink, push_console_links
 from airflow_batch.manifest import JobIdentity, RoundManifest
@@ -250,9 +251,7 @@ class BatchesSensor(BatchJobLineage, BaseSensorOperator):
         config = gather_config(job, **self.gather_settings)
         started = time.monotonic()
         rows = 0
-        from airflow_batch.hooks.batches import BatchesHook
-
-        with BatchesHook.of(identity).batches_api() as api:
+        with job_api(identity) as api:
             # Results the API no longer holds are left to the gather, whose on_results_gone decides.
             gone = find_gone(api, job, round_number, [records[batch_id] for batch_id in landing["to_land"]])
             for batch_id in landing["to_land"]:
