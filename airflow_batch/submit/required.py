@@ -10,10 +10,13 @@ read from the parsing process's configuration, the deployment's.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from airflow_batch import settings
+from airflow_batch.submit.documents import DELETE_FILES
+from airflow_batch.submit.inputs import check_location
 
 DEFAULT_MODEL_EXAMPLE = "claude-haiku-4-5"
 
@@ -78,3 +81,43 @@ def require_local_input(task_id: str, name: str, source: Any) -> None:
             f"{task_id}: {name}={source!r}: no file there. Give an existing JSONL file, an object-store URI "
             "(s3://, gs://) or a template such as '/data/{{ ds }}.jsonl' for a file written before the run"
         )
+
+
+def max_age_seconds(max_age: Any, task_id: str) -> float | None:
+    """Return ``max_age`` in seconds; raise ValueError for anything but a positive number or timedelta
+    (``nan`` would silently turn reuse off: no age compares below it)."""
+    if max_age is None:
+        return None
+    if isinstance(max_age, timedelta):
+        seconds = max_age.total_seconds()
+    elif isinstance(max_age, (int, float)) and not isinstance(max_age, bool):
+        seconds = float(max_age)
+    else:
+        raise ValueError(
+            f"{task_id}: max_age must be a number of seconds or a timedelta, got {max_age!r}; "
+            "e.g. max_age=timedelta(hours=1) or max_age=3600"
+        )
+    if not seconds > 0:  # also refuses nan
+        raise ValueError(f"{task_id}: max_age must be positive seconds, got {max_age!r}")
+    return seconds
+
+
+def require_documents(
+    task_id: str,
+    documents: Any,
+    requests: Any,
+    records: Any,
+    prompt_template: str | None,
+    delete_files: str,
+    upload_concurrency: int,
+) -> None:
+    """Refuse a ``documents=`` job that cannot run."""
+    if upload_concurrency < 1:
+        raise ValueError(f"{task_id}: upload_concurrency must be >= 1, got {upload_concurrency}")
+    if requests is not None or records is not None:
+        raise ValueError(f"{task_id}: give exactly one of requests=, records= or documents=")
+    if prompt_template is None:
+        raise ValueError(f"{task_id}: documents= needs prompt_template= (the text sent with each file)")
+    if delete_files not in DELETE_FILES:
+        raise ValueError(f"{task_id}: delete_files must be one of {DELETE_FILES}, got {delete_files!r}")
+    check_location(documents, f"{task_id}: documents")
