@@ -322,16 +322,26 @@ def located(exc: msgspec.MsgspecError, prefix: str = "") -> str:
 _decode_any = msgspec.json.Decoder().decode
 
 
+#: What a line that is not JSON at all raises while it is decoded (a ValidationError is JSON of
+#: another shape). ``msgspec.ValidationError`` subclasses ``DecodeError``: catch it first.
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def _undecodable(exc: BaseException) -> str:
+    """Return what is wrong with a line that does not decode at all."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not valid UTF-8: {exc}"
+    if isinstance(exc, RecursionError):
+        return "not valid JSON: nested too deeply"
+    return f"not valid JSON: {exc}"
+
+
 def loads(line: bytes | bytearray | memoryview) -> Any:
     """Return a JSON line decoded to plain data; raise ``ValueError`` saying what is wrong with it."""
     try:
         return _decode_any(line)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not valid UTF-8: {exc}") from None
-    except RecursionError:
-        raise ValueError("not valid JSON: nested too deeply") from None
+    except _UNDECODABLE as exc:
+        raise ValueError(_undecodable(exc)) from None
 
 
 def decode_line(line: bytes, *, lenient: bool = False) -> Request:
@@ -340,12 +350,8 @@ def decode_line(line: bytes, *, lenient: bool = False) -> Request:
         return (_lenient_line if lenient else _strict_line).decode(line)  # type: ignore[return-value]
     except msgspec.ValidationError as exc:
         raise ValueError(located(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not valid UTF-8: {exc}") from None
-    except RecursionError:
-        raise ValueError("not valid JSON: nested too deeply") from None
+    except _UNDECODABLE as exc:
+        raise ValueError(_undecodable(exc)) from None
 
 
 def convert_request(obj: Any, *, lenient: bool = False) -> Request:
