@@ -4,7 +4,8 @@
 150,000 objects on a cold process. A DAG file imports the operators and the factory at every
 parse, so no module imports it at module level: a task imports it when it first calls the API
 (:func:`job_api`, the one place it does), and a trigger in a worker thread, off the event loop
-(:func:`airflow_batch.wait.loop.connect`). Importing this package costs nothing.
+(:func:`airflow_batch.wait.loop.connect`). Importing this package costs nothing
+(``tests/dags/test_parse_imports.py`` fails when a DAG parse loads the SDK).
 """
 
 from __future__ import annotations
