@@ -25,7 +25,13 @@ from airflow_batch.spec.docstrings import documented
 from airflow_batch.spec.job_spec import JobSpec, callable_name, write_job_spec
 from airflow_batch.storage import as_path
 from airflow_batch.submit.canary import CanarySettings
-from airflow_batch.submit.inputs import check_location
+from airflow_batch.submit.documents import require_documents
+from airflow_batch.submit.inputs import (
+    check_location,
+    require_local_input,
+    require_model,
+    require_output_path,
+)
 from airflow_batch.submit.queue import QueueWaitNeeded
 from airflow_batch.submit.records import (
     CACHE_TTLS,
@@ -35,15 +41,8 @@ from airflow_batch.submit.records import (
     carried_fields,
     records_to_requests,
 )
-from airflow_batch.submit.required import (
-    max_age_seconds,
-    require_documents,
-    require_local_input,
-    require_model,
-    require_output_path,
-)
 from airflow_batch.submit.round import SubmitSettings
-from airflow_batch.submit.routing import AnswerReuse
+from airflow_batch.submit.routing import AnswerReuse, max_age_seconds
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
 
 if TYPE_CHECKING:

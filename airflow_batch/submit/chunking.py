@@ -9,7 +9,7 @@ of every chunk file's bytes.
 
 Memory is bounded whatever the input size: rows stream from the input to the chunk files
 through a small write buffer, and the job-wide custom_id check spills the ids to disk
-(:class:`~airflow_batch.submit.unique_ids.UniqueIds`).
+(:class:`~airflow_batch.submit.validation.UniqueIds`).
 
 Files are written to a staging folder first. The caller moves them into the round's
 ``chunks/`` folder only once the round is known to be valid and new (see
@@ -45,11 +45,11 @@ from airflow_batch.submit.diversion import HOLD, SEND, TAKEN, Diversion, HeldCou
 from airflow_batch.submit.estimate import TokenTally
 from airflow_batch.submit.model_limits import ModelLimits
 from airflow_batch.submit.records import BLANK, Carried, RequestDefaults
-from airflow_batch.submit.unique_ids import UniqueIds
 from airflow_batch.submit.validation import (
     InvalidRow,
     Problem,
     ProblemReport,
+    UniqueIds,
     checked_request,
     custom_id_of,
     hint_for,

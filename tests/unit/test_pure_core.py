@@ -12,7 +12,6 @@ PURE_MODULES = [
     "airflow_batch.rules.tokens",
     "airflow_batch.submit.chunking",
     "airflow_batch.submit.chunk_files",
-    "airflow_batch.submit.unique_ids",
     "airflow_batch.submit.shared_prompts",
     "airflow_batch.submit.estimate",
     "airflow_batch.submit.records",
