@@ -22,7 +22,7 @@ from airflow_batch.operators.gather import GatherResultsOperator
 from airflow_batch.operators.retry import RetryFailedOperator
 from airflow_batch.operators.submit import SubmitBatchesOperator
 from airflow_batch.sensors.batches import BatchesSensor
-from airflow_batch.spec.parameters import documented
+from airflow_batch.spec.docstrings import documented
 from airflow_batch.wait.policy import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:

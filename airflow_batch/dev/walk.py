@@ -74,7 +74,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("rules",),
     (
         *("submit", "wait", "gather", "rows", "reuse"),
-        *("folder", "spec", "settings", "history", "results", "lineage", "metrics"),
+        *("folder", "round_files", "part_files", "job_files"),
+        *("spec", "settings", "history", "results", "lineage", "metrics"),
     ),
     ("hooks",),
     ("triggers", "sensors", "operators", "links", "plugins"),

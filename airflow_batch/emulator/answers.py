@@ -58,7 +58,7 @@ import msgspec
 from airflow_batch.emulator.schema_instance import schema_instance, schema_violation
 from airflow_batch.emulator.tokenizer import Tokenizer
 from airflow_batch.emulator.validation import Message, Params
-from airflow_batch.rules.params import SERVER_TOOL_NAMES
+from airflow_batch.rules.tools import SERVER_TOOL_NAMES
 
 _ECHO_CHARS = 160
 _SENTIMENTS = ("positive", "negative", "neutral")

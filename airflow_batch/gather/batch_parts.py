@@ -31,7 +31,7 @@ from airflow_batch.storage import as_path, iter_jsonl_blocks, line_blocks
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_batch.rules.schema import Validator
+    from airflow_batch.rules.validator import Validator
 
 #: Bytes of a results stream turned into rows at a time (the reads of its body gathered).
 RESULT_BLOCK_BYTES = 1 << 20

@@ -42,7 +42,7 @@ from airflow_batch.gather.batch_parts import (
 )
 from airflow_batch.gather.retention import find_gone, gone_error, land_gone, log_gone
 from airflow_batch.gather.runs import land_batch_runs, round_runs
-from airflow_batch.gather.stats import BatchGatherStats, add_counts
+from airflow_batch.gather.stats import BatchGatherStats
 from airflow_batch.gather.strays import sweep_strays
 from airflow_batch.manifest import (
     BatchStatus,
@@ -53,6 +53,7 @@ from airflow_batch.manifest import (
     sum_usages,
 )
 from airflow_batch.reuse.store import SegmentWriter
+from airflow_batch.rows.block import add_counts
 from airflow_batch.rows.failures import DEFAULT_RETRYABLE, RESULT_TYPES
 from airflow_batch.rules.costs import PriceTable, model_family, price_table, sum_costs
 from airflow_batch.storage import (
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_batch.api import BatchesApi
-    from airflow_batch.rules.schema import Validator
+    from airflow_batch.rules.validator import Validator
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ another writer took the round over, found no batch for the intent and created on
 the first writer's create went out when it resumed. The ledger records every intent that was
 replaced without a batch (``interrupted``) and every intent still open, with the chunk's
 request count and when it was made; the Batches API has no metadata on a batch, so the sweep
-matches by those alone, as orphan adoption does (:func:`~airflow_batch.submit.creating.find_orphan`):
+matches by those alone, as orphan adoption does (:func:`~airflow_batch.submit.chunk_batch.find_orphan`):
 a batch created within an intent's window, holding its chunk's request count, that no chunk
 and no earlier sweep claims. Only rounds with such intents are swept, so a round whose creates
 all went through one writer never lists the API.
@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_batch.gather.batch_parts import write_rows
-from airflow_batch.submit.creating import CLOCK_SKEW, CREATE_WINDOW, batch_requests, created_utc
+from airflow_batch.submit.chunk_batch import CLOCK_SKEW, CREATE_WINDOW, batch_requests, created_utc
 from airflow_batch.submit.ledger import Ledger, LedgerStore, utcnow
 
 if TYPE_CHECKING:

@@ -12,9 +12,10 @@ from airflow_batch.folder import JobFolder
 from airflow_batch.gather.finalizing import check_complete, check_failure_rate, finalize_job
 from airflow_batch.gather.publishing import check_publish_path, publish_root, publisher
 from airflow_batch.gather.tables import require_pyarrow, results_formats
+from airflow_batch.hooks import job_api
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, JobManifest
-from airflow_batch.spec.parameters import documented
+from airflow_batch.spec.docstrings import documented
 from airflow_batch.storage import as_path
 from airflow_batch.submit.inputs import check_location
 
@@ -144,9 +145,7 @@ class FinalizeBatchJobOperator(BatchJobLineage, BaseOperator):
         from airflow_batch.submit.documents import delete_uploads
 
         identity = JobIdentity.of(self.manifest, None, self.task_id)
-        from airflow_batch.hooks.batches import BatchesHook
-
-        with BatchesHook.of(identity).batches_api() as api:
+        with job_api(identity) as api:
             delete_uploads(api, job, self.log)  # type: ignore[arg-type]
 
 

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
+from airflow_batch.hooks import job_api
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.rows.failures import DEFAULT_RETRYABLE
-from airflow_batch.spec.parameters import documented, parameters_of
+from airflow_batch.spec.docstrings import documented, parameters_of
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -96,9 +97,7 @@ class GatherResultsOperator(BatchJobLineage, BaseOperator):
             delete_batches=self.delete_batches,
             on_results_gone=self.on_results_gone,
         )
-        from airflow_batch.hooks.batches import BatchesHook
-
-        with BatchesHook.of(identity).batches_api() as api:
+        with job_api(identity) as api:
             out = gather_round(
                 api,
                 manifest,

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
+from airflow_batch.hooks import job_api
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.manifest import JobIdentity, RoundManifest
+from airflow_batch.operators.failed_manifest import failures_shown
 from airflow_batch.operators.queueing import defer_for_room, resume_round
-from airflow_batch.operators.submit import failures_shown
-from airflow_batch.spec.parameters import documented
+from airflow_batch.spec.docstrings import documented
 from airflow_batch.submit.queue import QueueWaitNeeded
 
 if TYPE_CHECKING:
@@ -115,9 +116,7 @@ class RetryFailedOperator(BatchJobLineage, BaseOperator):
             retryable,
             previous["round"],
         )
-        from airflow_batch.hooks.batches import BatchesHook
-
-        with BatchesHook.of(identity).batches_api() as api:
+        with job_api(identity) as api:
             try:
                 return submit_round(
                     api,

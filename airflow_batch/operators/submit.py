@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
-from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_batch import layout, settings
-from airflow_batch.exceptions import BeforeSubmitError
 from airflow_batch.folder import JobFolder
 from airflow_batch.gather.tables import column_clashes
 from airflow_batch.history import observed_output_tokens
+from airflow_batch.hooks import job_api
 from airflow_batch.lineage import BatchJobLineage
-from airflow_batch.manifest import FAILED_MANIFEST_KEY, JobIdentity, RoundManifest, refused_manifest
+from airflow_batch.manifest import JobIdentity, RoundManifest
 from airflow_batch.media import FILES_BETA
+from airflow_batch.operators.failed_manifest import failures_shown
 from airflow_batch.operators.queueing import defer_for_room, resume_round
 from airflow_batch.rules.schema import job_schema
+from airflow_batch.spec.docstrings import documented
 from airflow_batch.spec.job_spec import JobSpec, callable_name, write_job_spec
-from airflow_batch.spec.parameters import documented
 from airflow_batch.storage import as_path
 from airflow_batch.submit.canary import CanarySettings
+from airflow_batch.submit.documents import require_documents
 from airflow_batch.submit.inputs import (
     check_location,
     require_local_input,
@@ -41,7 +42,7 @@ from airflow_batch.submit.records import (
     records_to_requests,
 )
 from airflow_batch.submit.round import SubmitSettings
-from airflow_batch.submit.routing import AnswerReuse
+from airflow_batch.submit.routing import AnswerReuse, max_age_seconds
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
 from airflow_batch.wait.landing import validate_land_interval
 
@@ -49,25 +50,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_batch.api import BatchesApi
-
-
-def _max_age_seconds(max_age: Any, task_id: str) -> float | None:
-    """Return ``max_age`` in seconds; raise ValueError for anything but a positive number or timedelta
-    (``nan`` would silently turn reuse off: no age compares below it)."""
-    if max_age is None:
-        return None
-    if isinstance(max_age, timedelta):
-        seconds = max_age.total_seconds()
-    elif isinstance(max_age, (int, float)) and not isinstance(max_age, bool):
-        seconds = float(max_age)
-    else:
-        raise ValueError(
-            f"{task_id}: max_age must be a number of seconds or a timedelta, got {max_age!r}; "
-            "e.g. max_age=timedelta(hours=1) or max_age=3600"
-        )
-    if not seconds > 0:  # also refuses nan
-        raise ValueError(f"{task_id}: max_age must be positive seconds, got {max_age!r}")
-    return seconds
 
 
 @documented("submit")
@@ -170,7 +152,9 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         self.delete_files = delete_files
         self.upload_concurrency = upload_concurrency
         if documents is not None:
-            check_documents(self, documents, requests, records, prompt_template)
+            require_documents(
+                self.task_id, documents, requests, records, prompt_template, delete_files, upload_concurrency
+            )
             # Each file becomes a record: the records' checks below (passthrough_fields, custom_id_from)
             # apply; every call of the job carries the Files API beta its requests need.
             records, betas = [], [*dict.fromkeys([*betas, FILES_BETA])]
@@ -244,7 +228,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         check_location(answer_store, f"{self.task_id}: answer_store")
         self.reuse_answers = reuse_answers
         self.answer_store = answer_store
-        self.max_age = _max_age_seconds(max_age, self.task_id)
+        self.max_age = max_age_seconds(max_age, self.task_id)
         self.canary = CanarySettings(canary, canary_max_failure_rate) if canary else None
         self.include_content = include_content
         self.keep_chunks = keep_chunks
@@ -392,9 +376,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
         source = self.records if self.records is not None else self.requests
         job = self.job_dir(context)
         recorded = LedgerStore(job, 0, context.get("task_state_store")).load()
-        from airflow_batch.hooks.batches import BatchesHook
-
-        with BatchesHook.of(identity).batches_api() as api, ExitStack() as scope:
+        with job_api(identity) as api, ExitStack() as scope:
             write_job_spec(job, spec, bound=recorded is not None and recorded.binding, log=self.log)  # type: ignore[arg-type]
             JobFolder(job).write_spec(spec.job_file())
             rows: Iterable[Any] = self.input_rows()
@@ -443,7 +425,7 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
             log=self.log,  # type: ignore[arg-type]
         )
         scope.enter_context(plan.counted())
-        assert self.prompt_template is not None  # check_documents
+        assert self.prompt_template is not None  # require_documents
         return document_requests(
             plan,
             prompt_template=self.prompt_template,
@@ -464,61 +446,3 @@ class SubmitBatchesOperator(BatchJobLineage, BaseOperator):
             poll_interval=self.poll_interval,
             start_over=lambda: self.execute(context),
         )
-
-
-def check_documents(
-    operator: SubmitBatchesOperator, documents: Any, requests: Any, records: Any, prompt_template: str | None
-) -> None:
-    """Refuse, at parse time, a ``documents=`` job that cannot run."""
-    from airflow_batch.submit.documents import DELETE_FILES
-
-    task_id, delete_files = operator.task_id, operator.delete_files
-    if operator.upload_concurrency < 1:
-        raise ValueError(f"{task_id}: upload_concurrency must be >= 1, got {operator.upload_concurrency}")
-    if requests is not None or records is not None:
-        raise ValueError(f"{task_id}: give exactly one of requests=, records= or documents=")
-    if prompt_template is None:
-        raise ValueError(f"{task_id}: documents= needs prompt_template= (the text sent with each file)")
-    if delete_files not in DELETE_FILES:
-        raise ValueError(f"{task_id}: delete_files must be one of {DELETE_FILES}, got {delete_files!r}")
-    check_location(documents, f"{task_id}: documents")
-
-
-@contextmanager
-def failures_shown(context: Context, job_dir: Callable[[], str], round_number: int) -> Iterator[None]:
-    """Leave the manifest of a round that failed before it was submitted in XCom (``FAILED_MANIFEST_KEY``).
-
-    The task fails without a return value; this is how the batch jobs page still lists the job:
-    refused (a :class:`~airflow_batch.exceptions.BeforeSubmitError`: the reason, and the budget's
-    figures), or failed with the error it met (no ``output_path``, the API refusing the create, a
-    template that renders wrong...). A skip or a deferral passes through.
-    """
-    try:
-        yield
-    except AirflowSkipException:
-        raise
-    except BeforeSubmitError as refusal:
-        context["ti"].xcom_push(
-            FAILED_MANIFEST_KEY, refused_manifest(_job_name(job_dir, context), refusal.record(round_number))
-        )
-        raise
-    except Exception as error:
-        record = {
-            "round": round_number,
-            "reason": str(error) or type(error).__name__,
-            "kind": type(error).__name__,
-        }
-        context["ti"].xcom_push(
-            FAILED_MANIFEST_KEY, refused_manifest(_job_name(job_dir, context), {**record, "failed": True})
-        )
-        raise
-
-
-def _job_name(job_dir: Callable[[], str], context: Context) -> str:
-    """Return the job folder, or, for a job that cannot have one (no ``output_path``), a name the page
-    shows it under (its last part is the task id, as a folder's)."""
-    try:
-        return job_dir()
-    except Exception:
-        ti = context["ti"]
-        return f"{ti.dag_id}/{ti.run_id}/{ti.task_id}"

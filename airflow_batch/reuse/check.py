@@ -11,7 +11,7 @@ from airflow_batch.rows.contract import row_encoder, stored_answer_decoder
 from airflow_batch.rows.failures import FAILED_STOPS
 
 if TYPE_CHECKING:
-    from airflow_batch.rules.schema import Validator
+    from airflow_batch.rules.validator import Validator
 
 _str_decoder = msgspec.json.Decoder(str)
 

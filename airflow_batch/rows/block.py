@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from airflow_batch.manifest import sum_usages
 from airflow_batch.rows.contract import ResultRow
 from airflow_batch.rows.failures import DEFAULT_RETRYABLE
 
 if TYPE_CHECKING:
     from airflow_batch.manifest import Usage
-    from airflow_batch.rules.schema import Validator
+    from airflow_batch.rules.validator import Validator
 
 
 class InputMeta(msgspec.Struct, gc=False):
@@ -54,12 +55,10 @@ class BlockSettings:
     keep_rows: bool = False
 
 
-@dataclass
-class BlockRows:
-    """The rows of a block of result lines, encoded as JSONL, with their counts and usage."""
+@dataclass(kw_only=True)
+class RowCounts:
+    """The counts and usage of a set of rows (a block's, a batch's, a round's), and their sum."""
 
-    results: bytes = b""
-    failures: bytes = b""
     result_counts: dict[str, int] = field(default_factory=dict)
     error_types: dict[str, int] = field(default_factory=dict)
     retryable: int = 0
@@ -68,6 +67,34 @@ class BlockRows:
     #: result names no model (errored, expired, canceled, missing).
     counts_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
     retryable_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, rows: RowCounts) -> None:
+        """Add the counts and usage of other rows (a block's, another batch's) into these."""
+        add_counts(self.result_counts, rows.result_counts)
+        add_counts(self.error_types, rows.error_types)
+        self.retryable += rows.retryable
+        for model, usage in rows.usage_by_model.items():
+            self.usage_by_model[model] = sum_usages([self.usage_by_model.get(model, {}), usage])
+        for mine, theirs in (
+            (self.counts_by_model, rows.counts_by_model),
+            (self.retryable_by_model, rows.retryable_by_model),
+        ):
+            for model, by_type in theirs.items():
+                add_counts(mine.setdefault(model, {}), by_type)
+
+
+def add_counts(total: dict[str, int], counts: Mapping[str, int]) -> None:
+    """Add ``counts`` (by kind) into ``total``."""
+    for kind, count in counts.items():
+        total[kind] = total.get(kind, 0) + count
+
+
+@dataclass
+class BlockRows(RowCounts):
+    """The rows of a block of result lines, encoded as JSONL, with their counts and usage."""
+
+    results: bytes = b""
+    failures: bytes = b""
     #: The result rows themselves, for the answer store (kept only when asked: ``keep_rows``).
     result_rows: list[ResultRow] = field(default_factory=list)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -31,6 +31,11 @@ def _row_key(row: Any, settings: BlockSettings) -> str:
     )
     geo = usage.inference_geo if usage.inference_geo in settings.residency_geos else None
     return usage_key(row.model, long_prompt=long_prompt, geo=geo)
+
+
+def manifest_usage(usage: RowUsage) -> Usage:
+    """Return one row's usage as the manifests count it (the same keys, without the region)."""
+    return cast("Usage", {name: getattr(usage, name) for name in _USAGE_KEYS})
 
 
 def sum_usage(usage_by_key: dict[str, Usage], rows: list[Any], settings: BlockSettings) -> None:

@@ -1,8 +1,9 @@
 """What the API accepts as a batch request: one set of structural rules for submit and the emulator.
 
 A batch request is ``{"custom_id": str, "params": {...Messages API body...}}``. The shape of
-``params`` is declared here as msgspec types (the structure: field names, types, content
-block kinds, tool choice and thinking forms), and :func:`batch_rules` adds what a type
+``params`` is declared here as msgspec types (the structure: field names, types, tool choice
+and thinking forms; content blocks in :mod:`~airflow_batch.rules.blocks`, tools checked in
+:mod:`~airflow_batch.rules.tools`), and :func:`batch_rules` adds what a type
 cannot say (a full-match ``custom_id``, ``max_tokens`` bounds, a thinking budget below
 ``max_tokens``, what a *batch* refuses: ``stream: true`` and ``speed``). The submit
 validation and the emulator's create validation both decode with these types and call
@@ -28,180 +29,13 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from airflow_batch.rules.blocks import BLOCK_TYPES, CacheControl, ContentBlock, TextBlock
+from airflow_batch.rules.tools import check_tool
+
 CUSTOM_ID_PATTERN = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 """What a ``custom_id`` must fully match (a trailing newline included is not a match)."""
 _full_match_custom_id = CUSTOM_ID_PATTERN.fullmatch
 MIN_THINKING_BUDGET = 1_024
-
-# ---- blocks ------------------------------------------------------------------------------
-
-
-class CacheControl(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """``cache_control``: an ephemeral prompt-cache breakpoint, 5 minutes or 1 hour."""
-
-    type: Literal["ephemeral"]
-    ttl: Literal["5m", "1h"] | None = None
-
-
-class _Block(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
-    """A content block, told apart by its ``type``."""
-
-
-class TextBlock(_Block, tag="text"):
-    text: str
-    cache_control: CacheControl | None = None
-    citations: list[Any] | None = None
-
-
-class _Source(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
-    """Where an image or document comes from, told apart by its ``type``."""
-
-
-class Base64ImageSource(_Source, tag="base64"):
-    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
-    data: str
-
-
-class UrlSource(_Source, tag="url"):
-    url: str
-
-
-class FileSource(_Source, tag="file"):
-    file_id: str
-
-
-class ImageBlock(_Block, tag="image"):
-    source: Base64ImageSource | UrlSource | FileSource
-    cache_control: CacheControl | None = None
-    transformations: dict[str, Any] | None = None
-
-
-class Base64PdfSource(_Source, tag="base64"):
-    media_type: Literal["application/pdf"]
-    data: str
-
-
-class PlainTextSource(_Source, tag="text"):
-    media_type: Literal["text/plain"]
-    data: str
-
-
-class ContentSource(_Source, tag="content"):
-    content: str | list[TextBlock | ImageBlock]
-
-
-class CitationsConfig(msgspec.Struct, forbid_unknown_fields=True):
-    enabled: bool
-
-
-class DocumentBlock(_Block, tag="document"):
-    source: Base64PdfSource | PlainTextSource | ContentSource | UrlSource | FileSource
-    title: str | None = None
-    context: str | None = None
-    citations: CitationsConfig | None = None
-    cache_control: CacheControl | None = None
-
-
-class SearchResultBlock(_Block, tag="search_result"):
-    source: str
-    title: str
-    content: list[TextBlock]
-    citations: CitationsConfig | None = None
-    cache_control: CacheControl | None = None
-
-
-class ThinkingBlock(_Block, tag="thinking"):
-    thinking: str
-    signature: str
-
-
-class RedactedThinkingBlock(_Block, tag="redacted_thinking"):
-    data: str
-
-
-class ToolUseBlock(_Block, tag="tool_use"):
-    id: str
-    name: str
-    input: dict[str, Any]
-    cache_control: CacheControl | None = None
-    caller: Any = None
-    toolset_name: str | None = None
-
-
-class ToolResultBlock(_Block, tag="tool_result"):
-    tool_use_id: str
-    content: str | list[TextBlock | ImageBlock | SearchResultBlock | DocumentBlock] | None = None
-    is_error: bool | None = None
-    cache_control: CacheControl | None = None
-    toolset_name: str | None = None
-
-
-class ServerToolUseBlock(_Block, tag="server_tool_use"):
-    id: str
-    name: str
-    input: dict[str, Any]
-    cache_control: CacheControl | None = None
-    caller: Any = None
-
-
-class _ServerToolResult(_Block):
-    tool_use_id: str
-    content: Any
-    cache_control: CacheControl | None = None
-    caller: Any = None
-
-
-class WebSearchToolResultBlock(_ServerToolResult, tag="web_search_tool_result"):
-    pass
-
-
-class WebFetchToolResultBlock(_ServerToolResult, tag="web_fetch_tool_result"):
-    pass
-
-
-class CodeExecutionToolResultBlock(_ServerToolResult, tag="code_execution_tool_result"):
-    pass
-
-
-class BashCodeExecutionToolResultBlock(_ServerToolResult, tag="bash_code_execution_tool_result"):
-    pass
-
-
-class TextEditorCodeExecutionToolResultBlock(_ServerToolResult, tag="text_editor_code_execution_tool_result"):
-    pass
-
-
-class ToolSearchToolResultBlock(_ServerToolResult, tag="tool_search_tool_result"):
-    pass
-
-
-class ContainerUploadBlock(_Block, tag="container_upload"):
-    file_id: str
-    cache_control: CacheControl | None = None
-
-
-ContentBlock = (
-    TextBlock
-    | ImageBlock
-    | DocumentBlock
-    | SearchResultBlock
-    | ThinkingBlock
-    | RedactedThinkingBlock
-    | ToolUseBlock
-    | ToolResultBlock
-    | ServerToolUseBlock
-    | WebSearchToolResultBlock
-    | WebFetchToolResultBlock
-    | CodeExecutionToolResultBlock
-    | BashCodeExecutionToolResultBlock
-    | TextEditorCodeExecutionToolResultBlock
-    | ToolSearchToolResultBlock
-    | ContainerUploadBlock
-)
-BLOCK_TYPES = sorted(
-    block.__struct_config__.tag  # type: ignore[misc]
-    for block in ContentBlock.__args__  # type: ignore[attr-defined]
-)
 
 
 class Message(msgspec.Struct, forbid_unknown_fields=True):
@@ -380,73 +214,6 @@ def decode_plain(line: bytes) -> PlainRequest | None:
 
 # ---- tools ---------------------------------------------------------------------------------
 
-#: Anthropic-defined tools by ``type``, with the ``name`` each must carry.
-SERVER_TOOL_NAMES: dict[str, str] = {
-    **{f"web_search_{v}": "web_search" for v in ("20250305", "20260209", "20260318")},
-    **{f"web_fetch_{v}": "web_fetch" for v in ("20250910", "20260209", "20260309", "20260318")},
-    **{f"code_execution_{v}": "code_execution" for v in ("20250522", "20250825", "20260120", "20260521")},
-    "bash_20250124": "bash",
-    "memory_20250818": "memory",
-    "text_editor_20250124": "str_replace_based_edit_tool",
-    "text_editor_20250429": "str_replace_based_edit_tool",
-    "text_editor_20250728": "str_replace_based_edit_tool",
-    "tool_search_tool_bm25_20251119": "tool_search_tool_bm25",
-    "tool_search_tool_bm25": "tool_search_tool_bm25",
-    "tool_search_tool_regex_20251119": "tool_search_tool_regex",
-    "browser_toolset_20260801": "browser",
-    "computer_toolset_20260801": "computer",
-}
-_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
-_CUSTOM_TOOL_KEYS = frozenset(
-    {
-        "type",
-        "name",
-        "description",
-        "input_schema",
-        "cache_control",
-        "strict",
-        "defer_loading",
-        "eager_input_streaming",
-        "input_examples",
-        "allowed_callers",
-    }
-)
-
-
-def check_tool(tool: Any, *, lenient: bool) -> str | None:
-    """Return why one ``tools`` entry is not a tool the API accepts, or None."""
-    if not isinstance(tool, Mapping):
-        return "must be an object"
-    kind = tool.get("type")
-    if kind in SERVER_TOOL_NAMES:
-        expected = SERVER_TOOL_NAMES[kind]
-        if tool.get("name") != expected:
-            return f"a {kind} tool must be named {expected!r}, got {tool.get('name')!r}"
-        return None
-    if kind not in (None, "custom"):
-        if lenient:
-            return None
-        return (
-            f"type {kind!r} is not a tool type the API knows (custom tools need no type; server tools "
-            "are e.g. web_search_20250305, web_fetch_20250910, code_execution_20250825); if a beta adds "
-            "it, pass betas= so the job sends the beta header"
-        )
-    name = tool.get("name")
-    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
-        return f"name must match ^[a-zA-Z0-9_-]{{1,128}}$, got {name!r}"
-    schema = tool.get("input_schema")
-    if not isinstance(schema, Mapping) or schema.get("type") != "object":
-        return f"tool {name!r}: input_schema must be a JSON Schema object with type 'object'"
-    unknown = sorted(set(tool) - _CUSTOM_TOOL_KEYS)
-    if unknown and not lenient:
-        return f"tool {name!r}: unknown field {unknown[0]!r}"
-    if "description" in tool and not isinstance(tool["description"], str):
-        return f"tool {name!r}: description must be a string"
-    return None
-
-
-# ---- the rules a type cannot state -----------------------------------------------------------
-
 
 def check_custom_id(value: Any) -> str | None:
     """Return why ``value`` is not a valid ``custom_id``, or None if it is one."""
@@ -555,16 +322,26 @@ def located(exc: msgspec.MsgspecError, prefix: str = "") -> str:
 _decode_any = msgspec.json.Decoder().decode
 
 
+#: What a line that is not JSON at all raises while it is decoded (a ValidationError is JSON of
+#: another shape). ``msgspec.ValidationError`` subclasses ``DecodeError``: catch it first.
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def _undecodable(exc: BaseException) -> str:
+    """Return what is wrong with a line that does not decode at all."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not valid UTF-8: {exc}"
+    if isinstance(exc, RecursionError):
+        return "not valid JSON: nested too deeply"
+    return f"not valid JSON: {exc}"
+
+
 def loads(line: bytes | bytearray | memoryview) -> Any:
     """Return a JSON line decoded to plain data; raise ``ValueError`` saying what is wrong with it."""
     try:
         return _decode_any(line)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not valid UTF-8: {exc}") from None
-    except RecursionError:
-        raise ValueError("not valid JSON: nested too deeply") from None
+    except _UNDECODABLE as exc:
+        raise ValueError(_undecodable(exc)) from None
 
 
 def decode_line(line: bytes, *, lenient: bool = False) -> Request:
@@ -573,12 +350,8 @@ def decode_line(line: bytes, *, lenient: bool = False) -> Request:
         return (_lenient_line if lenient else _strict_line).decode(line)  # type: ignore[return-value]
     except msgspec.ValidationError as exc:
         raise ValueError(located(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not valid UTF-8: {exc}") from None
-    except RecursionError:
-        raise ValueError("not valid JSON: nested too deeply") from None
+    except _UNDECODABLE as exc:
+        raise ValueError(_undecodable(exc)) from None
 
 
 def convert_request(obj: Any, *, lenient: bool = False) -> Request:

@@ -32,7 +32,7 @@ from airflow_batch.exceptions import BatchPollError, BatchWaitTimeoutError
 from airflow_batch.lineage import BatchJobLineage
 from airflow_batch.links.console import BatchConsoleLink, push_console_links
 from airflow_batch.manifest import JobIdentity, RoundManifest
-from airflow_batch.spec.parameters import documented
+from airflow_batch.spec.docstrings import documented
 from airflow_batch.triggers.batches import ON_KILL_BUDGET, BatchesTrigger
 from airflow_batch.wait.events import batch_ids_of, validate_event, waited_manifest
 from airflow_batch.wait.landing import LANDING, LandingPolicy, validate_land_interval, validate_landing

@@ -3,76 +3,27 @@
 The signatures of ``anthropic_batch_job`` and of the operators must agree with these
 declarations (``tests/spec/test_parameters.py`` fails on any drift: a parameter missing here, a
 different default or type); their ``:param`` docstrings are generated from them at import
-(:func:`documented`), and so is the reference page ``docs/reference/parameters.md``
-(:mod:`airflow_batch.spec.reference`). A name that means something else in another task (the
-``manifest`` each task reads, ``conn_id`` given or inherited) is declared once per meaning.
+(:func:`~airflow_batch.spec.docstrings.documented`), and so is the reference page
+``docs/reference/parameters.md`` (:mod:`airflow_batch.spec.reference`). A name that means
+something else in another task (the ``manifest`` each task reads, ``conn_id`` given or
+inherited) is declared once per meaning. The form of a declaration is
+:class:`~airflow_batch.spec.declaration.Parameter`; this module is the declarations, by topic
+(the order of the reference page).
 """
 
 from __future__ import annotations
 
-import inspect
-import textwrap
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 from airflow_batch.gather.retention import RESULTS_GONE_POLICIES
+from airflow_batch.spec.declaration import REQUIRED, Parameter, Task
 from airflow_batch.submit.documents import DELETE_FILES
 from airflow_batch.submit.records import CACHE_TTLS
 from airflow_batch.submit.round import BUDGET_BASES, ON_INPUT_CHANGE
 from airflow_batch.submit.validation import MAX_BYTES_PER_BATCH, MAX_REQUESTS_PER_BATCH
 from airflow_batch.wait.landing import DEFAULT_LAND_INTERVAL
 from airflow_batch.wait.policy import DEFAULT_CANCEL_GRACE, DEFAULT_TIMEOUT, TIMEOUT_POLICIES
-
-Task = Literal["job", "submit", "wait", "gather", "retry", "finalize"]
-
-#: The callable each task's parameters belong to, as a reader finds it.
-TASKS: Mapping[Task, str] = {
-    "job": "anthropic_batch_job",
-    "submit": "SubmitBatchesOperator",
-    "wait": "BatchesSensor",
-    "gather": "GatherResultsOperator",
-    "retry": "RetryFailedOperator",
-    "finalize": "FinalizeBatchJobOperator",
-}
-
-
-class _Required:
-    """The default of a parameter that has none."""
-
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()
-
-
-@dataclass(frozen=True)
-class Parameter:
-    """One parameter: the same name, type, default and meaning in every task listed."""
-
-    name: str
-    type: str
-    doc: str
-    tasks: tuple[Task, ...]
-    topic: str
-    default: Any = None
-    #: The default in a task that takes it otherwise (the factory's ``None``: "the operator's default").
-    defaults: Mapping[Task, Any] = field(default_factory=dict)
-    #: The annotation in a task that writes it otherwise.
-    types: Mapping[Task, str] = field(default_factory=dict)
-    #: The values accepted, when they are few: the check's own constant, refused at parse time.
-    choices: tuple[Any, ...] = ()
-    #: The page of the documentation site that tells more (``"cost.md#prompt-caching-and-its-ttl"``).
-    see: str | None = None
-
-    def default_in(self, task: Task) -> Any:
-        """Return the default ``task`` gives this parameter."""
-        return self.defaults.get(task, self.default)
-
-    def type_in(self, task: Task) -> str:
-        """Return the annotation ``task`` writes for this parameter."""
-        return self.types.get(task, self.type)
 
 
 def _p(
@@ -499,54 +450,3 @@ PARAMETERS: tuple[Parameter, ...] = (
     *_JOB, *_INPUT, *_DOCUMENTS, *_REQUESTS, *_REUSE, *_BUDGET, *_BATCHES, *_WAIT, *_GATHER, *_FINALIZE,
     *_MANIFESTS,
 )  # fmt: skip
-
-
-def parameters_of(task: Task) -> dict[str, Parameter]:
-    """Return the parameters ``task`` takes, by name."""
-    found: dict[str, Parameter] = {}
-    for parameter in PARAMETERS:
-        if task in parameter.tasks:
-            if parameter.name in found:
-                raise ValueError(f"parameter {parameter.name!r} is declared twice for {TASKS[task]}")
-            found[parameter.name] = parameter
-    return found
-
-
-def param_lines(task: Task, names: Iterator[str] | list[str], width: int = 96) -> list[str]:
-    """Return the ``:param`` lines of ``names`` (in that order) as ``task`` documents them."""
-    declared = parameters_of(task)
-    lines: list[str] = []
-    for name in names:
-        lines += textwrap.wrap(
-            f":param {name}: {declared[name].doc}",
-            width=width,
-            subsequent_indent="    ",
-            break_on_hyphens=False,
-            break_long_words=False,
-        )
-    return lines
-
-
-_Documented = TypeVar("_Documented", bound=Callable[..., Any])
-
-
-def documented(task: Task) -> Callable[[_Documented], _Documented]:
-    """Return a decorator appending the ``:param`` lines of ``task``'s signature to its docstring.
-
-    The text lives only in :data:`PARAMETERS`; ``help()`` and the UI's docs read the generated
-    docstring. Generated rather than checked against a copy in the source: a copy would be one
-    more place to edit for each change, which is what this module exists to end.
-    """
-
-    def decorate(target: _Documented) -> _Documented:
-        init = target.__init__ if inspect.isclass(target) else target
-        names = [
-            name
-            for name, p in inspect.signature(init).parameters.items()
-            if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
-        ]
-        doc = inspect.cleandoc(target.__doc__ or "")
-        target.__doc__ = "\n".join([doc, "", *param_lines(task, names)])
-        return target
-
-    return decorate

@@ -11,7 +11,8 @@ import sys
 from itertools import groupby
 from pathlib import Path
 
-from airflow_batch.spec.parameters import PARAMETERS, REQUIRED, TASKS, Parameter
+from airflow_batch.spec.declaration import REQUIRED, TASKS, Parameter
+from airflow_batch.spec.parameters import PARAMETERS
 
 #: Where the page lives in the repository, relative to its root.
 PAGE = Path("docs/reference/parameters.md")

@@ -41,12 +41,13 @@ from airflow_batch.rows.block import BlockSettings
 from airflow_batch.rows.contract import FailureRow, ResultRow, row_encoder, stored_answer, to_usage
 from airflow_batch.rows.gathered import answer_row
 from airflow_batch.rows.lines import LineUsage, line_with_content_decoder
+from airflow_batch.rows.tally import manifest_usage
 from airflow_batch.rules.costs import PriceTable, usage_key
 from airflow_batch.rules.params import loads
 
 if TYPE_CHECKING:
     from airflow_batch.api import BatchesApi
-    from airflow_batch.rules.schema import Validator
+    from airflow_batch.rules.validator import Validator
     from airflow_batch.submit.estimate import TokenTally
     from airflow_batch.submit.ledger import Ledger
 
@@ -323,14 +324,4 @@ def _usage(message: Mapping[str, Any]) -> Usage:
         line_usage = msgspec.convert(message.get("usage") or {}, LineUsage)
     except msgspec.ValidationError:
         line_usage = LineUsage()
-    row_usage = to_usage(line_usage)
-    return Usage(
-        input_tokens=row_usage.input_tokens,
-        output_tokens=row_usage.output_tokens,
-        cache_creation_input_tokens=row_usage.cache_creation_input_tokens,
-        cache_creation_1h_input_tokens=row_usage.cache_creation_1h_input_tokens,
-        cache_read_input_tokens=row_usage.cache_read_input_tokens,
-        web_search_requests=row_usage.web_search_requests,
-        web_fetch_requests=row_usage.web_fetch_requests,
-        thinking_tokens=row_usage.thinking_tokens,
-    )
+    return manifest_usage(to_usage(line_usage))

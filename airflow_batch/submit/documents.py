@@ -55,6 +55,7 @@ from airflow_batch.exceptions import BatchesApiError
 from airflow_batch.folder import JobFolder
 from airflow_batch.media import FILE_FACTS, MediaFacts, limit_problem, measure
 from airflow_batch.storage import as_path, atomic_writer, iter_jsonl
+from airflow_batch.submit.inputs import check_location, input_rows
 from airflow_batch.submit.records import BLANK, custom_id_for, records_to_requests
 from airflow_batch.submit.validation import InvalidRow
 
@@ -172,8 +173,6 @@ def list_documents(documents: Any) -> Iterator[DocumentFile | InvalidRow]:
     if isinstance(documents, (str, ObjectStoragePath)):
         text = str(documents)
         if text.endswith(".jsonl"):
-            from airflow_batch.submit.inputs import input_rows
-
             for line, record in enumerate(input_rows(documents, "records"), start=1):
                 if record is not BLANK:
                     yield _from_record(record, f"line {line}")
@@ -454,3 +453,24 @@ def delete_uploads(api: BatchesApi, job: ObjectStoragePath, log: logging.Logger)
         record.mark_deleted(deleted)
     log.info("documents: deleted %d uploaded file(s) of %s", len(deleted), job)
     return len(deleted)
+
+
+def require_documents(
+    task_id: str,
+    documents: Any,
+    requests: Any,
+    records: Any,
+    prompt_template: str | None,
+    delete_files: str,
+    upload_concurrency: int,
+) -> None:
+    """Refuse, when the DAG is parsed, a ``documents=`` job that cannot run."""
+    if upload_concurrency < 1:
+        raise ValueError(f"{task_id}: upload_concurrency must be >= 1, got {upload_concurrency}")
+    if requests is not None or records is not None:
+        raise ValueError(f"{task_id}: give exactly one of requests=, records= or documents=")
+    if prompt_template is None:
+        raise ValueError(f"{task_id}: documents= needs prompt_template= (the text sent with each file)")
+    if delete_files not in DELETE_FILES:
+        raise ValueError(f"{task_id}: delete_files must be one of {DELETE_FILES}, got {delete_files!r}")
+    check_location(documents, f"{task_id}: documents")

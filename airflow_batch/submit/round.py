@@ -46,7 +46,8 @@ from airflow_batch.exceptions import (
     InputChangedError,
     InvalidRequestsError,
 )
-from airflow_batch.folder import JobFolder, remove_tree
+from airflow_batch.folder import JobFolder
+from airflow_batch.job_files import remove_tree
 from airflow_batch.manifest import CostEstimate, JobIdentity, RoundManifest
 from airflow_batch.reuse.check import ReuseCheck
 from airflow_batch.reuse.fingerprint import answer_scope
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_batch.api import BatchesApi
-    from airflow_batch.rules.schema import Validator
+    from airflow_batch.rules.validator import Validator
 
 ON_INPUT_CHANGE = ("fail", "resubmit")
 BUDGET_BASES = (None, "upper_bound", "expected")

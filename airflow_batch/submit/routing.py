@@ -24,7 +24,7 @@ import logging
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_batch import layout
@@ -237,3 +237,22 @@ class Routing:
     def close(self) -> None:
         """Remove the local spill files."""
         self._hits.close()
+
+
+def max_age_seconds(max_age: Any, task_id: str) -> float | None:
+    """Return ``max_age`` in seconds; raise ValueError for anything but a positive number or timedelta
+    (``nan`` would silently turn reuse off: no age compares below it)."""
+    if max_age is None:
+        return None
+    if isinstance(max_age, timedelta):
+        seconds = max_age.total_seconds()
+    elif isinstance(max_age, (int, float)) and not isinstance(max_age, bool):
+        seconds = float(max_age)
+    else:
+        raise ValueError(
+            f"{task_id}: max_age must be a number of seconds or a timedelta, got {max_age!r}; "
+            "e.g. max_age=timedelta(hours=1) or max_age=3600"
+        )
+    if not seconds > 0:  # also refuses nan
+        raise ValueError(f"{task_id}: max_age must be positive seconds, got {max_age!r}")
+    return seconds

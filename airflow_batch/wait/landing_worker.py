@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_batch.gather.gathering import gather_batch, gather_config
 from airflow_batch.gather.retention import find_gone
-from airflow_batch.hooks.batches import BatchesHook
+from airflow_batch.hooks import job_api
 from airflow_batch.wait.landing import record_landed
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def land_ended(
     config = gather_config(job, **gather_settings)
     started = time.monotonic()
     rows = 0
-    with BatchesHook.of(identity).batches_api() as api:
+    with job_api(identity) as api:
         # Results the API no longer holds are left to the gather, whose on_results_gone decides.
         gone = find_gone(api, job, round_number, [records[batch_id] for batch_id in to_land])
         for batch_id in to_land:

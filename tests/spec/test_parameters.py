@@ -16,7 +16,8 @@ from airflow_batch.operators.retry import RetryFailedOperator
 from airflow_batch.operators.submit import SubmitBatchesOperator
 from airflow_batch.sensors.batches import BatchesSensor
 from airflow_batch.spec import reference
-from airflow_batch.spec.parameters import REQUIRED, TASKS, Task, param_lines, parameters_of
+from airflow_batch.spec.declaration import REQUIRED, TASKS, Task
+from airflow_batch.spec.docstrings import param_lines, parameters_of
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS: dict[Task, Any] = {
