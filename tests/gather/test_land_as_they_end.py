@@ -2,7 +2,8 @@
 
 The emulator processes 1 request/s per batch; round 0 has batches of 40, 40 and 3 requests,
 so the small one ends ~40 s before the others. The wait hands it to the worker (``land_interval``)
-and its rows are readable with ``read_results(job_folder)`` while the others are in progress.
+and its rows are readable with ``read_results(job_folder)`` while the others are in progress;
+once a watcher saw them, the emulator speeds up and the others end at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,10 @@ def _read(path: Any) -> list[dict[str, Any]]:
 class EarlyRows:
     """Watches a running job folder: what ``read_results`` gave while round 0's first batch still ran."""
 
-    def __init__(self, output: Path, client: anthropic.Anthropic) -> None:
+    def __init__(self, output: Path, client: anthropic.Anthropic, release: Callable[[], object]) -> None:
         self.output = output
         self.client = client
+        self.release = release  # called once the early rows were seen: the other batches may end
         self.seen: dict[str, Any] | None = None
         self.progress: Mapping[str, Any] | None = None  # what the batch jobs page read then
         self.stop = threading.Event()
@@ -87,6 +89,7 @@ class EarlyRows:
                         "batches_landed": rows.batches_landed,
                         "first_batch": first.processing_status,
                     }
+                    self.release()
             time.sleep(0.2)
 
 
@@ -113,7 +116,7 @@ def test_a_batch_that_ends_early_is_readable_while_the_others_run(
             submit_kwargs={"max_requests_per_batch": 40, "count_tokens_sample": 0},
             gather_kwargs={"round_asset": "airflow-batch://land_as_they_end/rounds"},
         )
-    watcher = EarlyRows(output, sync_client)
+    watcher = EarlyRows(output, sync_client, lambda: emulator.configure(throughput=1_000_000))
     try:
         run = run_dag(dag)
     finally:
