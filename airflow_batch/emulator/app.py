@@ -215,8 +215,9 @@ class Emulator:
         return time.time() + self.faults.config.clock_offset_seconds
 
     def reset(self) -> None:
-        """Forget every batch, cache entry, recent create and answered message."""
+        """Forget every batch, cache entry, recent create and answered message; restart the fault sequence."""
         with self.admission, self._messages_lock:
+            self.faults.restart()
             self.store.reset()
             self.files.reset()
             self.recent_creates.clear()

@@ -311,6 +311,12 @@ class FaultInjector:
                 self._rng = random.Random(config.seed)
             self._config = config
 
+    def restart(self) -> None:
+        """Start the HTTP fault sequence and its count over, as a freshly started emulator would."""
+        with self._lock:
+            self._rng = random.Random(self._config.seed)
+            self.injected = 0
+
     def http_fault(self, *, results_stream: bool = False, create: bool = False) -> int | str | None:
         """Return the fault to inject into this API call (a status, ``drop`` or ``lost``), or None.
 

@@ -30,6 +30,8 @@ def _dev_airflow(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# Runs the `airflow` CLI as subprocesses on a migrated database (about 45 s): a deployment.
+@pytest.mark.e2e
 def test_the_airflow_cli_reaches_the_dev_deployment_and_creates_a_backfill(tmp_path: Path) -> None:
     workdir = tmp_path / "dev"
     record_deployment(workdir, dags_folder=DAGS, anthropic_url="http://127.0.0.1:9", real_api=False)

@@ -224,6 +224,20 @@ def test_http_faults_are_reproducible_for_a_seed(emu: EmulatorProcess) -> None:
     assert {200, 500, 529} == set(first)
 
 
+def test_a_reset_restarts_the_fault_sequence_and_its_count(emu: EmulatorProcess) -> None:
+    # What lets the tests share one emulator: after a reset, the faults come as from a new process.
+    def statuses() -> list[int]:
+        with httpx.Client(base_url=emu.base_url, headers=HEADERS) as http:
+            return [http.get("/v1/messages/batches").status_code for _ in range(20)]
+
+    emu.configure(http_fault_rate=0.5, http_fault_statuses=[500, 529])
+    first = statuses()
+    assert {200, 500, 529} == set(first)
+    emu.reset()
+    assert emu.stats()["http_faults_injected"] == 0
+    assert statuses() == first  # the same seed, from the start again
+
+
 def test_dropped_results_stream_is_observable(client: anthropic.Anthropic, emu: EmulatorProcess) -> None:
     batch = client.messages.batches.create(requests=[request(f"d{i}") for i in range(50)])
     ended = wait_ended(client, batch.id)

@@ -249,8 +249,16 @@ def test_nothing_retryable_skips_the_retry_round_and_failure_rate_fails_after_wr
 
 @pytest.mark.usefixtures("airflow_db")
 def test_a_job_rides_out_thirty_percent_transient_faults_on_every_endpoint(
-    emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    emulator: EmulatorProcess,
+    anthropic_conn: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from airflow_batch.submit import creating
+
+    # The emulator stores a batch before it loses the create's response: nothing to wait for.
+    monkeypatch.setattr(creating, "LOST_RESPONSE_SETTLE_SECONDS", 0.0)
     emulator.configure(
         # Every API call may fail: 429/500/529, a cut results stream, or a create whose
         # response is lost after the batch was stored.

@@ -2,7 +2,8 @@
 
 The emulator processes 1 request/s per batch; round 0 has batches of 40, 40 and 3 requests,
 so the small one ends ~40 s before the others. The wait hands it to the worker (``land_interval``)
-and its rows are readable with ``read_results(job_folder)`` while the others are in progress.
+and its rows are readable with ``read_results(job_folder)`` while the others are in progress;
+once a watcher saw them, the emulator speeds up and the others end at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,10 @@ def _read(path: Any) -> list[dict[str, Any]]:
 class EarlyRows:
     """Watches a running job folder: what ``read_results`` gave while round 0's first batch still ran."""
 
-    def __init__(self, output: Path, client: anthropic.Anthropic) -> None:
+    def __init__(self, output: Path, client: anthropic.Anthropic, release: Callable[[], object]) -> None:
         self.output = output
         self.client = client
+        self.release = release  # called once the early rows were seen: the other batches may end
         self.seen: dict[str, Any] | None = None
         self.progress: Mapping[str, Any] | None = None  # what the batch jobs page read then
         self.stop = threading.Event()
@@ -87,6 +89,7 @@ class EarlyRows:
                         "batches_landed": rows.batches_landed,
                         "first_batch": first.processing_status,
                     }
+                    self.release()
             time.sleep(0.2)
 
 
@@ -113,7 +116,7 @@ def test_a_batch_that_ends_early_is_readable_while_the_others_run(
             submit_kwargs={"max_requests_per_batch": 40, "count_tokens_sample": 0},
             gather_kwargs={"round_asset": "airflow-batch://land_as_they_end/rounds"},
         )
-    watcher = EarlyRows(output, sync_client)
+    watcher = EarlyRows(output, sync_client, lambda: emulator.configure(throughput=1_000_000))
     try:
         run = run_dag(dag)
     finally:
@@ -164,6 +167,8 @@ def test_a_batch_that_ends_early_is_readable_while_the_others_run(
 
 _LAND_ONE = textwrap.dedent(
     """
+    import pathlib
+    import signal
     import sys
     import anthropic
     from airflow_batch.api import BatchesApi
@@ -171,7 +176,20 @@ _LAND_ONE = textwrap.dedent(
     from airflow_batch.storage import as_path, read_json
     from airflow_batch import layout
 
-    base_url, job, batch_id = sys.argv[1:]
+    base_url, job, batch_id, holding = sys.argv[1:]
+    download_results = BatchesApi.download_results
+
+    def download_then_hold(self, batch_id, consume):
+        # The first block of the stream reaches the part file, then the landing stops until killed:
+        # the kill lands mid-write whatever the machine's speed and the batch's size.
+        def first_block_then_hold(chunks):
+            yield next(chunks)
+            pathlib.Path(holding).touch()
+            signal.pause()
+
+        return download_results(self, batch_id, lambda chunks: consume(first_block_then_hold(chunks)))
+
+    BatchesApi.download_results = download_then_hold
     manifest = read_json(as_path(job) / "submitted.json")
     record = next(r for r in manifest["batches"] if r["batch_id"] == batch_id)
     with BatchesApi(anthropic.Anthropic(base_url=base_url, api_key="test-key")) as api:
@@ -183,7 +201,7 @@ _LAND_ONE = textwrap.dedent(
 def test_a_landing_killed_mid_batch_and_run_again_lands_every_row_once(
     emulator: EmulatorProcess, sync_client: anthropic.Anthropic, tmp_path: Path
 ) -> None:
-    ids = _write_requests(tmp_path / "requests.jsonl", 30_000)
+    ids = _write_requests(tmp_path / "requests.jsonl", 3_000)
     job = as_path(str(tmp_path / "job"))
     with BatchesApi(anthropic.Anthropic(base_url=emulator.base_url, api_key="test-key")) as api:
         manifest: Any = submit_round(
@@ -192,7 +210,7 @@ def test_a_landing_killed_mid_batch_and_run_again_lands_every_row_once(
             job=job,
             round_number=0,
             identity=JobIdentity("anthropic_default"),
-            settings=SubmitSettings(max_requests_per_batch=15_000, count_tokens_sample=0),
+            settings=SubmitSettings(max_requests_per_batch=1_500, count_tokens_sample=0),
         )
         (tmp_path / "job" / "submitted.json").write_bytes(msgspec.json.encode(manifest))
         batch_ids = [record["batch_id"] for record in manifest["batches"]]
@@ -205,25 +223,27 @@ def test_a_landing_killed_mid_batch_and_run_again_lands_every_row_once(
             )
         # Land the first batch in another process and kill it while it writes the part file.
         parts = tmp_path / "job" / "round-0" / "results"
+        holding = tmp_path / "landing-holds"
+        args = [emulator.base_url, str(tmp_path / "job"), batch_ids[0], str(holding)]
         landing = subprocess.Popen(
-            [sys.executable, "-c", _LAND_ONE, emulator.base_url, str(tmp_path / "job"), batch_ids[0]],
+            [sys.executable, "-c", _LAND_ONE, *args],
             env={**os.environ},
         )
         try:
-            until_sync(
-                lambda: any(parts.glob(f".{batch_ids[0]}.jsonl.*.tmp")) or landing.poll() is not None,
-                deadline=180,
-                step=0.005,
-            )
+            until_sync(lambda: holding.exists() or landing.poll() is not None, deadline=180)
+            assert landing.poll() is None, "the landing ended before it could be killed"
+            assert list(parts.glob(f".{batch_ids[0]}.jsonl.*.tmp")), "killed while it writes the part file"
             os.kill(landing.pid, signal.SIGKILL)
         finally:
+            if landing.poll() is None:
+                landing.kill()
             landing.wait(timeout=30)
-        assert landing.returncode == -signal.SIGKILL, "the landing ended before it could be killed"
+        assert landing.returncode == -signal.SIGKILL
         assert not layout.gather_stats_path(job, 0, batch_ids[0]).exists()
 
         gathered = gather_round(api, manifest, config=GatherConfig(include_content=True))
 
-    assert gathered["result_counts"]["succeeded"] == 30_000
+    assert gathered["result_counts"]["succeeded"] == 3_000
     rows = [row["custom_id"] for path in gathered["results_paths"] for row in _read(path)]
     assert sorted(rows) == sorted(ids)
     assert not list(parts.glob(".*.tmp"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,11 +86,21 @@ def _increment(path: str, times: int) -> int:
     return lost
 
 
+def _pool(processes: int) -> Any:
+    """Return a pool of fresh processes that start without importing Airflow each.
+
+    Not fork: a fork of a test process with threads running (fsspec's IO loop, logging) can
+    inherit a held lock and hang its children. Forkserver: a fresh single-threaded server imports
+    this module (so Airflow) once and each worker forks from it, where spawn paid seconds a worker.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context.Pool(processes)
+
+
 def test_fenced_writes_from_several_processes_lose_no_update(tmp_path: Path) -> None:
     path = str(tmp_path / "counter.json")
-    # spawn, not fork: a fork of a test process with threads running (fsspec's IO loop, logging)
-    # can inherit a held lock and hang its children.
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
+    with _pool(4) as pool:
         losses = pool.starmap(_increment, [(path, 50)] * 4)
     # Unfenced read-modify-writes from four processes lose increments; fenced ones read again instead.
     assert read_json(as_path(path))["count"] == 200, f"every increment counted once ({sum(losses)} retries)"
@@ -112,6 +123,6 @@ def test_a_history_shared_by_mapped_finalizes_keeps_every_run(tmp_path: Path) ->
     from airflow_batch.history import KEEP
 
     path = str(tmp_path / "history.json")
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
+    with _pool(4) as pool:
         pool.starmap(_finish_jobs, [(path, 0, 5), (path, 5, 5), (path, 10, 5), (path, 15, 5)])
     assert len({entry["job_dir"] for entry in read_task_history(as_path(path))}) == 20 == KEEP

@@ -48,7 +48,9 @@ import pendulum
 from airflow.sdk import DAG
 from dag_runner import run_dag
 from airflow_batch import anthropic_batch_job
+from airflow_batch.wait import loop
 
+loop.SETTLE_SECONDS = 0.0  # triggers run inline: no scheduler to race (tests/conftest.py, no_trigger_hold)
 args = json.loads(sys.argv[1])
 start = pendulum.datetime(2026, 1, 1, tz="UTC")
 with DAG("observed_job", schedule=None, start_date=start) as dag:

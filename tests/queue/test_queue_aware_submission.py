@@ -28,6 +28,8 @@ from airflow_batch.submit.creating import continue_round
 from airflow_batch.submit.queue import QueueWait, QueueWaitNeeded
 from airflow_batch.submit.round import SubmitSettings, submit_round
 from airflow_batch.triggers.queue import QueueRoomTrigger
+from airflow_batch.wait import loop
+from airflow_batch.wait.loop import SETTLE_SECONDS
 
 
 def _write_requests(path: Path, n: int, prefix: str = "req") -> None:
@@ -151,8 +153,9 @@ async def _first_event(trigger: QueueRoomTrigger) -> dict[str, Any]:
 
 
 def test_the_room_event_counts_what_ended_while_it_was_held(
-    emulator: EmulatorProcess, anthropic_conn: str
+    emulator: EmulatorProcess, anthropic_conn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(loop, "SETTLE_SECONDS", SETTLE_SECONDS)  # the hold the other tests go without
     # An event found within the first polls is held (Airflow's defer-exit race); the next wave is
     # sized from its count, so the count must include the batches that ended during the hold.
     emulator.configure(throughput=400, start_delay_seconds=0)

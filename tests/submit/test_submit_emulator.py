@@ -17,6 +17,7 @@ import pytest
 
 from airflow_batch import layout
 from airflow_batch.api import BatchesApi
+from airflow_batch.emulator.faults import EmulatorConfig
 from airflow_batch.emulator.process import EmulatorProcess
 from airflow_batch.exceptions import BudgetExceededError, InputChangedError, InvalidRequestsError
 from airflow_batch.manifest import JobIdentity
@@ -24,6 +25,7 @@ from airflow_batch.storage import as_path, iter_jsonl_lines, read_json
 from airflow_batch.submit.records import RequestDefaults, records_to_requests
 from airflow_batch.submit.round import SubmitSettings, submit_round
 from airflow_batch.submit.shared_prompts import iter_sent_lines
+from airflow_batch.submit.validation import MAX_REQUESTS_PER_BATCH
 
 MODEL = "claude-haiku-4-5"
 
@@ -51,22 +53,27 @@ def session_client(emulator_session: EmulatorProcess) -> Iterator[anthropic.Anth
         yield client
 
 
-def test_250001_requests_stream_from_a_file_into_three_batches_by_count(
+def test_requests_stream_from_a_file_into_batches_by_count_at_the_limit(
     emulator: EmulatorProcess, sync_client: anthropic.Anthropic, tmp_path: Path
 ) -> None:
-    emulator.configure(throughput=0)  # nothing to process: this test is about creation
+    # The default limit is the API's (100,000 requests a batch); the split is proved at a limit of
+    # 1,000 that the emulator enforces too, so 2,501 requests cost what 250,001 would prove.
+    assert SubmitSettings().max_requests_per_batch == MAX_REQUESTS_PER_BATCH == EmulatorConfig().max_requests
+    assert MAX_REQUESTS_PER_BATCH == 100_000
+    emulator.configure(throughput=0, max_requests=1_000)  # nothing to process: this test is about creation
     source = tmp_path / "requests.jsonl"
     line = b'{"custom_id":"r%d","params":{"model":"claude-haiku-4-5","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}}\n'  # noqa: E501
     with source.open("wb") as handle:
-        for i in range(250_001):
+        for i in range(2_501):
             handle.write(line % i)
-    manifest = submit(sync_client, iter_jsonl_lines(as_path(str(source))), tmp_path / "job")
-    assert [b["requests"] for b in manifest["batches"]] == [100_000, 100_000, 50_001]
+    rows = iter_jsonl_lines(as_path(str(source)))
+    manifest = submit(sync_client, rows, tmp_path / "job", max_requests_per_batch=1_000)
+    assert [b["requests"] for b in manifest["batches"]] == [1_000, 1_000, 501]
     assert emulator.batch_count() == 3
     for record in manifest["batches"]:
         batch = sync_client.messages.batches.retrieve(record["batch_id"])
         assert batch.request_counts.processing == record["requests"]
-    assert manifest["requests"] == 250_001 and manifest["invalid"] == 0
+    assert manifest["requests"] == 2_501 and manifest["invalid"] == 0
 
 
 def test_byte_limit_splits_batches_by_body_size(
