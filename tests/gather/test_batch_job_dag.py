@@ -255,10 +255,10 @@ def test_a_job_rides_out_thirty_percent_transient_faults_on_every_endpoint(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from airflow_batch.submit import creating
+    from airflow_batch.submit import chunk_batch
 
     # The emulator stores a batch before it loses the create's response: nothing to wait for.
-    monkeypatch.setattr(creating, "LOST_RESPONSE_SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(chunk_batch, "LOST_RESPONSE_SETTLE_SECONDS", 0.0)
     emulator.configure(
         # Every API call may fail: 429/500/529, a cut results stream, or a create whose
         # response is lost after the batch was stored.

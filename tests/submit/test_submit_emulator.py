@@ -360,7 +360,7 @@ def test_a_create_whose_response_is_lost_adopts_its_batch_only_when_unambiguous(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from airflow_batch.submit import creating as submit_module
+    from airflow_batch.submit import chunk_batch as submit_module
 
     monkeypatch.setattr(submit_module, "LOST_RESPONSE_SETTLE_SECONDS", 0.0)
     for _ in range(others):  # another job's batch of the same size, created in the matching window
