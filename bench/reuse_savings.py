@@ -20,24 +20,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-HOME = tempfile.mkdtemp(prefix="airflow-batch-savings-")
-os.environ.update(
-    AIRFLOW_HOME=HOME,
-    AIRFLOW__CORE__LOAD_EXAMPLES="False",
-    AIRFLOW__CORE__DAGS_FOLDER=os.path.join(HOME, "dags"),
-    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{HOME}/airflow.db",
-    AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
-    AIRFLOW__API_AUTH__JWT_SECRET=os.urandom(64).hex(),
-    AIRFLOW__CORE__DEFAULT_TASK_RETRIES="0",
-)
-os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"], exist_ok=True)
-sys.path[:0] = [str(REPO / "dags"), str(REPO / "tests")]
+from airflow_home import REPO, use_temporary_airflow_home
+
+HOME = use_temporary_airflow_home("airflow-batch-savings-", "dags")
 
 
 def main() -> None:

@@ -84,7 +84,7 @@ class BatchesTrigger(BaseTrigger):
         landed: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        self.landing = LandingPolicy(float(land_interval), int(land_min_batches)) if land_interval else None
+        self.landing = LandingPolicy.of_trigger(land_interval, land_min_batches)
         self.landed = list(landed)
         self.identity = JobIdentity.from_json(identity)
         self.job_dir = job_dir

@@ -54,6 +54,11 @@ class LandingPolicy:
         """Return the policy of a round of ``batches`` batches (``min_batches`` default: a tenth of them)."""
         return cls(interval, min_batches or max(1, -(-batches // 10)))
 
+    @classmethod
+    def of_trigger(cls, land_interval: float | None, land_min_batches: int) -> LandingPolicy | None:
+        """Return the policy a trigger's serialized arguments name (None: ``land_interval`` off)."""
+        return cls(float(land_interval), int(land_min_batches)) if land_interval else None
+
     def to_land(self, state: WaitState, landed: Collection[str], since: float, now: float) -> list[str]:
         """Return the ended batches to land now (empty: keep waiting).
 

@@ -26,6 +26,7 @@ import pytest
 from airflow.sdk import DAG
 from airflow_test_env import run_dag
 from deadlines import until_sync
+from request_files import write_say_requests
 
 from airflow_batch import anthropic_batch_job, layout, read_results
 from airflow_batch.api import BatchesApi
@@ -39,19 +40,6 @@ from airflow_batch.plugins.views import ManifestRecord, build_jobs
 from airflow_batch.storage import as_path, read_json
 from airflow_batch.submit.ledger import LedgerStore
 from airflow_batch.submit.round import SubmitSettings, submit_round
-
-
-def _write_requests(path: Path, n: int) -> list[str]:
-    ids = [f"req-{i:03d}" for i in range(n)]
-    with path.open("wb") as out:
-        for custom_id in ids:
-            params = {
-                "model": "claude-haiku-4-5",
-                "max_tokens": 32,
-                "messages": [{"role": "user", "content": f"Say {custom_id}."}],
-            }
-            out.write(msgspec.json.encode({"custom_id": custom_id, "params": params}) + b"\n")
-    return ids
 
 
 def _read(path: Any) -> list[dict[str, Any]]:
@@ -102,7 +90,7 @@ def test_a_batch_that_ends_early_is_readable_while_the_others_run(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     emulator.configure(throughput=1)
-    ids = _write_requests(tmp_path / "requests.jsonl", 83)
+    ids = write_say_requests(tmp_path / "requests.jsonl", 83)
     output = tmp_path / "out"
     with DAG("land_as_they_end", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
         anthropic_batch_job(
@@ -201,7 +189,7 @@ _LAND_ONE = textwrap.dedent(
 def test_a_landing_killed_mid_batch_and_run_again_lands_every_row_once(
     emulator: EmulatorProcess, sync_client: anthropic.Anthropic, tmp_path: Path
 ) -> None:
-    ids = _write_requests(tmp_path / "requests.jsonl", 3_000)
+    ids = write_say_requests(tmp_path / "requests.jsonl", 3_000)
     job = as_path(str(tmp_path / "job"))
     with BatchesApi(anthropic.Anthropic(base_url=emulator.base_url, api_key="test-key")) as api:
         manifest: Any = submit_round(

@@ -16,6 +16,7 @@ import pytest
 from airflow.sdk import DAG
 from airflow_test_env import run_dag
 from deadlines import release_after_first_poll, until_sync
+from request_files import write_say_requests
 
 from airflow_batch import anthropic_batch_job, layout
 from airflow_batch.api import BatchesApi
@@ -33,19 +34,6 @@ N_REQUESTS = 40
 
 def _read(path: Any) -> list[dict[str, Any]]:
     return [msgspec.json.decode(line) for line in as_path(str(path)).read_bytes().splitlines() if line]
-
-
-def _write_requests(path: Path, n: int) -> list[str]:
-    ids = [f"req-{i:03d}" for i in range(n)]
-    with path.open("wb") as out:
-        for custom_id in ids:
-            params = {
-                "model": "claude-haiku-4-5",
-                "max_tokens": 32,
-                "messages": [{"role": "user", "content": f"Say {custom_id}."}],
-            }
-            out.write(msgspec.json.encode({"custom_id": custom_id, "params": params}) + b"\n")
-    return ids
 
 
 def _job_dag(dag_id: str, requests: Path, output: str, conn_id: str, retry_rounds: int) -> DAG:
@@ -81,7 +69,7 @@ def test_archived_batches_requests_are_resubmitted_in_the_next_round(
     emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path
 ) -> None:
     emulator.configure(start_delay_seconds=600)
-    ids = _write_requests(tmp_path / "requests.jsonl", N_REQUESTS)
+    ids = write_say_requests(tmp_path / "requests.jsonl", N_REQUESTS)
     output = str(tmp_path / "out")
     dag = _job_dag("results_gone_retry", tmp_path / "requests.jsonl", output, anthropic_conn, 1)
     _archive_after_first_poll(emulator, output, dag.dag_id)
@@ -119,7 +107,7 @@ def test_archived_batches_fail_the_last_gather_naming_them_and_their_requests(
     emulator: EmulatorProcess, anthropic_conn: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     emulator.configure(start_delay_seconds=600)
-    _write_requests(tmp_path / "requests.jsonl", N_REQUESTS)
+    write_say_requests(tmp_path / "requests.jsonl", N_REQUESTS)
     output = str(tmp_path / "out")
     dag = _job_dag("results_gone_fail", tmp_path / "requests.jsonl", output, anthropic_conn, 0)
     _archive_after_first_poll(emulator, output, dag.dag_id)
@@ -151,7 +139,7 @@ def test_a_round_landed_in_part_resubmits_only_the_archived_batchs_requests(
     """One batch was landed before the archive (its sidecar exists); only the other is gone."""
     from airflow_batch.submit.round import SubmitSettings, submit_round
 
-    ids = _write_requests(tmp_path / "requests.jsonl", N_REQUESTS)
+    ids = write_say_requests(tmp_path / "requests.jsonl", N_REQUESTS)
     job = as_path(str(tmp_path / "job"))
     api = BatchesApi(anthropic.Anthropic(base_url=emulator.base_url, api_key="test-key"))
     with api:

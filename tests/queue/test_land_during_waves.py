@@ -20,6 +20,7 @@ import pytest
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import TaskDeferred
 from airflow_test_env import run_dag
+from request_files import write_say_requests
 
 from airflow_batch import anthropic_batch_job, layout, read_results
 from airflow_batch.emulator.process import EmulatorProcess
@@ -30,19 +31,6 @@ from airflow_batch.submit.queue import QueueWait
 
 DAY = pendulum.datetime(2026, 3, 2, tz="UTC")
 RESULTS = "GET /v1/messages/batches/{batch_id}/results"
-
-
-def _write_requests(path: Path, n: int) -> list[str]:
-    ids = [f"req-{i:03d}" for i in range(n)]
-    with path.open("wb") as out:
-        for custom_id in ids:
-            params = {
-                "model": "claude-haiku-4-5",
-                "max_tokens": 16,
-                "messages": [{"role": "user", "content": f"Say {custom_id}."}],
-            }
-            out.write(msgspec.json.encode({"custom_id": custom_id, "params": params}) + b"\n")
-    return ids
 
 
 def _ids(path: Any) -> list[str]:
@@ -64,7 +52,7 @@ def test_the_first_waves_rows_are_readable_before_the_last_wave_is_created_and_l
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     emulator.configure(throughput=50, start_delay_seconds=0)
-    ids = _write_requests(tmp_path / "requests.jsonl", 300)
+    ids = write_say_requests(tmp_path / "requests.jsonl", 300, max_tokens=16)
     output = tmp_path / "out"
     with DAG("land_during_waves", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
         anthropic_batch_job(
