@@ -136,6 +136,17 @@ class AirflowCluster:
             self.log_names.append(name)
         return self.processes[name]
 
+    def restart_if_exited(self, name: str, *, because: str) -> bool:
+        """Start component ``name`` again if it exited with ``because`` in its log, as a deployment's
+        supervisor would; return whether it did. Any other exit raises, with the logs."""
+        process = self.processes[name]
+        if process.poll() is None:
+            return False
+        if because not in (self.home / f"{name}.log").read_text(errors="replace"):
+            raise RuntimeError(f"airflow {name} exited with {process.returncode}\n{self.log_tails()}")
+        self.spawn(name)
+        return True
+
     def _healthy(self) -> bool:
         for name, process in self.processes.items():
             if process.poll() is not None:
