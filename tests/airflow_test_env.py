@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -19,6 +20,13 @@ from dag_runner import run_dag
 
 if TYPE_CHECKING:
     from airflow_batch.emulator.process import EmulatorProcess
+
+# pytest caches each test module's assertion-rewritten bytecode (tests/**/__pycache__, ignored by
+# git) unless the environment forbids writing bytecode, as this image's PYTHONDONTWRITEBYTECODE
+# does; then every worker of every run rewrites and compiles all 240 test modules again (~5 CPU
+# seconds each). Only this process writes; the processes the tests start keep the environment's
+# setting (the package and its dependencies are compiled when .venv is synced: see the Makefile).
+sys.dont_write_bytecode = False
 
 _HOME = tempfile.mkdtemp(prefix="airflow-batch-tests-")
 os.environ["AIRFLOW_HOME"] = _HOME

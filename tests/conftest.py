@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
-import anthropic
 import pytest
 
 from airflow_batch.emulator.faults import EmulatorConfig
 from airflow_batch.emulator.process import FAST_CONFIG, EmulatorProcess
+
+if TYPE_CHECKING:  # the SDK is imported by the fixtures that need it: pytest-xdist's controller never does
+    import anthropic
 
 #: Every setting of the emulator at its fast default: what a test's emulator starts from.
 DEFAULT_CONFIG = {**EmulatorConfig().to_json(), **FAST_CONFIG}
@@ -64,6 +67,8 @@ def emulator_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emula
 @pytest.fixture
 def sync_client(emulator: EmulatorProcess) -> Iterator[anthropic.Anthropic]:
     """A sync SDK client for the ``emulator`` fixture."""
+    import anthropic
+
     with anthropic.Anthropic(base_url=emulator.base_url, api_key="test-key") as client:
         yield client
 
@@ -71,5 +76,7 @@ def sync_client(emulator: EmulatorProcess) -> Iterator[anthropic.Anthropic]:
 @pytest.fixture
 async def async_client(emulator: EmulatorProcess) -> AsyncIterator[anthropic.AsyncAnthropic]:
     """An async SDK client for the ``emulator`` fixture."""
+    import anthropic
+
     async with anthropic.AsyncAnthropic(base_url=emulator.base_url, api_key="test-key") as client:
         yield client

@@ -255,10 +255,15 @@ def test_a_job_rides_out_thirty_percent_transient_faults_on_every_endpoint(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from airflow_batch.api.retry import RetryPolicy
     from airflow_batch.submit import chunk_batch
 
     # The emulator stores a batch before it loses the create's response: nothing to wait for.
     monkeypatch.setattr(chunk_batch, "LOST_RESPONSE_SETTLE_SECONDS", 0.0)
+    # The policy's own backoff (0.5 s, doubling) is what a real outage needs; here it only adds
+    # idle seconds, so every hook retries sooner. Which faults are retried is the policy's own.
+    fast = RetryPolicy(budget_seconds=60.0, base_seconds=0.02, cap_seconds=0.2)
+    monkeypatch.setattr("airflow_batch.hooks.batches.api_retry_policy", lambda: fast)
     emulator.configure(
         # Every API call may fail: 429/500/529, a cut results stream, or a create whose
         # response is lost after the batch was stored.

@@ -161,13 +161,15 @@ def _finalize_peak(tmp_path: Path, requests: int) -> int:
 
 
 def test_finalize_memory_does_not_grow_with_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_batch.gather import merging
+    from airflow_batch.gather import merging, runs
 
-    # Partitions of 10,000 rows: the smallest at which the fixed buffers no longer hide the rows'
-    # share (at 5,000, 12,500 rows peak at 9.6 MB and 50,000 at 17.8); tracemalloc makes each row slow.
+    # Partitions of 10,000 rows and copies of 1 MB: the fixed buffers at sizes a small job fills
+    # (at the 8 MB copy default, 20,000 rows peak at 12.0 MB and 60,000 at 18.0 only because the
+    # smaller job never filled the copy buffer); tracemalloc makes each row slow, so the jobs stay small.
     monkeypatch.setattr(merging, "PARTITION_ROWS", 10_000)
-    small = _finalize_peak(tmp_path, 25_000)
-    large = _finalize_peak(tmp_path, 100_000)
-    # Four times the rows, the same memory: one partition of 10,000 rows at a time (14.7 and 18.7 MB).
-    assert large < 1.5 * small, (small, large)
-    assert large < 32 * 2**20, large
+    monkeypatch.setattr(runs, "COPY_BYTES", 1 << 20)
+    small = _finalize_peak(tmp_path, 20_000)
+    large = _finalize_peak(tmp_path, 50_000)
+    # Two and a half times the rows, the same memory: one partition at a time (11.9 and 12.9 MB).
+    assert large < 1.25 * small, (small, large)
+    assert large < 24 * 2**20, large

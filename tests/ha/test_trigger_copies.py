@@ -94,7 +94,8 @@ def test_two_copies_of_the_queue_trigger_create_one_batch_per_chunk(
         assert event["status"] == "created", event
         assert event["batches"] == recorded
 
-    # Gathered: every request exactly once, no batch outside the ledger.
+    # Gathered: every request exactly once, no batch outside the ledger (no slow calls needed now).
+    emulator.configure(latency_ms=0)
     submitted = manifest_from_ledger(as_path(job), ledger, IDENTITY)
     with BatchesApi(anthropic.Anthropic(base_url=emulator.base_url, api_key="k")) as api:
         until_sync(

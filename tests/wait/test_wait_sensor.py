@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -270,18 +269,6 @@ def test_poll_interval_is_the_sensor_poke_interval() -> None:
     assert (sensor.poll_interval, sensor.poke_interval, sensor.timeout) == (2.0, 2.0, 30.0)
 
 
-_KILLED_WAIT = """
-import json, sys
-from airflow.sdk import DAG
-from dag_runner import run_dag
-from airflow_batch.sensors import BatchesSensor
-
-with DAG("wait_killed", schedule=None) as dag:
-    BatchesSensor(task_id="wait", manifest=json.loads(sys.argv[1]), deferrable=False, poll_interval=0.2)
-print("run ended", run_dag(dag).state, flush=True)
-"""
-
-
 def test_kill_of_the_in_worker_wait_cancels_its_unfinished_batches(
     airflow_db: str,
     emulator: EmulatorProcess,
@@ -289,29 +276,40 @@ def test_kill_of_the_in_worker_wait_cancels_its_unfinished_batches(
     create_batches: CreateBatches,
     sync_client: anthropic.Anthropic,
     tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     emulator.configure(start_delay_seconds=600)
     ids = create_batches([2, 5])
     progress = layout.progress_path(storage.as_path(str(tmp_path)), 0)
-    # dag.test() in a child process: SIGTERM reaches the task runner's handler, which calls on_kill,
-    # while the in-worker wait's event loop is running, exactly as in a worker.
-    child = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_WAIT, json.dumps(manifest_for(ids, tmp_path, anthropic_conn))],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        until_sync(lambda: child.poll() is None and progress.exists(), deadline=120)
-        child.send_signal(signal.SIGTERM)
-        output, _ = child.communicate(timeout=120)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    with DAG("wait_killed", schedule=None) as dag:
+        manifest = manifest_for(ids, tmp_path, anthropic_conn)
+        BatchesSensor(task_id="wait", manifest=manifest, deferrable=False, poll_interval=0.2)
+    # A real SIGTERM to this process once the wait has polled: dag.test() runs the task in this
+    # process's main thread, where the task runner's handler calls on_kill while the in-worker
+    # wait's event loop is running, exactly as in a worker. Until the runner installs its handler,
+    # a guard keeps a too-early signal from ending the test process, and says so.
+    signals: list[str] = []
 
+    def terminate() -> None:
+        try:
+            until_sync(progress.exists, deadline=120)
+        finally:
+            signals.append("sent")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: signals.append("before the task's handler"))
+    killer = threading.Thread(target=terminate, daemon=True)
+    killer.start()
+    try:
+        run = run_dag(dag)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        killer.join(timeout=10)
+    output = capfd.readouterr().out
+
+    assert signals == ["sent"], signals
     assert "on_kill: canceled 2 of 2 unfinished batches" in output, output[-3000:]
     assert all(sync_client.messages.batches.retrieve(b).cancel_initiated_at is not None for b in ids)
     # The canceled batches end, so the wait itself finishes: the round is canceled, not lost.
-    assert "run ended success" in output, output[-3000:]
+    assert run.state == "success"
     assert storage.read_json(progress)["counts"]["canceled"] == 7
