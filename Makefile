@@ -64,7 +64,7 @@ typecheck: venv
 # The tests that start no Airflow deployment, browser or cluster run on parallel workers (each
 # with its own Airflow home and database): about a third of their time is spent waiting on an
 # emulator or a poll, so more workers than cores pays (on 2 cores: 2 workers 189 s, 3 workers
-# 160 s). The deployments run after them, one at a time.
+# 157-175 s). The deployments run after them, one at a time.
 FAST_TESTS := not e2e and not browser and not distributed and not wheel
 TEST_WORKERS ?= 3
 
